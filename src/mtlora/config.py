@@ -1,0 +1,316 @@
+"""The project file: one YAML document describing a backbone, a registry and the tasks trained on it.
+
+Every section is a typed model with `extra="forbid"`, so a misspelt key is reported instead of ignored.
+All problems of a file are gathered into one `ConfigError` so a user fixes them in one pass.
+
+Example::
+
+    backbone: embedded            # or a hub id / local folder: bert-base-uncased, ./my-bert
+    registry: adapters            # relative to this file
+    defaults:
+      training: {epochs: 3}
+    tasks:
+      - name: sentiment
+        kind: classification
+        data:
+          train: data/sentiment_train.jsonl
+          validation: data/sentiment_dev.jsonl
+          labels: [negative, positive]
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mtlora.errors import ConfigError
+
+EMBEDDED_BACKBONE = "embedded"
+TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DATA_DIR_ENV = "MTLORA_DATA_DIR"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """Where one split of a task's data comes from: a local file or a `datasets` hub name."""
+
+    path: str | None = None
+    hub: str | None = Field(None, description="`datasets` name, e.g. 'glue' or 'SetFit/sst2'")
+    subset: str | None = Field(None, description="hub configuration, e.g. 'sst2'")
+    split: str | None = Field(None, description="hub split, e.g. 'train' or 'validation'")
+    format: Literal["jsonl", "json", "csv", "tsv", "squad"] | None = Field(
+        None, description="file format; guessed from the suffix when absent"
+    )
+    columns: list[str] | None = Field(
+        None, description="column names of a headerless CSV/TSV; extra fields on a row are ignored"
+    )
+    quoting: Literal["minimal", "none"] = Field(
+        "minimal", description="'none' for GLUE TSVs whose text contains bare quote characters"
+    )
+    encoding: str = "utf-8"
+    articles: tuple[int, int] | None = Field(
+        None, description="SQuAD only: keep articles [start, end), to split one file by article"
+    )
+    limit: int | None = Field(None, gt=0, description="keep a seeded random sample of this many rows")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SourceConfig:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a datasets name)")
+        if self.articles is not None and self.articles[0] >= self.articles[1]:
+            raise ValueError(f"articles {list(self.articles)}: start must be below end")
+        return self
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return self.path
+        return ":".join(p for p in (self.hub, self.subset, self.split) if p)
+
+
+class DataConfig(_Strict):
+    train: SourceConfig
+    validation: SourceConfig | None = None
+    test: SourceConfig | None = None
+    holdout: float | None = Field(
+        None, gt=0, lt=0.5, description="fraction of train kept (seeded, stratified) as validation"
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="task role -> column name, e.g. {text: sentence}"
+    )
+    labels: list[str] | None = Field(None, description="label names, in the order of their ids")
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="raw label value -> label name, e.g. {'0': negative}"
+    )
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _keys_as_strings(cls, value: Any) -> Any:
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _holdout_xor_validation(self) -> DataConfig:
+        if self.holdout is not None and self.validation is not None:
+            raise ValueError("give either 'validation' or 'holdout', not both")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels repeat a name: {self.labels}")
+        return self
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt; 'all-linear' adapts every linear layer but the head"
+    )
+
+
+class TrainSettings(_Strict):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many steps (overrides epochs)")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    max_length: int = Field(128, ge=8)
+    doc_stride: int = Field(128, gt=0, description="extractive QA: overlap between context windows")
+    seed: int = 42
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    grad_accum: int = Field(1, gt=0)
+    checkpoint_every: int = Field(200, gt=0, description="steps between resumable checkpoints")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
+    )
+    baseline: bool = Field(True, description="also train the head-only baseline for evaluation")
+
+
+class RoutingHints(_Strict):
+    description: str = ""
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list, description="regular expressions")
+    examples: list[str] = Field(default_factory=list, description="inputs typical of this task")
+    priority: int = 0
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+        return patterns
+
+
+class TaskConfig(_Strict):
+    name: str
+    kind: str
+    data: DataConfig
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainSettings = Field(default_factory=TrainSettings)
+    routing: RoutingHints = Field(default_factory=RoutingHints)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return validate_task_name(name)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from mtlora.tasks import task_kind_names
+
+        if kind not in task_kind_names():
+            raise ValueError(f"unknown task kind '{kind}'; valid kinds: {', '.join(task_kind_names())}")
+        return kind
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> TaskConfig:
+        from mtlora.tasks import get_task_kind
+
+        kind = get_task_kind(self.kind)
+        unknown = sorted(set(self.data.fields) - set(kind.roles))
+        if unknown:
+            raise ValueError(
+                f"data.fields has role(s) {unknown} that a {self.kind} task does not use; "
+                f"its roles: {', '.join(kind.roles)}"
+            )
+        kind.check_config(self)
+        return self
+
+
+class ProjectConfig(_Strict):
+    backbone: str = Field(EMBEDDED_BACKBONE, description="hub id, local folder, or 'embedded' (MiniLM)")
+    registry: Path = Path("adapters")
+    reports: Path = Path("reports")
+    data_dir: Path = Field(Path("."), description=f"base of relative data paths; ${DATA_DIR_ENV} overrides it")
+    tasks: list[TaskConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ProjectConfig:
+        names = [t.name for t in self.tasks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    def task(self, name: str) -> TaskConfig:
+        from mtlora.errors import UnknownTaskError
+
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise UnknownTaskError("task", name, [t.name for t in self.tasks], where=" in the project config")
+
+    def select(self, name: str | None) -> list[TaskConfig]:
+        return self.tasks if name is None else [self.task(name)]
+
+
+def validate_task_name(name: str) -> str:
+    """A task name becomes a folder name: refuse anything that could escape the registry."""
+    if not TASK_NAME_PATTERN.match(name) or ".." in name:
+        raise ValueError(
+            f"task name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit, without '..' or path separators"
+        )
+    return name
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> ProjectConfig:
+    """Read and validate a project file; relative paths are resolved against the file's folder.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or has invalid settings (all listed at once).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["the file must hold a mapping with at least a 'tasks' list"])
+    raw = _deep_merge(raw, overrides or {})
+    config = parse_config(raw, source=str(path))
+    return resolve_paths(config, path.parent)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig:
+    raw = _apply_defaults(copy.deepcopy(raw))
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(error, raw) for error in exc.errors()]) from None
+
+
+def resolve_paths(config: ProjectConfig, base: Path) -> ProjectConfig:
+    data_dir = Path(os.environ.get(DATA_DIR_ENV) or base / config.data_dir)
+    update: dict[str, Any] = {
+        "registry": (base / config.registry).resolve(),
+        "reports": (base / config.reports).resolve(),
+        "data_dir": data_dir.resolve(),
+    }
+    if config.backbone != EMBEDDED_BACKBONE and (base / config.backbone).exists():
+        update["backbone"] = str((base / config.backbone).resolve())
+    return config.model_copy(update=update)
+
+
+def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """`defaults:` holds lora/training/routing settings shared by every task; a task's own value wins."""
+    defaults = raw.pop("defaults", None) or {}
+    tasks = raw.get("tasks")
+    if isinstance(tasks, list):
+        raw["tasks"] = [_deep_merge(defaults, t) if isinstance(t, dict) else t for t in tasks]
+    return raw
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _describe(error: Any, raw: dict[str, Any]) -> str:
+    loc = list(error["loc"])
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            parts[-1] += f"[{item}]"
+            if loc[:i] == ["tasks"]:
+                name = _task_name(raw, item)
+                if name:
+                    parts[-1] += f" ({name})"
+        elif item not in ("function-after", "function-before") and not str(item).startswith("function-"):
+            parts.append(str(item))
+    where = ".".join(parts) or "top level"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting (check the spelling; see the README for valid keys)"
+    return f"{where}: {message}"
+
+
+def _task_name(raw: dict[str, Any], index: int) -> str | None:
+    tasks = raw.get("tasks")
+    if isinstance(tasks, list) and index < len(tasks) and isinstance(tasks[index], dict):
+        name = tasks[index].get("name")
+        return str(name) if name is not None else None
+    return None

@@ -1,0 +1,67 @@
+"""The exceptions mtlora raises, all under one base so callers can catch them together.
+
+    MtloraError
+    ├── ConfigError          a project file is invalid (lists every problem at once)
+    ├── DataError            a data file or row is unusable (names file, line and field)
+    ├── UnknownTaskError     a task or task kind that does not exist (lists what does)
+    ├── InputError           a prediction input has the wrong shape or is empty
+    └── RegistryError        adapter storage problems
+        ├── AdapterNotFoundError
+        ├── CorruptAdapterError   files missing or checksums do not match
+        └── BaseModelMismatchError   the adapter was trained on another backbone
+"""
+
+from __future__ import annotations
+
+
+class MtloraError(Exception):
+    """Base class of every error mtlora raises on purpose."""
+
+
+class ConfigError(MtloraError):
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the project config:\n{lines}")
+
+
+class DataError(MtloraError):
+    def __init__(self, location: str, message: str, fix: str | None = None):
+        self.location = location
+        text = f"{location}: {message}"
+        if fix:
+            text += f" ({fix})"
+        super().__init__(text)
+
+
+class UnknownTaskError(MtloraError, KeyError):
+    def __init__(self, what: str, name: str, available: list[str], where: str = ""):
+        self.name = name
+        self.available = sorted(available)
+        listing = ", ".join(self.available) if self.available else "none"
+        super().__init__(f"No {what} '{name}'{where}. Available: {listing}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InputError(MtloraError, ValueError):
+    pass
+
+
+class RegistryError(MtloraError):
+    pass
+
+
+class AdapterNotFoundError(RegistryError, UnknownTaskError):
+    def __init__(self, registry: str, name: str, available: list[str]):
+        UnknownTaskError.__init__(self, "adapter", name, available, where=f" in registry {registry}")
+
+
+class CorruptAdapterError(RegistryError):
+    pass
+
+
+class BaseModelMismatchError(RegistryError):
+    pass
