@@ -1,0 +1,208 @@
+"""Reading raw rows from JSONL, JSON, CSV, TSV and SQuAD files, or from a `datasets` hub name.
+
+Every row keeps where it came from (`file:line`), so a task that rejects a row can say exactly which.
+Delimited files are checked row by row and the number of rows read is checked against the file, so
+a stray quote character that swallows lines fails loudly instead of silently merging rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtlora.config import SourceConfig
+from mtlora.errors import DataError
+
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "tsv"}
+
+# GLUE sentences can be longer than the csv module's default field limit.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class Row:
+    values: dict[str, Any]
+    where: str
+
+
+def read_rows(source: SourceConfig, data_dir: Path, seed: int = 0) -> list[Row]:
+    """Read every row of `source`; a relative path is taken from `data_dir`.
+
+    Raises:
+        DataError: the file is missing or unreadable, or a row is malformed (names the line).
+    """
+    rows = _read_hub(source) if source.hub is not None else _read_file(source, data_dir)
+    if source.limit is not None and source.limit < len(rows):
+        keep = sorted(random.Random(seed).sample(range(len(rows)), source.limit))
+        rows = [rows[i] for i in keep]
+    return rows
+
+
+def source_format(source: SourceConfig, path: Path) -> str:
+    if source.format is not None:
+        return source.format
+    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            str(path),
+            f"cannot tell the format from the suffix '{path.suffix}'",
+            f"set format: to one of {', '.join(sorted(set(SUFFIX_FORMATS.values()) | {'squad'}))}",
+        )
+    if fmt == "json" and _looks_like_squad(path, source.encoding):
+        return "squad"
+    return fmt
+
+
+def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
+    assert source.path is not None
+    path = Path(source.path)
+    if not path.is_absolute():
+        path = data_dir / path
+    if not path.is_file():
+        raise DataError(str(path), "file not found", f"paths are relative to data_dir {data_dir}")
+    fmt = source_format(source, path)
+    if source.articles is not None and fmt != "squad":
+        raise DataError(str(path), "'articles' only applies to SQuAD JSON files")
+    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_delimited, "tsv": _read_delimited,
+               "squad": _read_squad}
+    try:
+        return readers[fmt](path, source, fmt)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            str(path), f"not valid {source.encoding} text at byte {exc.start}", "set encoding: in the source"
+        ) from None
+
+
+def _encoding(source: SourceConfig) -> str:
+    # utf-8-sig strips a byte-order mark (MRPC has one) and reads plain UTF-8 unchanged.
+    return "utf-8-sig" if source.encoding.lower().replace("_", "-") == "utf-8" else source.encoding
+
+
+def _read_jsonl(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
+    rows = []
+    with path.open(encoding=_encoding(source)) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(where, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+            if not isinstance(value, dict):
+                raise DataError(where, f"expected a JSON object, got {type(value).__name__}")
+            rows.append(Row(value, where))
+    return rows
+
+
+def _read_json(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
+    value = _load_json(path, source)
+    records = value.get("data") if isinstance(value, dict) else value
+    if not isinstance(records, list):
+        raise DataError(str(path), "expected a JSON list of objects (or {'data': [...]})")
+    rows = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: item {i}", f"expected a JSON object, got {type(record).__name__}")
+        rows.append(Row(record, f"{path}: item {i}"))
+    return rows
+
+
+def _load_json(path: Path, source: SourceConfig) -> Any:
+    try:
+        return json.loads(path.read_text(encoding=_encoding(source)))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+def _looks_like_squad(path: Path, encoding: str) -> bool:
+    with path.open(encoding="utf-8-sig" if encoding.lower() == "utf-8" else encoding) as handle:
+        head = handle.read(4096)
+    return '"paragraphs"' in head or ('"version"' in head and '"data"' in head)
+
+
+def _read_squad(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
+    """Flatten SQuAD v1.1 JSON to one row per question: id, question, context, answers."""
+    value = _load_json(path, source)
+    articles = value.get("data") if isinstance(value, dict) else None
+    if not isinstance(articles, list):
+        raise DataError(str(path), "not SQuAD JSON: expected {'data': [{'paragraphs': [...]}, ...]}")
+    start, end = source.articles or (0, len(articles))
+    if end > len(articles):
+        raise DataError(str(path), f"articles [{start}, {end}) asked for, but the file has {len(articles)}")
+    rows = []
+    for a in range(start, end):
+        for p, paragraph in enumerate(articles[a].get("paragraphs", [])):
+            context = paragraph.get("context")
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                values = {
+                    "id": qa.get("id", where),
+                    "title": articles[a].get("title", ""),
+                    "question": qa.get("question"),
+                    "context": context,
+                    "answers": qa.get("answers"),
+                }
+                rows.append(Row(values, where))
+    return rows
+
+
+def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if source.quoting == "none" else csv.QUOTE_MINIMAL
+    rows: list[Row] = []
+    with path.open(encoding=_encoding(source), newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        header = source.columns
+        line = 1
+        if header is None:
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise DataError(str(path), "the file is empty") from None
+            line = reader.line_num + 1
+        width = len(header)
+        for fields in reader:
+            where = f"{path}:{line}"
+            line = reader.line_num + 1
+            if not fields or fields == [""]:
+                continue
+            too_many = len(fields) > width and source.columns is None
+            if len(fields) < width or too_many:
+                raise DataError(
+                    where,
+                    f"expected {width} {fmt.upper()} fields ({', '.join(header)}), found {len(fields)}",
+                    "a quote character inside the text? set quoting: none"
+                    if quoting == csv.QUOTE_MINIMAL
+                    else "if rows carry extra trailing fields, name the columns to keep with columns:",
+                )
+            rows.append(Row(dict(zip(header, fields, strict=False)), where))
+    if quoting == csv.QUOTE_NONE:
+        _check_row_count(path, source, len(rows), has_header=source.columns is None)
+    return rows
+
+
+def _check_row_count(path: Path, source: SourceConfig, read: int, has_header: bool) -> None:
+    with path.open(encoding=_encoding(source), newline="") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    expected = lines - (1 if has_header else 0)
+    if read != expected:
+        raise DataError(str(path), f"read {read} rows but the file has {expected} non-empty data lines")
+
+
+def _read_hub(source: SourceConfig) -> list[Row]:
+    """The online path: `datasets.load_dataset(hub, subset, split=...)`."""
+    import datasets
+
+    name = source.describe()
+    try:
+        dataset = datasets.load_dataset(source.hub, source.subset, split=source.split or "train")
+    except Exception as exc:  # datasets raises many types for network, name and split problems
+        raise DataError(name, f"could not load from the datasets hub: {exc}",
+                        "check the name, subset and split, and that you are online") from exc
+    return [Row(dict(record), f"{name} row {i}") for i, record in enumerate(dataset)]

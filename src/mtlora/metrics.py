@@ -1,0 +1,80 @@
+"""Metric functions: scikit-learn and scipy where they exist, the official SQuAD v1.1 rules by hand.
+
+(The `evaluate` library is not used: it downloads metric scripts from the hub at run time.)
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+
+def classification_metrics(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict:
+    ids = list(range(len(labels)))
+    metrics = {
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_f1": float(f1_score(gold, predicted, labels=ids, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(gold, predicted, labels=ids, average="weighted", zero_division=0)),
+    }
+    if len(labels) == 2:
+        # GLUE reports MRPC/QQP F1 as the F1 of the positive class (label id 1).
+        metrics["f1"] = float(f1_score(gold, predicted, pos_label=1, average="binary", zero_division=0))
+    return metrics
+
+
+def confusion(gold: Sequence[int], predicted: Sequence[int], n_labels: int) -> list[list[int]]:
+    return confusion_matrix(gold, predicted, labels=list(range(n_labels))).tolist()
+
+
+def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dict:
+    gold_array, predicted_array = np.asarray(gold, dtype=float), np.asarray(predicted, dtype=float)
+    if len(gold_array) < 2 or np.ptp(predicted_array) == 0 or np.ptp(gold_array) == 0:
+        # Correlation is undefined for constant inputs; report 0 rather than NaN.
+        pearson = spearman = 0.0
+    else:
+        pearson = float(stats.pearsonr(gold_array, predicted_array)[0])
+        spearman = float(stats.spearmanr(gold_array, predicted_array)[0])
+    return {
+        "pearson": pearson,
+        "spearman": spearman,
+        "mse": float(np.mean((gold_array - predicted_array) ** 2)) if len(gold_array) else 0.0,
+    }
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and the articles a/an/the, squeeze white space (SQuAD v1.1)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_exact_match(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def squad_token_f1(prediction: str, truth: str) -> float:
+    predicted_tokens = normalize_answer(prediction).split()
+    truth_tokens = normalize_answer(truth).split()
+    common = collections.Counter(predicted_tokens) & collections.Counter(truth_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision = same / len(predicted_tokens)
+    recall = same / len(truth_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """EM and F1 in percent, each question scored against its best-matching reference answer."""
+    if not predictions:
+        return {"exact_match": 0.0, "f1": 0.0}
+    em = [max(squad_exact_match(p, t) for t in truths) for p, truths in zip(predictions, references, strict=True)]
+    f1 = [max(squad_token_f1(p, t) for t in truths) for p, truths in zip(predictions, references, strict=True)]
+    return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}

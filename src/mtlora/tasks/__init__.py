@@ -1,0 +1,38 @@
+"""Task kinds, registered by name. Adding a kind is one module plus one `register_task_kind` line."""
+
+from __future__ import annotations
+
+from mtlora.errors import UnknownTaskError
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind
+from mtlora.tasks.classification import ClassificationTask
+from mtlora.tasks.extractive_qa import ExtractiveQATask
+from mtlora.tasks.pair_classification import PairClassificationTask
+from mtlora.tasks.regression import RegressionTask
+
+_KINDS: dict[str, type[TaskKind]] = {}
+
+
+def register_task_kind(kind: type[TaskKind]) -> type[TaskKind]:
+    """Make `kind` available under `kind.name`; refuses a name that is taken."""
+    if kind.name in _KINDS:
+        raise ValueError(f"task kind '{kind.name}' is registered already (by {_KINDS[kind.name].__name__})")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def get_task_kind(name: str) -> type[TaskKind]:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise UnknownTaskError("task kind", name, list(_KINDS)) from None
+
+
+def task_kind_names() -> list[str]:
+    return sorted(_KINDS)
+
+
+for _kind in (ClassificationTask, PairClassificationTask, RegressionTask, ExtractiveQATask):
+    register_task_kind(_kind)
+
+__all__ = ["Encoded", "Example", "Prediction", "TaskKind", "get_task_kind", "register_task_kind",
+           "task_kind_names"]

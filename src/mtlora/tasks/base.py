@@ -1,0 +1,154 @@
+"""What every task kind provides: parsing rows into examples, the model head, encoding, decoding, metrics.
+
+A task kind is one subclass of `TaskKind` in its own module, registered with `register_task_kind`.
+The rest of mtlora (training, registry, evaluation, inference) only talks to this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from mtlora.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mtlora.config import TaskConfig
+    from mtlora.data.readers import Row
+
+Example = dict[str, Any]
+Prediction = dict[str, Any]
+
+
+@dataclass
+class Encoded:
+    """Tokenised examples. One example may become several features (QA windows a long context)."""
+
+    features: dict[str, list[Any]]
+    example_index: list[int]
+    extras: list[dict[str, Any]] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)  # per example
+
+    def __len__(self) -> int:
+        return len(self.example_index)
+
+
+class TaskKind(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    roles: ClassVar[tuple[str, ...]]
+    # The shape of input the task answers: routing uses it to narrow the candidates.
+    input_shape: ClassVar[str]
+    auto_class: ClassVar[Any]
+    peft_task_type: ClassVar[str]
+    primary_metric: ClassVar[str]
+    categorical: ClassVar[bool] = False
+    # Model outputs the task reads (in this order) after a forward pass.
+    output_names: ClassVar[tuple[str, ...]] = ("logits",)
+    token_level: ClassVar[bool] = False  # outputs have one value per token, not per sequence
+
+    def __init__(
+        self,
+        labels: Sequence[str] | None = None,
+        fields: dict[str, str] | None = None,
+        label_map: dict[str, str] | None = None,
+    ):
+        self.labels: list[str] | None = list(labels) if labels is not None else None
+        self.fields = dict(fields or {})
+        self.label_map = dict(label_map or {})
+
+    @classmethod
+    def from_config(cls, config: TaskConfig) -> TaskKind:
+        return cls(labels=config.data.labels, fields=config.data.fields, label_map=config.data.label_map)
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        """Raise ValueError for settings this kind cannot use (called while the config is validated)."""
+
+    # ---- data -------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def parse(self, rows: Sequence[Row]) -> list[Example]:
+        """Validate raw rows and turn them into examples; raise DataError naming the row and field."""
+
+    @abstractmethod
+    def input_example(self, text: str, text_pair: str | None = None) -> Example:
+        """Build an example from a user's input; raise InputError for the wrong shape."""
+
+    def stratify_key(self, example: Example) -> Any:
+        return example.get("label") if self.categorical else None
+
+    def column(self, role: str) -> str:
+        return self.fields.get(role, role)
+
+    def value(self, row: Row, role: str) -> Any:
+        column = self.column(role)
+        if column not in row.values or row.values[column] is None:
+            present = ", ".join(str(k) for k in row.values)
+            raise DataError(
+                row.where,
+                f"missing field '{column}' (the {self.name} role '{role}'); fields present: {present}",
+                f"map the role to a column with data.fields.{role}",
+            )
+        return row.values[column]
+
+    def text_value(self, row: Row, role: str) -> str:
+        value = self.value(row, role)
+        if not isinstance(value, str):
+            raise DataError(row.where, f"field '{self.column(role)}' must be text, got {type(value).__name__}")
+        if not value.strip():
+            raise DataError(row.where, f"field '{self.column(role)}' is empty")
+        return value
+
+    # ---- model ------------------------------------------------------------------------------------
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `auto_class.from_pretrained` that shape the head."""
+        return {}
+
+    @abstractmethod
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+        max_length: int,
+        doc_stride: int,
+        with_targets: bool,
+    ) -> Encoded:
+        """Tokenise without padding (batches are padded to their own longest row)."""
+
+    @abstractmethod
+    def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
+               examples: Sequence[Example]) -> list[Prediction]:
+        """Turn per-feature model outputs into one prediction per example."""
+
+    @abstractmethod
+    def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
+        """Compare predictions with the examples' targets."""
+
+    def confusion(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[list[int]] | None:
+        """Gold x predicted counts, for kinds with a fixed label set."""
+        return None
+
+    def outputs_of(self, model_output: Any) -> dict[str, torch.Tensor]:
+        return {name: getattr(model_output, name) for name in self.output_names}
+
+
+def require_text(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"{what} is empty: give some text to predict on")
+    return text
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,186 @@
+"""`extractive_qa`: question + context -> the answer span in the context (SQuAD v1.1 style).
+
+Contexts longer than `max_length` are split into overlapping windows (`doc_stride` tokens of overlap);
+each window scores candidate spans and the best span over all windows of a question wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from peft import TaskType
+from transformers import AutoModelForQuestionAnswering
+
+from mtlora.errors import DataError, InputError
+from mtlora.metrics import squad_metrics
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mtlora.config import TaskConfig
+    from mtlora.data.readers import Row
+
+MAX_ANSWER_TOKENS = 30
+CANDIDATES_PER_WINDOW = 20
+
+
+class ExtractiveQATask(TaskKind):
+    name = "extractive_qa"
+    description = "question + context -> answer span"
+    roles = ("question", "context", "answers")
+    input_shape = "qa"
+    auto_class = AutoModelForQuestionAnswering
+    peft_task_type = TaskType.QUESTION_ANS
+    primary_metric = "f1"
+    output_names = ("start_logits", "end_logits")
+    token_level = True
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        if config.data.labels is not None or config.data.label_map:
+            raise ValueError("an extractive_qa task has no labels: remove data.labels and data.label_map")
+        if config.training.doc_stride >= config.training.max_length:
+            raise ValueError("training.doc_stride must be smaller than training.max_length")
+
+    def parse(self, rows: Sequence[Row]) -> list[Example]:
+        examples = []
+        for row in rows:
+            context = self.text_value(row, "context")
+            examples.append({
+                "question": self.text_value(row, "question"),
+                "context": context,
+                "answers": self._answers(row, context),
+                "id": row.values.get("id", row.where),
+                "where": row.where,
+            })
+        return examples
+
+    def _answers(self, row: Row, context: str) -> list[dict[str, Any]]:
+        """Accept SQuAD lists of {text, answer_start}, the hub's {text: [...], answer_start: [...]},
+        or a bare answer string (located in the context)."""
+        raw = self.value(row, "answers")
+        field = self.column("answers")
+        if isinstance(raw, str):
+            raw = [{"text": raw}]
+        elif isinstance(raw, dict) and isinstance(raw.get("text"), list):
+            starts = raw.get("answer_start") or [None] * len(raw["text"])
+            raw = [{"text": t, "answer_start": s} for t, s in zip(raw["text"], starts, strict=False)]
+        if not isinstance(raw, list) or not raw:
+            raise DataError(row.where, f"field '{field}' must be a non-empty list of answers")
+        answers = []
+        for i, answer in enumerate(raw):
+            text = answer.get("text") if isinstance(answer, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(row.where, f"{field}[{i}] has no answer text")
+            start = answer.get("answer_start")
+            if start is None:
+                start = context.find(text)
+            if not isinstance(start, int) or context[start:start + len(text)] != text:
+                raise DataError(
+                    row.where,
+                    f"{field}[{i}] {text!r} is not found in its context at answer_start={start}",
+                    "answer_start must be the character offset of the answer text in the context",
+                )
+            answers.append({"text": text, "answer_start": start})
+        return answers
+
+    def input_example(self, text: str, text_pair: str | None = None) -> Example:
+        if text_pair is None:
+            raise InputError("an extractive_qa task needs a question and a context to find the answer in")
+        return {"question": require_text(text, "question"), "context": require_text(text_pair, "context")}
+
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+        max_length: int,
+        doc_stride: int,
+        with_targets: bool,
+    ) -> Encoded:
+        # BERT-style tokenizers put the question first; a few (XLNet) pad on the left and swap them.
+        tokens = tokenizer(
+            [e["question"].lstrip() for e in examples],
+            [e["context"] for e in examples],
+            truncation="only_second",
+            max_length=max_length,
+            stride=doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        example_index = list(tokens.pop("overflow_to_sample_mapping"))
+        offsets_all = tokens.pop("offset_mapping")
+        extras, starts, ends = [], [], []
+        for feature, offsets in enumerate(offsets_all):
+            sequence_ids = tokens.sequence_ids(feature)
+            context_offsets = [o if s == 1 else None for o, s in zip(offsets, sequence_ids, strict=True)]
+            extras.append({"offsets": context_offsets})
+            if with_targets:
+                answer = examples[example_index[feature]]["answers"][0]
+                start, end = _token_span(context_offsets, answer["answer_start"],
+                                         answer["answer_start"] + len(answer["text"]))
+                starts.append(start)
+                ends.append(end)
+        features: dict[str, list[Any]] = dict(tokens)
+        if with_targets:
+            features["start_positions"] = starts
+            features["end_positions"] = ends
+        # The answer is searched in every window, so a long context is not "truncated" for the user.
+        truncated = [False] * len(examples)
+        return Encoded(features=features, example_index=example_index, extras=extras, truncated=truncated)
+
+    def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
+               examples: Sequence[Example]) -> list[Prediction]:
+        best: list[tuple[float, int, int] | None] = [None] * len(examples)
+        scores: list[list[float]] = [[] for _ in examples]
+        for feature, output in enumerate(outputs):
+            example = encoded.example_index[feature]
+            offsets = encoded.extras[feature]["offsets"]
+            for score, start_char, end_char in _candidate_spans(output["start_logits"], output["end_logits"],
+                                                                offsets):
+                scores[example].append(score)
+                current = best[example]
+                if current is None or score > current[0]:
+                    best[example] = (score, start_char, end_char)
+        predictions = []
+        for example, candidate, candidate_scores in zip(examples, best, scores, strict=True):
+            if candidate is None:
+                predictions.append({"answer": "", "start": None, "end": None, "confidence": 0.0,
+                                    "truncated": False})
+                continue
+            score, start, end = candidate
+            # Softmax of the winning span's score over every candidate span of the question.
+            confidence = float(1.0 / np.exp(np.asarray(candidate_scores) - score).sum())
+            predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
+                                "confidence": confidence, "truncated": False})
+        return predictions
+
+    def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
+        return squad_metrics([p["answer"] for p in predictions],
+                             [[a["text"] for a in e["answers"]] for e in examples])
+
+
+def _token_span(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int]:
+    """Token positions of the answer in one window; (0, 0), the [CLS] token, when the window misses it."""
+    context = [i for i, o in enumerate(offsets) if o is not None]
+    if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
+        return 0, 0
+    start = next(i for i in context if offsets[i][1] > start_char)
+    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    return start, end
+
+
+def _candidate_spans(start_logits: np.ndarray, end_logits: np.ndarray,
+                     offsets: list[tuple[int, int] | None]) -> list[tuple[float, int, int]]:
+    length = min(len(offsets), len(start_logits))
+    top_starts = np.argsort(start_logits[:length])[::-1][:CANDIDATES_PER_WINDOW]
+    top_ends = np.argsort(end_logits[:length])[::-1][:CANDIDATES_PER_WINDOW]
+    spans = []
+    for s in top_starts:
+        for e in top_ends:
+            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > MAX_ANSWER_TOKENS:
+                continue
+            spans.append((float(start_logits[s] + end_logits[e]), offsets[s][0], offsets[e][1]))
+    return spans

@@ -1,0 +1,56 @@
+"""`regression`: two texts -> a real-valued score, e.g. STS-B similarity from 0 to 5."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mtlora.errors import DataError
+from mtlora.metrics import regression_metrics
+from mtlora.tasks.base import Encoded, Example, Prediction
+from mtlora.tasks.sequence import SequenceTask
+
+if TYPE_CHECKING:
+    from mtlora.config import TaskConfig
+    from mtlora.data.readers import Row
+
+
+class RegressionTask(SequenceTask):
+    name = "regression"
+    description = "two texts -> a score"
+    roles = ("text", "text_pair", "label")
+    input_shape = "pair"
+    primary_metric = "pearson"
+    pair = True
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        if config.data.labels is not None or config.data.label_map:
+            raise ValueError("a regression task predicts a number: remove data.labels and data.label_map")
+
+    def parse(self, rows: Sequence[Row]) -> list[Example]:
+        examples = []
+        for row in rows:
+            example = self.parse_texts(row)
+            raw = self.value(row, "label")
+            try:
+                example["label"] = float(raw)
+            except (TypeError, ValueError):
+                raise DataError(row.where, f"score {raw!r} in field '{self.column('label')}' is not a number") from None
+            if not np.isfinite(example["label"]):
+                raise DataError(row.where, f"score {raw!r} in field '{self.column('label')}' is not finite")
+            examples.append(example)
+        return examples
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": 1, "problem_type": "regression"}
+
+    def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
+               examples: Sequence[Example]) -> list[Prediction]:
+        return [{"score": float(o["logits"].reshape(-1)[0]), "truncated": encoded.truncated[i]}
+                for i, o in enumerate(outputs)]
+
+    def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
+        return regression_metrics([e["label"] for e in examples], [p["score"] for p in predictions])

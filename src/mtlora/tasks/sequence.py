@@ -1,0 +1,76 @@
+"""Shared parts of the kinds that put a head on the whole sequence (one or two texts in, logits out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from peft import TaskType
+from transformers import AutoModelForSequenceClassification
+
+from mtlora.errors import DataError, InputError
+from mtlora.tasks.base import Encoded, Example, TaskKind, require_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mtlora.data.readers import Row
+
+
+class SequenceTask(TaskKind):
+    auto_class = AutoModelForSequenceClassification
+    peft_task_type = TaskType.SEQ_CLS
+    pair: ClassVar[bool]
+
+    def parse_texts(self, row: Row) -> Example:
+        example: Example = {"text": self.text_value(row, "text"), "where": row.where}
+        if self.pair:
+            example["text_pair"] = self.text_value(row, "text_pair")
+        return example
+
+    def input_example(self, text: str, text_pair: str | None = None) -> Example:
+        example: Example = {"text": require_text(text, "text")}
+        if self.pair:
+            if text_pair is None:
+                raise InputError(f"a {self.name} task compares two texts: give text and text_pair")
+            example["text_pair"] = require_text(text_pair, "text_pair")
+        elif text_pair is not None:
+            raise InputError(f"a {self.name} task takes one text, but a text pair was given")
+        return example
+
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+        max_length: int,
+        doc_stride: int,
+        with_targets: bool,
+    ) -> Encoded:
+        texts = [e["text"] for e in examples]
+        pairs = [e["text_pair"] for e in examples] if self.pair else None
+        tokens = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        features: dict[str, list[Any]] = dict(tokens)
+        if with_targets:
+            features["labels"] = [self.target(e) for e in examples]
+        truncated = [len(ids) >= max_length for ids in tokens["input_ids"]]
+        return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated)
+
+    def target(self, example: Example) -> Any:
+        return example["label"]
+
+
+def label_id(task: TaskKind, row: Row, raw: Any) -> int:
+    """Map a raw label (a name, a label_map key, or an integer id into `labels`) to its id."""
+    assert task.labels is not None
+    name = task.label_map.get(str(raw), str(raw))
+    if name in task.labels:
+        return task.labels.index(name)
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
+        index = int(raw)
+        if 0 <= index < len(task.labels) and not task.label_map:
+            return index
+    raise DataError(
+        row.where,
+        f"unknown label {raw!r} in field '{task.column('label')}'; valid labels: {', '.join(task.labels)}",
+        "add it to data.labels, or map it with data.label_map",
+    )
