@@ -1,0 +1,124 @@
+"""Building a task model for each training method, and loading trained adapters and baselines back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mtlora.backbone import fingerprint_backbone, load_task_model
+from mtlora.config import LoraSettings
+from mtlora.errors import BaseModelMismatchError
+from mtlora.registry import Manifest, Registry
+from mtlora.tasks import TaskKind, get_task_kind
+
+Method = Literal["lora", "head_only", "full"]
+METHODS: tuple[Method, ...] = ("lora", "head_only", "full")
+BASELINE_FILE = "head.safetensors"
+
+
+@dataclass
+class TaskModel:
+    model: nn.Module
+    kind: TaskKind
+    fingerprint: str
+    head_modules: list[str]  # trained alongside LoRA and saved with the adapter
+    base_parameters: int  # of the task model before any adapter: what full fine-tuning would train
+
+
+def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSettings, seed: int) -> TaskModel:
+    """The model to train: LoRA on the backbone, the head alone, or every weight."""
+    loaded = load_task_model(backbone, kind.auto_class, seed, **kind.model_kwargs())
+    head = sorted(set(head_module_names(loaded.model)) | set(loaded.fresh_modules))
+    model = loaded.model
+    base_parameters = sum(p.numel() for p in model.parameters())
+    if method == "lora":
+        config = LoraConfig(
+            task_type=kind.peft_task_type,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            modules_to_save=head,
+        )
+        model = get_peft_model(model, config)
+    elif method == "head_only":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = _in_modules(name, head)
+    return TaskModel(model=model, kind=kind, fingerprint=loaded.fingerprint, head_modules=head,
+                     base_parameters=base_parameters)
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """The task head: children with weights outside the backbone (`classifier`, `qa_outputs`, ...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children()
+            if name != prefix and any(True for _ in child.parameters())]
+
+
+def _in_modules(parameter_name: str, modules: list[str]) -> bool:
+    parts = parameter_name.split(".")
+    return any(m in parts[:-1] for m in modules)
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def kind_from_manifest(manifest: Manifest) -> TaskKind:
+    return get_task_kind(manifest.kind)(labels=manifest.labels, fields=manifest.fields,
+                                        label_map=manifest.label_map)
+
+
+def check_base(manifest: Manifest, backbone: str) -> None:
+    fingerprint = fingerprint_backbone(backbone)
+    if fingerprint != manifest.base_fingerprint:
+        raise BaseModelMismatchError(
+            f"adapter '{manifest.name}' was trained on base model '{manifest.base_model}' "
+            f"({manifest.base_fingerprint[:19]}), but the backbone given is '{backbone}' ({fingerprint[:19]}); "
+            "use the same backbone, or retrain the adapter on this one"
+        )
+
+
+def load_adapter_model(registry: Registry, name: str, backbone: str) -> tuple[PeftModel, TaskKind, Manifest]:
+    """Base model + head shape from the manifest, then the adapter through plain `PeftModel.from_pretrained`."""
+    manifest = registry.verified(name)
+    check_base(manifest, backbone)
+    kind = kind_from_manifest(manifest)
+    loaded = load_task_model(backbone, kind.auto_class, seed=0, **manifest.head_kwargs())
+    model = PeftModel.from_pretrained(loaded.model, registry.path(name))
+    model.eval()
+    return model, kind, manifest
+
+
+def save_baseline(model: nn.Module, head: list[str], folder: Path) -> None:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if _in_modules(k, head)}
+    save_file(state, str(folder / BASELINE_FILE))
+
+
+def load_baseline_model(registry: Registry, name: str, backbone: str) -> nn.Module | None:
+    """The head-only baseline of `name`, or None when it was not trained."""
+    folder = registry.baseline_path(name)
+    if not (folder / BASELINE_FILE).is_file():
+        return None
+    manifest = registry.manifest(name)
+    kind = kind_from_manifest(manifest)
+    loaded = load_task_model(backbone, kind.auto_class, seed=0, **manifest.head_kwargs())
+    missing, unexpected = loaded.model.load_state_dict(load_file(str(folder / BASELINE_FILE)), strict=False)
+    if unexpected:
+        raise BaseModelMismatchError(f"baseline {folder} does not fit the model: unexpected {unexpected[:3]}")
+    loaded.model.eval()
+    return loaded.model
+
+
+def load_untrained_model(backbone: str, kind: TaskKind, seed: int) -> nn.Module:
+    """The base model with the head as initialised before training: the floor LoRA is measured from."""
+    with torch.random.fork_rng():
+        loaded = load_task_model(backbone, kind.auto_class, seed, **kind.model_kwargs())
+    loaded.model.eval()
+    return loaded.model

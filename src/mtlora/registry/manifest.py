@@ -1,0 +1,55 @@
+"""The manifest stored beside each adapter: what it does, what it was trained on, how well it does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ParameterCounts(BaseModel):
+    trainable: int
+    total: int
+
+    @property
+    def ratio(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+
+class Manifest(BaseModel):
+    """Everything needed to rebuild the task model around the adapter without the project file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    kind: str
+    labels: list[str] | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    label_map: dict[str, str] = Field(default_factory=dict)
+    base_model: str
+    base_fingerprint: str
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    modules_to_save: list[str] = Field(default_factory=list)
+    lora: dict[str, Any]
+    max_length: int
+    doc_stride: int = 128
+    parameters: ParameterCounts
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    routing: dict[str, Any] = Field(default_factory=dict)
+    example_inputs: list[Any] = Field(default_factory=list, description="training inputs, for semantic routing")
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    mtlora_version: str = ""
+
+    def head_kwargs(self) -> dict[str, Any]:
+        """`model_kwargs` with JSON's string keys turned back into the int keys transformers expects."""
+        kwargs = dict(self.model_kwargs)
+        if "id2label" in kwargs:
+            kwargs["id2label"] = {int(k): v for k, v in kwargs["id2label"].items()}
+        return kwargs

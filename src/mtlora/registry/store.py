@@ -1,0 +1,143 @@
+"""A plain folder of adapters: `<root>/<task>/` holds a standard PEFT adapter and `manifest.json`.
+
+    <root>/
+      sentiment/                 adapter_config.json, adapter_model.safetensors, manifest.json
+      .baselines/sentiment/      the head-only baseline's head weights (for evaluation)
+      .staging/                  folders being written; never listed or loaded
+      .runs/sentiment/           resumable training checkpoints
+
+A folder is an adapter only once its manifest is written, and its files must match the checksums
+the manifest records, so a half-written or damaged adapter is refused instead of loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mtlora import atomic
+from mtlora.config import validate_task_name
+from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError
+from mtlora.registry.manifest import MANIFEST_FILE, Manifest
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    # ---- paths ------------------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        return self.root / checked_name(name)
+
+    def baseline_path(self, name: str) -> Path:
+        return self.root / ".baselines" / checked_name(name)
+
+    def run_path(self, name: str, method: str) -> Path:
+        return self.root / ".runs" / checked_name(name) / method
+
+    @property
+    def staging(self) -> Path:
+        return self.root / ".staging"
+
+    # ---- reading ----------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+    def manifest(self, name: str) -> Manifest:
+        """The manifest of adapter `name`.
+
+        Raises:
+            AdapterNotFoundError: no such adapter (the error lists the ones there are).
+            CorruptAdapterError: the manifest is unreadable.
+        """
+        folder = self.path(name)
+        atomic.recover_folder(folder, self.staging)
+        manifest_file = folder / MANIFEST_FILE
+        if not manifest_file.is_file():
+            raise AdapterNotFoundError(str(self.root), name, self.names())
+        try:
+            return Manifest.model_validate(json.loads(manifest_file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            raise CorruptAdapterError(f"{manifest_file}: unreadable manifest ({exc}); retrain the adapter") from None
+
+    def verified(self, name: str) -> Manifest:
+        """The manifest, after checking every file it lists against its checksum."""
+        manifest = self.manifest(name)
+        folder = self.path(name)
+        for file, expected in manifest.files.items():
+            actual = sha256_file(folder / file) if (folder / file).is_file() else None
+            if actual != expected:
+                problem = "is missing" if actual is None else "does not match its checksum"
+                raise CorruptAdapterError(
+                    f"adapter '{name}': {folder / file} {problem}; the adapter is damaged, retrain it "
+                    f"with `mtlora train CONFIG --task {name}`"
+                )
+        return manifest
+
+    def manifests(self) -> Iterator[Manifest]:
+        for name in self.names():
+            yield self.manifest(name)
+
+    # ---- writing ----------------------------------------------------------------------------------
+
+    def save(self, name: str, write_files: Callable[[Path], None], manifest: Manifest) -> Path:
+        """Write an adapter atomically: `write_files(folder)` fills a staging folder, then the manifest
+        (with checksums of what was written) goes in last and the folder is renamed into place."""
+        target = self.path(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic.staged_folder(target, self.staging) as folder:
+            write_files(folder)
+            files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+            manifest = manifest.model_copy(update={"files": files})
+            atomic.write_text(folder / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+        return target
+
+    @contextmanager
+    def staged(self, target: Path) -> Iterator[Path]:
+        with atomic.staged_folder(target, self.staging) as folder:
+            yield folder
+
+    def update(self, name: str, **changes: Any) -> Manifest:
+        """Rewrite fields of a manifest (metrics after evaluation, say) atomically."""
+        manifest = self.manifest(name).model_copy(update=changes)
+        atomic.write_text(self.path(name) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+        return manifest
+
+    def remove(self, name: str) -> None:
+        if name not in self:
+            raise AdapterNotFoundError(str(self.root), name, self.names())
+        shutil.rmtree(self.path(name))
+        shutil.rmtree(self.baseline_path(name), ignore_errors=True)
+
+
+def checked_name(name: str) -> str:
+    try:
+        return validate_task_name(name)
+    except ValueError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
