@@ -1,0 +1,49 @@
+"""Predicting with one stored adapter: `TaskPredictor(...).predict("text")`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mtlora.backbone import default_device, load_tokenizer, use_bf16
+from mtlora.engine.inference import predict_examples
+from mtlora.errors import InputError
+from mtlora.modeling import load_adapter_model
+from mtlora.registry import Registry
+from mtlora.tasks import Prediction
+
+Input = str | tuple[str, str] | list[str]
+
+
+class TaskPredictor:
+    """One adapter from a registry, loaded on its base model, ready to answer inputs.
+
+    Example:
+        >>> predictor = TaskPredictor(Registry("adapters"), "sentiment", backbone="embedded")
+        >>> predictor.predict("a wonderful film")["label"]
+        'positive'
+    """
+
+    def __init__(self, registry: Registry, name: str, backbone: str, precision: str = "auto"):
+        self.model, self.kind, self.manifest = load_adapter_model(registry, name, backbone)
+        self.device = default_device()
+        self.model.to(self.device)
+        self.bf16 = use_bf16(precision, self.device)
+        self.tokenizer = load_tokenizer(backbone)
+
+    def predict(self, text: str, text_pair: str | None = None) -> Prediction:
+        """One input (a text, or a text pair / question and context) -> one prediction."""
+        return self.predict_batch([(text, text_pair) if text_pair is not None else text])[0]
+
+    def predict_batch(self, inputs: Sequence[Input], batch_size: int = 64) -> list[Prediction]:
+        examples = [self.kind.input_example(*_as_pair(item)) for item in inputs]
+        predictions = predict_examples(self.model, self.kind, self.tokenizer, examples, self.manifest.max_length,
+                                       self.manifest.doc_stride, batch_size, self.bf16)
+        return [{"task": self.manifest.name, **p} for p in predictions]
+
+
+def _as_pair(item: Input) -> tuple[str, str | None]:
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    raise InputError(f"an input is a text or a pair of texts, got {item!r}")

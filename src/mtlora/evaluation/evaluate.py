@@ -1,0 +1,121 @@
+"""Evaluating a task's adapter side by side with its head-only baseline and the untrained base."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mtlora.backbone import default_device, load_tokenizer, use_bf16
+from mtlora.config import ProjectConfig, TaskConfig
+from mtlora.data import load_task_data
+from mtlora.engine import predict_examples
+from mtlora.errors import DataError
+from mtlora.modeling import (
+    load_adapter_model,
+    load_baseline_model,
+    load_untrained_model,
+)
+from mtlora.registry import Registry
+from mtlora.tasks import Example, Prediction, TaskKind
+
+SAMPLES_SHOWN = 5
+VARIANTS = {"base": "untrained base", "head_only": "head-only baseline", "lora": "LoRA adapter"}
+
+
+@dataclass
+class TaskReport:
+    task: str
+    kind: str
+    split: str
+    examples: int
+    primary_metric: str
+    metrics: dict[str, dict[str, float]]  # variant -> metric -> value
+    parameters: dict[str, dict[str, int]]  # variant -> {trainable, total}
+    labels: list[str] | None = None
+    confusion: list[list[int]] | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_task(
+    project: ProjectConfig,
+    task: TaskConfig,
+    split: str = "validation",
+    log: Callable[[str], None] = print,
+) -> TaskReport:
+    """Score the LoRA adapter, the head-only baseline (if trained) and the untrained base on `split`."""
+    registry = Registry(project.registry)
+    model, kind, manifest = load_adapter_model(registry, task.name, project.backbone)
+    data = load_task_data(project, task, splits=(split,))
+    examples = data.split(split)
+    if not examples:
+        raise DataError(f"task '{task.name}'", f"has no {split} data",
+                        "set data.validation (or data.holdout) or data.test in the project file")
+    tokenizer = load_tokenizer(project.backbone)
+    bf16 = use_bf16(task.training.precision, default_device())
+
+    def run(variant_model: nn.Module) -> list[Prediction]:
+        return predict_examples(variant_model.to(default_device()), kind, tokenizer, examples,
+                                manifest.max_length, manifest.doc_stride, task.training.eval_batch_size, bf16)
+
+    log(f"[{task.name}] evaluating on {len(examples)} {split} examples")
+    predictions = {"lora": run(model)}
+    parameters = {"lora": {"trainable": manifest.parameters.trainable, "total": manifest.parameters.total}}
+    baseline = load_baseline_model(registry, task.name, project.backbone)
+    if baseline is not None:
+        predictions["head_only"] = run(baseline)
+        record = json.loads((registry.baseline_path(task.name) / "baseline.json").read_text())
+        parameters["head_only"] = {"trainable": record["trainable"], "total": record["total"]}
+    predictions["base"] = run(load_untrained_model(project.backbone, kind, task.training.seed))
+    parameters["base"] = {"trainable": 0, "total": manifest.parameters.total}
+
+    metrics = {variant: kind.metrics(p, examples) for variant, p in predictions.items()}
+    report = TaskReport(
+        task=task.name,
+        kind=task.kind,
+        split=split,
+        examples=len(examples),
+        primary_metric=kind.primary_metric,
+        metrics={v: metrics[v] for v in VARIANTS if v in metrics},
+        parameters={v: parameters[v] for v in VARIANTS if v in parameters},
+        labels=kind.labels,
+        confusion=kind.confusion(predictions["lora"], examples),
+        samples=_samples(kind, examples, predictions),
+    )
+    registry.update(task.name, metrics={**manifest.metrics, split: report.metrics})
+    return report
+
+
+def _samples(kind: TaskKind, examples: list[Example], predictions: dict[str, list[Prediction]]) -> list[dict]:
+    """A few examples with what each variant answered, for a person to read."""
+    shown = []
+    for i in range(min(SAMPLES_SHOWN, len(examples))):
+        example = examples[i]
+        entry: dict[str, Any] = {k: example[k] for k in ("text", "text_pair", "question") if k in example}
+        entry["expected"] = _target_text(kind, example)
+        for variant, preds in predictions.items():
+            entry[variant] = _answer_text(preds[i])
+        shown.append(entry)
+    return shown
+
+
+def _target_text(kind: TaskKind, example: Example) -> str:
+    if "answers" in example:
+        return example["answers"][0]["text"]
+    if kind.labels is not None:
+        return kind.labels[example["label"]]
+    return f"{example['label']:.2f}"
+
+
+def _answer_text(prediction: Prediction) -> str:
+    if "label" in prediction:
+        return f"{prediction['label']} ({prediction['confidence']:.2f})"
+    if "score" in prediction:
+        return f"{prediction['score']:.2f}"
+    return str(prediction.get("answer", ""))

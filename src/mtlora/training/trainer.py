@@ -1,0 +1,270 @@
+"""Training one task with the Hugging Face Trainer: LoRA adapter, head-only baseline, or full fine-tuning.
+
+The Trainer brings checkpointing, resumption (with RNG and data-order state), bf16 autocast, progress
+bars, and multi-GPU through `accelerate launch` / `torchrun` with no change here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from torch import nn
+from transformers import (
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+import mtlora
+from mtlora.backbone import default_device, load_tokenizer, use_bf16
+from mtlora.config import ProjectConfig, TaskConfig
+from mtlora.data import load_task_data
+from mtlora.errors import MtloraError
+from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
+from mtlora.registry import Manifest, ParameterCounts, Registry
+from mtlora.tasks import Example
+
+EXAMPLE_INPUTS_KEPT = 64
+INPUT_KEYS = ("text", "text_pair", "question", "context")
+
+
+class TrainingInterrupted(MtloraError):
+    """Training stopped on Ctrl-C after saving a checkpoint; running the same command resumes it."""
+
+
+@dataclass
+class TrainOutcome:
+    task: str
+    method: Method
+    trainable: int
+    total: int
+    time_s: float
+    steps: int
+    samples_per_s: float
+    train_loss: float
+    resumed_from: str | None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    model: nn.Module | None = field(default=None, repr=False)
+    saved_to: Path | None = None
+
+
+def train_task(
+    project: ProjectConfig,
+    task: TaskConfig,
+    method: Method = "lora",
+    *,
+    fresh: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Train `task` with `method` and store the result.
+
+    `lora` goes to the registry as a PEFT adapter with its manifest; `head_only` is stored as the task's
+    baseline; `full` is returned in memory only (benchmarks compare against it).
+    A run interrupted by Ctrl-C or a crash resumes from its latest checkpoint when called again,
+    unless `fresh` is set or the settings changed.
+    """
+    registry = Registry(project.registry)
+    data = load_task_data(project, task, splits=("train",))
+    kind = data.kind
+    tokenizer = load_tokenizer(project.backbone)
+    built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed)
+    settings = task.training
+    encoded = kind.encode(tokenizer, data.train, settings.max_length, settings.doc_stride, with_targets=True)
+    train_set = datasets.Dataset.from_dict(encoded.features)
+
+    run_dir = registry.run_path(task.name, method)
+    resume = _checkpoint_to_resume(run_dir, _run_signature(project, task, method, built), fresh, log)
+    device = default_device()
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.lr,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,
+        lr_scheduler_type="linear",
+        train_sampling_strategy="group_by_length",
+        bf16=use_bf16(settings.precision, device),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        save_strategy="steps",
+        save_steps=settings.checkpoint_every,
+        save_total_limit=2,
+        logging_steps=max(1, min(50, settings.checkpoint_every // 4)),
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    stopper = _StopOnSignal()
+    trainer = Trainer(
+        model=built.model,
+        args=args,
+        train_dataset=train_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[stopper],
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    log(f"[{task.name}] training {method}: {len(data.train)} examples, "
+        f"{_describe_parameters(built)}, precision {'bf16' if args.bf16 else 'fp32'}")
+    started = time.perf_counter()
+    with stopper.installed():
+        result = trainer.train(resume_from_checkpoint=resume)
+    if stopper.requested:
+        raise TrainingInterrupted(
+            f"[{task.name}] interrupted at step {trainer.state.global_step}; checkpoint saved in {run_dir}. "
+            "Run the same command again to resume."
+        )
+    elapsed = time.perf_counter() - started
+    built.model.eval()
+    trainable, total = count_trainable(built.model), built.base_parameters
+    outcome = TrainOutcome(
+        task=task.name,
+        method=method,
+        trainable=trainable,
+        total=total,
+        time_s=elapsed,
+        steps=trainer.state.global_step,
+        samples_per_s=float(result.metrics.get("train_samples_per_second", 0.0)),
+        train_loss=float(result.metrics.get("train_loss", float("nan"))),
+        resumed_from=resume,
+        losses=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+        model=built.model,
+    )
+    if method == "lora":
+        outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train)
+    elif method == "head_only":
+        outcome.saved_to = _save_head_baseline(registry, task, built, outcome)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # only when no other method's run is in progress there
+    return outcome
+
+
+def _describe_parameters(built: TaskModel) -> str:
+    trainable, total = count_trainable(built.model), built.base_parameters
+    return f"{trainable:,} trainable parameters, {100 * trainable / total:.2f}% of full fine-tuning's {total:,}"
+
+
+def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel) -> str:
+    """What a checkpoint must have been trained with to be resumed: same task settings, base and method."""
+    payload = {"task": task.model_dump(mode="json"), "method": method, "base": built.fingerprint}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _checkpoint_to_resume(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> str | None:
+    marker = run_dir / "run.json"
+    if run_dir.is_dir():
+        previous = json.loads(marker.read_text()).get("signature") if marker.is_file() else None
+        checkpoint = get_last_checkpoint(str(run_dir))
+        if checkpoint and not fresh and previous == signature:
+            step = checkpoint.rsplit("-", 1)[-1]
+            log(f"Resuming from {checkpoint} (step {step}); pass --fresh to start over.")
+            return checkpoint
+        if checkpoint:
+            reason = "--fresh given" if fresh else "the settings changed since it was written"
+            log(f"Not resuming from {checkpoint}: {reason}. Starting over.")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    marker.write_text(json.dumps({"signature": signature}))
+    return None
+
+
+class _StopOnSignal(TrainerCallback):
+    """First Ctrl-C: save a checkpoint at the end of the current step and stop. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nInterrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        # Signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps its default.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel,
+                  outcome: TrainOutcome, train: list[Example]) -> Path:
+    kind = built.kind
+    manifest = Manifest(
+        name=task.name,
+        kind=task.kind,
+        labels=kind.labels,
+        fields=kind.fields,
+        label_map=kind.label_map,
+        base_model=project.backbone,
+        base_fingerprint=built.fingerprint,
+        model_kwargs=kind.model_kwargs(),
+        modules_to_save=built.head_modules,
+        lora=task.lora.model_dump(mode="json"),
+        max_length=task.training.max_length,
+        doc_stride=task.training.doc_stride,
+        parameters=ParameterCounts(trainable=outcome.trainable, total=outcome.total),
+        training=_training_record(task, outcome),
+        routing=task.routing.model_dump(mode="json"),
+        example_inputs=_example_inputs(train, task.training.seed),
+        mtlora_version=mtlora.__version__,
+    )
+    return registry.save(task.name, built.model.save_pretrained, manifest)
+
+
+def _save_head_baseline(registry: Registry, task: TaskConfig, built: TaskModel, outcome: TrainOutcome) -> Path:
+    target = registry.baseline_path(task.name)
+    with registry.staged(target) as folder:
+        save_baseline(built.model, built.head_modules, folder)
+        record = {"trainable": outcome.trainable, "total": outcome.total, **_training_record(task, outcome)}
+        (folder / "baseline.json").write_text(json.dumps(record, indent=2))
+    return target
+
+
+def _training_record(task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
+    return {
+        "method": outcome.method,
+        "time_s": round(outcome.time_s, 2),
+        "steps": outcome.steps,
+        "samples_per_s": round(outcome.samples_per_s, 2),
+        "train_loss": outcome.train_loss,
+        "losses": outcome.losses,
+        "settings": task.training.model_dump(mode="json"),
+    }
+
+
+def _example_inputs(train: list[Example], seed: int) -> list[dict[str, str]]:
+    """A seeded sample of training inputs, kept for semantic routing (no labels, contexts shortened)."""
+    picked = random.Random(seed).sample(train, min(EXAMPLE_INPUTS_KEPT, len(train)))
+    return [{k: (e[k][:500] if k == "context" else e[k]) for k in INPUT_KEYS if k in e} for e in picked]

@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny random BERT saved like a real checkpoint, and tiny task data.
+
+Nothing here downloads: the model is built from a config and saved to a temporary folder, and is
+then loaded through the same `from_pretrained` path a user's backbone takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "the a an is was it this that movie film great good bad awful terrible wonderful boring loved hated "
+    "my order package refund invoice charge account password login delivery where when what who did "
+    "same meaning different says cat dog sat on mat paris capital france of city river question answer"
+).split()
+
+
+def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = specials + sorted(set(WORDS)) + chars + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same shape as `tiny_bert`, other weights: an adapter must refuse to load on it."""
+    return write_tiny_bert(tmp_path_factory.mktemp("other-bert"), seed=1)
+
+
+SENTIMENT = [("loved this great movie", "positive"), ("wonderful film", "positive"),
+             ("great good movie", "positive"), ("this film was wonderful", "positive"),
+             ("hated this awful movie", "negative"), ("terrible boring film", "negative"),
+             ("bad awful movie", "negative"), ("this film was boring", "negative")]
+PARAPHRASE = [("the cat sat on the mat", "a cat sat on a mat", 1), ("the dog sat", "the dog sat", 1),
+              ("paris is the capital", "the capital is paris", 1), ("my order", "my package", 1),
+              ("the cat sat", "where is my refund", 0), ("the movie was great", "my account password", 0),
+              ("paris river", "login charge", 0), ("what did the dog", "invoice refund", 0)]
+QA = [("what is the capital of france", "paris is the capital of france and a city on a river", "paris"),
+      ("who sat on the mat", "the cat sat on the mat", "the cat"),
+      ("where did the dog sit", "the dog sat on the mat", "on the mat"),
+      ("what is paris", "paris is a city", "a city")]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_bert: Path) -> Path:
+    """A project file with one task of every encoder kind, training a handful of steps each."""
+    data = tmp_path / "data"
+    write_jsonl(data / "sentiment.jsonl", [{"text": t, "label": lab} for t, lab in SENTIMENT * 2])
+    write_jsonl(data / "paraphrase.jsonl", [{"a": a, "b": b, "label": y} for a, b, y in PARAPHRASE * 2])
+    write_jsonl(data / "similarity.jsonl",
+                [{"text": a, "text_pair": b, "label": 4.5 * y + 0.2 * i} for i, (a, b, y) in enumerate(PARAPHRASE)])
+    write_jsonl(data / "qa.jsonl", [{"question": q, "context": c,
+                                     "answers": [{"text": a, "answer_start": c.index(a)}]} for q, c, a in QA * 2])
+    training = {"epochs": 6, "batch_size": 4, "lr": 2e-2, "max_length": 32, "doc_stride": 8,
+                "checkpoint_every": 3, "precision": "fp32"}
+    config = {
+        "backbone": str(tiny_bert),
+        "registry": "adapters",
+        "reports": "reports",
+        "data_dir": "data",
+        "defaults": {"training": training, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "tasks": [
+            {"name": "sentiment", "kind": "classification",
+             "data": {"train": "sentiment.jsonl", "validation": "sentiment.jsonl",
+                      "labels": ["negative", "positive"]},
+             "routing": {"keywords": ["movie", "film"]}},
+            {"name": "paraphrase", "kind": "pair_classification",
+             "data": {"train": "paraphrase.jsonl", "validation": "paraphrase.jsonl",
+                      "fields": {"text": "a", "text_pair": "b"}, "labels": ["different", "same"]}},
+            {"name": "similarity", "kind": "regression",
+             "data": {"train": "similarity.jsonl", "validation": "similarity.jsonl"}},
+            {"name": "qa", "kind": "extractive_qa",
+             "data": {"train": "qa.jsonl", "validation": "qa.jsonl"},
+             "training": {"max_length": 24}},
+        ],
+    }
+    path = tmp_path / "mtlora.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
