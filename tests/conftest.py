@@ -19,11 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = (
-    "the a an is was it this that movie film great good bad awful terrible wonderful boring loved hated "
-    "my order package refund invoice charge account password login delivery where when what who did "
-    "same meaning different says cat dog sat on mat paris capital france of city river question answer"
-).split()
+WORDS = [
+    "the", "a", "an", "is", "was", "it", "this", "that", "movie", "film", "great", "good", "bad", "awful",
+    "terrible", "wonderful", "boring", "loved", "hated", "my", "order", "package", "refund", "invoice",
+    "charge", "account", "password", "login", "delivery", "where", "when", "what", "who", "did", "same",
+    "meaning", "different", "says", "cat", "dog", "sat", "on", "mat", "paris", "capital", "france", "of",
+    "city", "river", "question", "answer",
+]
 
 
 def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
@@ -33,8 +35,8 @@ def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     vocab = specials + sorted(set(WORDS)) + chars + [f"##{c}" for c in string.ascii_lowercase + string.digits]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))},
+                                  do_lower_case=True)
     tokenizer.save_pretrained(folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
@@ -74,20 +76,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_project(tmp_path: Path, tiny_bert: Path) -> Path:
+def write_tiny_project(folder: Path, backbone: Path) -> Path:
     """A project file with one task of every encoder kind, training a handful of steps each."""
-    data = tmp_path / "data"
+    data = folder / "data"
     write_jsonl(data / "sentiment.jsonl", [{"text": t, "label": lab} for t, lab in SENTIMENT * 2])
     write_jsonl(data / "paraphrase.jsonl", [{"a": a, "b": b, "label": y} for a, b, y in PARAPHRASE * 2])
     write_jsonl(data / "similarity.jsonl",
                 [{"text": a, "text_pair": b, "label": 4.5 * y + 0.2 * i} for i, (a, b, y) in enumerate(PARAPHRASE)])
     write_jsonl(data / "qa.jsonl", [{"question": q, "context": c,
                                      "answers": [{"text": a, "answer_start": c.index(a)}]} for q, c, a in QA * 2])
-    training = {"epochs": 6, "batch_size": 4, "lr": 2e-2, "max_length": 32, "doc_stride": 8,
+    training = {"epochs": 12, "batch_size": 4, "lr": 2e-2, "max_length": 32, "doc_stride": 8,
                 "checkpoint_every": 3, "precision": "fp32"}
     config = {
-        "backbone": str(tiny_bert),
+        "backbone": str(backbone),
         "registry": "adapters",
         "reports": "reports",
         "data_dir": "data",
@@ -107,6 +108,21 @@ def tiny_project(tmp_path: Path, tiny_bert: Path) -> Path:
              "training": {"max_length": 24}},
         ],
     }
-    path = tmp_path / "mtlora.yaml"
+    path = folder / "mtlora.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_bert: Path) -> Path:
+    return write_tiny_project(tmp_path, tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """The tiny project with every task trained once (LoRA and head-only), shared by read-only tests."""
+    import mtlora
+
+    path = write_tiny_project(tmp_path_factory.mktemp("trained"), tiny_bert)
+    mtlora.train(path, progress=False, log=lambda _: None)
     return path

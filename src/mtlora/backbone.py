@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,7 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cpu":
         # Without native bf16 instructions autocast emulates it and runs slower than fp32.
         capability = torch.backends.cpu.get_cpu_capability()
-        return "AVX512" in capability and _cpu_has_flag("avx512_bf16") or _cpu_has_flag("amx_bf16")
+        return ("AVX512" in capability and _cpu_has_flag("avx512_bf16")) or _cpu_has_flag("amx_bf16")
     return False
 
 
@@ -128,3 +130,15 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16":
         return True
     return precision == "auto" and bf16_supported(device)
+
+
+@contextlib.contextmanager
+def no_save_progress_bars() -> Iterator[None]:
+    """Hide the "Writing model shards" bars transformers shows for every checkpoint and save."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

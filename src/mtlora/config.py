@@ -126,7 +126,7 @@ class TrainSettings(_Strict):
     batch_size: int = Field(32, gt=0)
     eval_batch_size: int = Field(64, gt=0)
     max_length: int = Field(128, ge=8)
-    doc_stride: int = Field(128, gt=0, description="extractive QA: overlap between context windows")
+    doc_stride: int = Field(32, gt=0, description="extractive QA: tokens of overlap between context windows")
     seed: int = 42
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,9 @@ from mtlora.config import LoraSettings
 from mtlora.errors import BaseModelMismatchError
 from mtlora.registry import Manifest, Registry
 from mtlora.tasks import TaskKind, get_task_kind
+
+# peft 0.21 still calls the transformers 5 name this warns about; the user can do nothing about it.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 Method = Literal["lora", "head_only", "full"]
 METHODS: tuple[Method, ...] = ("lora", "head_only", "full")
@@ -109,7 +113,7 @@ def load_baseline_model(registry: Registry, name: str, backbone: str) -> nn.Modu
     manifest = registry.manifest(name)
     kind = kind_from_manifest(manifest)
     loaded = load_task_model(backbone, kind.auto_class, seed=0, **manifest.head_kwargs())
-    missing, unexpected = loaded.model.load_state_dict(load_file(str(folder / BASELINE_FILE)), strict=False)
+    _, unexpected = loaded.model.load_state_dict(load_file(str(folder / BASELINE_FILE)), strict=False)
     if unexpected:
         raise BaseModelMismatchError(f"baseline {folder} does not fit the model: unexpected {unexpected[:3]}")
     loaded.model.eval()

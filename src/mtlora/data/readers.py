@@ -181,6 +181,9 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                     if quoting == csv.QUOTE_MINIMAL
                     else "if rows carry extra trailing fields, name the columns to keep with columns:",
                 )
+            if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and any("\t" in f or "\n" in f for f in fields):
+                # A quote opened inside GLUE-style text swallows tabs and lines until the next quote.
+                raise DataError(where, "a quoted field spans tabs or lines", "set quoting: none for this TSV")
             rows.append(Row(dict(zip(header, fields, strict=False)), where))
     if quoting == csv.QUOTE_NONE:
         _check_row_count(path, source, len(rows), has_header=source.columns is None)

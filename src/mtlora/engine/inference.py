@@ -20,8 +20,8 @@ def predict_examples(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     max_length: int,
-    doc_stride: int = 128,
-    batch_size: int = 64,
+    doc_stride: int,
+    batch_size: int,
     bf16: bool = False,
     progress: bool = False,
 ) -> list[Prediction]:

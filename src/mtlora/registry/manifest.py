@@ -37,7 +37,7 @@ class Manifest(BaseModel):
     modules_to_save: list[str] = Field(default_factory=list)
     lora: dict[str, Any]
     max_length: int
-    doc_stride: int = 128
+    doc_stride: int = 32
     parameters: ParameterCounts
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -70,6 +70,7 @@ class TaskKind(ABC):
     @classmethod
     def check_config(cls, config: TaskConfig) -> None:
         """Raise ValueError for settings this kind cannot use (called while the config is validated)."""
+        return None
 
     # ---- data -------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 import mtlora
-from mtlora.backbone import default_device, load_tokenizer, use_bf16
+from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
 from mtlora.errors import MtloraError
@@ -112,6 +112,7 @@ def train_task(
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=device.type == "cuda",
     )
     stopper = _StopOnSignal()
     trainer = Trainer(
@@ -126,7 +127,7 @@ def train_task(
     log(f"[{task.name}] training {method}: {len(data.train)} examples, "
         f"{_describe_parameters(built)}, precision {'bf16' if args.bf16 else 'fp32'}")
     started = time.perf_counter()
-    with stopper.installed():
+    with stopper.installed(), no_save_progress_bars():
         result = trainer.train(resume_from_checkpoint=resume)
     if stopper.requested:
         raise TrainingInterrupted(

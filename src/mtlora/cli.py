@@ -1,0 +1,190 @@
+"""The `mtlora` command line: one command per function of `mtlora.api`.
+
+    mtlora train examples/demo/mtlora.yaml
+    mtlora evaluate examples/demo/mtlora.yaml
+    mtlora predict examples/demo/mtlora.yaml --task sentiment "a warm, funny film"
+    mtlora adapters list examples/demo/mtlora.yaml
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtlora import api
+from mtlora.errors import MtloraError
+
+app = typer.Typer(
+    help="Multi-task LoRA adapters on one shared backbone: train, evaluate, predict, manage adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+adapters_app = typer.Typer(help="List and inspect the adapters in a project's registry.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+
+console = Console()
+errors = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="The project file (YAML) describing backbone, registry and tasks.")]
+TaskOption = Annotated[str | None, typer.Option("--task", "-t", help="Only this task (default: every task).")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def reports_errors(command: F) -> F:
+    """Turn mtlora's own errors into one clear message and exit code 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mtlora.training import TrainingInterrupted
+
+        try:
+            return command(*args, **kwargs)
+        except TrainingInterrupted as stopped:
+            errors.print(f"[yellow]{stopped}[/yellow]", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MtloraError as error:
+            errors.print(f"[bold red]error:[/bold red] {error}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def say(message: str) -> None:
+    console.print(message, highlight=False, markup=False)
+
+
+@app.command()
+@reports_errors
+def train(
+    config: ConfigArg,
+    task: TaskOption = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints of an interrupted run and start over.")] = False,
+    baseline: Annotated[
+        bool | None,
+        typer.Option("--baseline/--no-baseline", help="Also train the head-only baseline (default: per task)."),
+    ] = None,
+) -> None:
+    """Train one LoRA adapter per task and store it in the registry (resumes an interrupted run)."""
+    outcomes = api.train(config, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
+    table = Table(title="Trained")
+    for column in ("task", "method", "steps", "time", "samples/s", "loss", "trainable params"):
+        table.add_column(column, justify="left" if column in ("task", "method") else "right")
+    for o in outcomes:
+        table.add_row(o.task, o.method, str(o.steps), f"{o.time_s:.1f}s", f"{o.samples_per_s:.1f}",
+                      f"{o.train_loss:.4f}", f"{o.trainable:,} ({100 * o.trainable / o.total:.2f}%)")
+    console.print(table)
+    say(f"Adapters saved in {api.as_config(config).registry}")
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    config: ConfigArg,
+    task: TaskOption = None,
+    split: Annotated[str, typer.Option(help="validation or test.")] = "validation",
+) -> None:
+    """Score each adapter against its head-only baseline and the untrained base; write reports."""
+    from mtlora.evaluation.evaluate import VARIANTS
+
+    reports = api.evaluate(config, task, split=split, log=say)
+    table = Table(title=f"Evaluation ({split})")
+    for column in ("task", "metric", *VARIANTS.values(), "LoRA params"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for r in reports:
+        values = [r.metrics.get(v, {}).get(r.primary_metric) for v in VARIANTS]
+        lora = r.parameters["lora"]
+        table.add_row(r.task, r.primary_metric, *("–" if v is None else f"{v:.3f}" for v in values),
+                      f"{lora['trainable']:,} ({100 * lora['trainable'] / lora['total']:.2f}%)")
+    console.print(table)
+    say(f"Reports written to {api.as_config(config).reports}/summary.md")
+
+
+@app.command()
+@reports_errors
+def predict(
+    config: ConfigArg,
+    text: Annotated[str, typer.Argument(help="The input text (the question, for extractive QA).")],
+    text_pair: Annotated[
+        str | None, typer.Argument(help="The second text of a pair task (the context, for extractive QA).")
+    ] = None,
+    task: Annotated[str, typer.Option("--task", "-t", help="The adapter to answer with.")] = ...,  # type: ignore[assignment]
+    as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
+) -> None:
+    """Answer one input with the adapter of --task."""
+    prediction = api.predict(config, task, text, text_pair)
+    if as_json:
+        print(json.dumps(prediction, ensure_ascii=False))
+        return
+    for key, value in prediction.items():
+        say(f"{key:>13}: {_shown(value)}")
+
+
+@adapters_app.command("list")
+@reports_errors
+def adapters_list(config: ConfigArg) -> None:
+    """The adapters stored in the project's registry, with their main metric."""
+    manifests = api.list_adapters(config)
+    if not manifests:
+        say(f"No adapters in {api.as_config(config).registry} yet; run `mtlora train {config}`.")
+        return
+    table = Table(title=f"Adapters in {api.as_config(config).registry}")
+    for column in ("name", "kind", "labels", "trainable params", "validation"):
+        table.add_column(column)
+    for m in manifests:
+        table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
+                      f"{m.parameters.trainable:,} ({100 * m.parameters.ratio:.2f}%)",
+                      _main_metric(m.metrics.get("validation", {})))
+    console.print(table)
+
+
+@adapters_app.command("show")
+@reports_errors
+def adapters_show(
+    config: ConfigArg,
+    name: Annotated[str, typer.Argument(help="The adapter (task) name.")],
+) -> None:
+    """Everything the manifest of one adapter records (checksums verified first)."""
+    manifest = api.show_adapter(config, name)
+    print(json.dumps(manifest.model_dump(mode="json", exclude={"example_inputs"}), indent=2))
+
+
+@app.command()
+def kinds() -> None:
+    """The task kinds this installation knows, with the data fields each expects."""
+    from mtlora.tasks import get_task_kind, task_kind_names
+
+    table = Table(title="Task kinds")
+    for column in ("kind", "fields", "main metric", "description"):
+        table.add_column(column)
+    for name in task_kind_names():
+        kind = get_task_kind(name)
+        table.add_row(name, ", ".join(kind.roles), kind.primary_metric, kind.description)
+    console.print(table)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _main_metric(variants: dict[str, dict[str, float]]) -> str:
+    lora = variants.get("lora", {})
+    if not lora:
+        return "-"
+    name, value = next(iter(lora.items()))
+    return f"{name} {value:.3f}"

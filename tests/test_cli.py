@@ -1,0 +1,65 @@
+"""The `mtlora` command: train, evaluate, predict and adapters on a tiny project, and its error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mtlora.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
+    trained = run("train", tiny_project, "--task", "sentiment")
+    assert trained.exit_code == 0, trained.output
+    assert "sentiment" in trained.output and "head_only" in trained.output
+
+    evaluated = run("evaluate", tiny_project, "--task", "sentiment")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "accuracy" in evaluated.output and "summary.md" in evaluated.output
+    assert (tiny_project.parent / "reports" / "summary.md").is_file()
+
+    predicted = run("predict", tiny_project, "--task", "sentiment", "loved this great movie", "--json")
+    assert predicted.exit_code == 0, predicted.output
+    answer = json.loads(predicted.output)
+    assert answer["task"] == "sentiment" and answer["label"] in ("negative", "positive")
+
+    listed = run("adapters", "list", tiny_project)
+    assert listed.exit_code == 0 and "sentiment" in listed.output and "classification" in listed.output
+    shown = run("adapters", "show", tiny_project, "sentiment")
+    assert json.loads(shown.output)["labels"] == ["negative", "positive"]
+
+
+def test_pair_input_on_the_command_line(tiny_project: Path) -> None:
+    assert run("train", tiny_project, "--task", "similarity", "--no-baseline").exit_code == 0
+    result = run("predict", tiny_project, "-t", "similarity", "the dog sat", "the dog sat")
+    assert result.exit_code == 0, result.output
+    assert "score:" in result.output
+
+
+def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
+    unknown = run("train", tiny_project, "--task", "nope")
+    assert unknown.exit_code == 2
+    assert "No task 'nope' in the project config. Available: paraphrase, qa, sentiment, similarity" in unknown.output
+    assert "Traceback" not in unknown.output
+
+    untrained = run("predict", tiny_project, "--task", "sentiment", "hello")
+    assert untrained.exit_code == 2 and "No adapter 'sentiment'" in untrained.output
+
+    missing = run("evaluate", tiny_project.parent / "absent.yaml")
+    assert missing.exit_code == 2 and "file not found" in missing.output
+
+
+def test_help_and_kinds() -> None:
+    assert "train" in run("--help").output
+    kinds = run("kinds")
+    assert kinds.exit_code == 0
+    for name in ("classification", "pair_classification", "regression", "extractive_qa"):
+        assert name in kinds.output

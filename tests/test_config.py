@@ -1,0 +1,87 @@
+"""The project file: defaults, path resolution, and one error listing every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtlora import ConfigError, UnknownTaskError, load_config
+
+
+def write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "mtlora.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def task(name: str = "sentiment", **extra) -> dict:
+    return {"name": name, "kind": "classification",
+            "data": {"train": "train.jsonl", "validation": "dev.jsonl", "labels": ["neg", "pos"]}, **extra}
+
+
+def test_defaults_apply_and_task_values_win(tmp_path: Path) -> None:
+    path = write(tmp_path, {"defaults": {"training": {"epochs": 7, "lr": 0.5}},
+                            "tasks": [task(training={"lr": 0.1})]})
+    config = load_config(path)
+    assert config.tasks[0].training.epochs == 7
+    assert config.tasks[0].training.lr == 0.1
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"registry": "out/adapters", "data_dir": "data", "tasks": [task()]}))
+    assert config.registry == (tmp_path / "out" / "adapters").resolve()
+    assert config.data_dir == (tmp_path / "data").resolve()
+    assert config.backbone == "embedded"
+
+
+def test_data_dir_environment_variable_overrides_the_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MTLORA_DATA_DIR", str(tmp_path / "elsewhere"))
+    config = load_config(write(tmp_path, {"data_dir": "data", "tasks": [task()]}))
+    assert config.data_dir == (tmp_path / "elsewhere").resolve()
+
+
+def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
+    bad = [task("sentiment", lora={"r": 0}), {"name": "topics", "kind": "clasification", "data": {"train": "x"}},
+           task("news", training={"epoch": 3})]
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, {"tasks": bad}))
+    text = str(caught.value)
+    assert len(caught.value.problems) == 3, text
+    assert "tasks[0] (sentiment).lora.r" in text
+    assert "tasks[1] (topics).kind: unknown task kind 'clasification'; valid kinds: classification," in text
+    assert "tasks[2] (news).training.epoch: unknown setting" in text
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
+def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="not allowed"):
+        load_config(write(tmp_path, {"tasks": [task(name)]}))
+
+
+def test_repeated_task_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="repeated: sentiment"):
+        load_config(write(tmp_path, {"tasks": [task(), task()]}))
+
+
+def test_kind_specific_settings_are_checked(tmp_path: Path) -> None:
+    regression = {"name": "sts", "kind": "regression",
+                  "data": {"train": "t.jsonl", "labels": ["a", "b"]}}
+    with pytest.raises(ConfigError, match="predicts a number"):
+        load_config(write(tmp_path, {"tasks": [regression]}))
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "bad.yaml"
+    path.write_text("tasks: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_unknown_task_lists_the_ones_there_are(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"tasks": [task("sentiment"), task("topics")]}))
+    with pytest.raises(UnknownTaskError, match=r"No task 'x' in the project config\. Available: sentiment, topics"):
+        config.task("x")

@@ -1,0 +1,141 @@
+"""Data loading: every format, and an error naming file, line and field for each kind of bad row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtlora import DataError, load_config
+from mtlora.data import load_task_data
+
+
+def project(tmp_path: Path, kind: str, train: dict | str, **data) -> tuple:
+    config = {"tasks": [{"name": "t", "kind": kind, "data": {"train": train, **data}}]}
+    path = tmp_path / "mtlora.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path)
+    return loaded, loaded.tasks[0]
+
+
+def jsonl(tmp_path: Path, rows: list[dict], name: str = "train.jsonl") -> str:
+    (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return name
+
+
+def load(tmp_path: Path, kind: str, train: dict | str, **data):
+    config, task = project(tmp_path, kind, train, **data)
+    return load_task_data(config, task, splits=("train",))
+
+
+def without_where(examples: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "where"} for e in examples]
+
+
+LABELS = {"labels": ["neg", "pos"]}
+
+
+def test_jsonl_csv_and_tsv_give_the_same_examples(tmp_path: Path) -> None:
+    rows = [{"sentence": "good film", "label": 1}, {"sentence": "bad film", "label": 0}]
+    (tmp_path / "train.csv").write_text('sentence,label\n"good film",1\nbad film,0\n')
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n")
+    fields = {"fields": {"text": "sentence"}, **LABELS}
+    results = [without_where(load(tmp_path, "classification", name, **fields).train)
+               for name in (jsonl(tmp_path, rows), "train.csv", "train.tsv")]
+    assert results[0] == results[1] == results[2]
+    assert results[0][0] == {"text": "good film", "label": 1}
+
+
+def test_glue_tsv_with_bare_quotes_needs_quoting_none(tmp_path: Path) -> None:
+    (tmp_path / "train.tsv").write_text('sentence\tlabel\n"a film\t1\nfine" again\t0\nok\t1\n')
+    with pytest.raises(DataError, match=r"train.tsv:2: a quoted field spans tabs or lines \(set quoting: none"):
+        load(tmp_path, "classification", "train.tsv", fields={"text": "sentence"}, **LABELS)
+    data = load(tmp_path, "classification", {"path": "train.tsv", "quoting": "none"},
+                fields={"text": "sentence"}, **LABELS)
+    assert [e["text"] for e in data.train] == ['"a film', 'fine" again', "ok"]
+
+
+def test_headerless_tsv_with_named_columns_and_byte_order_mark(tmp_path: Path) -> None:
+    (tmp_path / "train.tsv").write_bytes("\ufeffgood film\t1\r\nbad film\t0\r\n".encode())
+    data = load(tmp_path, "classification", {"path": "train.tsv", "columns": ["text", "label"]}, **LABELS)
+    assert without_where(data.train)[0] == {"text": "good film", "label": 1}
+
+
+def test_squad_json_is_flattened_and_split_by_article(tmp_path: Path) -> None:
+    def article(title: str) -> dict:
+        context = f"{title} is a city."
+        return {"title": title, "paragraphs": [{"context": context, "qas": [
+            {"id": title, "question": f"what is {title}?",
+             "answers": [{"text": "a city", "answer_start": len(title) + 4}]}
+        ]}]}
+    (tmp_path / "dev.json").write_text(json.dumps({"data": [article("paris"), article("rome"), article("oslo")]}))
+    data = load(tmp_path, "extractive_qa", {"path": "dev.json", "articles": [1, 3]})
+    assert [e["question"] for e in data.train] == ["what is rome?", "what is oslo?"]
+    assert data.train[0]["answers"] == [{"text": "a city", "answer_start": 8}]
+
+
+def test_missing_field_names_file_line_and_the_fields_present(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"txt": "bad", "label": "neg"}])
+    with pytest.raises(DataError) as caught:
+        load(tmp_path, "classification", name, **LABELS)
+    message = str(caught.value)
+    assert f"{tmp_path / name}:2" in message
+    assert "missing field 'text'" in message and "fields present: txt, label" in message
+
+
+def test_unknown_label_lists_the_valid_ones(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": "meh", "label": "neutral"}])
+    expected = r"train.jsonl:2: unknown label 'neutral' in field 'label'; valid labels: neg, pos"
+    with pytest.raises(DataError, match=expected):
+        load(tmp_path, "classification", name, **LABELS)
+
+
+def test_empty_text_is_refused(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": "   ", "label": "neg"}])
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'text' is empty"):
+        load(tmp_path, "classification", name, **LABELS)
+
+
+def test_non_numeric_score_is_refused(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "a", "text_pair": "b", "label": "4.2"},
+                            {"text": "a", "text_pair": "b", "label": "high"}])
+    with pytest.raises(DataError, match=r"train.jsonl:2: score 'high' in field 'label' is not a number"):
+        load(tmp_path, "regression", name)
+
+
+def test_answer_not_in_its_context_is_refused(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"question": "who?", "context": "the cat sat",
+                             "answers": [{"text": "the dog", "answer_start": 0}]}])
+    with pytest.raises(DataError, match=r"train.jsonl:1: answers\[0\] 'the dog' is not found in its context"):
+        load(tmp_path, "extractive_qa", name)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="file not found"):
+        load(tmp_path, "classification", "absent.jsonl", **LABELS)
+    (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": oops}\n')
+    with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON"):
+        load(tmp_path, "classification", "broken.jsonl", **LABELS)
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "caf\xe9", "label": "pos"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl"):
+        load(tmp_path, "classification", "latin.jsonl", **LABELS)
+
+
+def test_label_map_and_integer_labels(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "a", "label": 1}, {"text": "b", "label": "0"}])
+    assert [e["label"] for e in load(tmp_path, "classification", name, **LABELS).train] == [1, 0]
+    name = jsonl(tmp_path, [{"text": "a", "label": "+"}, {"text": "b", "label": "-"}], "mapped.jsonl")
+    data = load(tmp_path, "classification", name, label_map={"+": "pos", "-": "neg"}, **LABELS)
+    assert [e["label"] for e in data.train] == [1, 0]
+
+
+def test_holdout_is_stratified_and_seeded(tmp_path: Path) -> None:
+    rows = [{"text": f"text {i}", "label": "pos" if i % 4 else "neg"} for i in range(40)]
+    name = jsonl(tmp_path, rows)
+    first = load(tmp_path, "classification", name, holdout=0.25, **LABELS)
+    second = load(tmp_path, "classification", name, holdout=0.25, **LABELS)
+    assert first.validation == second.validation and len(first.validation) == 10
+    assert sum(e["label"] == 0 for e in first.validation) in (2, 3)
+    assert not {e["text"] for e in first.validation} & {e["text"] for e in first.train}

@@ -1,0 +1,72 @@
+"""Evaluation: metrics per kind, baselines side by side, and the reports written for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import mtlora
+from mtlora import load_config
+from mtlora.metrics import classification_metrics, regression_metrics, squad_metrics
+
+
+def test_classification_metrics() -> None:
+    metrics = classification_metrics([0, 1, 1, 0], [0, 1, 0, 0], labels=["neg", "pos"])
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert metrics["f1"] == pytest.approx(2 / 3)
+
+
+def test_regression_metrics() -> None:
+    metrics = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 2.5, 2.9, 4.2])
+    assert metrics["pearson"] == pytest.approx(0.97, abs=0.01)
+    assert metrics["spearman"] == pytest.approx(1.0)
+
+
+def test_squad_metrics_follow_the_official_normalization() -> None:
+    metrics = squad_metrics(["The Eiffel Tower!", "in paris"], [["eiffel tower"], ["Paris, France", "paris"]])
+    assert metrics["exact_match"] == pytest.approx(100.0 * 0.5)
+    assert metrics["f1"] == pytest.approx(100.0 * (1.0 + 2 * 0.5 * 1.0 / 1.5) / 2)
+
+
+def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) -> None:
+    reports = {r.task: r for r in mtlora.evaluate(trained_project, log=lambda _: None)}
+    assert set(reports) == {"sentiment", "paraphrase", "similarity", "qa"}
+    for report in reports.values():
+        assert set(report.metrics) == {"base", "head_only", "lora"}
+        assert report.parameters["lora"]["trainable"] > report.parameters["head_only"]["trainable"] > 0
+    assert set(reports["sentiment"].metrics["lora"]) >= {"accuracy", "macro_f1", "weighted_f1"}
+    assert reports["sentiment"].metrics["lora"]["accuracy"] == 1.0  # 16 memorised training sentences
+    assert set(reports["similarity"].metrics["lora"]) >= {"pearson", "spearman"}
+    assert set(reports["qa"].metrics["lora"]) >= {"exact_match", "f1"}
+    assert reports["sentiment"].confusion is not None and sum(map(sum, reports["sentiment"].confusion)) == 16
+
+    folder = load_config(trained_project).reports
+    summary = (folder / "summary.md").read_text()
+    assert "| sentiment | classification |" in summary and "head-only" in summary
+    assert (folder / "sentiment_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((folder / "similarity.json").read_text())
+    assert saved["metrics"]["lora"]["pearson"] == reports["similarity"].metrics["lora"]["pearson"]
+    manifest = mtlora.show_adapter(trained_project, "sentiment")
+    assert manifest.metrics["validation"]["lora"]["accuracy"] == 1.0
+
+
+def test_predictions_have_the_kind_specific_shape(trained_project: Path) -> None:
+    sentiment = mtlora.predict(trained_project, "sentiment", "loved this great movie")
+    assert sentiment["label"] in ("negative", "positive") and 0.5 <= sentiment["confidence"] <= 1.0
+    assert set(sentiment["probabilities"]) == {"negative", "positive"}
+    similarity = mtlora.predict(trained_project, "similarity", "the dog sat", "the dog sat")
+    assert isinstance(similarity["score"], float)
+    answer = mtlora.predict(trained_project, "qa", "who sat on the mat", "the cat sat on the mat")
+    assert answer["answer"] in "the cat sat on the mat" and answer["answer"]
+
+
+def test_wrong_input_shapes_are_explained(trained_project: Path) -> None:
+    with pytest.raises(mtlora.InputError, match="compares two texts"):
+        mtlora.predict(trained_project, "paraphrase", "only one text")
+    with pytest.raises(mtlora.InputError, match="needs a question and a context"):
+        mtlora.predict(trained_project, "qa", "who?")
+    with pytest.raises(mtlora.InputError, match="empty"):
+        mtlora.predict(trained_project, "sentiment", "  ")

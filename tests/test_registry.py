@@ -1,0 +1,93 @@
+"""The adapter registry: checked names, atomic saves, and clear refusals of damaged or foreign adapters."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import mtlora
+from mtlora import (
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    CorruptAdapterError,
+    Registry,
+    RegistryError,
+    load_config,
+)
+from mtlora.modeling import load_adapter_model
+
+
+@pytest.fixture
+def registry_copy(trained_project: Path, tmp_path: Path) -> Registry:
+    """A private copy of the trained registry, for tests that damage it."""
+    source = load_config(trained_project).registry
+    shutil.copytree(source, tmp_path / "adapters")
+    return Registry(tmp_path / "adapters")
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", "..", "/abs"])
+def test_names_that_leave_the_registry_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(RegistryError, match="not allowed"):
+        Registry(tmp_path).path(name)
+
+
+def test_unknown_adapter_lists_the_stored_ones(registry_copy: Registry) -> None:
+    with pytest.raises(AdapterNotFoundError, match=r"No adapter 'nope' in registry .*Available: paraphrase, qa, "
+                                                   r"sentiment, similarity"):
+        registry_copy.manifest("nope")
+
+
+def test_listing_skips_internal_folders(registry_copy: Registry) -> None:
+    assert registry_copy.names() == ["paraphrase", "qa", "sentiment", "similarity"]
+
+
+def test_damaged_weights_are_refused(registry_copy: Registry, trained_project: Path) -> None:
+    weights = registry_copy.path("sentiment") / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptAdapterError, match="does not match its checksum; the adapter is damaged, retrain"):
+        load_adapter_model(registry_copy, "sentiment", load_config(trained_project).backbone)
+
+
+def test_missing_file_is_refused(registry_copy: Registry) -> None:
+    (registry_copy.path("qa") / "adapter_config.json").unlink()
+    with pytest.raises(CorruptAdapterError, match=r"adapter_config\.json is missing"):
+        registry_copy.verified("qa")
+
+
+def test_adapter_on_another_base_is_refused(registry_copy: Registry, other_tiny_bert: Path) -> None:
+    with pytest.raises(BaseModelMismatchError, match=r"was trained on base model .* but the backbone given is"):
+        load_adapter_model(registry_copy, "sentiment", str(other_tiny_bert))
+
+
+def test_crash_during_save_leaves_the_previous_adapter(registry_copy: Registry) -> None:
+    before = registry_copy.verified("sentiment")
+
+    def crash(folder: Path) -> None:
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        registry_copy.save("sentiment", crash, before)
+    assert registry_copy.verified("sentiment") == before
+
+
+def test_crash_during_first_save_leaves_nothing_loadable(registry_copy: Registry) -> None:
+    manifest = registry_copy.manifest("sentiment").model_copy(update={"name": "fresh"})
+
+    def crash(folder: Path) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        registry_copy.save("fresh", crash, manifest)
+    assert "fresh" not in registry_copy.names()
+    with pytest.raises(AdapterNotFoundError):
+        registry_copy.manifest("fresh")
+
+
+def test_manifests_list_through_the_api(trained_project: Path) -> None:
+    names = [m.name for m in mtlora.list_adapters(trained_project)]
+    assert names == ["paraphrase", "qa", "sentiment", "similarity"]

@@ -1,0 +1,146 @@
+"""Training: loss falls for every kind, adapters round-trip through the registry, resume is exact."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+import mtlora
+from mtlora import load_config
+from mtlora.modeling import load_adapter_model
+from mtlora.registry import Registry
+from mtlora.training import TrainingInterrupted, train_task
+from mtlora.training import trainer as trainer_module
+
+QUIET = {"progress": False, "log": lambda _: None}
+INPUTS = {
+    "sentiment": ["loved this great movie", "terrible boring film"],
+    "paraphrase": [("the cat sat on the mat", "a cat sat on a mat"), ("paris river", "login charge")],
+    "similarity": [("the dog sat", "the dog sat"), ("my order", "where is my refund")],
+    "qa": [("who sat on the mat", "the cat sat on the mat"), ("what is paris", "paris is a city")],
+}
+
+
+@pytest.mark.parametrize("task", ["sentiment", "paraphrase", "similarity", "qa"])
+def test_loss_falls_for_every_kind(tiny_project: Path, task: str) -> None:
+    config = load_config(tiny_project)
+    outcome = train_task(config, config.task(task), "lora", **QUIET)
+    losses = [loss for _, loss in outcome.losses]
+    assert len(losses) >= 12
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, losses
+    assert 0 < outcome.trainable < 0.2 * outcome.total
+
+
+def test_trained_adapters_predict_what_the_training_model_predicted(trained_project: Path) -> None:
+    """Save -> load round trip: the stored adapter answers exactly as the model in memory did."""
+    config = load_config(trained_project)
+    for task in config.tasks:
+        predictor = mtlora.load_predictor(config, task.name)
+        first = predictor.predict_batch(INPUTS[task.name])
+        again = mtlora.load_predictor(config, task.name).predict_batch(INPUTS[task.name])
+        assert first == again
+
+
+def test_round_trip_matches_the_model_in_memory(tiny_project: Path) -> None:
+    config = load_config(tiny_project)
+    outcome = train_task(config, config.task("sentiment"), "lora", **QUIET)
+    loaded, _, _ = load_adapter_model(Registry(config.registry), "sentiment", config.backbone)
+    batch = mtlora.backbone.load_tokenizer(config.backbone)(INPUTS["sentiment"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(outcome.model(**batch).logits, loaded(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_adapter_loads_with_plain_peft(trained_project: Path) -> None:
+    config = load_config(trained_project)
+    manifest = mtlora.show_adapter(config, "sentiment")
+    base = AutoModelForSequenceClassification.from_pretrained(config.backbone, num_labels=len(manifest.labels))
+    model = PeftModel.from_pretrained(base, config.registry / "sentiment").eval()
+    ours = mtlora.load_predictor(config, "sentiment")
+    batch = ours.tokenizer(INPUTS["sentiment"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**batch).logits, ours.model(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_manifest_records_what_a_user_needs(trained_project: Path) -> None:
+    manifest = mtlora.show_adapter(trained_project, "sentiment")
+    assert manifest.kind == "classification" and manifest.labels == ["negative", "positive"]
+    assert manifest.base_fingerprint.startswith("sha256:") and len(manifest.base_fingerprint) == 71
+    assert manifest.lora["r"] == 4
+    assert 0 < manifest.parameters.trainable < manifest.parameters.total
+    assert manifest.training["steps"] > 0 and manifest.training["time_s"] > 0
+    assert "adapter_model.safetensors" in manifest.files and "adapter_config.json" in manifest.files
+    assert manifest.created_at and manifest.example_inputs
+
+
+def final_adapter_state(project: Path, name: str) -> dict[str, torch.Tensor]:
+    config = load_config(project)
+    model, _, _ = load_adapter_model(Registry(config.registry), name, config.backbone)
+    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k or "classifier" in k}
+
+
+def stop_at_step(step: int, how: type[BaseException] | None):
+    """Stop training after `step` as a Ctrl-C (how=None) or a crash (an exception) would."""
+    original = trainer_module._StopOnSignal.on_step_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == step:
+            if how is not None:
+                raise how("simulated crash")
+            self.requested = True
+        return original(self, args, state, control, **kwargs)
+
+    return on_step_end
+
+
+@pytest.mark.parametrize("interruption", ["ctrl_c", "crash"])
+def test_resume_after_interruption_ends_with_the_same_weights(
+    tiny_bert: Path, tmp_path: Path, monkeypatch, interruption: str
+) -> None:
+    from conftest import write_tiny_project
+
+    straight = write_tiny_project(tmp_path / "straight", tiny_bert)
+    mtlora.train(straight, "sentiment", baseline=False, **QUIET)
+    expected = final_adapter_state(straight, "sentiment")
+
+    resumed = write_tiny_project(tmp_path / "resumed", tiny_bert)
+    # checkpoint_every is 3: a crash at step 4 loses step 4, Ctrl-C at step 4 saves it.
+    how = None if interruption == "ctrl_c" else RuntimeError
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(4, how))
+        with pytest.raises(TrainingInterrupted if how is None else RuntimeError):
+            mtlora.train(resumed, "sentiment", baseline=False, **QUIET)
+    assert not (load_config(resumed).registry / "sentiment").exists()
+
+    messages: list[str] = []
+    mtlora.train(resumed, "sentiment", baseline=False, progress=False, log=messages.append)
+    step = 4 if how is None else 3
+    assert any("Resuming from" in m and f"(step {step})" in m for m in messages), messages
+    actual = final_adapter_state(resumed, "sentiment")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
+    messages: list[str] = []
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"lr": 1e-2}}})
+    mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
+    assert any("settings changed" in m for m in messages), messages
+
+
+def test_training_is_seeded(tiny_project: Path) -> None:
+    config = load_config(tiny_project)
+    first = train_task(config, config.task("similarity"), "lora", **QUIET)
+    second = train_task(config, config.task("similarity"), "lora", **QUIET)
+    assert first.losses == second.losses
+    assert not math.isnan(first.train_loss)
