@@ -144,3 +144,29 @@ def test_training_is_seeded(tiny_project: Path) -> None:
     second = train_task(config, config.task("similarity"), "lora", **QUIET)
     assert first.losses == second.losses
     assert not math.isnan(first.train_loss)
+
+
+def test_bf16_training_runs_where_the_hardware_allows(tiny_project: Path) -> None:
+    """precision 'bf16' trains with autocast (on CPU too); the saved adapter keeps fp32 weights."""
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"precision": "bf16", "epochs": 2}}})
+    outcome = train_task(config, config.task("sentiment"), "lora", **QUIET)
+    assert outcome.steps > 0 and not math.isnan(outcome.train_loss)
+    state = final_adapter_state(tiny_project, "sentiment")
+    assert all(tensor.dtype == torch.float32 for tensor in state.values())
+
+
+def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path) -> None:
+    """The multi-GPU path, on CPU: two gloo processes share the batches, only the first writes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mtlora",
+               "train", str(tiny_project), "--task", "sentiment", "--no-baseline"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Trained") == 1
+    manifest = mtlora.show_adapter(tiny_project, "sentiment")
+    assert manifest.training["steps"] == 24  # 16 examples x 12 epochs / (batch 4 x 2 processes)
+    assert not (load_config(tiny_project).registry / ".runs" / "sentiment").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,8 @@ def train(
 ) -> None:
     """Train one LoRA adapter per task and store it in the registry (resumes an interrupted run)."""
     outcomes = api.train(config, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun / accelerate launch the first process reports for all
     table = Table(title="Trained")
     for column in ("task", "method", "steps", "time", "samples/s", "loss", "trainable params"):
         table.add_column(column, justify="left" if column in ("task", "method") else "right")

@@ -89,7 +89,6 @@ def train_task(
     train_set = datasets.Dataset.from_dict(encoded.features)
 
     run_dir = registry.run_path(task.name, method)
-    resume = _checkpoint_to_resume(run_dir, _run_signature(project, task, method, built), fresh, log)
     device = default_device()
     args = TrainingArguments(
         output_dir=str(run_dir),
@@ -103,6 +102,7 @@ def train_task(
         lr_scheduler_type="linear",
         train_sampling_strategy="group_by_length",
         bf16=use_bf16(settings.precision, device),
+        use_cpu=device.type == "cpu",  # transformers refuses bf16 on CPU unless told it is the CPU on purpose
         seed=settings.seed,
         data_seed=settings.seed,
         save_strategy="steps",
@@ -114,6 +114,14 @@ def train_task(
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
     )
+    # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
+    # touches the run folder, the registry and the console; the others wait for it.
+    main_process = args.process_index == 0
+    log = log if main_process else _silent
+    with args.main_process_first(local=False):
+        if main_process:
+            _prepare_run_dir(run_dir, _run_signature(project, task, method, built), fresh, log)
+    resume = get_last_checkpoint(str(run_dir))
     stopper = _StopOnSignal()
     trainer = Trainer(
         model=built.model,
@@ -150,14 +158,20 @@ def train_task(
         losses=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
         model=built.model,
     )
-    if method == "lora":
-        outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train)
-    elif method == "head_only":
-        outcome.saved_to = _save_head_baseline(registry, task, built, outcome)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # only when no other method's run is in progress there
+    if main_process:
+        if method == "lora":
+            outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train)
+        elif method == "head_only":
+            outcome.saved_to = _save_head_baseline(registry, task, built, outcome)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only when no other method's run is in progress there
+    args.distributed_state.wait_for_everyone()
     return outcome
+
+
+def _silent(message: str) -> None:
+    del message
 
 
 def _describe_parameters(built: TaskModel) -> str:
@@ -171,7 +185,8 @@ def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _checkpoint_to_resume(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> str | None:
+def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
+    """Keep the checkpoints of an interrupted run with the same settings; clear anything else."""
     marker = run_dir / "run.json"
     if run_dir.is_dir():
         previous = json.loads(marker.read_text()).get("signature") if marker.is_file() else None
@@ -179,14 +194,13 @@ def _checkpoint_to_resume(run_dir: Path, signature: str, fresh: bool, log: Calla
         if checkpoint and not fresh and previous == signature:
             step = checkpoint.rsplit("-", 1)[-1]
             log(f"Resuming from {checkpoint} (step {step}); pass --fresh to start over.")
-            return checkpoint
+            return
         if checkpoint:
             reason = "--fresh given" if fresh else "the settings changed since it was written"
             log(f"Not resuming from {checkpoint}: {reason}. Starting over.")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     marker.write_text(json.dumps({"signature": signature}))
-    return None
 
 
 class _StopOnSignal(TrainerCallback):
