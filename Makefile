@@ -1,0 +1,27 @@
+# `make demo` and `make test` work on a fresh machine: both create .venv on first use.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test lint bench clean
+
+# torch first, pinned: 2.13.0 is the CPU wheel on disk, and any other resolution pulls a CUDA build.
+$(BIN)/mtlora: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/mtlora
+	$(BIN)/python examples/demo/demo.py
+
+test: $(BIN)/mtlora
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/pytest
+
+bench: $(BIN)/mtlora
+	$(BIN)/python bench/train_speed.py
+
+clean:
+	rm -rf examples/demo/adapters examples/demo/reports bench/results
