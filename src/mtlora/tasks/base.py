@@ -46,7 +46,7 @@ class TaskKind(ABC):
     # The shape of input the task answers: routing uses it to narrow the candidates.
     input_shape: ClassVar[str]
     auto_class: ClassVar[Any]
-    peft_task_type: ClassVar[str]
+    peft_task_type: ClassVar[str | None]  # None: the generic PeftModel
     primary_metric: ClassVar[str]
     categorical: ClassVar[bool] = False
     # Model outputs the task reads (in this order) after a forward pass.

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from peft import TaskType
 from transformers import AutoModelForQuestionAnswering
 
 from mtlora.errors import DataError, InputError
@@ -33,7 +32,9 @@ class ExtractiveQATask(TaskKind):
     roles = ("question", "context", "answers")
     input_shape = "qa"
     auto_class = AutoModelForQuestionAnswering
-    peft_task_type = TaskType.QUESTION_ANS
+    # Not TaskType.QUESTION_ANS: peft 0.21's PeftModelForQuestionAnswering drops token_type_ids, so the
+    # model would never see which tokens are the question. The plain PeftModel passes every input on.
+    peft_task_type = None
     primary_metric = "f1"
     output_names = ("start_logits", "end_logits")
     token_level = True
