@@ -64,6 +64,10 @@ PARAPHRASE = [("the cat sat on the mat", "a cat sat on a mat", 1), ("the dog sat
               ("paris is the capital", "the capital is paris", 1), ("my order", "my package", 1),
               ("the cat sat", "where is my refund", 0), ("the movie was great", "my account password", 0),
               ("paris river", "login charge", 0), ("what did the dog", "invoice refund", 0)]
+SUPPORT = [("where is my refund", "billing"), ("invoice charge on my account", "billing"),
+           ("refund my order charge", "billing"), ("my invoice was a charge", "billing"),
+           ("login password", "account"), ("my account password", "account"),
+           ("login to my account", "account"), ("password login did", "account")]
 QA = [("what is the capital of france", "paris is the capital of france and a city on a river", "paris"),
       ("who sat on the mat", "the cat sat on the mat", "the cat"),
       ("where did the dog sit", "the dog sat on the mat", "on the mat"),
@@ -80,6 +84,7 @@ def write_tiny_project(folder: Path, backbone: Path) -> Path:
     """A project file with one task of every encoder kind, training a handful of steps each."""
     data = folder / "data"
     write_jsonl(data / "sentiment.jsonl", [{"text": t, "label": lab} for t, lab in SENTIMENT * 2])
+    write_jsonl(data / "support.jsonl", [{"text": t, "label": lab} for t, lab in SUPPORT * 2])
     write_jsonl(data / "paraphrase.jsonl", [{"a": a, "b": b, "label": y} for a, b, y in PARAPHRASE * 2])
     write_jsonl(data / "similarity.jsonl",
                 [{"text": a, "text_pair": b, "label": 4.5 * y + 0.2 * i} for i, (a, b, y) in enumerate(PARAPHRASE)])
@@ -93,11 +98,16 @@ def write_tiny_project(folder: Path, backbone: Path) -> Path:
         "reports": "reports",
         "data_dir": "data",
         "defaults": {"training": training, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "router": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                   "training": {**training, "epochs": 40, "lr": 1e-2, "checkpoint_every": 100}},
         "tasks": [
             {"name": "sentiment", "kind": "classification",
              "data": {"train": "sentiment.jsonl", "validation": "sentiment.jsonl",
                       "labels": ["negative", "positive"]},
              "routing": {"keywords": ["movie", "film"]}},
+            {"name": "support", "kind": "classification",
+             "data": {"train": "support.jsonl", "validation": "support.jsonl", "labels": ["billing", "account"]},
+             "routing": {"keywords": ["refund", "invoice", "password", "login", "order"]}},
             {"name": "paraphrase", "kind": "pair_classification",
              "data": {"train": "paraphrase.jsonl", "validation": "paraphrase.jsonl",
                       "fields": {"text": "a", "text_pair": "b"}, "labels": ["different", "same"]}},

@@ -47,7 +47,8 @@ def test_pair_input_on_the_command_line(tiny_project: Path) -> None:
 def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
     unknown = run("train", tiny_project, "--task", "nope")
     assert unknown.exit_code == 2
-    assert "No task 'nope' in the project config. Available: paraphrase, qa, sentiment, similarity" in unknown.output
+    expected = "No task 'nope' in the project config. Available: paraphrase, qa, sentiment, similarity, support"
+    assert expected in unknown.output
     assert "Traceback" not in unknown.output
 
     untrained = run("predict", tiny_project, "--task", "sentiment", "hello")

@@ -33,7 +33,7 @@ def test_squad_metrics_follow_the_official_normalization() -> None:
 
 def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) -> None:
     reports = {r.task: r for r in mtlora.evaluate(trained_project, log=lambda _: None)}
-    assert set(reports) == {"sentiment", "paraphrase", "similarity", "qa"}
+    assert set(reports) == {"sentiment", "support", "paraphrase", "similarity", "qa"}
     for report in reports.values():
         assert set(report.metrics) == {"base", "head_only", "lora"}
         assert report.parameters["lora"]["trainable"] > report.parameters["head_only"]["trainable"] > 0
@@ -54,19 +54,20 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
 
 
 def test_predictions_have_the_kind_specific_shape(trained_project: Path) -> None:
-    sentiment = mtlora.predict(trained_project, "sentiment", "loved this great movie")
+    sentiment = mtlora.predict(trained_project, "loved this great movie", task="sentiment")
     assert sentiment["label"] in ("negative", "positive") and 0.5 <= sentiment["confidence"] <= 1.0
     assert set(sentiment["probabilities"]) == {"negative", "positive"}
-    similarity = mtlora.predict(trained_project, "similarity", "the dog sat", "the dog sat")
+    similarity = mtlora.predict(trained_project, ("the dog sat", "the dog sat"), task="similarity")
     assert isinstance(similarity["score"], float)
-    answer = mtlora.predict(trained_project, "qa", "who sat on the mat", "the cat sat on the mat")
+    question = {"question": "who sat on the mat", "context": "the cat sat on the mat"}
+    answer = mtlora.predict(trained_project, question, task="qa")
     assert answer["answer"] in "the cat sat on the mat" and answer["answer"]
 
 
 def test_wrong_input_shapes_are_explained(trained_project: Path) -> None:
-    with pytest.raises(mtlora.InputError, match="compares two texts"):
-        mtlora.predict(trained_project, "paraphrase", "only one text")
-    with pytest.raises(mtlora.InputError, match="needs a question and a context"):
-        mtlora.predict(trained_project, "qa", "who?")
+    with pytest.raises(mtlora.InputError, match="takes pair input, but a text input was given"):
+        mtlora.predict(trained_project, "only one text", task="paraphrase")
+    with pytest.raises(mtlora.InputError, match="takes qa input, but a text input was given"):
+        mtlora.predict(trained_project, "who?", task="qa")
     with pytest.raises(mtlora.InputError, match="empty"):
-        mtlora.predict(trained_project, "sentiment", "  ")
+        mtlora.predict(trained_project, "  ", task="sentiment")

@@ -35,12 +35,12 @@ def test_names_that_leave_the_registry_are_refused(tmp_path: Path, name: str) ->
 
 def test_unknown_adapter_lists_the_stored_ones(registry_copy: Registry) -> None:
     with pytest.raises(AdapterNotFoundError, match=r"No adapter 'nope' in registry .*Available: paraphrase, qa, "
-                                                   r"sentiment, similarity"):
+                                                   r"sentiment, similarity, support"):
         registry_copy.manifest("nope")
 
 
 def test_listing_skips_internal_folders(registry_copy: Registry) -> None:
-    assert registry_copy.names() == ["paraphrase", "qa", "sentiment", "similarity"]
+    assert registry_copy.names() == ["paraphrase", "qa", "sentiment", "similarity", "support"]
 
 
 def test_damaged_weights_are_refused(registry_copy: Registry, trained_project: Path) -> None:
@@ -90,4 +90,4 @@ def test_crash_during_first_save_leaves_nothing_loadable(registry_copy: Registry
 
 def test_manifests_list_through_the_api(trained_project: Path) -> None:
     names = [m.name for m in mtlora.list_adapters(trained_project)]
-    assert names == ["paraphrase", "qa", "sentiment", "similarity"]
+    assert names == ["paraphrase", "qa", "sentiment", "similarity", "support"]

@@ -20,6 +20,7 @@ from mtlora.training import trainer as trainer_module
 QUIET = {"progress": False, "log": lambda _: None}
 INPUTS = {
     "sentiment": ["loved this great movie", "terrible boring film"],
+    "support": ["where is my refund", "my login password"],
     "paraphrase": [("the cat sat on the mat", "a cat sat on a mat"), ("paris river", "login charge")],
     "similarity": [("the dog sat", "the dog sat"), ("my order", "where is my refund")],
     "qa": [("who sat on the mat", "the cat sat on the mat"), ("what is paris", "paris is a city")],

@@ -3,14 +3,25 @@
     >>> import mtlora
     >>> mtlora.train("examples/demo/mtlora.yaml")
     >>> mtlora.evaluate("examples/demo/mtlora.yaml")
-    >>> mtlora.predict("examples/demo/mtlora.yaml", "sentiment", "a warm, funny film")
+    >>> mtlora.predict("examples/demo/mtlora.yaml", "a warm, funny film")   # routed to an adapter
 """
 
 __version__ = "0.1.0"
 
-from mtlora.api import evaluate, list_adapters, load_predictor, predict, show_adapter, train
+from mtlora.api import (
+    evaluate,
+    evaluate_routers,
+    list_adapters,
+    load_engine,
+    load_predictor,
+    predict,
+    route,
+    show_adapter,
+    train,
+    train_router,
+)
 from mtlora.config import ProjectConfig, TaskConfig, load_config
-from mtlora.engine import TaskPredictor
+from mtlora.engine import Engine, TaskPredictor
 from mtlora.errors import (
     AdapterNotFoundError,
     BaseModelMismatchError,
@@ -31,6 +42,7 @@ __all__ = [
     "ConfigError",
     "CorruptAdapterError",
     "DataError",
+    "Engine",
     "InputError",
     "Manifest",
     "MtloraError",
@@ -43,13 +55,17 @@ __all__ = [
     "UnknownTaskError",
     "__version__",
     "evaluate",
+    "evaluate_routers",
     "get_task_kind",
     "list_adapters",
     "load_config",
+    "load_engine",
     "load_predictor",
     "predict",
     "register_task_kind",
+    "route",
     "show_adapter",
     "task_kind_names",
     "train",
+    "train_router",
 ]

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from mtlora.config import ProjectConfig, load_config
-from mtlora.engine import TaskPredictor
-from mtlora.evaluation import TaskReport, evaluate_task, write_reports
+from mtlora import routing
+from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
+from mtlora.engine import Engine, TaskPredictor
+from mtlora.engine.engine import Input
+from mtlora.evaluation import (
+    RoutingReport,
+    TaskReport,
+    evaluate_routing,
+    evaluate_task,
+    routing_mix,
+    write_reports,
+    write_routing_reports,
+)
 from mtlora.registry import Manifest, Registry
+from mtlora.routing import ROUTERS, Route
 from mtlora.tasks import Prediction
 from mtlora.training import TrainOutcome, train_task
 
@@ -59,15 +71,60 @@ def evaluate(
     return reports
 
 
+def evaluate_routers(
+    config: ConfigLike,
+    routers: Sequence[str] = ROUTERS,
+    *,
+    split: str = "validation",
+    per_task: int = 200,
+    write: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[RoutingReport]:
+    """Routing accuracy of each router on a held-out mix of every task's inputs; writes reports/routing.*"""
+    project = as_config(config)
+    engine = Engine.from_config(project)
+    available = [r for r in routers if r != "learned" or ROUTER_ADAPTER in engine.registry]
+    for skipped in sorted(set(routers) - set(available)):
+        log(f"[routing] skipping '{skipped}': no learned router trained (mtlora train-router)")
+    reports = evaluate_routing(engine, routing_mix(project, split, per_task), available, split, log=log)
+    if write and reports:
+        write_routing_reports(reports, Path(project.reports))
+    return reports
+
+
+def train_router(
+    config: ConfigLike, *, fresh: bool = False, progress: bool = True, log: Callable[[str], None] = print
+) -> TrainOutcome:
+    """Train the learned router: a classification adapter over the project's task names."""
+    return routing.train_router(as_config(config), fresh=fresh, progress=progress, log=log)
+
+
+def load_engine(config: ConfigLike, tasks: Sequence[str] | None = None, **kwargs: Any) -> Engine:
+    """Every adapter of the project (or `tasks`) on one backbone, ready to route and answer inputs."""
+    return Engine.from_config(as_config(config), tasks, **kwargs)
+
+
 def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:
+    """One adapter alone, with the task's own precision setting (evaluation uses the same path)."""
     project = as_config(config)
     return TaskPredictor(Registry(project.registry), task, project.backbone,
                          precision=project.task(task).training.precision)
 
 
-def predict(config: ConfigLike, task: str, text: str, text_pair: str | None = None) -> Prediction:
-    """Answer one input with the adapter of `task` (loads it; keep a `load_predictor` for many calls)."""
-    return load_predictor(config, task).predict(text, text_pair)
+def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | None = None,
+            router: str | None = None) -> Prediction | list[Prediction]:
+    """Answer one input or a list: with the adapter of `task`, or where the router sends each input.
+
+    Loads the engine on every call; keep a `load_engine(...)` for many calls.
+    """
+    return load_engine(config, [task] if task else None).predict(inputs, task, router)
+
+
+def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = None) -> list[Route]:
+    """Where each input would go, with the score of every candidate task."""
+    engine = load_engine(config)
+    items = inputs if isinstance(inputs, list) else [inputs]
+    return engine.route([engine.request(item) for item in items], router)
 
 
 def list_adapters(config: ConfigLike) -> list[Manifest]:

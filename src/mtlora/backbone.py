@@ -47,17 +47,8 @@ def load_task_model(backbone: str, auto_class: Any, seed: int, **model_kwargs: A
     The head is seeded so that the "untrained base" baseline and the start of training are reproducible.
     """
     torch.manual_seed(seed)
-    # transformers prints a load report of the new head; mtlora reports `fresh_modules` itself.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        model, info = auto_class.from_pretrained(
-            resolve_backbone(backbone), output_loading_info=True, **model_kwargs
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+    with quiet_loading():
+        model, info = auto_class.from_pretrained(resolve_backbone(backbone), output_loading_info=True, **model_kwargs)
     missing = set(info.get("missing_keys", []))
     fresh = sorted({_owning_module(model, key) for key in missing})
     return LoadedModel(model=model, fingerprint=fingerprint_backbone(backbone), fresh_modules=fresh)
@@ -130,6 +121,18 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16":
         return True
     return precision == "auto" and bf16_supported(device)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No load report or progress bars: transformers reports the new head, mtlora reports it itself."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with no_save_progress_bars():
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 @contextlib.contextmanager

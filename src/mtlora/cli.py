@@ -97,10 +97,22 @@ def evaluate(
     config: ConfigArg,
     task: TaskOption = None,
     split: Annotated[str, typer.Option(help="validation or test.")] = "validation",
+    router: Annotated[
+        list[str] | None,
+        typer.Option("--router", "-r", help="Evaluate routing with this router instead (repeat; 'all': every one)."),
+    ] = None,
 ) -> None:
-    """Score each adapter against its head-only baseline and the untrained base; write reports."""
-    from mtlora.evaluation.evaluate import VARIANTS
+    """Score each adapter against its head-only baseline and the untrained base; write reports.
 
+    With --router: routing accuracy on a held-out mix of every task's inputs instead."""
+    from mtlora.evaluation.evaluate import VARIANTS
+    from mtlora.routing import ROUTERS
+
+    if router:
+        names = list(ROUTERS) if "all" in router else router
+        _print_routing(api.evaluate_routers(config, names, split=split, log=say))
+        say(f"Reports written to {api.as_config(config).reports}/routing.md")
+        return
     reports = api.evaluate(config, task, split=split, log=say)
     table = Table(title=f"Evaluation ({split})")
     for column in ("task", "metric", *VARIANTS.values(), "LoRA params"):
@@ -114,6 +126,61 @@ def evaluate(
     say(f"Reports written to {api.as_config(config).reports}/summary.md")
 
 
+def _print_routing(reports: list) -> None:
+    table = Table(title="Routing")
+    for column in ("router", "inputs", "accuracy", "unroutable", "ms/input"):
+        table.add_column(column, justify="left" if column == "router" else "right")
+    for r in reports:
+        table.add_row(r.router, str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}", f"{r.ms_per_input:.2f}")
+    console.print(table)
+
+
+@app.command("train-router")
+@reports_errors
+def train_router(
+    config: ConfigArg,
+    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints of an interrupted run and start over.")] = False,
+) -> None:
+    """Train the learned router: one more adapter that classifies inputs by task."""
+    outcome = api.train_router(config, fresh=fresh, progress=sys.stderr.isatty(), log=say)
+    say(f"Router trained in {outcome.time_s:.1f}s ({outcome.steps} steps); saved to {outcome.saved_to}")
+
+
+@app.command()
+@reports_errors
+def route(
+    config: ConfigArg,
+    text: Annotated[str, typer.Argument(help="The input text (the question, for extractive QA).")],
+    text_pair: Annotated[str | None, typer.Argument(help="A second text (or the QA context).")] = None,
+    router: Annotated[str | None, typer.Option("--router", "-r", help="explicit, keywords, semantic or learned "
+                                                                        "(default: the project's).")] = None,
+) -> None:
+    """Show where an input would go and how every candidate task scored."""
+    (decision,) = api.route(config, text if text_pair is None else (text, text_pair), router)
+    say(f"-> {decision.task or 'unroutable'} (router: {decision.router}, confidence {decision.confidence:.3f})")
+    if decision.reason:
+        say(f"   {decision.reason}")
+    table = Table()
+    table.add_column("task")
+    table.add_column("score", justify="right")
+    for name, score in sorted(decision.scores.items(), key=lambda item: -item[1]):
+        table.add_row(name, f"{score:.4f}")
+    if decision.scores:
+        console.print(table)
+
+
+@app.command()
+@reports_errors
+def merge(
+    config: ConfigArg,
+    task: Annotated[str, typer.Argument(help="The adapter to export.")],
+    output: Annotated[Path, typer.Argument(help="Folder for the merged model (written atomically).")],
+) -> None:
+    """Export one task as a plain transformers model with its LoRA merged in."""
+    folder = api.load_engine(config, tasks=[task]).merge(task, output)
+    say(f"Merged model written to {folder}; load it with AutoModel*.from_pretrained('{folder}')")
+
+
 @app.command()
 @reports_errors
 def predict(
@@ -122,16 +189,18 @@ def predict(
     text_pair: Annotated[
         str | None, typer.Argument(help="The second text of a pair task (the context, for extractive QA).")
     ] = None,
-    task: Annotated[str, typer.Option("--task", "-t", help="The adapter to answer with.")] = ...,  # type: ignore[assignment]
+    task: Annotated[str | None, typer.Option("--task", "-t", help="The adapter to answer with "
+                                                                   "(default: route the input).")] = None,
+    router: Annotated[str | None, typer.Option("--router", "-r", help="Router when no --task is given.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
 ) -> None:
-    """Answer one input with the adapter of --task."""
-    prediction = api.predict(config, task, text, text_pair)
+    """Answer one input: with the adapter of --task, or the one a router picks."""
+    prediction = api.predict(config, text if text_pair is None else (text, text_pair), task=task, router=router)
     if as_json:
         print(json.dumps(prediction, ensure_ascii=False))
         return
     for key, value in prediction.items():
-        say(f"{key:>13}: {_shown(value)}")
+        say(f"{key:>16}: {_shown(value)}")
 
 
 @adapters_app.command("list")

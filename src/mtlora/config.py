@@ -34,6 +34,7 @@ from mtlora.errors import ConfigError
 EMBEDDED_BACKBONE = "embedded"
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DATA_DIR_ENV = "MTLORA_DATA_DIR"
+ROUTER_ADAPTER = "router"  # the registry name of the learned router
 
 
 class _Strict(BaseModel):
@@ -193,11 +194,24 @@ class TaskConfig(_Strict):
         return self
 
 
+class RouterSettings(_Strict):
+    """How the engine picks an adapter when the caller does not name one."""
+
+    strategy: Literal["explicit", "keywords", "semantic", "learned"] = "semantic"
+    default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
+    min_similarity: float = Field(0.3, ge=-1, le=1, description="semantic: cosine similarity needed to route")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="learned: probability needed to route")
+    examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=8, alpha=16))
+    training: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, baseline=False))
+
+
 class ProjectConfig(_Strict):
     backbone: str = Field(EMBEDDED_BACKBONE, description="hub id, local folder, or 'embedded' (MiniLM)")
     registry: Path = Path("adapters")
     reports: Path = Path("reports")
     data_dir: Path = Field(Path("."), description=f"base of relative data paths; ${DATA_DIR_ENV} overrides it")
+    router: RouterSettings = Field(default_factory=RouterSettings)
     tasks: list[TaskConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -206,6 +220,11 @@ class ProjectConfig(_Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
+        if ROUTER_ADAPTER in names:
+            raise ValueError(f"'{ROUTER_ADAPTER}' is the learned router's adapter name; rename that task")
+        default = self.router.default_task
+        if default is not None and default not in names:
+            raise ValueError(f"router.default_task '{default}' is not a task; tasks: {', '.join(names)}")
         return self
 
     def task(self, name: str) -> TaskConfig:

@@ -44,21 +44,41 @@ def forward_features(
     """Run every feature through the model; returns per-feature outputs without padding."""
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in encoded.features["input_ids"]]
-    # Sorting by length makes each batch pad to nearly nothing.
-    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
-    names = [n for n in encoded.features if n in tokenizer.model_input_names]
-    results: list[dict[str, np.ndarray]] = [{} for _ in order]
-    batches = range(0, len(order), batch_size)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
-        for start in tqdm(batches, desc="predict", disable=not progress, leave=False):
-            index = order[start:start + batch_size]
-            batch = tokenizer.pad([{n: encoded.features[n][i] for n in names} for i in index],
-                                  return_tensors="pt")
-            output = model(**{k: v.to(device) for k, v in batch.items()})
-            for name, tensor in kind.outputs_of(output).items():
-                values = tensor.float().cpu().numpy()
-                for row, i in enumerate(index):
-                    # Token-level outputs (QA) are cut back to the feature's own length.
-                    results[i][name] = values[row][:lengths[i]] if kind.token_level else values[row]
+    results: list[dict[str, np.ndarray]] = [{} for _ in lengths]
+    batches = length_sorted_batches(lengths, batch_size)
+    with torch.inference_mode(), autocast(device, bf16):
+        for index in tqdm(batches, desc="predict", disable=not progress, leave=False):
+            batch = pad_rows(tokenizer, [feature_row(encoded.features, i) for i in index], device)
+            store_outputs(kind, kind.outputs_of(model(**batch)), index, lengths, results)
     return results
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length, so each batch pads to nearly nothing."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def feature_row(features: dict[str, list], row: int) -> dict[str, list]:
+    return {name: values[row] for name, values in features.items()}
+
+
+def pad_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, list]],
+             device: torch.device) -> dict[str, torch.Tensor]:
+    """Feature rows padded into one batch of model inputs on `device` (targets and extras left out)."""
+    names = [n for n in tokenizer.model_input_names if n in rows[0]]
+    batch = tokenizer.pad([{n: row[n] for n in names} for row in rows], return_tensors="pt")
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def store_outputs(kind: TaskKind, outputs: dict[str, torch.Tensor], rows: Sequence[int], lengths: Sequence[int],
+                  results: list[dict[str, np.ndarray]]) -> None:
+    """Copy a batch's outputs into per-row results; token-level outputs (QA) lose their padding."""
+    for name, tensor in outputs.items():
+        values = tensor.float().cpu().numpy()
+        for position, row in enumerate(rows):
+            results[row][name] = values[position][:lengths[row]] if kind.token_level else values[position]
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mtlora import atomic
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
+from mtlora.evaluation.routing import RoutingReport
 
 
 def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
@@ -21,8 +22,12 @@ def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
         atomic.write_json(path, report.to_dict())
         written.append(path)
         if report.confusion is not None and report.labels is not None:
-            written.append(plot_confusion(report, folder / f"{report.task}_confusion.png"))
-    everything = [TaskReport(**_load(p)) for p in sorted(folder.glob("*.json")) if p.name != "summary.json"]
+            accuracy = report.metrics["lora"].get("accuracy", 0.0)
+            title = f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})"
+            path = folder / f"{report.task}_confusion.png"
+            written.append(plot_confusion(report.labels, report.confusion, title, path))
+    everything = [TaskReport(**_load(p)) for p in sorted(folder.glob("*.json"))
+                  if p.name not in ("summary.json", "routing.json")]
     atomic.write_json(folder / "summary.json", [r.to_dict() for r in everything])
     atomic.write_text(folder / "summary.md", markdown_summary(everything))
     return [*written, folder / "summary.md", folder / "summary.json"]
@@ -72,30 +77,51 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
-def plot_confusion(report: TaskReport, path: Path) -> Path:
+def plot_confusion(labels: Sequence[str], counts: Sequence[Sequence[int]], title: str, path: Path,
+                   columns: Sequence[str] | None = None) -> Path:
+    """A gold x predicted count matrix as a PNG (`columns` when predictions have extra classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    assert report.confusion is not None and report.labels is not None
-    counts = np.asarray(report.confusion)
-    size = max(4.0, 0.6 * len(report.labels) + 2)
+    columns = list(columns or labels)
+    matrix = np.asarray(counts)
+    size = max(4.0, 0.6 * len(columns) + 2)
     figure, axes = plt.subplots(figsize=(size + 1, size))
-    image = axes.imshow(counts, cmap="Blues")
-    axes.set_xticks(range(len(report.labels)), report.labels, rotation=45, ha="right")
-    axes.set_yticks(range(len(report.labels)), report.labels)
+    image = axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("gold")
-    accuracy = report.metrics["lora"].get("accuracy", 0.0)
-    axes.set_title(f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})")
-    threshold = counts.max() / 2 if counts.size else 0
-    for (row, col), value in np.ndenumerate(counts):
-        axes.text(col, row, str(value), ha="center", va="center",
-                  color="white" if value > threshold else "black")
+    axes.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), value in np.ndenumerate(matrix):
+        axes.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
     atomic.write_bytes_via(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)
     return path
+
+
+def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> list[Path]:
+    """`routing.json`, `routing.md` and one `routing_<router>_confusion.png` per router."""
+    written = [folder / "routing.json", folder / "routing.md"]
+    atomic.write_json(written[0], [r.to_dict() for r in reports])
+    tasks = reports[0].labels[:-1] if reports else []
+    lines = ["# Routing", "", f"A held-out mix of every task's inputs ({reports[0].split if reports else ''}), "
+             "pairs and QA given as plain text pairs; each router picks the task.", "",
+             "| router | inputs | accuracy | unroutable | ms / input | " + " | ".join(tasks) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+    for r in reports:
+        lines.append(f"| {r.router} | {r.examples} | **{r.accuracy:.3f}** | {r.unroutable:.3f} "
+                     f"| {r.ms_per_input:.2f} | " + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks) + " |")
+        path = folder / f"routing_{r.router}_confusion.png"
+        written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
+                                      columns=r.labels))
+    lines += ["", "Columns after the first five are the accuracy on each task's inputs; confusion matrices: "
+              "`routing_<router>_confusion.png`.", ""]
+    atomic.write_text(written[1], "\n".join(lines))
+    return written

@@ -1,0 +1,410 @@
+"""One backbone in memory, many task adapters, and mixed-task batches in one encoder pass.
+
+How a mixed batch runs: the rows of every task are padded together and go through the shared encoder
+once, PEFT applying each row's own LoRA weights (`adapter_names`). Each task's head then runs on its
+rows. A head is the task model transformers builds for the kind (so every architecture's own head
+code is reused), with its encoder swapped for a stand-in that hands over the rows already computed.
+
+    >>> engine = Engine.from_config("examples/demo/mtlora.yaml")
+    >>> engine.predict("my parcel never arrived")            # routed (semantic by default)
+    >>> engine.predict_batch(["great film", ("a", "b")], task=["sentiment", "paraphrase"])
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModel
+from transformers.utils import ModelOutput
+
+from mtlora import atomic
+from mtlora.backbone import (
+    default_device,
+    load_tokenizer,
+    no_save_progress_bars,
+    quiet_loading,
+    resolve_backbone,
+    use_bf16,
+)
+from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
+from mtlora.engine.inference import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
+from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
+from mtlora.modeling import check_base, kind_from_manifest, load_adapter_model
+from mtlora.registry import Manifest, Registry
+from mtlora.routing import Request, Route, Router, build_router, split_prefix
+from mtlora.tasks import Encoded, Example, Prediction, TaskKind
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
+Input = str | tuple[str, str] | dict[str, str]
+
+
+class _ComputedEncoder(nn.Module):
+    """Stands in for a task model's encoder and returns the rows the shared encoder already computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output: ModelOutput | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
+        assert self.output is not None, "the shared encoder runs before any head"
+        return self.output
+
+
+@dataclass
+class _Task:
+    manifest: Manifest
+    kind: TaskKind
+    head: nn.Module
+    stand_in: _ComputedEncoder
+
+
+@dataclass
+class _Job:
+    """The inputs one task answers in a call, encoded, with room for each feature's outputs."""
+
+    task: str
+    examples: list[Example]
+    encoded: Encoded
+    results: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.results = [{} for _ in range(len(self.encoded))]
+
+
+class Engine:
+    """The adapters of a registry on one shared backbone, answering inputs of any of their tasks.
+
+    Args:
+        backbone: the base model the adapters were trained on (hub id, folder, or "embedded").
+        registry: the adapter registry (or its folder).
+        tasks: the adapters to load (default: all; the learned router loads when first used).
+        router: the router used when a call names no task: explicit, keywords, semantic or learned.
+        router_settings: thresholds and default task for routing.
+        precision: "auto" (bf16 where the hardware has it), "fp32" or "bf16".
+        batch_size: feature rows per encoder pass.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        registry: Registry | str | Path,
+        tasks: Sequence[str] | None = None,
+        *,
+        router: str | None = None,
+        router_settings: RouterSettings | None = None,
+        precision: str = "auto",
+        device: torch.device | str | None = None,
+        batch_size: int = 32,
+    ):
+        self.backbone = backbone
+        self.registry = registry if isinstance(registry, Registry) else Registry(registry)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.bf16 = use_bf16(precision, self.device)
+        self.batch_size = batch_size
+        self.tokenizer = load_tokenizer(backbone)
+        self.router_settings = router_settings or RouterSettings()
+        self.default_router = router or self.router_settings.strategy
+        self._routers: dict[str, Router] = {}
+        self._tasks: dict[str, _Task] = {}
+        # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
+        # uses every core. Concurrent callers queue here; the server batches them into one call.
+        self._lock = threading.RLock()
+        with quiet_loading():
+            base = AutoModel.from_pretrained(resolve_backbone(backbone))
+        self._encoder: nn.Module = base.to(self.device).eval()
+        names = tasks if tasks is not None else [n for n in self.registry.names() if n != ROUTER_ADAPTER]
+        for name in names:
+            self.add(name)
+
+    @classmethod
+    def from_config(cls, config: ProjectConfig | str | Path, tasks: Sequence[str] | None = None,
+                    **kwargs: Any) -> Engine:
+        project = config if isinstance(config, ProjectConfig) else load_config(config)
+        kwargs.setdefault("router_settings", project.router)
+        return cls(project.backbone, Registry(project.registry), tasks, **kwargs)
+
+    # ---- adapters ---------------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task adapters loaded (the learned router is not one of them)."""
+        return [name for name in self._tasks if name != ROUTER_ADAPTER]
+
+    def manifest(self, task: str) -> Manifest:
+        return self._task(task).manifest
+
+    def add(self, name: str) -> None:
+        """Load adapter `name` from the registry into the running engine (the backbone stays loaded)."""
+        with self._lock:
+            if name in self._tasks:
+                return
+            manifest = self.registry.verified(name)
+            check_base(manifest, self.backbone)
+            kind = kind_from_manifest(manifest)
+            head, stand_in = self._build_head(kind, manifest)
+            base_prefix = head.base_model_prefix
+            encoder_state, head_state = _split_state(load_file(self.registry.path(name) / ADAPTER_WEIGHTS),
+                                                     base_prefix, name)
+            self._load_head(head, head_state, name)
+            self._add_lora(name, encoder_state, base_prefix)
+            self._tasks[name] = _Task(manifest, kind, head, stand_in)
+            self._routers.clear()  # routers hold the task list they were built for
+
+    def remove(self, name: str) -> None:
+        """Unload adapter `name`; the other adapters and the backbone stay as they are."""
+        with self._lock:
+            self._task(name)
+            del self._tasks[name]
+            assert isinstance(self._encoder, PeftModel)
+            if self._tasks:
+                if name in self._encoder.active_adapters:
+                    self._encoder.set_adapter(next(iter(self._tasks)))  # mixed batches name their adapters anyway
+                self._encoder.delete_adapter(name)
+            else:
+                self._encoder = self._encoder.unload()
+            self._routers.clear()
+
+    def merge(self, name: str, folder: str | Path) -> Path:
+        """Write task `name` as a plain transformers model with its LoRA merged in (plus the tokenizer)."""
+        model, _, _ = load_adapter_model(self.registry, name, self.backbone)
+        merged = model.merge_and_unload()
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
+            merged.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+        return folder
+
+    def _task(self, name: str) -> _Task:
+        if name not in self._tasks:
+            raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine")
+        return self._tasks[name]
+
+    def _build_head(self, kind: TaskKind, manifest: Manifest) -> tuple[nn.Module, _ComputedEncoder]:
+        config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
+        with torch.device("meta"):
+            head = kind.auto_class.from_config(config)
+        stand_in = _ComputedEncoder()
+        setattr(head, head.base_model_prefix, stand_in)
+        head.to_empty(device=self.device)
+        return head.eval(), stand_in
+
+    def _load_head(self, head: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise BaseModelMismatchError(
+                f"adapter '{name}': its head does not fit the task model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); retrain it with this version of mtlora"
+            )
+
+    def _add_lora(self, name: str, state: dict[str, torch.Tensor], base_prefix: str) -> None:
+        config = LoraConfig.from_pretrained(str(self.registry.path(name)))
+        if not isinstance(config.target_modules, str):
+            # Full module paths of the task model ("bert.encoder...") name the same layers in the bare encoder.
+            config.target_modules = {m.removeprefix(base_prefix + ".") for m in config.target_modules}
+        config.modules_to_save = None  # heads live apart, in `_Task.head`
+        config.task_type = None
+        config.inference_mode = True
+        if isinstance(self._encoder, PeftModel):
+            self._encoder.add_adapter(name, config)
+        else:
+            self._encoder = get_peft_model(self._encoder, config, adapter_name=name)
+        result = set_peft_model_state_dict(self._encoder, state, adapter_name=name)
+        if result.unexpected_keys:
+            raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
+                                         f"{result.unexpected_keys[:3]}")
+        self._encoder.eval()
+
+    # ---- answering --------------------------------------------------------------------------------
+
+    def predict(self, inputs: Input | list[Input], task: str | Sequence[str | None] | None = None,
+                router: str | None = None) -> Prediction | list[Prediction]:
+        """Answer one input (a text, a `(text, text_pair)` tuple, or a `{question, context}` dict) or a list.
+
+        `task` names the adapter (one for all inputs, or one per input); without it the input is
+        routed. A result holds the task that answered, how it was routed, and the kind's answer.
+        """
+        if isinstance(inputs, list):
+            return self.predict_batch(inputs, task, router)
+        return self.predict_batch([inputs], task if isinstance(task, str | None) else list(task), router)[0]
+
+    def predict_batch(self, inputs: Sequence[Input], task: str | Sequence[str | None] | None = None,
+                      router: str | None = None) -> list[Prediction]:
+        tasks = [task] * len(inputs) if isinstance(task, str | None) else list(task)
+        if len(tasks) != len(inputs):
+            raise InputError(f"{len(inputs)} inputs but {len(tasks)} task names; give one per input or one for all")
+        requests = [self.request(item, name) for item, name in zip(inputs, tasks, strict=True)]
+        with self._lock:
+            routes = self.route(requests, router)
+            return self._answer(requests, routes)
+
+    def route(self, requests: Sequence[Request], router: str | None = None) -> list[Route]:
+        """Where each request goes: its named task, else the router's choice among the tasks that fit."""
+        with self._lock:
+            candidates = [self._candidates(r) for r in requests]
+            routes: list[Route | None] = [None] * len(requests)
+            for i, request in enumerate(requests):
+                if request.task is not None:
+                    routes[i] = self._explicit(request, candidates[i])
+                elif len(candidates[i]) == 1:
+                    routes[i] = Route(candidates[i][0], "shape", 1.0, {candidates[i][0]: 1.0},
+                                      f"the only task that takes a {request.shape} input")
+                elif not candidates[i]:
+                    routes[i] = Route(None, "shape", 0.0, reason=f"no loaded task takes a {request.shape} input")
+            open_rows = [i for i, r in enumerate(routes) if r is None]
+            if open_rows:
+                chosen = self._router(router or self.default_router)
+                decided = chosen.route([requests[i] for i in open_rows], [candidates[i] for i in open_rows])
+                for i, route in zip(open_rows, decided, strict=True):
+                    routes[i] = route
+            return [r for r in routes if r is not None]
+
+    def run_adapter(self, name: str, inputs: Sequence[Input]) -> list[Prediction]:
+        """Answer `inputs` with adapter `name` directly (no routing); the learned router uses this."""
+        requests = [self.request(item, name) for item in inputs]
+        with self._lock:
+            return self._answer(requests, [Route(name, "explicit", 1.0) for _ in requests])
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Mean-pooled, normalised embeddings from the backbone with every adapter off: (texts, hidden)."""
+        if not texts:
+            return torch.empty(0)
+        tokens = self.tokenizer(list(texts), truncation=True, max_length=128)
+        lengths = [len(ids) for ids in tokens["input_ids"]]
+        embeddings = torch.empty(len(texts), self._hidden_size())
+        with self._lock, torch.inference_mode(), autocast(self.device, self.bf16):
+            for rows in length_sorted_batches(lengths, self.batch_size):
+                batch = pad_rows(self.tokenizer, [feature_row(tokens, i) for i in rows], self.device)
+                hidden = self._encode(batch, [NO_ADAPTER] * len(rows)).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                embeddings[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
+        return embeddings
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    def request(self, item: Input, task: str | None = None) -> Request:
+        """An input as the routers see it: its text(s), its shape, and the task it names, if any."""
+        if isinstance(item, str):
+            named, text = split_prefix(item, list(self._tasks))
+            return Request(text, None, "text", task or named)
+        if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
+            named, text = split_prefix(item[0], list(self._tasks))
+            return Request(text, item[1], "pair", task or named)
+        if isinstance(item, dict) and {"question", "context"} <= item.keys():
+            return Request(item["question"], item["context"], "qa", task)
+        if isinstance(item, dict) and "text" in item:
+            return self.request(item["text"] if item.get("text_pair") is None
+                                 else (item["text"], item["text_pair"]), task or item.get("task"))
+        raise InputError(f"an input is a text, a (text, text_pair) tuple or a {{question, context}} dict; "
+                         f"got {type(item).__name__}: {item!r:.80}")
+
+    def _candidates(self, request: Request) -> list[str]:
+        shapes = {"text": {"text"}, "pair": {"pair", "qa"}, "qa": {"qa"}}[request.shape]
+        return [name for name in self.tasks if self._tasks[name].kind.input_shape in shapes]
+
+    def _explicit(self, request: Request, candidates: list[str]) -> Route:
+        task = self._task(request.task or "")
+        if request.task != ROUTER_ADAPTER and request.task not in candidates:
+            raise InputError(f"task '{request.task}' ({task.kind.name}) takes {task.kind.input_shape} input, "
+                             f"but a {request.shape} input was given")
+        return Route(request.task, "explicit", 1.0, {request.task or "": 1.0})
+
+    def _router(self, name: str) -> Router:
+        if name not in self._routers:
+            self._routers[name] = build_router(name, self, self.router_settings)
+        return self._routers[name]
+
+    def _answer(self, requests: Sequence[Request], routes: Sequence[Route]) -> list[Prediction]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, route in enumerate(routes):
+            if route.task is not None:
+                groups[route.task].append(i)
+        jobs = [self._job(name, [requests[i] for i in rows]) for name, rows in groups.items()]
+        self._forward(jobs)
+        results: list[Prediction] = [_unroutable(route) for route in routes]
+        for job, rows in zip(jobs, groups.values(), strict=True):
+            predictions = self._task(job.task).kind.decode(job.results, job.encoded, job.examples)
+            for i, prediction in zip(rows, predictions, strict=True):
+                route = routes[i]
+                results[i] = {"task": job.task, "routed_by": route.router, "route_confidence": route.confidence,
+                              **prediction}
+        return results
+
+    def _job(self, name: str, requests: list[Request]) -> _Job:
+        task = self._task(name)
+        examples = [task.kind.input_example(r.text, r.text_pair) for r in requests]
+        manifest = task.manifest
+        encoded = task.kind.encode(self.tokenizer, examples, manifest.max_length, manifest.doc_stride,
+                                   with_targets=False)
+        return _Job(name, examples, encoded)
+
+    def _forward(self, jobs: list[_Job]) -> None:
+        """Every feature row of every job through the encoder together, then each job's rows through its head."""
+        rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
+        lengths = [len(jobs[j].encoded.features["input_ids"][f]) for j, f in rows]
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            for batch_rows in length_sorted_batches(lengths, self.batch_size):
+                picked = [rows[i] for i in batch_rows]
+                inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked],
+                                  self.device)
+                encoded = self._encode(inputs, [jobs[j].task for j, _ in picked])
+                positions: dict[int, list[int]] = defaultdict(list)
+                for position, (j, _) in enumerate(picked):
+                    positions[j].append(position)
+                for j, where in positions.items():
+                    job, task = jobs[j], self._tasks[jobs[j].task]
+                    index = torch.tensor(where, device=self.device)
+                    task.stand_in.output = _rows(encoded, index)
+                    output = task.head(**{name: tensor[index] for name, tensor in inputs.items()})
+                    features = [picked[p][1] for p in where]
+                    feature_lengths = [len(ids) for ids in job.encoded.features["input_ids"]]
+                    store_outputs(task.kind, task.kind.outputs_of(output), features, feature_lengths, job.results)
+                    task.stand_in.output = None
+
+    def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
+        if not isinstance(self._encoder, PeftModel):
+            return self._encoder(**inputs)
+        return self._encoder(**inputs, adapter_names=adapters)
+
+    def _hidden_size(self) -> int:
+        return int(AutoConfig.from_pretrained(resolve_backbone(self.backbone)).hidden_size)
+
+
+def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
+                 name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """PEFT task-model keys -> (LoRA keys for a PEFT-wrapped bare encoder, head keys for the task model)."""
+    encoder, head = {}, {}
+    for key, tensor in state.items():
+        inner = key.removeprefix(PEFT_PREFIX)
+        if inner.startswith(base_prefix + "."):
+            if "lora_" not in inner:
+                raise BaseModelMismatchError(
+                    f"adapter '{name}' retrains encoder weights ({inner}) that other tasks share, so it cannot "
+                    "join a multi-adapter engine; load it alone with mtlora.load_predictor"
+                )
+            encoder[PEFT_PREFIX + inner.removeprefix(base_prefix + ".")] = tensor
+        else:
+            head[inner] = tensor
+    return encoder, head
+
+
+def _rows(output: ModelOutput, index: torch.Tensor) -> ModelOutput:
+    return type(output)(**{k: v[index] for k, v in output.items() if isinstance(v, torch.Tensor)})
+
+
+def _unroutable(route: Route) -> Prediction:
+    return {"task": None, "routed_by": route.router, "route_confidence": route.confidence, "unroutable": True,
+            "reason": route.reason, "scores": route.scores}

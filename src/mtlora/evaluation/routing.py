@@ -1,0 +1,81 @@
+"""Routing accuracy: a held-out mix of every task's inputs, sent as a user would, through each router."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mtlora.config import ProjectConfig
+from mtlora.data import load_task_data
+from mtlora.engine import Engine
+from mtlora.metrics import confusion
+
+UNROUTABLE = "(unroutable)"
+
+
+@dataclass
+class RoutingReport:
+    router: str
+    split: str
+    examples: int
+    accuracy: float
+    unroutable: float  # share of inputs no task was chosen for
+    per_task: dict[str, float]  # accuracy on each task's inputs
+    labels: list[str]  # confusion rows are the true tasks; columns add UNROUTABLE
+    confusion: list[list[int]]
+    ms_per_input: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200,
+                seed: int = 0) -> list[tuple[Any, str]]:
+    """Up to `per_task` inputs of each task with the task they belong to. Pairs and QA come as plain
+    (text, text) tuples, so only the router, not the input's form, tells them apart."""
+    rng = random.Random(seed)
+    mix = []
+    for task in project.tasks:
+        examples = load_task_data(project, task, splits=(split,)).split(split)
+        for example in rng.sample(examples, min(per_task, len(examples))):
+            if "question" in example:
+                mix.append(((example["question"], example["context"]), task.name))
+            elif "text_pair" in example:
+                mix.append(((example["text"], example["text_pair"]), task.name))
+            else:
+                mix.append((example["text"], task.name))
+    rng.shuffle(mix)
+    return mix
+
+
+def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Sequence[str], split: str,
+                     log: Callable[[str], None] = print) -> list[RoutingReport]:
+    tasks = sorted({task for _, task in mix})
+    requests = [engine.request(item) for item, _ in mix]
+    reports = []
+    for router in routers:
+        started = time.perf_counter()
+        routes = engine.route(requests, router)
+        elapsed = time.perf_counter() - started
+        chosen = [r.task or UNROUTABLE for r in routes]
+        truth = [task for _, task in mix]
+        columns = [*tasks, UNROUTABLE]
+        counts = confusion([columns.index(t) for t in truth], [columns.index(c) for c in chosen], len(columns))
+        per_task = {t: _share(c == t for c, g in zip(chosen, truth, strict=True) if g == t) for t in tasks}
+        report = RoutingReport(
+            router=router, split=split, examples=len(mix),
+            accuracy=_share(c == g for c, g in zip(chosen, truth, strict=True)),
+            unroutable=_share(c == UNROUTABLE for c in chosen), per_task=per_task, labels=columns,
+            confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),
+        )
+        log(f"[routing] {router}: accuracy {report.accuracy:.3f} on {len(mix)} {split} inputs")
+        reports.append(report)
+    return reports
+
+
+def _share(flags: Any) -> float:
+    values = list(flags)
+    return sum(values) / len(values) if values else 0.0

@@ -1,0 +1,31 @@
+"""Routers decide which adapter answers an input. Adding one is a module plus one line in ROUTERS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mtlora.errors import UnknownTaskError
+from mtlora.routing.base import Request, Route, Router
+from mtlora.routing.explicit import ExplicitRouter, split_prefix
+from mtlora.routing.keywords import KeywordRouter
+from mtlora.routing.learned import ROUTER_ADAPTER, LearnedRouter, train_router
+from mtlora.routing.semantic import SemanticRouter
+
+if TYPE_CHECKING:
+    from mtlora.config import RouterSettings
+    from mtlora.engine.engine import Engine
+
+ROUTERS: dict[str, type[Router]] = {
+    router.name: router for router in (ExplicitRouter, KeywordRouter, SemanticRouter, LearnedRouter)
+}
+
+
+def build_router(name: str, engine: Engine, settings: RouterSettings) -> Router:
+    """The router called `name`, set up for `engine`'s adapters with the project's router settings."""
+    if name not in ROUTERS:
+        raise UnknownTaskError("router", name, list(ROUTERS))
+    return ROUTERS[name].build(engine, settings)
+
+
+__all__ = ["ROUTERS", "ROUTER_ADAPTER", "ExplicitRouter", "KeywordRouter", "LearnedRouter", "Request", "Route",
+           "Router", "SemanticRouter", "build_router", "split_prefix", "train_router"]

@@ -1,0 +1,67 @@
+"""What every router shares: the request it sees, the route it returns, and the interface.
+
+A router is one module in this package with a `Router` subclass, registered by name in `__init__.py`.
+The engine narrows each request's candidates by input shape before asking the router, so a router
+only chooses among tasks that can answer the input at all.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from mtlora.config import RouterSettings
+    from mtlora.engine.engine import Engine
+
+
+@dataclass(frozen=True)
+class Request:
+    """One input to answer. `shape` is "text" (one text), "pair" (two texts: a pair task, or QA's
+    question and context) or "qa" (given as question and context)."""
+
+    text: str
+    text_pair: str | None = None
+    shape: str = "text"
+    task: str | None = None  # named by the caller (argument or `<task>` / `task:` prefix)
+
+
+@dataclass
+class Route:
+    """Where a request goes. `task` is None when no adapter should answer it (unroutable)."""
+
+    task: str | None
+    router: str
+    confidence: float
+    scores: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+class Router(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def build(cls, engine: Engine, settings: RouterSettings) -> Router:
+        """This router for the adapters `engine` holds, with the project's router settings."""
+
+    @abstractmethod
+    def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
+        """One route per request; `candidates[i]` lists the tasks whose input shape fits request i."""
+
+
+def decide(router: str, scores: dict[str, float], threshold: float, default_task: str | None,
+           candidates: list[str], what: str) -> Route:
+    """Best-scoring candidate if it clears `threshold`; otherwise the default task, or unroutable."""
+    if scores:
+        best = max(scores, key=scores.__getitem__)
+        if scores[best] >= threshold:
+            return Route(best, router, scores[best], scores)
+        reason = f"best {what} {scores[best]:.2f} ({best}) is below the threshold {threshold:.2f}"
+    else:
+        reason = f"no {what} matched"
+    if default_task is not None and default_task in candidates:
+        return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task")
+    return Route(None, router, 0.0, scores, reason)

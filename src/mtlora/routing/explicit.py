@@ -1,0 +1,46 @@
+"""The caller names the task: an argument, or a `<task>` / `task:` prefix on the text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mtlora.routing.base import Request, Route, Router
+
+if TYPE_CHECKING:
+    from mtlora.config import RouterSettings
+    from mtlora.engine.engine import Engine
+
+PREFIX = re.compile(r"^\s*(?:<(?P<angle>[A-Za-z0-9][\w.-]*)>|(?P<colon>[A-Za-z0-9][\w.-]*):)\s*")
+
+
+def split_prefix(text: str, tasks: Sequence[str]) -> tuple[str | None, str]:
+    """`"<sentiment> great film"` -> `("sentiment", "great film")`; text without a known task prefix is kept."""
+    match = PREFIX.match(text)
+    if match:
+        name = match.group("angle") or match.group("colon")
+        if name in tasks:
+            return name, text[match.end():]
+    return None, text
+
+
+class ExplicitRouter(Router):
+    name = "explicit"
+
+    @classmethod
+    def build(cls, engine: Engine, settings: RouterSettings) -> ExplicitRouter:
+        return cls()
+
+    def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
+        routes = []
+        for request, fits in zip(requests, candidates, strict=True):
+            if request.task is None:
+                routes.append(Route(None, self.name, 0.0, reason="no task named (pass task=, or prefix the text "
+                                                                   "with <task> or task:)"))
+            elif request.task not in fits:
+                routes.append(Route(None, self.name, 0.0, reason=f"task '{request.task}' does not take this "
+                                                                   f"input shape ({request.shape})"))
+            else:
+                routes.append(Route(request.task, self.name, 1.0, {request.task: 1.0}))
+        return routes

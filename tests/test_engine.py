@@ -1,0 +1,168 @@
+"""The multi-adapter engine: one backbone pass for mixed tasks, run-time adapters, merge, threads, bad input."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import mtlora
+from mtlora import Engine, InputError, UnknownTaskError, load_config
+
+MIXED = [
+    ("sentiment", "loved this great movie"),
+    ("qa", {"question": "who sat on the mat", "context": "the cat sat on the mat"}),
+    ("paraphrase", ("the cat sat on the mat", "a cat sat on a mat")),
+    ("support", "where is my refund"),
+    ("similarity", ("the dog sat", "the dog sat")),
+    ("sentiment", "terrible boring film that i hated"),
+    ("qa", {"question": "what is the capital of france", "context": "paris is the capital of france"}),
+    ("paraphrase", ("paris river", "login charge")),
+    ("similarity", ("my order", "where is my refund")),
+]
+
+
+@pytest.fixture(scope="module")
+def engine(trained_project: Path) -> Engine:
+    return Engine.from_config(trained_project, precision="fp32")
+
+
+def as_predictor_input(item):
+    if isinstance(item, dict):
+        return (item["question"], item["context"])
+    return item
+
+
+def assert_same(actual: dict, expected: dict) -> None:
+    for key, value in expected.items():
+        if key == "task":
+            continue
+        if isinstance(value, float | dict):
+            assert actual[key] == pytest.approx(value, abs=1e-5), key
+        else:
+            assert actual[key] == value, key
+
+
+def test_mixed_batch_equals_each_task_alone(engine: Engine, trained_project: Path) -> None:
+    tasks = [task for task, _ in MIXED]
+    mixed = engine.predict_batch([item for _, item in MIXED], task=tasks)
+    for (task, item), result in zip(MIXED, mixed, strict=True):
+        alone = mtlora.load_predictor(trained_project, task).predict_batch([as_predictor_input(item)])[0]
+        assert result["task"] == task and result["routed_by"] == "explicit"
+        assert_same(result, alone)
+        single = engine.predict(item, task=task)
+        assert_same(single, alone)
+
+
+def test_heads_of_every_shape_answer_in_one_batch(engine: Engine) -> None:
+    results = engine.predict([item for _, item in MIXED], task=[task for task, _ in MIXED])
+    assert {r["task"] for r in results} == {"sentiment", "support", "paraphrase", "similarity", "qa"}
+    assert isinstance(results[4]["score"], float)
+    assert results[1]["answer"] in "the cat sat on the mat"
+    assert set(results[3]["probabilities"]) == {"billing", "account"}
+
+
+def test_prefix_names_the_task(engine: Engine) -> None:
+    result = engine.predict("<support> where is my refund")
+    assert result["task"] == "support" and result["routed_by"] == "explicit"
+    assert engine.predict("support: where is my refund")["task"] == "support"
+    assert engine.predict("sentiment: my refund", router="explicit")["task"] == "sentiment"
+
+
+def test_input_shape_narrows_the_candidates(engine: Engine) -> None:
+    qa = engine.predict({"question": "who sat", "context": "the cat sat"})
+    assert qa["task"] == "qa" and qa["routed_by"] == "shape"
+    pair = engine.predict(("the dog sat", "the dog sat"), router="keywords")
+    assert pair["task"] is None or pair["task"] in ("paraphrase", "similarity", "qa")
+
+
+def test_adapters_come_and_go_at_run_time(trained_project: Path) -> None:
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+    before = engine.embed(["the cat sat on the mat"])
+    first = engine.predict("loved this great movie", task="sentiment")
+    engine.add("support")
+    assert engine.tasks == ["sentiment", "support"]
+    assert engine.predict("where is my refund", task="support")["task"] == "support"
+    assert_same(engine.predict("loved this great movie", task="sentiment"), first)
+    engine.remove("sentiment")
+    with pytest.raises(UnknownTaskError, match=r"No task 'sentiment' loaded in the engine\. Available: support"):
+        engine.predict("loved this great movie", task="sentiment")
+    engine.remove("support")
+    torch.testing.assert_close(engine.embed(["the cat sat on the mat"]), before, rtol=0, atol=1e-6)
+    engine.add("sentiment")
+    assert_same(engine.predict("loved this great movie", task="sentiment"), first)
+
+
+def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project: Path, tmp_path: Path) -> None:
+    folder = engine.merge("sentiment", tmp_path / "sentiment-merged")
+    merged = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    predictor = mtlora.load_predictor(trained_project, "sentiment")
+    batch = predictor.tokenizer(["loved this great movie", "terrible boring film"], padding=True,
+                                return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(merged(**batch).logits, predictor.model(**batch).logits, rtol=0, atol=1e-5)
+    assert (folder / "tokenizer_config.json").is_file()
+
+
+def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
+    expected = engine.predict_batch([item for _, item in MIXED], task=[task for task, _ in MIXED])
+    failures: list[str] = []
+
+    def call(offset: int) -> None:
+        for round_ in range(5):
+            i = (offset + round_) % len(MIXED)
+            task, item = MIXED[i]
+            result = engine.predict(item, task=task)
+            if result.get("label", result.get("answer", result.get("score"))) != expected[i].get(
+                    "label", expected[i].get("answer", expected[i].get("score"))):
+                failures.append(f"thread {offset}: {task} gave {result}")
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_bad_inputs_are_explained(engine: Engine) -> None:
+    with pytest.raises(InputError, match="text is empty"):
+        engine.predict("   ", task="sentiment")
+    with pytest.raises(InputError, match=r"task 'paraphrase' \(pair_classification\) takes pair input"):
+        engine.predict("just one text", task="paraphrase")
+    with pytest.raises(UnknownTaskError, match=r"No task 'nope' loaded in the engine\. Available: paraphrase, qa"):
+        engine.predict("hello", task="nope")
+    with pytest.raises(InputError, match="an input is a text"):
+        engine.predict(42)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="2 inputs but 3 task names"):
+        engine.predict_batch(["a", "b"], task=["sentiment"] * 3)
+
+
+def test_long_text_is_truncated_and_says_so(engine: Engine) -> None:
+    result = engine.predict("great movie " * 40, task="sentiment")
+    assert result["truncated"] is True
+    long_context = "the dog sat on the mat . " * 30 + "the cat sat on a city river"
+    answer = engine.predict({"question": "who sat on a city river", "context": long_context}, task="qa")
+    assert answer["truncated"] is False and answer["answer"] in long_context
+
+
+def test_unroutable_input_is_not_a_guess(engine: Engine) -> None:
+    result = engine.predict("the river of paris", router="keywords")
+    assert result["task"] is None and result["unroutable"] is True
+    assert "no keyword match matched" in result["reason"] or "no keyword" in result["reason"]
+
+
+def test_engine_loads_with_the_learned_router_absent(trained_project: Path) -> None:
+    engine = Engine.from_config(trained_project, precision="fp32")
+    with pytest.raises(mtlora.RegistryError, match="train-router"):
+        engine.predict("loved this movie", router="learned")
+
+
+def test_project_default_task_catches_what_no_router_places(trained_project: Path) -> None:
+    project = load_config(trained_project, overrides={"router": {"default_task": "sentiment"}})
+    engine = Engine.from_config(project, precision="fp32")
+    result = engine.predict("the river of paris", router="keywords")
+    assert result["task"] == "sentiment" and result["route_confidence"] == 0.0

@@ -1,0 +1,58 @@
+"""Routers: each one sends held-out inputs of clearly distinct tasks to the right adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mtlora
+from mtlora import Engine, load_config
+from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
+
+HELD_OUT = [("hated the boring film", "sentiment"), ("this movie was wonderful", "sentiment"),
+            ("a great film", "sentiment"), ("refund the charge on my invoice", "support"),
+            ("my login password", "support"), ("where is my order refund", "support")]
+
+
+@pytest.fixture(scope="module")
+def routed_project(trained_project: Path) -> Path:
+    """The trained tiny project plus its learned router (trained once for this module)."""
+    train_router(load_config(trained_project), progress=False, log=lambda _: None)
+    return trained_project
+
+
+@pytest.mark.parametrize("router", ["keywords", "semantic", "learned"])
+def test_router_sends_held_out_inputs_to_their_task(routed_project: Path, router: str) -> None:
+    engine = Engine.from_config(routed_project, precision="fp32")
+    results = engine.predict([text for text, _ in HELD_OUT], router=router)
+    assert [r["task"] for r in results] == [task for _, task in HELD_OUT], results
+    assert all(r["routed_by"] == router and 0 < r["route_confidence"] <= 1 for r in results)
+
+
+def test_learned_router_is_an_adapter_in_the_registry(routed_project: Path) -> None:
+    manifest = mtlora.show_adapter(routed_project, "router")
+    assert manifest.kind == "classification"
+    assert set(manifest.labels) == {"sentiment", "support", "paraphrase", "similarity", "qa"}
+    assert "router" not in Engine.from_config(routed_project).tasks
+
+
+def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) -> None:
+    project = load_config(trained_project, overrides={"router": {"min_similarity": 0.9999}})
+    result = Engine.from_config(project, precision="fp32").predict("paris is a city on a river", router="semantic")
+    assert result["task"] is None and "below the threshold" in result["reason"]
+    assert set(result["scores"]) == {"sentiment", "support"}
+
+
+def test_keyword_priority_breaks_ties() -> None:
+    hints = {"a": {"keywords": ["order"]}, "b": {"keywords": ["order"], "priority": 2}}
+    (route,) = KeywordRouter(hints).route([Request("my order")], [["a", "b"]])
+    assert route.task == "b"
+    (route,) = KeywordRouter(hints).route([Request("my order")], [["a"]])
+    assert route.task == "a"
+
+
+def test_prefixes() -> None:
+    assert split_prefix("<sentiment> great", ["sentiment"]) == ("sentiment", "great")
+    assert split_prefix("sentiment: great", ["sentiment"]) == ("sentiment", "great")
+    assert split_prefix("note: great", ["sentiment"]) == (None, "note: great")
