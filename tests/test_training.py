@@ -171,3 +171,21 @@ def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path) -> N
     manifest = mtlora.show_adapter(tiny_project, "sentiment")
     assert manifest.training["steps"] == 24  # 16 examples x 12 epochs / (batch 4 x 2 processes)
     assert not (load_config(tiny_project).registry / ".runs" / "sentiment").exists()
+
+
+def test_length_batches_cover_every_row_once_in_shuffled_order() -> None:
+    import random
+
+    from mtlora.training.sampler import ShuffledLengthBatches
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(1000)]
+    sampler = ShuffledLengthBatches(lengths, batch_size=10, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and order == list(sampler)
+    batches = [order[i:i + 10] for i in range(0, 1000, 10)]
+    padded = sum(10 * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.1 * sum(lengths)  # similar lengths in a batch: little padding
+    longest = [max(lengths[i] for i in b) for b in batches]
+    assert longest != sorted(longest, reverse=True)  # but no long-to-short order over training
+    sampler.set_epoch(1)
+    assert list(sampler) != order

@@ -38,6 +38,7 @@ from mtlora.errors import MtloraError
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
 from mtlora.registry import Manifest, ParameterCounts, Registry
 from mtlora.tasks import Example
+from mtlora.training.sampler import ShuffledLengthBatches
 
 EXAMPLE_INPUTS_KEPT = 64
 INPUT_KEYS = ("text", "text_pair", "question", "context")
@@ -100,7 +101,6 @@ def train_task(
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,
         lr_scheduler_type="linear",
-        train_sampling_strategy="group_by_length",
         bf16=use_bf16(settings.precision, device),
         use_cpu=device.type == "cpu",  # transformers refuses bf16 on CPU unless told it is the CPU on purpose
         seed=settings.seed,
@@ -123,7 +123,9 @@ def train_task(
             _prepare_run_dir(run_dir, _run_signature(project, task, method, built), fresh, log)
     resume = get_last_checkpoint(str(run_dir))
     stopper = _StopOnSignal()
-    trainer = Trainer(
+    lengths = [len(ids) for ids in encoded.features["input_ids"]]
+    trainer = _LengthBatchedTrainer(
+        lengths,
         model=built.model,
         args=args,
         train_dataset=train_set,
@@ -201,6 +203,18 @@ def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     marker.write_text(json.dumps({"signature": signature}))
+
+
+class _LengthBatchedTrainer(Trainer):
+    """The HF Trainer with batches of similar length in random order (see `sampler.py`)."""
+
+    def __init__(self, lengths: list[int], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.lengths = lengths
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> ShuffledLengthBatches:
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return ShuffledLengthBatches(self.lengths, batch, seed=self.args.data_seed or self.args.seed)
 
 
 class _StopOnSignal(TrainerCallback):
