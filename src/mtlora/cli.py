@@ -203,6 +203,30 @@ def predict(
         say(f"{key:>16}: {_shown(value)}")
 
 
+@app.command()
+@reports_errors
+def serve(
+    config: ConfigArg,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Processes, each with its own engine.")] = 1,
+    max_batch: Annotated[int, typer.Option(help="Inputs per engine call at most.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Queued inputs beyond which requests get 503.")] = 512,
+) -> None:
+    """Serve every adapter over HTTP (docs at /docs, a try-it page at /); admin needs $MTLORA_ADMIN_TOKEN."""
+    import uvicorn
+
+    from mtlora.server import ServerSettings
+
+    api.as_config(config)  # a broken project file fails here, before the server starts
+    settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    os.environ["MTLORA_CONFIG"] = str(config)
+    os.environ["MTLORA_SERVER_SETTINGS"] = settings.model_dump_json()
+    uvicorn.run("mtlora.server.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                timeout_graceful_shutdown=30)
+
+
 @adapters_app.command("list")
 @reports_errors
 def adapters_list(config: ConfigArg) -> None:

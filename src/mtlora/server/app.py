@@ -1,0 +1,244 @@
+"""The HTTP API: an app factory whose lifespan owns the engine and the micro-batcher.
+
+    mtlora serve examples/demo/mtlora.yaml --port 8000
+    curl -s localhost:8000/v1/predict -d '{"inputs": "my parcel never arrived"}' -H 'content-type: application/json'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mtlora.config import ROUTER_ADAPTER, validate_task_name
+from mtlora.engine import Engine
+from mtlora.errors import (
+    AdapterNotFoundError,
+    BaseModelMismatchError,
+    CorruptAdapterError,
+    InputError,
+    MtloraError,
+    UnknownTaskError,
+)
+from mtlora.routing import ROUTERS
+from mtlora.server.batcher import MicroBatcher, QueueFull
+from mtlora.server.metrics import Metrics
+from mtlora.server.schemas import PredictRequest, RouteRequest, engine_input, texts_of
+from mtlora.server.settings import ADMIN_TOKEN_ENV, ServerSettings
+
+CONFIG_ENV = "MTLORA_CONFIG"
+PAGE = Path(__file__).with_name("page.html")
+
+
+class HTTPProblem(Exception):
+    """A 4xx/503 answer with a JSON body that says what is wrong."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | None = None) -> FastAPI:
+    """The app; `engine_factory` runs at start-up (in the lifespan), not at import."""
+    settings = settings or ServerSettings()
+    metrics = Metrics()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["engine"] = await asyncio.to_thread(engine_factory)
+        state["batcher"] = MicroBatcher(state["engine"], settings, metrics)
+        state["batcher"].start()
+        yield
+        await state["batcher"].stop()  # in-flight and queued inputs are answered first
+
+    app = FastAPI(title="mtlora", summary="Multi-task LoRA adapters behind one endpoint", lifespan=lifespan)
+
+    def engine() -> Engine:
+        return state["engine"]
+
+    @app.middleware("http")
+    async def measure_and_limit(request: Request, call_next: Callable) -> Response:
+        started = time.perf_counter()
+        endpoint = request.url.path if request.url.path.startswith("/v1/") else "other"
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            response: Response = _problem(HTTPProblem(413, "body_too_large",
+                                                      f"request body is {length} bytes; the limit is "
+                                                      f"{settings.max_body_bytes}"), metrics)
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(HTTPProblem)
+    async def on_problem(request: Request, problem: HTTPProblem) -> JSONResponse:
+        return _problem(problem, metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        details = [{"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in error.errors()]
+        first = details[0] if details else {"where": "body", "problem": "invalid"}
+        problem = HTTPProblem(422, "invalid_request", f"{first['where']}: {first['problem']}")
+        return _problem(problem, metrics, details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own 4xx (a body that is not UTF-8, an unknown path, a wrong method) in the same shape.
+        kind = {400: "unreadable_body", 404: "no_such_endpoint", 405: "method_not_allowed"}.get(error.status_code,
+                                                                                                "http_error")
+        return _problem(HTTPProblem(error.status_code, kind, str(error.detail), dict(error.headers or {})), metrics)
+
+    @app.exception_handler(MtloraError)
+    async def on_mtlora_error(request: Request, error: MtloraError) -> JSONResponse:
+        return _problem(_as_problem(error), metrics)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = "engine" in state and state["batcher"]._worker is not None
+        return JSONResponse({"ready": ready, "tasks": engine().tasks if ready else []}, 200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        """The adapters loaded, each with its manifest (without stored example inputs)."""
+        return {"tasks": [engine().manifest(name).model_dump(mode="json", exclude={"example_inputs", "files"})
+                          for name in engine().tasks],
+                "router": engine().default_router, "routers": list(ROUTERS)}
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        """Answer one input or a list, with the named task or where the router sends each input."""
+        items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        _check_inputs(items, settings)
+        _check_names(engine(), body.task, body.router)
+        try:
+            results = await state["batcher"].submit([engine_input(i) for i in items], [body.task] * len(items),
+                                                    body.router)
+        except QueueFull:
+            raise HTTPProblem(503, "overloaded", "the server is at capacity; retry shortly",
+                              {"Retry-After": str(settings.retry_after_s)}) from None
+        for result in results:
+            metrics.answers.labels(result["task"] or "unroutable").inc()
+        return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
+
+    @app.post("/v1/route")
+    async def route(body: RouteRequest) -> dict[str, Any]:
+        """Where an input would go, with the score of every candidate task."""
+        _check_inputs([body.input], settings)
+        _check_names(engine(), None, body.router)
+        request = engine().request(engine_input(body.input))
+        (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
+        return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
+                "scores": decision.scores, "reason": decision.reason}
+
+    @app.post("/v1/adapters/{name}")
+    async def load_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """Load (or reload) adapter `name` from the registry. Needs the admin bearer token."""
+        _check_admin(authorization)
+        name = _checked_adapter_name(name)
+        if name in engine().tasks:
+            await asyncio.to_thread(engine().remove, name)
+        await asyncio.to_thread(engine().add, name)
+        return {"loaded": name, "tasks": engine().tasks}
+
+    @app.delete("/v1/adapters/{name}")
+    async def unload_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """Unload adapter `name`. Needs the admin bearer token."""
+        _check_admin(authorization)
+        await asyncio.to_thread(engine().remove, _checked_adapter_name(name))
+        return {"unloaded": name, "tasks": engine().tasks}
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For `uvicorn --factory` with several workers: the project file comes from $MTLORA_CONFIG."""
+    config = os.environ.get(CONFIG_ENV)
+    if not config:
+        raise RuntimeError(f"set {CONFIG_ENV} to the project file to serve")
+    settings = ServerSettings.model_validate_json(os.environ.get("MTLORA_SERVER_SETTINGS", "{}"))
+    return create_app(lambda: Engine.from_config(config), settings)
+
+
+def _check_inputs(items: list[Any], settings: ServerSettings) -> None:
+    if not items:
+        raise HTTPProblem(422, "invalid_request", "inputs: give at least one input")
+    if len(items) > settings.max_inputs:
+        raise HTTPProblem(413, "too_many_inputs", f"{len(items)} inputs; the limit is {settings.max_inputs}")
+    for i, item in enumerate(items):
+        for text in texts_of(item):
+            if not text.strip():
+                raise HTTPProblem(422, "empty_text", f"inputs[{i}]: a text is empty")
+            if len(text) > settings.max_text_chars:
+                raise HTTPProblem(413, "text_too_long", f"inputs[{i}]: {len(text)} characters; the limit is "
+                                                         f"{settings.max_text_chars}")
+
+
+def _check_names(engine: Engine, task: str | None, router: str | None) -> None:
+    if task is not None and task not in engine.tasks:
+        raise UnknownTaskError("task", task, engine.tasks, where=" loaded on this server")
+    if router is not None and router not in ROUTERS:
+        raise UnknownTaskError("router", router, list(ROUTERS))
+
+
+def _check_admin(authorization: str | None) -> None:
+    expected = os.environ.get(ADMIN_TOKEN_ENV)
+    if not expected:
+        raise HTTPProblem(403, "admin_disabled", f"adapter management is off: start the server with {ADMIN_TOKEN_ENV} "
+                                                 "set")
+    if not authorization or not authorization.startswith("Bearer "):
+        raise HTTPProblem(401, "unauthorized", "send the admin token as 'Authorization: Bearer <token>'",
+                          {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(authorization.removeprefix("Bearer ").encode(), expected.encode()):
+        raise HTTPProblem(403, "forbidden", "the admin token does not match")
+
+
+def _checked_adapter_name(name: str) -> str:
+    try:
+        validate_task_name(name)
+    except ValueError as error:
+        raise HTTPProblem(400, "invalid_name", str(error)) from None
+    if name == ROUTER_ADAPTER:
+        raise HTTPProblem(400, "invalid_name", "the learned router loads by itself when a request uses it")
+    return name
+
+
+def _as_problem(error: MtloraError) -> HTTPProblem:
+    if isinstance(error, AdapterNotFoundError | UnknownTaskError):
+        return HTTPProblem(404, "not_found", str(error))
+    if isinstance(error, CorruptAdapterError | BaseModelMismatchError):
+        return HTTPProblem(409, "adapter_unusable", str(error))
+    if isinstance(error, InputError):
+        return HTTPProblem(422, "bad_input", str(error))
+    return HTTPProblem(400, type(error).__name__, str(error))
+
+
+def _problem(problem: HTTPProblem, metrics: Metrics, details: list[dict] | None = None) -> JSONResponse:
+    metrics.errors.labels(problem.kind).inc()
+    error: dict[str, Any] = {"type": problem.kind, "message": problem.message}
+    if details:
+        error["details"] = details
+    return JSONResponse({"error": error}, problem.status, headers=problem.headers)

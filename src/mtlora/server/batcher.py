@@ -1,0 +1,116 @@
+"""Dynamic micro-batching: inputs of concurrent requests share one engine call.
+
+Each request puts its inputs on a bounded queue and awaits their results. One worker takes the first
+waiting input, gathers more for up to `max_wait_ms` or until `max_batch`, and runs them as one mixed-task
+batch in a thread, so the event loop keeps accepting requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtlora.engine import Engine
+from mtlora.errors import MtloraError
+from mtlora.server.metrics import Metrics
+from mtlora.server.settings import ServerSettings
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` inputs already; the client should retry later."""
+
+
+@dataclass
+class _Pending:
+    item: Any
+    task: str | None
+    router: str | None
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(self, engine: Engine, settings: ServerSettings, metrics: Metrics):
+        self.engine = engine
+        self.settings = settings
+        self.metrics = metrics
+        self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.max_queue)
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        await self.queue.join()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def submit(self, items: list[Any], tasks: list[str | None], router: str | None) -> list[dict]:
+        """Queue a request's inputs (all or none) and wait for their answers."""
+        loop = asyncio.get_running_loop()
+        if self.queue.qsize() + len(items) > self.settings.max_queue:
+            raise QueueFull
+        pending = [_Pending(item, task, router, loop.create_future()) for item, task in zip(items, tasks, strict=True)]
+        for entry in pending:
+            self.queue.put_nowait(entry)
+        self.metrics.queue_depth.set(self.queue.qsize())
+        return list(await asyncio.gather(*(entry.future for entry in pending)))
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.perf_counter() + self.settings.max_wait_ms / 1000
+            while len(batch) < self.settings.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.queue_depth.set(self.queue.qsize())
+            try:
+                await asyncio.to_thread(self._answer, batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    def _answer(self, batch: list[_Pending]) -> None:
+        by_router: dict[str | None, list[_Pending]] = defaultdict(list)
+        for entry in batch:
+            by_router[entry.router].append(entry)
+        for router, entries in by_router.items():
+            try:
+                results = self.engine.predict_batch([e.item for e in entries], [e.task for e in entries], router)
+            except MtloraError:
+                # One bad input must not fail its neighbours: answer each alone to find it.
+                for entry in entries:
+                    self._settle(entry, lambda e=entry, r=router: self.engine.predict_batch([e.item], [e.task], r)[0])
+                continue
+            for entry, result in zip(entries, results, strict=True):
+                self._settle(entry, lambda r=result: r)
+
+    def _settle(self, entry: _Pending, compute: Any) -> None:
+        loop = entry.future.get_loop()
+        try:
+            result = compute()
+        except Exception as error:
+            loop.call_soon_threadsafe(_set, entry.future, None, error)
+        else:
+            loop.call_soon_threadsafe(_set, entry.future, result, None)
+
+
+def _set(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,52 @@
+"""The JSON the HTTP API accepts (OpenAPI at /docs is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextInput(_Strict):
+    text: str = Field(description="the text (first text of a pair)")
+    text_pair: str | None = Field(None, description="second text, for pair tasks or a QA context")
+
+
+class QAInput(_Strict):
+    question: str
+    context: str
+
+
+Input = str | TextInput | QAInput
+
+
+class PredictRequest(_Strict):
+    inputs: Input | list[Input] = Field(description="one input, or a list answered in order")
+    task: str | None = Field(None, description="the adapter to answer with; omitted: route each input")
+    router: str | None = Field(None, description="explicit, keywords, semantic or learned (default: project's)")
+
+
+class RouteRequest(_Strict):
+    input: Input
+    router: str | None = None
+
+
+def engine_input(item: Input) -> Any:
+    """The engine's form of an input: a text, a (text, text_pair) tuple, or a {question, context} dict."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, QAInput):
+        return {"question": item.question, "context": item.context}
+    return item.text if item.text_pair is None else (item.text, item.text_pair)
+
+
+def texts_of(item: Input) -> list[str]:
+    if isinstance(item, str):
+        return [item]
+    if isinstance(item, QAInput):
+        return [item.question, item.context]
+    return [item.text] if item.text_pair is None else [item.text, item.text_pair]

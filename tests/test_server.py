@@ -1,0 +1,147 @@
+"""The HTTP API in-process: every endpoint, every bad input as a 4xx JSON error, admin token, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mtlora import Engine
+from mtlora.server import ServerSettings, create_app
+from mtlora.server.settings import ADMIN_TOKEN_ENV
+
+
+@pytest.fixture(scope="module")
+def client(trained_project: Path) -> Iterator[TestClient]:
+    settings = ServerSettings(max_inputs=8, max_text_chars=500, max_body_bytes=20_000)
+    app = create_app(lambda: Engine.from_config(trained_project, precision="fp32"), settings)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def error_of(response) -> dict:
+    assert 400 <= response.status_code < 500 or response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["error"]
+
+
+def test_predict_one_and_many(client: TestClient) -> None:
+    one = client.post("/v1/predict", json={"inputs": "loved this great movie", "task": "sentiment"})
+    assert one.status_code == 200, one.text
+    result = one.json()["result"]
+    assert result["task"] == "sentiment" and result["label"] in ("negative", "positive")
+    many = client.post("/v1/predict", json={"inputs": [
+        "where is my refund", {"text": "the dog sat", "text_pair": "the dog sat"},
+        {"question": "who sat on the mat", "context": "the cat sat on the mat"}], "router": "keywords"})
+    assert many.status_code == 200, many.text
+    results = many.json()["results"]
+    assert results[0]["task"] == "support" and results[0]["routed_by"] == "keywords"
+    assert results[2]["task"] == "qa" and results[2]["answer"] and results[2]["start"] is not None
+
+
+def test_route_tasks_health_and_metrics(client: TestClient) -> None:
+    route = client.post("/v1/route", json={"input": "where is my refund", "router": "keywords"}).json()
+    assert route["task"] == "support" and set(route["scores"]) >= {"support"}
+    tasks = client.get("/v1/tasks").json()
+    assert {t["name"] for t in tasks["tasks"]} == {"sentiment", "support", "paraphrase", "similarity", "qa"}
+    assert "example_inputs" not in tasks["tasks"][0]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["ready"] is True
+    metrics = client.get("/metrics").text
+    assert "mtlora_requests_total" in metrics and "mtlora_batch_size_bucket" in metrics
+    assert 'mtlora_answers_total{task="support"}' in metrics
+    assert client.get("/docs").status_code == 200
+    assert "mtlora" in client.get("/").text
+
+
+@pytest.mark.parametrize(("body", "status", "kind"), [
+    ('{"inputs": ', 422, "invalid_request"),                                    # malformed JSON
+    ('{"inputs": 42}', 422, "invalid_request"),                                 # wrong type
+    ('{"task": "sentiment"}', 422, "invalid_request"),                          # missing field
+    ('{"inputs": "hi", "colour": 1}', 422, "invalid_request"),                  # unknown field
+    ('{"inputs": "   "}', 422, "empty_text"),
+    ('{"inputs": []}', 422, "invalid_request"),
+    (json.dumps({"inputs": ["a"] * 9}), 413, "too_many_inputs"),
+    (json.dumps({"inputs": "a" * 501}), 413, "text_too_long"),
+    (json.dumps({"inputs": "x" * 30_000}), 413, "body_too_large"),
+    ('{"inputs": "hi", "task": "nope"}', 404, "not_found"),
+    ('{"inputs": "hi", "router": "telepathy"}', 404, "not_found"),
+    ('{"inputs": "only one text", "task": "paraphrase"}', 422, "bad_input"),    # wrong shape for the task
+])
+def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status: int, kind: str) -> None:
+    response = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert error_of(response)["type"] == kind
+
+
+def test_invalid_utf8_is_a_4xx(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b'{"inputs": "caf\xe9"}',
+                           headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+    error_of(response)
+
+
+def test_one_bad_input_does_not_fail_its_batch_neighbours(client: TestClient) -> None:
+    good = client.post("/v1/predict", json={"inputs": "loved this great movie", "task": "sentiment"})
+    bad = client.post("/v1/predict", json={"inputs": "one text only", "task": "similarity"})
+    assert good.status_code == 200 and bad.status_code == 422
+
+
+def test_admin_endpoints_need_the_token(client: TestClient, monkeypatch) -> None:
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    assert error_of(client.delete("/v1/adapters/qa"))["type"] == "admin_disabled"
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
+    assert client.delete("/v1/adapters/qa").status_code == 401
+    assert client.delete("/v1/adapters/qa", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.delete("/v1/adapters/..%2Fsecrets", headers=auth).status_code in (400, 404)
+    assert client.post("/v1/adapters/bad.name..x", headers=auth).status_code == 400
+    unloaded = client.delete("/v1/adapters/qa", headers=auth)
+    assert unloaded.status_code == 200 and "qa" not in unloaded.json()["tasks"]
+    assert client.post("/v1/predict", json={"inputs": "hi", "task": "qa"}).status_code == 404
+    loaded = client.post("/v1/adapters/qa", headers=auth)
+    assert loaded.status_code == 200 and "qa" in loaded.json()["tasks"]
+    assert client.post("/v1/adapters/missing", headers=auth).status_code == 404
+
+
+def test_full_queue_answers_503_and_stays_healthy(trained_project: Path) -> None:
+    settings = ServerSettings(max_queue=2, max_wait_ms=50)
+    app = create_app(lambda: Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32"), settings)
+    with TestClient(app) as client:
+        busy = client.post("/v1/predict", json={"inputs": ["great film"] * 3, "task": "sentiment"})
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert error_of(busy)["type"] == "overloaded"
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/predict", json={"inputs": "great film", "task": "sentiment"}).status_code == 200
+
+
+def test_concurrent_requests_are_batched_together(trained_project: Path) -> None:
+    import httpx
+
+    settings = ServerSettings(max_wait_ms=100, max_batch=16)
+    app = create_app(lambda: Engine.from_config(trained_project, precision="fp32"), settings)
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            texts = ["loved this great movie", "where is my refund"] * 4
+            return await asyncio.gather(*(http.post("/v1/predict", json={"inputs": t, "router": "keywords"})
+                                          for t in texts))
+
+    async def run() -> tuple[list[httpx.Response], str]:
+        async with app.router.lifespan_context(app):
+            responses = await burst()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                metrics = (await http.get("/metrics")).text
+        return responses, metrics
+
+    responses, metrics = asyncio.run(run())
+    assert all(r.status_code == 200 for r in responses)
+    assert [r.json()["result"]["task"] for r in responses] == ["sentiment", "support"] * 4
+    count = next(line for line in metrics.splitlines() if line.startswith("mtlora_batch_size_count"))
+    assert float(count.split()[-1]) < 8  # fewer engine calls than requests
