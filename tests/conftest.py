@@ -61,8 +61,8 @@ SENTIMENT = [("loved this great movie", "positive"), ("wonderful film", "positiv
              ("hated this awful movie", "negative"), ("terrible boring film", "negative"),
              ("bad awful movie", "negative"), ("this film was boring", "negative")]
 PARAPHRASE = [("the cat sat on the mat", "a cat sat on a mat", 1), ("the dog sat", "the dog sat", 1),
-              ("paris is the capital", "the capital is paris", 1), ("my order", "my package", 1),
-              ("the cat sat", "where is my refund", 0), ("the movie was great", "my account password", 0),
+              ("paris is the capital", "the capital is paris", 1), ("a dog sat on a mat", "the dog sat on the mat", 1),
+              ("the cat sat", "where is my refund", 0), ("the city of paris", "a cat on the river", 0),
               ("paris river", "login charge", 0), ("what did the dog", "invoice refund", 0)]
 SUPPORT = [("where is my refund", "billing"), ("invoice charge on my account", "billing"),
            ("refund my order charge", "billing"), ("my invoice was a charge", "billing"),
@@ -99,7 +99,7 @@ def write_tiny_project(folder: Path, backbone: Path) -> Path:
         "data_dir": "data",
         "defaults": {"training": training, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
         "router": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-                   "training": {**training, "epochs": 40, "lr": 1e-2, "checkpoint_every": 100}},
+                   "training": {**training, "epochs": 60, "lr": 5e-3, "checkpoint_every": 1000}},
         "tasks": [
             {"name": "sentiment", "kind": "classification",
              "data": {"train": "sentiment.jsonl", "validation": "sentiment.jsonl",

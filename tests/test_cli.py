@@ -64,3 +64,27 @@ def test_help_and_kinds() -> None:
     assert kinds.exit_code == 0
     for name in ("classification", "pair_classification", "regression", "extractive_qa"):
         assert name in kinds.output
+
+
+def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: Path, tmp_path: Path) -> None:
+    routed = run("route", trained_project, "where is my refund", "--router", "keywords")
+    assert routed.exit_code == 0, routed.output
+    assert "-> support (router: keywords" in routed.output and "support" in routed.output
+
+    predicted = run("predict", trained_project, "where is my refund", "--router", "keywords", "--json")
+    answer = json.loads(predicted.output)
+    assert answer["task"] == "support" and answer["routed_by"] == "keywords" and "label" in answer
+
+    evaluated = run("evaluate", trained_project, "--router", "keywords", "--router", "semantic")
+    assert evaluated.exit_code == 0, evaluated.output
+    routing = json.loads((trained_project.parent / "reports" / "routing.json").read_text())
+    assert [r["router"] for r in routing] == ["keywords", "semantic"]
+    assert (trained_project.parent / "reports" / "routing_semantic_confusion.png").is_file()
+
+    merged = run("merge", trained_project, "sentiment", tmp_path / "merged")
+    assert merged.exit_code == 0, merged.output
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+    unknown = run("route", trained_project, "hello", "--router", "telepathy")
+    assert unknown.exit_code == 2 and "No router 'telepathy'. Available: explicit, keywords, learned, semantic" \
+        in unknown.output
