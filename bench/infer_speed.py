@@ -1,0 +1,234 @@
+"""Inference speed: one backbone, four adapters of different kinds, a shuffled stream of mixed requests.
+
+    (a) per-request `set_adapter`, batch size 1 (how the seed scripts serve several adapters)
+    (b) PEFT `adapter_names` mixed batches, wired by hand (encoder pass + each task's head)
+    (c) mtlora's Engine: tokenise, one encoder pass per batch, heads, decode to answers
+    (d) the plain backbone with no adapters on the same batches (the limit)
+
+Also measured: parameter memory with 10 adapters loaded against the bare backbone, and the cost of
+routing the stream (semantic, learned) against answering it. Adapters are trained for a few steps on
+the shared GLUE/SQuAD files (speed does not depend on how well they are trained).
+
+    python bench/infer_speed.py              # writes bench/results/infer_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import AutoModel
+
+import mtlora
+from mtlora import Engine
+from mtlora.backbone import resolve_backbone
+from mtlora.config import ROUTER_ADAPTER
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+QUICK = {"max_steps": 4, "batch_size": 8, "baseline": False, "checkpoint_every": 1000}
+TASKS = [
+    {"name": "sst2", "kind": "classification",
+     "data": {"train": {"path": "sst2/train.tsv", "quoting": "none", "limit": 200},
+              "validation": {"path": "sst2/dev.tsv", "quoting": "none"},
+              "fields": {"text": "sentence"}, "labels": ["negative", "positive"]}},
+    {"name": "mrpc", "kind": "pair_classification",
+     "data": {"train": {"path": "mrpc/msr_paraphrase_train.txt", "format": "tsv", "quoting": "none",
+                        "encoding": "utf-8-sig", "limit": 200},
+              "validation": {"path": "mrpc/msr_paraphrase_test.txt", "format": "tsv", "quoting": "none",
+                             "encoding": "utf-8-sig"},
+              "fields": {"text": "#1 String", "text_pair": "#2 String", "label": "Quality"},
+              "labels": ["different", "same"]}},
+    {"name": "stsb", "kind": "regression",
+     "data": {"train": {"path": "stsb/sts-train.csv", "format": "tsv", "quoting": "none", "limit": 200,
+                        "columns": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]},
+              "validation": {"path": "stsb/sts-dev.csv", "format": "tsv", "quoting": "none",
+                             "columns": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]},
+              "fields": {"text": "sentence1", "text_pair": "sentence2", "label": "score"}}},
+    {"name": "squad", "kind": "extractive_qa",
+     "data": {"train": {"path": "squad/dev-v1.1.json", "articles": [0, 2]},
+              "validation": {"path": "squad/dev-v1.1.json", "articles": [40, 48]}},
+     "training": {"max_length": 256, "doc_stride": 64}},
+]
+
+
+def build_project(workdir: Path, data_dir: Path) -> Path:
+    config = {"backbone": "embedded", "registry": "adapters", "data_dir": str(data_dir),
+              "defaults": {"training": {**QUICK, "max_length": 128}},
+              "router": {"training": {**QUICK, "max_steps": 20, "max_length": 64}, "examples_per_task": 200},
+              "tasks": TASKS}
+    path = workdir / "project.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def request_stream(project: Path, size: int) -> list[tuple[Any, str]]:
+    from mtlora.evaluation import routing_mix
+
+    config = mtlora.load_config(project)
+    mix = routing_mix(config, "validation", per_task=size)
+    # QA inputs go in as {question, context}, the way a client that knows its input sends them.
+    stream = [({"question": item[0], "context": item[1]} if task == "squad" else item, task) for item, task in mix]
+    return random.Random(0).sample(stream, min(size, len(stream)))
+
+
+def timed(run: Callable[[], Any], repeats: int = 1) -> float:
+    run()  # warm-up: first calls allocate
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - started) / repeats
+
+
+def batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def texts_of(item: Any) -> tuple[str, str | None]:
+    if isinstance(item, dict):
+        return item["question"], item["context"]
+    return (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+
+
+def tokenize(engine: Engine, items: list) -> dict[str, torch.Tensor]:
+    """One padded batch, single texts and pairs together (pairs of a single text get an empty second text)."""
+    firsts = [texts_of(i)[0] for i in items]
+    seconds = [texts_of(i)[1] or "" for i in items]
+    batch = engine.tokenizer(firsts, seconds, truncation="longest_first", max_length=256, padding=True,
+                             return_tensors="pt")
+    return {k: v.to(engine.device) for k, v in batch.items()}
+
+
+def per_request_set_adapter(engine: Engine, stream: list[tuple[Any, str]]) -> None:
+    """(a): switch the encoder's active adapter per request and run it alone, then its head."""
+    encoder = engine._encoder
+    with torch.inference_mode():
+        for item, task in stream:
+            inputs = tokenize(engine, [item])
+            encoder.set_adapter(task)
+            head = engine._tasks[task]
+            head.stand_in.output = encoder(**inputs)
+            head.head(**inputs)
+
+
+def hand_wired_mixed(engine: Engine, stream: list[tuple[Any, str]], batch_size: int) -> None:
+    """(b): PEFT `adapter_names` on each batch of the stream, then each task's head on its rows."""
+    with torch.inference_mode():
+        for chunk in batches(stream, batch_size):
+            inputs = tokenize(engine, [item for item, _ in chunk])
+            tasks = [task for _, task in chunk]
+            output = engine._encoder(**inputs, adapter_names=tasks)
+            for task in set(tasks):
+                rows = torch.tensor([i for i, t in enumerate(tasks) if t == task])
+                head = engine._tasks[task]
+                head.stand_in.output = type(output)(**{k: v[rows] for k, v in output.items()})
+                head.head(**{k: v[rows] for k, v in inputs.items()})
+
+
+def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[Any, str]], batch_size: int) -> None:
+    """(d): the same batches through the bare backbone, no adapters, no heads."""
+    with torch.inference_mode():
+        for chunk in batches(stream, batch_size):
+            model(**tokenize(engine, [item for item, _ in chunk]))
+
+
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def memory_with_adapters(project: Path, count: int) -> dict[str, Any]:
+    """Copies of the trained adapters under `count` names, all loaded in one engine."""
+    config = mtlora.load_config(project)
+    registry = mtlora.Registry(config.registry)
+    sources = [t["name"] for t in TASKS]
+    names = []
+    for i in range(count):
+        source, name = sources[i % len(sources)], f"copy{i}"
+        shutil.copytree(registry.path(source), registry.path(name))
+        registry.update(name, name=name)
+        names.append(name)
+    engine = Engine(config.backbone, registry, names, precision="fp32")
+    backbone = parameter_bytes(AutoModel.from_pretrained(resolve_backbone(config.backbone)))
+    loaded = parameter_bytes(engine._encoder) + sum(parameter_bytes(t.head) for t in engine._tasks.values())
+    lora = engine.manifest(names[0]).lora
+    return {"adapters": count, "backbone_mb": backbone / 2**20, "engine_mb": loaded / 2**20,
+            "overhead": loaded / backbone - 1, "lora": lora}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MTLORA_DATA_DIR", DEFAULT_DATA)))
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or auto (all setups use the same)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "infer_speed.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        project = build_project(workdir, args.data)
+        print("training 4 quick adapters and the learned router...", flush=True)
+        mtlora.train(project, progress=False, log=lambda _: None)
+        mtlora.train_router(project, progress=False, log=lambda _: None)
+        stream = request_stream(project, args.requests)
+        engine = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size)
+        engine.add(ROUTER_ADAPTER)
+        backbone = AutoModel.from_pretrained(resolve_backbone("embedded")).to(engine.device).eval()
+        items = [item for item, _ in stream]
+        tasks = [task for _, task in stream]
+        bf16 = torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.bf16)
+        one_by_one = stream[: max(32, len(stream) // 4)]  # (a) is slow: a quarter of the stream
+
+        seconds: dict[str, float] = {}
+        with bf16:
+            seconds["a"] = timed(lambda: per_request_set_adapter(engine, one_by_one)) * len(stream) / len(one_by_one)
+            seconds["b"] = timed(lambda: hand_wired_mixed(engine, stream, args.batch_size), 2)
+            seconds["d"] = timed(lambda: plain_backbone(backbone, engine, stream, args.batch_size), 2)
+        seconds["c"] = timed(lambda: engine.predict_batch(items, task=tasks), 2)
+        unrouted = [engine.request(item) for item in items]
+        routing = {name: timed(lambda name=name: engine.route(unrouted, name), 2) for name in ("semantic", "learned")}
+        memory = memory_with_adapters(project, 10)
+
+    names = {"a": "per-request set_adapter, batch 1", "b": "PEFT adapter_names, by hand",
+             "c": "mtlora Engine", "d": "plain backbone (limit)"}
+    results = {k: {"setup": names[k], "requests_per_s": len(stream) / seconds[k]} for k in "abcd"}
+    print(f"\n{len(stream)} mixed requests ({', '.join(sorted(set(tasks)))}), batch {args.batch_size}, "
+          f"precision {'bf16' if engine.bf16 else 'fp32'}")
+    print(f"{'setup':<40} {'requests/s':>11} {'vs (d)':>7} {'vs (a)':>7}")
+    for key, row in results.items():
+        rate = row["requests_per_s"]
+        print(f"({key}) {row['setup']:<36} {rate:>11.1f} {rate / results['d']['requests_per_s']:>6.2f}x "
+              f"{rate / results['a']['requests_per_s']:>6.2f}x")
+    for name, spent in routing.items():
+        print(f"routing ({name}): {1000 * spent / len(stream):.2f} ms/request, "
+              f"{100 * spent / seconds['c']:.0f}% of answering the same requests")
+    print(f"memory, 10 adapters (r={memory['lora']['r']}, {memory['lora']['target_modules']}): "
+          f"{memory['engine_mb']:.1f} MB vs backbone {memory['backbone_mb']:.1f} MB (+{100 * memory['overhead']:.1f}%)")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "infer_speed", "date": time.strftime("%Y-%m-%d %H:%M"), "requests": len(stream),
+        "batch_size": args.batch_size, "precision": "bf16" if engine.bf16 else "fp32",
+        "tasks": sorted(set(tasks)), "results": results,
+        "routing_s_per_request": {k: v / len(stream) for k, v in routing.items()},
+        "routing_share_of_answering": {k: v / seconds["c"] for k, v in routing.items()},
+        "memory": memory,
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+    }, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
