@@ -1,4 +1,4 @@
-"""The main job: train the demo adapters, evaluate them against their baselines, predict a few inputs.
+"""The main job: train the demo adapters, evaluate them against their baselines, route and predict.
 
 Run with `make demo` (sets up .venv first) or `python examples/demo/demo.py`. Re-running reuses nothing
 but interrupted checkpoints: each run retrains, so the numbers you see are this machine's.
@@ -49,15 +49,27 @@ def main() -> None:
     console.print(table)
     console.print(f"Full report: {mtlora.load_config(CONFIG).reports / 'summary.md'}")
 
-    console.rule("3. Predict with the stored adapters")
-    for task, inputs in EXAMPLES.items():
-        predictor = mtlora.load_predictor(CONFIG, task)
-        for item, prediction in zip(inputs, predictor.predict_batch(inputs), strict=True):
-            shown = " || ".join(item) if isinstance(item, tuple) else item
-            console.print(f"[cyan]{task:>10}[/cyan]  {shown}\n"
-                          f"{'':>10}  -> [bold]{prediction['label']}[/bold] ({prediction['confidence']:.2f})")
+    console.rule("3. Route: which adapter should answer? (learned router = one more adapter)")
+    mtlora.train_router(CONFIG, progress=sys.stderr.isatty(),
+                        log=lambda message: console.print(message, markup=False, highlight=False))
+    routing = Table()
+    for column in ("router", "accuracy on the dev mix", "unroutable", "ms per input"):
+        routing.add_column(column, justify="left" if column == "router" else "right")
+    for report in mtlora.evaluate_routers(CONFIG, ["keywords", "semantic", "learned"], log=lambda _: None):
+        routing.add_row(report.router, f"{report.accuracy:.3f}", f"{report.unroutable:.3f}",
+                        f"{report.ms_per_input:.2f}")
+    console.print(routing)
+
+    console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch")
+    engine = mtlora.load_engine(CONFIG)
+    inputs = [item for items in EXAMPLES.values() for item in items]
+    for item, prediction in zip(inputs, engine.predict(inputs), strict=True):
+        shown = " || ".join(item) if isinstance(item, tuple) else item
+        console.print(f"{shown}\n   -> [cyan]{prediction['task']}[/cyan] (routed by {prediction['routed_by']}, "
+                      f"{prediction['route_confidence']:.2f}): [bold]{prediction['label']}[/bold] "
+                      f"({prediction['confidence']:.2f})")
     console.print(f"\nDone in {time.perf_counter() - started:.0f}s. Adapters are in "
-                  f"{mtlora.load_config(CONFIG).registry}; try `mtlora adapters list {CONFIG}`.")
+                  f"{mtlora.load_config(CONFIG).registry}; try `mtlora predict {CONFIG} \"my parcel is late\"`.")
 
 
 def _fmt(value: float | None) -> str:
