@@ -166,3 +166,12 @@ def test_project_default_task_catches_what_no_router_places(trained_project: Pat
     engine = Engine.from_config(project, precision="fp32")
     result = engine.predict("the river of paris", router="keywords")
     assert result["task"] == "sentiment" and result["route_confidence"] == 0.0
+
+
+def test_batches_do_not_pad_short_rows_to_long_ones() -> None:
+    from mtlora.engine.inference import length_sorted_batches
+
+    lengths = [40, 256, 35, 250, 38, 120]
+    batches = length_sorted_batches(lengths, batch_size=32)
+    assert batches == [[1, 3], [5], [0, 4, 2]]
+    assert length_sorted_batches([10] * 5, batch_size=2) == [[0, 1], [2, 3], [4]]

@@ -377,7 +377,14 @@ class Engine:
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if not isinstance(self._encoder, PeftModel):
             return self._encoder(**inputs)
-        return self._encoder(**inputs, adapter_names=adapters)
+        if len(set(adapters)) > 1:
+            return self._encoder(**inputs, adapter_names=adapters)
+        # One adapter for the whole batch: the plain LoRA path skips the per-row dispatch and its copies.
+        if adapters[0] == NO_ADAPTER:
+            with self._encoder.disable_adapter():
+                return self._encoder(**inputs)
+        self._encoder.set_adapter(adapters[0])
+        return self._encoder(**inputs)
 
     def _hidden_size(self) -> int:
         return int(AutoConfig.from_pretrained(resolve_backbone(self.backbone)).hidden_size)

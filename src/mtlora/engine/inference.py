@@ -54,9 +54,18 @@ def forward_features(
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length, so each batch pads to nearly nothing."""
+    """Row indices in batches of similar length, so each batch pads to nearly nothing.
+
+    Rows are sorted longest first; a batch also ends where the next row is under half its longest
+    row, because padding a short text to a long QA window costs more than one more (smaller) batch.
+    """
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for row in order:
+        if not batches or len(batches[-1]) == batch_size or 2 * lengths[row] < lengths[batches[-1][0]]:
+            batches.append([])
+        batches[-1].append(row)
+    return batches
 
 
 def feature_row(features: dict[str, list], row: int) -> dict[str, list]:

@@ -115,7 +115,7 @@ class Registry:
         with atomic.staged_folder(target, self.staging) as folder:
             yield folder
 
-    def update(self, name: str, **changes: Any) -> Manifest:
+    def update(self, name: str, /, **changes: Any) -> Manifest:
         """Rewrite fields of a manifest (metrics after evaluation, say) atomically."""
         manifest = self.manifest(name).model_copy(update=changes)
         atomic.write_text(self.path(name) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
