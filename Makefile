@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test bench clean
 
 # torch first, pinned: 2.13.0 is the CPU wheel on disk, and any other resolution pulls a CUDA build.
 $(BIN)/mtlora: pyproject.toml
@@ -22,6 +22,7 @@ test: $(BIN)/mtlora
 
 bench: $(BIN)/mtlora
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/infer_speed.py
 
 clean:
-	rm -rf examples/demo/adapters examples/demo/reports bench/results
+	rm -rf examples/demo/adapters examples/demo/reports
