@@ -189,3 +189,12 @@ def test_length_batches_cover_every_row_once_in_shuffled_order() -> None:
     assert longest != sorted(longest, reverse=True)  # but no long-to-short order over training
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+def test_a_diverged_run_is_reported() -> None:
+    from mtlora.training.trainer import divergence_warning
+
+    diverged = [(25, 0.68), (50, 0.35), (75, 0.75), (100, 0.69), (125, 0.69)]
+    assert "training diverged" in divergence_warning(diverged)
+    assert divergence_warning([(25, 0.68), (50, 0.35), (75, 0.2), (100, 0.1)]) is None
+    assert divergence_warning([(25, 0.68), (50, 0.35)]) is None

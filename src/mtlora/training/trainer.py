@@ -62,6 +62,7 @@ class TrainOutcome:
     losses: list[tuple[int, float]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
     saved_to: Path | None = None
+    warning: str | None = None  # e.g. the loss went back up: the stored model may be no better than chance
 
 
 def train_task(
@@ -160,6 +161,9 @@ def train_task(
         losses=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
         model=built.model,
     )
+    outcome.warning = divergence_warning(outcome.losses)
+    if outcome.warning:
+        log(f"[{task.name}] warning: {outcome.warning}")
     if main_process:
         if method == "lora":
             outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train)
@@ -170,6 +174,18 @@ def train_task(
             run_dir.parent.rmdir()  # only when no other method's run is in progress there
     args.distributed_state.wait_for_everyone()
     return outcome
+
+
+def divergence_warning(losses: list[tuple[int, float]]) -> str | None:
+    """Say so when the training loss fell and then climbed back to where it started: the run diverged,
+    and the adapter saved at the end is likely no better than its untrained start."""
+    if len(losses) < 4:
+        return None
+    first, lowest, last = losses[0][1], min(loss for _, loss in losses), losses[-1][1]
+    if lowest < 0.7 * first and last > 0.9 * first:
+        return (f"the loss fell to {lowest:.3f} and then rose back to {last:.3f} (it started at {first:.3f}): "
+                "training diverged. Lower training.lr or raise training.batch_size, then train with --fresh")
+    return None
 
 
 def _silent(message: str) -> None:
@@ -289,6 +305,7 @@ def _training_record(task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
         "samples_per_s": round(outcome.samples_per_s, 2),
         "train_loss": outcome.train_loss,
         "losses": outcome.losses,
+        "warning": outcome.warning,
         "settings": task.training.model_dump(mode="json"),
     }
 
