@@ -1,0 +1,164 @@
+"""Serving under load, on loopback: mtlora's server against a naive one-request-one-forward endpoint.
+
+N concurrent clients (1, 8, 64) each send single requests, one after another, for a fixed time; the
+requests are a shuffled mix of four tasks (SST-2, MRPC, STS-B, SQuAD) naming their task. Reported per
+server and N: throughput, p50/p95/p99 latency, status codes, and (mtlora) the batch sizes reached.
+
+The naive server is what the seed scripts do behind FastAPI: per request, `set_adapter` to the task's
+LoRA and run the model on that one input (under a lock, since the active adapter is shared state).
+
+    python bench/serve_load.py            # writes bench/results/serve_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+import mtlora
+
+sys.path.insert(0, str(Path(__file__).parent))
+from infer_speed import DEFAULT_DATA, build_project, request_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_naive_app() -> Any:
+    """FastAPI endpoint that answers each request alone after switching the active adapter."""
+    from fastapi import FastAPI
+
+    from mtlora import Engine
+
+    engine = Engine.from_config(os.environ["MTLORA_CONFIG"])
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.post("/v1/predict")
+    def predict(body: dict) -> dict:  # a plain def: FastAPI runs it in its thread pool
+        item = body["inputs"]
+        if isinstance(item, dict) and "text_pair" in item:
+            item = (item["text"], item["text_pair"])
+        with lock:
+            engine._encoder.set_adapter(body["task"])
+            return {"result": engine.run_adapter(body["task"], [item])[0]}
+
+    return app
+
+
+def start_server(factory: str, config: Path, port: int, settings: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "MTLORA_CONFIG": str(config), "MTLORA_SERVER_SETTINGS": json.dumps(settings or {}),
+           "PYTHONPATH": str(Path(__file__).parent)}
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port),
+                                "--log-level", "warning"], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.post(f"http://127.0.0.1:{port}/v1/predict",
+                          json={"inputs": "warm up", "task": "sst2"}, timeout=30).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"{factory} did not start on port {port}")
+
+
+def as_json_input(item: Any) -> Any:
+    if isinstance(item, tuple):
+        return {"text": item[0], "text_pair": item[1]}
+    return item
+
+
+async def load(port: int, stream: list[tuple[Any, str]], clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stop = time.perf_counter() + seconds
+
+    async def client(offset: int, http: httpx.AsyncClient) -> None:
+        i = offset
+        while time.perf_counter() < stop:
+            item, task = stream[i % len(stream)]
+            i += clients
+            started = time.perf_counter()
+            response = await http.post("/v1/predict", json={"inputs": as_json_input(item), "task": task})
+            latencies.append(time.perf_counter() - started)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+        elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {"clients": clients, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
+            "p50_ms": 1000 * cuts[49], "p95_ms": 1000 * cuts[94], "p99_ms": 1000 * cuts[98],
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def batch_sizes(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("mtlora_batch_size_sum", "mtlora_batch_size_count"))}
+    count = values.get("mtlora_batch_size_count", 0.0)
+    return {"engine_calls": count, "mean_batch": values.get("mtlora_batch_size_sum", 0.0) / count if count else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("MTLORA_DATA_DIR", DEFAULT_DATA)))
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per server and client count")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        project = build_project(Path(folder), args.data)
+        print("training 4 quick adapters...", flush=True)
+        mtlora.train(project, progress=False, log=lambda _: None)
+        stream = request_stream(project, 256)
+        results: dict[str, list[dict[str, Any]]] = {}
+        servers = {"mtlora": "mtlora.server.app:create_app_from_env", "naive": "serve_load:create_naive_app"}
+        for port, (name, factory) in enumerate(servers.items(), start=8731):
+            process = start_server(factory, project, port)
+            try:
+                results[name] = []
+                for clients in (int(c) for c in args.clients.split(",")):
+                    before = batch_sizes(port) if name == "mtlora" else {}
+                    row = asyncio.run(load(port, stream, clients, args.seconds))
+                    if name == "mtlora":
+                        after = batch_sizes(port)
+                        calls = after["engine_calls"] - before["engine_calls"]
+                        row["mean_batch"] = row["requests"] / calls if calls else 0.0
+                    results[name].append(row)
+                    print(f"{name:>7} {clients:>3} clients: {row['requests_per_s']:7.1f} req/s, p50 "
+                          f"{row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, {row['statuses']}"
+                          + (f", mean batch {row['mean_batch']:.1f}" if "mean_batch" in row else ""), flush=True)
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "serve_load", "date": time.strftime("%Y-%m-%d %H:%M"), "seconds_per_run": args.seconds,
+        "tasks": ["sst2", "mrpc", "stsb", "squad"], "results": results,
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "note": "clients and server share the same 2 cores"},
+    }, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
