@@ -23,6 +23,7 @@ test: $(BIN)/mtlora
 bench: $(BIN)/mtlora
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/infer_speed.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf examples/demo/adapters examples/demo/reports
