@@ -145,3 +145,23 @@ def test_concurrent_requests_are_batched_together(trained_project: Path) -> None
     assert [r.json()["result"]["task"] for r in responses] == ["sentiment", "support"] * 4
     count = next(line for line in metrics.splitlines() if line.startswith("mtlora_batch_size_count"))
     assert float(count.split()[-1]) < 8  # fewer engine calls than requests
+
+
+def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:
+    import httpx
+
+    app = create_app(lambda: Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32"),
+                     ServerSettings(max_wait_ms=200))
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with app.router.lifespan_context(app):
+                pending = [asyncio.create_task(http.post("/v1/predict", json={"inputs": "great film",
+                                                                              "task": "sentiment"}))
+                           for _ in range(6)]
+                await asyncio.sleep(0.05)  # queued, waiting for the batch window
+            # The lifespan has ended; had it dropped the queue, these would never be answered.
+            return await asyncio.wait_for(asyncio.gather(*pending), 30)
+
+    assert [r.status_code for r in asyncio.run(run())] == [200] * 6
