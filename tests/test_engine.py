@@ -25,9 +25,9 @@ MIXED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(trained_project: Path) -> Engine:
-    return Engine.from_config(trained_project, precision="fp32")
+@pytest.fixture(scope="module", params=[True, False], ids=["one-mixed-pass", "folded-per-adapter"])
+def engine(trained_project: Path, request: pytest.FixtureRequest) -> Engine:
+    return Engine.from_config(trained_project, precision="fp32", mixed_batches=request.param)
 
 
 def as_predictor_input(item):

@@ -1,9 +1,12 @@
 """One backbone in memory, many task adapters, and mixed-task batches in one encoder pass.
 
-How a mixed batch runs: the rows of every task are padded together and go through the shared encoder
-once, PEFT applying each row's own LoRA weights (`adapter_names`). Each task's head then runs on its
-rows. A head is the task model transformers builds for the kind (so every architecture's own head
-code is reused), with its encoder swapped for a stand-in that hands over the rows already computed.
+How a call with inputs of several tasks runs: with `mixed_batches` (the default on CUDA) the rows of
+every task are padded together and go through the shared encoder once, PEFT applying each row's own
+LoRA weights (`adapter_names`). Otherwise (the default on CPU, where it is faster) each task's rows form
+their own batches and its LoRA is folded into the weights for that pass (`folding.py`). Either way each
+task's head then runs on its rows. A head is the task model transformers builds for the kind (so every
+architecture's own head code is reused), with its encoder swapped for a stand-in that hands over the
+rows already computed.
 
     >>> engine = Engine.from_config("examples/demo/mtlora.yaml")
     >>> engine.predict("my parcel never arrived")            # routed (semantic by default)
@@ -37,6 +40,7 @@ from mtlora.backbone import (
     use_bf16,
 )
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
+from mtlora.engine.folding import folded_lora
 from mtlora.engine.inference import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import check_base, kind_from_manifest, load_adapter_model
@@ -94,6 +98,7 @@ class Engine:
         router_settings: thresholds and default task for routing.
         precision: "auto" (bf16 where the hardware has it), "fp32" or "bf16".
         batch_size: feature rows per encoder pass.
+        mixed_batches: run rows of different adapters in one pass (default: on CUDA only).
     """
 
     def __init__(
@@ -107,12 +112,16 @@ class Engine:
         precision: str = "auto",
         device: torch.device | str | None = None,
         batch_size: int = 32,
+        mixed_batches: bool | None = None,
     ):
         self.backbone = backbone
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.device = torch.device(device) if device is not None else default_device()
         self.bf16 = use_bf16(precision, self.device)
         self.batch_size = batch_size
+        # Rows of several adapters in one pass (PEFT adapter_names) fill GPUs best; on CPUs one pass per
+        # adapter with LoRA folded into the weights is faster (bench/infer_speed.py), so that is the default.
+        self.mixed_batches = self.device.type == "cuda" if mixed_batches is None else mixed_batches
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
         self.default_router = router or self.router_settings.strategy
@@ -355,8 +364,14 @@ class Engine:
         """Every feature row of every job through the encoder together, then each job's rows through its head."""
         rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
         lengths = [len(jobs[j].encoded.features["input_ids"][f]) for j, f in rows]
+        if self.mixed_batches:
+            batches = length_sorted_batches(lengths, self.batch_size)
+        else:
+            batches = [[first + i for i in batch]
+                       for first, job in zip(_offsets(jobs), jobs, strict=True)
+                       for batch in length_sorted_batches(lengths[first:first + len(job.encoded)], self.batch_size)]
         with torch.inference_mode(), autocast(self.device, self.bf16):
-            for batch_rows in length_sorted_batches(lengths, self.batch_size):
+            for batch_rows in batches:
                 picked = [rows[i] for i in batch_rows]
                 inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked],
                                   self.device)
@@ -379,12 +394,11 @@ class Engine:
             return self._encoder(**inputs)
         if len(set(adapters)) > 1:
             return self._encoder(**inputs, adapter_names=adapters)
-        # One adapter for the whole batch: the plain LoRA path skips the per-row dispatch and its copies.
         if adapters[0] == NO_ADAPTER:
             with self._encoder.disable_adapter():
                 return self._encoder(**inputs)
-        self._encoder.set_adapter(adapters[0])
-        return self._encoder(**inputs)
+        with folded_lora(self._encoder, adapters[0]):
+            return self._encoder(**inputs)
 
     def _hidden_size(self) -> int:
         return int(AutoConfig.from_pretrained(resolve_backbone(self.backbone)).hidden_size)
@@ -406,6 +420,15 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
         else:
             head[inner] = tensor
     return encoder, head
+
+
+def _offsets(jobs: list[_Job]) -> list[int]:
+    """Where each job's feature rows start in the engine's flat list of rows."""
+    starts, total = [], 0
+    for job in jobs:
+        starts.append(total)
+        total += len(job.encoded)
+    return starts
 
 
 def _rows(output: ModelOutput, index: torch.Tensor) -> ModelOutput:
