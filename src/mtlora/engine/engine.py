@@ -82,9 +82,11 @@ class _Job:
     examples: list[Example]
     encoded: Encoded
     results: list[dict[str, np.ndarray]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # tokens of each feature row, without padding
 
     def __post_init__(self) -> None:
         self.results = [{} for _ in range(len(self.encoded))]
+        self.lengths = [len(ids) for ids in self.encoded.features["input_ids"]]
 
 
 class Engine:
@@ -132,6 +134,7 @@ class Engine:
         self._lock = threading.RLock()
         with quiet_loading():
             base = AutoModel.from_pretrained(resolve_backbone(backbone))
+        self.hidden_size = int(base.config.hidden_size)
         self._encoder: nn.Module = base.to(self.device).eval()
         names = tasks if tasks is not None else [n for n in self.registry.names() if n != ROUTER_ADAPTER]
         for name in names:
@@ -292,7 +295,7 @@ class Engine:
             return torch.empty(0)
         tokens = self.tokenizer(list(texts), truncation=True, max_length=128)
         lengths = [len(ids) for ids in tokens["input_ids"]]
-        embeddings = torch.empty(len(texts), self._hidden_size())
+        embeddings = torch.empty(len(texts), self.hidden_size)
         with self._lock, torch.inference_mode(), autocast(self.device, self.bf16):
             for rows in length_sorted_batches(lengths, self.batch_size):
                 batch = pad_rows(self.tokenizer, [feature_row(tokens, i) for i in rows], self.device)
@@ -363,7 +366,7 @@ class Engine:
     def _forward(self, jobs: list[_Job]) -> None:
         """Every feature row of every job through the encoder together, then each job's rows through its head."""
         rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
-        lengths = [len(jobs[j].encoded.features["input_ids"][f]) for j, f in rows]
+        lengths = [jobs[j].lengths[f] for j, f in rows]
         if self.mixed_batches:
             batches = length_sorted_batches(lengths, self.batch_size)
         else:
@@ -385,8 +388,7 @@ class Engine:
                     task.stand_in.output = _rows(encoded, index)
                     output = task.head(**{name: tensor[index] for name, tensor in inputs.items()})
                     features = [picked[p][1] for p in where]
-                    feature_lengths = [len(ids) for ids in job.encoded.features["input_ids"]]
-                    store_outputs(task.kind, task.kind.outputs_of(output), features, feature_lengths, job.results)
+                    store_outputs(task.kind, task.kind.outputs_of(output), features, job.lengths, job.results)
                     task.stand_in.output = None
 
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
@@ -399,9 +401,6 @@ class Engine:
                 return self._encoder(**inputs)
         with folded_lora(self._encoder, adapters[0]):
             return self._encoder(**inputs)
-
-    def _hidden_size(self) -> int:
-        return int(AutoConfig.from_pretrained(resolve_backbone(self.backbone)).hidden_size)
 
 
 def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
