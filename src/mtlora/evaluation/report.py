@@ -26,8 +26,9 @@ def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
             title = f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})"
             path = folder / f"{report.task}_confusion.png"
             written.append(plot_confusion(report.labels, report.confusion, title, path))
-    everything = [TaskReport(**_load(p)) for p in sorted(folder.glob("*.json"))
-                  if p.name not in ("summary.json", "routing.json")]
+    # Task reports are the JSON objects with a primary metric; summaries and routing reports are lists.
+    everything = [TaskReport(**data) for data in map(_load, sorted(folder.glob("*.json")))
+                  if isinstance(data, dict) and "primary_metric" in data]
     atomic.write_json(folder / "summary.json", [r.to_dict() for r in everything])
     atomic.write_text(folder / "summary.md", markdown_summary(everything))
     return [*written, folder / "summary.md", folder / "summary.json"]
