@@ -54,6 +54,9 @@ def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
     untrained = run("predict", tiny_project, "--task", "sentiment", "hello")
     assert untrained.exit_code == 2 and "No adapter 'sentiment'" in untrained.output
 
+    split = run("evaluate", tiny_project, "--split", "tset")
+    assert split.exit_code == 2 and "no split 'tset'; valid splits: train, validation, test" in split.output
+
     missing = run("evaluate", tiny_project.parent / "absent.yaml")
     assert missing.exit_code == 2 and "file not found" in missing.output
 

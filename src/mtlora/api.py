@@ -9,6 +9,7 @@ from typing import Any
 
 from mtlora import routing
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
+from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.engine import Input
 from mtlora.evaluation import (
@@ -65,6 +66,7 @@ def evaluate(
 ) -> list[TaskReport]:
     """Evaluate adapters against their baselines; writes JSON, Markdown and plots to `reports/`."""
     project = as_config(config)
+    check_split(split)  # before any adapter is loaded
     reports = [evaluate_task(project, t, split, log=log) for t in project.select(task)]
     if write:
         write_reports(reports, Path(project.reports))
@@ -82,6 +84,7 @@ def evaluate_routers(
 ) -> list[RoutingReport]:
     """Routing accuracy of each router on a held-out mix of every task's inputs; writes reports/routing.*"""
     project = as_config(config)
+    check_split(split)
     engine = Engine.from_config(project)
     available = [r for r in routers if r != "learned" or ROUTER_ADAPTER in engine.registry]
     for skipped in sorted(set(routers) - set(available)):

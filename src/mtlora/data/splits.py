@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 
 from mtlora.config import ProjectConfig, TaskConfig
 from mtlora.data.readers import read_rows
-from mtlora.errors import DataError
+from mtlora.errors import DataError, InputError
 from mtlora.tasks import Example, TaskKind, get_task_kind
 
 SPLITS = ("train", "validation", "test")
@@ -22,10 +22,15 @@ class TaskData:
     test: list[Example]
 
     def split(self, name: str) -> list[Example]:
-        if name not in SPLITS:
-            raise ValueError(f"no split '{name}'; valid: {', '.join(SPLITS)}")
+        check_split(name)
         examples: list[Example] = getattr(self, name)
         return examples
+
+
+def check_split(name: str) -> str:
+    if name not in SPLITS:
+        raise InputError(f"no split '{name}'; valid splits: {', '.join(SPLITS)}")
+    return name
 
 
 def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, ...] = SPLITS) -> TaskData:
