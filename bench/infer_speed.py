@@ -37,8 +37,8 @@ from transformers import AutoModel
 import mtlora
 from mtlora import Engine
 from mtlora.backbone import quiet_loading, resolve_backbone
+from mtlora.batching import length_sorted_batches
 from mtlora.config import ROUTER_ADAPTER
-from mtlora.engine.inference import length_sorted_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"

@@ -28,7 +28,7 @@ WORDS = [
 ]
 
 
-def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
+def write_tiny_bert(folder: Path, seed: int = 0, initializer_range: float = 0.02) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -39,7 +39,7 @@ def write_tiny_bert(folder: Path, seed: int = 0) -> Path:
                                   do_lower_case=True)
     tokenizer.save_pretrained(folder)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=initializer_range)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     return folder
@@ -134,5 +134,85 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -
     import mtlora
 
     path = write_tiny_project(tmp_path_factory.mktemp("trained"), tiny_bert)
+    mtlora.train(path, progress=False, log=lambda _: None)
+    return path
+
+
+def write_tiny_t5(folder: Path, tokenizer_folder: Path) -> Path:
+    """A tiny random T5 with the tiny BERT's WordPiece tokenizer: the T5 code path, nothing downloaded."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer.save_pretrained(folder)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_heads=2,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    return write_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), tiny_bert)
+
+
+@pytest.fixture(scope="session")
+def warm_start_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT to warm-start encoder-decoders from. Its embeddings double as the frozen output layer,
+    so they start larger than BERT's usual 0.02, or a few steps cannot make any token likely."""
+    return write_tiny_bert(tmp_path_factory.mktemp("warm-start-bert"), initializer_range=0.2)
+
+
+MCQ = [("the cat sat on the mat", "who sat on the mat", ["the cat", "the dog"], "a"),
+       ("the dog sat on the mat", "who sat on the mat", ["the cat", "the dog"], "b"),
+       ("paris is the capital of france", "what is the capital of france", ["paris", "a river"], "a"),
+       ("the river is in the city", "where is the river", ["in paris", "in the city"], "b")]
+
+
+SUMMARIES = {"positive": "great film", "negative": "bad film", "billing": "refund charge", "account": "login password"}
+
+
+def write_seq2seq_project(folder: Path, backbone: Path) -> Path:
+    """One task of every seq2seq kind, two of them with task tokens, training a handful of steps."""
+    data = folder / "data"
+    write_jsonl(data / "triage.jsonl", [{"text": t, "label": lab} for t, lab in SUPPORT * 2])
+    write_jsonl(data / "summarize.jsonl",
+                [{"text": t, "summary": SUMMARIES[label]} for t, label in (SENTIMENT + SUPPORT) * 2])
+    write_jsonl(data / "mcq.jsonl",
+                [{"passage": p, "question": q, "options": o, "answer": a} for p, q, o, a in MCQ * 2])
+    training = {"epochs": 16, "batch_size": 4, "lr": 1e-2, "max_length": 32, "checkpoint_every": 3,
+                "precision": "fp32"}
+    config = {
+        "backbone": str(backbone),
+        "data_dir": "data",
+        "defaults": {"training": training, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "tasks": [
+            {"name": "triage", "kind": "instruction_classification",
+             "data": {"train": "triage.jsonl", "validation": "triage.jsonl", "labels": ["refund", "login"],
+                      "label_map": {"billing": "refund", "account": "login"}},
+             "training": {"epochs": 40},
+             "seq2seq": {"prompt": "which team: {text}", "max_target_length": 4}},
+            {"name": "summarize", "kind": "generation",
+             "data": {"train": "summarize.jsonl", "validation": "summarize.jsonl",
+                      "fields": {"target": "summary"}},
+             "seq2seq": {"task_token": "<summarize>", "decoding": {"max_new_tokens": 6}}},
+            {"name": "mcq", "kind": "mcq_generation",
+             "data": {"train": "mcq.jsonl", "validation": "mcq.jsonl", "fields": {"text": "passage"}},
+             "training": {"epochs": 80},
+             "seq2seq": {"task_token": "<mcq>", "num_options": 2, "decoding": {"max_new_tokens": 24}}},
+        ],
+    }
+    path = folder / "mtlora.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_seq2seq_project(tmp_path_factory: pytest.TempPathFactory, warm_start_bert: Path) -> Path:
+    """The seq2seq project trained once on an encoder-decoder warm-started from a tiny BERT."""
+    import mtlora
+
+    path = write_seq2seq_project(tmp_path_factory.mktemp("seq2seq"), warm_start_bert)
     mtlora.train(path, progress=False, log=lambda _: None)
     return path

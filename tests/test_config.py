@@ -68,7 +68,7 @@ def test_repeated_task_names_are_refused(tmp_path: Path) -> None:
 def test_kind_specific_settings_are_checked(tmp_path: Path) -> None:
     regression = {"name": "sts", "kind": "regression",
                   "data": {"train": "t.jsonl", "labels": ["a", "b"]}}
-    with pytest.raises(ConfigError, match="predicts a number"):
+    with pytest.raises(ConfigError, match="a regression task has no label set"):
         load_config(write(tmp_path, {"tasks": [regression]}))
 
 

@@ -169,7 +169,7 @@ def test_project_default_task_catches_what_no_router_places(trained_project: Pat
 
 
 def test_batches_do_not_pad_short_rows_to_long_ones() -> None:
-    from mtlora.engine.inference import length_sorted_batches
+    from mtlora.batching import length_sorted_batches
 
     lengths = [40, 256, 35, 250, 38, 120]
     batches = length_sorted_batches(lengths, batch_size=32)

@@ -23,7 +23,7 @@ from mtlora.evaluation import (
 )
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import ROUTERS, Route
-from mtlora.tasks import Prediction
+from mtlora.tasks import Prediction, get_task_kind
 from mtlora.training import TrainOutcome, train_task
 
 ConfigLike = ProjectConfig | str | os.PathLike[str]
@@ -51,7 +51,8 @@ def train(
     outcomes = []
     for task_config in project.select(task):
         outcomes.append(train_task(project, task_config, "lora", fresh=fresh, progress=progress, log=log))
-        if task_config.training.baseline if baseline is None else baseline:
+        wanted = task_config.training.baseline if baseline is None else baseline
+        if wanted and get_task_kind(task_config.kind).has_head:
             outcomes.append(train_task(project, task_config, "head_only", fresh=fresh, progress=progress, log=log))
     return outcomes
 

@@ -12,7 +12,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    EncoderDecoderModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from mtlora.config import EMBEDDED_BACKBONE
@@ -45,13 +54,58 @@ def load_task_model(backbone: str, auto_class: Any, seed: int, **model_kwargs: A
     """Load `backbone` through a transformers Auto class with a freshly initialised head.
 
     The head is seeded so that the "untrained base" baseline and the start of training are reproducible.
+    A seq2seq model asked of an encoder-only backbone (MiniLM, BERT) is warm-started from it.
     """
     torch.manual_seed(seed)
+    path = resolve_backbone(backbone)
     with quiet_loading():
-        model, info = auto_class.from_pretrained(resolve_backbone(backbone), output_loading_info=True, **model_kwargs)
-    missing = set(info.get("missing_keys", []))
-    fresh = sorted({_owning_module(model, key) for key in missing})
+        if auto_class is AutoModelForSeq2SeqLM and not AutoConfig.from_pretrained(path).is_encoder_decoder:
+            model, fresh = warm_started_encoder_decoder(path, load_tokenizer(backbone))
+        else:
+            model, info = auto_class.from_pretrained(path, output_loading_info=True, **model_kwargs)
+            fresh = sorted({_owning_module(model, key) for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, fingerprint=fingerprint_backbone(backbone), fresh_modules=fresh)
+
+
+def warm_started_encoder_decoder(path: str,
+                                 tokenizer: PreTrainedTokenizerBase) -> tuple[EncoderDecoderModel, list[str]]:
+    """BERT2BERT (Rothe et al., 2020): the checkpoint as encoder and, with cross-attention added, as decoder.
+
+    Returns the model and its fresh modules: the cross-attention blocks and the LM-head transform,
+    which the checkpoint has no weights for; whatever trains the model must train and save them.
+    """
+    encoder = AutoModel.from_pretrained(path)
+    decoder, info = AutoModelForCausalLM.from_pretrained(path, is_decoder=True, add_cross_attention=True,
+                                                         output_loading_info=True)
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    # A BERT tokenizer has no BOS/EOS: [CLS] starts the decoder and [SEP] ends a sequence.
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = start, end, tokenizer.pad_token_id
+    missing = {f"decoder.{key}" for key in info.get("missing_keys", [])}
+    return model, _fresh_modules(model, missing)
+
+
+def _fresh_modules(model: nn.Module, missing: set[str]) -> list[str]:
+    """The largest modules all of whose parameters are in `missing` (full paths, so PEFT matches only them)."""
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(c + ".") for c in chosen):
+            continue
+        parameters = [f"{name}.{p}" for p, _ in module.named_parameters(remove_duplicate=False)]
+        if parameters and all(p in missing for p in parameters):
+            chosen.append(name)
+    return chosen
+
+
+def resize_input_embeddings(model: PreTrainedModel, tokens: int) -> None:
+    """Room for tokens added to the tokenizer (task tokens); never shrinks (T5 keeps spare rows)."""
+    if model.get_input_embeddings().num_embeddings >= tokens:
+        return
+    # An EncoderDecoderModel cannot resize itself; task tokens only ever appear in the encoder's input.
+    owner = model.get_encoder() if isinstance(model, EncoderDecoderModel) else model
+    owner.resize_token_embeddings(tokens, mean_resizing=False)
 
 
 @functools.lru_cache(maxsize=8)

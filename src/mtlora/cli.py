@@ -263,7 +263,7 @@ def kinds() -> None:
 
     table = Table(title="Task kinds")
     for column in ("kind", "fields", "main metric", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "kind")
     for name in task_kind_names():
         kind = get_task_kind(name)
         table.add_row(name, ", ".join(kind.roles), kind.primary_metric, kind.description)

@@ -48,7 +48,7 @@ class SourceConfig(_Strict):
     hub: str | None = Field(None, description="`datasets` name, e.g. 'glue' or 'SetFit/sst2'")
     subset: str | None = Field(None, description="hub configuration, e.g. 'sst2'")
     split: str | None = Field(None, description="hub split, e.g. 'train' or 'validation'")
-    format: Literal["jsonl", "json", "csv", "tsv", "squad"] | None = Field(
+    format: Literal["jsonl", "json", "csv", "tsv", "squad", "dream"] | None = Field(
         None, description="file format; guessed from the suffix when absent"
     )
     columns: list[str] | None = Field(
@@ -139,6 +139,43 @@ class TrainSettings(_Strict):
     baseline: bool = Field(True, description="also train the head-only baseline for evaluation")
 
 
+class DecodingSettings(_Strict):
+    """How a generation task decodes: greedy with `num_beams: 1`, beam search above."""
+
+    num_beams: int = Field(1, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    no_repeat_ngram_size: int = Field(0, ge=0, description="0 allows repeats; 3 is usual for summaries")
+    length_penalty: float = Field(1.0, description="beam search: >1 favours longer outputs")
+
+
+class Seq2SeqSettings(_Strict):
+    """Settings of the seq2seq kinds: how an input becomes the model's instruction, and how it answers."""
+
+    prompt: str = Field("{text}", description="template; {role} fields take the example's inputs")
+    prompt_file: Path | None = Field(None, description="read the template from this file (relative to the config)")
+    task_token: str | None = Field(None, description="e.g. '<summarize>': added to the tokenizer, put before the input")
+    max_target_length: int = Field(64, ge=2, description="target tokens kept in training")
+    decoding: DecodingSettings = Field(default_factory=DecodingSettings)
+    num_options: int = Field(4, ge=2, le=26, description="mcq_generation: options per question")
+
+    @field_validator("task_token")
+    @classmethod
+    def _one_word(cls, token: str | None) -> str | None:
+        if token is not None and (not token.strip() or any(c.isspace() for c in token)):
+            raise ValueError(f"task_token {token!r} must be one word without spaces, e.g. '<summarize>'")
+        return token
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Seq2SeqSettings:
+        if self.prompt_file is not None and "prompt" in self.model_fields_set:
+            raise ValueError("give either 'prompt' (the template) or 'prompt_file', not both")
+        return self
+
+    def kind_options(self) -> dict[str, Any]:
+        """What the task kind needs at inference, stored in the manifest (the template text, not its path)."""
+        return self.model_dump(mode="json", exclude={"prompt_file"})
+
+
 class RoutingHints(_Strict):
     description: str = ""
     keywords: list[str] = Field(default_factory=list)
@@ -164,6 +201,7 @@ class TaskConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainSettings = Field(default_factory=TrainSettings)
     routing: RoutingHints = Field(default_factory=RoutingHints)
+    seq2seq: Seq2SeqSettings | None = Field(None, description="prompt and decoding of the seq2seq kinds")
 
     @field_validator("name")
     @classmethod
@@ -286,7 +324,30 @@ def resolve_paths(config: ProjectConfig, base: Path) -> ProjectConfig:
     }
     if config.backbone != EMBEDDED_BACKBONE and (base / config.backbone).exists():
         update["backbone"] = str((base / config.backbone).resolve())
+    update["tasks"] = [_read_prompt_file(task, base) for task in config.tasks]
     return config.model_copy(update=update)
+
+
+def _read_prompt_file(task: TaskConfig, base: Path) -> TaskConfig:
+    """The template's text goes into the settings, so training, evaluation and the manifest use the same one."""
+    settings = task.seq2seq
+    if settings is None or settings.prompt_file is None:
+        return task
+    path = (base / settings.prompt_file).resolve()
+    try:
+        template = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"tasks ({task.name}).seq2seq.prompt_file: cannot read it: {exc.strerror}"]) \
+            from None
+    with_template = settings.model_copy(update={"prompt": template, "prompt_file": path})
+    task = task.model_copy(update={"seq2seq": with_template})
+    from mtlora.tasks import get_task_kind
+
+    try:
+        get_task_kind(task.kind).check_config(task)
+    except ValueError as exc:
+        raise ConfigError(str(path), [f"tasks ({task.name}).seq2seq.prompt_file: {exc}"]) from None
+    return task
 
 
 def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:

@@ -78,3 +78,39 @@ def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]
     em = [max(squad_exact_match(p, t) for t in truths) for p, truths in zip(predictions, references, strict=True)]
     f1 = [max(squad_token_f1(p, t) for t in truths) for p, truths in zip(predictions, references, strict=True)]
     return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """ROUGE-1/2/L F-measure in percent (Google's `rouge-score`, with stemming, as summarization papers report).
+
+    ROUGE-Lsum treats each line as a sentence, which is how CNN/DailyMail highlights are scored.
+    """
+    from rouge_score import rouge_scorer
+
+    names = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    if not predictions:
+        return dict.fromkeys(names, 0.0)
+    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+    totals = dict.fromkeys(names, 0.0)
+    for predicted, reference in zip(predictions, references, strict=True):
+        for name, score in scorer.score(reference, predicted).items():
+            totals[name] += score.fmeasure
+    return {name: 100.0 * total / len(predictions) for name, total in totals.items()}
+
+
+def degenerate_shares(predictions: Sequence[str], sources: Sequence[str]) -> dict:
+    """Share of outputs that are empty, and of outputs that only copy a stretch of their input.
+
+    A copy is an output whose words all appear, in order and contiguously, in the input: what a
+    model that has not learned the task tends to produce.
+    """
+    if not predictions:
+        return {"empty_share": 0.0, "copy_share": 0.0}
+    empty = copied = 0
+    for predicted, source in zip(predictions, sources, strict=True):
+        words = normalize_answer(predicted)
+        if not words:
+            empty += 1
+        elif f" {words} " in f" {normalize_answer(source)} ":
+            copied += 1
+    return {"empty_share": empty / len(predictions), "copy_share": copied / len(predictions)}

@@ -11,8 +11,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from mtlora.backbone import fingerprint_backbone, load_task_model
+from mtlora.backbone import fingerprint_backbone, load_task_model, load_tokenizer, resize_input_embeddings
 from mtlora.config import LoraSettings
 from mtlora.errors import BaseModelMismatchError
 from mtlora.registry import Manifest, Registry
@@ -20,10 +21,13 @@ from mtlora.tasks import TaskKind, get_task_kind
 
 # peft 0.21 still calls the transformers 5 name this warns about; the user can do nothing about it.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# EncoderDecoderModel warns on every training step that its loss changed in v4.12 (2021): nothing to act on.
+warnings.filterwarnings("ignore", message="Version v4.12.0 introduces a better way", category=FutureWarning)
 
 Method = Literal["lora", "head_only", "full"]
 METHODS: tuple[Method, ...] = ("lora", "head_only", "full")
 BASELINE_FILE = "head.safetensors"
+TOKENIZER_FILE = "tokenizer_config.json"  # present in an adapter folder that carries its own tokenizer
 
 
 @dataclass
@@ -35,11 +39,20 @@ class TaskModel:
     base_parameters: int  # of the task model before any adapter: what full fine-tuning would train
 
 
-def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSettings, seed: int) -> TaskModel:
-    """The model to train: LoRA on the backbone, the head alone, or every weight."""
+def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSettings, seed: int,
+                     tokenizer: PreTrainedTokenizerBase | None = None) -> TaskModel:
+    """The model to train: LoRA on the backbone, the head alone, or every weight.
+
+    `tokenizer` is the kind's tokenizer when it added tokens to the backbone's (task tokens): their
+    embedding rows are made and trained, and saved with the adapter.
+    """
     loaded = load_task_model(backbone, kind.auto_class, seed, **kind.model_kwargs())
-    head = sorted(set(head_module_names(loaded.model)) | set(loaded.fresh_modules))
     model = loaded.model
+    # Seq2seq kinds have no head of their own: what they train in full is what the checkpoint lacks.
+    head = sorted(set(head_module_names(model) if kind.has_head else []) | set(loaded.fresh_modules))
+    added = added_token_ids(load_tokenizer(backbone), tokenizer)
+    if added:
+        resize_input_embeddings(model, len(tokenizer))  # type: ignore[arg-type]
     base_parameters = sum(p.numel() for p in model.parameters())
     if method == "lora":
         config = LoraConfig(
@@ -48,7 +61,8 @@ def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSe
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
-            modules_to_save=head,
+            modules_to_save=head or None,
+            trainable_token_indices=added or None,
         )
         model = get_peft_model(model, config)
     elif method == "head_only":
@@ -56,6 +70,22 @@ def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSe
             parameter.requires_grad = _in_modules(name, head)
     return TaskModel(model=model, kind=kind, fingerprint=loaded.fingerprint, head_modules=head,
                      base_parameters=base_parameters)
+
+
+def added_token_ids(base: PreTrainedTokenizerBase, tokenizer: PreTrainedTokenizerBase | None) -> list[int]:
+    """Ids of the tokens `tokenizer` has that the backbone's own tokenizer does not."""
+    if tokenizer is None:
+        return []
+    known = base.get_vocab()
+    return sorted(i for token, i in tokenizer.get_vocab().items() if token not in known)
+
+
+def adapter_tokenizer(registry: Registry, name: str, backbone: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with an adapter (it has task tokens), else the backbone's."""
+    folder = registry.path(name)
+    if (folder / TOKENIZER_FILE).is_file():
+        return AutoTokenizer.from_pretrained(str(folder))
+    return load_tokenizer(backbone)
 
 
 def head_module_names(model: nn.Module) -> list[str]:
@@ -76,7 +106,7 @@ def count_trainable(model: nn.Module) -> int:
 
 def kind_from_manifest(manifest: Manifest) -> TaskKind:
     return get_task_kind(manifest.kind)(labels=manifest.labels, fields=manifest.fields,
-                                        label_map=manifest.label_map)
+                                        label_map=manifest.label_map, options=manifest.kind_options)
 
 
 def check_base(manifest: Manifest, backbone: str) -> None:
@@ -95,6 +125,7 @@ def load_adapter_model(registry: Registry, name: str, backbone: str) -> tuple[Pe
     check_base(manifest, backbone)
     kind = kind_from_manifest(manifest)
     loaded = load_task_model(backbone, kind.auto_class, seed=0, **manifest.head_kwargs())
+    resize_input_embeddings(loaded.model, len(adapter_tokenizer(registry, name, backbone)))
     model = PeftModel.from_pretrained(loaded.model, registry.path(name))
     model.eval()
     return model, kind, manifest
@@ -120,9 +151,14 @@ def load_baseline_model(registry: Registry, name: str, backbone: str) -> nn.Modu
     return loaded.model
 
 
-def load_untrained_model(backbone: str, kind: TaskKind, seed: int) -> nn.Module:
-    """The base model with the head as initialised before training: the floor LoRA is measured from."""
+def load_untrained_model(backbone: str, kind: TaskKind, seed: int, tokens: int = 0) -> nn.Module:
+    """The base model with the head as initialised before training: the floor LoRA is measured from.
+
+    For seq2seq kinds this is the prompt-only base: the same instruction, no adapter. `tokens` makes
+    room for task tokens the adapter's tokenizer added (their rows are untrained here).
+    """
     with torch.random.fork_rng():
         loaded = load_task_model(backbone, kind.auto_class, seed, **kind.model_kwargs())
+    resize_input_embeddings(loaded.model, tokens)
     loaded.model.eval()
     return loaded.model

@@ -51,7 +51,7 @@ def source_format(source: SourceConfig, path: Path) -> str:
         raise DataError(
             str(path),
             f"cannot tell the format from the suffix '{path.suffix}'",
-            f"set format: to one of {', '.join(sorted(set(SUFFIX_FORMATS.values()) | {'squad'}))}",
+            f"set format: to one of {', '.join(sorted(set(SUFFIX_FORMATS.values()) | {'squad', 'dream'}))}",
         )
     if fmt == "json" and _looks_like_squad(path, source.encoding):
         return "squad"
@@ -69,7 +69,7 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
     if source.articles is not None and fmt != "squad":
         raise DataError(str(path), "'articles' only applies to SQuAD JSON files")
     readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_delimited, "tsv": _read_delimited,
-               "squad": _read_squad}
+               "squad": _read_squad, "dream": _read_dream}
     try:
         return readers[fmt](path, source, fmt)
     except UnicodeDecodeError as exc:
@@ -149,6 +149,28 @@ def _read_squad(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                     "answers": qa.get("answers"),
                 }
                 rows.append(Row(values, where))
+    return rows
+
+
+def _read_dream(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
+    """Flatten DREAM JSON (`[[turns, questions, id], ...]`) to one row per question:
+    id, dialogue (the turns, one per line), question, options (the `choice` list) and answer (an option's text)."""
+    value = _load_json(path, source)
+    if not isinstance(value, list):
+        raise DataError(str(path), "not DREAM JSON: expected a list of [dialogue turns, questions, id] items")
+    rows = []
+    for d, item in enumerate(value):
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], list) and isinstance(item[1], list)):
+            raise DataError(f"{path}: item {d}", "expected [dialogue turns, questions, id]")
+        turns, questions, dialogue_id = item
+        for q, question in enumerate(questions):
+            where = f"{path}: item {d} ({dialogue_id}) question {q}"
+            if not isinstance(question, dict):
+                raise DataError(where, f"expected a question object, got {type(question).__name__}")
+            values = {"id": f"{dialogue_id}-{q}", "dialogue": "\n".join(map(str, turns)),
+                      "question": question.get("question"), "options": question.get("choice"),
+                      "answer": question.get("answer")}
+            rows.append(Row(values, where))
     return rows
 
 

@@ -1,7 +1,6 @@
 """Inference: one adapter (`TaskPredictor`) or many on one backbone (`Engine`)."""
 
 from mtlora.engine.engine import Engine
-from mtlora.engine.inference import forward_features, predict_examples
-from mtlora.engine.predictor import TaskPredictor
+from mtlora.engine.predictor import TaskPredictor, predict_examples
 
-__all__ = ["Engine", "TaskPredictor", "forward_features", "predict_examples"]
+__all__ = ["Engine", "TaskPredictor", "predict_examples"]

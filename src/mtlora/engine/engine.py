@@ -39,14 +39,16 @@ from mtlora.backbone import (
     resolve_backbone,
     use_bf16,
 )
+from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
 from mtlora.engine.folding import folded_lora
-from mtlora.engine.inference import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
+from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
-from mtlora.modeling import check_base, kind_from_manifest, load_adapter_model
+from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, split_prefix
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
+from mtlora.tasks.seq2seq import Seq2SeqTask
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -70,8 +72,8 @@ class _ComputedEncoder(nn.Module):
 class _Task:
     manifest: Manifest
     kind: TaskKind
-    head: nn.Module
-    stand_in: _ComputedEncoder
+    head: nn.Module | None = None  # encoder kinds; seq2seq adapters live in `Engine._seq2seq`
+    stand_in: _ComputedEncoder | None = None
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Engine:
         self.default_router = router or self.router_settings.strategy
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
+        self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
         # uses every core. Concurrent callers queue here; the server batches them into one call.
         self._lock = threading.RLock()
@@ -165,6 +168,11 @@ class Engine:
             manifest = self.registry.verified(name)
             check_base(manifest, self.backbone)
             kind = kind_from_manifest(manifest)
+            if isinstance(kind, Seq2SeqTask):
+                self._seq2seq.add(self.registry, name, kind)
+                self._tasks[name] = _Task(manifest, kind)
+                self._routers.clear()
+                return
             head, stand_in = self._build_head(kind, manifest)
             base_prefix = head.base_model_prefix
             encoder_state, head_state = _split_state(load_file(self.registry.path(name) / ADAPTER_WEIGHTS),
@@ -177,16 +185,19 @@ class Engine:
     def remove(self, name: str) -> None:
         """Unload adapter `name`; the other adapters and the backbone stay as they are."""
         with self._lock:
-            self._task(name)
+            task = self._task(name)
             del self._tasks[name]
+            self._routers.clear()
+            if isinstance(task.kind, Seq2SeqTask):
+                self._seq2seq.remove(name)
+                return
             assert isinstance(self._encoder, PeftModel)
-            if self._tasks:
+            if any(t.head is not None for t in self._tasks.values()):
                 if name in self._encoder.active_adapters:
                     self._encoder.set_adapter(next(iter(self._tasks)))  # mixed batches name their adapters anyway
                 self._encoder.delete_adapter(name)
             else:
                 self._encoder = self._encoder.unload()
-            self._routers.clear()
 
     def merge(self, name: str, folder: str | Path) -> Path:
         """Write task `name` as a plain transformers model with its LoRA merged in (plus the tokenizer)."""
@@ -196,7 +207,7 @@ class Engine:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
             merged.save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
+            adapter_tokenizer(self.registry, name, self.backbone).save_pretrained(staging)
         return folder
 
     def _task(self, name: str) -> _Task:
@@ -345,7 +356,8 @@ class Engine:
             if route.task is not None:
                 groups[route.task].append(i)
         jobs = [self._job(name, [requests[i] for i in rows]) for name, rows in groups.items()]
-        self._forward(jobs)
+        self._forward([job for job in jobs if isinstance(job, _Job)])
+        self._seq2seq.run([job for job in jobs if isinstance(job, Seq2SeqJob)])
         results: list[Prediction] = [_unroutable(route) for route in routes]
         for job, rows in zip(jobs, groups.values(), strict=True):
             predictions = self._task(job.task).kind.decode(job.results, job.encoded, job.examples)
@@ -355,10 +367,12 @@ class Engine:
                               **prediction}
         return results
 
-    def _job(self, name: str, requests: list[Request]) -> _Job:
+    def _job(self, name: str, requests: list[Request]) -> _Job | Seq2SeqJob:
         task = self._task(name)
         examples = [task.kind.input_example(r.text, r.text_pair) for r in requests]
         manifest = task.manifest
+        if isinstance(task.kind, Seq2SeqTask):
+            return self._seq2seq.job(name, examples, manifest.max_length)
         encoded = task.kind.encode(self.tokenizer, examples, manifest.max_length, manifest.doc_stride,
                                    with_targets=False)
         return _Job(name, examples, encoded)
@@ -384,6 +398,7 @@ class Engine:
                     positions[j].append(position)
                 for j, where in positions.items():
                     job, task = jobs[j], self._tasks[jobs[j].task]
+                    assert task.head is not None and task.stand_in is not None
                     index = torch.tensor(where, device=self.device)
                     task.stand_in.output = _rows(encoded, index)
                     output = task.head(**{name: tensor[index] for name, tensor in inputs.items()})

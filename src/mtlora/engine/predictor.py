@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mtlora.backbone import default_device, load_tokenizer, use_bf16
-from mtlora.engine.inference import predict_examples
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from mtlora.backbone import default_device, use_bf16
 from mtlora.errors import InputError
-from mtlora.modeling import load_adapter_model
+from mtlora.modeling import adapter_tokenizer, load_adapter_model
 from mtlora.registry import Registry
-from mtlora.tasks import Prediction
+from mtlora.tasks import Example, Prediction, TaskKind
 
 Input = str | tuple[str, str] | list[str]
 
@@ -25,10 +27,10 @@ class TaskPredictor:
 
     def __init__(self, registry: Registry, name: str, backbone: str, precision: str = "auto"):
         self.model, self.kind, self.manifest = load_adapter_model(registry, name, backbone)
+        self.tokenizer = adapter_tokenizer(registry, name, backbone)
         self.device = default_device()
         self.model.to(self.device)
         self.bf16 = use_bf16(precision, self.device)
-        self.tokenizer = load_tokenizer(backbone)
 
     def predict(self, text: str, text_pair: str | None = None) -> Prediction:
         """One input (a text, or a text pair / question and context) -> one prediction."""
@@ -39,6 +41,25 @@ class TaskPredictor:
         predictions = predict_examples(self.model, self.kind, self.tokenizer, examples, self.manifest.max_length,
                                        self.manifest.doc_stride, batch_size, self.bf16)
         return [{"task": self.manifest.name, **p} for p in predictions]
+
+
+def predict_examples(
+    model: nn.Module,
+    kind: TaskKind,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    max_length: int,
+    doc_stride: int,
+    batch_size: int,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[Prediction]:
+    """Encode `examples`, run them through `model` the way their kind answers, decode one prediction each."""
+    if not examples:
+        return []
+    encoded = kind.encode(tokenizer, examples, max_length, doc_stride, with_targets=False)
+    outputs = kind.run(model, tokenizer, encoded, batch_size, bf16, progress)
+    return kind.decode(outputs, encoded, examples)
 
 
 def _as_pair(item: Input) -> tuple[str, str | None]:

@@ -9,12 +9,13 @@ from typing import Any
 
 from torch import nn
 
-from mtlora.backbone import default_device, load_tokenizer, use_bf16
+from mtlora.backbone import default_device, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
 from mtlora.engine import predict_examples
 from mtlora.errors import DataError
 from mtlora.modeling import (
+    adapter_tokenizer,
     load_adapter_model,
     load_baseline_model,
     load_untrained_model,
@@ -57,7 +58,7 @@ def evaluate_task(
     if not examples:
         raise DataError(f"task '{task.name}'", f"has no {split} data",
                         "set data.validation (or data.holdout) or data.test in the project file")
-    tokenizer = load_tokenizer(project.backbone)
+    tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
     bf16 = use_bf16(task.training.precision, default_device())
 
     def run(variant_model: nn.Module) -> list[Prediction]:
@@ -72,7 +73,7 @@ def evaluate_task(
         predictions["head_only"] = run(baseline)
         record = json.loads((registry.baseline_path(task.name) / "baseline.json").read_text())
         parameters["head_only"] = {"trainable": record["trainable"], "total": record["total"]}
-    predictions["base"] = run(load_untrained_model(project.backbone, kind, task.training.seed))
+    predictions["base"] = run(load_untrained_model(project.backbone, kind, task.training.seed, len(tokenizer)))
     parameters["base"] = {"trainable": 0, "total": manifest.parameters.total}
 
     metrics = {variant: kind.metrics(p, examples) for variant, p in predictions.items()}
@@ -98,24 +99,8 @@ def _samples(kind: TaskKind, examples: list[Example], predictions: dict[str, lis
     for i in range(min(SAMPLES_SHOWN, len(examples))):
         example = examples[i]
         entry: dict[str, Any] = {k: example[k] for k in ("text", "text_pair", "question") if k in example}
-        entry["expected"] = _target_text(kind, example)
+        entry["expected"] = kind.expected_text(example)
         for variant, preds in predictions.items():
-            entry[variant] = _answer_text(preds[i])
+            entry[variant] = kind.answer_text(preds[i])
         shown.append(entry)
     return shown
-
-
-def _target_text(kind: TaskKind, example: Example) -> str:
-    if "answers" in example:
-        return example["answers"][0]["text"]
-    if kind.labels is not None:
-        return kind.labels[example["label"]]
-    return f"{example['label']:.2f}"
-
-
-def _answer_text(prediction: Prediction) -> str:
-    if "label" in prediction:
-        return f"{prediction['label']} ({prediction['confidence']:.2f})"
-    if "score" in prediction:
-        return f"{prediction['score']:.2f}"
-    return str(prediction.get("answer", ""))

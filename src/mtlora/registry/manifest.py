@@ -31,6 +31,7 @@ class Manifest(BaseModel):
     labels: list[str] | None = None
     fields: dict[str, str] = Field(default_factory=dict)
     label_map: dict[str, str] = Field(default_factory=dict)
+    kind_options: dict[str, Any] = Field(default_factory=dict, description="e.g. the prompt of a seq2seq kind")
     base_model: str
     base_fingerprint: str
     model_kwargs: dict[str, Any] = Field(default_factory=dict)

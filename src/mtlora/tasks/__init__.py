@@ -6,6 +6,9 @@ from mtlora.errors import UnknownTaskError
 from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.classification import ClassificationTask
 from mtlora.tasks.extractive_qa import ExtractiveQATask
+from mtlora.tasks.generation import GenerationTask
+from mtlora.tasks.instruction_classification import InstructionClassificationTask
+from mtlora.tasks.mcq_generation import MCQGenerationTask
 from mtlora.tasks.pair_classification import PairClassificationTask
 from mtlora.tasks.regression import RegressionTask
 
@@ -31,7 +34,8 @@ def task_kind_names() -> list[str]:
     return sorted(_KINDS)
 
 
-for _kind in (ClassificationTask, PairClassificationTask, RegressionTask, ExtractiveQATask):
+for _kind in (ClassificationTask, PairClassificationTask, RegressionTask, ExtractiveQATask,
+              InstructionClassificationTask, GenerationTask, MCQGenerationTask):
     register_task_kind(_kind)
 
 __all__ = ["Encoded", "Example", "Prediction", "TaskKind", "get_task_kind", "register_task_kind",

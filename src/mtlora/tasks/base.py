@@ -7,13 +7,16 @@ The rest of mtlora (training, registry, evaluation, inference) only talks to thi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
+from transformers import DataCollatorWithPadding
 
+from mtlora.batching import forward_features
 from mtlora.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -52,25 +55,39 @@ class TaskKind(ABC):
     # Model outputs the task reads (in this order) after a forward pass.
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
     token_level: ClassVar[bool] = False  # outputs have one value per token, not per sequence
+    # A head-only baseline (frozen backbone, trained head) means something for kinds with a task head.
+    has_head: ClassVar[bool] = True
 
     def __init__(
         self,
         labels: Sequence[str] | None = None,
         fields: dict[str, str] | None = None,
         label_map: dict[str, str] | None = None,
+        options: dict[str, Any] | None = None,
     ):
         self.labels: list[str] | None = list(labels) if labels is not None else None
         self.fields = dict(fields or {})
         self.label_map = dict(label_map or {})
+        self.options = dict(options or {})
 
     @classmethod
     def from_config(cls, config: TaskConfig) -> TaskKind:
-        return cls(labels=config.data.labels, fields=config.data.fields, label_map=config.data.label_map)
+        return cls(labels=config.data.labels, fields=config.data.fields, label_map=config.data.label_map,
+                   options=cls.options_from_config(config))
+
+    @classmethod
+    def options_from_config(cls, config: TaskConfig) -> dict[str, Any]:
+        """Kind-specific settings, stored in the manifest so inference needs no project file."""
+        return {}
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> None:
         """Raise ValueError for settings this kind cannot use (called while the config is validated)."""
-        return None
+        if config.seq2seq is not None:
+            raise ValueError(f"'seq2seq' settings apply to the seq2seq kinds only, not to {cls.name}")
+        if not cls.categorical and (config.data.labels is not None or config.data.label_map):
+            raise ValueError(f"a {cls.name} task has no label set ({cls.description}): "
+                             "remove data.labels and data.label_map")
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -139,6 +156,32 @@ class TaskKind(ABC):
 
     def outputs_of(self, model_output: Any) -> dict[str, torch.Tensor]:
         return {name: getattr(model_output, name) for name in self.output_names}
+
+    def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
+            bf16: bool, progress: bool = False) -> list[dict[str, Any]]:
+        """Every feature through `model`: one forward pass per batch (seq2seq kinds generate instead)."""
+        return forward_features(model, self, tokenizer, encoded, batch_size, bf16, progress)
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], Any]:
+        """Pads a training batch to its longest row."""
+        return DataCollatorWithPadding(tokenizer)
+
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        """The tokenizer this kind encodes with (seq2seq kinds add their task token)."""
+        return tokenizer
+
+    # ---- for people reading reports --------------------------------------------------------------
+
+    def expected_text(self, example: Example) -> str:
+        """The example's target, as a person reads it."""
+        if self.labels is not None:
+            return self.labels[example["label"]]
+        return f"{example['label']:.2f}"
+
+    def answer_text(self, prediction: Prediction) -> str:
+        if "label" in prediction:
+            return f"{prediction['label']} ({prediction['confidence']:.2f})"
+        return f"{prediction['score']:.2f}"
 
 
 def require_text(text: Any, what: str) -> str:

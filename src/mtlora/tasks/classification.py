@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from mtlora.errors import DataError
 from mtlora.metrics import classification_metrics, confusion
-from mtlora.tasks.base import Encoded, Example, Prediction, softmax
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, softmax
 from mtlora.tasks.sequence import SequenceTask, label_id
 
 if TYPE_CHECKING:
@@ -17,56 +17,18 @@ if TYPE_CHECKING:
     from mtlora.data.readers import Row
 
 
-class ClassificationTask(SequenceTask):
-    name = "classification"
-    description = "one text -> one label"
-    roles = ("text", "label")
-    input_shape = "text"
-    primary_metric = "accuracy"
-    categorical = True
-    pair = False
+class LabelScores:
+    """Decoding and scoring for kinds whose output is one score per label (`score_output`)."""
 
-    @classmethod
-    def check_config(cls, config: TaskConfig) -> None:
-        if config.data.labels is not None and len(config.data.labels) < 2:
-            raise ValueError("a classification task needs at least 2 labels")
-        unknown = sorted(set(config.data.label_map.values()) - set(config.data.labels or []))
-        if config.data.labels is not None and unknown:
-            raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels")
-
-    def parse(self, rows: Sequence[Row]) -> list[Example]:
-        if self.labels is None:
-            self.labels = self._labels_seen(rows)
-        examples = []
-        for row in rows:
-            example = self.parse_texts(row)
-            example["label"] = label_id(self, row, self.value(row, "label"))
-            examples.append(example)
-        return examples
-
-    def _labels_seen(self, rows: Sequence[Row]) -> list[str]:
-        """Without data.labels, the label set is what the training data holds, sorted."""
-        names = {self.label_map.get(str(self.value(r, "label")), str(self.value(r, "label"))) for r in rows}
-        if len(names) < 2:
-            where = rows[0].where if rows else "training data"
-            raise DataError(where, f"found only {len(names)} distinct label(s): {sorted(names)}",
-                            "a classifier needs at least 2; check data.fields.label")
-        return sorted(names)
-
-    def model_kwargs(self) -> dict[str, Any]:
-        assert self.labels is not None, "labels are known once training data is parsed"
-        return {
-            "num_labels": len(self.labels),
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": {name: i for i, name in enumerate(self.labels)},
-        }
+    labels: list[str] | None
+    score_output: ClassVar[str] = "logits"
 
     def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
                examples: Sequence[Example]) -> list[Prediction]:
         assert self.labels is not None
         predictions = []
         for i, output in enumerate(outputs):
-            probabilities = softmax(output["logits"].astype(np.float64))
+            probabilities = softmax(output[self.score_output].astype(np.float64))
             best = int(probabilities.argmax())
             predictions.append({
                 "label": self.labels[best],
@@ -85,3 +47,54 @@ class ClassificationTask(SequenceTask):
     def confusion(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[list[int]]:
         assert self.labels is not None
         return confusion([e["label"] for e in examples], [p["label_id"] for p in predictions], len(self.labels))
+
+
+class ClassificationTask(LabelScores, SequenceTask):
+    name = "classification"
+    description = "one text -> one label"
+    roles = ("text", "label")
+    input_shape = "text"
+    primary_metric = "accuracy"
+    categorical = True
+    pair = False
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        super().check_config(config)
+        check_labels(config)
+
+    def parse(self, rows: Sequence[Row]) -> list[Example]:
+        if self.labels is None:
+            self.labels = labels_seen(self, rows)
+        examples = []
+        for row in rows:
+            example = self.parse_texts(row)
+            example["label"] = label_id(self, row, self.value(row, "label"))
+            examples.append(example)
+        return examples
+
+    def model_kwargs(self) -> dict[str, Any]:
+        assert self.labels is not None, "labels are known once training data is parsed"
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {name: i for i, name in enumerate(self.labels)},
+        }
+
+
+def check_labels(config: TaskConfig) -> None:
+    if config.data.labels is not None and len(config.data.labels) < 2:
+        raise ValueError(f"a {config.kind} task needs at least 2 labels")
+    unknown = sorted(set(config.data.label_map.values()) - set(config.data.labels or []))
+    if config.data.labels is not None and unknown:
+        raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels")
+
+
+def labels_seen(kind: TaskKind, rows: Sequence[Row]) -> list[str]:
+    """Without data.labels, the label set is what the training data holds, sorted."""
+    names = {kind.label_map.get(str(kind.value(r, "label")), str(kind.value(r, "label"))) for r in rows}
+    if len(names) < 2:
+        where = rows[0].where if rows else "training data"
+        raise DataError(where, f"found only {len(names)} distinct label(s): {sorted(names)}",
+                        "a classifier needs at least 2; check data.fields.label")
+    return sorted(names)

@@ -41,8 +41,7 @@ class ExtractiveQATask(TaskKind):
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> None:
-        if config.data.labels is not None or config.data.label_map:
-            raise ValueError("an extractive_qa task has no labels: remove data.labels and data.label_map")
+        super().check_config(config)
         if config.training.doc_stride >= config.training.max_length:
             raise ValueError("training.doc_stride must be smaller than training.max_length")
 
@@ -157,6 +156,12 @@ class ExtractiveQATask(TaskKind):
             predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
                                 "confidence": confidence, "truncated": False})
         return predictions
+
+    def expected_text(self, example: Example) -> str:
+        return example["answers"][0]["text"]
+
+    def answer_text(self, prediction: Prediction) -> str:
+        return str(prediction.get("answer", ""))
 
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         return squad_metrics([p["answer"] for p in predictions],

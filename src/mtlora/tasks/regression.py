@@ -13,7 +13,6 @@ from mtlora.tasks.base import Encoded, Example, Prediction
 from mtlora.tasks.sequence import SequenceTask
 
 if TYPE_CHECKING:
-    from mtlora.config import TaskConfig
     from mtlora.data.readers import Row
 
 
@@ -24,11 +23,6 @@ class RegressionTask(SequenceTask):
     input_shape = "pair"
     primary_metric = "pearson"
     pair = True
-
-    @classmethod
-    def check_config(cls, config: TaskConfig) -> None:
-        if config.data.labels is not None or config.data.label_map:
-            raise ValueError("a regression task predicts a number: remove data.labels and data.label_map")
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
         examples = []

@@ -22,7 +22,7 @@ from typing import Any
 import datasets
 from torch import nn
 from transformers import (
-    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -41,6 +41,7 @@ from mtlora.tasks import Example
 from mtlora.training.sampler import ShuffledLengthBatches
 
 EXAMPLE_INPUTS_KEPT = 64
+EXAMPLE_CHARS_KEPT = 500
 INPUT_KEYS = ("text", "text_pair", "question", "context")
 
 
@@ -84,8 +85,8 @@ def train_task(
     registry = Registry(project.registry)
     data = load_task_data(project, task, splits=("train",))
     kind = data.kind
-    tokenizer = load_tokenizer(project.backbone)
-    built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed)
+    tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
+    built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
     settings = task.training
     encoded = kind.encode(tokenizer, data.train, settings.max_length, settings.doc_stride, with_targets=True)
     train_set = datasets.Dataset.from_dict(encoded.features)
@@ -130,7 +131,7 @@ def train_task(
         model=built.model,
         args=args,
         train_dataset=train_set,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=kind.collator(tokenizer),
         callbacks=[stopper],
     )
     if not progress:
@@ -166,7 +167,7 @@ def train_task(
         log(f"[{task.name}] warning: {outcome.warning}")
     if main_process:
         if method == "lora":
-            outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train)
+            outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train, tokenizer)
         elif method == "head_only":
             outcome.saved_to = _save_head_baseline(registry, task, built, outcome)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -264,7 +265,8 @@ class _StopOnSignal(TrainerCallback):
 
 
 def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel,
-                  outcome: TrainOutcome, train: list[Example]) -> Path:
+                  outcome: TrainOutcome, train: list[Example], tokenizer: PreTrainedTokenizerBase) -> Path:
+    """The PEFT adapter and its manifest; plus the tokenizer when the task added tokens to it."""
     kind = built.kind
     manifest = Manifest(
         name=task.name,
@@ -272,6 +274,7 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
         labels=kind.labels,
         fields=kind.fields,
         label_map=kind.label_map,
+        kind_options=kind.options,
         base_model=project.backbone,
         base_fingerprint=built.fingerprint,
         model_kwargs=kind.model_kwargs(),
@@ -285,7 +288,16 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
         example_inputs=_example_inputs(train, task.training.seed),
         mtlora_version=mtlora.__version__,
     )
-    return registry.save(task.name, built.model.save_pretrained, manifest)
+    own_tokenizer = tokenizer is not load_tokenizer(project.backbone)
+
+    def save(folder: Path) -> None:
+        # Task tokens' rows are saved by `trainable_token_indices`; PEFT would save the whole resized
+        # embedding matrix too (tens of MB), which a base resized to the tokenizer's length does not need.
+        built.model.save_pretrained(folder, save_embedding_layers=False)
+        if own_tokenizer:
+            tokenizer.save_pretrained(folder)
+
+    return registry.save(task.name, save, manifest)
 
 
 def _save_head_baseline(registry: Registry, task: TaskConfig, built: TaskModel, outcome: TrainOutcome) -> Path:
@@ -311,6 +323,7 @@ def _training_record(task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
 
 
 def _example_inputs(train: list[Example], seed: int) -> list[dict[str, str]]:
-    """A seeded sample of training inputs, kept for semantic routing (no labels, contexts shortened)."""
+    """A seeded sample of training inputs, kept for semantic routing (no labels; long texts such as QA
+    contexts and articles shortened, since routing embeds at most the first 128 tokens)."""
     picked = random.Random(seed).sample(train, min(EXAMPLE_INPUTS_KEPT, len(train)))
-    return [{k: (e[k][:500] if k == "context" else e[k]) for k in INPUT_KEYS if k in e} for e in picked]
+    return [{k: e[k][:EXAMPLE_CHARS_KEPT] for k in INPUT_KEYS if k in e} for e in picked]

@@ -1,9 +1,10 @@
-"""Batched inference for one task model: length-sorted batches, dynamic padding, no autograd."""
+"""Running encoded rows through a model in batches: length-sorted, padded per batch, without autograd."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,25 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mtlora.tasks import Encoded, Example, Prediction, TaskKind
-
-
-def predict_examples(
-    model: nn.Module,
-    kind: TaskKind,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    max_length: int,
-    doc_stride: int,
-    batch_size: int,
-    bf16: bool = False,
-    progress: bool = False,
-) -> list[Prediction]:
-    if not examples:
-        return []
-    encoded = kind.encode(tokenizer, examples, max_length, doc_stride, with_targets=False)
-    outputs = forward_features(model, kind, tokenizer, encoded, batch_size, bf16, progress)
-    return kind.decode(outputs, encoded, examples)
+if TYPE_CHECKING:
+    from mtlora.tasks import Encoded, TaskKind
 
 
 def forward_features(

@@ -1,0 +1,84 @@
+"""`instruction_classification`: a seq2seq model answers an instruction with a label word.
+
+The answer is restricted to the label set: every label is scored by the model's log-likelihood of
+writing it, and the likeliest label wins, so the model cannot answer outside the set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+
+from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
+from mtlora.tasks.base import Encoded, Example, Prediction
+from mtlora.tasks.classification import LabelScores, check_labels, labels_seen
+from mtlora.tasks.seq2seq import IGNORED_LABEL, Seq2SeqTask, target_ids
+from mtlora.tasks.sequence import label_id
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mtlora.config import TaskConfig
+    from mtlora.data.readers import Row
+
+
+class InstructionClassificationTask(LabelScores, Seq2SeqTask):
+    name = "instruction_classification"
+    description = "instruction -> one label word (seq2seq, restricted to the labels)"
+    roles = ("text", "label")
+    primary_metric = "accuracy"
+    categorical = True
+    score_output = "scores"
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        super().check_config(config)
+        check_labels(config)
+
+    def parse(self, rows: Sequence[Row]) -> list[Example]:
+        if self.labels is None:
+            self.labels = labels_seen(self, rows)
+        return [{"text": self.text_value(row, "text"), "label": label_id(self, row, self.value(row, "label")),
+                 "where": row.where} for row in rows]
+
+    def target(self, example: Example) -> str:
+        assert self.labels is not None
+        return self.labels[example["label"]]
+
+    def answer_text(self, prediction: Prediction) -> str:
+        return f"{prediction['label']} ({prediction['confidence']:.2f})"
+
+    def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
+            bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
+        """Each feature's log-likelihood of every label; the encoder runs once per batch, the decoder per label."""
+        assert self.labels is not None
+        candidates = target_ids(tokenizer, self.labels, self.settings.max_target_length)
+        device = next(model.parameters()).device
+        lengths = [len(ids) for ids in encoded.features["input_ids"]]
+        results: list[dict[str, Any]] = [{} for _ in lengths]
+        with torch.inference_mode(), autocast(device, bf16):
+            for index in length_sorted_batches(lengths, batch_size):
+                batch = pad_rows(tokenizer, [feature_row(encoded.features, i) for i in index], device)
+                rows_kwargs = {k: [v[i] for i in index] for k, v in model_kwargs.items()}
+                scores = torch.empty(len(index), len(candidates))
+                encoder_outputs = None
+                for j, ids in enumerate(candidates):
+                    labels = torch.tensor([ids] * len(index), device=device)
+                    output = model(**batch, labels=labels, encoder_outputs=encoder_outputs, **rows_kwargs)
+                    encoder_outputs = BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
+                    scores[:, j] = _sequence_log_likelihood(output.logits, labels).cpu()
+                for position, row in enumerate(index):
+                    results[row] = {"scores": scores[position].numpy()}
+        return results
+
+
+def _sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over target positions of log p(token); positions holding IGNORED_LABEL count for nothing."""
+    log_probs = logits.float().log_softmax(-1)
+    keep = labels != IGNORED_LABEL
+    picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(-1)

@@ -1,0 +1,169 @@
+"""Shared parts of the seq2seq kinds: an instruction built from a prompt template goes in, text comes out.
+
+The template (`seq2seq.prompt` or `seq2seq.prompt_file`) is stored in the manifest, so training,
+evaluation and inference build the instruction the same way. A task token (`seq2seq.task_token`,
+e.g. `<summarize>`) is added to the tokenizer and put before every instruction; its embedding row is
+trained with the adapter (PEFT `trainable_token_indices`) and the base model's files stay untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import string
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from peft import TaskType
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
+
+from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
+from mtlora.config import Seq2SeqSettings
+from mtlora.errors import InputError
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mtlora.config import TaskConfig
+
+IGNORED_LABEL = -100  # the loss skips target positions with this id (padding)
+
+
+class Seq2SeqTask(TaskKind):
+    auto_class = AutoModelForSeq2SeqLM
+    peft_task_type = TaskType.SEQ_2_SEQ_LM
+    input_shape = "text"
+    has_head = False
+    # The example fields a prompt template may use, and the one a user's input text fills.
+    prompt_roles: ClassVar[tuple[str, ...]] = ("text",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.settings = Seq2SeqSettings.model_validate(self.options)
+        check_template(self.settings.prompt, self.prompt_roles)
+
+    @classmethod
+    def options_from_config(cls, config: TaskConfig) -> dict[str, Any]:
+        return (config.seq2seq or Seq2SeqSettings()).kind_options()
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        # A prompt_file's template is checked here again once the file is read (`config.load_config`).
+        check_template((config.seq2seq or Seq2SeqSettings()).prompt, cls.prompt_roles)
+
+    # ---- text in, text out ------------------------------------------------------------------------
+
+    def source(self, example: Example) -> str:
+        """The instruction the model reads for `example`."""
+        text = self.settings.prompt.format(**{role: example[role] for role in self.prompt_roles})
+        token = self.settings.task_token
+        return f"{token} {text}" if token else text
+
+    @abstractmethod
+    def target(self, example: Example) -> str:
+        """The text the model learns to write for `example`."""
+
+    def input_example(self, text: str, text_pair: str | None = None) -> Example:
+        if text_pair is not None:
+            raise InputError(f"a {self.name} task takes one text, but a text pair was given")
+        return {"text": require_text(text, "text")}
+
+    def expected_text(self, example: Example) -> str:
+        return self.target(example)
+
+    def answer_text(self, prediction: Prediction) -> str:
+        return str(prediction["text"])
+
+    # ---- model --------------------------------------------------------------------------------------
+
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        token = self.settings.task_token
+        if token is None or token in tokenizer.get_vocab():
+            return tokenizer
+        tokenizer = copy.deepcopy(tokenizer)  # the backbone's tokenizer is shared (and cached)
+        tokenizer.add_tokens([token], special_tokens=True)  # special: never lower-cased or split
+        return tokenizer
+
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+        max_length: int,
+        doc_stride: int,
+        with_targets: bool,
+    ) -> Encoded:
+        tokens = tokenizer([self.source(e) for e in examples], truncation=True, max_length=max_length,
+                           return_token_type_ids=False)
+        features: dict[str, list[Any]] = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        if with_targets:
+            features["labels"] = target_ids(tokenizer, [self.target(e) for e in examples],
+                                            self.settings.max_target_length)
+        truncated = [len(ids) >= max_length for ids in tokens["input_ids"]]
+        return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated)
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], Any]:
+        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORED_LABEL)
+
+    def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
+            bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
+        """Generate each feature's text; `model_kwargs` go to `generate` (e.g. PEFT `adapter_names`)."""
+        device = next(model.parameters()).device
+        lengths = [len(ids) for ids in encoded.features["input_ids"]]
+        results: list[dict[str, Any]] = [{} for _ in lengths]
+        with torch.inference_mode(), autocast(device, bf16):
+            for index in tqdm(length_sorted_batches(lengths, batch_size), desc="generate", disable=not progress,
+                              leave=False):
+                batch = pad_rows(tokenizer, [feature_row(encoded.features, i) for i in index], device)
+                rows_kwargs = {k: [v[i] for i in index] for k, v in model_kwargs.items()}
+                generated = model.generate(**batch, **self.generation_kwargs(), **rows_kwargs)
+                for row, ids in zip(index, generated, strict=True):
+                    results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
+        return results
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        decoding = self.settings.decoding
+        kwargs: dict[str, Any] = {"max_new_tokens": decoding.max_new_tokens, "num_beams": decoding.num_beams,
+                                  "do_sample": False}
+        if decoding.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = decoding.no_repeat_ngram_size
+        if decoding.num_beams > 1:
+            kwargs["length_penalty"] = decoding.length_penalty
+            kwargs["early_stopping"] = True
+        return kwargs
+
+
+def check_template(template: str, roles: Sequence[str]) -> None:
+    """A template may only name the kind's input fields: `{text}` (and `{question}`... where a kind has them)."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"prompt template {template!r} is malformed: {exc} (write a literal brace as {{{{ or }}}})") \
+            from None
+    unknown = sorted(names - set(roles))
+    if unknown or "" in names:
+        raise ValueError(f"prompt template {template!r} uses {unknown or ['{}']}; it may use "
+                         f"{', '.join('{' + r + '}' for r in roles)}")
+
+
+def target_ids(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str], max_length: int) -> list[list[int]]:
+    """Target token ids ending in the end-of-sequence token.
+
+    A BERT-style tokenizer also puts [CLS] first; the decoder starts from [CLS] already (it is the
+    decoder start token of a warm-started encoder-decoder), so the target does not repeat it.
+    """
+    ids = tokenizer(list(targets), truncation=True, max_length=max_length)["input_ids"]
+    start = tokenizer.cls_token_id if tokenizer.bos_token_id is None else None
+    return [row[1:] if start is not None and row and row[0] == start else row for row in ids]
+
+
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+
+
+def _generated_tokens(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> int:
+    """Tokens the model wrote: the sequence without its start token and padding."""
+    return max(0, int((ids != tokenizer.pad_token_id).sum()) - 1)

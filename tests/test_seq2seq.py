@@ -1,0 +1,223 @@
+"""Seq2seq kinds on a tiny T5 and on a tiny encoder-decoder warm-started from the tiny BERT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import write_seq2seq_project
+from test_training import QUIET, final_adapter_state, stop_at_step
+
+import mtlora
+from mtlora import load_config
+from mtlora.engine import Engine
+from mtlora.errors import ConfigError, DataError
+from mtlora.registry import Registry
+from mtlora.tasks.mcq_generation import MCQ, parse_mcq
+from mtlora.training import TrainingInterrupted, train_task
+from mtlora.training import trainer as trainer_module
+
+TEXTS = ["where is my refund", "my login password", "the cat sat on the mat", "paris is the capital of france"]
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("task", ["triage", "summarize", "mcq"])
+def test_each_kind_trains_with_falling_loss_on_a_warm_started_encoder_decoder(
+        tmp_path: Path, warm_start_bert: Path, task: str) -> None:
+    config = load_config(write_seq2seq_project(tmp_path, warm_start_bert))
+    outcome = train_task(config, config.task(task), "lora", **QUIET)
+    losses = [loss for _, loss in outcome.losses]
+    assert len(losses) >= 8
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+    assert 0 < outcome.trainable < outcome.total
+
+
+def test_generation_trains_on_a_t5_backbone(tmp_path: Path, tiny_t5: Path) -> None:
+    config = load_config(write_seq2seq_project(tmp_path, tiny_t5))
+    outcome = train_task(config, config.task("summarize"), "lora", **QUIET)
+    losses = [loss for _, loss in outcome.losses]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+    prediction = mtlora.load_predictor(config, "summarize").predict("great good movie")
+    assert isinstance(prediction["text"], str) and prediction["generated_tokens"] >= 0
+
+
+def test_label_restricted_prediction_only_answers_with_a_label(trained_seq2seq_project: Path) -> None:
+    predictor = mtlora.load_predictor(trained_seq2seq_project, "triage")
+    odd_inputs = [*TEXTS, "zzz qqq", "!!!", "paris " * 40]
+    for prediction in predictor.predict_batch(odd_inputs):
+        assert prediction["label"] in ("refund", "login")
+        assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_task_tokens_survive_save_and_load_and_the_base_stays_untouched(tmp_path: Path, warm_start_bert: Path) -> None:
+    before = folder_digest(warm_start_bert)
+    config = load_config(write_seq2seq_project(tmp_path, warm_start_bert))
+    outcome = train_task(config, config.task("summarize"), "lora", **QUIET)
+    assert folder_digest(warm_start_bert) == before
+
+    folder = Registry(config.registry).path("summarize")
+    assert "<summarize>" in (folder / "tokenizer.json").read_text()
+    assert (folder / "adapter_model.safetensors").stat().st_size < 2_000_000  # token rows, not the whole embedding
+    predictor = mtlora.load_predictor(config, "summarize")
+    assert predictor.tokenizer.convert_tokens_to_ids("<summarize>") == len(predictor.tokenizer) - 1
+    # The loaded adapter writes exactly what the model in memory wrote.
+    encoded = predictor.tokenizer(["<summarize> great good movie"], return_tensors="pt", return_token_type_ids=False)
+    with torch.inference_mode():
+        expected = outcome.model.generate(**encoded, max_new_tokens=6)
+        actual = predictor.model.generate(**encoded, max_new_tokens=6)
+    assert torch.equal(expected, actual)
+    assert predictor.predict("great good movie")["text"] == predictor.tokenizer.decode(
+        actual[0], skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(
+        tmp_path: Path, warm_start_bert: Path, monkeypatch) -> None:
+    straight = write_seq2seq_project(tmp_path / "straight", warm_start_bert)
+    mtlora.train(straight, "triage", **QUIET)
+    expected = final_adapter_state(straight, "triage")
+
+    resumed = write_seq2seq_project(tmp_path / "resumed", warm_start_bert)
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(4, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(resumed, "triage", **QUIET)
+    messages: list[str] = []
+    mtlora.train(resumed, "triage", progress=False, log=messages.append)
+    assert any("Resuming from" in m for m in messages), messages
+    actual = final_adapter_state(resumed, "triage")
+    assert expected.keys() == actual.keys() and expected
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope="module")
+def trained_t5_project(tmp_path_factory: pytest.TempPathFactory, tiny_t5: Path) -> Path:
+    """T5 adapters save no whole modules, so PEFT runs their rows mixed in one batch."""
+    path = write_seq2seq_project(tmp_path_factory.mktemp("t5"), tiny_t5)
+    raw = yaml.safe_load(path.read_text())
+    raw["defaults"]["training"]["epochs"] = 2
+    for task in raw["tasks"]:
+        task.pop("training", None)
+    path.write_text(yaml.safe_dump(raw))
+    mtlora.train(path, **QUIET)
+    return path
+
+
+@pytest.mark.parametrize("backbone", ["warm-started", "t5"])
+def test_engine_mixed_adapters_answer_as_each_adapter_alone(request, backbone: str) -> None:
+    project = request.getfixturevalue("trained_seq2seq_project" if backbone == "warm-started"
+                                      else "trained_t5_project")
+    engine = Engine.from_config(project, precision="fp32")
+    tasks = ["triage", "summarize", "mcq"]
+    inputs = [text for text in TEXTS for _ in tasks]
+    names = [task for _ in TEXTS for task in tasks]
+    mixed = engine.predict_batch(inputs, task=names)
+    for task in tasks:
+        alone = engine.predict_batch([t for t, n in zip(inputs, names, strict=True) if n == task], task=task)
+        together = [p for p, n in zip(mixed, names, strict=True) if n == task]
+        for a, b in zip(alone, together, strict=True):
+            assert a.keys() == b.keys()
+            if "probabilities" in a:
+                assert a["label"] == b["label"]
+                for label in a["probabilities"]:
+                    assert a["probabilities"][label] == pytest.approx(b["probabilities"][label], abs=1e-5)
+            else:
+                assert a["text"] == b["text"]
+    # ... and as the adapter loaded on its own, outside any engine.
+    alone = mtlora.load_predictor(project, "summarize").predict_batch(TEXTS)
+    assert [p["text"] for p in alone] == [p["text"] for p in engine.predict_batch(TEXTS, task="summarize")]
+
+
+def test_engine_adds_and_removes_seq2seq_adapters(trained_seq2seq_project: Path) -> None:
+    engine = Engine.from_config(trained_seq2seq_project, tasks=["summarize"], precision="fp32")
+    before = engine.predict("great film", task="summarize")["text"]
+    engine.add("mcq")
+    engine.add("triage")
+    assert engine.predict("where is my refund", task="triage")["label"] in ("refund", "login")
+    engine.remove("mcq")
+    assert engine.tasks == ["summarize", "triage"]
+    assert engine.predict("great film", task="summarize")["text"] == before
+
+
+def test_evaluation_shows_the_prompt_only_base_beside_the_adapter(trained_seq2seq_project: Path) -> None:
+    reports = {r.task: r for r in mtlora.evaluate(trained_seq2seq_project, write=False, log=lambda _: None)}
+    assert set(reports["triage"].metrics) == {"base", "lora"}
+    assert reports["triage"].metrics["lora"]["accuracy"] >= 0.75  # on its own training texts
+    assert set(reports["summarize"].metrics["lora"]) >= {"rouge1", "rouge2", "rougeL", "empty_share", "copy_share"}
+    assert set(reports["mcq"].metrics["lora"]) >= {"valid_mcq_share", "question_rougeL"}
+    sample = reports["summarize"].samples[0]
+    assert {"text", "expected", "base", "lora"} <= sample.keys()
+    manifest = mtlora.show_adapter(trained_seq2seq_project, "triage")
+    assert manifest.kind_options["prompt"] == "which team: {text}"
+    assert "validation" in manifest.metrics
+
+
+def test_mcq_format_round_trips_and_the_parser_rejects_what_is_not_an_mcq() -> None:
+    mcq = MCQ("who sat on the mat?", ["the cat", "the dog", "a bird"], answer=1)
+    assert parse_mcq(mcq.format(), 3) == mcq
+    # WordPiece decoding spaces punctuation and lower-cases: still an MCQ.
+    spaced = "question : who sat on the mat? options : ( a ) the cat ( b ) the dog ( c ) a bird answer : b"
+    assert parse_mcq(spaced, 3) == mcq
+    rejected = [
+        "who sat on the mat?",  # no structure
+        "question: who? options: (a) x (b) y answer: b",  # 2 options, 3 expected
+        "question: who? options: (a) x (b) y (c) z answer: d",  # answer not among the options
+        "question: who? options: (a) x (c) y (b) z answer: a",  # letters out of order
+        "question: who? options: (a) x (b) (c) z answer: a",  # an empty option
+        "question: who? options: (a) x (b) y (c) z",  # no answer
+    ]
+    for text in rejected:
+        assert parse_mcq(text, 3) is None, text
+
+
+def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm_start_bert: Path) -> None:
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    dream = [[["M: where is the cat?", "W: on the mat."], [
+        {"question": "where is the cat?", "choice": ["on the mat", "in paris", "at home"], "answer": "on the mat"},
+        {"question": "who speaks first?", "choice": ["the man", "the woman", "a dog"], "answer": "the man"}], "d-1"]]
+    (tmp_path / "data" / "dream.json").write_text(json.dumps(dream))
+    raw = yaml.safe_load(project.read_text())
+    raw["tasks"][2]["data"] = {"train": {"path": "dream.json", "format": "dream"}, "fields": {"text": "dialogue"}}
+    raw["tasks"][2]["seq2seq"]["num_options"] = 3
+    project.write_text(yaml.safe_dump(raw))
+    data = mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
+    assert [e["mcq"].answer for e in data.train] == [0, 0]
+    assert data.train[0]["text"] == "M: where is the cat?\nW: on the mat."
+
+    dream[0][1][1]["answer"] = "a cat"
+    (tmp_path / "data" / "dream.json").write_text(json.dumps(dream))
+    with pytest.raises(DataError, match=r"dream.json: item 0 \(d-1\) question 1: answer 'a cat'"):
+        mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
+
+
+def test_prompt_templates_are_checked(tmp_path: Path, warm_start_bert: Path) -> None:
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    raw = yaml.safe_load(project.read_text())
+    raw["tasks"][0]["seq2seq"]["prompt"] = "classify {message}"
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"uses \['message'\]; it may use \{text\}"):
+        load_config(project)
+
+    (tmp_path / "prompt.txt").write_text("team for {ticket}?\n")
+    raw["tasks"][0]["seq2seq"] = {"prompt_file": "prompt.txt"}
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"(?s)prompt.txt.*uses \['ticket'\]"):
+        load_config(project)
+
+    (tmp_path / "prompt.txt").write_text("team for {text}?\n")
+    assert load_config(project).task("triage").seq2seq.prompt == "team for {text}?"
+    raw["tasks"][0]["seq2seq"] = {"prompt_file": "absent.txt"}
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"(?s)absent\.txt.*cannot read it"):
+        load_config(project)
