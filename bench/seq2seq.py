@@ -24,10 +24,11 @@ from mtlora.engine import Engine
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "seq2seq" / "local.yaml"
 # task -> (split scored, training rows kept, scored rows kept); None keeps every row.
+# A multitask adapter's data are its parts' (sized by their own entries).
 SIZES = {"support": ("validation", None, None), "summarize": ("validation", None, None),
-         "race_mcq": ("test", None, 300), "dream_mcq": ("test", 2000, 300)}
+         "race_mcq": ("test", None, 300), "dream_mcq": ("test", 2000, 300), "writer": ("validation", None, None)}
 QUICK_SIZES = {"support": ("validation", 1200, None), "summarize": ("validation", None, None),
-               "race_mcq": ("test", 400, 60), "dream_mcq": ("test", 400, 60)}
+               "race_mcq": ("test", 400, 60), "dream_mcq": ("test", 400, 60), "writer": ("validation", None, None)}
 SPEED_REQUESTS_PER_TASK = 12
 
 
@@ -40,11 +41,13 @@ def project_for(args: argparse.Namespace) -> ProjectConfig:
 
 
 def _sized(task: TaskConfig, split: str, train_rows: int | None, scored_rows: int | None) -> TaskConfig:
+    training = task.training.model_copy(update={"checkpoint_every": 100_000})
+    if task.data is None:
+        return task.model_copy(update={"training": training})
     data = task.data.model_copy(update={"train": task.data.train.model_copy(update={"limit": train_rows})})
     scored = getattr(data, split)
     if scored is not None and scored_rows is not None:
         data = data.model_copy(update={split: scored.model_copy(update={"limit": scored_rows})})
-    training = task.training.model_copy(update={"checkpoint_every": 100_000})
     return task.model_copy(update={"data": data, "training": training})
 
 
@@ -94,7 +97,7 @@ def main() -> None:
                      "examples_seen": outcome.steps * task.training.batch_size, "train_s": round(outcome.time_s, 1),
                      "trainable": outcome.trainable, "total": outcome.total,
                      "metrics": report.metrics, "samples": report.samples[:3]})
-    generative = [t.name for t in project.tasks if t.kind != "instruction_classification"]
+    generative = [t.name for t in project.tasks if t.kind in ("generation", "mcq_generation")]
     speed = generation_speed(project, generative) if len(generative) > 1 else None
     result = {"quick": args.quick, "backbone": "embedded all-MiniLM-L6-v2 warm-started as BERT2BERT",
               "wall_s": round(time.perf_counter() - started, 1), "tasks": rows, "generation_speed": speed}
@@ -105,7 +108,8 @@ def main() -> None:
 
 
 PRIMARY = {"instruction_classification": ("accuracy", "macro_f1"), "generation": ("rouge1", "rouge2", "rougeL"),
-           "mcq_generation": ("valid_mcq_share", "question_rougeL")}
+           "mcq_generation": ("valid_mcq_share", "question_rougeL"),
+           "multitask": ("summarize/rougeL", "race_mcq/valid_mcq_share", "race_mcq/question_rougeL")}
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -221,3 +221,63 @@ def test_prompt_templates_are_checked(tmp_path: Path, warm_start_bert: Path) -> 
     project.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"(?s)absent\.txt.*cannot read it"):
         load_config(project)
+
+
+def with_writer(project: Path, **mixture) -> Path:
+    raw = yaml.safe_load(project.read_text())
+    raw["tasks"].append({"name": "writer", "kind": "multitask",
+                         "mixture": {"tasks": ["summarize", "mcq"], **mixture}, "training": {"epochs": 12}})
+    project.write_text(yaml.safe_dump(raw))
+    return project
+
+
+def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Path, warm_start_bert: Path) -> None:
+    project = with_writer(write_seq2seq_project(tmp_path, warm_start_bert), temperature=2.0)
+    outcome = mtlora.train(project, "writer", **QUIET)[0]
+    losses = [loss for _, loss in outcome.losses]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+
+    manifest = mtlora.show_adapter(project, "writer")
+    mix = manifest.kind_options["mix"]
+    assert mix["temperature"] == 2.0 and set(mix["tasks"]) == {"summarize", "mcq"}
+    # 32 summaries and 8 MCQs at T=2: shares sqrt(32) : sqrt(8) = 2 : 1 of the 40 examples drawn.
+    assert mix["tasks"]["summarize"]["drawn"] == 27 and mix["tasks"]["mcq"]["drawn"] == 13
+    assert manifest.kind_options["parts"]["mcq"]["options"]["task_token"] == "<mcq>"
+
+    predictor = mtlora.load_predictor(project, "writer")
+    summary, mcq = predictor.predict_batch(["<summarize> great good movie", "<mcq> the cat sat on the mat"])
+    assert summary["task"] == "summarize" and "text" in summary
+    assert mcq["task"] == "mcq" and "mcq" in mcq
+    with pytest.raises(mtlora.errors.InputError, match=r"start the text with one of its task tokens: <summarize>"):
+        predictor.predict("great good movie")
+
+    report = mtlora.evaluate(project, "writer", write=False, log=lambda _: None)[0]
+    assert {"summarize/rougeL", "mcq/valid_mcq_share", "mean_primary"} <= report.metrics["lora"].keys()
+    engine = Engine.from_config(project, tasks=["writer"], precision="fp32")
+    assert engine.predict("<summarize> great good movie", task="writer")["text"] == summary["text"]
+
+
+def test_mix_shares_follow_the_temperature() -> None:
+    from mtlora.data.splits import mix_shares
+
+    assert mix_shares({"a": 300, "b": 100}, 1.0) == pytest.approx({"a": 0.75, "b": 0.25})
+    assert mix_shares({"a": 400, "b": 100}, 2.0) == pytest.approx({"a": 2 / 3, "b": 1 / 3})
+    assert mix_shares({"a": 10**6, "b": 1}, 1000.0)["b"] > 0.49
+
+
+def test_a_mixture_is_checked(tmp_path: Path, warm_start_bert: Path) -> None:
+    project = with_writer(write_seq2seq_project(tmp_path, warm_start_bert))
+    raw = yaml.safe_load(project.read_text())
+    raw["tasks"][-1]["mixture"]["tasks"] = ["summarize", "triage"]
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"task .triage. needs a seq2seq\.task_token"):
+        load_config(project)
+    raw["tasks"][-1]["mixture"]["tasks"] = ["summarize", "nope"]
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="mixes 'nope', which is not a task"):
+        load_config(project)
+    raw["tasks"][-1]["mixture"]["tasks"] = ["summarize", "mcq"]
+    raw["tasks"][-1]["data"] = {"train": "summarize.jsonl"}
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="takes its tasks' data: remove 'data'"):
+        load_config(project)

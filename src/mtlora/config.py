@@ -176,6 +176,15 @@ class Seq2SeqSettings(_Strict):
         return self.model_dump(mode="json", exclude={"prompt_file"})
 
 
+class MixtureSettings(_Strict):
+    """A `multitask` adapter: one seq2seq adapter trained on the data of several tasks of the project."""
+
+    tasks: list[str] = Field(min_length=2, description="seq2seq tasks of this project, each with a task_token")
+    temperature: float = Field(
+        1.0, ge=1.0, description="1 samples each task by its size; larger values flatten the mix toward equal "
+                                 "shares (T5's temperature-scaled mixing)")
+
+
 class RoutingHints(_Strict):
     description: str = ""
     keywords: list[str] = Field(default_factory=list)
@@ -197,11 +206,12 @@ class RoutingHints(_Strict):
 class TaskConfig(_Strict):
     name: str
     kind: str
-    data: DataConfig
+    data: DataConfig | None = Field(None, description="required, except for a multitask adapter")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainSettings = Field(default_factory=TrainSettings)
     routing: RoutingHints = Field(default_factory=RoutingHints)
     seq2seq: Seq2SeqSettings | None = Field(None, description="prompt and decoding of the seq2seq kinds")
+    mixture: MixtureSettings | None = Field(None, description="multitask only: the tasks it is trained on")
 
     @field_validator("name")
     @classmethod
@@ -222,13 +232,20 @@ class TaskConfig(_Strict):
         from mtlora.tasks import get_task_kind
 
         kind = get_task_kind(self.kind)
+        if (self.mixture is None) != (self.kind != "multitask"):
+            raise ValueError("'mixture' (the tasks to train on) goes with kind multitask, and only with it")
+        if (self.data is None) != (self.kind == "multitask"):
+            raise ValueError("a multitask adapter takes its tasks' data: remove 'data'" if self.data is not None
+                             else "'data' is required: give at least data.train")
+        kind.check_config(self)
+        if self.data is None:
+            return self
         unknown = sorted(set(self.data.fields) - set(kind.roles))
         if unknown:
             raise ValueError(
                 f"data.fields has role(s) {unknown} that a {self.kind} task does not use; "
                 f"its roles: {', '.join(kind.roles)}"
             )
-        kind.check_config(self)
         return self
 
 
@@ -260,6 +277,9 @@ class ProjectConfig(_Strict):
             raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
         if ROUTER_ADAPTER in names:
             raise ValueError(f"'{ROUTER_ADAPTER}' is the learned router's adapter name; rename that task")
+        for task in self.tasks:
+            if task.mixture is not None:
+                _check_mixture(task.name, task.mixture, {t.name: t for t in self.tasks})
         default = self.router.default_task
         if default is not None and default not in names:
             raise ValueError(f"router.default_task '{default}' is not a task; tasks: {', '.join(names)}")
@@ -275,6 +295,27 @@ class ProjectConfig(_Strict):
 
     def select(self, name: str | None) -> list[TaskConfig]:
         return self.tasks if name is None else [self.task(name)]
+
+
+def _check_mixture(name: str, mixture: MixtureSettings, tasks: dict[str, TaskConfig]) -> None:
+    """Each task of a mixture is a seq2seq task of the project with its own task token: the token is how
+    the one adapter tells its tasks apart, in training and when it answers."""
+    from mtlora.tasks import get_task_kind
+    from mtlora.tasks.seq2seq import Seq2SeqTask
+
+    tokens: dict[str, str] = {}
+    for part in mixture.tasks:
+        task = tasks.get(part)
+        if task is None:
+            raise ValueError(f"multitask '{name}' mixes '{part}', which is not a task; tasks: {', '.join(tasks)}")
+        if task.kind == "multitask" or not issubclass(get_task_kind(task.kind), Seq2SeqTask):
+            raise ValueError(f"multitask '{name}' can only mix seq2seq tasks; '{part}' is {task.kind}")
+        token = task.seq2seq.task_token if task.seq2seq else None
+        if token is None:
+            raise ValueError(f"multitask '{name}': task '{part}' needs a seq2seq.task_token to be told apart")
+        if token in tokens:
+            raise ValueError(f"multitask '{name}': '{part}' and '{tokens[token]}' share the task token {token}")
+        tokens[token] = part
 
 
 def validate_task_name(name: str) -> str:

@@ -21,6 +21,9 @@ from mtlora.tasks import TaskKind, get_task_kind
 
 # peft 0.21 still calls the transformers 5 name this warns about; the user can do nothing about it.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# Trainer checkpoints of a model with task tokens save the resized embedding in full (PEFT decides and warns);
+# only checkpoints do: the adapter itself is saved with its token rows alone (`training/trainer.py`).
+warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`", category=UserWarning)
 # EncoderDecoderModel warns on every training step that its loss changed in v4.12 (2021): nothing to act on.
 warnings.filterwarnings("ignore", message="Version v4.12.0 introduces a better way", category=FutureWarning)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from typing import Any
 
 from sklearn.model_selection import train_test_split
 
@@ -10,6 +12,7 @@ from mtlora.config import ProjectConfig, TaskConfig
 from mtlora.data.readers import read_rows
 from mtlora.errors import DataError, InputError
 from mtlora.tasks import Example, TaskKind, get_task_kind
+from mtlora.tasks.multitask import MultitaskTask
 
 SPLITS = ("train", "validation", "test")
 
@@ -38,6 +41,8 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
 
     With `data.holdout`, validation is a seeded (stratified for labelled tasks) share of train.
     """
+    if task.mixture is not None:
+        return _mixture_data(project, task, splits)
     kind = get_task_kind(task.kind).from_config(task)
     seed = task.training.seed
     train = kind.parse(read_rows(task.data.train, project.data_dir, seed))
@@ -52,6 +57,40 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
     if task.data.test is not None and "test" in splits:
         test = kind.parse(read_rows(task.data.test, project.data_dir, seed))
     return TaskData(kind=kind, train=train, validation=validation, test=test)
+
+
+def _mixture_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, ...]) -> TaskData:
+    """Every part's data tagged with its part; training examples drawn in the mix (see `mix_shares`)."""
+    assert task.mixture is not None
+    parts = {name: load_task_data(project, project.task(name), splits) for name in task.mixture.tasks}
+    shares = mix_shares({name: len(data.train) for name, data in parts.items()}, task.mixture.temperature)
+    total = sum(len(data.train) for data in parts.values())
+    rng = random.Random(task.training.seed)
+    train: list[Example] = []
+    mix: dict[str, Any] = {"temperature": task.mixture.temperature, "tasks": {}}
+    for name, data in parts.items():
+        drawn = round(total * shares[name])
+        pool = data.train
+        picked = rng.sample(pool, drawn) if drawn <= len(pool) else [rng.choice(pool) for _ in range(drawn)]
+        train += _tagged(picked, name)
+        mix["tasks"][name] = {"examples": len(pool), "share": round(shares[name], 4), "drawn": drawn}
+    rng.shuffle(train)
+    kind = MultitaskTask.from_parts({name: data.kind for name, data in parts.items()}, mix)  # type: ignore[misc]
+    return TaskData(kind=kind, train=train,
+                    validation=[e for name, data in parts.items() for e in _tagged(data.validation, name)],
+                    test=[e for name, data in parts.items() for e in _tagged(data.test, name)])
+
+
+def mix_shares(sizes: dict[str, int], temperature: float) -> dict[str, float]:
+    """Temperature-scaled mixing (Raffel et al., 2020): a task's share is proportional to size^(1/T).
+    T=1 mixes by size; a larger T lifts small tasks toward equal shares."""
+    weights = {name: size ** (1 / temperature) for name, size in sizes.items()}
+    total = sum(weights.values())
+    return {name: weight / total for name, weight in weights.items()}
+
+
+def _tagged(examples: list[Example], task: str) -> list[Example]:
+    return [{**e, "task": task} for e in examples]
 
 
 def _holdout(kind: TaskKind, examples: list[Example], fraction: float,

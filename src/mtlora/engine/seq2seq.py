@@ -15,7 +15,6 @@ the other within a call: one pass per adapter, never one per request. T5 and BAR
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ class Seq2SeqAdapters:
         """Fill every job's results; jobs that answer the same way share batches (one pass, many adapters)."""
         groups: dict[str, list[Seq2SeqJob]] = defaultdict(list)
         for job in jobs:
-            groups[_answers_alike(self._adapters[job.task].kind)].append(job)
+            groups[self._adapters[job.task].kind.batch_key()].append(job)
         for group in groups.values():
             if all(self._adapters[job.task].mixes for job in group):
                 self._run_together(group)
@@ -123,7 +122,9 @@ class Seq2SeqAdapters:
         features = {name: [row for job in jobs for row in job.encoded.features[name]]
                     for name in ("input_ids", "attention_mask")}
         names = [job.task for job in jobs for _ in range(len(job.encoded))]
-        merged = Encoded(features=features, example_index=list(range(len(names))))
+        merged = Encoded(features=features, example_index=list(range(len(names))),
+                         extras=[extra for job in jobs for extra in job.encoded.extras],
+                         truncated=[flag for job in jobs for flag in job.encoded.truncated])
         kind = self._adapters[jobs[0].task].kind
         if len(jobs) == 1:
             self.model.set_adapter(jobs[0].task)  # one adapter: its plain forward, no per-row dispatch
@@ -167,9 +168,3 @@ def _token_ids(indices: list[int] | dict[str, list[int]] | None) -> list[int]:
     if isinstance(indices, dict):  # {embedding module name: ids}: mtlora writes only the input embedding
         return [i for ids in indices.values() for i in ids]
     return list(indices)
-
-
-def _answers_alike(kind: Seq2SeqTask) -> str:
-    """Adapters whose rows can share a pass: same kind, same labels to score, same decoding."""
-    return json.dumps([kind.name, kind.labels, kind.generation_kwargs()], sort_keys=True)
-

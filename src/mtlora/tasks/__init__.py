@@ -9,6 +9,7 @@ from mtlora.tasks.extractive_qa import ExtractiveQATask
 from mtlora.tasks.generation import GenerationTask
 from mtlora.tasks.instruction_classification import InstructionClassificationTask
 from mtlora.tasks.mcq_generation import MCQGenerationTask
+from mtlora.tasks.multitask import MultitaskTask
 from mtlora.tasks.pair_classification import PairClassificationTask
 from mtlora.tasks.regression import RegressionTask
 
@@ -35,7 +36,7 @@ def task_kind_names() -> list[str]:
 
 
 for _kind in (ClassificationTask, PairClassificationTask, RegressionTask, ExtractiveQATask,
-              InstructionClassificationTask, GenerationTask, MCQGenerationTask):
+              InstructionClassificationTask, GenerationTask, MCQGenerationTask, MultitaskTask):
     register_task_kind(_kind)
 
 __all__ = ["Encoded", "Example", "Prediction", "TaskKind", "get_task_kind", "register_task_kind",

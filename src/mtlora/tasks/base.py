@@ -72,6 +72,7 @@ class TaskKind(ABC):
 
     @classmethod
     def from_config(cls, config: TaskConfig) -> TaskKind:
+        assert config.data is not None, "validated: only a multitask adapter has no data of its own"
         return cls(labels=config.data.labels, fields=config.data.fields, label_map=config.data.label_map,
                    options=cls.options_from_config(config))
 
@@ -85,7 +86,8 @@ class TaskKind(ABC):
         """Raise ValueError for settings this kind cannot use (called while the config is validated)."""
         if config.seq2seq is not None:
             raise ValueError(f"'seq2seq' settings apply to the seq2seq kinds only, not to {cls.name}")
-        if not cls.categorical and (config.data.labels is not None or config.data.label_map):
+        labelled = config.data is not None and (config.data.labels is not None or config.data.label_map)
+        if not cls.categorical and labelled:
             raise ValueError(f"a {cls.name} task has no label set ({cls.description}): "
                              "remove data.labels and data.label_map")
 

@@ -83,6 +83,7 @@ class ClassificationTask(LabelScores, SequenceTask):
 
 
 def check_labels(config: TaskConfig) -> None:
+    assert config.data is not None
     if config.data.labels is not None and len(config.data.labels) < 2:
         raise ValueError(f"a {config.kind} task needs at least 2 labels")
     unknown = sorted(set(config.data.label_map.values()) - set(config.data.labels or []))

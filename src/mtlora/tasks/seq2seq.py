@@ -9,6 +9,7 @@ trained with the adapter (PEFT `trainable_token_indices`) and the base model's f
 from __future__ import annotations
 
 import copy
+import json
 import string
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -123,6 +124,10 @@ class Seq2SeqTask(TaskKind):
                 for row, ids in zip(index, generated, strict=True):
                     results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
         return results
+
+    def batch_key(self) -> str:
+        """Adapters whose rows can share a pass have equal keys: same kind, labels to score and decoding."""
+        return json.dumps([self.name, self.labels, self.generation_kwargs()], sort_keys=True)
 
     def generation_kwargs(self) -> dict[str, Any]:
         decoding = self.settings.decoding

@@ -200,7 +200,8 @@ def _describe_parameters(built: TaskModel) -> str:
 
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel) -> str:
     """What a checkpoint must have been trained with to be resumed: same task settings, base and method."""
-    payload = {"task": task.model_dump(mode="json"), "method": method, "base": built.fingerprint}
+    parts = [project.task(name).model_dump(mode="json") for name in (task.mixture.tasks if task.mixture else [])]
+    payload = {"task": task.model_dump(mode="json"), "parts": parts, "method": method, "base": built.fingerprint}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

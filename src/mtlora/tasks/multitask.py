@@ -1,0 +1,164 @@
+"""`multitask`: one seq2seq adapter trained on a mixture of the project's seq2seq tasks.
+
+Each part keeps its own kind, prompt and task token (`<summarize>`, `<mcq>`): the token in front of an
+input tells the adapter which task to do, in training and when it answers. Examples carry the name of
+their part (`example["task"]`); encoding, answering, decoding and scoring go to that part's kind. The
+parts and the mix they were drawn in are stored in the manifest.
+
+A user's input names its part by starting with the part's task token: `"<summarize> The article ..."`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from mtlora.config import Seq2SeqSettings
+from mtlora.errors import InputError
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
+from mtlora.tasks.seq2seq import Seq2SeqTask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mtlora.config import TaskConfig
+    from mtlora.data.readers import Row
+
+
+class MultitaskTask(Seq2SeqTask):
+    name = "multitask"
+    description = "one seq2seq adapter for several tasks, told apart by task tokens"
+    roles = ()
+    primary_metric = "mean_primary"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        TaskKind.__init__(self, *args, **kwargs)  # its options are its parts', not one prompt and decoding
+        self.settings = Seq2SeqSettings()
+        from mtlora.tasks import get_task_kind
+
+        self.parts: dict[str, Seq2SeqTask] = {}
+        for name, spec in self.options.get("parts", {}).items():
+            kind = get_task_kind(spec["kind"])(labels=spec.get("labels"), fields=spec.get("fields"),
+                                               label_map=spec.get("label_map"), options=spec.get("options"))
+            assert isinstance(kind, Seq2SeqTask)
+            self.parts[name] = kind
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, Seq2SeqTask], mix: dict[str, Any]) -> MultitaskTask:
+        specs = {name: {"kind": k.name, "labels": k.labels, "fields": k.fields, "label_map": k.label_map,
+                        "options": k.options} for name, k in parts.items()}
+        return cls(options={"parts": specs, "mix": mix})
+
+    @classmethod
+    def options_from_config(cls, config: TaskConfig) -> dict[str, Any]:
+        return {}  # the parts are known once their data is read (labels come from it): see `from_parts`
+
+    @classmethod
+    def check_config(cls, config: TaskConfig) -> None:
+        if config.seq2seq is not None:
+            raise ValueError("a multitask adapter uses its tasks' seq2seq settings: remove 'seq2seq'")
+
+    def part(self, name: str) -> Seq2SeqTask:
+        if name not in self.parts:
+            raise InputError(f"this multitask adapter has no task '{name}'; its tasks: {', '.join(self.parts)}")
+        return self.parts[name]
+
+    # ---- data and inputs ------------------------------------------------------------------------------
+
+    def parse(self, rows: Sequence[Row]) -> list[Example]:
+        raise NotImplementedError("a multitask adapter reads its tasks' data through their own kinds")
+
+    def target(self, example: Example) -> str:
+        return self.part(example["task"]).target(example)
+
+    def input_example(self, text: str, text_pair: str | None = None) -> Example:
+        text = require_text(text, "text")
+        for name, kind in self.parts.items():
+            token = kind.settings.task_token
+            if token is not None and text.lstrip().startswith(token):
+                example = kind.input_example(text.lstrip()[len(token):].strip(), text_pair)
+                return {**example, "task": name}
+        tokens = ", ".join(f"{k.settings.task_token} ({name})" for name, k in self.parts.items())
+        raise InputError(f"a multitask adapter does several tasks: start the text with one of its task tokens: "
+                         f"{tokens}")
+
+    def expected_text(self, example: Example) -> str:
+        return self.part(example["task"]).expected_text(example)
+
+    def answer_text(self, prediction: Prediction) -> str:
+        return f"[{prediction['task']}] {self.part(prediction['task']).answer_text(prediction)}"
+
+    # ---- model --------------------------------------------------------------------------------------
+
+    def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        for kind in self.parts.values():
+            tokenizer = kind.prepare_tokenizer(tokenizer)
+        return tokenizer
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
+               doc_stride: int, with_targets: bool) -> Encoded:
+        """Each part encodes its own examples; features keep the examples' order and remember their part."""
+        rows = _rows_by_part(examples)
+        features: dict[str, list[Any]] = defaultdict(lambda: [None] * len(examples))
+        truncated = [False] * len(examples)
+        for name, index in rows.items():
+            encoded = self.part(name).encode(tokenizer, [examples[i] for i in index], max_length, doc_stride,
+                                             with_targets)
+            for feature, values in encoded.features.items():
+                for position, value in zip(index, values, strict=True):
+                    features[feature][position] = value
+            for position, flag in zip(index, encoded.truncated, strict=True):
+                truncated[position] = flag
+        return Encoded(features=dict(features), example_index=list(range(len(examples))),
+                       extras=[{"task": e["task"]} for e in examples], truncated=truncated)
+
+    def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
+            bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
+        """Each part answers its rows its own way (label scoring or generation)."""
+        results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
+        for name, index in _rows_by_part(encoded.extras).items():
+            part = Encoded(features={k: [v[i] for i in index] for k, v in encoded.features.items()},
+                           example_index=list(range(len(index))), truncated=[encoded.truncated[i] for i in index])
+            kwargs = {k: [v[i] for i in index] for k, v in model_kwargs.items()}
+            for position, result in zip(index, self.part(name).run(model, tokenizer, part, batch_size, bf16,
+                                                                   progress, **kwargs), strict=True):
+                results[position] = result
+        return results
+
+    def decode(self, outputs: list[dict[str, Any]], encoded: Encoded,
+               examples: Sequence[Example]) -> list[Prediction]:
+        predictions: list[Prediction] = [{} for _ in examples]
+        for name, index in _rows_by_part(examples).items():
+            part = Encoded(features={}, example_index=list(range(len(index))),
+                           truncated=[encoded.truncated[i] for i in index])
+            decoded = self.part(name).decode([outputs[i] for i in index], part, [examples[i] for i in index])
+            for position, prediction in zip(index, decoded, strict=True):
+                predictions[position] = {"task": name, **prediction}
+        return predictions
+
+    def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
+        """Each part's metrics as `part/metric`, and the mean of the parts' main metrics on a 0-1 scale."""
+        metrics: dict[str, float] = {}
+        mains = []
+        for name, index in _rows_by_part(examples).items():
+            kind = self.part(name)
+            scores = kind.metrics([predictions[i] for i in index], [examples[i] for i in index])
+            metrics.update({f"{name}/{metric}": value for metric, value in scores.items()})
+            main = scores[kind.primary_metric]
+            mains.append(main / 100 if kind.primary_metric.startswith("rouge") else main)
+        metrics["mean_primary"] = sum(mains) / len(mains) if mains else 0.0
+        return metrics
+
+    def batch_key(self) -> str:
+        return json.dumps([self.name, id(self)])  # its rows are split by part inside `run`, never merged
+
+
+def _rows_by_part(items: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        rows[item["task"]].append(i)
+    return dict(rows)
