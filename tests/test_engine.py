@@ -116,8 +116,9 @@ def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
             i = (offset + round_) % len(MIXED)
             task, item = MIXED[i]
             result = engine.predict(item, task=task)
-            if result.get("label", result.get("answer", result.get("score"))) != expected[i].get(
-                    "label", expected[i].get("answer", expected[i].get("score"))):
+            answer, wanted = _answer(result), _answer(expected[i])
+            # A score computed alone may differ from the one computed in a padded batch in its last bits.
+            if answer != (pytest.approx(wanted, abs=1e-5) if isinstance(wanted, float) else wanted):
                 failures.append(f"thread {offset}: {task} gave {result}")
 
     threads = [threading.Thread(target=call, args=(k,)) for k in range(6)]
@@ -126,6 +127,10 @@ def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
     for thread in threads:
         thread.join()
     assert not failures
+
+
+def _answer(result: dict) -> object:
+    return result.get("label", result.get("answer", result.get("score")))
 
 
 def test_bad_inputs_are_explained(engine: Engine) -> None:

@@ -1,4 +1,9 @@
-"""`regression`: two texts -> a real-valued score, e.g. STS-B similarity from 0 to 5."""
+"""`regression`: two texts -> a real-valued score, e.g. STS-B similarity from 0 to 5.
+
+The head learns standardised scores (the training scores' mean and spread, kept in the manifest,
+turn them back). Raw 0-5 targets far from the fresh head's zero output make the first gradients large
+enough to saturate the pooler's tanh at LoRA learning rates, after which every input gets one score.
+"""
 
 from __future__ import annotations
 
@@ -36,14 +41,27 @@ class RegressionTask(SequenceTask):
             if not np.isfinite(example["label"]):
                 raise DataError(row.where, f"score {raw!r} in field '{self.column('label')}' is not finite")
             examples.append(example)
+        if "target_mean" not in self.options and examples:  # training rows are parsed first
+            scores = np.array([e["label"] for e in examples])
+            self.options["target_mean"] = float(scores.mean())
+            self.options["target_std"] = float(scores.std()) or 1.0
         return examples
+
+    @property
+    def _scale(self) -> tuple[float, float]:
+        return self.options.get("target_mean", 0.0), self.options.get("target_std", 1.0)
+
+    def target(self, example: Example) -> float:
+        mean, std = self._scale
+        return (example["label"] - mean) / std
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
 
     def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
                examples: Sequence[Example]) -> list[Prediction]:
-        return [{"score": float(o["logits"].reshape(-1)[0]), "truncated": encoded.truncated[i]}
+        mean, std = self._scale
+        return [{"score": float(o["logits"].reshape(-1)[0]) * std + mean, "truncated": encoded.truncated[i]}
                 for i, o in enumerate(outputs)]
 
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
