@@ -111,14 +111,22 @@ def main() -> None:
         print(f"[{task.name}] {report.primary_metric}: " + ", ".join(
             f"{v} {m.get(report.primary_metric, float('nan')):.3f}" for v, m in rows[-1]["metrics"].items()),
             flush=True)
-    mtlora.train_router(project, progress=False, log=lambda _: None)
-    routing = [r.to_dict() for r in mtlora.evaluate_routers(project, ["keywords", "semantic", "learned"],
-                                                              log=lambda _: None)]
+    out = ROOT / "bench" / "results" / f"quality{suffix}.json"
     result = {"benchmark": "quality", "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
               "wall_s": time.perf_counter() - started,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "tasks": rows, "routing": routing}
-    out = ROOT / "bench" / "results" / f"quality{suffix}.json"
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "tasks": rows}
+    if args.tasks and out.is_file():
+        # A rerun of some tasks replaces their rows; routing needs every task, so it keeps the last full run's.
+        previous = json.loads(out.read_text())
+        rerun = {row["task"]: row for row in rows}
+        result["tasks"] = [rerun.pop(row["task"], row) for row in previous["tasks"]] + list(rerun.values())
+        result["routing"] = previous.get("routing", [])
+        result["reruns"] = [*previous.get("reruns", []), {"tasks": args.tasks, "date": result["date"]}]
+        result["wall_s"] = previous["wall_s"]
+    else:
+        mtlora.train_router(project, progress=False, log=lambda _: None)
+        result["routing"] = [r.to_dict() for r in mtlora.evaluate_routers(
+            project, ["keywords", "semantic", "learned"], log=lambda _: None)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     (ROOT / f"BENCHMARKS{suffix}.md").write_text(markdown(result))
@@ -141,6 +149,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['task']} | {row['split']} | {row['examples']} | {metric} | {_f(values.get('head_only'))} "
                      f"| **{_f(values.get('lora'))}** | {_f(values.get('full'))} | {row['trainable']['lora']:,} "
                      f"({share:.2f}%) | {row['time_s']['lora']:.0f}s | {row['time_s']['full']:.0f}s | {anchor_text} |")
+    for rerun in result.get("reruns", []):
+        lines += ["", f"Rerun on {rerun['date']} after a fix: {', '.join(rerun['tasks'])} (the other rows are "
+                      "from the run above)."]
     lines += ["", "Routing over a held-out mix of every task's inputs (pairs and QA sent as plain text pairs):", "",
               "| router | accuracy | unroutable |", "|---|---:|---:|"]
     lines += [f"| {r['router']} | {r['accuracy']:.3f} | {r['unroutable']:.3f} |" for r in result["routing"]]
