@@ -153,6 +153,29 @@ def write_tiny_t5(folder: Path, tokenizer_folder: Path) -> Path:
     return folder
 
 
+def write_tiny_bart(folder: Path, tokenizer_folder: Path) -> Path:
+    """A tiny random BART with the tiny BERT's tokenizer: [CLS] starts the decoder, [SEP] ends a text.
+    Its embeddings are also its output layer, so they start larger than BART's 0.02 (see `warm_start_bert`)."""
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer.save_pretrained(folder)
+    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
+           "eos_token_id": tokenizer.sep_token_id, "decoder_start_token_id": tokenizer.cls_token_id,
+           "forced_eos_token_id": tokenizer.sep_token_id}
+    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                        decoder_ffn_dim=64, max_position_embeddings=128, init_std=0.2, **ids)
+    torch.manual_seed(0)
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    return write_tiny_bart(tmp_path_factory.mktemp("tiny-bart"), tiny_bert)
+
+
 @pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     return write_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), tiny_bert)

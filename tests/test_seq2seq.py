@@ -43,8 +43,9 @@ def test_each_kind_trains_with_falling_loss_on_a_warm_started_encoder_decoder(
     assert 0 < outcome.trainable < outcome.total
 
 
-def test_generation_trains_on_a_t5_backbone(tmp_path: Path, tiny_t5: Path) -> None:
-    config = load_config(write_seq2seq_project(tmp_path, tiny_t5))
+@pytest.mark.parametrize("backbone", ["tiny_t5", "tiny_bart"])
+def test_generation_trains_on_seq2seq_checkpoints(request, tmp_path: Path, backbone: str) -> None:
+    config = load_config(write_seq2seq_project(tmp_path, request.getfixturevalue(backbone)))
     outcome = train_task(config, config.task("summarize"), "lora", **QUIET)
     losses = [loss for _, loss in outcome.losses]
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
