@@ -123,7 +123,25 @@ def evaluate(
         table.add_row(r.task, r.primary_metric, *("–" if v is None else f"{v:.3f}" for v in values),
                       f"{lora['trainable']:,} ({100 * lora['trainable'] / lora['total']:.2f}%)")
     console.print(table)
+    for r in reports:
+        _print_samples(r)
     say(f"Reports written to {api.as_config(config).reports}/summary.md")
+
+
+def _print_samples(report: Any) -> None:
+    from mtlora.evaluation.evaluate import VARIANTS
+    from mtlora.evaluation.report import sample_cell
+
+    if not report.samples:
+        return
+    variants = [v for v in VARIANTS if v in report.samples[0]]
+    table = Table(title=f"{report.task}: sample outputs", show_lines=True)
+    for column in ("input", "expected", *(VARIANTS[v] for v in variants)):
+        table.add_column(column, overflow="fold")
+    for sample in report.samples[:3]:
+        text = " / ".join(str(sample[k]) for k in ("text", "text_pair", "question") if k in sample)
+        table.add_row(*(sample_cell(v, 160) for v in (text, sample["expected"], *(sample[v] for v in variants))))
+    console.print(table)
 
 
 def _print_routing(reports: list) -> None:

@@ -24,7 +24,8 @@ from mtlora.registry import Registry
 from mtlora.tasks import Example, Prediction, TaskKind
 
 SAMPLES_SHOWN = 5
-VARIANTS = {"base": "untrained base", "head_only": "head-only baseline", "lora": "LoRA adapter"}
+# "base" is the backbone without the adapter: with an untrained head for encoder kinds, prompt-only for seq2seq.
+VARIANTS = {"base": "base, no adapter", "head_only": "head-only baseline", "lora": "LoRA adapter"}
 
 
 @dataclass

@@ -42,7 +42,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
     lines = [
         "# Evaluation",
         "",
-        "Each task's main metric for the untrained base (random head), the head-only baseline "
+        "Each task's main metric for the base without adapter (encoder kinds: an untrained head; seq2seq kinds: "
+        "the same prompt, no adapter), the head-only baseline "
         "(backbone frozen, head trained the same way) and the LoRA adapter.",
         "",
         "| task | kind | split | n | metric | base | head-only | LoRA | LoRA gain over head-only "
@@ -68,8 +69,28 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
             lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")
         if r.confusion is not None:
             lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{r.task}_confusion.png`"]
-        lines.append("")
+        lines += ["", *_samples_table(r), ""]
     return "\n".join(lines)
+
+
+def _samples_table(report: TaskReport) -> list[str]:
+    """The first few inputs with what each variant answered: the change in behaviour, to read."""
+    if not report.samples:
+        return []
+    variants = [v for v in VARIANTS if v in report.samples[0]]
+    lines = ["Sample outputs:", "", "| input | expected | " + " | ".join(VARIANTS[v] for v in variants) + " |",
+             "|---|---|" + "---|" * len(variants)]
+    for sample in report.samples:
+        text = " / ".join(str(sample[k]) for k in ("text", "text_pair", "question") if k in sample)
+        cells = [sample_cell(text), sample_cell(sample["expected"]), *(sample_cell(sample[v]) for v in variants)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def sample_cell(value: object, width: int = 120) -> str:
+    """One line of at most `width` characters, safe inside a Markdown table."""
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
