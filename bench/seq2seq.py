@@ -2,8 +2,8 @@
 warm-started from the embedded MiniLM, each scored beside the prompt-only base, plus generation speed
 with several adapters in one engine call against one request at a time.
 
-    python bench/seq2seq.py --quick     # a few hundred rows per task: minutes
-    python bench/seq2seq.py             # the sizes below (about half an hour on 2 CPU cores)
+    python bench/seq2seq.py --quick     # up to 1,200 rows per task: about 30 minutes on 2 CPU cores
+    python bench/seq2seq.py             # the sizes below (not yet measured; some hours on 2 CPU cores)
 
 Writes bench/results/seq2seq[_quick].json and prints a table. Summarization (300 CNN/DailyMail rows) and
 MCQ generation (RACE-M has no train split offline) are small-data runs, not benchmark numbers.
@@ -28,7 +28,7 @@ CONFIG = ROOT / "examples" / "seq2seq" / "local.yaml"
 SIZES = {"support": ("validation", None, None), "summarize": ("validation", None, None),
          "race_mcq": ("test", None, 300), "dream_mcq": ("test", 2000, 300), "writer": ("validation", None, None)}
 QUICK_SIZES = {"support": ("validation", 1200, None), "summarize": ("validation", None, None),
-               "race_mcq": ("test", 400, 60), "dream_mcq": ("test", 400, 60), "writer": ("validation", None, None)}
+               "race_mcq": ("test", 800, 60), "dream_mcq": ("test", 800, 60), "writer": ("validation", None, None)}
 SPEED_REQUESTS_PER_TASK = 12
 
 

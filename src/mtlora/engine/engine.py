@@ -8,6 +8,9 @@ task's head then runs on its rows. A head is the task model transformers builds 
 architecture's own head code is reused), with its encoder swapped for a stand-in that hands over the
 rows already computed.
 
+Seq2seq adapters live on one shared encoder-decoder of their own (`seq2seq.py`); their rows in a call
+are answered there, in the same call.
+
     >>> engine = Engine.from_config("examples/demo/mtlora.yaml")
     >>> engine.predict("my parcel never arrived")            # routed (semantic by default)
     >>> engine.predict_batch(["great film", ("a", "b")], task=["sentiment", "paraphrase"])
