@@ -196,6 +196,13 @@ def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm
     assert [e["mcq"].answer for e in data.train] == [0, 0]
     assert data.train[0]["text"] == "M: where is the cat?\nW: on the mat."
 
+    raw["tasks"][2]["seq2seq"]["num_options"] = 4
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=r"question 0: field 'options' has 3 options, the task expects 4"):
+        mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
+    raw["tasks"][2]["seq2seq"]["num_options"] = 3
+    project.write_text(yaml.safe_dump(raw))
+
     dream[0][1][1]["answer"] = "a cat"
     (tmp_path / "data" / "dream.json").write_text(json.dumps(dream))
     with pytest.raises(DataError, match=r"dream.json: item 0 \(d-1\) question 1: answer 'a cat'"):
@@ -208,6 +215,11 @@ def test_prompt_templates_are_checked(tmp_path: Path, warm_start_bert: Path) -> 
     raw["tasks"][0]["seq2seq"]["prompt"] = "classify {message}"
     project.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"uses \['message'\]; it may use \{text\}"):
+        load_config(project)
+
+    raw["tasks"][0]["seq2seq"] = {"task_token": "<two words>"}
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="must be one word without spaces"):
         load_config(project)
 
     (tmp_path / "prompt.txt").write_text("team for {ticket}?\n")
