@@ -139,3 +139,20 @@ def test_holdout_is_stratified_and_seeded(tmp_path: Path) -> None:
     assert first.validation == second.validation and len(first.validation) == 10
     assert sum(e["label"] == 0 for e in first.validation) in (2, 3)
     assert not {e["text"] for e in first.validation} & {e["text"] for e in first.train}
+
+
+def test_a_source_joins_columns_and_recodes_values_strictly(tmp_path: Path) -> None:
+    """AG News' official test file: `class (1-4), title, description`, where the train samples are `text, 0-3`."""
+    (tmp_path / "test.csv").write_text('"3","Stocks up","Markets rallied"\n"1","Vote held","Polls closed"\n')
+    source = {"path": "test.csv", "columns": ["label", "title", "description"],
+              "join": {"text": ["title", "description"]}, "recode": {"label": {1: 0, 2: 1, 3: 2, 4: 3}}}
+    data = load(tmp_path, "classification", source, labels=["World", "Sports", "Business", "Sci/Tech"])
+    assert [(e["text"], e["label"]) for e in data.train] == [("Stocks up Markets rallied", 2),
+                                                           ("Vote held Polls closed", 0)]
+
+    (tmp_path / "test.csv").write_text('"3","Stocks up","Markets rallied"\n"5","Vote held","Polls closed"\n')
+    with pytest.raises(DataError, match=r"test.csv:2: recode: value '5' of field 'label' is not one of 1, 2, 3, 4"):
+        load(tmp_path, "classification", source, labels=["World", "Sports", "Business", "Sci/Tech"])
+    with pytest.raises(DataError, match=r"test.csv:1: join: no field 'headline' to build 'text' from"):
+        load(tmp_path, "classification", {**source, "join": {"text": ["headline"]}},
+             labels=["World", "Sports", "Business", "Sci/Tech"])

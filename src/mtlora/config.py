@@ -62,11 +62,25 @@ class SourceConfig(_Strict):
         None, description="SQuAD only: keep articles [start, end), to split one file by article"
     )
     limit: int | None = Field(None, gt=0, description="keep a seeded random sample of this many rows")
+    join: dict[str, list[str]] = Field(
+        default_factory=dict, description="new column -> columns joined with a space, e.g. {text: [title, description]}"
+    )
+    recode: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="column -> {value read: value used}; a value not listed is an error"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("recode", mode="before")
+    @classmethod
+    def _codes_as_strings(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {column: {str(k): str(v) for k, v in codes.items()} if isinstance(codes, dict) else codes
+                for column, codes in value.items()}
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:

@@ -37,10 +37,32 @@ def read_rows(source: SourceConfig, data_dir: Path, seed: int = 0) -> list[Row]:
         DataError: the file is missing or unreadable, or a row is malformed (names the line).
     """
     rows = _read_hub(source) if source.hub is not None else _read_file(source, data_dir)
+    if source.join or source.recode:
+        rows = [_reshaped(row, source) for row in rows]
     if source.limit is not None and source.limit < len(rows):
         keep = sorted(random.Random(seed).sample(range(len(rows)), source.limit))
         rows = [rows[i] for i in keep]
     return rows
+
+
+def _reshaped(row: Row, source: SourceConfig) -> Row:
+    """Apply the source's `join` (new columns from several) and `recode` (values renamed, strictly)."""
+    values = dict(row.values)
+    for column, parts in source.join.items():
+        missing = [p for p in parts if values.get(p) is None]
+        if missing:
+            raise DataError(row.where, f"join: no field {missing[0]!r} to build '{column}' from; "
+                            f"fields present: {', '.join(map(str, values))}")
+        values[column] = " ".join(str(values[p]).strip() for p in parts)
+    for column, codes in source.recode.items():
+        raw = values.get(column)
+        if raw is None:
+            raise DataError(row.where, f"recode: no field {column!r}; fields present: {', '.join(map(str, values))}")
+        if str(raw) not in codes:
+            raise DataError(row.where, f"recode: value {raw!r} of field {column!r} is not one of "
+                            f"{', '.join(codes)}", "list it under recode")
+        values[column] = codes[str(raw)]
+    return Row(values, row.where)
 
 
 def source_format(source: SourceConfig, path: Path) -> str:
