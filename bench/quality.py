@@ -36,7 +36,7 @@ QQP = {"name": "qqp", "kind": "pair_classification",
                 "labels": ["different", "duplicate"]},
        "training": {"epochs": 10, "batch_size": 8}}
 # Where each task is scored: a split the training never saw.
-SPLITS = {"mrpc": "test", "stsb": "test"}
+SPLITS = {"mrpc": "test", "stsb": "test", "ag_news": "test"}
 # Dev-set results of MiniLM-L6-H384 fine-tuned fully (MiniLM README), for orientation only.
 ANCHORS = {"sst2": ("accuracy", 0.915, "MiniLM-L6-H384, MiniLM README"),
            "qqp": ("accuracy", 0.906, "MiniLM-L6-H384 on full QQP, MiniLM README"),
@@ -150,8 +150,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"| **{_f(values.get('lora'))}** | {_f(values.get('full'))} | {row['trainable']['lora']:,} "
                      f"({share:.2f}%) | {row['time_s']['lora']:.0f}s | {row['time_s']['full']:.0f}s | {anchor_text} |")
     for rerun in result.get("reruns", []):
-        lines += ["", f"Rerun on {rerun['date']} after a fix: {', '.join(rerun['tasks'])} (the other rows are "
-                      "from the run above)."]
+        lines += ["", f"Rerun on {rerun['date']}: {', '.join(rerun['tasks'])} (the other rows are from the run "
+                      "above; see the git log of bench/results/ for why)."]
     lines += ["", "Routing over a held-out mix of every task's inputs (pairs and QA sent as plain text pairs):", "",
               "| router | accuracy | unroutable |", "|---|---:|---:|"]
     lines += [f"| {r['router']} | {r['accuracy']:.3f} | {r['unroutable']:.3f} |" for r in result["routing"]]
