@@ -203,6 +203,10 @@ def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm
     raw["tasks"][2]["seq2seq"]["num_options"] = 3
     project.write_text(yaml.safe_dump(raw))
 
+    (tmp_path / "data" / "dream.json").write_text(json.dumps([["turns only", "d-2"]]))
+    with pytest.raises(DataError, match=r"dream.json: item 0: expected \[dialogue turns, questions, id\]"):
+        mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
+
     dream[0][1][1]["answer"] = "a cat"
     (tmp_path / "data" / "dream.json").write_text(json.dumps(dream))
     with pytest.raises(DataError, match=r"dream.json: item 0 \(d-1\) question 1: answer 'a cat'"):

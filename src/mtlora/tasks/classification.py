@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -64,14 +64,7 @@ class ClassificationTask(LabelScores, SequenceTask):
         check_labels(config)
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
-        if self.labels is None:
-            self.labels = labels_seen(self, rows)
-        examples = []
-        for row in rows:
-            example = self.parse_texts(row)
-            example["label"] = label_id(self, row, self.value(row, "label"))
-            examples.append(example)
-        return examples
+        return parse_labelled(self, rows, self.parse_texts)
 
     def model_kwargs(self) -> dict[str, Any]:
         assert self.labels is not None, "labels are known once training data is parsed"
@@ -89,6 +82,13 @@ def check_labels(config: TaskConfig) -> None:
     unknown = sorted(set(config.data.label_map.values()) - set(config.data.labels or []))
     if config.data.labels is not None and unknown:
         raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels")
+
+
+def parse_labelled(kind: TaskKind, rows: Sequence[Row], texts: Callable[[Row], Example]) -> list[Example]:
+    """Rows -> examples with a label id; without data.labels the training rows (parsed first) fix the set."""
+    if kind.labels is None:
+        kind.labels = labels_seen(kind, rows)
+    return [{**texts(row), "label": label_id(kind, row, kind.value(row, "label"))} for row in rows]
 
 
 def labels_seen(kind: TaskKind, rows: Sequence[Row]) -> list[str]:

@@ -15,9 +15,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
 from mtlora.tasks.base import Encoded, Example, Prediction
-from mtlora.tasks.classification import LabelScores, check_labels, labels_seen
+from mtlora.tasks.classification import LabelScores, check_labels, parse_labelled
 from mtlora.tasks.seq2seq import IGNORED_LABEL, Seq2SeqTask, target_ids
-from mtlora.tasks.sequence import label_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,10 +39,7 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
         check_labels(config)
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
-        if self.labels is None:
-            self.labels = labels_seen(self, rows)
-        return [{"text": self.text_value(row, "text"), "label": label_id(self, row, self.value(row, "label")),
-                 "where": row.where} for row in rows]
+        return parse_labelled(self, rows, lambda row: {"text": self.text_value(row, "text"), "where": row.where})
 
     def target(self, example: Example) -> str:
         assert self.labels is not None
