@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import mtlora
 from mtlora import Engine, load_config
 from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
+from mtlora.routing.semantic import SemanticRouter
 
 HELD_OUT = [("hated the boring film", "sentiment"), ("this movie was wonderful", "sentiment"),
             ("a great film", "sentiment"), ("refund the charge on my invoice", "support"),
@@ -42,6 +44,23 @@ def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) 
     result = Engine.from_config(project, precision="fp32").predict("paris is a city on a river", router="semantic")
     assert result["task"] is None and "below the threshold" in result["reason"]
     assert set(result["scores"]) == {"sentiment", "support"}
+
+
+def test_calibrated_threshold_lets_most_of_a_tasks_own_inputs_through() -> None:
+    generator = torch.Generator().manual_seed(0)
+
+    def near(direction: int, count: int) -> torch.Tensor:
+        points = torch.nn.functional.one_hot(torch.tensor([direction] * count), 16).float()
+        return torch.nn.functional.normalize(points + 0.1 * torch.randn(count, 16, generator=generator), dim=-1)
+
+    router = SemanticRouter(engine=None)  # type: ignore[arg-type]  # calibration reads only the bank
+    bank, new_inputs = near(0, 200), near(0, 1000)
+    threshold = router._calibrate(bank)
+    scores = torch.topk(new_inputs @ bank.T, 3, dim=1).values.mean(dim=1)
+    assert 0.95 <= float((scores >= threshold).float().mean()) <= 0.999  # about CALIBRATED_SHARE
+    far = torch.topk(near(1, 50) @ bank.T, 3, dim=1).values.mean(dim=1)
+    assert bool((far < threshold).all())
+    assert router._calibrate(bank[:20]) == -1.0  # too few examples to calibrate: any best match routes
 
 
 def test_keyword_priority_breaks_ties() -> None:

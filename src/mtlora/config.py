@@ -270,7 +270,9 @@ class RouterSettings(_Strict):
 
     strategy: Literal["explicit", "keywords", "semantic", "learned"] = "semantic"
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
-    min_similarity: float = Field(0.3, ge=-1, le=1, description="semantic: cosine similarity needed to route")
+    min_similarity: float | Literal["auto"] = Field(
+        "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
+                            "its example inputs (about 98% of a task's own inputs clear it)")
     min_confidence: float = Field(0.5, ge=0, le=1, description="learned: probability needed to route")
     examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
     lora: LoraSettings = Field(default_factory=LoraSettings)

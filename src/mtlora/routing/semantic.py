@@ -3,7 +3,13 @@
 Embeddings come from the shared backbone itself with every LoRA adapter switched off (mean-pooled,
 normalised), so routing needs no second model. A task's examples are the training inputs sampled into
 its manifest at training time plus any `routing.examples` of its config. A task scores the mean cosine
-similarity of its `top_k` nearest examples; below `threshold` the default task answers, or none.
+similarity of its `top_k` nearest examples; below the threshold the default task answers, or none.
+
+How similar a task's own inputs are to each other depends on the task (short reviews vs. news articles)
+and on the backbone, so a fixed threshold is wrong somewhere. With `min_similarity: auto` each task's
+threshold is calibrated on its own examples: every example scored against the others, leave-one-out,
+and the threshold put where `CALIBRATED_SHARE` of them clear it. A new input of the task is scored the
+same way, so about that share of them routes.
 """
 
 from __future__ import annotations
@@ -20,19 +26,28 @@ if TYPE_CHECKING:
     from mtlora.engine.engine import Engine
 
 
+CALIBRATED_SHARE = 0.98
+# A 2% quantile of fewer examples is just their minimum, too noisy to refuse inputs by: a task with
+# fewer examples accepts any input it scores best on. Training keeps 64 examples per task.
+MIN_CALIBRATION_EXAMPLES = 50
+
+
 class SemanticRouter(Router):
     name = "semantic"
 
-    def __init__(self, engine: Engine, threshold: float = 0.3, default_task: str | None = None, top_k: int = 3):
+    def __init__(self, engine: Engine, threshold: float | None = None, default_task: str | None = None,
+                 top_k: int = 3):
         self.engine = engine
-        self.threshold = threshold
+        self.threshold = threshold  # None: calibrated per task from its examples
         self.default_task = default_task
         self.top_k = top_k
         self._banks: dict[tuple[str, str], torch.Tensor] = {}
+        self._thresholds: dict[tuple[str, str], float] = {}
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> SemanticRouter:
-        return cls(engine, settings.min_similarity, settings.default_task)
+        threshold = None if settings.min_similarity == "auto" else settings.min_similarity
+        return cls(engine, threshold, settings.default_task)
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         embeddings = self.engine.embed([r.text for r in requests])  # (requests, hidden)
@@ -44,16 +59,38 @@ class SemanticRouter(Router):
                 if len(bank):
                     nearest = torch.topk(bank @ embedding, min(self.top_k, len(bank))).values
                     scores[task] = float(nearest.mean())
-            routes.append(decide(self.name, scores, self.threshold, self.default_task, fits, "similarity"))
+            best = max(scores, key=scores.__getitem__, default=None)
+            threshold = self.threshold_for(best) if best is not None else 1.0
+            routes.append(decide(self.name, scores, threshold, self.default_task, fits, "similarity"))
         return routes
+
+    def threshold_for(self, task: str) -> float:
+        """The similarity a route to `task` needs: the configured one, or `task`'s calibrated one."""
+        if self.threshold is not None:
+            return self.threshold
+        key = self._key(task)
+        if key not in self._thresholds:
+            self._thresholds[key] = self._calibrate(self.bank(task))
+        return self._thresholds[key]
+
+    def _calibrate(self, bank: torch.Tensor) -> float:
+        if len(bank) < MIN_CALIBRATION_EXAMPLES:
+            return -1.0
+        similarities = bank @ bank.T
+        similarities.fill_diagonal_(float("-inf"))  # leave each example out of its own neighbours
+        own = torch.topk(similarities, min(self.top_k, len(bank) - 1), dim=1).values.mean(dim=1)
+        return float(torch.quantile(own, 1 - CALIBRATED_SHARE))
 
     def bank(self, task: str) -> torch.Tensor:
         """Embeddings of `task`'s example inputs, computed once per stored adapter version."""
-        manifest = self.engine.manifest(task)
-        key = (task, manifest.created_at)
+        key = self._key(task)
         if key not in self._banks:
+            manifest = self.engine.manifest(task)
             texts = [e.get("text") or e.get("question") for e in manifest.example_inputs]
             texts += manifest.routing.get("examples", [])
             texts = [t for t in texts if t]
             self._banks[key] = self.engine.embed(texts) if texts else torch.empty(0)
         return self._banks[key]
+
+    def _key(self, task: str) -> tuple[str, str]:
+        return task, self.engine.manifest(task).created_at
