@@ -46,6 +46,26 @@ def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) 
     assert set(result["scores"]) == {"sentiment", "support"}
 
 
+def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry may hold adapters the project does not list; a route to one of them has no column in
+    the report (it crashed the quality bench when a registry held an extra text task)."""
+    project = load_config(trained_project)
+    two = project.model_copy(update={"tasks": [project.task("sentiment"), project.task("support")]})
+    loaded: list[list[str]] = []
+    original = Engine.from_config.__func__
+
+    def recording(cls: type[Engine], *args: object, **kwargs: object) -> Engine:
+        engine = original(cls, *args, **kwargs)
+        loaded.append(engine.tasks)
+        return engine
+
+    monkeypatch.setattr(Engine, "from_config", classmethod(recording))
+    (report,) = mtlora.evaluate_routers(two, ["semantic"], write=False, log=lambda _: None)
+    assert loaded == [["sentiment", "support"]]
+    assert report.labels == ["sentiment", "support", "(unroutable)"]
+
+
 def test_calibrated_threshold_lets_most_of_a_tasks_own_inputs_through() -> None:
     generator = torch.Generator().manual_seed(0)
 

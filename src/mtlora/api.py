@@ -86,7 +86,8 @@ def evaluate_routers(
     """Routing accuracy of each router on a held-out mix of every task's inputs; writes reports/routing.*"""
     project = as_config(config)
     check_split(split)
-    engine = Engine.from_config(project)
+    # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
+    engine = Engine.from_config(project, [t.name for t in project.tasks])
     available = [r for r in routers if r != "learned" or ROUTER_ADAPTER in engine.registry]
     for skipped in sorted(set(routers) - set(available)):
         log(f"[routing] skipping '{skipped}': no learned router trained (mtlora train-router)")
