@@ -91,7 +91,7 @@ def write_tiny_project(folder: Path, backbone: Path) -> Path:
     write_jsonl(data / "qa.jsonl", [{"question": q, "context": c,
                                      "answers": [{"text": a, "answer_start": c.index(a)}]} for q, c, a in QA * 2])
     training = {"epochs": 12, "batch_size": 4, "lr": 2e-2, "max_length": 32, "doc_stride": 8,
-                "checkpoint_every": 3, "precision": "fp32"}
+                "checkpoint_every": 3, "log_every": 1, "precision": "fp32"}
     config = {
         "backbone": str(backbone),
         "registry": "adapters",
@@ -206,7 +206,7 @@ def write_seq2seq_project(folder: Path, backbone: Path) -> Path:
     write_jsonl(data / "mcq.jsonl",
                 [{"passage": p, "question": q, "options": o, "answer": a} for p, q, o, a in MCQ * 2])
     training = {"epochs": 16, "batch_size": 4, "lr": 1e-2, "max_length": 32, "checkpoint_every": 3,
-                "precision": "fp32"}
+                "log_every": 1, "precision": "fp32"}
     config = {
         "backbone": str(backbone),
         "data_dir": "data",

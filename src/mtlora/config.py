@@ -149,6 +149,7 @@ class TrainSettings(_Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     grad_accum: int = Field(1, gt=0)
     checkpoint_every: int = Field(200, gt=0, description="steps between resumable checkpoints")
+    log_every: int = Field(50, gt=0, description="steps between training-loss records (the training curves)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )

@@ -110,7 +110,7 @@ def train_task(
         save_strategy="steps",
         save_steps=settings.checkpoint_every,
         save_total_limit=2,
-        logging_steps=max(1, min(50, settings.checkpoint_every // 4)),
+        logging_steps=settings.log_every,
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
