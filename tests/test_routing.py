@@ -46,6 +46,16 @@ def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) 
     assert set(result["scores"]) == {"sentiment", "support"}
 
 
+def test_router_trains_with_a_registry_given_relative_to_the_working_folder(
+        tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = load_config(tiny_project)
+    monkeypatch.chdir(tiny_project.parent)
+    relative = project.model_copy(update={"registry": Path("adapters"), "tasks": project.tasks[:2]})
+    quick = relative.router.model_copy(update={"training": relative.router.training.model_copy(update={"epochs": 1})})
+    outcome = train_router(relative.model_copy(update={"router": quick}), progress=False, log=lambda _: None)
+    assert outcome.saved_to is not None and outcome.saved_to.resolve().is_relative_to(tiny_project.parent / "adapters")
+
+
 def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry may hold adapters the project does not list; a route to one of them has no column in

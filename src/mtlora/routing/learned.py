@@ -57,7 +57,8 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     from mtlora.training import train_task
 
     settings = project.router
-    folder = project.registry / ".router-data"
+    # Absolute: the router task's data paths would otherwise be read relative to the project's data_dir.
+    folder = (project.registry / ".router-data").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(settings.training.seed)
     splits: dict[str, list[dict[str, str]]] = {"train": [], "validation": []}
