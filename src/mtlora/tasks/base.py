@@ -51,6 +51,8 @@ class TaskKind(ABC):
     auto_class: ClassVar[Any]
     peft_task_type: ClassVar[str | None]  # None: the generic PeftModel
     primary_metric: ClassVar[str]
+    # Where the primary metric's best score lies: 100 for scores reported in percent (ROUGE, SQuAD EM/F1).
+    primary_metric_scale: ClassVar[float] = 1.0
     categorical: ClassVar[bool] = False
     # Model outputs the task reads (in this order) after a forward pass.
     output_names: ClassVar[tuple[str, ...]] = ("logits",)

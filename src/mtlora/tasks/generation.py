@@ -22,6 +22,7 @@ class GenerationTask(Seq2SeqTask):
     description = "text -> text (seq2seq: summaries, questions)"
     roles = ("text", "target")
     primary_metric = "rougeL"
+    primary_metric_scale = 100.0
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
         return [{"text": self.text_value(row, "text"), "target": self.text_value(row, "target"), "where": row.where}

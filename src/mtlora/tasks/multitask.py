@@ -149,7 +149,7 @@ class MultitaskTask(Seq2SeqTask):
             scores = kind.metrics([predictions[i] for i in index], [examples[i] for i in index])
             metrics.update({f"{name}/{metric}": value for metric, value in scores.items()})
             main = scores[kind.primary_metric]
-            mains.append(main / 100 if kind.primary_metric.startswith("rouge") else main)
+            mains.append(main / kind.primary_metric_scale)
         metrics["mean_primary"] = sum(mains) / len(mains) if mains else 0.0
         return metrics
 
