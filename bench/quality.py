@@ -8,18 +8,17 @@ fine-tuning -- and scored on held-out data, with routing accuracy over a mix of 
     python bench/quality.py --routing-only  # retrain the router and rescore routing only
 
 Writes bench/results/quality[_quick].json, score and training-curve plots beside it, and
-BENCHMARKS[_quick].md. Peak memory is per method: the process's resident high-water mark, reset before
-each (allocated GPU memory on CUDA).
+BENCHMARKS[_quick].md. Each method trains in a fresh process (`bench/isolated.py`), so none inherits
+another's warm-up, and its peak memory is that process's resident high-water mark (allocated GPU memory
+on CUDA): the model, optimizer, activations, the task's data and the libraries.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import re
+import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,10 @@ from mtlora.data import load_task_data
 from mtlora.engine import predict_examples
 from mtlora.evaluation import evaluate_task
 from mtlora.tasks import get_task_kind
-from mtlora.training import TrainOutcome, train_task
+from mtlora.training import train_task
+
+sys.path.insert(0, str(Path(__file__).parent))
+from isolated import peak_memory_mb, run_isolated
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "glue" / "local.yaml"
@@ -42,7 +44,7 @@ QQP = {"name": "qqp", "kind": "pair_classification",
                 "validation": {"path": "qqp_kshot/16-42/dev.tsv", "quoting": "none"},
                 "fields": {"text": "question1", "text_pair": "question2", "label": "is_duplicate"},
                 "labels": ["different", "duplicate"]},
-       "training": {"epochs": 10, "batch_size": 8}}
+       "training": {"epochs": 10, "batch_size": 8, "log_every": 5}}  # 40 steps: log often enough to draw
 # Where each task is scored: a split the training never saw.
 SPLITS = {"mrpc": "test", "stsb": "test", "ag_news": "test"}
 # Published dev-set scores (x100, fully fine-tuned on the full official train sets), for orientation only:
@@ -91,55 +93,35 @@ def _quick(task: TaskConfig) -> TaskConfig:
     return task.model_copy(update={"data": data, "training": task.training.model_copy(update={"epochs": epochs})})
 
 
-@contextlib.contextmanager
-def peak_memory() -> Iterator[dict[str, float]]:
-    """Peak memory while the block runs, in MB: allocated GPU memory on CUDA, else the process's peak
-    resident set (Linux's high-water mark, reset at the start so each method gets its own)."""
-    measured: dict[str, float] = {}
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        yield measured
-        measured["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        return
-    Path("/proc/self/clear_refs").write_text("5")
-    yield measured
-    measured["peak_mb"] = _high_water_mark_mb()
-
-
-def _high_water_mark_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
-
-
 def train_and_score(project: ProjectConfig, task: TaskConfig, split: str) -> dict[str, Any]:
-    """The three methods on the same rows with the same budget, each scored on `split`."""
-    runs: dict[str, dict[str, Any]] = {}
-    for method in ("lora", "head_only"):
-        with peak_memory() as memory:
-            outcome = train_task(project, task, method, fresh=True, progress=False, log=lambda _: None)
-        runs[method] = _run_summary(outcome, memory)
+    """The three methods on the same rows with the same budget, each trained in its own fresh process
+    and scored on `split`."""
+    runs = {method: run_isolated(train_one, project, task, method, split) for method in METHODS}
     report = evaluate_task(project, task, split, log=lambda _: None)
-    # Full fine-tuning at the usual full fine-tuning rate; LoRA's 1e-3 would wreck the pretrained weights.
-    tuned = task.model_copy(update={"training": task.training.model_copy(update={"lr": FULL_FINE_TUNING_LR})})
-    with peak_memory() as memory:
-        outcome = train_task(project, tuned, "full", fresh=True, progress=False, log=lambda _: None)
-    runs["full"] = _run_summary(outcome, memory)
-    kind = get_task_kind(task.kind).from_config(task)
-    examples = load_task_data(project, task, splits=(split,)).split(split)
-    predictions = predict_examples(outcome.model.to(default_device()), kind, load_tokenizer(project.backbone),
-                                   examples, task.training.max_length, task.training.doc_stride,
-                                   task.training.eval_batch_size, use_bf16(task.training.precision,
-                                                                           default_device()))
-    metrics = {**{m: report.metrics[m] for m in ("lora", "head_only")}, "full": kind.metrics(predictions, examples)}
+    metrics = {**{m: report.metrics[m] for m in ("lora", "head_only")}, "full": runs["full"]["metrics"]}
     return {"task": task.name, "kind": task.kind, "split": split, "examples": report.examples,
             "train_rows": len(load_task_data(project, task, splits=("train",)).train),
             "epochs": task.training.epochs, "metric": report.primary_metric, "metrics": metrics,
             **{key: {m: runs[m][key] for m in METHODS} for key in ("trainable", "time_s", "peak_mb", "losses")}}
 
 
-def _run_summary(outcome: TrainOutcome, memory: dict[str, float]) -> dict[str, Any]:
-    return {"trainable": outcome.trainable, "time_s": outcome.time_s, "peak_mb": memory["peak_mb"],
-            "losses": outcome.losses}
+def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str) -> dict[str, Any]:
+    """Train `task` with `method` (LoRA and head-only go to the registry; full fine-tuning is scored here,
+    as it is not stored) and report what it cost."""
+    if method == "full":  # the usual full fine-tuning rate; LoRA's 1e-3 would wreck the pretrained weights
+        task = task.model_copy(update={"training": task.training.model_copy(update={"lr": FULL_FINE_TUNING_LR})})
+    outcome = train_task(project, task, method, fresh=True, progress=False, log=lambda _: None)
+    summary = {"trainable": outcome.trainable, "time_s": outcome.time_s, "peak_mb": peak_memory_mb(),
+               "losses": outcome.losses}
+    if method == "full":
+        # Parsed with the training rows, as in training: a regression kind learns its target scale from them.
+        data = load_task_data(project, task, splits=("train", split))
+        kind, examples, device = data.kind, data.split(split), default_device()
+        predictions = predict_examples(outcome.model.to(device), kind, load_tokenizer(project.backbone), examples,
+                                       task.training.max_length, task.training.doc_stride,
+                                       task.training.eval_batch_size, use_bf16(task.training.precision, device))
+        summary["metrics"] = kind.metrics(predictions, examples)
+    return summary
 
 
 def routing(project: ProjectConfig) -> list[dict[str, Any]]:
@@ -159,6 +141,7 @@ def main() -> None:
                         help="only retrain the router and rescore routing, on the adapters of the last run")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
     args = parser.parse_args()
+    args.work = args.work.resolve()
     suffix = "_quick" if args.quick else ""
     out = ROOT / "bench" / "results" / f"quality{suffix}.json"
     project = project_for(args)
@@ -169,6 +152,7 @@ def main() -> None:
     if previous:
         rerun = {"tasks": args.tasks or ["routing"], "date": result["date"]}
         result.update(tasks=previous["tasks"], routing=previous["routing"], wall_s=previous["wall_s"],
+                      routing_wall_s=previous.get("routing_wall_s", 0.0),
                       reruns=[*previous.get("reruns", []), rerun])
     for task in [] if args.routing_only else project.tasks:
         print(f"[{task.name}] head-only, LoRA, full fine-tuning...", flush=True)
@@ -184,9 +168,9 @@ def main() -> None:
             result["wall_s"] = time.perf_counter() - started
         write_results(result, out, suffix)  # after every task: a crash later keeps what is done
     if not args.tasks:
+        routing_started = time.perf_counter()
         result["routing"] = routing(project)
-        if not previous:
-            result["wall_s"] = time.perf_counter() - started
+        result["routing_wall_s"] = time.perf_counter() - routing_started
         write_results(result, out, suffix)
     print(markdown(result, suffix))
 
@@ -207,8 +191,9 @@ def describe_device() -> str:
 def markdown(result: dict[str, Any], suffix: str) -> str:
     mode = "quick run: at most 2,000 training rows per task, two epochs" if result["quick"] else "full run"
     lines = [f"# Quality on real data ({mode})", "",
-             f"Embedded all-MiniLM-L6-v2 on {result.get('device', 'CPU')}, {result['date']}, "
-             f"{result['wall_s'] / 60:.1f} min in all. Produced by `python bench/quality.py"
+             f"Embedded all-MiniLM-L6-v2 on {result.get('device', 'CPU')}, {result['date']}: "
+             f"{result['wall_s'] / 60:.1f} min for the tasks and {result.get('routing_wall_s', 0) / 60:.1f} min "
+             "for routing. Produced by `python bench/quality.py"
              f"{' --quick' if result['quick'] else ''}`; the numbers are in `bench/results/quality{suffix}.json`. "
              "Every method trains on the same rows for the same epochs; LoRA and head-only at lr 1e-3, full "
              f"fine-tuning at {FULL_FINE_TUNING_LR:g}.", "",
@@ -272,7 +257,7 @@ def plot_scores(result: dict[str, Any], path: Path) -> None:
             axes.scatter(*zip(*points, strict=True), marker=marker, color="black", zorder=3, label=source, s=22)
     axes.set_xticks(range(len(rows)), [f"{row['task']}\n{row['metric']}" for row in rows], fontsize=8)
     axes.set_ylim(0, 1.05)
-    axes.set_ylabel("score (F1 / 100 for QA)")
+    axes.set_ylabel("score (percentages / 100)")
     axes.legend(fontsize=7, loc="lower left", ncols=2)
     axes.set_title("head-only vs LoRA vs full fine-tuning, with published anchors")
     figure.tight_layout()
@@ -318,7 +303,7 @@ def _verdict(task: str, score: float) -> str:
 
 
 def _unit(row: dict[str, Any], value: float) -> float:
-    return value / 100 if row["task"] == "squad" else value
+    return value / get_task_kind(row["kind"]).primary_metric_scale
 
 
 def _mb(value: float | None) -> str:
