@@ -60,16 +60,20 @@ def main() -> None:
                         f"{report.ms_per_input:.2f}")
     console.print(routing)
 
-    console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch")
+    console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch (learned router)")
     engine = mtlora.load_engine(CONFIG)
     inputs = [item for items in EXAMPLES.values() for item in items]
-    for item, prediction in zip(inputs, engine.predict(inputs), strict=True):
+    for item, prediction in zip(inputs, engine.predict(inputs, router="learned"), strict=True):
         shown = " || ".join(item) if isinstance(item, tuple) else item
+        if prediction["task"] is None:
+            console.print(f"{shown}\n   -> [yellow]unroutable[/yellow]: {prediction['reason']}")
+            continue
         console.print(f"{shown}\n   -> [cyan]{prediction['task']}[/cyan] (routed by {prediction['routed_by']}, "
                       f"{prediction['route_confidence']:.2f}): [bold]{prediction['label']}[/bold] "
                       f"({prediction['confidence']:.2f})")
     console.print(f"\nDone in {time.perf_counter() - started:.0f}s. Adapters are in "
-                  f"{mtlora.load_config(CONFIG).registry}; try `mtlora predict {CONFIG} \"my parcel is late\"`.")
+                  f"{mtlora.load_config(CONFIG).registry}; try "
+                  f"`mtlora predict {CONFIG} --router learned \"my parcel is late\"`.")
 
 
 def _fmt(value: float | None) -> str:
