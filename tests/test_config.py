@@ -54,6 +54,14 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
     assert "tasks[2] (news).training.epoch: unknown setting" in text
 
 
+@pytest.mark.parametrize("value", [1.5, "automatic"])
+def test_semantic_threshold_is_a_cosine_or_auto(tmp_path: Path, value: object) -> None:
+    config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": 0.4}}))
+    assert config.router.min_similarity == 0.4
+    with pytest.raises(ConfigError, match=r"router\.min_similarity"):
+        load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": value}}))
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
 def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="not allowed"):

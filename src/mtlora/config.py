@@ -24,7 +24,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -271,7 +271,7 @@ class RouterSettings(_Strict):
 
     strategy: Literal["explicit", "keywords", "semantic", "learned"] = "semantic"
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
-    min_similarity: float | Literal["auto"] = Field(
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = Field(
         "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
                             "its example inputs (about 98% of a task's own inputs clear it)")
     min_confidence: float = Field(0.5, ge=0, le=1, description="learned: probability needed to route")
