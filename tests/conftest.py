@@ -18,6 +18,9 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CLI prints through rich, which wraps at the terminal width (80 without one): a long temp path
+# would break a word the tests look for, depending on pytest's run counter.
+os.environ["COLUMNS"] = "240"
 
 WORDS = [
     "the", "a", "an", "is", "was", "it", "this", "that", "movie", "film", "great", "good", "bad", "awful",
