@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.lora import Linear as LoraLinear
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -44,7 +45,7 @@ from mtlora.backbone import (
 )
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
-from mtlora.engine.folding import folded_lora
+from mtlora.engine.folding import folded_lora, lora_layers
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
@@ -134,6 +135,7 @@ class Engine:
         self.default_router = router or self.router_settings.strategy
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
+        self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
         # uses every core. Concurrent callers queue here; the server batches them into one call.
@@ -191,6 +193,7 @@ class Engine:
             task = self._task(name)
             del self._tasks[name]
             self._routers.clear()
+            self._lora_layers = None
             if isinstance(task.kind, Seq2SeqTask):
                 self._seq2seq.remove(name)
                 return
@@ -247,6 +250,7 @@ class Engine:
             self._encoder.add_adapter(name, config)
         else:
             self._encoder = get_peft_model(self._encoder, config, adapter_name=name)
+        self._lora_layers = None
         result = set_peft_model_state_dict(self._encoder, state, adapter_name=name)
         if result.unexpected_keys:
             raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
@@ -414,10 +418,9 @@ class Engine:
             return self._encoder(**inputs)
         if len(set(adapters)) > 1:
             return self._encoder(**inputs, adapter_names=adapters)
-        if adapters[0] == NO_ADAPTER:
-            with self._encoder.disable_adapter():
-                return self._encoder(**inputs)
-        with folded_lora(self._encoder, adapters[0]):
+        if self._lora_layers is None:
+            self._lora_layers = lora_layers(self._encoder)
+        with folded_lora(self._lora_layers, adapters[0]):  # NO_ADAPTER is in no layer: base weights only
             return self._encoder(**inputs)
 
 
