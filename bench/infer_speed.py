@@ -36,7 +36,7 @@ from transformers import AutoModel
 
 import mtlora
 from mtlora import Engine
-from mtlora.backbone import quiet_loading, resolve_backbone
+from mtlora.backbone import linear_weights_in_bf16, quiet_loading, resolve_backbone
 from mtlora.batching import length_sorted_batches
 from mtlora.config import ROUTER_ADAPTER
 
@@ -200,6 +200,8 @@ def main() -> None:
         engine.add(ROUTER_ADAPTER)
         with quiet_loading():
             backbone = AutoModel.from_pretrained(resolve_backbone("embedded")).to(engine.device).eval()
+        if engine.bf16:  # the limit holds its linear weights as the engine does
+            linear_weights_in_bf16(backbone)
         items = [item for item, _ in stream]
         tasks = [task for _, task in stream]
         bf16 = torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.bf16)

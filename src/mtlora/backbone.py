@@ -177,6 +177,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "auto" and bf16_supported(device)
 
 
+def linear_weights_in_bf16(model: nn.Module) -> nn.Module:
+    """Hold `model`'s linear layers in bf16, for inference under bf16 autocast.
+
+    Autocast casts every fp32 linear weight to bf16 on every call; holding them in bf16 gives the
+    same products without those casts, and half the memory. Norms and embeddings stay fp32, as
+    autocast keeps them.
+    """
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.to(torch.bfloat16)
+    return model
+
+
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """No load report or progress bars: transformers reports the new head, mtlora reports it itself."""

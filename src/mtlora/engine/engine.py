@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput
 from mtlora import atomic
 from mtlora.backbone import (
     default_device,
+    linear_weights_in_bf16,
     load_tokenizer,
     no_save_progress_bars,
     quiet_loading,
@@ -143,6 +144,8 @@ class Engine:
         with quiet_loading():
             base = AutoModel.from_pretrained(resolve_backbone(backbone))
         self.hidden_size = int(base.config.hidden_size)
+        if self.bf16:
+            linear_weights_in_bf16(base)
         self._encoder: nn.Module = base.to(self.device).eval()
         names = tasks if tasks is not None else [n for n in self.registry.names() if n != ROUTER_ADAPTER]
         for name in names:

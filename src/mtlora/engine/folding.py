@@ -50,6 +50,7 @@ class _FoldedForward:
         if adapter in layer.lora_variant or not isinstance(base, nn.Linear):
             # A variant (DoRA...) has its own maths: PEFT computes it, for this adapter on every row.
             return lora.Linear.forward(layer, x, *args, adapter_names=[adapter] * len(x), **kwargs)
-        weight = torch.addmm(base.weight, layer.lora_B[adapter].weight, layer.lora_A[adapter].weight,
-                             alpha=layer.scaling[adapter])
+        dtype = base.weight.dtype  # bf16 when the engine holds its linear weights in bf16
+        lora_a, lora_b = layer.lora_A[adapter].weight.to(dtype), layer.lora_B[adapter].weight.to(dtype)
+        weight = torch.addmm(base.weight, lora_b, lora_a, alpha=layer.scaling[adapter])
         return functional.linear(x, weight, base.bias)
