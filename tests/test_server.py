@@ -51,11 +51,26 @@ def test_route_tasks_health_and_metrics(client: TestClient) -> None:
     assert "example_inputs" not in tasks["tasks"][0]
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["ready"] is True
+    assert client.post("/v1/predict", json={"inputs": "where is my refund", "task": "support"}).status_code == 200
     metrics = client.get("/metrics").text
     assert "mtlora_requests_total" in metrics and "mtlora_batch_size_bucket" in metrics
     assert 'mtlora_answers_total{task="support"}' in metrics
     assert client.get("/docs").status_code == 200
     assert "mtlora" in client.get("/").text
+
+
+def test_metrics_count_each_request_by_endpoint_and_status(client: TestClient) -> None:
+    def count(status: int) -> float:
+        line = f'mtlora_requests_total{{endpoint="/v1/predict",status="{status}"}}'
+        values = [float(row.split()[-1]) for row in client.get("/metrics").text.splitlines() if row.startswith(line)]
+        return values[0] if values else 0.0
+
+    ok, refused = count(200), count(413)
+    assert client.post("/v1/predict", json={"inputs": "where is my refund", "task": "support"}).status_code == 200
+    oversize = client.post("/v1/predict", content=json.dumps({"inputs": "x" * 30_000}),
+                           headers={"content-type": "application/json"})
+    assert oversize.status_code == 413
+    assert (count(200), count(413)) == (ok + 1, refused + 1)
 
 
 @pytest.mark.parametrize(("body", "status", "kind"), [
@@ -145,6 +160,35 @@ def test_concurrent_requests_are_batched_together(trained_project: Path) -> None
     assert [r.json()["result"]["task"] for r in responses] == ["sentiment", "support"] * 4
     count = next(line for line in metrics.splitlines() if line.startswith("mtlora_batch_size_count"))
     assert float(count.split()[-1]) < 8  # fewer engine calls than requests
+
+
+def test_worker_takes_what_is_queued_without_waiting() -> None:
+    """Inputs already queued when the engine frees up go in one call, up to max_batch, even with no wait."""
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    class CountingEngine:
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            self.calls.append(len(items))
+            return [{"task": task, "echo": item} for item, task in zip(items, tasks, strict=True)]
+
+    engine = CountingEngine()
+
+    async def run() -> list[list[dict]]:
+        batcher = MicroBatcher(engine, ServerSettings(max_wait_ms=0, max_batch=3), Metrics())  # type: ignore[arg-type]
+        requests = [asyncio.create_task(batcher.submit([f"text {i}"], ["t"], None)) for i in range(5)]
+        await asyncio.sleep(0)  # every request is queued before the worker starts
+        batcher.start()
+        answers = await asyncio.gather(*requests)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(run())
+    assert engine.calls == [3, 2]
+    assert [a[0]["echo"] for a in answers] == [f"text {i}" for i in range(5)]
 
 
 def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:
