@@ -170,8 +170,8 @@ def test_project_default_task_catches_what_no_router_places(trained_project: Pat
 
 @pytest.mark.parametrize("mixed_batches", [True, False], ids=["one-mixed-pass", "folded-per-adapter"])
 def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: bool) -> None:
-    """bf16 holds the encoder's linear weights in bf16 (what autocast would cast them to) and stays
-    within bf16 rounding of fp32; embeddings and norms stay fp32."""
+    """bf16 holds the encoder's linear and LoRA weights in bf16 (what autocast would cast them to) and
+    stays within bf16 rounding of fp32; embeddings and norms stay fp32."""
     tasks, items = [task for task, _ in MIXED], [item for _, item in MIXED]
     fp32 = Engine.from_config(trained_project, precision="fp32").predict_batch(items, task=tasks)
     engine = Engine.from_config(trained_project, precision="bf16", mixed_batches=mixed_batches)
@@ -183,6 +183,7 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
                 assert rounded[key] == pytest.approx(exact[key], abs=0.02), (exact["task"], key)
     dtypes = {name: p.dtype for name, p in engine._encoder.named_parameters()}
     assert dtypes["base_model.model.encoder.layer.0.attention.self.query.base_layer.weight"] == torch.bfloat16
+    assert dtypes["base_model.model.encoder.layer.0.attention.self.query.lora_A.sentiment.weight"] == torch.bfloat16
     assert dtypes["base_model.model.embeddings.word_embeddings.weight"] == torch.float32
     assert dtypes["base_model.model.encoder.layer.0.output.LayerNorm.weight"] == torch.float32
 

@@ -258,6 +258,11 @@ class Engine:
         if result.unexpected_keys:
             raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
                                          f"{result.unexpected_keys[:3]}")
+        if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass
+            for layer in lora_layers(self._encoder):
+                if name in layer.lora_A:
+                    layer.lora_A[name].to(torch.bfloat16)
+                    layer.lora_B[name].to(torch.bfloat16)
         self._encoder.eval()
 
     # ---- answering --------------------------------------------------------------------------------
