@@ -18,9 +18,10 @@ are answered there, in the same call.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ class Engine:
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
+        self._folded_adapter: str | None = None
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
         # uses every core. Concurrent callers queue here; the server batches them into one call.
@@ -393,43 +395,57 @@ class Engine:
         return _Job(name, examples, encoded)
 
     def _forward(self, jobs: list[_Job]) -> None:
-        """Every feature row of every job through the encoder together, then each job's rows through its head."""
+        """Every feature row of every job through the encoder, then each job's rows through its head."""
         rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
         lengths = [jobs[j].lengths[f] for j, f in rows]
-        if self.mixed_batches:
-            batches = length_sorted_batches(lengths, self.batch_size)
-        else:
-            batches = [[first + i for i in batch]
-                       for first, job in zip(_offsets(jobs), jobs, strict=True)
-                       for batch in length_sorted_batches(lengths[first:first + len(job.encoded)], self.batch_size)]
         with torch.inference_mode(), autocast(self.device, self.bf16):
-            for batch_rows in batches:
-                picked = [rows[i] for i in batch_rows]
-                inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked],
-                                  self.device)
-                encoded = self._encode(inputs, [jobs[j].task for j, _ in picked])
-                positions: dict[int, list[int]] = defaultdict(list)
-                for position, (j, _) in enumerate(picked):
-                    positions[j].append(position)
-                for j, where in positions.items():
-                    job, task = jobs[j], self._tasks[jobs[j].task]
-                    assert task.head is not None and task.stand_in is not None
-                    index = torch.tensor(where, device=self.device)
-                    task.stand_in.output = _rows(encoded, index)
-                    output = task.head(**{name: tensor[index] for name, tensor in inputs.items()})
-                    features = [picked[p][1] for p in where]
-                    store_outputs(task.kind, task.kind.outputs_of(output), features, job.lengths, job.results)
-                    task.stand_in.output = None
+            if self.mixed_batches:
+                for batch in length_sorted_batches(lengths, self.batch_size):
+                    self._run_batch(jobs, [rows[i] for i in batch])
+                return
+            for first, job in zip(_offsets(jobs), jobs, strict=True):
+                with self._folded(job.task):  # one fold for all of this job's batches
+                    for batch in length_sorted_batches(lengths[first:first + len(job.encoded)], self.batch_size):
+                        self._run_batch(jobs, [rows[first + i] for i in batch])
+
+    def _run_batch(self, jobs: list[_Job], picked: list[tuple[int, int]]) -> None:
+        """Feature rows (job, feature) padded into one encoder pass, then each job's rows through its head."""
+        inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked], self.device)
+        encoded = self._encode(inputs, [jobs[j].task for j, _ in picked])
+        positions: dict[int, list[int]] = defaultdict(list)
+        for position, (j, _) in enumerate(picked):
+            positions[j].append(position)
+        for j, where in positions.items():
+            job, task = jobs[j], self._tasks[jobs[j].task]
+            assert task.head is not None and task.stand_in is not None
+            index = torch.tensor(where, device=self.device)
+            task.stand_in.output = _rows(encoded, index)
+            output = task.head(**{name: tensor[index] for name, tensor in inputs.items()})
+            features = [picked[p][1] for p in where]
+            store_outputs(task.kind, task.kind.outputs_of(output), features, job.lengths, job.results)
+            task.stand_in.output = None
 
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
-        if not isinstance(self._encoder, PeftModel):
-            return self._encoder(**inputs)
-        if len(set(adapters)) > 1:
+        if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
             return self._encoder(**inputs, adapter_names=adapters)
+        with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights only
+            return self._encoder(**inputs)
+
+    @contextlib.contextmanager
+    def _folded(self, adapter: str) -> Iterator[None]:
+        """Within the block the encoder runs with `adapter`'s LoRA folded in; inside a block that already
+        folds it, nothing more to do."""
+        if not isinstance(self._encoder, PeftModel) or self._folded_adapter == adapter:
+            yield
+            return
         if self._lora_layers is None:
             self._lora_layers = lora_layers(self._encoder)
-        with folded_lora(self._lora_layers, adapters[0]):  # NO_ADAPTER is in no layer: base weights only
-            return self._encoder(**inputs)
+        self._folded_adapter = adapter
+        try:
+            with folded_lora(self._lora_layers, adapter):
+                yield
+        finally:
+            self._folded_adapter = None
 
 
 def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
