@@ -2,7 +2,8 @@
 
 N concurrent clients (1, 8, 64) each send single requests, one after another, for a fixed time; the
 requests are a shuffled mix of four tasks (SST-2, MRPC, STS-B, SQuAD) naming their task. Reported per
-server and N: throughput, p50/p95/p99 latency, status codes, and (mtlora) the batch sizes reached.
+server and N: throughput, p50/p95/p99 latency, status codes, and (mtlora) the batch sizes reached and
+p50 against one engine call on a full batch of the same mix, timed in this process beforehand.
 
 The naive server is what the seed scripts do behind FastAPI: per request, `set_adapter` to the task's
 LoRA and run the model on that one input (under a lock, since the active adapter is shared state).
@@ -30,9 +31,10 @@ import httpx
 import torch
 
 import mtlora
+from mtlora.server import ServerSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from infer_speed import DEFAULT_DATA, build_project, request_stream
+from infer_speed import DEFAULT_DATA, build_project, request_stream, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,11 +118,19 @@ def batch_sizes(port: int) -> dict[str, float]:
     return {"engine_calls": count, "mean_batch": values.get("mtlora_batch_size_sum", 0.0) / count if count else 0.0}
 
 
+def batch_forward_ms(project: Path, stream: list[tuple[Any, str]], size: int) -> float:
+    """One engine call on `size` requests of the stream, as the server's engine runs it (same defaults)."""
+    engine = mtlora.Engine.from_config(project)
+    items, tasks = [item for item, _ in stream[:size]], [task for _, task in stream[:size]]
+    return 1000 * timed(lambda: engine.predict_batch(items, task=tasks), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MTLORA_DATA_DIR", DEFAULT_DATA)))
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=15.0, help="per server and client count")
+    parser.add_argument("--max-batch", type=int, default=None, help="mtlora's max_batch (default: the server's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
 
@@ -129,10 +139,14 @@ def main() -> None:
         print("training 4 quick adapters...", flush=True)
         mtlora.train(project, progress=False, log=lambda _: None)
         stream = request_stream(project, 256)
+        max_batch = args.max_batch or ServerSettings().max_batch
+        forward_ms = batch_forward_ms(project, stream, max_batch)
+        print(f"one engine call on {max_batch} requests: {forward_ms:.0f} ms", flush=True)
         results: dict[str, list[dict[str, Any]]] = {}
         servers = {"mtlora": "mtlora.server.app:create_app_from_env", "naive": "serve_load:create_naive_app"}
         for port, (name, factory) in enumerate(servers.items(), start=8731):
-            process = start_server(factory, project, port)
+            settings = {"max_batch": args.max_batch} if args.max_batch and name == "mtlora" else None
+            process = start_server(factory, project, port, settings)
             try:
                 results[name] = []
                 for clients in (int(c) for c in args.clients.split(",")):
@@ -142,10 +156,12 @@ def main() -> None:
                         after = batch_sizes(port)
                         calls = after["engine_calls"] - before["engine_calls"]
                         row["mean_batch"] = row["requests"] / calls if calls else 0.0
+                        row["p50_vs_batch_forward"] = row["p50_ms"] / forward_ms
                     results[name].append(row)
                     print(f"{name:>7} {clients:>3} clients: {row['requests_per_s']:7.1f} req/s, p50 "
                           f"{row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, {row['statuses']}"
-                          + (f", mean batch {row['mean_batch']:.1f}" if "mean_batch" in row else ""), flush=True)
+                          + (f", mean batch {row['mean_batch']:.1f}, p50 {row['p50_vs_batch_forward']:.1f}x "
+                             "one batch call" if "mean_batch" in row else ""), flush=True)
             finally:
                 process.terminate()
                 process.wait(timeout=60)
@@ -153,6 +169,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "serve_load", "date": time.strftime("%Y-%m-%d %H:%M"), "seconds_per_run": args.seconds,
+        "batch_forward_ms": {"batch": max_batch, "ms": forward_ms},
         "tasks": ["sst2", "mrpc", "stsb", "squad"], "results": results,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "note": "clients and server share the same 2 cores"},

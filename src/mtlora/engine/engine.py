@@ -3,10 +3,10 @@
 How a call with inputs of several tasks runs: with `mixed_batches` (the default on CUDA) the rows of
 every task are padded together and go through the shared encoder once, PEFT applying each row's own
 LoRA weights (`adapter_names`). Otherwise (the default on CPU, where it is faster) each task's rows form
-their own batches and its LoRA is folded into the weights for that pass (`folding.py`). Either way each
-task's head then runs on its rows. A head is the task model transformers builds for the kind (so every
-architecture's own head code is reused), with its encoder swapped for a stand-in that hands over the
-rows already computed.
+their own batches, run with its LoRA folded into the weights once for all of them (`folding.py`).
+Either way each task's head then runs on its rows. A head is the task model transformers builds for
+the kind (so every architecture's own head code is reused), with its encoder swapped for a stand-in
+that hands over the rows already computed.
 
 Seq2seq adapters live on one shared encoder-decoder of their own (`seq2seq.py`); their rows in a call
 are answered there, in the same call.
