@@ -3,7 +3,8 @@
     (a) per-request `set_adapter`, batch size 1 (how the seed scripts serve several adapters)
     (b) PEFT `adapter_names` mixed batches, wired by hand (encoder pass + each task's head)
     (c) mtlora's Engine: tokenise, encoder passes (per adapter, LoRA folded in: the CPU default;
-        c2: one mixed pass with adapter_names, the CUDA default), heads, decode to answers
+        c2: one mixed pass with adapter_names, the CUDA default; c3: the CPU default with every
+        adapter's folded weights kept between calls, `fold_cache`), heads, decode to answers
     (d) the plain backbone with no adapters on the same batches (the limit)
 
 Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), tokenises inside
@@ -215,15 +216,21 @@ def main() -> None:
         # Requests arrive over time: the engine, like (b) and (d), gets them 32 at a time, in arrival order.
         size = args.batch_size
         mixed = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size, mixed_batches=True)
-        for key, serving in (("c", engine), ("c2", mixed)):
+        kept = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
+                                  fold_cache=len(TASKS))
+        for key, serving in (("c", engine), ("c2", mixed), ("c3", kept)):
             seconds[key] = timed(lambda e=serving: [e.predict_batch(items[i:i + size], task=tasks[i:i + size])
                                                     for i in range(0, len(items), size)], 2)
         unrouted = [engine.request(item) for item in items]
         routing = {name: timed(lambda name=name: engine.route(unrouted, name), 2) for name in ("semantic", "learned")}
         memory = memory_with_adapters(project, 10)
+        assert kept._fold_cache is not None
+        memory["fold_cache_mb"] = sum(t.numel() * t.element_size() for adapter in kept.tasks
+                                      for t in kept._fold_cache.folded(adapter).values()) / 2**20
 
     names = {"a": "per-request set_adapter, batch 1", "b": "PEFT adapter_names, by hand",
              "c": "mtlora Engine (CPU default: folded)", "c2": "mtlora Engine, one mixed pass",
+             "c3": f"mtlora Engine, fold_cache={len(TASKS)}",
              "d": "plain backbone (limit)"}
     results = {k: {"setup": names[k], "requests_per_s": len(stream) / seconds[k]} for k in names}
     print(f"\n{len(stream)} mixed requests ({', '.join(sorted(set(tasks)))}), batch {args.batch_size}, "
@@ -238,6 +245,7 @@ def main() -> None:
               f"{100 * spent / seconds['c']:.0f}% of answering the same requests")
     print(f"memory, 10 adapters (r={memory['lora']['r']}, {memory['lora']['target_modules']}): "
           f"{memory['engine_mb']:.1f} MB vs backbone {memory['backbone_mb']:.1f} MB (+{100 * memory['overhead']:.1f}%)")
+    print(f"fold cache of (c3), {len(TASKS)} adapters: {memory['fold_cache_mb']:.1f} MB")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -25,9 +25,11 @@ MIXED = [
 ]
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["one-mixed-pass", "folded-per-adapter"])
+@pytest.fixture(scope="module", params=[{"mixed_batches": True}, {"mixed_batches": False},
+                                        {"mixed_batches": False, "fold_cache": 8}],
+                ids=["one-mixed-pass", "folded-per-adapter", "folds-kept-between-calls"])
 def engine(trained_project: Path, request: pytest.FixtureRequest) -> Engine:
-    return Engine.from_config(trained_project, precision="fp32", mixed_batches=request.param)
+    return Engine.from_config(trained_project, precision="fp32", **request.param)
 
 
 def as_predictor_input(item):
@@ -79,8 +81,9 @@ def test_input_shape_narrows_the_candidates(engine: Engine) -> None:
     assert pair["task"] is None or pair["task"] in ("paraphrase", "similarity", "qa")
 
 
-def test_adapters_come_and_go_at_run_time(trained_project: Path) -> None:
-    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+@pytest.mark.parametrize("fold_cache", [0, 4])
+def test_adapters_come_and_go_at_run_time(trained_project: Path, fold_cache: int) -> None:
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32", fold_cache=fold_cache)
     before = engine.embed(["the cat sat on the mat"])
     first = engine.predict("loved this great movie", task="sentiment")
     engine.add("support")
@@ -186,6 +189,31 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
     assert dtypes["base_model.model.encoder.layer.0.attention.self.query.lora_A.sentiment.weight"] == torch.bfloat16
     assert dtypes["base_model.model.embeddings.word_embeddings.weight"] == torch.float32
     assert dtypes["base_model.model.encoder.layer.0.output.LayerNorm.weight"] == torch.float32
+
+
+def test_fold_cache_keeps_the_most_recently_used_adapters() -> None:
+    from mtlora.engine.folding import FoldCache
+
+    cache = FoldCache(adapters=2)
+    cache.folded("a")[0] = torch.ones(1)
+    cache.folded("b")[0] = torch.ones(1)
+    assert 0 in cache.folded("a")  # used again: "b" is now the oldest
+    cache.folded("c")[0] = torch.ones(1)
+    assert cache.folded("b") == {} and 0 in cache.folded("c")  # "b" was evicted; asking for it evicted "a"
+    assert cache.folded("a") == {}
+    cache.clear()
+    assert cache.folded("c") == {}
+
+
+def test_project_inference_settings_reach_the_engine(trained_project: Path) -> None:
+    project = load_config(trained_project, overrides={"inference": {"precision": "bf16", "batch_size": 4,
+                                                                    "mixed_batches": False, "fold_cache": 2}})
+    engine = Engine.from_config(project, tasks=["sentiment"])
+    assert (engine.bf16, engine.batch_size, engine.mixed_batches) == (True, 4, False)
+    assert engine._fold_cache is not None and engine._fold_cache.adapters == 2
+    assert not Engine.from_config(project, tasks=["sentiment"], precision="fp32").bf16  # an argument wins
+    with pytest.raises(mtlora.ConfigError, match="fold_cache"):
+        load_config(trained_project, overrides={"inference": {"fold_cache": -1}})
 
 
 def test_batches_do_not_pad_short_rows_to_long_ones() -> None:

@@ -280,12 +280,28 @@ class RouterSettings(_Strict):
     training: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, baseline=False))
 
 
+class InferenceSettings(_Strict):
+    """How the engine (Python, CLI and server) runs the adapters."""
+
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
+    )
+    batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
+    mixed_batches: bool | None = Field(
+        None, description="rows of several adapters in one pass (PEFT adapter_names); default: on CUDA only, "
+                          "CPUs run one pass per adapter with its LoRA folded into the weights")
+    fold_cache: int = Field(
+        0, ge=0, description="CPU passes: adapters whose folded weights stay in memory between calls. Each "
+                             "costs one copy of the adapted weights and saves folding them on every call")
+
+
 class ProjectConfig(_Strict):
     backbone: str = Field(EMBEDDED_BACKBONE, description="hub id, local folder, or 'embedded' (MiniLM)")
     registry: Path = Path("adapters")
     reports: Path = Path("reports")
     data_dir: Path = Field(Path("."), description=f"base of relative data paths; ${DATA_DIR_ENV} overrides it")
     router: RouterSettings = Field(default_factory=RouterSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     tasks: list[TaskConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

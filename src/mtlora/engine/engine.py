@@ -47,7 +47,7 @@ from mtlora.backbone import (
 )
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
-from mtlora.engine.folding import folded_lora, lora_layers
+from mtlora.engine.folding import FoldCache, folded_lora, lora_layers
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
@@ -109,6 +109,7 @@ class Engine:
         precision: "auto" (bf16 where the hardware has it), "fp32" or "bf16".
         batch_size: feature rows per encoder pass.
         mixed_batches: run rows of different adapters in one pass (default: on CUDA only).
+        fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class Engine:
         device: torch.device | str | None = None,
         batch_size: int = 32,
         mixed_batches: bool | None = None,
+        fold_cache: int = 0,
     ):
         self.backbone = backbone
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
@@ -139,6 +141,7 @@ class Engine:
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
         self._folded_adapter: str | None = None
+        self._fold_cache = FoldCache(fold_cache) if fold_cache else None
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
         # uses every core. Concurrent callers queue here; the server batches them into one call.
@@ -158,6 +161,8 @@ class Engine:
                     **kwargs: Any) -> Engine:
         project = config if isinstance(config, ProjectConfig) else load_config(config)
         kwargs.setdefault("router_settings", project.router)
+        for setting, value in project.inference.model_dump().items():
+            kwargs.setdefault(setting, value)
         return cls(project.backbone, Registry(project.registry), tasks, **kwargs)
 
     # ---- adapters ---------------------------------------------------------------------------------
@@ -198,7 +203,7 @@ class Engine:
             task = self._task(name)
             del self._tasks[name]
             self._routers.clear()
-            self._lora_layers = None
+            self._forget_folds()
             if isinstance(task.kind, Seq2SeqTask):
                 self._seq2seq.remove(name)
                 return
@@ -255,7 +260,7 @@ class Engine:
             self._encoder.add_adapter(name, config)
         else:
             self._encoder = get_peft_model(self._encoder, config, adapter_name=name)
-        self._lora_layers = None
+        self._forget_folds()
         result = set_peft_model_state_dict(self._encoder, state, adapter_name=name)
         if result.unexpected_keys:
             raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
@@ -440,12 +445,19 @@ class Engine:
             return
         if self._lora_layers is None:
             self._lora_layers = lora_layers(self._encoder)
+        kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
         self._folded_adapter = adapter
         try:
-            with folded_lora(self._lora_layers, adapter):
+            with folded_lora(self._lora_layers, adapter, kept):
                 yield
         finally:
             self._folded_adapter = None
+
+    def _forget_folds(self) -> None:
+        """Adapters came or went: the LoRA layers may have changed, and with them any folded weights."""
+        self._lora_layers = None
+        if self._fold_cache is not None:
+            self._fold_cache.clear()
 
 
 def _split_state(state: dict[str, torch.Tensor], base_prefix: str,

@@ -8,12 +8,15 @@ W is never modified, so nothing drifts the way repeated merge/unmerge would.
 Folding reads and writes every adapted weight, which costs as much as a short pass (about a fifth of
 the engine's time in a loaded server, where each call holds ~8 rows per adapter). So a block folds each
 layer once, on its first pass, and keeps that folded copy until it ends: the several length-sorted
-batches of one adapter in a call pay for one fold. The copy is freed when the block ends.
+batches of one adapter in a call pay for one fold. A `FoldCache` keeps the copies of the most recently
+used adapters between blocks too, for callers that can spend the memory (one copy of the adapted
+weights per adapter) to fold nothing at all once warm.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,11 +32,18 @@ def lora_layers(model: nn.Module) -> list[lora.Linear]:
 
 
 @contextlib.contextmanager
-def folded_lora(layers: Sequence[lora.Linear], adapter: str) -> Iterator[None]:
+def folded_lora(layers: Sequence[lora.Linear], adapter: str,
+                folded: dict[int, torch.Tensor] | None = None) -> Iterator[None]:
     """Within the block, `layers` compute with `adapter` folded into their weights (an adapter a layer
-    does not have, such as PEFT's "__base__", leaves that layer's base weights alone)."""
-    for layer in layers:
-        layer.forward = _FoldedForward(layer, adapter)  # an instance attribute shadows the class's forward
+    does not have, such as PEFT's "__base__", leaves that layer's base weights alone).
+
+    `folded` holds the folded weights by position in `layers`: those it has are used as they are,
+    those it lacks are folded on first use and added to it.
+    """
+    folded = {} if folded is None else folded
+    for position, layer in enumerate(layers):
+        # An instance attribute shadows the class's forward.
+        layer.forward = _FoldedForward(layer, adapter, folded, position)
     try:
         yield
     finally:
@@ -41,11 +51,31 @@ def folded_lora(layers: Sequence[lora.Linear], adapter: str) -> Iterator[None]:
             del layer.forward
 
 
+class FoldCache:
+    """Folded weights of the `adapters` most recently used adapters, kept between fold blocks."""
+
+    def __init__(self, adapters: int):
+        self.adapters = adapters
+        self._folded: OrderedDict[str, dict[int, torch.Tensor]] = OrderedDict()
+
+    def folded(self, adapter: str) -> dict[int, torch.Tensor]:
+        """The store of `adapter`'s folded weights (empty when new), evicting the least recently used."""
+        if adapter in self._folded:
+            self._folded.move_to_end(adapter)
+        else:
+            self._folded[adapter] = {}
+            while len(self._folded) > self.adapters:
+                self._folded.popitem(last=False)
+        return self._folded[adapter]
+
+    def clear(self) -> None:
+        """Forget every folded weight: adapters or the layers they fold into have changed."""
+        self._folded.clear()
+
+
 class _FoldedForward:
-    def __init__(self, layer: lora.Linear, adapter: str):
-        self.layer = layer
-        self.adapter = adapter
-        self.weight: torch.Tensor | None = None
+    def __init__(self, layer: lora.Linear, adapter: str, folded: dict[int, torch.Tensor], position: int):
+        self.layer, self.adapter, self.folded, self.position = layer, adapter, folded, position
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         layer, adapter = self.layer, self.adapter
@@ -55,8 +85,10 @@ class _FoldedForward:
         if adapter in layer.lora_variant or not isinstance(base, nn.Linear):
             # A variant (DoRA...) has its own maths: PEFT computes it, for this adapter on every row.
             return lora.Linear.forward(layer, x, *args, adapter_names=[adapter] * len(x), **kwargs)
-        if self.weight is None:
+        weight = self.folded.get(self.position)
+        if weight is None:
             dtype = base.weight.dtype  # bf16 when the engine holds its linear weights in bf16
             lora_a, lora_b = layer.lora_A[adapter].weight.to(dtype), layer.lora_B[adapter].weight.to(dtype)
-            self.weight = torch.addmm(base.weight, lora_b, lora_a, alpha=layer.scaling[adapter])
-        return functional.linear(x, self.weight, base.bias)
+            weight = self.folded[self.position] = torch.addmm(base.weight, lora_b, lora_a,
+                                                              alpha=layer.scaling[adapter])
+        return functional.linear(x, weight, base.bias)
