@@ -191,6 +191,21 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
     assert dtypes["base_model.model.encoder.layer.0.output.LayerNorm.weight"] == torch.float32
 
 
+def test_folded_and_unmerged_lora_answer_alike(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of few tokens run LoRA unmerged, larger ones fold it into the weights: the same answers."""
+    from mtlora.engine import engine as engine_module
+
+    engine = Engine.from_config(trained_project, precision="fp32", mixed_batches=False)
+    tasks, items = [task for task, _ in MIXED], [item for _, item in MIXED]
+    monkeypatch.setattr(engine_module, "FOLD_MIN_TOKENS", 0)
+    folded = engine.predict_batch(items, task=tasks)
+    monkeypatch.setattr(engine_module, "FOLD_MIN_TOKENS", 10**9)
+    unmerged = engine.predict_batch(items, task=tasks)
+    for a, b in zip(folded, unmerged, strict=True):
+        assert a["task"] == b["task"]
+        assert_same(a, b)
+
+
 def test_fold_cache_keeps_the_most_recently_used_adapters() -> None:
     from mtlora.engine.folding import FoldCache
 

@@ -47,7 +47,7 @@ from mtlora.backbone import (
 )
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
-from mtlora.engine.folding import FoldCache, folded_lora, lora_layers
+from mtlora.engine.folding import FOLD_MIN_TOKENS, FoldCache, folded_lora, lora_layers
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
@@ -409,8 +409,10 @@ class Engine:
                     self._run_batch(jobs, [rows[i] for i in batch])
                 return
             for first, job in zip(_offsets(jobs), jobs, strict=True):
-                with self._folded(job.task):  # one fold for all of this job's batches
-                    for batch in length_sorted_batches(lengths[first:first + len(job.encoded)], self.batch_size):
+                batches = length_sorted_batches(job.lengths, self.batch_size)
+                tokens = sum(len(batch) * max(job.lengths[i] for i in batch) for batch in batches)
+                with self._folded(job.task, tokens):  # one fold (if any) for all of this job's batches
+                    for batch in batches:
                         self._run_batch(jobs, [rows[first + i] for i in batch])
 
     def _run_batch(self, jobs: list[_Job], picked: list[tuple[int, int]]) -> None:
@@ -433,22 +435,24 @@ class Engine:
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
             return self._encoder(**inputs, adapter_names=adapters)
-        with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights only
+        with self._folded(adapters[0], inputs["input_ids"].numel()):  # NO_ADAPTER is in no layer: base weights
             return self._encoder(**inputs)
 
     @contextlib.contextmanager
-    def _folded(self, adapter: str) -> Iterator[None]:
-        """Within the block the encoder runs with `adapter`'s LoRA folded in; inside a block that already
-        folds it, nothing more to do."""
+    def _folded(self, adapter: str, tokens: int) -> Iterator[None]:
+        """Within the block the encoder runs with `adapter`'s LoRA: folded in, unless the block's `tokens`
+        are too few to pay for folding and no fold cache keeps the folds for later calls. Inside a block
+        that already runs `adapter`, nothing more to do."""
         if not isinstance(self._encoder, PeftModel) or self._folded_adapter == adapter:
             yield
             return
         if self._lora_layers is None:
             self._lora_layers = lora_layers(self._encoder)
         kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
+        fold = kept is not None or tokens >= FOLD_MIN_TOKENS
         self._folded_adapter = adapter
         try:
-            with folded_lora(self._lora_layers, adapter, kept):
+            with folded_lora(self._lora_layers, adapter, kept, fold):
                 yield
         finally:
             self._folded_adapter = None
