@@ -8,7 +8,8 @@
     (d) the plain backbone with no adapters on the same batches (the limit)
 
 Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), tokenises inside
-the timing, and (b), (c), (d) split each 32 into batches of similar length the same way.
+the timing, and (b), (c), (d) split each 32 into batches of similar length the same way. The setups take
+turns for three rounds and each reports its median round.
 
 Also measured: parameter memory with 10 adapters loaded against the bare backbone, and the cost of
 routing the stream (semantic, learned) against answering it. Adapters are trained for a few steps on
@@ -25,6 +26,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -87,6 +89,26 @@ def request_stream(project: Path, size: int) -> list[tuple[Any, str]]:
     # QA inputs go in as {question, context}, the way a client that knows its input sends them.
     stream = [({"question": item[0], "context": item[1]} if task == "squad" else item, task) for item, task in mix]
     return random.Random(0).sample(stream, min(size, len(stream)))
+
+
+def timed_in_turns(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds of each run over `rounds` rounds in which the runs take turns, so that a slow spell
+    of a shared machine falls on every setup alike instead of on whichever was running then."""
+    for run in runs.values():
+        run()  # warm-up: first calls allocate (and fill a fold cache)
+    spent: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            started = time.perf_counter()
+            run()
+            spent[key].append(time.perf_counter() - started)
+    return {key: statistics.median(times) for key, times in spent.items()}
+
+
+def autocasting(engine: Engine, run: Callable[[], Any]) -> None:
+    """`run` under the engine's precision, for the setups that call the model directly."""
+    with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.bf16):
+        run()
 
 
 def timed(run: Callable[[], Any], repeats: int = 1) -> float:
@@ -187,6 +209,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 or auto (all setups use the same)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per setup (the median counts)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "infer_speed.json")
     args = parser.parse_args()
 
@@ -205,22 +228,22 @@ def main() -> None:
             linear_weights_in_bf16(backbone)
         items = [item for item, _ in stream]
         tasks = [task for _, task in stream]
-        bf16 = torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=engine.bf16)
         one_by_one = stream[: max(32, len(stream) // 4)]  # (a) is slow: a quarter of the stream
-
-        seconds: dict[str, float] = {}
-        with bf16:
-            seconds["a"] = timed(lambda: per_request_set_adapter(engine, one_by_one)) * len(stream) / len(one_by_one)
-            seconds["b"] = timed(lambda: hand_wired_mixed(engine, stream, args.batch_size), 2)
-            seconds["d"] = timed(lambda: plain_backbone(backbone, engine, stream, args.batch_size), 2)
         # Requests arrive over time: the engine, like (b) and (d), gets them 32 at a time, in arrival order.
         size = args.batch_size
         mixed = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size, mixed_batches=True)
         kept = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
                                   fold_cache=len(TASKS))
-        for key, serving in (("c", engine), ("c2", mixed), ("c3", kept)):
-            seconds[key] = timed(lambda e=serving: [e.predict_batch(items[i:i + size], task=tasks[i:i + size])
-                                                    for i in range(0, len(items), size)], 2)
+        setups: dict[str, Callable[[], Any]] = {
+            "a": lambda: autocasting(engine, lambda: per_request_set_adapter(engine, one_by_one)),
+            "b": lambda: autocasting(engine, lambda: hand_wired_mixed(engine, stream, size)),
+            **{key: lambda e=serving: [e.predict_batch(items[i:i + size], task=tasks[i:i + size])
+                                       for i in range(0, len(items), size)]
+               for key, serving in (("c", engine), ("c2", mixed), ("c3", kept))},
+            "d": lambda: autocasting(engine, lambda: plain_backbone(backbone, engine, stream, size)),
+        }
+        seconds = timed_in_turns(setups, args.rounds)
+        seconds["a"] *= len(stream) / len(one_by_one)
         unrouted = [engine.request(item) for item in items]
         routing = {name: timed(lambda name=name: engine.route(unrouted, name), 2) for name in ("semantic", "learned")}
         memory = memory_with_adapters(project, 10)
@@ -250,7 +273,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "infer_speed", "date": time.strftime("%Y-%m-%d %H:%M"), "requests": len(stream),
-        "batch_size": args.batch_size, "precision": "bf16" if engine.bf16 else "fp32",
+        "batch_size": args.batch_size, "rounds": args.rounds, "precision": "bf16" if engine.bf16 else "fp32",
         "tasks": sorted(set(tasks)), "results": results,
         "routing_s_per_request": {k: v / len(stream) for k, v in routing.items()},
         "routing_share_of_answering": {k: v / seconds["c"] for k, v in routing.items()},

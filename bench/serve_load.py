@@ -1,7 +1,8 @@
 """Serving under load, on loopback: mtlora's server against a naive one-request-one-forward endpoint.
 
-N concurrent clients (1, 8, 64) each send single requests, one after another, for a fixed time; the
-requests are a shuffled mix of four tasks (SST-2, MRPC, STS-B, SQuAD) naming their task. Reported per
+N concurrent clients (1, 8, 64) each send single requests, one after another, for a fixed time (in
+three turns per server, the two servers alternating, both running throughout); the requests are a
+shuffled mix of four tasks (SST-2, MRPC, STS-B, SQuAD) naming their task. Reported per
 server and N: throughput, p50/p95/p99 latency, status codes, and (mtlora) the batch sizes reached and
 p50 against one engine call on a full batch of the same mix, timed in this process beforehand.
 
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,23 @@ def as_json_input(item: Any) -> Any:
     return item
 
 
-async def load(port: int, stream: list[tuple[Any, str]], clients: int, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+@dataclass
+class Load:
+    """What the clients saw against one server at one client count, over all its rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self, clients: int) -> dict[str, Any]:
+        cuts = statistics.quantiles(self.latencies, n=100) if len(self.latencies) > 1 else self.latencies * 99
+        return {"clients": clients, "requests": len(self.latencies),
+                "requests_per_s": len(self.latencies) / self.seconds,
+                "p50_ms": 1000 * cuts[49], "p95_ms": 1000 * cuts[94], "p99_ms": 1000 * cuts[98],
+                "statuses": {str(k): v for k, v in sorted(self.statuses.items())}}
+
+
+async def load(port: int, stream: list[tuple[Any, str]], clients: int, seconds: float, into: Load) -> None:
     stop = time.perf_counter() + seconds
 
     async def client(offset: int, http: httpx.AsyncClient) -> None:
@@ -96,18 +112,14 @@ async def load(port: int, stream: list[tuple[Any, str]], clients: int, seconds: 
             i += clients
             started = time.perf_counter()
             response = await http.post("/v1/predict", json={"inputs": as_json_input(item), "task": task})
-            latencies.append(time.perf_counter() - started)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            into.latencies.append(time.perf_counter() - started)
+            into.statuses[response.status_code] = into.statuses.get(response.status_code, 0) + 1
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(k, http) for k in range(clients)))
-        elapsed = time.perf_counter() - started
-    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return {"clients": clients, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": 1000 * cuts[49], "p95_ms": 1000 * cuts[94], "p99_ms": 1000 * cuts[98],
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+        into.seconds += time.perf_counter() - started
 
 
 def batch_sizes(port: int) -> dict[str, float]:
@@ -130,6 +142,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MTLORA_DATA_DIR", DEFAULT_DATA)))
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=15.0, help="per server and client count")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per server and client count")
     parser.add_argument("--max-batch", type=int, default=None, help="mtlora's max_batch (default: the server's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
@@ -142,19 +155,24 @@ def main() -> None:
         max_batch = args.max_batch or ServerSettings().max_batch
         forward_ms = batch_forward_ms(project, stream, max_batch)
         print(f"one engine call on {max_batch} requests: {forward_ms:.0f} ms", flush=True)
-        results: dict[str, list[dict[str, Any]]] = {}
-        servers = {"mtlora": "mtlora.server.app:create_app_from_env", "naive": "serve_load:create_naive_app"}
-        for port, (name, factory) in enumerate(servers.items(), start=8731):
-            settings = {"max_batch": args.max_batch} if args.max_batch and name == "mtlora" else None
-            process = start_server(factory, project, port, settings)
-            try:
-                results[name] = []
-                for clients in (int(c) for c in args.clients.split(",")):
-                    before = batch_sizes(port) if name == "mtlora" else {}
-                    row = asyncio.run(load(port, stream, clients, args.seconds))
+        results: dict[str, list[dict[str, Any]]] = {"mtlora": [], "naive": []}
+        ports = {"mtlora": 8731, "naive": 8732}
+        factories = {"mtlora": "mtlora.server.app:create_app_from_env", "naive": "serve_load:create_naive_app"}
+        settings = {"mtlora": {"max_batch": args.max_batch} if args.max_batch else None, "naive": None}
+        processes = [start_server(factories[name], project, ports[name], settings[name]) for name in ports]
+        try:
+            for clients in (int(c) for c in args.clients.split(",")):
+                # The servers take turns, a short window each, so a slow spell of the shared machine
+                # falls on both alike.
+                loads = {name: Load() for name in ports}
+                before = batch_sizes(ports["mtlora"])
+                for _ in range(args.rounds):
+                    for name, port in ports.items():
+                        asyncio.run(load(port, stream, clients, args.seconds / args.rounds, loads[name]))
+                calls = batch_sizes(ports["mtlora"])["engine_calls"] - before["engine_calls"]
+                for name in ports:
+                    row = loads[name].summary(clients)
                     if name == "mtlora":
-                        after = batch_sizes(port)
-                        calls = after["engine_calls"] - before["engine_calls"]
                         row["mean_batch"] = row["requests"] / calls if calls else 0.0
                         row["p50_vs_batch_forward"] = row["p50_ms"] / forward_ms
                     results[name].append(row)
@@ -162,14 +180,18 @@ def main() -> None:
                           f"{row['p50_ms']:7.1f} ms, p99 {row['p99_ms']:7.1f} ms, {row['statuses']}"
                           + (f", mean batch {row['mean_batch']:.1f}, p50 {row['p50_vs_batch_forward']:.1f}x "
                              "one batch call" if "mean_batch" in row else ""), flush=True)
-            finally:
+                print(f"  mtlora / naive at {clients} clients: "
+                      f"{results['mtlora'][-1]['requests_per_s'] / results['naive'][-1]['requests_per_s']:.2f}x",
+                      flush=True)
+        finally:
+            for process in processes:
                 process.terminate()
                 process.wait(timeout=60)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "serve_load", "date": time.strftime("%Y-%m-%d %H:%M"), "seconds_per_run": args.seconds,
-        "batch_forward_ms": {"batch": max_batch, "ms": forward_ms},
+        "rounds": args.rounds, "batch_forward_ms": {"batch": max_batch, "ms": forward_ms},
         "tasks": ["sst2", "mrpc", "stsb", "squad"], "results": results,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "note": "clients and server share the same 2 cores"},
