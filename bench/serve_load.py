@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 import torch
+import yaml
 
 import mtlora
 from mtlora.server import ServerSettings
@@ -144,11 +145,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per server and client count")
     parser.add_argument("--rounds", type=int, default=3, help="turns per server and client count")
     parser.add_argument("--max-batch", type=int, default=None, help="mtlora's max_batch (default: the server's)")
+    parser.add_argument("--fold-cache", type=int, default=0, help="the project's inference.fold_cache (both servers)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         project = build_project(Path(folder), args.data)
+        if args.fold_cache:
+            config = yaml.safe_load(project.read_text())
+            config["inference"] = {"fold_cache": args.fold_cache}
+            project.write_text(yaml.safe_dump(config, sort_keys=False))
         print("training 4 quick adapters...", flush=True)
         mtlora.train(project, progress=False, log=lambda _: None)
         stream = request_stream(project, 256)
@@ -191,7 +197,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "serve_load", "date": time.strftime("%Y-%m-%d %H:%M"), "seconds_per_run": args.seconds,
-        "rounds": args.rounds, "batch_forward_ms": {"batch": max_batch, "ms": forward_ms},
+        "rounds": args.rounds, "fold_cache": args.fold_cache,
+        "batch_forward_ms": {"batch": max_batch, "ms": forward_ms},
         "tasks": ["sst2", "mrpc", "stsb", "squad"], "results": results,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "note": "clients and server share the same 2 cores"},
