@@ -19,7 +19,7 @@ from torch import nn
 
 from mtlora.config import Seq2SeqSettings
 from mtlora.errors import InputError
-from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
+from mtlora.tasks.base import Encoded, Example, Prediction, require_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 if TYPE_CHECKING:
@@ -36,8 +36,7 @@ class MultitaskTask(Seq2SeqTask):
     primary_metric = "mean_primary"
 
     def __init__(self, *args: Any, **kwargs: Any):
-        TaskKind.__init__(self, *args, **kwargs)  # its options are its parts', not one prompt and decoding
-        self.settings = Seq2SeqSettings()
+        super().__init__(*args, **kwargs)
         from mtlora.tasks import get_task_kind
 
         self.parts: dict[str, Seq2SeqTask] = {}
@@ -52,6 +51,10 @@ class MultitaskTask(Seq2SeqTask):
         specs = {name: {"kind": k.name, "labels": k.labels, "fields": k.fields, "label_map": k.label_map,
                         "options": k.options} for name, k in parts.items()}
         return cls(options={"parts": specs, "mix": mix})
+
+    @classmethod
+    def settings_from(cls, options: dict[str, Any]) -> Seq2SeqSettings:
+        return Seq2SeqSettings()  # its options are its parts', each with its own prompt and decoding
 
     @classmethod
     def options_from_config(cls, config: TaskConfig) -> dict[str, Any]:

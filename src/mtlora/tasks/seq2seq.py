@@ -44,8 +44,14 @@ class Seq2SeqTask(TaskKind):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.settings = Seq2SeqSettings.model_validate(self.options)
-        check_template(self.settings.prompt, self.prompt_roles)
+        self.settings = self.settings_from(self.options)
+
+    @classmethod
+    def settings_from(cls, options: dict[str, Any]) -> Seq2SeqSettings:
+        """The kind's prompt and decoding, from its options (checked against the roles it fills)."""
+        settings = Seq2SeqSettings.model_validate(options)
+        check_template(settings.prompt, cls.prompt_roles)
+        return settings
 
     @classmethod
     def options_from_config(cls, config: TaskConfig) -> dict[str, Any]:
