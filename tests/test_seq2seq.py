@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_seq2seq_project
+from safetensors.torch import load_file
 from test_training import QUIET, final_adapter_state, stop_at_step
 
 import mtlora
@@ -100,6 +101,24 @@ def test_resume_after_interruption_ends_with_the_same_weights(
     assert expected.keys() == actual.keys() and expected
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_checkpoints_keep_task_token_rows_not_the_whole_embedding(
+        tmp_path: Path, warm_start_bert: Path, monkeypatch) -> None:
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(4, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(project, "summarize", **QUIET)
+    checkpoints = list(load_config(project).registry.glob(".runs/summarize/lora/checkpoint-*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        keys = list(load_file(checkpoint / "adapter_model.safetensors").keys())
+        assert any("trainable_tokens" in k for k in keys), keys
+        assert not [k for k in keys if k.endswith(("embeddings.weight", "embed_tokens.weight"))], keys
+    messages: list[str] = []
+    mtlora.train(project, "summarize", progress=False, log=messages.append)
+    assert any("Resuming from" in m for m in messages), messages
 
 
 @pytest.fixture(scope="module")
