@@ -93,6 +93,18 @@ def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status
     assert error_of(response)["type"] == kind
 
 
+def test_a_chunked_body_is_held_to_the_size_limit(client: TestClient) -> None:
+    """Without a Content-Length the limit applies to the bytes as they arrive; a small body still works."""
+    headers = {"content-type": "application/json"}
+    big = json.dumps({"inputs": ["a"] * 5000}).encode()  # 25 kB against the fixture's 20 kB limit
+    oversize = client.post("/v1/predict", content=iter([big[:15_000], big[15_000:]]), headers=headers)
+    assert oversize.request.headers.get("content-length") is None
+    assert oversize.status_code == 413 and error_of(oversize)["type"] == "body_too_large"
+    small = json.dumps({"inputs": "where is my refund", "task": "support"}).encode()
+    answered = client.post("/v1/predict", content=iter([small[:10], small[10:]]), headers=headers)
+    assert answered.status_code == 200 and answered.json()["result"]["task"] == "support"
+
+
 def test_invalid_utf8_is_a_4xx(client: TestClient) -> None:
     response = client.post("/v1/predict", content=b'{"inputs": "caf\xe9"}',
                            headers={"content-type": "application/json"})

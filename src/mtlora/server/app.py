@@ -164,7 +164,8 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
 
 
 class _MeasureAndLimit:
-    """Counts and times every request, and refuses an oversize body before it is read.
+    """Counts and times every request, and refuses a body over `max_body_bytes`: at once when its
+    Content-Length says so; a body without one (chunked) is read up to the limit before the app sees it.
 
     Plain ASGI rather than `@app.middleware("http")`, whose wrapper runs each response through extra
     tasks and memory streams: a cost paid on every request of a server that answers in milliseconds.
@@ -180,6 +181,7 @@ class _MeasureAndLimit:
         started = time.perf_counter()
         path: str = scope["path"]
         endpoint = path if path.startswith("/v1/") else "other"
+        limit = self.settings.max_body_bytes
         status = 500  # unless a response starts: an exception escaped every handler
 
         async def send_noting_status(message: Message) -> None:
@@ -189,16 +191,45 @@ class _MeasureAndLimit:
             await send(message)
 
         length = Headers(scope=scope).get("content-length")
+        oversize = length if length is not None and length.isdigit() and int(length) > limit else None
         try:
-            if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-                problem = HTTPProblem(413, "body_too_large", f"request body is {length} bytes; the limit is "
-                                                             f"{self.settings.max_body_bytes}")
+            if length is None:
+                body = await _read_body(receive, limit)
+                if body is None:
+                    oversize = f"over {limit}"
+                else:
+                    receive = _replay(body, receive)
+            if oversize is not None:
+                problem = HTTPProblem(413, "body_too_large", f"request body is {oversize} bytes; the limit is {limit}")
                 await _problem(problem, self.metrics)(scope, receive, send_noting_status)
             else:
                 await self.app(scope, receive, send_noting_status)
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _read_body(receive: Receive, limit: int) -> list[Message] | None:
+    """The request's body messages, or None as soon as they pass `limit` bytes."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that hands the app the body already read, then listens to the client as usual."""
+    pending = list(messages)
+
+    async def replaying() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replaying
 
 
 def create_app_from_env() -> FastAPI:
