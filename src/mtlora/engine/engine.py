@@ -448,6 +448,7 @@ class Engine:
             return
         if self._lora_layers is None:
             self._lora_layers = lora_layers(self._encoder)
+        # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
         kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
         fold = kept is not None or tokens >= FOLD_MIN_TOKENS
         self._folded_adapter = adapter
