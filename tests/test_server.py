@@ -203,6 +203,33 @@ def test_worker_takes_what_is_queued_without_waiting() -> None:
     assert [a[0]["echo"] for a in answers] == [f"text {i}" for i in range(5)]
 
 
+def test_an_engine_crash_fails_only_its_input_and_the_worker_goes_on() -> None:
+    """An error that is not an input error (a failing kernel, out of memory) must not stop the worker."""
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    class CrashingEngine:
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            if "boom" in items:
+                raise RuntimeError("kernel failed")
+            return [{"echo": item} for item in items]
+
+    async def run() -> tuple[list, list]:
+        batcher = MicroBatcher(CrashingEngine(), ServerSettings(max_wait_ms=0), Metrics())  # type: ignore[arg-type]
+        together = [asyncio.create_task(batcher.submit([text], ["t"], None)) for text in ("ok", "boom", "fine")]
+        await asyncio.sleep(0)  # all three in one engine call
+        batcher.start()
+        outcomes = await asyncio.wait_for(asyncio.gather(*together, return_exceptions=True), 5)
+        later = await asyncio.wait_for(batcher.submit(["after"], ["t"], None), 5)
+        await batcher.stop()
+        return outcomes, later
+
+    outcomes, later = asyncio.run(run())
+    assert outcomes[0] == [{"echo": "ok"}] and outcomes[2] == [{"echo": "fine"}]
+    assert isinstance(outcomes[1], RuntimeError)
+    assert later == [{"echo": "after"}]
+
+
 def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:
     import httpx
 
