@@ -12,8 +12,9 @@ the timing, and (b), (c), (d) split each 32 into batches of similar length the s
 turns for three rounds and each reports its median round.
 
 Also measured: parameter memory with 10 adapters loaded against the bare backbone, and the cost of
-routing the stream (semantic, learned) against answering it. Adapters are trained for a few steps on
-the shared GLUE/SQuAD files (speed does not depend on how well they are trained).
+routing the stream (semantic, learned; 32 requests at a time, in the same turns) against answering it.
+Adapters are trained for a few steps on the shared GLUE/SQuAD files (speed does not depend on how well
+they are trained).
 
     python bench/infer_speed.py              # writes bench/results/infer_speed.json
 """
@@ -242,10 +243,15 @@ def main() -> None:
                for key, serving in (("c", engine), ("c2", mixed), ("c3", kept))},
             "d": lambda: autocasting(engine, lambda: plain_backbone(backbone, engine, stream, size)),
         }
-        seconds = timed_in_turns(setups, args.rounds)
-        seconds["a"] *= len(stream) / len(one_by_one)
+        # Routed as the engine routes in a server: the same 32 requests a call answers, in the same turns.
         unrouted = [engine.request(item) for item in items]
-        routing = {name: timed(lambda name=name: engine.route(unrouted, name), 2) for name in ("semantic", "learned")}
+        routers = ("semantic", "learned")
+        routes = {f"route {name}": lambda name=name: [engine.route(unrouted[i:i + size], name)
+                                                      for i in range(0, len(unrouted), size)]
+                  for name in routers}
+        seconds = timed_in_turns({**setups, **routes}, args.rounds)
+        seconds["a"] *= len(stream) / len(one_by_one)
+        routing = {name: seconds.pop(f"route {name}") for name in routers}
         memory = memory_with_adapters(project, 10)
         assert kept._fold_cache is not None
         memory["fold_cache_mb"] = sum(t.numel() * t.element_size() for adapter in kept.tasks
