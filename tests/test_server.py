@@ -174,6 +174,27 @@ def test_concurrent_requests_are_batched_together(trained_project: Path) -> None
     assert float(count.split()[-1]) < 8  # fewer engine calls than requests
 
 
+def test_a_server_fault_is_a_counted_json_500_and_the_server_goes_on(trained_project: Path) -> None:
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+    answer = engine.predict_batch
+
+    def failing_on_marker(items: list, *args: object, **kwargs: object) -> list:
+        if "kernel-fault" in items:
+            raise RuntimeError("a kernel failed")
+        return answer(items, *args, **kwargs)
+
+    engine.predict_batch = failing_on_marker  # type: ignore[method-assign]
+    with TestClient(create_app(lambda: engine), raise_server_exceptions=False) as http:
+        failed = http.post("/v1/predict", json={"inputs": "kernel-fault", "task": "sentiment"})
+        after = http.post("/v1/predict", json={"inputs": "great film", "task": "sentiment"})
+        metrics = http.get("/metrics").text
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "internal_error"
+    assert "RuntimeError" in failed.json()["error"]["message"]
+    assert after.status_code == 200
+    assert 'mtlora_requests_total{endpoint="/v1/predict",status="500"} 1.0' in metrics
+    assert 'mtlora_errors_total{type="internal_error"} 1.0' in metrics
+
+
 def test_worker_takes_what_is_queued_without_waiting() -> None:
     """Inputs already queued when the engine frees up go in one call, up to max_batch, even with no wait."""
     from mtlora.server.batcher import MicroBatcher

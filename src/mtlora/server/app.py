@@ -93,6 +93,13 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     async def on_mtlora_error(request: Request, error: MtloraError) -> JSONResponse:
         return _problem(_as_problem(error), metrics)
 
+    @app.exception_handler(Exception)
+    async def on_failure(request: Request, error: Exception) -> JSONResponse:
+        # A fault of the server, not of the request (a failing kernel, out of memory): the client gets
+        # JSON like every other error; Starlette still raises it on, so the server log has the traceback.
+        return _problem(HTTPProblem(500, "internal_error", f"the server failed to answer ({type(error).__name__}); "
+                                                           "its log has the details"), metrics)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return PAGE.read_text(encoding="utf-8")
