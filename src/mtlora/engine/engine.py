@@ -140,6 +140,7 @@ class Engine:
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
+        self._fold_buffers: dict[int, torch.Tensor] = {}  # what folds that last one block are written into
         self._folded_adapter: str | None = None
         self._fold_cache = FoldCache(fold_cache) if fold_cache else None
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
@@ -453,7 +454,7 @@ class Engine:
         fold = kept is not None or tokens >= FOLD_MIN_TOKENS
         self._folded_adapter = adapter
         try:
-            with folded_lora(self._lora_layers, adapter, kept, fold):
+            with folded_lora(self._lora_layers, adapter, kept, fold, self._fold_buffers if kept is None else None):
                 yield
         finally:
             self._folded_adapter = None
@@ -461,6 +462,7 @@ class Engine:
     def _forget_folds(self) -> None:
         """Adapters came or went: the LoRA layers may have changed, and with them any folded weights."""
         self._lora_layers = None
+        self._fold_buffers = {}
         if self._fold_cache is not None:
             self._fold_cache.clear()
 

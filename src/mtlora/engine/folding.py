@@ -38,18 +38,24 @@ def lora_layers(model: nn.Module) -> list[lora.Linear]:
 
 @contextlib.contextmanager
 def folded_lora(layers: Sequence[lora.Linear], adapter: str, folded: dict[int, torch.Tensor] | None = None,
-                fold: bool = True) -> Iterator[None]:
+                fold: bool = True, buffers: dict[int, torch.Tensor] | None = None) -> Iterator[None]:
     """Within the block, `layers` compute with `adapter`'s LoRA (an adapter a layer does not have, such
     as PEFT's "__base__", leaves that layer's base weights alone).
 
     `folded` holds folded weights by position in `layers`: those it has are used as they are. Those it
     lacks are folded on first use and added to it, or with `fold=False` (a block of few tokens) the
     layer runs unmerged.
+
+    `buffers`, when given, holds a tensor per position that folds are written into, kept from block to
+    block (the first fold at a position allocates it). Folding into fresh tensors cost 2-3x the fold
+    itself (all 36 MiniLM layers: 14 against 5.4 ms in fp32, 7.3 against 4.5 ms in bf16), the allocator
+    handing back and faulting in the pages every time; and as a block holds all its folds at once
+    anyway, kept buffers add nothing to peak memory.
     """
     folded = {} if folded is None else folded
     for position, layer in enumerate(layers):
         # An instance attribute shadows the class's forward.
-        layer.forward = _FoldedForward(layer, adapter, folded, position, fold)
+        layer.forward = _FoldedForward(layer, adapter, folded, position, fold, buffers)
     try:
         yield
     finally:
@@ -81,8 +87,9 @@ class FoldCache:
 
 class _FoldedForward:
     def __init__(self, layer: lora.Linear, adapter: str, folded: dict[int, torch.Tensor], position: int,
-                 fold: bool):
+                 fold: bool, buffers: dict[int, torch.Tensor] | None):
         self.layer, self.adapter, self.folded, self.position, self.fold = layer, adapter, folded, position, fold
+        self.buffers = buffers
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         layer, adapter = self.layer, self.adapter
@@ -100,6 +107,9 @@ class _FoldedForward:
                 result = functional.linear(x, base.weight, base.bias)
                 return result.add_(functional.linear(functional.linear(x, lora_a), lora_b),
                                    alpha=layer.scaling[adapter])
+            buffer = self.buffers.get(self.position) if self.buffers is not None else None
             weight = self.folded[self.position] = torch.addmm(base.weight, lora_b, lora_a,
-                                                              alpha=layer.scaling[adapter])
+                                                              alpha=layer.scaling[adapter], out=buffer)
+            if self.buffers is not None:
+                self.buffers[self.position] = weight
         return functional.linear(x, weight, base.bias)
