@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mtlora.cli import app
@@ -91,3 +93,22 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     unknown = run("route", trained_project, "hello", "--router", "telepathy")
     assert unknown.exit_code == 2 and "No router 'telepathy'. Available: explicit, keywords, learned, semantic" \
         in unknown.output
+
+
+def test_serve_flags_reach_the_server_settings(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every limit is a flag, and the flags' defaults are the server's own (one place decides them)."""
+    import uvicorn
+
+    from mtlora.server import ServerSettings
+
+    started: list[ServerSettings] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(
+        ServerSettings.model_validate_json(os.environ["MTLORA_SERVER_SETTINGS"])))
+    for variable in ("MTLORA_SERVER_SETTINGS", "MTLORA_CONFIG"):  # `serve` sets them; restored after the test
+        monkeypatch.setenv(variable, "")
+    run("serve", tiny_project)
+    run("serve", tiny_project, "--max-inputs", "3", "--max-text-chars", "100", "--max-body-bytes", "4096",
+        "--max-batch", "8")
+    assert started[0] == ServerSettings()
+    assert (started[1].max_inputs, started[1].max_text_chars, started[1].max_body_bytes,
+            started[1].max_batch) == (3, 100, 4096, 8)

@@ -231,6 +231,9 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Inputs per engine call at most.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Queued inputs beyond which requests get 503.")] = 512,
+    max_inputs: Annotated[int, typer.Option(help="Inputs in one request at most (413 beyond).")] = 64,
+    max_text_chars: Annotated[int, typer.Option(help="Characters in one text at most (413 beyond).")] = 20_000,
+    max_body_bytes: Annotated[int, typer.Option(help="Request body size at most (413 beyond).")] = 1 << 20,
 ) -> None:
     """Serve every adapter over HTTP (docs at /docs, a try-it page at /); admin needs $MTLORA_ADMIN_TOKEN."""
     import uvicorn
@@ -238,7 +241,8 @@ def serve(
     from mtlora.server import ServerSettings
 
     api.as_config(config)  # a broken project file fails here, before the server starts
-    settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                              max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
     os.environ["MTLORA_CONFIG"] = str(config)
     os.environ["MTLORA_SERVER_SETTINGS"] = settings.model_dump_json()
     uvicorn.run("mtlora.server.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
