@@ -110,5 +110,7 @@ def test_serve_flags_reach_the_server_settings(tiny_project: Path, monkeypatch: 
     run("serve", tiny_project, "--max-inputs", "3", "--max-text-chars", "100", "--max-body-bytes", "4096",
         "--max-batch", "8")
     assert started[0] == ServerSettings()
+    refused = runner.invoke(app, ["serve", str(tiny_project), "--max-inputs", "0"])
+    assert refused.exit_code == 2 and "--max-inputs" in refused.output and len(started) == 2
     assert (started[1].max_inputs, started[1].max_text_chars, started[1].max_body_bytes,
             started[1].max_batch) == (3, 100, 4096, 8)

@@ -226,14 +226,16 @@ def predict(
 def serve(
     config: ConfigArg,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Processes, each with its own engine.")] = 1,
-    max_batch: Annotated[int, typer.Option(help="Inputs per engine call at most.")] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Queued inputs beyond which requests get 503.")] = 512,
-    max_inputs: Annotated[int, typer.Option(help="Inputs in one request at most (413 beyond).")] = 64,
-    max_text_chars: Annotated[int, typer.Option(help="Characters in one text at most (413 beyond).")] = 20_000,
-    max_body_bytes: Annotated[int, typer.Option(help="Request body size at most (413 beyond).")] = 1 << 20,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Processes, each with its own engine.", min=1)] = 1,
+    max_batch: Annotated[int, typer.Option(help="Inputs per engine call at most.", min=1)] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.",
+                                               min=0)] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Queued inputs beyond which requests get 503.", min=1)] = 512,
+    max_inputs: Annotated[int, typer.Option(help="Inputs in one request at most (413 beyond).", min=1)] = 64,
+    max_text_chars: Annotated[int, typer.Option(help="Characters in one text at most (413 beyond).",
+                                                min=1)] = 20_000,
+    max_body_bytes: Annotated[int, typer.Option(help="Request body size at most (413 beyond).", min=1)] = 1 << 20,
 ) -> None:
     """Serve every adapter over HTTP (docs at /docs, a try-it page at /); admin needs $MTLORA_ADMIN_TOKEN."""
     import uvicorn
