@@ -238,3 +238,29 @@ def test_batches_do_not_pad_short_rows_to_long_ones() -> None:
     batches = length_sorted_batches(lengths, batch_size=32)
     assert batches == [[1, 3], [5], [0, 4, 2]]
     assert length_sorted_batches([10] * 5, batch_size=2) == [[0, 1], [2, 3], [4]]
+    # A handful of short rows: one pass costs less than the padding a second one would save.
+    assert length_sorted_batches([30, 20, 14, 12], batch_size=32) == [[0, 1, 2, 3]]
+
+
+def test_batches_are_the_cheapest_cut_of_the_sorted_rows() -> None:
+    import itertools
+    import random
+
+    from mtlora.batching import PASS_COST_TOKENS, length_sorted_batches
+
+    def cost(batches: list[list[int]], lengths: list[int]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) + PASS_COST_TOKENS for b in batches)
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.choice([rng.randint(5, 60), rng.randint(100, 256)]) for _ in range(rng.randint(1, 8))]
+        batch_size = rng.randint(1, 5)
+        batches = length_sorted_batches(lengths, batch_size)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert all(len(b) <= batch_size for b in batches)
+        order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+        cuts = [list(c) for k in range(len(order)) for c in itertools.combinations(range(1, len(order)), k)]
+        cheapest = min(cost([order[a:b] for a, b in zip([0, *c], [*c, len(order)], strict=True)], lengths)
+                       for c in cuts
+                       if all(b - a <= batch_size for a, b in zip([0, *c], [*c, len(order)], strict=True)))
+        assert cost(batches, lengths) == cheapest

@@ -37,19 +37,35 @@ def forward_features(
     return results
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length, so each batch pads to nearly nothing.
+# What one more encoder pass costs, in padded tokens: its fixed work (every layer's Python, kernel
+# launches, casts) against the per-token work. Measured on MiniLM on this project's CPU: about 65 tokens
+# in fp32 and 350 in bf16. Cutting on this cost instead of at every halving of length ran the engine's
+# stream 10-16% faster in fp32 and 11-18% in bf16 (best at 128 in fp32 and 256-512 in bf16, a few % more).
+PASS_COST_TOKENS = 128
 
-    Rows are sorted longest first; a batch also ends where the next row is under half its longest
-    row, because padding a short text to a long QA window costs more than one more (smaller) batch.
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length, at most `batch_size` each, longest first.
+
+    Where the batches end is chosen to pad least plus pay least for passes: each batch costs its rows
+    times its longest row, plus `PASS_COST_TOKENS`. So a short text does not pad to a long QA window,
+    and a handful of rows of mixed lengths is not split into passes that each cost more to start than
+    the padding they save. Exact, by dynamic programming over the sorted rows (O(rows * batch_size)).
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
-    batches: list[list[int]] = []
-    for row in order:
-        if not batches or len(batches[-1]) == batch_size or 2 * lengths[row] < lengths[batches[-1][0]]:
-            batches.append([])
-        batches[-1].append(row)
-    return batches
+    longest = [lengths[row] for row in order]
+    cost = [0.0] + [float("inf")] * len(order)  # cost[j]: the cheapest batching of the first j rows
+    start = [0] * (len(order) + 1)  # where the last batch of that batching starts
+    for end in range(1, len(order) + 1):
+        for first in range(max(0, end - batch_size), end):
+            candidate = cost[first] + (end - first) * longest[first] + PASS_COST_TOKENS
+            if candidate <= cost[end]:  # on a tie the later start: full batches first, the remainder last
+                cost[end], start[end] = candidate, first
+    batches, end = [], len(order)
+    while end > 0:
+        batches.append(order[start[end]:end])
+        end = start[end]
+    return batches[::-1]
 
 
 def feature_row(features: dict[str, list], row: int) -> dict[str, list]:
