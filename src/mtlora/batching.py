@@ -40,7 +40,8 @@ def forward_features(
 # What one more encoder pass costs, in padded tokens: its fixed work (every layer's Python, kernel
 # launches, casts) against the per-token work. Measured on MiniLM on this project's CPU: about 65 tokens
 # in fp32 and 350 in bf16. Cutting on this cost instead of at every halving of length ran the engine's
-# stream 10-16% faster in fp32 and 11-18% in bf16 (best at 128 in fp32 and 256-512 in bf16, a few % more).
+# stream 10-16% faster in fp32 and 11-18% in bf16. 256 scored 4% higher than 128 in bf16 in one run and
+# the same in the next, and 4-6% lower in fp32, so one value serves both.
 PASS_COST_TOKENS = 128
 
 
