@@ -12,7 +12,8 @@ the timing, and (b), (c), (d) split each 32 into batches of similar length the s
 turns for three rounds and each reports its median round.
 
 Also measured: parameter memory with 10 adapters loaded against the bare backbone, and the cost of
-routing the stream (semantic, learned; 32 requests at a time, in the same turns) against answering it.
+routing the stream (semantic, learned; each reading the encoder and the token embeddings, the two
+`router.features`; 32 requests at a time, in the same turns) against answering it.
 Adapters are trained for a few steps on the shared GLUE/SQuAD files (speed does not depend on how well
 they are trained).
 
@@ -220,6 +221,9 @@ def main() -> None:
         print("training 4 quick adapters and the learned router...", flush=True)
         mtlora.train(project, progress=False, log=lambda _: None)
         mtlora.train_router(project, progress=False, log=lambda _: None)
+        on_tokens = mtlora.load_config(project).router.model_copy(update={"features": "embeddings"})
+        mtlora.train_router(mtlora.load_config(project).model_copy(update={"router": on_tokens}),
+                            progress=False, log=lambda _: None)
         stream = request_stream(project, args.requests)
         engine = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size)
         engine.add(ROUTER_ADAPTER)
@@ -245,10 +249,13 @@ def main() -> None:
         }
         # Routed as the engine routes in a server: the same 32 requests a call answers, in the same turns.
         unrouted = [engine.request(item) for item in items]
-        routers = ("semantic", "learned")
-        routes = {f"route {name}": lambda name=name: [engine.route(unrouted[i:i + size], name)
-                                                      for i in range(0, len(unrouted), size)]
-                  for name in routers}
+        token_routed = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
+                                          router_settings=on_tokens)
+        routers = {f"{name} ({features})": (name, routing_engine) for name in ("semantic", "learned")
+                   for features, routing_engine in (("encoder", engine), ("embeddings", token_routed))}
+        routes = {f"route {key}": lambda name=name, e=routing_engine: [e.route(unrouted[i:i + size], name)
+                                                                        for i in range(0, len(unrouted), size)]
+                  for key, (name, routing_engine) in routers.items()}
         seconds = timed_in_turns({**setups, **routes}, args.rounds)
         seconds["a"] *= len(stream) / len(one_by_one)
         routing = {name: seconds.pop(f"route {name}") for name in routers}
@@ -270,7 +277,7 @@ def main() -> None:
         print(f"({key:<2}) {row['setup']:<36} {rate:>11.1f} {rate / results['d']['requests_per_s']:>6.2f}x "
               f"{rate / results['a']['requests_per_s']:>6.2f}x")
     for name, spent in routing.items():
-        print(f"routing ({name}): {1000 * spent / len(stream):.2f} ms/request, "
+        print(f"routing, {name}: {1000 * spent / len(stream):.2f} ms/request, "
               f"{100 * spent / seconds['c']:.0f}% of answering the same requests")
     print(f"memory, 10 adapters (r={memory['lora']['r']}, {memory['lora']['target_modules']}): "
           f"{memory['engine_mb']:.1f} MB vs backbone {memory['backbone_mb']:.1f} MB (+{100 * memory['overhead']:.1f}%)")

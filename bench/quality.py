@@ -125,12 +125,17 @@ def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str)
 
 
 def routing(project: ProjectConfig) -> list[dict[str, Any]]:
-    """Every router over a held-out mix of the six tasks' inputs. QQP is left out: it is a second paraphrase
-    source (32 rows) beside MRPC, not a task of its own."""
+    """Every router over a held-out mix of the six tasks' inputs, the semantic and learned ones reading
+    the encoder and then the token embeddings. QQP is left out: it is a second paraphrase source (32 rows)
+    beside MRPC, not a task of its own."""
     six = project.model_copy(update={"tasks": [t for t in project.tasks if t.name != "qqp"]})
-    mtlora.train_router(six, fresh=True, progress=False, log=lambda _: None)
-    return [r.to_dict() for r in mtlora.evaluate_routers(six, ["keywords", "semantic", "learned"],
-                                                         log=lambda _: None)]
+    reports = []
+    for features, routers in (("encoder", ["keywords", "semantic", "learned"]),
+                              ("embeddings", ["semantic", "learned"])):
+        reading = six.model_copy(update={"router": six.router.model_copy(update={"features": features})})
+        mtlora.train_router(reading, fresh=True, progress=False, log=lambda _: None)
+        reports += [r.to_dict() for r in mtlora.evaluate_routers(reading, routers, log=lambda _: None)]
+    return reports
 
 
 def main() -> None:
@@ -227,8 +232,9 @@ def markdown(result: dict[str, Any], suffix: str) -> str:
                       "above; see the git log of bench/results/ for why)."]
     lines += ["", f"Routing over a held-out mix of the six tasks' inputs (target for the learned router: "
                   f"{ROUTING_TARGET}; pairs and QA sent as plain text pairs):", "",
-              "| router | accuracy | unroutable | per task |", "|---|---:|---:|---|"]
-    lines += [f"| {r['router']} | {r['accuracy']:.3f} | {r['unroutable']:.3f} | "
+              "| router | reads | accuracy | unroutable | ms / input | per task |", "|---|---|---:|---:|---:|---|"]
+    lines += [f"| {r['router']} | {r.get('features') or ''} | {r['accuracy']:.3f} | {r['unroutable']:.3f} | "
+              f"{r['ms_per_input']:.2f} | "
               + ", ".join(f"{t} {a:.2f}" for t, a in r["per_task"].items()) + " |" for r in result["routing"]]
     lines += ["", f"![scores](bench/results/quality{suffix}_scores.png)",
               f"![training curves](bench/results/quality{suffix}_curves.png)"]

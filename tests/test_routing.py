@@ -9,24 +9,39 @@ import torch
 
 import mtlora
 from mtlora import Engine, load_config
+from mtlora.backbone import load_tokenizer
+from mtlora.config import ProjectConfig
+from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, RegistryError
+from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
 from mtlora.routing.semantic import SemanticRouter
+from mtlora.routing.token_head import HEAD_C, TokenRouterHead, mean_token_embeddings, token_embedding_table
 
 HELD_OUT = [("hated the boring film", "sentiment"), ("this movie was wonderful", "sentiment"),
             ("a great film", "sentiment"), ("refund the charge on my invoice", "support"),
             ("my login password", "support"), ("where is my order refund", "support")]
 
 
+def on_token_embeddings(project: ProjectConfig) -> ProjectConfig:
+    return project.model_copy(update={"router": project.router.model_copy(update={"features": "embeddings"})})
+
+
 @pytest.fixture(scope="module")
 def routed_project(trained_project: Path) -> Path:
-    """The trained tiny project plus its learned router (trained once for this module)."""
-    train_router(load_config(trained_project), progress=False, log=lambda _: None)
+    """The trained tiny project plus its learned routers, the adapter and the head over token embeddings
+    (trained once for this module)."""
+    project = load_config(trained_project)
+    for settings in (project, on_token_embeddings(project)):
+        train_router(settings, progress=False, log=lambda _: None)
     return trained_project
 
 
-@pytest.mark.parametrize("router", ["keywords", "semantic", "learned"])
-def test_router_sends_held_out_inputs_to_their_task(routed_project: Path, router: str) -> None:
-    engine = Engine.from_config(routed_project, precision="fp32")
+@pytest.mark.parametrize(("router", "features"), [("keywords", "encoder"), ("semantic", "encoder"),
+                                                  ("learned", "encoder"), ("semantic", "embeddings"),
+                                                  ("learned", "embeddings")])
+def test_router_sends_held_out_inputs_to_their_task(routed_project: Path, router: str, features: str) -> None:
+    project = load_config(routed_project, overrides={"router": {"features": features}})
+    engine = Engine.from_config(project, precision="fp32")
     results = engine.predict([text for text, _ in HELD_OUT], router=router)
     assert [r["task"] for r in results] == [task for _, task in HELD_OUT], results
     assert all(r["routed_by"] == router and 0 < r["route_confidence"] <= 1 for r in results)
@@ -71,9 +86,59 @@ def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project:
         return engine
 
     monkeypatch.setattr(Engine, "from_config", classmethod(recording))
-    (report,) = mtlora.evaluate_routers(two, ["semantic"], write=False, log=lambda _: None)
+    semantic, keywords = mtlora.evaluate_routers(two, ["semantic", "keywords"], write=False, log=lambda _: None)
     assert loaded == [["sentiment", "support"]]
-    assert report.labels == ["sentiment", "support", "(unroutable)"]
+    assert semantic.labels == ["sentiment", "support", "(unroutable)"]
+    assert (semantic.features, keywords.features) == ("encoder", None)  # what each router read
+
+
+def test_token_embedding_features_are_the_same_with_any_adapter_loaded(trained_project: Path,
+                                                                       tiny_bert: Path) -> None:
+    texts = ["a great film", "my login password"]
+    with_adapters = Engine.from_config(trained_project, precision="fp32").embed(texts, "embeddings")
+    without = Engine.from_config(trained_project, tasks=[], precision="fp32").embed(texts, "embeddings")
+    assert torch.equal(with_adapters, without)
+    table = token_embedding_table(str(tiny_bert))
+    ids = load_tokenizer(str(tiny_bert))(texts[0], add_special_tokens=False)["input_ids"]
+    expected = torch.nn.functional.normalize(table[ids].mean(dim=0), dim=0)
+    assert torch.allclose(with_adapters[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels", [["sentiment", "support"], ["sentiment", "support", "qa"]])
+def test_token_router_head_gives_scikit_learns_probabilities(tiny_bert: Path, labels: list[str]) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    examples = {"sentiment": ["great film", "awful boring movie", "loved it"],
+                "support": ["refund my order", "login password", "invoice charge"],
+                "qa": ["what is the capital", "who sat on the mat", "where did the dog sit"]}
+    texts = [text for label in labels for text in examples[label]]
+    truth = [label for label in labels for _ in examples[label]]
+    head = TokenRouterHead.fit(str(tiny_bert), texts, truth, validation=list(zip(texts, truth, strict=True)))
+    features = mean_token_embeddings(load_tokenizer(str(tiny_bert)), token_embedding_table(str(tiny_bert)), texts)
+    reference = LogisticRegression(C=HEAD_C, max_iter=2000).fit(features.numpy(), [labels.index(t) for t in truth])
+    assert head.info.labels == sorted(labels)
+    order = [labels.index(name) for name in head.info.labels]
+    expected = torch.tensor(reference.predict_proba(features.numpy())[:, order], dtype=torch.float32)
+    assert torch.allclose(head.probabilities(features), expected, atol=1e-5)
+    assert head.info.validation_accuracy == 1.0
+
+
+def test_token_router_head_round_trip_and_refusals(tmp_path: Path, tiny_bert: Path, other_tiny_bert: Path) -> None:
+    texts, labels = ["great film", "awful movie", "refund my order", "login password"], ["a", "a", "b", "b"]
+    head = TokenRouterHead.fit(str(tiny_bert), texts, labels)
+    registry = Registry(tmp_path / "adapters")
+    with pytest.raises(RegistryError, match="mtlora train-router"):
+        TokenRouterHead.load(registry, str(tiny_bert))
+    head.save(registry)
+    loaded = TokenRouterHead.load(registry, str(tiny_bert))
+    features = torch.nn.functional.normalize(torch.randn(3, head.weight.shape[1]), dim=1)
+    assert torch.equal(loaded.probabilities(features), head.probabilities(features))
+    assert loaded.info == head.info
+    with pytest.raises(BaseModelMismatchError, match="retrain it on this one"):
+        TokenRouterHead.load(registry, str(other_tiny_bert))
+    (TokenRouterHead.folder(registry) / "head.safetensors").write_bytes(b"damaged")
+    with pytest.raises(CorruptAdapterError, match="checksum"):
+        TokenRouterHead.load(registry, str(tiny_bert))
 
 
 def test_calibrated_threshold_lets_most_of_a_tasks_own_inputs_through() -> None:

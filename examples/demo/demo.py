@@ -50,14 +50,18 @@ def main() -> None:
     console.print(f"Full report: {mtlora.load_config(CONFIG).reports / 'summary.md'}")
 
     console.rule("3. Route: which adapter should answer? (learned router = one more adapter)")
-    mtlora.train_router(CONFIG, progress=sys.stderr.isatty(),
-                        log=lambda message: console.print(message, markup=False, highlight=False))
+    project = mtlora.load_config(CONFIG)
+    # Semantic and learned routing read the encoder (a pass of their own) or, nearly free, the token embeddings.
+    on_tokens = project.model_copy(update={"router": project.router.model_copy(update={"features": "embeddings"})})
     routing = Table()
-    for column in ("router", "accuracy on the dev mix", "unroutable", "ms per input"):
-        routing.add_column(column, justify="left" if column == "router" else "right")
-    for report in mtlora.evaluate_routers(CONFIG, ["keywords", "semantic", "learned"], log=lambda _: None):
-        routing.add_row(report.router, f"{report.accuracy:.3f}", f"{report.unroutable:.3f}",
-                        f"{report.ms_per_input:.2f}")
+    for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "ms per input"):
+        routing.add_column(column, justify="left" if column in ("router", "reads") else "right")
+    for settings, routers in ((project, ["keywords", "semantic", "learned"]), (on_tokens, ["learned"])):
+        mtlora.train_router(settings, progress=sys.stderr.isatty(),
+                            log=lambda message: console.print(message, markup=False, highlight=False))
+        for report in mtlora.evaluate_routers(settings, routers, write=settings is project, log=lambda _: None):
+            routing.add_row(report.router, report.features or "", f"{report.accuracy:.3f}",
+                            f"{report.unroutable:.3f}", f"{report.ms_per_input:.2f}")
     console.print(routing)
 
     console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch (learned router)")

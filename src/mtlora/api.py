@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlora import routing
-from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
+from mtlora.config import ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.engine import Input
@@ -22,7 +22,7 @@ from mtlora.evaluation import (
     write_routing_reports,
 )
 from mtlora.registry import Manifest, Registry
-from mtlora.routing import ROUTERS, Route
+from mtlora.routing import ROUTERS, LearnedRouter, Route
 from mtlora.tasks import Prediction, get_task_kind
 from mtlora.training import TrainOutcome, train_task
 
@@ -88,7 +88,7 @@ def evaluate_routers(
     check_split(split)
     # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
     engine = Engine.from_config(project, [t.name for t in project.tasks])
-    available = [r for r in routers if r != "learned" or ROUTER_ADAPTER in engine.registry]
+    available = [r for r in routers if r != "learned" or LearnedRouter.is_trained(engine.registry, project.router)]
     for skipped in sorted(set(routers) - set(available)):
         log(f"[routing] skipping '{skipped}': no learned router trained (mtlora train-router)")
     reports = evaluate_routing(engine, routing_mix(project, split, per_task), available, split, log=log)

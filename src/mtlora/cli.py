@@ -146,10 +146,11 @@ def _print_samples(report: Any) -> None:
 
 def _print_routing(reports: list) -> None:
     table = Table(title="Routing")
-    for column in ("router", "inputs", "accuracy", "unroutable", "ms/input"):
-        table.add_column(column, justify="left" if column == "router" else "right")
+    for column in ("router", "reads", "inputs", "accuracy", "unroutable", "ms/input"):
+        table.add_column(column, justify="left" if column in ("router", "reads") else "right")
     for r in reports:
-        table.add_row(r.router, str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}", f"{r.ms_per_input:.2f}")
+        table.add_row(r.router, r.features or "", str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}",
+                      f"{r.ms_per_input:.2f}")
     console.print(table)
 
 
@@ -159,9 +160,11 @@ def train_router(
     config: ConfigArg,
     fresh: Annotated[bool, typer.Option(help="Ignore checkpoints of an interrupted run and start over.")] = False,
 ) -> None:
-    """Train the learned router: one more adapter that classifies inputs by task."""
+    """Train the learned router: one more adapter that classifies inputs by task (with router.features:
+    embeddings, a linear head over the backbone's token embeddings)."""
     outcome = api.train_router(config, fresh=fresh, progress=sys.stderr.isatty(), log=say)
-    say(f"Router trained in {outcome.time_s:.1f}s ({outcome.steps} steps); saved to {outcome.saved_to}")
+    steps = f" ({outcome.steps} steps)" if outcome.steps else ""
+    say(f"Router trained in {outcome.time_s:.1f}s{steps}; saved to {outcome.saved_to}")
 
 
 @app.command()

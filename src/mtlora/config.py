@@ -274,6 +274,11 @@ class RouterSettings(_Strict):
     min_similarity: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = Field(
         "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
                             "its example inputs (about 98% of a task's own inputs clear it)")
+    features: Literal["encoder", "embeddings"] = Field(
+        "encoder", description="what the semantic and learned routers read: 'encoder', the backbone's last layer "
+                               "(an encoder pass over each routed text; the learned router is an adapter), or "
+                               "'embeddings', its mean token embeddings (no pass; the learned router is a "
+                               "linear head). Retrain the learned router after changing it")
     min_confidence: float = Field(0.5, ge=0, le=1, description="learned: probability needed to route")
     examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
     lora: LoraSettings = Field(default_factory=LoraSettings)

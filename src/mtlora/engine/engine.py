@@ -53,6 +53,7 @@ from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, split_prefix
+from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
@@ -323,11 +324,15 @@ class Engine:
         with self._lock:
             return self._answer(requests, [Route(name, "explicit", 1.0) for _ in requests])
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Mean-pooled, normalised embeddings from the backbone with every adapter off: (texts, hidden)."""
+    def embed(self, texts: Sequence[str], features: str = "encoder") -> torch.Tensor:
+        """Mean-pooled, normalised embeddings of `texts`, (texts, hidden): of the backbone's last layer with
+        every adapter off (`encoder`), or of its token embeddings, which no adapter changes (`embeddings`)."""
         if not texts:
             return torch.empty(0)
-        tokens = self.tokenizer(list(texts), truncation=True, max_length=128)
+        if features == "embeddings":
+            with torch.inference_mode():
+                return mean_token_embeddings(self.tokenizer, self._encoder.get_input_embeddings().weight, texts)
+        tokens = self.tokenizer(list(texts), truncation=True, max_length=ROUTING_MAX_TOKENS)
         lengths = [len(ids) for ids in tokens["input_ids"]]
         embeddings = torch.empty(len(texts), self.hidden_size)
         with self._lock, torch.inference_mode(), autocast(self.device, self.bf16):

@@ -12,6 +12,7 @@ from mtlora.config import ProjectConfig
 from mtlora.data import load_task_data
 from mtlora.engine import Engine
 from mtlora.metrics import confusion
+from mtlora.routing import ROUTERS
 
 UNROUTABLE = "(unroutable)"
 
@@ -19,6 +20,7 @@ UNROUTABLE = "(unroutable)"
 @dataclass
 class RoutingReport:
     router: str
+    features: str | None  # what the router read (`router.features`), for routers that read the backbone
     split: str
     examples: int
     accuracy: float
@@ -66,7 +68,8 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
         counts = confusion([columns.index(t) for t in truth], [columns.index(c) for c in chosen], len(columns))
         per_task = {t: _share(c == t for c, g in zip(chosen, truth, strict=True) if g == t) for t in tasks}
         report = RoutingReport(
-            router=router, split=split, examples=len(mix),
+            router=router, features=engine.router_settings.features if ROUTERS[router].reads_features else None,
+            split=split, examples=len(mix),
             accuracy=_share(c == g for c, g in zip(chosen, truth, strict=True)),
             unroutable=_share(c == UNROUTABLE for c in chosen), per_task=per_task, labels=columns,
             confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),

@@ -41,6 +41,7 @@ class Route:
 
 class Router(ABC):
     name: ClassVar[str]
+    reads_features: ClassVar[bool] = False  # reads what `router.features` names (encoder or token embeddings)
 
     @classmethod
     @abstractmethod

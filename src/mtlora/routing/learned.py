@@ -1,5 +1,8 @@
-"""A router that is one more adapter: a `classification` task over task names, trained by mtlora
-from the tasks' own training inputs, stored in the registry as the adapter `router`.
+"""A router trained by mtlora from the tasks' own training inputs to name the task of an input.
+
+With `router.features: encoder` (the default) it is one more adapter, a `classification` task over task
+names stored in the registry as `router`; routing is then an encoder pass of its own. With `embeddings`
+it is a linear head over the backbone's mean token embeddings (`token_head.py`) and costs no pass.
 
 It reads the first text of an input (the text, or the question), which together with the shape
 narrowing the engine does first, is what tells tasks apart.
@@ -9,13 +12,16 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
 from mtlora.errors import RegistryError
+from mtlora.registry import Registry
 from mtlora.routing.base import Request, Route, Router, decide
+from mtlora.routing.token_head import TokenRouterHead
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -25,35 +31,53 @@ if TYPE_CHECKING:
 
 class LearnedRouter(Router):
     name = "learned"
+    reads_features = True
 
-    def __init__(self, engine: Engine, threshold: float = 0.5, default_task: str | None = None):
+    def __init__(self, engine: Engine, threshold: float = 0.5, default_task: str | None = None,
+                 head: TokenRouterHead | None = None):
         self.engine = engine
         self.threshold = threshold
         self.default_task = default_task
+        self.head = head  # None: the router adapter answers
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> LearnedRouter:
-        if ROUTER_ADAPTER not in engine.registry:
+        if settings.features == "embeddings":
+            head = TokenRouterHead.load(engine.registry, engine.backbone)
+            return cls(engine, settings.min_confidence, settings.default_task, head)
+        if not cls.is_trained(engine.registry, settings):
             raise RegistryError(f"no learned router in {engine.registry.root}: train it first with "
                                 "`mtlora train-router CONFIG`")
         engine.add(ROUTER_ADAPTER)
         return cls(engine, settings.min_confidence, settings.default_task)
 
+    @staticmethod
+    def is_trained(registry: Registry, settings: RouterSettings) -> bool:
+        if settings.features == "embeddings":
+            return TokenRouterHead.is_saved(registry)
+        return ROUTER_ADAPTER in registry
+
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
-        answers = self.engine.run_adapter(ROUTER_ADAPTER, [r.text for r in requests])
         routes = []
-        for answer, fits in zip(answers, candidates, strict=True):
-            probabilities = {t: answer["probabilities"].get(t, 0.0) for t in fits}
+        for answered, fits in zip(self._probabilities([r.text for r in requests]), candidates, strict=True):
+            probabilities = {t: answered.get(t, 0.0) for t in fits}
             # The router knows every task; renormalise over the ones that fit this input's shape.
             total = sum(probabilities.values()) or 1.0
             scores = {t: p / total for t, p in probabilities.items()}
             routes.append(decide(self.name, scores, self.threshold, self.default_task, fits, "probability"))
         return routes
 
+    def _probabilities(self, texts: list[str]) -> list[dict[str, float]]:
+        if self.head is None:
+            return [answer["probabilities"] for answer in self.engine.run_adapter(ROUTER_ADAPTER, texts)]
+        rows = self.head.probabilities(self.engine.embed(texts, "embeddings")).tolist()
+        return [dict(zip(self.head.info.labels, row, strict=True)) for row in rows]
+
 
 def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> TrainOutcome:
-    """Sample each task's training inputs, label them with the task name, and train the router adapter."""
+    """Sample each task's training inputs, label them with the task name, and train the router adapter
+    (or, with `router.features: embeddings`, its head over token embeddings)."""
     from mtlora.training import train_task
 
     settings = project.router
@@ -68,6 +92,8 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
             texts = sorted({e.get("text") or e["question"] for e in examples})
             picked = rng.sample(texts, min(settings.examples_per_task, len(texts)))
             splits[split] += [{"text": t, "label": task.name} for t in picked]
+    if settings.features == "embeddings":
+        return _train_head(project, splits, log)
     for split, rows in splits.items():
         rng.shuffle(rows)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -80,3 +106,21 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     })
     log(f"[router] {len(splits['train'])} training inputs from {len(project.tasks)} tasks")
     return train_task(project, router_task, "lora", fresh=fresh, progress=progress, log=log)
+
+
+def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],
+                log: Callable[[str], None]) -> TrainOutcome:
+    from mtlora.training import TrainOutcome
+
+    started = time.perf_counter()
+    train = splits["train"]
+    head = TokenRouterHead.fit(project.backbone, [r["text"] for r in train], [r["label"] for r in train],
+                               [(r["text"], r["label"]) for r in splits["validation"]])
+    saved_to = head.save(Registry(project.registry))
+    accuracy = head.info.validation_accuracy
+    log(f"[router] head over token embeddings fit on {len(train)} inputs from {len(project.tasks)} tasks"
+        + (f"; validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
+    size = head.weight.numel() + head.bias.numel()
+    return TrainOutcome(task=ROUTER_ADAPTER, method="head_only", trainable=size, total=size,
+                        time_s=time.perf_counter() - started, steps=0, samples_per_s=0.0, train_loss=float("nan"),
+                        resumed_from=None, saved_to=saved_to)

@@ -1,9 +1,11 @@
 """Nearest task by meaning: the input's embedding against embeddings of each task's example inputs.
 
-Embeddings come from the shared backbone itself with every LoRA adapter switched off (mean-pooled,
-normalised), so routing needs no second model. A task's examples are the training inputs sampled into
-its manifest at training time plus any `routing.examples` of its config. A task scores the mean cosine
-similarity of its `top_k` nearest examples; below the threshold the default task answers, or none.
+Embeddings come from the shared backbone itself, so routing needs no second model: its last layer with
+every LoRA adapter switched off, or with `router.features: embeddings` its token embeddings, which cost
+no encoder pass (`token_head.py`); either mean-pooled and normalised. A task's examples are the
+training inputs sampled into its manifest at training time plus any `routing.examples` of its config.
+A task scores the mean cosine similarity of its `top_k` nearest examples; below the threshold the
+default task answers, or none.
 
 How similar a task's own inputs are to each other depends on the task (short reviews vs. news articles)
 and on the backbone, so a fixed threshold is wrong somewhere. With `min_similarity: auto` each task's
@@ -34,10 +36,12 @@ MIN_CALIBRATION_EXAMPLES = 50
 
 class SemanticRouter(Router):
     name = "semantic"
+    reads_features = True
 
     def __init__(self, engine: Engine, threshold: float | None = None, default_task: str | None = None,
-                 top_k: int = 3):
+                 top_k: int = 3, features: str = "encoder"):
         self.engine = engine
+        self.features = features
         self.threshold = threshold  # None: calibrated per task from its examples
         self.default_task = default_task
         self.top_k = top_k
@@ -47,10 +51,10 @@ class SemanticRouter(Router):
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> SemanticRouter:
         threshold = None if settings.min_similarity == "auto" else settings.min_similarity
-        return cls(engine, threshold, settings.default_task)
+        return cls(engine, threshold, settings.default_task, features=settings.features)
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
-        embeddings = self.engine.embed([r.text for r in requests])  # (requests, hidden)
+        embeddings = self.engine.embed([r.text for r in requests], self.features)  # (requests, hidden)
         routes = []
         for embedding, fits in zip(embeddings, candidates, strict=True):
             scores = {}
@@ -89,7 +93,7 @@ class SemanticRouter(Router):
             texts = [e.get("text") or e.get("question") for e in manifest.example_inputs]
             texts += manifest.routing.get("examples", [])
             texts = [t for t in texts if t]
-            self._banks[key] = self.engine.embed(texts) if texts else torch.empty(0)
+            self._banks[key] = self.engine.embed(texts, self.features) if texts else torch.empty(0)
         return self._banks[key]
 
     def _key(self, task: str) -> tuple[str, str]:

@@ -1,0 +1,129 @@
+"""Routing from the backbone's token embeddings: what the semantic and learned routers read when
+`router.features` is `embeddings`, and the learned router's linear head over them.
+
+No adapter changes the token-embedding table, so these features are the same with any adapter on and
+cost one table lookup per token instead of an encoder pass. They see which words an input uses, not
+how it uses them: enough to tell tasks apart that differ in vocabulary (reviews, news, tickets,
+questions), less so two tasks of the same style (two paraphrase corpora).
+
+The head is a multinomial logistic regression (scikit-learn) over the mean-pooled, normalised token
+embeddings of the tasks' training inputs, stored in `<registry>/.routers/embeddings/`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, PreTrainedTokenizerBase
+
+from mtlora.backbone import fingerprint_backbone, load_tokenizer, quiet_loading, resolve_backbone
+from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, RegistryError
+from mtlora.registry import Registry
+from mtlora.registry.store import sha256_file
+
+ROUTING_MAX_TOKENS = 128
+# Inverse regularisation strength of the head. On the six GLUE tasks' dev mix (bench/quality.py) C from 1 to
+# 30 scored within 0.7 points of each other; 10 scored best and leaves fewest inputs under min_confidence.
+HEAD_C = 10.0
+HEAD_FILE = "head.safetensors"
+INFO_FILE = "router.json"
+
+
+def mean_token_embeddings(tokenizer: PreTrainedTokenizerBase, table: torch.Tensor,
+                          texts: Sequence[str]) -> torch.Tensor:
+    """(texts, hidden): each text's token embeddings averaged (special tokens left out) and normalised."""
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                    max_length=ROUTING_MAX_TOKENS)["input_ids"]
+    offsets = torch.tensor([0, *[len(row) for row in ids[:-1]]]).cumsum(0)
+    flat = torch.tensor([token for row in ids for token in row], dtype=torch.long, device=table.device)
+    pooled = torch.nn.functional.embedding_bag(flat, table, offsets.to(table.device), mode="mean")
+    return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()  # a text with no tokens stays zero
+
+
+def token_embedding_table(backbone: str) -> torch.Tensor:
+    with quiet_loading():
+        model = AutoModel.from_pretrained(resolve_backbone(backbone))
+    return model.get_input_embeddings().weight.detach()
+
+
+@dataclass
+class HeadInfo:
+    labels: list[str]
+    base_model: str
+    base_fingerprint: str
+    examples: int
+    validation_accuracy: float | None
+    head_sha256: str = ""
+
+
+class TokenRouterHead:
+    """Task probabilities from a text's mean token embedding: softmax(features @ weight.T + bias)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, info: HeadInfo):
+        self.weight, self.bias, self.info = weight, bias, info
+
+    @staticmethod
+    def folder(registry: Registry) -> Path:
+        return registry.root / ".routers" / "embeddings"
+
+    @classmethod
+    def is_saved(cls, registry: Registry) -> bool:
+        return (cls.folder(registry) / INFO_FILE).is_file()
+
+    @classmethod
+    def fit(cls, backbone: str, texts: Sequence[str], labels: Sequence[str],
+            validation: Sequence[tuple[str, str]] = ()) -> TokenRouterHead:
+        from sklearn.linear_model import LogisticRegression
+
+        tokenizer, table = load_tokenizer(backbone), token_embedding_table(backbone)
+        names = sorted(set(labels))
+        model = LogisticRegression(C=HEAD_C, max_iter=2000).fit(mean_token_embeddings(tokenizer, table, texts).numpy(),
+                                                      [names.index(label) for label in labels])
+        weight, bias = torch.tensor(model.coef_, dtype=torch.float32), torch.tensor(model.intercept_,
+                                                                                    dtype=torch.float32)
+        if len(names) == 2:  # scikit-learn keeps one row for two classes: the second class's logit
+            weight, bias = torch.cat([torch.zeros_like(weight), weight]), torch.cat([torch.zeros_like(bias), bias])
+        info = HeadInfo(names, backbone, fingerprint_backbone(backbone), len(texts), None)
+        head = cls(weight, bias, info)
+        if validation:
+            features = mean_token_embeddings(tokenizer, table, [text for text, _ in validation])
+            chosen = head.probabilities(features).argmax(dim=1).tolist()
+            hits = sum(names[c] == label for c, (_, label) in zip(chosen, validation, strict=True))
+            info.validation_accuracy = hits / len(validation)
+        return head
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(features @ self.weight.T + self.bias, dim=1)
+
+    def save(self, registry: Registry) -> Path:
+        """Written into a staging folder and renamed into place, like an adapter."""
+        target = self.folder(registry)
+        with registry.staged(target) as folder:
+            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(folder / HEAD_FILE))
+            self.info.head_sha256 = sha256_file(folder / HEAD_FILE)
+            (folder / INFO_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n", encoding="utf-8")
+        return target
+
+    @classmethod
+    def load(cls, registry: Registry, backbone: str) -> TokenRouterHead:
+        folder = cls.folder(registry)
+        if not cls.is_saved(registry):
+            raise RegistryError(f"no learned router over token embeddings in {registry.root}: train it first with "
+                                "`mtlora train-router CONFIG` (with router.features: embeddings)")
+        try:
+            info = HeadInfo(**json.loads((folder / INFO_FILE).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise CorruptAdapterError(f"{folder / INFO_FILE}: unreadable ({exc}); retrain the router") from None
+        if not (folder / HEAD_FILE).is_file() or sha256_file(folder / HEAD_FILE) != info.head_sha256:
+            raise CorruptAdapterError(f"{folder / HEAD_FILE} is missing or does not match its checksum; "
+                                      "retrain the router with `mtlora train-router CONFIG`")
+        if info.base_fingerprint != fingerprint_backbone(backbone):
+            raise BaseModelMismatchError(f"the learned router in {folder} was trained on '{info.base_model}', not "
+                                         f"on the backbone given ('{backbone}'); retrain it on this one")
+        weights = load_file(str(folder / HEAD_FILE))
+        return cls(weights["weight"], weights["bias"], info)
