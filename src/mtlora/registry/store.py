@@ -3,6 +3,7 @@
     <root>/
       sentiment/                 adapter_config.json, adapter_model.safetensors, manifest.json
       .baselines/sentiment/      the head-only baseline's head weights (for evaluation)
+      .routers/embeddings/       the learned router's head over token embeddings (routing/token_head.py)
       .staging/                  folders being written; never listed or loaded
       .runs/sentiment/           resumable training checkpoints
 
