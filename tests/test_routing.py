@@ -102,6 +102,8 @@ def test_token_embedding_features_are_the_same_with_any_adapter_loaded(trained_p
     ids = load_tokenizer(str(tiny_bert))(texts[0], add_special_tokens=False)["input_ids"]
     expected = torch.nn.functional.normalize(table[ids].mean(dim=0), dim=0)
     assert torch.allclose(with_adapters[0], expected, atol=1e-6)
+    with pytest.raises(mtlora.InputError, match="encoder, embeddings"):
+        Engine.from_config(trained_project, tasks=[]).embed(texts, "tokens")
 
 
 @pytest.mark.parametrize("labels", [["sentiment", "support"], ["sentiment", "support", "qa"]])

@@ -100,7 +100,8 @@ def evaluate_routers(
 def train_router(
     config: ConfigLike, *, fresh: bool = False, progress: bool = True, log: Callable[[str], None] = print
 ) -> TrainOutcome:
-    """Train the learned router: a classification adapter over the project's task names."""
+    """Train the learned router: a classification adapter over the project's task names (with
+    `router.features: embeddings`, a linear head over the backbone's token embeddings)."""
     return routing.train_router(as_config(config), fresh=fresh, progress=progress, log=log)
 
 

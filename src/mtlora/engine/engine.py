@@ -327,6 +327,8 @@ class Engine:
     def embed(self, texts: Sequence[str], features: str = "encoder") -> torch.Tensor:
         """Mean-pooled, normalised embeddings of `texts`, (texts, hidden): of the backbone's last layer with
         every adapter off (`encoder`), or of its token embeddings, which no adapter changes (`embeddings`)."""
+        if features not in ("encoder", "embeddings"):
+            raise InputError(f"features '{features}' is not one of: encoder, embeddings")
         if not texts:
             return torch.empty(0)
         if features == "embeddings":
