@@ -11,7 +11,7 @@ import mtlora
 from mtlora import Engine, load_config
 from mtlora.backbone import load_tokenizer
 from mtlora.config import ProjectConfig
-from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, RegistryError
+from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
 from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
 from mtlora.routing.semantic import SemanticRouter
@@ -141,6 +141,8 @@ def test_token_router_head_round_trip_and_refusals(tmp_path: Path, tiny_bert: Pa
     (TokenRouterHead.folder(registry) / "head.safetensors").write_bytes(b"damaged")
     with pytest.raises(CorruptAdapterError, match="checksum"):
         TokenRouterHead.load(registry, str(tiny_bert))
+    with pytest.raises(DataError, match="add a task"):
+        TokenRouterHead.fit(str(tiny_bert), texts, ["a"] * len(texts))
 
 
 def test_calibrated_threshold_lets_most_of_a_tasks_own_inputs_through() -> None:

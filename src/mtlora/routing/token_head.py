@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerBase
 
 from mtlora.backbone import fingerprint_backbone, load_tokenizer, quiet_loading, resolve_backbone
-from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, RegistryError
+from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
 from mtlora.registry import Registry
 from mtlora.registry.store import sha256_file
 
@@ -53,6 +53,8 @@ def token_embedding_table(backbone: str) -> torch.Tensor:
 
 @dataclass
 class HeadInfo:
+    """What a head was fit on and how well it did, saved beside its weights as `router.json`."""
+
     labels: list[str]
     base_model: str
     base_fingerprint: str
@@ -80,8 +82,12 @@ class TokenRouterHead:
             validation: Sequence[tuple[str, str]] = ()) -> TokenRouterHead:
         from sklearn.linear_model import LogisticRegression
 
-        tokenizer, table = load_tokenizer(backbone), token_embedding_table(backbone)
         names = sorted(set(labels))
+        if len(names) < 2:
+            raise DataError("the learned router's training inputs", f"they come from {len(names)} task(s) "
+                            f"({', '.join(names) or 'none'}), and a router chooses between tasks",
+                            "add a task, or name the task in each call")
+        tokenizer, table = load_tokenizer(backbone), token_embedding_table(backbone)
         model = LogisticRegression(C=HEAD_C, max_iter=2000).fit(mean_token_embeddings(tokenizer, table, texts).numpy(),
                                                       [names.index(label) for label in labels])
         weight, bias = torch.tensor(model.coef_, dtype=torch.float32), torch.tensor(model.intercept_,
