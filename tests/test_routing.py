@@ -138,6 +138,10 @@ def test_token_router_head_round_trip_and_refusals(tmp_path: Path, tiny_bert: Pa
     assert loaded.info == head.info
     with pytest.raises(BaseModelMismatchError, match="retrain it on this one"):
         TokenRouterHead.load(registry, str(other_tiny_bert))
+    info_file = TokenRouterHead.folder(registry) / "router.json"
+    info_file.write_text(info_file.read_text().replace('"b"', '"b", "c"'))  # a task the weights do not score
+    with pytest.raises(CorruptAdapterError, match="names 3"):
+        TokenRouterHead.load(registry, str(tiny_bert))
     (TokenRouterHead.folder(registry) / "head.safetensors").write_bytes(b"damaged")
     with pytest.raises(CorruptAdapterError, match="checksum"):
         TokenRouterHead.load(registry, str(tiny_bert))

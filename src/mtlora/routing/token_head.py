@@ -132,4 +132,7 @@ class TokenRouterHead:
             raise BaseModelMismatchError(f"the learned router in {folder} was trained on '{info.base_model}', not "
                                          f"on the backbone given ('{backbone}'); retrain it on this one")
         weights = load_file(str(folder / HEAD_FILE))
+        if len(weights["weight"]) != len(info.labels) or len(weights["bias"]) != len(info.labels):
+            raise CorruptAdapterError(f"{folder}: the head scores {len(weights['weight'])} tasks but {INFO_FILE} "
+                                      f"names {len(info.labels)}; retrain the router with `mtlora train-router CONFIG`")
         return cls(weights["weight"], weights["bias"], info)
