@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -264,3 +266,67 @@ def test_batches_are_the_cheapest_cut_of_the_sorted_rows() -> None:
                        for c in cuts
                        if all(b - a <= batch_size for a, b in zip([0, *c], [*c, len(order)], strict=True)))
         assert cost(batches, lengths) == cheapest
+
+
+
+def tiny_model(architecture: str, tiny_bert: Path) -> torch.nn.Module:
+    from transformers import AutoModel, GPT2Config, GPT2Model
+
+    if architecture == "bert":
+        return AutoModel.from_pretrained(tiny_bert)
+    return GPT2Model(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+
+
+@pytest.mark.parametrize(("architecture", "fold"), [("bert", True), ("bert", False), ("gpt2", True)],
+                         ids=["folded", "unmerged", "conv1d-left-to-peft"])
+def test_folded_lora_computes_what_peft_computes(tiny_bert: Path, architecture: str, fold: bool) -> None:
+    """Folding replaces PEFT's LoRA forward: per adapter, the same outputs. GPT-2's Conv1D layers, which
+    hold their weights transposed, are not folded but left to PEFT."""
+    from peft import LoraConfig, get_peft_model
+
+    from mtlora.engine.folding import folded_lora, lora_layers
+
+    torch.manual_seed(0)
+    # Random B as well as A: PEFT's default zero B would make every adapter the base model.
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                        fan_in_fan_out=architecture == "gpt2")
+    model = get_peft_model(tiny_model(architecture, tiny_bert), config, adapter_name="one").eval()
+    model.add_adapter("two", config)
+    layers = lora_layers(model)
+    inputs = {"input_ids": torch.randint(5, 60, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
+    with torch.inference_mode():
+        for adapter in ("one", "two"):
+            model.set_adapter(adapter)
+            expected = model(**inputs).last_hidden_state
+            model.set_adapter("one" if adapter == "two" else "two")  # folding, not the active adapter, decides
+            with folded_lora(layers, adapter, fold=fold):
+                folded = model(**inputs).last_hidden_state
+            torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+        with folded_lora(layers, "__base__", fold=fold), model.disable_adapter():
+            base = model(**inputs).last_hidden_state
+        assert not torch.allclose(base, expected, atol=1e-3)  # the adapters do change the outputs
+
+
+def test_a_lora_variant_is_refused_and_the_engine_serves_on(trained_project: Path, tmp_path: Path) -> None:
+    """DoRA's maths is not W + scaling·B·A: folding it would answer wrongly, so `add` refuses it, and
+    leaves the engine as it was."""
+    from mtlora.registry.store import sha256_file
+
+    project = load_config(trained_project)
+    registry = mtlora.Registry(tmp_path / "adapters")
+    for name in ("sentiment", "dora"):
+        shutil.copytree(mtlora.Registry(project.registry).path("sentiment"), registry.path(name))
+    config_file = registry.path("dora") / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "use_dora": True}))
+    files = registry.manifest("dora").files
+    registry.update("dora", name="dora", files={**files, config_file.name: sha256_file(config_file)})
+
+    engine = Engine(project.backbone, registry, ["sentiment"], precision="fp32")
+    before = engine.predict("loved this great movie", task="sentiment")
+    for _ in range(2):  # the refused adapter left nothing behind that would make a second try fail otherwise
+        with pytest.raises(mtlora.RegistryError, match=r"'dora' uses a LoRA variant \(DoraLinearVariant\).*merge"):
+            engine.add("dora")
+    assert engine.tasks == ["sentiment"]
+    assert_same(engine.predict("loved this great movie", task="sentiment"), before)
+    with pytest.raises(mtlora.RegistryError, match="LoRA variant"):  # the only adapter: the backbone is bare again
+        Engine(project.backbone, registry, ["dora"], precision="fp32")

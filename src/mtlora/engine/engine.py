@@ -47,9 +47,9 @@ from mtlora.backbone import (
 )
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
-from mtlora.engine.folding import FOLD_MIN_TOKENS, FoldCache, folded_lora, lora_layers
+from mtlora.engine.folding import FOLD_MIN_TOKENS, FoldCache, check_plain_lora, folded_lora, lora_layers
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
-from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
+from mtlora.errors import BaseModelMismatchError, InputError, MtloraError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, split_prefix
@@ -209,13 +209,17 @@ class Engine:
             if isinstance(task.kind, Seq2SeqTask):
                 self._seq2seq.remove(name)
                 return
-            assert isinstance(self._encoder, PeftModel)
-            if any(t.head is not None for t in self._tasks.values()):
-                if name in self._encoder.active_adapters:
-                    self._encoder.set_adapter(next(iter(self._tasks)))  # mixed batches name their adapters anyway
-                self._encoder.delete_adapter(name)
-            else:
-                self._encoder = self._encoder.unload()
+            self._drop_lora(name)
+
+    def _drop_lora(self, name: str) -> None:
+        assert isinstance(self._encoder, PeftModel)
+        others = [adapter for adapter in self._encoder.peft_config if adapter != name]
+        if not others:
+            self._encoder = self._encoder.unload()
+            return
+        if name in self._encoder.active_adapters:
+            self._encoder.set_adapter(others[0])  # mixed batches and folds name their adapters anyway
+        self._encoder.delete_adapter(name)
 
     def merge(self, name: str, folder: str | Path) -> Path:
         """Write task `name` as a plain transformers model with its LoRA merged in (plus the tokenizer)."""
@@ -263,10 +267,15 @@ class Engine:
         else:
             self._encoder = get_peft_model(self._encoder, config, adapter_name=name)
         self._forget_folds()
-        result = set_peft_model_state_dict(self._encoder, state, adapter_name=name)
-        if result.unexpected_keys:
-            raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
-                                         f"{result.unexpected_keys[:3]}")
+        try:
+            check_plain_lora(self._encoder, name)
+            result = set_peft_model_state_dict(self._encoder, state, adapter_name=name)
+            if result.unexpected_keys:
+                raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
+                                             f"{result.unexpected_keys[:3]}")
+        except MtloraError:
+            self._drop_lora(name)  # the engine goes on serving what it served, and `add` can be tried again
+            raise
         if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass
             for layer in lora_layers(self._encoder):
                 if name in layer.lora_A:

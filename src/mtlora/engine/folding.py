@@ -26,6 +26,8 @@ from peft.tuners.lora import layer as lora
 from torch import nn
 from torch.nn import functional
 
+from mtlora.errors import RegistryError
+
 # Where folding a BERT layer's six adapted weights starts to cost less than running them unmerged: 256-512
 # tokens on this project's CPU in fp32 and bf16 alike (MiniLM sizes, r=8).
 FOLD_MIN_TOKENS = 256
@@ -34,6 +36,18 @@ FOLD_MIN_TOKENS = 256
 def lora_layers(model: nn.Module) -> list[lora.Linear]:
     """The LoRA linear layers of `model`. Walking the module tree costs ~2 ms, so callers keep the list."""
     return [m for m in model.modules() if type(m) is lora.Linear]
+
+
+def check_plain_lora(model: nn.Module, adapter: str) -> None:
+    """Refuse an adapter whose layers use a LoRA variant (DoRA...): its maths is not W + scaling·B·A, so
+    it cannot be folded, and PEFT refuses it in mixed batches."""
+    variants = {type(layer.lora_variant[adapter]).__name__ for layer in lora_layers(model)
+                if adapter in layer.lora_variant}
+    if variants:
+        raise RegistryError(
+            f"adapter '{adapter}' uses a LoRA variant ({', '.join(sorted(variants))}) that the engine cannot serve "
+            "alongside other adapters; export it alone with `mtlora merge`, or retrain it as plain LoRA"
+        )
 
 
 @contextlib.contextmanager
@@ -96,8 +110,7 @@ class _FoldedForward:
         base = layer.get_base_layer()
         if adapter not in layer.lora_A:
             return base(x)
-        if adapter in layer.lora_variant or not isinstance(base, nn.Linear):
-            # A variant (DoRA...) has its own maths: PEFT computes it, for this adapter on every row.
+        if not isinstance(base, nn.Linear):  # GPT-2's Conv1D holds its weight transposed: PEFT computes it
             return lora.Linear.forward(layer, x, *args, adapter_names=[adapter] * len(x), **kwargs)
         weight = self.folded.get(self.position)
         if weight is None:
