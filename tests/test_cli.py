@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import mtlora
+from mtlora import load_config
 from mtlora.cli import app
+from mtlora.routing.token_head import TokenRouterHead
 
 runner = CliRunner()
 
@@ -33,8 +36,15 @@ def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
     answer = json.loads(predicted.output)
     assert answer["task"] == "sentiment" and answer["label"] in ("negative", "positive")
 
+    project = load_config(tiny_project)
+    registry = mtlora.Registry(project.registry)
+    texts, tasks = ["loved this great movie", "where is my refund"] * 2, ["sentiment", "support"] * 2
+    TokenRouterHead.fit(project.backbone, texts, tasks, list(zip(texts, tasks, strict=True))).save(registry)
     listed = run("adapters", "list", tiny_project)
     assert listed.exit_code == 0 and "sentiment" in listed.output and "classification" in listed.output
+    head_row = next(line for line in listed.output.splitlines() if "router (token embeddings)" in line)
+    hidden = TokenRouterHead.load(registry, project.backbone).weight.shape[1]
+    assert "sentiment, support" in head_row and f"{2 * (hidden + 1)}" in head_row and "accuracy 1.000" in head_row
     shown = run("adapters", "show", tiny_project, "sentiment")
     assert json.loads(shown.output)["labels"] == ["negative", "positive"]
 

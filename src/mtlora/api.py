@@ -23,6 +23,7 @@ from mtlora.evaluation import (
 )
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import ROUTERS, LearnedRouter, Route
+from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
 from mtlora.training import TrainOutcome, train_task
 
@@ -135,6 +136,11 @@ def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = 
 
 def list_adapters(config: ConfigLike) -> list[Manifest]:
     return list(Registry(as_config(config).registry).manifests())
+
+
+def router_head(config: ConfigLike) -> HeadInfo | None:
+    """The learned router's head over token embeddings, when `train-router` has fit one."""
+    return TokenRouterHead.saved_info(Registry(as_config(config).registry))
 
 
 def show_adapter(config: ConfigLike, name: str) -> Manifest:

@@ -258,8 +258,8 @@ def serve(
 @reports_errors
 def adapters_list(config: ConfigArg) -> None:
     """The adapters stored in the project's registry, with their main metric."""
-    manifests = api.list_adapters(config)
-    if not manifests:
+    manifests, head = api.list_adapters(config), api.router_head(config)
+    if not manifests and head is None:
         say(f"No adapters in {api.as_config(config).registry} yet; run `mtlora train {config}`.")
         return
     table = Table(title=f"Adapters in {api.as_config(config).registry}")
@@ -269,6 +269,10 @@ def adapters_list(config: ConfigArg) -> None:
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
                       f"{m.parameters.trainable:,} ({100 * m.parameters.ratio:.2f}%)",
                       _main_metric(m.metrics.get("validation", {})))
+    if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
+        accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
+        table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",
+                      accuracy)
     console.print(table)
 
 

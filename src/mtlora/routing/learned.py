@@ -54,7 +54,7 @@ class LearnedRouter(Router):
     @staticmethod
     def is_trained(registry: Registry, settings: RouterSettings) -> bool:
         if settings.features == "embeddings":
-            return TokenRouterHead.is_saved(registry)
+            return TokenRouterHead.saved_info(registry) is not None
         return ROUTER_ADAPTER in registry
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:

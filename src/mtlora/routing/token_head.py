@@ -60,6 +60,7 @@ class HeadInfo:
     base_fingerprint: str
     examples: int
     validation_accuracy: float | None
+    parameters: int = 0
     head_sha256: str = ""
 
 
@@ -72,10 +73,6 @@ class TokenRouterHead:
     @staticmethod
     def folder(registry: Registry) -> Path:
         return registry.root / ".routers" / "embeddings"
-
-    @classmethod
-    def is_saved(cls, registry: Registry) -> bool:
-        return (cls.folder(registry) / INFO_FILE).is_file()
 
     @classmethod
     def fit(cls, backbone: str, texts: Sequence[str], labels: Sequence[str],
@@ -94,7 +91,8 @@ class TokenRouterHead:
                                                                                     dtype=torch.float32)
         if len(names) == 2:  # scikit-learn keeps one row for two classes: the second class's logit
             weight, bias = torch.cat([torch.zeros_like(weight), weight]), torch.cat([torch.zeros_like(bias), bias])
-        info = HeadInfo(names, backbone, fingerprint_backbone(backbone), len(texts), None)
+        info = HeadInfo(names, backbone, fingerprint_backbone(backbone), len(texts), None,
+                        weight.numel() + bias.numel())
         head = cls(weight, bias, info)
         if validation:
             features = mean_token_embeddings(tokenizer, table, [text for text, _ in validation])
@@ -116,15 +114,23 @@ class TokenRouterHead:
         return target
 
     @classmethod
+    def saved_info(cls, registry: Registry) -> HeadInfo | None:
+        """What `router.json` records of the saved head (None when there is none), weights not read."""
+        info_file = cls.folder(registry) / INFO_FILE
+        if not info_file.is_file():
+            return None
+        try:
+            return HeadInfo(**json.loads(info_file.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise CorruptAdapterError(f"{info_file}: unreadable ({exc}); retrain the router") from None
+
+    @classmethod
     def load(cls, registry: Registry, backbone: str) -> TokenRouterHead:
         folder = cls.folder(registry)
-        if not cls.is_saved(registry):
+        info = cls.saved_info(registry)
+        if info is None:
             raise RegistryError(f"no learned router over token embeddings in {registry.root}: train it first with "
                                 "`mtlora train-router CONFIG` (with router.features: embeddings)")
-        try:
-            info = HeadInfo(**json.loads((folder / INFO_FILE).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise CorruptAdapterError(f"{folder / INFO_FILE}: unreadable ({exc}); retrain the router") from None
         if not (folder / HEAD_FILE).is_file() or sha256_file(folder / HEAD_FILE) != info.head_sha256:
             raise CorruptAdapterError(f"{folder / HEAD_FILE} is missing or does not match its checksum; "
                                       "retrain the router with `mtlora train-router CONFIG`")
