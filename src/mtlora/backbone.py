@@ -25,6 +25,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mtlora.config import EMBEDDED_BACKBONE
+from mtlora.errors import BaseModelMismatchError
 
 
 def resolve_backbone(backbone: str) -> str:
@@ -125,6 +126,16 @@ def fingerprint_backbone(backbone: str) -> str:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return "sha256:" + digest.hexdigest()
+
+
+def check_trained_on(what: str, base_model: str, base_fingerprint: str, backbone: str) -> None:
+    """Refuse to use `what` (an adapter, a router head) on a backbone other than the one it was trained on."""
+    fingerprint = fingerprint_backbone(backbone)
+    if fingerprint != base_fingerprint:
+        raise BaseModelMismatchError(
+            f"{what} was trained on base model '{base_model}' ({base_fingerprint[:19]}), but the backbone given "
+            f"is '{backbone}' ({fingerprint[:19]}); use the same backbone, or retrain it on this one"
+        )
 
 
 def _local_folder(name_or_path: str) -> Path:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from mtlora.backbone import fingerprint_backbone, load_task_model, load_tokenizer, resize_input_embeddings
+from mtlora.backbone import check_trained_on, load_task_model, load_tokenizer, resize_input_embeddings
 from mtlora.config import LoraSettings
 from mtlora.errors import BaseModelMismatchError
 from mtlora.registry import Manifest, Registry
@@ -113,13 +113,7 @@ def kind_from_manifest(manifest: Manifest) -> TaskKind:
 
 
 def check_base(manifest: Manifest, backbone: str) -> None:
-    fingerprint = fingerprint_backbone(backbone)
-    if fingerprint != manifest.base_fingerprint:
-        raise BaseModelMismatchError(
-            f"adapter '{manifest.name}' was trained on base model '{manifest.base_model}' "
-            f"({manifest.base_fingerprint[:19]}), but the backbone given is '{backbone}' ({fingerprint[:19]}); "
-            "use the same backbone, or retrain the adapter on this one"
-        )
+    check_trained_on(f"adapter '{manifest.name}'", manifest.base_model, manifest.base_fingerprint, backbone)
 
 
 def load_adapter_model(registry: Registry, name: str, backbone: str) -> tuple[PeftModel, TaskKind, Manifest]:

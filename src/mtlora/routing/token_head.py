@@ -21,8 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PreTrainedTokenizerBase
 
-from mtlora.backbone import fingerprint_backbone, load_tokenizer, quiet_loading, resolve_backbone
-from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
+from mtlora.backbone import (
+    check_trained_on,
+    fingerprint_backbone,
+    load_tokenizer,
+    quiet_loading,
+    resolve_backbone,
+)
+from mtlora.errors import CorruptAdapterError, DataError, RegistryError
 from mtlora.registry import Registry
 from mtlora.registry.store import sha256_file
 
@@ -134,9 +140,7 @@ class TokenRouterHead:
         if not (folder / HEAD_FILE).is_file() or sha256_file(folder / HEAD_FILE) != info.head_sha256:
             raise CorruptAdapterError(f"{folder / HEAD_FILE} is missing or does not match its checksum; "
                                       "retrain the router with `mtlora train-router CONFIG`")
-        if info.base_fingerprint != fingerprint_backbone(backbone):
-            raise BaseModelMismatchError(f"the learned router in {folder} was trained on '{info.base_model}', not "
-                                         f"on the backbone given ('{backbone}'); retrain it on this one")
+        check_trained_on(f"the learned router in {folder}", info.base_model, info.base_fingerprint, backbone)
         weights = load_file(str(folder / HEAD_FILE))
         if len(weights["weight"]) != len(info.labels) or len(weights["bias"]) != len(info.labels):
             raise CorruptAdapterError(f"{folder}: the head scores {len(weights['weight'])} tasks but {INFO_FILE} "
