@@ -221,9 +221,8 @@ def main() -> None:
         print("training 4 quick adapters and the learned router...", flush=True)
         mtlora.train(project, progress=False, log=lambda _: None)
         mtlora.train_router(project, progress=False, log=lambda _: None)
-        on_tokens = mtlora.load_config(project).router.model_copy(update={"features": "embeddings"})
-        mtlora.train_router(mtlora.load_config(project).model_copy(update={"router": on_tokens}),
-                            progress=False, log=lambda _: None)
+        on_tokens = mtlora.load_config(project).with_router(features="embeddings")
+        mtlora.train_router(on_tokens, progress=False, log=lambda _: None)
         stream = request_stream(project, args.requests)
         engine = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size)
         engine.add(ROUTER_ADAPTER)
@@ -250,7 +249,7 @@ def main() -> None:
         # Routed as the engine routes in a server: the same 32 requests a call answers, in the same turns.
         unrouted = [engine.request(item) for item in items]
         token_routed = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
-                                          router_settings=on_tokens)
+                                          router_settings=on_tokens.router)
         routers = {f"{name} ({features})": (name, routing_engine) for name in ("semantic", "learned")
                    for features, routing_engine in (("encoder", engine), ("embeddings", token_routed))}
         routes = {f"route {key}": lambda name=name, e=routing_engine: [e.route(unrouted[i:i + size], name)

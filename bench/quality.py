@@ -132,7 +132,7 @@ def routing(project: ProjectConfig) -> list[dict[str, Any]]:
     reports = []
     for features, routers in (("encoder", ["keywords", "semantic", "learned"]),
                               ("embeddings", ["semantic", "learned"])):
-        reading = six.model_copy(update={"router": six.router.model_copy(update={"features": features})})
+        reading = six.with_router(features=features)
         mtlora.train_router(reading, fresh=True, progress=False, log=lambda _: None)
         reports += [r.to_dict() for r in mtlora.evaluate_routers(reading, routers, log=lambda _: None)]
     return reports

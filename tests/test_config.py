@@ -62,6 +62,15 @@ def test_semantic_threshold_is_a_cosine_or_auto(tmp_path: Path, value: object) -
         load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": value}}))
 
 
+def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_confidence": 0.7}}))
+    changed = config.with_router(features="embeddings")
+    assert (changed.router.features, changed.router.min_confidence) == ("embeddings", 0.7)
+    assert config.router.features == "encoder"  # a new project: the first is unchanged
+    with pytest.raises(ConfigError, match=r"router\.features: Input should be 'encoder' or 'embeddings'"):
+        config.with_router(features="tokens")
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
 def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="not allowed"):

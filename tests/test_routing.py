@@ -10,7 +10,6 @@ import torch
 import mtlora
 from mtlora import Engine, load_config
 from mtlora.backbone import load_tokenizer
-from mtlora.config import ProjectConfig
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
 from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
@@ -22,16 +21,12 @@ HELD_OUT = [("hated the boring film", "sentiment"), ("this movie was wonderful",
             ("my login password", "support"), ("where is my order refund", "support")]
 
 
-def on_token_embeddings(project: ProjectConfig) -> ProjectConfig:
-    return project.model_copy(update={"router": project.router.model_copy(update={"features": "embeddings"})})
-
-
 @pytest.fixture(scope="module")
 def routed_project(trained_project: Path) -> Path:
     """The trained tiny project plus its learned routers, the adapter and the head over token embeddings
     (trained once for this module)."""
     project = load_config(trained_project)
-    for settings in (project, on_token_embeddings(project)):
+    for settings in (project, project.with_router(features="embeddings")):
         train_router(settings, progress=False, log=lambda _: None)
     return trained_project
 

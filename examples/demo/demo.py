@@ -52,7 +52,7 @@ def main() -> None:
     console.rule("3. Route: which adapter should answer? (learned router = one more adapter)")
     project = mtlora.load_config(CONFIG)
     # Semantic and learned routing read the encoder (a pass of their own) or, nearly free, the token embeddings.
-    on_tokens = project.model_copy(update={"router": project.router.model_copy(update={"features": "embeddings"})})
+    on_tokens = project.with_router(features="embeddings")
     routing = Table()
     for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "ms per input"):
         routing.add_column(column, justify="left" if column in ("router", "reads") else "right")

@@ -336,6 +336,15 @@ class ProjectConfig(_Strict):
     def select(self, name: str | None) -> list[TaskConfig]:
         return self.tasks if name is None else [self.task(name)]
 
+    def with_router(self, **settings: Any) -> ProjectConfig:
+        """This project with some router settings changed (`features="embeddings"`, say), checked as in a file."""
+        changed = {**self.router.model_dump(), **settings}
+        try:
+            router = RouterSettings.model_validate(changed)
+        except ValidationError as exc:
+            raise ConfigError("with_router", [f"router.{_describe(e, changed)}" for e in exc.errors()]) from None
+        return self.model_copy(update={"router": router})
+
 
 def _check_mixture(name: str, mixture: MixtureSettings, tasks: dict[str, TaskConfig]) -> None:
     """Each task of a mixture is a seq2seq task of the project with its own task token: the token is how
