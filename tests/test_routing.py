@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,15 @@ HELD_OUT = [("hated the boring film", "sentiment"), ("this movie was wonderful",
 
 
 @pytest.fixture(scope="module")
-def routed_project(trained_project: Path) -> Path:
-    """The trained tiny project plus its learned routers, the adapter and the head over token embeddings
-    (trained once for this module)."""
-    project = load_config(trained_project)
+def routed_project(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained tiny project plus its learned routers, the adapter and the head over token
+    embeddings (trained once for this module). A copy: other modules rely on the shared one having none."""
+    folder = tmp_path_factory.mktemp("routed") / "project"
+    shutil.copytree(trained_project.parent, folder)
+    project = load_config(folder / trained_project.name)
     for settings in (project, project.with_router(features="embeddings")):
         train_router(settings, progress=False, log=lambda _: None)
-    return trained_project
+    return folder / trained_project.name
 
 
 @pytest.mark.parametrize(("router", "features"), [("keywords", "encoder"), ("semantic", "encoder"),
@@ -64,6 +67,18 @@ def test_router_trains_with_a_registry_given_relative_to_the_working_folder(
     quick = relative.router.model_copy(update={"training": relative.router.training.model_copy(update={"epochs": 1})})
     outcome = train_router(relative.model_copy(update={"router": quick}), progress=False, log=lambda _: None)
     assert outcome.saved_to is not None and outcome.saved_to.resolve().is_relative_to(tiny_project.parent / "adapters")
+
+
+@pytest.mark.parametrize("features", ["encoder", "embeddings"])
+def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(trained_project: Path,
+                                                                          features: str) -> None:
+    project = load_config(trained_project, overrides={"router": {"features": features}})
+    said: list[str] = []
+    reports = mtlora.evaluate_routers(project, ["keywords", "learned"], write=False, log=said.append)
+    assert [r.router for r in reports] == ["keywords"]
+    skipped = [line for line in said if "skipping 'learned'" in line]
+    assert len(skipped) == 1 and "mtlora train-router" in skipped[0]
+    assert ("token embeddings" in skipped[0]) == (features == "embeddings")
 
 
 def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project: Path,

@@ -22,7 +22,7 @@ from mtlora.evaluation import (
     write_routing_reports,
 )
 from mtlora.registry import Manifest, Registry
-from mtlora.routing import ROUTERS, LearnedRouter, Route
+from mtlora.routing import ROUTERS, Route
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
 from mtlora.training import TrainOutcome, train_task
@@ -89,9 +89,12 @@ def evaluate_routers(
     check_split(split)
     # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
     engine = Engine.from_config(project, [t.name for t in project.tasks])
-    available = [r for r in routers if r != "learned" or LearnedRouter.is_trained(engine.registry, project.router)]
-    for skipped in sorted(set(routers) - set(available)):
-        log(f"[routing] skipping '{skipped}': no learned router trained (mtlora train-router)")
+    available = []
+    for name in routers:
+        if missing := routing.router_class(name).missing(engine.registry, project.router):
+            log(f"[routing] skipping '{name}': {missing}")
+        else:
+            available.append(name)
     reports = evaluate_routing(engine, routing_mix(project, split, per_task), available, split, log=log)
     if write and reports:
         write_routing_reports(reports, Path(project.reports))

@@ -20,12 +20,16 @@ ROUTERS: dict[str, type[Router]] = {
 }
 
 
-def build_router(name: str, engine: Engine, settings: RouterSettings) -> Router:
-    """The router called `name`, set up for `engine`'s adapters with the project's router settings."""
+def router_class(name: str) -> type[Router]:
     if name not in ROUTERS:
         raise UnknownTaskError("router", name, list(ROUTERS))
-    return ROUTERS[name].build(engine, settings)
+    return ROUTERS[name]
+
+
+def build_router(name: str, engine: Engine, settings: RouterSettings) -> Router:
+    """The router called `name`, set up for `engine`'s adapters with the project's router settings."""
+    return router_class(name).build(engine, settings)
 
 
 __all__ = ["ROUTERS", "ROUTER_ADAPTER", "ExplicitRouter", "KeywordRouter", "LearnedRouter", "Request", "Route",
-           "Router", "SemanticRouter", "build_router", "split_prefix", "train_router"]
+           "Router", "SemanticRouter", "build_router", "router_class", "split_prefix", "train_router"]

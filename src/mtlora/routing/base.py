@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
     from mtlora.engine.engine import Engine
+    from mtlora.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class Router(ABC):
     @abstractmethod
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         """One route per request; `candidates[i]` lists the tasks whose input shape fits request i."""
+
+    @classmethod
+    def missing(cls, registry: Registry, settings: RouterSettings) -> str | None:
+        """What this router still needs before it can route (None: nothing), for callers that skip it."""
+        return None
 
 
 def decide(router: str, scores: dict[str, float], threshold: float, default_task: str | None,

@@ -21,7 +21,7 @@ from mtlora.data import load_task_data
 from mtlora.errors import RegistryError
 from mtlora.registry import Registry
 from mtlora.routing.base import Request, Route, Router, decide
-from mtlora.routing.token_head import TokenRouterHead
+from mtlora.routing.token_head import HEAD_NOT_TRAINED, TokenRouterHead
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -42,20 +42,19 @@ class LearnedRouter(Router):
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> LearnedRouter:
+        if missing := cls.missing(engine.registry, settings):
+            raise RegistryError(f"{missing} (registry {engine.registry.root})")
         if settings.features == "embeddings":
             head = TokenRouterHead.load(engine.registry, engine.backbone)
             return cls(engine, settings.min_confidence, settings.default_task, head)
-        if not cls.is_trained(engine.registry, settings):
-            raise RegistryError(f"no learned router in {engine.registry.root}: train it first with "
-                                "`mtlora train-router CONFIG`")
         engine.add(ROUTER_ADAPTER)
         return cls(engine, settings.min_confidence, settings.default_task)
 
-    @staticmethod
-    def is_trained(registry: Registry, settings: RouterSettings) -> bool:
+    @classmethod
+    def missing(cls, registry: Registry, settings: RouterSettings) -> str | None:
         if settings.features == "embeddings":
-            return TokenRouterHead.saved_info(registry) is not None
-        return ROUTER_ADAPTER in registry
+            return None if TokenRouterHead.saved_info(registry) is not None else HEAD_NOT_TRAINED
+        return None if ROUTER_ADAPTER in registry else "no learned router: train it first with `mtlora train-router`"
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []

@@ -38,6 +38,8 @@ ROUTING_MAX_TOKENS = 128
 HEAD_C = 10.0
 HEAD_FILE = "head.safetensors"
 INFO_FILE = "router.json"
+HEAD_NOT_TRAINED = ("no learned router over token embeddings: train it first with `mtlora train-router` "
+                    "(with router.features: embeddings)")
 
 
 def mean_token_embeddings(tokenizer: PreTrainedTokenizerBase, table: torch.Tensor,
@@ -135,8 +137,7 @@ class TokenRouterHead:
         folder = cls.folder(registry)
         info = cls.saved_info(registry)
         if info is None:
-            raise RegistryError(f"no learned router over token embeddings in {registry.root}: train it first with "
-                                "`mtlora train-router CONFIG` (with router.features: embeddings)")
+            raise RegistryError(f"{HEAD_NOT_TRAINED} (registry {registry.root})")
         if not (folder / HEAD_FILE).is_file() or sha256_file(folder / HEAD_FILE) != info.head_sha256:
             raise CorruptAdapterError(f"{folder / HEAD_FILE} is missing or does not match its checksum; "
                                       "retrain the router with `mtlora train-router CONFIG`")
