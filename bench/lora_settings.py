@@ -1,14 +1,21 @@
 """Which LoRA settings to default to: rank, dropout and target modules, measured side by side.
 
-Each variant trains one adapter on the same rows of a real task (one epoch, same seed), in a
-fresh process of its own, then scores its held-out split. The speed column is what decides dropout on a
-CPU: PEFT applies LoRA dropout to a copy of each adapted layer's input, a memory-bound pass per layer
-that costs more than the rank-r matrix products themselves.
+Each variant trains one adapter on the same rows of a real task (same seed), in a fresh process of its
+own, then scores its held-out split. Two sizes:
 
-    python bench/lora_settings.py                   # SST-2 (6,000 rows) and STS-B (3,000): about 15 min
-    python bench/lora_settings.py --tasks sst2
+- the probe (default): one epoch on 6,000 SST-2 rows and 3,000 STS-B rows. Cheap, and it shows the
+  speed of each setting; but so little training favours the larger ranks, which fit faster.
+- `--full`: each task as `examples/glue/local.yaml` trains it in bench/quality.py's full run (SST-2
+  30,000 rows x 1 epoch, STS-B and MRPC all rows x 3, SQuAD 38 articles x 1). The defaults are chosen
+  on these: they are what a user's adapters get.
 
-Writes bench/results/lora_settings.json and prints a table.
+The speed column is what decides dropout on a CPU: PEFT applies LoRA dropout to a copy of each adapted
+layer's input, a memory-bound pass per layer that costs more than the rank-r matrix products themselves.
+
+    python bench/lora_settings.py                       # the probe, every variant: about 15 min
+    python bench/lora_settings.py --full --tasks stsb mrpc --variants r8 r4 r2 r8-qv
+
+Writes bench/results/lora_settings.json (--full: lora_settings_full.json) and prints a table.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlora.config import LoraSettings, ProjectConfig, TaskConfig, load_config
+from mtlora.data import load_task_data
 from mtlora.evaluation import evaluate_task
 from mtlora.training import train_task
 
@@ -30,16 +38,18 @@ from isolated import run_isolated
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "glue" / "local.yaml"
-ROWS = {"sst2": 6000, "stsb": 3000}
+PROBE_ROWS = {"sst2": 6000, "stsb": 3000}
+FULL_TASKS = ["sst2", "mrpc", "stsb", "squad"]
 DEFAULT = LoraSettings()
-VARIANTS = {  # name: (LoRA settings, learning rate)
-    "r16 all-linear dropout 0.1": (LoraSettings(r=16, alpha=32, dropout=0.1), 1e-3),
-    "r16 all-linear": (LoraSettings(r=16, alpha=32), 1e-3),
-    "r8 all-linear (default)": (DEFAULT, 1e-3),
-    "r4 all-linear": (LoraSettings(r=4, alpha=8), 1e-3),
-    "r8 query,value": (LoraSettings(target_modules=["query", "value"]), 1e-3),
-    "r8 all-linear, lr 5e-4": (DEFAULT, 5e-4),
-    "r8 all-linear, lr 2e-3": (DEFAULT, 2e-3),
+VARIANTS = {  # key: (table label, LoRA settings, learning rate)
+    "r16-dropout": ("r16 all-linear dropout 0.1", LoraSettings(r=16, alpha=32, dropout=0.1), 1e-3),
+    "r16": ("r16 all-linear", LoraSettings(r=16, alpha=32), 1e-3),
+    "r8": ("r8 all-linear", LoraSettings(r=8, alpha=16), 1e-3),
+    "r4": ("r4 all-linear", LoraSettings(r=4, alpha=8), 1e-3),
+    "r2": ("r2 all-linear", LoraSettings(r=2, alpha=4), 1e-3),
+    "r8-qv": ("r8 query,value", LoraSettings(r=8, alpha=16, target_modules=["query", "value"]), 1e-3),
+    "r8-lr5e-4": ("r8 all-linear, lr 5e-4", LoraSettings(r=8, alpha=16), 5e-4),
+    "r8-lr2e-3": ("r8 all-linear, lr 2e-3", LoraSettings(r=8, alpha=16), 2e-3),
 }
 
 
@@ -50,46 +60,56 @@ def measure(project: ProjectConfig, task: TaskConfig, lora: LoraSettings, lr: fl
     outcome = train_task(scoped, varied, "lora", fresh=True, progress=False, log=lambda _: None)
     report = evaluate_task(scoped, varied, "validation", log=lambda _: None)
     return {"metric": report.primary_metric, "score": report.metrics["lora"][report.primary_metric],
+            "train_rows": len(load_task_data(scoped, varied, splits=("train",)).train),
             "trainable": outcome.trainable, "share": outcome.trainable / outcome.total,
             "samples_per_s": outcome.samples_per_s, "time_s": outcome.time_s}
 
 
 def sized(task: TaskConfig, rows: int) -> TaskConfig:
     data = task.data.model_copy(update={"train": task.data.train.model_copy(update={"limit": rows})})
-    training = task.training.model_copy(update={"epochs": 1, "checkpoint_every": 100_000})
+    training = task.training.model_copy(update={"epochs": 1})
     return task.model_copy(update={"data": data, "training": training})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--full", action="store_true", help="train each task as bench/quality.py's full run does")
+    parser.add_argument("--tasks", nargs="*", choices=FULL_TASKS, help="default: sst2 stsb (probe), all (--full)")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
+    tasks = args.tasks or (FULL_TASKS if args.full else list(PROBE_ROWS))
+    if not args.full and set(tasks) - set(PROBE_ROWS):
+        parser.error(f"the probe covers only {', '.join(PROBE_ROWS)}; add --full for {', '.join(tasks)}")
     project = load_config(CONFIG)
     rows, started = [], time.perf_counter()
-    for name in args.tasks:
-        task = sized(project.task(name), ROWS[name])
-        for variant, (lora, lr) in VARIANTS.items():
+    for name in tasks:
+        task = project.task(name) if args.full else sized(project.task(name), PROBE_ROWS[name])
+        task = task.model_copy(update={"training": task.training.model_copy(update={"checkpoint_every": 100_000})})
+        for key in args.variants:
+            label, lora, lr = VARIANTS[key]
             with tempfile.TemporaryDirectory() as work:
                 measured = run_isolated(measure, project, task, lora, lr, Path(work))  # no shared warm-up
-                row = {"task": name, "train_rows": ROWS[name], "variant": variant, "lr": lr, **lora.model_dump(),
-                       **measured}
+            row = {"task": name, "train_rows": measured.pop("train_rows"), "epochs": task.training.epochs,
+                   "variant": label, "key": key, "lr": lr, "default": lora == DEFAULT and lr == task.training.lr,
+                   **lora.model_dump(), **measured}
             rows.append(row)
-            print(f"{name:5} {variant:28} {row['metric']} {row['score']:.3f}  {row['samples_per_s']:.0f} samples/s",
+            print(f"{name:5} {label:28} {row['metric']} {row['score']:.3f}  {row['samples_per_s']:.0f} samples/s",
                   flush=True)
-    out = ROOT / "bench" / "results" / "lora_settings.json"
-    if out.is_file():  # keep the last run's rows of the tasks not rerun
-        rows = [r for r in json.loads(out.read_text())["rows"] if r["task"] not in args.tasks] + rows
-    result = {"benchmark": "lora_settings", "date": time.strftime("%Y-%m-%d %H:%M"),
-              "wall_s": time.perf_counter() - started, "rows": rows}
+    out = ROOT / "bench" / "results" / ("lora_settings_full.json" if args.full else "lora_settings.json")
+    if out.is_file():  # keep the last run's rows of the (task, variant) pairs not rerun
+        rerun = {(r["task"], r["key"]) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"] if (r["task"], r.get("key")) not in rerun] + rows
+    result = {"benchmark": "lora_settings", "sizes": "full" if args.full else "probe",
+              "date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": time.perf_counter() - started, "rows": rows}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
 
 
 def table(result: dict[str, Any]) -> str:
     lines = ["| task | settings | lr | score | trainable (% of full) | samples/s |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['task']} ({r['train_rows']:,} rows) | {r['variant']} | {r['lr']:g} | {r['metric']} "
-              f"{r['score']:.3f} | {r['trainable']:,} ({100 * r['share']:.2f}%) | {r['samples_per_s']:.0f} |"
-              for r in result["rows"]]
+    lines += [f"| {r['task']} ({r['train_rows']:,} rows x {r.get('epochs', 1):g}) | {r['variant']} | {r['lr']:g} | "
+              f"{r['metric']} {r['score']:.3f} | {r['trainable']:,} ({100 * r['share']:.2f}%) | "
+              f"{r['samples_per_s']:.0f} |" for r in result["rows"]]
     return "\n".join(lines)
 
 
