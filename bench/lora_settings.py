@@ -7,7 +7,8 @@ own, then scores its held-out split. Two sizes:
   speed of each setting; but so little training favours the larger ranks, which fit faster.
 - `--full`: each task as `examples/glue/local.yaml` trains it in bench/quality.py's full run (SST-2
   30,000 rows x 1 epoch, STS-B and MRPC all rows x 3, SQuAD 38 articles x 1). The defaults are chosen
-  on these: they are what a user's adapters get.
+  on these: they are what a user's adapters get. About 10 min per variant for SST-2, MRPC and STS-B
+  together, and 15-20 for SQuAD.
 
 The speed column is what decides dropout on a CPU: PEFT applies LoRA dropout to a copy of each adapted
 layer's input, a memory-bound pass per layer that costs more than the rank-r matrix products themselves.
