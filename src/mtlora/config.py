@@ -343,7 +343,8 @@ class ProjectConfig(_Strict):
         try:
             router = RouterSettings.model_validate(changed)
         except ValidationError as exc:
-            raise ConfigError("with_router", [f"router.{_describe(e, changed)}" for e in exc.errors()]) from None
+            problems = [f"router.{_describe(error, changed)}" for error in exc.errors()]
+            raise ConfigError("ProjectConfig.with_router", problems) from None
         return self.model_copy(update={"router": router})
 
 
