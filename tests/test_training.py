@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 import mtlora
 from mtlora import load_config
@@ -55,6 +56,27 @@ def test_round_trip_matches_the_model_in_memory(tiny_project: Path) -> None:
     batch = mtlora.backbone.load_tokenizer(config.backbone)(INPUTS["sentiment"], padding=True, return_tensors="pt")
     with torch.inference_mode():
         torch.testing.assert_close(outcome.model(**batch).logits, loaded(**batch).logits, rtol=0, atol=1e-6)
+
+
+def test_a_backbone_stored_in_fp16_trains_and_serves_in_fp32(tmp_path: Path, tiny_bert: Path) -> None:
+    """transformers loads a checkpoint in the dtype it is stored in: an fp16 one failed at its first
+    LayerNorm on a CPU ("mixed dtype"), where training and inference need fp32 weights."""
+    from conftest import write_tiny_project
+
+    half = tmp_path / "half-bert"
+    shutil.copytree(tiny_bert, half)
+    AutoModel.from_pretrained(tiny_bert).half().save_pretrained(half)
+    config = load_config(write_tiny_project(tmp_path, half))
+    outcome = train_task(config, config.task("sentiment"), "lora", **QUIET)
+    assert all(math.isfinite(loss) for _, loss in outcome.losses)
+    predictor = mtlora.load_predictor(config, "sentiment")
+    assert {p.dtype for p in predictor.model.parameters()} == {torch.float32}
+    engine = mtlora.Engine.from_config(config, ["sentiment"], precision="fp32")
+    served = engine.predict_batch(INPUTS["sentiment"], task="sentiment")
+    alone = predictor.predict_batch(INPUTS["sentiment"])
+    for ours, theirs in zip(served, alone, strict=True):
+        assert ours["label"] == theirs["label"]
+        assert ours["confidence"] == pytest.approx(theirs["confidence"], abs=1e-5)
 
 
 def test_adapter_loads_with_plain_peft(trained_project: Path) -> None:

