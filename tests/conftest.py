@@ -41,8 +41,11 @@ def write_tiny_bert(folder: Path, seed: int = 0, initializer_range: float = 0.02
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))},
                                   do_lower_case=True)
     tokenizer.save_pretrained(folder)
+    # No dropout: its masks are drawn differently on CUDA, and with them the tiny learned router trained
+    # there routed at chance; without it training takes the same steps on a CPU and a GPU.
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, initializer_range=initializer_range)
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=initializer_range,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     return folder

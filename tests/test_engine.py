@@ -103,10 +103,10 @@ def test_adapters_come_and_go_at_run_time(trained_project: Path, fold_cache: int
 
 def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project: Path, tmp_path: Path) -> None:
     folder = engine.merge("sentiment", tmp_path / "sentiment-merged")
-    merged = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     predictor = mtlora.load_predictor(trained_project, "sentiment")
+    merged = AutoModelForSequenceClassification.from_pretrained(folder).to(predictor.device).eval()
     batch = predictor.tokenizer(["loved this great movie", "terrible boring film"], padding=True,
-                                return_tensors="pt")
+                                return_tensors="pt").to(predictor.device)
     with torch.inference_mode():
         torch.testing.assert_close(merged(**batch).logits, predictor.model(**batch).logits, rtol=0, atol=1e-5)
     assert (folder / "tokenizer_config.json").is_file()

@@ -74,7 +74,8 @@ def test_task_tokens_survive_save_and_load_and_the_base_stays_untouched(tmp_path
     predictor = mtlora.load_predictor(config, "summarize")
     assert predictor.tokenizer.convert_tokens_to_ids("<summarize>") == len(predictor.tokenizer) - 1
     # The loaded adapter writes exactly what the model in memory wrote.
-    encoded = predictor.tokenizer(["<summarize> great good movie"], return_tensors="pt", return_token_type_ids=False)
+    encoded = predictor.tokenizer(["<summarize> great good movie"], return_tensors="pt",
+                                  return_token_type_ids=False).to(predictor.device)
     with torch.inference_mode():
         expected = outcome.model.generate(**encoded, max_new_tokens=6)
         actual = predictor.model.generate(**encoded, max_new_tokens=6)

@@ -53,9 +53,11 @@ def test_round_trip_matches_the_model_in_memory(tiny_project: Path) -> None:
     config = load_config(tiny_project)
     outcome = train_task(config, config.task("sentiment"), "lora", **QUIET)
     loaded, _, _ = load_adapter_model(Registry(config.registry), "sentiment", config.backbone)
-    batch = mtlora.backbone.load_tokenizer(config.backbone)(INPUTS["sentiment"], padding=True, return_tensors="pt")
+    device = outcome.model.device  # the trainer leaves the model on the GPU where there is one
+    tokenizer = mtlora.backbone.load_tokenizer(config.backbone)
+    batch = tokenizer(INPUTS["sentiment"], padding=True, return_tensors="pt").to(device)
     with torch.inference_mode():
-        torch.testing.assert_close(outcome.model(**batch).logits, loaded(**batch).logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(outcome.model(**batch).logits, loaded.to(device)(**batch).logits, rtol=0, atol=1e-6)
 
 
 def test_a_backbone_stored_in_fp16_trains_and_serves_in_fp32(tmp_path: Path, tiny_bert: Path) -> None:
@@ -83,9 +85,9 @@ def test_adapter_loads_with_plain_peft(trained_project: Path) -> None:
     config = load_config(trained_project)
     manifest = mtlora.show_adapter(config, "sentiment")
     base = AutoModelForSequenceClassification.from_pretrained(config.backbone, num_labels=len(manifest.labels))
-    model = PeftModel.from_pretrained(base, config.registry / "sentiment").eval()
     ours = mtlora.load_predictor(config, "sentiment")
-    batch = ours.tokenizer(INPUTS["sentiment"], padding=True, return_tensors="pt")
+    model = PeftModel.from_pretrained(base, config.registry / "sentiment").to(ours.device).eval()
+    batch = ours.tokenizer(INPUTS["sentiment"], padding=True, return_tensors="pt").to(ours.device)
     with torch.inference_mode():
         torch.testing.assert_close(model(**batch).logits, ours.model(**batch).logits, rtol=0, atol=1e-6)
 
