@@ -2,9 +2,9 @@
 
     (a) per-request `set_adapter`, batch size 1 (how the seed scripts serve several adapters)
     (b) PEFT `adapter_names` mixed batches, wired by hand (encoder pass + each task's head)
-    (c) mtlora's Engine: tokenise, encoder passes (per adapter, LoRA folded in: the CPU default;
-        c2: one mixed pass with adapter_names, the CUDA default; c3: the CPU default with every
-        adapter's folded weights kept between calls, `fold_cache`), heads, decode to answers
+    (c) mtlora's Engine with its defaults: tokenise, encoder passes (one per adapter, its LoRA folded
+        in), heads, decode to answers. c2: one mixed pass with adapter_names (`mixed_batches`); c3: the
+        defaults with every adapter's folded weights kept between calls (`fold_cache`)
     (d) the plain backbone with no adapters on the same batches (the limit)
 
 Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), tokenises inside
@@ -41,7 +41,7 @@ from transformers import AutoModel
 
 import mtlora
 from mtlora import Engine
-from mtlora.backbone import linear_weights_in_bf16, quiet_loading, resolve_backbone
+from mtlora.backbone import linear_weights_in_bf16, load_pretrained, quiet_loading, resolve_backbone
 from mtlora.batching import length_sorted_batches
 from mtlora.config import ROUTER_ADAPTER
 
@@ -93,16 +93,23 @@ def request_stream(project: Path, size: int) -> list[tuple[Any, str]]:
     return random.Random(0).sample(stream, min(size, len(stream)))
 
 
+def finished(run: Callable[[], Any]) -> None:
+    """`run`, returning once the GPU work it queued is done (setups that stop at tensors leave it queued)."""
+    run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed_in_turns(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
     """Median seconds of each run over `rounds` rounds in which the runs take turns, so that a slow spell
     of a shared machine falls on every setup alike instead of on whichever was running then."""
     for run in runs.values():
-        run()  # warm-up: first calls allocate (and fill a fold cache)
+        finished(run)  # warm-up: first calls allocate (and fill a fold cache)
     spent: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(rounds):
         for key, run in runs.items():
             started = time.perf_counter()
-            run()
+            finished(run)
             spent[key].append(time.perf_counter() - started)
     return {key: statistics.median(times) for key, times in spent.items()}
 
@@ -198,7 +205,7 @@ def memory_with_adapters(project: Path, count: int) -> dict[str, Any]:
         names.append(name)
     engine = Engine(config.backbone, registry, names, precision="fp32")
     with quiet_loading():
-        backbone = parameter_bytes(AutoModel.from_pretrained(resolve_backbone(config.backbone)))
+        backbone = parameter_bytes(load_pretrained(AutoModel, resolve_backbone(config.backbone)))
     loaded = parameter_bytes(engine._encoder) + sum(parameter_bytes(t.head) for t in engine._tasks.values())
     lora = engine.manifest(names[0]).lora
     return {"adapters": count, "backbone_mb": backbone / 2**20, "engine_mb": loaded / 2**20,
@@ -227,7 +234,7 @@ def main() -> None:
         engine = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size)
         engine.add(ROUTER_ADAPTER)
         with quiet_loading():
-            backbone = AutoModel.from_pretrained(resolve_backbone("embedded")).to(engine.device).eval()
+            backbone = load_pretrained(AutoModel, resolve_backbone("embedded")).to(engine.device).eval()
         if engine.bf16:  # the limit holds its linear weights as the engine does
             linear_weights_in_bf16(backbone)
         items = [item for item, _ in stream]
@@ -264,16 +271,16 @@ def main() -> None:
                                       for t in kept._fold_cache.folded(adapter).values()) / 2**20
 
     names = {"a": "per-request set_adapter, batch 1", "b": "PEFT adapter_names, by hand",
-             "c": "mtlora Engine (CPU default: folded)", "c2": "mtlora Engine, one mixed pass",
+             "c": "mtlora Engine (default: per-adapter, folded)", "c2": "mtlora Engine, one mixed pass",
              "c3": f"mtlora Engine, fold_cache={len(TASKS)}",
              "d": "plain backbone (limit)"}
     results = {k: {"setup": names[k], "requests_per_s": len(stream) / seconds[k]} for k in names}
     print(f"\n{len(stream)} mixed requests ({', '.join(sorted(set(tasks)))}), batch {args.batch_size}, "
           f"precision {'bf16' if engine.bf16 else 'fp32'}")
-    print(f"{'setup':<42} {'requests/s':>11} {'vs (d)':>7} {'vs (a)':>7}")
+    print(f"{'setup':<50} {'requests/s':>11} {'vs (d)':>7} {'vs (a)':>7}")
     for key, row in results.items():
         rate = row["requests_per_s"]
-        print(f"({key:<2}) {row['setup']:<36} {rate:>11.1f} {rate / results['d']['requests_per_s']:>6.2f}x "
+        print(f"({key:<2}) {row['setup']:<44} {rate:>11.1f} {rate / results['d']['requests_per_s']:>6.2f}x "
               f"{rate / results['a']['requests_per_s']:>6.2f}x")
     for name, spent in routing.items():
         print(f"routing, {name}: {1000 * spent / len(stream):.2f} ms/request, "
@@ -291,7 +298,8 @@ def main() -> None:
         "routing_share_of_answering": {k: v / seconds["c"] for k, v in routing.items()},
         "memory": memory,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

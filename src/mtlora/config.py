@@ -293,11 +293,11 @@ class InferenceSettings(_Strict):
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
     batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
-    mixed_batches: bool | None = Field(
-        None, description="rows of several adapters in one pass (PEFT adapter_names); default: on CUDA only, "
-                          "CPUs run one pass per adapter with its LoRA folded into the weights")
+    mixed_batches: bool = Field(
+        False, description="rows of several adapters in one pass (PEFT adapter_names) instead of one pass per "
+                           "adapter with its LoRA folded into the weights, which measured faster on CPU and CUDA")
     fold_cache: int = Field(
-        0, ge=0, description="CPU passes: adapters whose folded weights stay in memory between calls. Each "
+        0, ge=0, description="adapters whose folded weights stay in memory between calls. Each "
                              "costs one copy of the adapted weights and saves folding them on every call")
 
 

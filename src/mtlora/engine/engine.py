@@ -1,9 +1,10 @@
 """One backbone in memory, many task adapters, and mixed-task batches in one encoder pass.
 
-How a call with inputs of several tasks runs: with `mixed_batches` (the default on CUDA) the rows of
-every task are padded together and go through the shared encoder once, PEFT applying each row's own
-LoRA weights (`adapter_names`). Otherwise (the default on CPU, where it is faster) each task's rows form
-their own batches, run with its LoRA folded into the weights once for all of them (`folding.py`).
+How a call with inputs of several tasks runs: by default each task's rows form their own batches,
+run with its LoRA folded into the weights once for all of them (`folding.py`). With `mixed_batches`
+the rows of every task are padded together and go through the shared encoder once, PEFT applying each
+row's own LoRA weights (`adapter_names`); that measured slower on CPUs and on an H100 alike
+(bench/infer_speed.py), the per-row LoRA costing more than the extra passes.
 Either way each task's head then runs on its rows. A head is the task model transformers builds for
 the kind (so every architecture's own head code is reused), with its encoder swapped for a stand-in
 that hands over the rows already computed.
@@ -110,7 +111,8 @@ class Engine:
         router_settings: thresholds and default task for routing.
         precision: "auto" (bf16 where the hardware has it), "fp32" or "bf16".
         batch_size: feature rows per encoder pass.
-        mixed_batches: run rows of different adapters in one pass (default: on CUDA only).
+        mixed_batches: run rows of different adapters in one pass (PEFT adapter_names) instead of one
+            folded pass per adapter.
         fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
     """
 
@@ -125,7 +127,7 @@ class Engine:
         precision: str = "auto",
         device: torch.device | str | None = None,
         batch_size: int = 32,
-        mixed_batches: bool | None = None,
+        mixed_batches: bool = False,
         fold_cache: int = 0,
     ):
         self.backbone = backbone
@@ -133,9 +135,10 @@ class Engine:
         self.device = torch.device(device) if device is not None else default_device()
         self.bf16 = use_bf16(precision, self.device)
         self.batch_size = batch_size
-        # Rows of several adapters in one pass (PEFT adapter_names) fill GPUs best; on CPUs one pass per
-        # adapter with LoRA folded into the weights is faster (bench/infer_speed.py), so that is the default.
-        self.mixed_batches = self.device.type == "cuda" if mixed_batches is None else mixed_batches
+        self.mixed_batches = mixed_batches
+        # A fold costs a GPU a few microseconds of memory traffic per layer, less than the two extra kernel
+        # launches per layer of running a small block unmerged; a CPU pays more for it (`FOLD_MIN_TOKENS`).
+        self._fold_min_tokens = 0 if self.device.type == "cuda" else FOLD_MIN_TOKENS
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
         self.default_router = router or self.router_settings.strategy
@@ -468,7 +471,7 @@ class Engine:
             self._lora_layers = lora_layers(self._encoder)
         # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
         kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
-        fold = kept is not None or tokens >= FOLD_MIN_TOKENS
+        fold = kept is not None or tokens >= self._fold_min_tokens
         self._folded_adapter = adapter
         try:
             with folded_lora(self._lora_layers, adapter, kept, fold, self._fold_buffers if kept is None else None):
