@@ -263,16 +263,17 @@ def adapters_list(config: ConfigArg) -> None:
         say(f"No adapters in {api.as_config(config).registry} yet; run `mtlora train {config}`.")
         return
     table = Table(title=f"Adapters in {api.as_config(config).registry}")
-    for column in ("name", "kind", "labels", "trainable params", "validation"):
+    for column in ("name", "kind", "labels", "trainable params", "stored", "validation"):
         table.add_column(column)
     for m in manifests:
+        stored = m.parameters.stored or m.parameters.trainable  # manifests before saved ranks store what trained
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
-                      f"{m.parameters.trainable:,} ({100 * m.parameters.ratio:.2f}%)",
+                      f"{m.parameters.trainable:,} ({100 * m.parameters.ratio:.2f}%)", f"{stored:,}",
                       _main_metric(m.metrics.get("validation", {})))
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
         accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
         table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",
-                      accuracy)
+                      f"{head.parameters:,}", accuracy)
     console.print(table)
 
 

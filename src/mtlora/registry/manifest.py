@@ -14,6 +14,7 @@ FORMAT_VERSION = 1
 class ParameterCounts(BaseModel):
     trainable: int
     total: int
+    stored: int | None = None  # what the saved adapter holds: fewer than trained when saved at a lower rank
 
     @property
     def ratio(self) -> float:

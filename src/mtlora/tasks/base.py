@@ -59,6 +59,9 @@ class TaskKind(ABC):
     token_level: ClassVar[bool] = False  # outputs have one value per token, not per sequence
     # A head-only baseline (frozen backbone, trained head) means something for kinds with a task head.
     has_head: ClassVar[bool] = True
+    # The rank `lora.saved_rank: auto` saves an adapter of this kind at (training/saved_rank.py): for the
+    # encoder kinds rank 4 of an r=8 adapter scored as the whole (bench/lora_settings.py --full).
+    saved_rank: ClassVar[int | None] = 4
 
     def __init__(
         self,

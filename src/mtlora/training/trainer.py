@@ -7,6 +7,7 @@ bars, and multi-GPU through `accelerate launch` / `torchrun` with no change here
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -39,6 +40,7 @@ from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable
 from mtlora.registry import Manifest, ParameterCounts, Registry
 from mtlora.tasks import Example
 from mtlora.training.sampler import ShuffledLengthBatches
+from mtlora.training.saved_rank import RankTruncation, truncate_rank
 
 EXAMPLE_INPUTS_KEPT = 64
 EXAMPLE_CHARS_KEPT = 500
@@ -63,6 +65,7 @@ class TrainOutcome:
     losses: list[tuple[int, float]] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
     saved_to: Path | None = None
+    truncation: RankTruncation | None = None  # the adapter was saved at a lower rank than it trained at
     warning: str | None = None  # e.g. the loss went back up: the stored model may be no better than chance
 
 
@@ -167,6 +170,10 @@ def train_task(
         log(f"[{task.name}] warning: {outcome.warning}")
     if main_process:
         if method == "lora":
+            rank = kind.saved_rank if task.lora.saved_rank == "auto" else task.lora.saved_rank
+            outcome.truncation = truncate_rank(built.model, rank)  # type: ignore[arg-type]
+            if outcome.truncation:
+                log(f"[{task.name}] {outcome.truncation.describe()}")
             outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train, tokenizer)
         elif method == "head_only":
             outcome.saved_to = _save_head_baseline(registry, task, built, outcome)
@@ -283,7 +290,8 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
         lora=task.lora.model_dump(mode="json"),
         max_length=task.training.max_length,
         doc_stride=task.training.doc_stride,
-        parameters=ParameterCounts(trainable=outcome.trainable, total=outcome.total),
+        parameters=ParameterCounts(trainable=outcome.trainable, total=outcome.total,
+                                   stored=count_trainable(built.model)),
         training=_training_record(task, outcome),
         routing=task.routing.model_dump(mode="json"),
         example_inputs=_example_inputs(train, task.training.seed),
@@ -319,6 +327,7 @@ def _training_record(task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
         "train_loss": outcome.train_loss,
         "losses": outcome.losses,
         "warning": outcome.warning,
+        "saved_rank": dataclasses.asdict(outcome.truncation) if outcome.truncation else None,
         "settings": task.training.model_dump(mode="json"),
     }
 
