@@ -193,7 +193,9 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 
 
 def memory_with_adapters(project: Path, count: int) -> dict[str, Any]:
-    """Copies of the trained adapters under `count` names, all loaded in one engine."""
+    """Copies of the trained adapters under `count` names, all loaded in one engine, against the bare
+    backbone held the same way: in fp32, and in bf16 (linear weights and adapters in bf16, embeddings
+    and norms in fp32, as the engine holds them under bf16 autocast)."""
     config = mtlora.load_config(project)
     registry = mtlora.Registry(config.registry)
     sources = [t["name"] for t in TASKS]
@@ -203,13 +205,19 @@ def memory_with_adapters(project: Path, count: int) -> dict[str, Any]:
         shutil.copytree(registry.path(source), registry.path(name))
         registry.update(name, name=name)
         names.append(name)
-    engine = Engine(config.backbone, registry, names, precision="fp32")
     with quiet_loading():
-        backbone = parameter_bytes(load_pretrained(AutoModel, resolve_backbone(config.backbone)))
-    loaded = parameter_bytes(engine._encoder) + sum(parameter_bytes(t.head) for t in engine._tasks.values())
-    lora = engine.manifest(names[0]).lora
-    return {"adapters": count, "backbone_mb": backbone / 2**20, "engine_mb": loaded / 2**20,
-            "overhead": loaded / backbone - 1, "lora": lora}
+        bare = load_pretrained(AutoModel, resolve_backbone(config.backbone))
+    saved = json.loads((registry.path(names[0]) / "adapter_config.json").read_text())
+    memory: dict[str, Any] = {"adapters": count, "lora": registry.manifest(names[0]).lora, "saved_rank": saved["r"]}
+    for precision in ("fp32", "bf16"):
+        engine = Engine(config.backbone, registry, names, precision=precision)
+        if precision == "bf16":
+            linear_weights_in_bf16(bare)
+        backbone = parameter_bytes(bare)
+        loaded = parameter_bytes(engine._encoder) + sum(parameter_bytes(t.head) for t in engine._tasks.values())
+        memory[precision] = {"backbone_mb": backbone / 2**20, "engine_mb": loaded / 2**20,
+                             "overhead": loaded / backbone - 1}
+    return memory
 
 
 def main() -> None:
@@ -285,8 +293,11 @@ def main() -> None:
     for name, spent in routing.items():
         print(f"routing, {name}: {1000 * spent / len(stream):.2f} ms/request, "
               f"{100 * spent / seconds['c']:.0f}% of answering the same requests")
-    print(f"memory, 10 adapters (r={memory['lora']['r']}, {memory['lora']['target_modules']}): "
-          f"{memory['engine_mb']:.1f} MB vs backbone {memory['backbone_mb']:.1f} MB (+{100 * memory['overhead']:.1f}%)")
+    for precision in ("fp32", "bf16"):
+        held = memory[precision]
+        print(f"memory, 10 adapters (r={memory['lora']['r']} saved at rank {memory['saved_rank']}, "
+              f"{memory['lora']['target_modules']}), {precision}: "
+              f"{held['engine_mb']:.1f} MB vs backbone {held['backbone_mb']:.1f} MB (+{100 * held['overhead']:.1f}%)")
     print(f"fold cache of (c3), {len(TASKS)} adapters: {memory['fold_cache_mb']:.1f} MB")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from typing import Any
 from mtlora.config import LoraSettings, ProjectConfig, TaskConfig, load_config
 from mtlora.data import load_task_data
 from mtlora.evaluation import evaluate_task
+from mtlora.modeling import count_trainable
 from mtlora.training import train_task
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,15 +43,20 @@ CONFIG = ROOT / "examples" / "glue" / "local.yaml"
 PROBE_ROWS = {"sst2": 6000, "stsb": 3000}
 FULL_TASKS = ["sst2", "mrpc", "stsb", "squad"]
 DEFAULT = LoraSettings()
-VARIANTS = {  # key: (table label, LoRA settings, learning rate)
-    "r16-dropout": ("r16 all-linear dropout 0.1", LoraSettings(r=16, alpha=32, dropout=0.1), 1e-3),
-    "r16": ("r16 all-linear", LoraSettings(r=16, alpha=32), 1e-3),
-    "r8": ("r8 all-linear", LoraSettings(r=8, alpha=16), 1e-3),
-    "r4": ("r4 all-linear", LoraSettings(r=4, alpha=8), 1e-3),
-    "r2": ("r2 all-linear", LoraSettings(r=2, alpha=4), 1e-3),
-    "r8-qv": ("r8 query,value", LoraSettings(r=8, alpha=16, target_modules=["query", "value"]), 1e-3),
-    "r8-lr5e-4": ("r8 all-linear, lr 5e-4", LoraSettings(r=8, alpha=16), 5e-4),
-    "r8-lr2e-3": ("r8 all-linear, lr 2e-3", LoraSettings(r=8, alpha=16), 2e-3),
+# key: (table label, LoRA settings, learning rate). Saved as trained but for the saved_rank variants
+# ("auto" saves these encoder tasks at rank 4).
+VARIANTS = {
+    "r16-dropout": ("r16 all-linear dropout 0.1", LoraSettings(r=16, alpha=32, dropout=0.1, saved_rank=None), 1e-3),
+    "r16": ("r16 all-linear", LoraSettings(r=16, alpha=32, saved_rank=None), 1e-3),
+    "r8": ("r8 all-linear", LoraSettings(r=8, alpha=16, saved_rank=None), 1e-3),
+    "r8-saved4": ("r8 all-linear, saved at rank 4", LoraSettings(r=8, alpha=16, saved_rank="auto"), 1e-3),
+    "r8-saved2": ("r8 all-linear, saved at rank 2", LoraSettings(r=8, alpha=16, saved_rank=2), 1e-3),
+    "r4": ("r4 all-linear", LoraSettings(r=4, alpha=8, saved_rank=None), 1e-3),
+    "r2": ("r2 all-linear", LoraSettings(r=2, alpha=4, saved_rank=None), 1e-3),
+    "r8-qv": ("r8 query,value", LoraSettings(r=8, alpha=16, target_modules=["query", "value"], saved_rank=None),
+              1e-3),
+    "r8-lr5e-4": ("r8 all-linear, lr 5e-4", LoraSettings(r=8, alpha=16, saved_rank=None), 5e-4),
+    "r8-lr2e-3": ("r8 all-linear, lr 2e-3", LoraSettings(r=8, alpha=16, saved_rank=None), 2e-3),
 }
 
 
@@ -63,6 +69,8 @@ def measure(project: ProjectConfig, task: TaskConfig, lora: LoraSettings, lr: fl
     return {"metric": report.primary_metric, "score": report.metrics["lora"][report.primary_metric],
             "train_rows": len(load_task_data(scoped, varied, splits=("train",)).train),
             "trainable": outcome.trainable, "share": outcome.trainable / outcome.total,
+            # what the engine holds per adapter: below the trained count when saved at a lower rank
+            "stored": count_trainable(outcome.model), "stored_share": count_trainable(outcome.model) / outcome.total,
             "samples_per_s": outcome.samples_per_s, "time_s": outcome.time_s}
 
 
@@ -107,9 +115,11 @@ def main() -> None:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| task | settings | lr | score | trainable (% of full) | samples/s |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| task | settings | lr | score | trainable (% of full) | stored (% of full) | samples/s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['task']} ({r['train_rows']:,} rows x {r.get('epochs', 1):g}) | {r['variant']} | {r['lr']:g} | "
               f"{r['metric']} {r['score']:.3f} | {r['trainable']:,} ({100 * r['share']:.2f}%) | "
+              f"{r.get('stored', r['trainable']):,} ({100 * r.get('stored_share', r['share']):.2f}%) | "
               f"{r['samples_per_s']:.0f} |" for r in result["rows"]]
     return "\n".join(lines)
 

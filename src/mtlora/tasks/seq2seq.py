@@ -40,7 +40,7 @@ class Seq2SeqTask(TaskKind):
     input_shape = "text"
     has_head = False
     # Generation keeps its trained rank: a DREAM question writer trained at r=16 and saved at rank 4 wrote
-    # 5.5% of its questions in a shape that no longer parses (support labels were unchanged).
+    # 5.5% of its questions in a shape that no longer parses (bench/saved_rank.py).
     saved_rank = None
     # The example fields a prompt template may use, and the one a user's input text fills.
     prompt_roles: ClassVar[tuple[str, ...]] = ("text",)
