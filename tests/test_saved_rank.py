@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import mtlora
 from mtlora import load_config
+from mtlora.errors import ConfigError
 from mtlora.training import train_task
 from mtlora.training.saved_rank import truncate_rank
 
@@ -118,3 +119,16 @@ def test_auto_saves_encoder_kinds_at_rank_4_and_keeps_seq2seq_at_the_trained_ran
         assert config.task(task).lora.saved_rank == "auto"
         train_task(config, config.task(task), "lora", progress=False, log=lambda _: None)
         assert json.loads((config.registry / task / "adapter_config.json").read_text())["r"] == saved
+
+
+def test_what_cannot_be_cut_is_refused_before_training(tiny_project: Path, tiny_bert: Path) -> None:
+    config = load_config(tiny_project, overrides={"defaults": {"lora": {
+        "saved_rank": 2, "target_modules": ["query", "value", "word_embeddings"]}}})
+    messages: list[str] = []
+    with pytest.raises(ConfigError, match=r"not .*word_embeddings.*set lora.saved_rank: null"):
+        train_task(config, config.task("sentiment"), "lora", progress=False, log=messages.append)
+    assert not any("training lora" in m for m in messages)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    dora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query"], use_dora=True))
+    with pytest.raises(ConfigError, match="LoRA variant"):
+        truncate_rank(dora, 2)

@@ -17,6 +17,8 @@ from peft import PeftModel
 from peft.tuners.lora import layer as lora
 from torch import nn
 
+from mtlora.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RankTruncation:
@@ -38,9 +40,7 @@ def truncate_rank(model: PeftModel, rank: int | None, adapter: str = "default") 
     config = model.peft_config[adapter]
     if rank is None or rank >= config.r:
         return None
-    if config.use_rslora or config.use_dora or config.rank_pattern or config.alpha_pattern:
-        raise ValueError(f"adapter '{adapter}': a lower saved rank needs plain LoRA with one rank and alpha for "
-                         "every layer (no DoRA, rsLoRA, rank_pattern or alpha_pattern)")
+    check_truncatable(model, rank, adapter)
     kept, total, lowest = 0.0, 0.0, 1.0
     for layer in model.modules():
         if not isinstance(layer, lora.Linear) or adapter not in layer.lora_A:
@@ -62,6 +62,22 @@ def truncate_rank(model: PeftModel, rank: int | None, adapter: str = "default") 
                                 energy_kept=kept / total if total > 0 else 1.0, lowest_layer_energy_kept=lowest)
     config.lora_alpha, config.r = config.lora_alpha * rank / config.r, rank
     return truncation
+
+
+def check_truncatable(model: PeftModel, rank: int | None, adapter: str = "default") -> None:
+    """Refuse, before any training, an adapter `truncate_rank` could not cut to `rank`: LoRA variants, and
+    layers other than linear ones (an embedding named in target_modules)."""
+    config = model.peft_config[adapter]
+    if rank is None or rank >= config.r:
+        return
+    problems = [name for name, layer in model.named_modules()
+                if isinstance(layer, lora.LoraLayer) and adapter in layer.r and type(layer) is not lora.Linear]
+    if config.use_rslora or config.use_dora or config.rank_pattern or config.alpha_pattern:
+        problems.append("a LoRA variant (DoRA, rsLoRA, per-layer ranks)")
+    if problems:
+        raise ConfigError("lora.saved_rank", [
+            f"saved_rank {rank} cuts plain LoRA on linear layers only, not {', '.join(problems[:3])}; "
+            "set lora.saved_rank: null, or leave these modules out of lora.target_modules"])
 
 
 def _linear(weight: torch.Tensor, like: torch.Tensor) -> nn.Linear:

@@ -40,7 +40,7 @@ from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable
 from mtlora.registry import Manifest, ParameterCounts, Registry
 from mtlora.tasks import Example
 from mtlora.training.sampler import ShuffledLengthBatches
-from mtlora.training.saved_rank import RankTruncation, truncate_rank
+from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
 
 EXAMPLE_INPUTS_KEPT = 64
 EXAMPLE_CHARS_KEPT = 500
@@ -90,6 +90,9 @@ def train_task(
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
     built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
+    saved_rank = kind.saved_rank if task.lora.saved_rank == "auto" else task.lora.saved_rank
+    if method == "lora":
+        check_truncatable(built.model, saved_rank)  # type: ignore[arg-type]  # before hours of training
     settings = task.training
     encoded = kind.encode(tokenizer, data.train, settings.max_length, settings.doc_stride, with_targets=True)
     train_set = datasets.Dataset.from_dict(encoded.features)
@@ -170,8 +173,7 @@ def train_task(
         log(f"[{task.name}] warning: {outcome.warning}")
     if main_process:
         if method == "lora":
-            rank = kind.saved_rank if task.lora.saved_rank == "auto" else task.lora.saved_rank
-            outcome.truncation = truncate_rank(built.model, rank)  # type: ignore[arg-type]
+            outcome.truncation = truncate_rank(built.model, saved_rank)  # type: ignore[arg-type]
             if outcome.truncation:
                 log(f"[{task.name}] {outcome.truncation.describe()}")
             outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train, tokenizer)
