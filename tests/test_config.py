@@ -58,8 +58,19 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
 def test_semantic_threshold_is_a_cosine_or_auto(tmp_path: Path, value: object) -> None:
     config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": 0.4}}))
     assert config.router.min_similarity == 0.4
-    with pytest.raises(ConfigError, match=r"router\.min_similarity"):
+    with pytest.raises(ConfigError, match=r"router\.min_similarity: should be a cosine similarity") as caught:
         load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": value}}))
+    assert len(caught.value.problems) == 1, caught.value  # one problem, not one per branch of the union
+
+
+@pytest.mark.parametrize("value", [0, "four", 2.5, True])
+def test_saved_rank_is_a_positive_rank_auto_or_null(tmp_path: Path, value: object) -> None:
+    for good in (2, "auto", None):
+        config = load_config(write(tmp_path, {"tasks": [task(lora={"saved_rank": good})]}))
+        assert config.tasks[0].lora.saved_rank == good
+    with pytest.raises(ConfigError, match=r"lora\.saved_rank: should be a positive rank, null .* or 'auto'") as caught:
+        load_config(write(tmp_path, {"tasks": [task(lora={"saved_rank": value})]}))
+    assert len(caught.value.problems) == 1, caught.value
 
 
 def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:

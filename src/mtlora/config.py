@@ -23,11 +23,12 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtlora.errors import ConfigError
 
@@ -125,6 +126,22 @@ class DataConfig(_Strict):
         return self
 
 
+def _value_or_auto(valid: Callable[[Any], bool], expected: str) -> BeforeValidator:
+    """One clear problem for a setting that takes a value or 'auto', where pydantic reports one per branch."""
+    def check(value: Any) -> Any:
+        if value == "auto" or (not isinstance(value, bool | str) and _safe(valid, value)):
+            return value
+        raise ValueError(f"should be {expected} or 'auto'; got {value!r}")
+    return BeforeValidator(check)
+
+
+def _safe(valid: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(valid(value))
+    except TypeError:
+        return False
+
+
 class LoraSettings(_Strict):
     # Measured in bench/lora_settings.py: r=8 scores as r=16 at half the parameters (under 2% of the
     # backbone), and dropout costs a third of CPU training speed for no accuracy at these data sizes.
@@ -138,7 +155,8 @@ class LoraSettings(_Strict):
     # r=8 learns better than r=4 (SQuAD 63.3 against 61.5 F1), but what it learns is nearly rank 4: its top
     # four directions per layer score as the whole on SST-2, MRPC, STS-B and SQuAD (bench/lora_settings.py
     # --full), and half the rank is half the memory an adapter costs the engine (training/saved_rank.py).
-    saved_rank: PositiveInt | Literal["auto"] | None = Field(
+    saved_rank: Annotated[int | Literal["auto"] | None, _value_or_auto(
+        lambda v: v is None or (isinstance(v, int) and v > 0), "a positive rank, null (as trained)")] = Field(
         "auto", description="store each layer's update truncated to this rank by SVD; null: as trained; auto: "
                             "the kind's choice (4 for the encoder kinds, as trained for seq2seq). No effect when "
                             "r is not above it"
@@ -280,7 +298,8 @@ class RouterSettings(_Strict):
 
     strategy: Literal["explicit", "keywords", "semantic", "learned"] = "semantic"
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
-    min_similarity: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = Field(
+    min_similarity: Annotated[float | Literal["auto"], _value_or_auto(
+        lambda v: -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
         "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
                             "its example inputs (about 98% of a task's own inputs clear it)")
     features: Literal["encoder", "embeddings"] = Field(
