@@ -54,7 +54,7 @@ def create_naive_app() -> Any:
     engine = Engine.from_config(os.environ["MTLORA_CONFIG"])
     # The seeds' forward: PEFT's own LoRA layers with the active adapter, nothing folded or cached.
     # Tokenising, the heads and decoding stay the engine's, so only the serving differs.
-    engine._folded = lambda adapter, tokens: contextlib.nullcontext()  # type: ignore[method-assign]
+    engine._folded = lambda adapter: contextlib.nullcontext()  # type: ignore[method-assign]
     lock = threading.Lock()
     app = FastAPI()
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 import mtlora
 from mtlora import Engine, InputError, UnknownTaskError, load_config
@@ -193,15 +195,13 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
     assert dtypes["base_model.model.encoder.layer.0.output.LayerNorm.weight"] == torch.float32
 
 
-def test_folded_and_unmerged_lora_answer_alike(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of few tokens run LoRA unmerged, larger ones fold it into the weights: the same answers."""
-    from mtlora.engine import engine as engine_module
-
+def test_folded_and_unmerged_lora_answer_alike(trained_project: Path) -> None:
+    """Passes of few tokens run LoRA unmerged, larger ones fold it into the weights: the same answers."""
     engine = Engine.from_config(trained_project, precision="fp32", mixed_batches=False)
     tasks, items = [task for task, _ in MIXED], [item for _, item in MIXED]
-    monkeypatch.setattr(engine_module, "FOLD_MIN_TOKENS", 0)
+    engine._fold_min_tokens = 0
     folded = engine.predict_batch(items, task=tasks)
-    monkeypatch.setattr(engine_module, "FOLD_MIN_TOKENS", 10**9)
+    engine._fold_min_tokens = 10**9
     unmerged = engine.predict_batch(items, task=tasks)
     for a, b in zip(folded, unmerged, strict=True):
         assert a["task"] == b["task"]
@@ -270,7 +270,7 @@ def test_batches_are_the_cheapest_cut_of_the_sorted_rows() -> None:
 
 
 def tiny_model(architecture: str, tiny_bert: Path) -> torch.nn.Module:
-    from transformers import AutoModel, GPT2Config, GPT2Model
+    from transformers import GPT2Config, GPT2Model
 
     if architecture == "bert":
         return AutoModel.from_pretrained(tiny_bert)
@@ -299,12 +299,35 @@ def test_folded_lora_computes_what_peft_computes(tiny_bert: Path, architecture: 
             model.set_adapter(adapter)
             expected = model(**inputs).last_hidden_state
             model.set_adapter("one" if adapter == "two" else "two")  # folding, not the active adapter, decides
-            with folded_lora(layers, adapter, fold=fold):
+            with folded_lora(layers, adapter, min_tokens=0 if fold else 10**9):
                 folded = model(**inputs).last_hidden_state
             torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
-        with folded_lora(layers, "__base__", fold=fold), model.disable_adapter():
+        with folded_lora(layers, "__base__", min_tokens=0 if fold else 10**9), model.disable_adapter():
             base = model(**inputs).last_hidden_state
         assert not torch.allclose(base, expected, atol=1e-3)  # the adapters do change the outputs
+
+
+def test_folding_keeps_no_copy_of_the_adapted_weights(tiny_bert: Path) -> None:
+    """Folds go into one scratch buffer the size of the largest weight, which the block lets go: at rest
+    only the backbone and the adapters stay in memory."""
+    from peft import LoraConfig, get_peft_model
+
+    from mtlora.engine.folding import folded_lora, lora_layers
+
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(AutoModel.from_pretrained(tiny_bert), config, adapter_name="one").eval()
+    layers = lora_layers(model)
+    inputs = {"input_ids": torch.randint(5, 60, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    with torch.inference_mode():
+        with folded_lora(layers, "one"):
+            model(**inputs)
+            scratch = layers[0].forward.scratch
+            largest = max(layer.get_base_layer().weight.numel() for layer in layers)
+            assert [tensor.numel() for tensor in scratch.values()] == [largest]
+            kept = [weakref.ref(tensor) for tensor in scratch.values()]
+            del scratch
+        gc.collect()
+    assert all(ref() is None for ref in kept)
 
 
 # The copy is DoRA by its config only: it has no magnitude vectors, which PEFT warns about when merging.

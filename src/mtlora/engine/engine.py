@@ -137,7 +137,7 @@ class Engine:
         self.batch_size = batch_size
         self.mixed_batches = mixed_batches
         # A fold costs a GPU a few microseconds of memory traffic per layer, less than the two extra kernel
-        # launches per layer of running a small block unmerged; a CPU pays more for it (`FOLD_MIN_TOKENS`).
+        # launches per layer of running a small pass unmerged; a CPU pays more for it (`FOLD_MIN_TOKENS`).
         self._fold_min_tokens = 0 if self.device.type == "cuda" else FOLD_MIN_TOKENS
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
@@ -145,7 +145,6 @@ class Engine:
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
-        self._fold_buffers: dict[int, torch.Tensor] = {}  # what folds that last one block are written into
         self._folded_adapter: str | None = None
         self._fold_cache = FoldCache(fold_cache) if fold_cache else None
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
@@ -430,10 +429,8 @@ class Engine:
                     self._run_batch(jobs, [rows[i] for i in batch])
                 return
             for first, job in zip(_offsets(jobs), jobs, strict=True):
-                batches = length_sorted_batches(job.lengths, self.batch_size)
-                tokens = sum(len(batch) * max(job.lengths[i] for i in batch) for batch in batches)
-                with self._folded(job.task, tokens):  # one fold (if any) for all of this job's batches
-                    for batch in batches:
+                with self._folded(job.task):
+                    for batch in length_sorted_batches(job.lengths, self.batch_size):
                         self._run_batch(jobs, [rows[first + i] for i in batch])
 
     def _run_batch(self, jobs: list[_Job], picked: list[tuple[int, int]]) -> None:
@@ -456,13 +453,12 @@ class Engine:
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
             return self._encoder(**inputs, adapter_names=adapters)
-        with self._folded(adapters[0], inputs["input_ids"].numel()):  # NO_ADAPTER is in no layer: base weights
+        with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights
             return self._encoder(**inputs)
 
     @contextlib.contextmanager
-    def _folded(self, adapter: str, tokens: int) -> Iterator[None]:
-        """Within the block the encoder runs with `adapter`'s LoRA: folded in, unless the block's `tokens`
-        are too few to pay for folding and no fold cache keeps the folds for later calls. Inside a block
+    def _folded(self, adapter: str) -> Iterator[None]:
+        """Within the block the encoder runs with `adapter`'s LoRA folded in (`folding.py`). Inside a block
         that already runs `adapter`, nothing more to do."""
         if not isinstance(self._encoder, PeftModel) or self._folded_adapter == adapter:
             yield
@@ -471,10 +467,9 @@ class Engine:
             self._lora_layers = lora_layers(self._encoder)
         # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
         kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
-        fold = kept is not None or tokens >= self._fold_min_tokens
         self._folded_adapter = adapter
         try:
-            with folded_lora(self._lora_layers, adapter, kept, fold, self._fold_buffers if kept is None else None):
+            with folded_lora(self._lora_layers, adapter, kept, self._fold_min_tokens):
                 yield
         finally:
             self._folded_adapter = None
@@ -482,7 +477,6 @@ class Engine:
     def _forget_folds(self) -> None:
         """Adapters came or went: the LoRA layers may have changed, and with them any folded weights."""
         self._lora_layers = None
-        self._fold_buffers = {}
         if self._fold_cache is not None:
             self._fold_cache.clear()
 

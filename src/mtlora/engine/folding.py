@@ -4,13 +4,14 @@ Unmerged LoRA runs three GEMMs per layer (W·x, A·x, B·(A·x)); on a CPU the t
 more than their FLOPs (bench: +6% fp32, +80% bf16 for one adapter). When every row of a batch uses the
 same adapter, each layer can instead run one GEMM with W + scaling·B·A, computed in one fused `addmm`.
 W is never modified, so nothing drifts the way repeated merge/unmerge would. Below about
-`FOLD_MIN_TOKENS` tokens the thin GEMMs cost less than the fold, so small blocks run unmerged.
+`FOLD_MIN_TOKENS` tokens the thin GEMMs cost less than the fold, so small passes run unmerged.
 
-Folding reads and writes every adapted weight, which costs as much as a short pass (about a fifth of
-the engine's time in a loaded server, where each call holds ~8 rows per adapter). So a block folds each
-layer once, on its first pass, and keeps that folded copy until it ends: the several length-sorted
-batches of one adapter in a call pay for one fold. A `FoldCache` keeps the copies of the most recently
-used adapters between blocks too, for callers that can spend the memory (one copy of the adapted
+Each layer folds just before its own product, into one scratch buffer that every layer reuses, so
+folding holds no copy of the adapted weights: at rest the engine holds the backbone and the adapters,
+nothing else. (Folding every layer once per call and keeping the copies for the call's later passes
+held a copy of every adapted weight, half of MiniLM in fp32; in alternating A/Bs on this project's CPU
+it was 2.5% faster in bf16 and 2% slower in fp32.) A `FoldCache` keeps the folded weights of the most
+recently used adapters between calls, for callers that can spend that memory (one copy of the adapted
 weights per adapter) to fold nothing at all once warm.
 """
 
@@ -28,8 +29,8 @@ from torch.nn import functional
 
 from mtlora.errors import RegistryError
 
-# Where folding a BERT layer's six adapted weights starts to cost less than running them unmerged: 256-512
-# tokens on this project's CPU in fp32 and bf16 alike (MiniLM sizes, r=8).
+# Where folding MiniLM's adapted weights starts to cost less than running them unmerged: about 200-250
+# tokens a pass on this project's CPU in fp32 and bf16 alike; in whole-engine A/Bs 128, 256 and 512 tied.
 FOLD_MIN_TOKENS = 256
 
 
@@ -52,24 +53,19 @@ def check_plain_lora(model: nn.Module, adapter: str) -> None:
 
 @contextlib.contextmanager
 def folded_lora(layers: Sequence[lora.Linear], adapter: str, folded: dict[int, torch.Tensor] | None = None,
-                fold: bool = True, buffers: dict[int, torch.Tensor] | None = None) -> Iterator[None]:
+                min_tokens: int = 0) -> Iterator[None]:
     """Within the block, `layers` compute with `adapter`'s LoRA (an adapter a layer does not have, such
     as PEFT's "__base__", leaves that layer's base weights alone).
 
-    `folded` holds folded weights by position in `layers`: those it has are used as they are. Those it
-    lacks are folded on first use and added to it, or with `fold=False` (a block of few tokens) the
-    layer runs unmerged.
-
-    `buffers`, when given, holds a tensor per position that folds are written into, kept from block to
-    block (the first fold at a position allocates it). Folding into fresh tensors cost 2-3x the fold
-    itself (all 36 MiniLM layers: 14 against 5.4 ms in fp32, 7.3 against 4.5 ms in bf16), the allocator
-    handing back and faulting in the pages every time; and as a block holds all its folds at once
-    anyway, kept buffers add nothing to peak memory.
+    Each pass, each layer folds its LoRA into a scratch weight just before its product; a pass of
+    fewer than `min_tokens` tokens runs unmerged instead. The block holds one scratch buffer, the size
+    of the largest adapted weight, and lets it go at its end. `folded` (a fold cache's store, by
+    position in `layers`) keeps each layer's folded weight instead, made on first use.
     """
-    folded = {} if folded is None else folded
+    scratch: dict[torch.dtype, torch.Tensor] = {}
     for position, layer in enumerate(layers):
         # An instance attribute shadows the class's forward.
-        layer.forward = _FoldedForward(layer, adapter, folded, position, fold, buffers)
+        layer.forward = _FoldedForward(layer, adapter, folded, position, min_tokens, scratch)
     try:
         yield
     finally:
@@ -100,10 +96,10 @@ class FoldCache:
 
 
 class _FoldedForward:
-    def __init__(self, layer: lora.Linear, adapter: str, folded: dict[int, torch.Tensor], position: int,
-                 fold: bool, buffers: dict[int, torch.Tensor] | None):
-        self.layer, self.adapter, self.folded, self.position, self.fold = layer, adapter, folded, position, fold
-        self.buffers = buffers
+    def __init__(self, layer: lora.Linear, adapter: str, folded: dict[int, torch.Tensor] | None, position: int,
+                 min_tokens: int, scratch: dict[torch.dtype, torch.Tensor]):
+        self.layer, self.adapter, self.folded, self.position = layer, adapter, folded, position
+        self.min_tokens, self.scratch = min_tokens, scratch
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         layer, adapter = self.layer, self.adapter
@@ -112,17 +108,27 @@ class _FoldedForward:
             return base(x)
         if not isinstance(base, nn.Linear):  # GPT-2's Conv1D holds its weight transposed: PEFT computes it
             return lora.Linear.forward(layer, x, *args, adapter_names=[adapter] * len(x), **kwargs)
-        weight = self.folded.get(self.position)
-        if weight is None:
-            dtype = base.weight.dtype  # bf16 when the engine holds its linear weights in bf16
-            lora_a, lora_b = layer.lora_A[adapter].weight.to(dtype), layer.lora_B[adapter].weight.to(dtype)
-            if not self.fold:
-                result = functional.linear(x, base.weight, base.bias)
-                return result.add_(functional.linear(functional.linear(x, lora_a), lora_b),
-                                   alpha=layer.scaling[adapter])
-            buffer = self.buffers.get(self.position) if self.buffers is not None else None
-            weight = self.folded[self.position] = torch.addmm(base.weight, lora_b, lora_a,
-                                                              alpha=layer.scaling[adapter], out=buffer)
-            if self.buffers is not None:
-                self.buffers[self.position] = weight
-        return functional.linear(x, weight, base.bias)
+        if self.folded is not None:
+            if self.position not in self.folded:
+                self.folded[self.position] = self._fold(base.weight)
+            return functional.linear(x, self.folded[self.position], base.bias)
+        if x.numel() < self.min_tokens * x.shape[-1]:
+            lora_a, lora_b = self._lora_weights(base.weight.dtype)
+            result = functional.linear(x, base.weight, base.bias)
+            return result.add_(functional.linear(functional.linear(x, lora_a), lora_b), alpha=layer.scaling[adapter])
+        return functional.linear(x, self._fold(base.weight, out=self._scratch_like(base.weight)), base.bias)
+
+    def _scratch_like(self, weight: torch.Tensor) -> torch.Tensor:
+        """Room for a fold of `weight`, in the block's one scratch buffer (grown to the largest weight)."""
+        flat = self.scratch.get(weight.dtype)
+        if flat is None or flat.numel() < weight.numel():
+            flat = self.scratch[weight.dtype] = torch.empty(weight.numel(), dtype=weight.dtype, device=weight.device)
+        return flat[: weight.numel()].view(weight.shape)
+
+    def _lora_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # In the dtype of the weight they meet: bf16 when the engine holds its linear weights in bf16.
+        return self.layer.lora_A[self.adapter].weight.to(dtype), self.layer.lora_B[self.adapter].weight.to(dtype)
+
+    def _fold(self, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        lora_a, lora_b = self._lora_weights(weight.dtype)
+        return torch.addmm(weight, lora_b, lora_a, alpha=self.layer.scaling[self.adapter], out=out)
