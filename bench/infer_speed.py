@@ -7,8 +7,9 @@
         defaults with every adapter's folded weights kept between calls (`fold_cache`)
     (d) the plain backbone with no adapters on the same batches (the limit)
 
-Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), tokenises inside
-the timing, and (b), (c), (d) split each 32 into batches of similar length the same way. The setups take
+Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), and runs the
+same token rows: the engine's tokenising, inside the timing, with a QA context longer than its window
+split into several. (b), (c), (d) split each 32 into batches of similar length the same way. The setups take
 turns for three rounds and each reports its median round.
 
 Also measured: parameter memory with 10 adapters loaded against the bare backbone, and the cost of
@@ -31,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from transformers import AutoModel
 import mtlora
 from mtlora import Engine
 from mtlora.backbone import linear_weights_in_bf16, load_pretrained, quiet_loading, resolve_backbone
-from mtlora.batching import length_sorted_batches
+from mtlora.batching import feature_row, length_sorted_batches, pad_rows
 from mtlora.config import ROUTER_ADAPTER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,60 +134,63 @@ def batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def texts_of(item: Any) -> tuple[str, str | None]:
-    if isinstance(item, dict):
-        return item["question"], item["context"]
-    return (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+def feature_rows(engine: Engine, chunk: list[tuple[Any, str]]) -> list[tuple[dict[str, list], str]]:
+    """The token rows the engine encodes for `chunk`, tokenised its way (a long QA context becomes several
+    windows), each with its task: every setup then runs the same rows, whatever its serving."""
+    by_task: dict[str, list] = defaultdict(list)
+    for item, task in chunk:
+        by_task[task].append(engine.request(item, task))
+    rows = []
+    for task, requests in by_task.items():
+        encoded = engine._job(task, requests).encoded
+        rows += [(feature_row(encoded.features, f), task) for f in range(len(encoded))]
+    return rows
 
 
-def tokenize(engine: Engine, items: list) -> dict[str, torch.Tensor]:
-    """One padded batch of single texts and pairs (a single text's second segment is empty)."""
-    firsts = [texts_of(i)[0] for i in items]
-    seconds = [texts_of(i)[1] or "" for i in items]
-    batch = engine.tokenizer(firsts, seconds, truncation="longest_first", max_length=256, padding=True,
-                             return_tensors="pt")
-    return {k: v.to(engine.device) for k, v in batch.items()}
+def length_batches(engine: Engine, chunk: list[tuple[Any, str]], size: int) -> list[list[tuple[dict, str]]]:
+    """A chunk's rows in batches of similar length, cut where the engine cuts, so (b) and (d) pad no more
+    than (c) does."""
+    rows = feature_rows(engine, chunk)
+    lengths = [len(row["input_ids"]) for row, _ in rows]
+    return [[rows[i] for i in batch] for batch in length_sorted_batches(lengths, size)]
 
 
-def length_batches(engine: Engine, chunk: list) -> list[list]:
-    """A chunk of requests split the way the engine splits it (similar lengths together), so (b) and (d)
-    pad no more than (c) does."""
-    lengths = [len(engine.tokenizer(*texts_of(item), truncation=True, max_length=256)["input_ids"])
-               for item, _ in chunk]
-    return [[chunk[i] for i in rows] for rows in length_sorted_batches(lengths, len(chunk))]
+def run_heads(engine: Engine, inputs: dict[str, torch.Tensor], output: Any, tasks: list[str]) -> None:
+    """Each task's head on its rows of an encoder output."""
+    for task in set(tasks):
+        rows = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=engine.device)
+        head = engine._tasks[task]
+        head.stand_in.output = type(output)(**{k: v[rows] for k, v in output.items()})
+        head.head(**{k: v[rows] for k, v in inputs.items()})
 
 
 def per_request_set_adapter(engine: Engine, stream: list[tuple[Any, str]]) -> None:
     """(a): switch the encoder's active adapter per request and run it alone, then its head."""
     encoder = engine._encoder
     with torch.inference_mode():
-        for item, task in stream:
-            inputs = tokenize(engine, [item])
-            encoder.set_adapter(task)
-            head = engine._tasks[task]
-            head.stand_in.output = encoder(**inputs)
-            head.head(**inputs)
+        for request in stream:
+            rows = feature_rows(engine, [request])
+            inputs = pad_rows(engine.tokenizer, [row for row, _ in rows], engine.device)
+            encoder.set_adapter(request[1])
+            run_heads(engine, inputs, encoder(**inputs), [task for _, task in rows])
 
 
 def hand_wired_mixed(engine: Engine, stream: list[tuple[Any, str]], batch_size: int) -> None:
     """(b): PEFT `adapter_names` on each batch of the stream, then each task's head on its rows."""
     with torch.inference_mode():
-        for chunk in (part for whole in batches(stream, batch_size) for part in length_batches(engine, whole)):
-            inputs = tokenize(engine, [item for item, _ in chunk])
-            tasks = [task for _, task in chunk]
-            output = engine._encoder(**inputs, adapter_names=tasks)
-            for task in set(tasks):
-                rows = torch.tensor([i for i, t in enumerate(tasks) if t == task])
-                head = engine._tasks[task]
-                head.stand_in.output = type(output)(**{k: v[rows] for k, v in output.items()})
-                head.head(**{k: v[rows] for k, v in inputs.items()})
+        for whole in batches(stream, batch_size):
+            for batch in length_batches(engine, whole, batch_size):
+                inputs = pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device)
+                tasks = [task for _, task in batch]
+                run_heads(engine, inputs, engine._encoder(**inputs, adapter_names=tasks), tasks)
 
 
 def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[Any, str]], batch_size: int) -> None:
-    """(d): the same batches through the bare backbone, no adapters, no heads."""
+    """(d): the same rows in the same batches through the bare backbone, no adapters, no heads."""
     with torch.inference_mode():
-        for chunk in (part for whole in batches(stream, batch_size) for part in length_batches(engine, whole)):
-            model(**tokenize(engine, [item for item, _ in chunk]))
+        for whole in batches(stream, batch_size):
+            for batch in length_batches(engine, whole, batch_size):
+                model(**pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device))
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:
