@@ -11,9 +11,11 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import layer as lora
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from typer.testing import CliRunner
 
 import mtlora
 from mtlora import load_config
+from mtlora.cli import app
 from mtlora.errors import ConfigError
 from mtlora.training import train_task
 from mtlora.training.saved_rank import truncate_rank
@@ -95,7 +97,13 @@ def test_training_saves_at_the_saved_rank_and_serves_what_it_saved(tiny_project:
     record = manifest.training["saved_rank"]
     assert (record["trained_rank"], record["saved_rank"]) == (4, 2)
     saved = load_file(folder / "adapter_model.safetensors")
-    assert manifest.parameters.stored == sum(t.numel() for t in saved.values()) < manifest.parameters.trainable
+    stored = manifest.parameters.stored
+    assert stored == sum(t.numel() for t in saved.values()) < manifest.parameters.trainable
+    listed = CliRunner().invoke(app, ["adapters", "list", str(tiny_project)], catch_exceptions=False)
+    assert f"{stored:,}" in next(line for line in listed.output.splitlines() if line.startswith("│ sentiment"))
+    report = mtlora.evaluate(config, "sentiment", log=lambda _: None)[0]
+    assert report.parameters["lora"]["stored"] == stored
+    assert f"| {stored:,} |" in (config.reports / "summary.md").read_text()
     in_memory = outcome.model
     assert in_memory is not None
     served = mtlora.Engine.from_config(config, ["sentiment"], precision="fp32").predict_batch(TEXTS, task="sentiment")

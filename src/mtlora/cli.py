@@ -115,13 +115,13 @@ def evaluate(
         return
     reports = api.evaluate(config, task, split=split, log=say)
     table = Table(title=f"Evaluation ({split})")
-    for column in ("task", "metric", *VARIANTS.values(), "LoRA params"):
+    for column in ("task", "metric", *VARIANTS.values(), "LoRA params", "stored"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for r in reports:
         values = [r.metrics.get(v, {}).get(r.primary_metric) for v in VARIANTS]
         lora = r.parameters["lora"]
         table.add_row(r.task, r.primary_metric, *("–" if v is None else f"{v:.3f}" for v in values),
-                      f"{lora['trainable']:,} ({100 * lora['trainable'] / lora['total']:.2f}%)")
+                      f"{lora['trainable']:,} ({100 * lora['trainable'] / lora['total']:.2f}%)", f"{lora['stored']:,}")
     console.print(table)
     for r in reports:
         _print_samples(r)

@@ -36,7 +36,7 @@ class TaskReport:
     examples: int
     primary_metric: str
     metrics: dict[str, dict[str, float]]  # variant -> metric -> value
-    parameters: dict[str, dict[str, int]]  # variant -> {trainable, total}
+    parameters: dict[str, dict[str, int]]  # variant -> {trainable, total}; LoRA also stored (saved rank)
     labels: list[str] | None = None
     confusion: list[list[int]] | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -68,7 +68,10 @@ def evaluate_task(
 
     log(f"[{task.name}] evaluating on {len(examples)} {split} examples")
     predictions = {"lora": run(model)}
-    parameters = {"lora": {"trainable": manifest.parameters.trainable, "total": manifest.parameters.total}}
+    counts = manifest.parameters
+    # Manifests from before saved ranks stored what trained.
+    parameters = {"lora": {"trainable": counts.trainable, "total": counts.total,
+                           "stored": counts.stored or counts.trainable}}
     baseline = load_baseline_model(registry, task.name, project.backbone)
     if baseline is not None:
         predictions["head_only"] = run(baseline)

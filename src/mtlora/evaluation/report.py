@@ -47,8 +47,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         "(backbone frozen, head trained the same way) and the LoRA adapter.",
         "",
         "| task | kind | split | n | metric | base | head-only | LoRA | LoRA gain over head-only "
-        "| LoRA trainable params | % of full fine-tuning |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| LoRA trainable params | % of full fine-tuning | LoRA params stored |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
         metric = r.primary_metric
@@ -58,7 +58,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         lines.append(
             f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {metric} | {_fmt(values['base'])} "
             f"| {_fmt(values['head_only'])} | **{_fmt(values['lora'])}** | {_fmt(gain, signed=True)} "
-            f"| {params['trainable']:,} | {100 * params['trainable'] / params['total']:.2f}% |"
+            f"| {params['trainable']:,} | {100 * params['trainable'] / params['total']:.2f}% "
+            f"| {params.get('stored', params['trainable']):,} |"
         )
     lines += ["", "## All metrics", ""]
     for r in reports:
