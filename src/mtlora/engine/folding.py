@@ -9,8 +9,9 @@ W is never modified, so nothing drifts the way repeated merge/unmerge would. Bel
 Each layer folds just before its own product, into one scratch buffer that every layer reuses, so
 folding holds no copy of the adapted weights: at rest the engine holds the backbone and the adapters,
 nothing else. (Folding every layer once per call and keeping the copies for the call's later passes
-held a copy of every adapted weight, half of MiniLM in fp32; in alternating A/Bs on this project's CPU
-it was 2.5% faster in bf16 and 2% slower in fp32.) A `FoldCache` keeps the folded weights of the most
+held a copy of every adapted weight, half of MiniLM in fp32. It was faster in bf16, where a fold costs
+more next to the cheaper GEMMs: by 2.5% in alternating A/Bs on this project's CPU and up to 10% in
+bench runs; in fp32 within this machine's drift.) A `FoldCache` keeps the folded weights of the most
 recently used adapters between calls, for callers that can spend that memory (one copy of the adapted
 weights per adapter) to fold nothing at all once warm.
 """
