@@ -2,9 +2,10 @@
 
     (a) per-request `set_adapter`, batch size 1 (how the seed scripts serve several adapters)
     (b) PEFT `adapter_names` mixed batches, wired by hand (encoder pass + each task's head)
-    (c) mtlora's Engine with its defaults: tokenise, encoder passes (one per adapter, its LoRA folded
-        in), heads, decode to answers. c2: one mixed pass with adapter_names (`mixed_batches`); c3: the
-        defaults with every adapter's folded weights kept between calls (`fold_cache`)
+    (c) mtlora's Engine with its defaults: tokenise, encoder passes, heads, decode to answers. On CPU
+        the rows of every adapter share each pass (`mixed_batches`, each row its own LoRA), on CUDA each
+        adapter gets passes of its own with its LoRA folded in; c2: the other of the two; c3:
+        per-adapter passes with every adapter's folded weights kept between calls (`fold_cache`)
     (d) the plain backbone with no adapters on the same batches (the limit)
 
 Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), and runs the
@@ -193,6 +194,10 @@ def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[An
                 model(**pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device))
 
 
+def passes(engine: Engine) -> str:
+    return "shared passes" if engine.mixed_batches else "per-adapter passes"
+
+
 def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
@@ -255,7 +260,8 @@ def main() -> None:
         one_by_one = stream[: max(32, len(stream) // 4)]  # (a) is slow: a quarter of the stream
         # Requests arrive over time: the engine, like (b) and (d), gets them 32 at a time, in arrival order.
         size = args.batch_size
-        mixed = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size, mixed_batches=True)
+        other = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
+                                   mixed_batches=not engine.mixed_batches)
         kept = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
                                   fold_cache=len(TASKS))
         setups: dict[str, Callable[[], Any]] = {
@@ -263,7 +269,7 @@ def main() -> None:
             "b": lambda: autocasting(engine, lambda: hand_wired_mixed(engine, stream, size)),
             **{key: lambda e=serving: [e.predict_batch(items[i:i + size], task=tasks[i:i + size])
                                        for i in range(0, len(items), size)]
-               for key, serving in (("c", engine), ("c2", mixed), ("c3", kept))},
+               for key, serving in (("c", engine), ("c2", other), ("c3", kept))},
             "d": lambda: autocasting(engine, lambda: plain_backbone(backbone, engine, stream, size)),
         }
         # Routed as the engine routes in a server: the same 32 requests a call answers, in the same turns.
@@ -284,7 +290,7 @@ def main() -> None:
                                       for t in kept._fold_cache.folded(adapter).values()) / 2**20
 
     names = {"a": "per-request set_adapter, batch 1", "b": "PEFT adapter_names, by hand",
-             "c": "mtlora Engine (default: per-adapter, folded)", "c2": "mtlora Engine, one mixed pass",
+             "c": f"mtlora Engine, default ({passes(engine)})", "c2": f"mtlora Engine, {passes(other)}",
              "c3": f"mtlora Engine, fold_cache={len(TASKS)}",
              "d": "plain backbone (limit)"}
     results = {k: {"setup": names[k], "requests_per_s": len(stream) / seconds[k]} for k in names}

@@ -73,6 +73,16 @@ def test_saved_rank_is_a_positive_rank_auto_or_null(tmp_path: Path, value: objec
     assert len(caught.value.problems) == 1, caught.value
 
 
+@pytest.mark.parametrize("value", [1, "yes please", None])
+def test_mixed_batches_is_true_false_or_auto(tmp_path: Path, value: object) -> None:
+    for good in (True, False, "auto"):
+        config = load_config(write(tmp_path, {"tasks": [task()], "inference": {"mixed_batches": good}}))
+        assert config.inference.mixed_batches == good
+    with pytest.raises(ConfigError, match=r"inference\.mixed_batches: should be true, false or 'auto'") as caught:
+        load_config(write(tmp_path, {"tasks": [task()], "inference": {"mixed_batches": value}}))
+    assert len(caught.value.problems) == 1, caught.value
+
+
 def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_confidence": 0.7}}))
     changed = config.with_router(features="embeddings")

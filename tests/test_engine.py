@@ -222,6 +222,13 @@ def test_fold_cache_keeps_the_most_recently_used_adapters() -> None:
     assert cache.folded("c") == {}
 
 
+def test_auto_shares_passes_on_cpu_unless_folds_are_cached(trained_project: Path) -> None:
+    """What bench/infer_speed.py measured faster on a CPU: shared passes, or cached folds when kept."""
+    assert Engine.from_config(trained_project, tasks=["sentiment"], device="cpu").mixed_batches is True
+    kept = Engine.from_config(trained_project, tasks=["sentiment"], device="cpu", fold_cache=2)
+    assert kept.mixed_batches is False
+
+
 def test_project_inference_settings_reach_the_engine(trained_project: Path) -> None:
     project = load_config(trained_project, overrides={"inference": {"precision": "bf16", "batch_size": 4,
                                                                     "mixed_batches": False, "fold_cache": 2}})
@@ -305,6 +312,39 @@ def test_folded_lora_computes_what_peft_computes(tiny_bert: Path, architecture: 
         with folded_lora(layers, "__base__", min_tokens=0 if fold else 10**9), model.disable_adapter():
             base = model(**inputs).last_hidden_state
         assert not torch.allclose(base, expected, atol=1e-3)  # the adapters do change the outputs
+
+
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"], ids=["bert", "conv1d-left-to-peft"])
+def test_mixed_lora_gives_each_row_what_its_adapter_gives_alone(tiny_bert: Path, architecture: str) -> None:
+    """One pass with rows of several adapters (of different ranks, one of them on fewer layers) and a row
+    without any: each row as its adapter computes it alone."""
+    from peft import LoraConfig, get_peft_model
+
+    from mtlora.engine.folding import lora_layers, mixed_lora
+
+    torch.manual_seed(0)
+    gpt2 = architecture == "gpt2"
+    # Random B as well as A: PEFT's default zero B would make every adapter the base model.
+    one = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, fan_in_fan_out=gpt2)
+    two = LoraConfig(r=2, lora_alpha=8, target_modules=["c_attn"] if gpt2 else ["query", "value"],
+                     init_lora_weights=False, fan_in_fan_out=gpt2)
+    model = get_peft_model(tiny_model(architecture, tiny_bert), one, adapter_name="one").eval()
+    model.add_adapter("two", two)
+    rows = ["one", "two", "__base__", "one", "two"]
+    inputs = {"input_ids": torch.randint(5, 60, (len(rows), 7)),
+              "attention_mask": torch.ones(len(rows), 7, dtype=torch.long)}
+    with torch.inference_mode():
+        with mixed_lora(lora_layers(model), rows):
+            mixed = model(**inputs).last_hidden_state
+        alone = {}
+        for adapter in ("one", "two"):
+            model.set_adapter(adapter)
+            alone[adapter] = model(**inputs).last_hidden_state
+        with model.disable_adapter():
+            alone["__base__"] = model(**inputs).last_hidden_state
+    for i, adapter in enumerate(rows):
+        torch.testing.assert_close(mixed[i], alone[adapter][i], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone["one"], alone["two"], atol=1e-3)  # the adapters do differ
 
 
 def test_folding_keeps_no_copy_of_the_adapted_weights(tiny_bert: Path) -> None:

@@ -135,6 +135,12 @@ def _value_or_auto(valid: Callable[[Any], bool], expected: str) -> BeforeValidat
     return BeforeValidator(check)
 
 
+def _true_false_or_auto(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"should be true, false or 'auto'; got {value!r}")
+
+
 def _safe(valid: Callable[[Any], bool], value: Any) -> bool:
     try:
         return bool(valid(value))
@@ -320,9 +326,11 @@ class InferenceSettings(_Strict):
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
     batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
-    mixed_batches: bool = Field(
-        False, description="rows of several adapters in one pass (PEFT adapter_names) instead of one pass per "
-                           "adapter with its LoRA folded into the weights, which measured faster on CPU and CUDA")
+    mixed_batches: Annotated[bool | Literal["auto"], BeforeValidator(_true_false_or_auto)] = Field(
+        "auto", description="true: the rows of every adapter in a call share each pass, each row with its own "
+                            "LoRA; false: one pass per adapter with its LoRA folded into the weights; auto: "
+                            "shared passes on CPU unless fold_cache is set (measured faster there), per-adapter "
+                            "passes on CUDA")
     fold_cache: int = Field(
         0, ge=0, description="adapters whose folded weights stay in memory between calls. Each "
                              "costs one copy of the adapted weights and saves folding them on every call")

@@ -1,10 +1,10 @@
 """One backbone in memory, many task adapters, and mixed-task batches in one encoder pass.
 
-How a call with inputs of several tasks runs: by default each task's rows form their own batches,
-run with its LoRA folded into the weights once for all of them (`folding.py`). With `mixed_batches`
-the rows of every task are padded together and go through the shared encoder once, PEFT applying each
-row's own LoRA weights (`adapter_names`); that measured slower on CPUs and on an H100 alike
-(bench/infer_speed.py), the per-row LoRA costing more than the extra passes.
+How a call with inputs of several tasks runs: on CPU the rows of every task are padded together into
+batches of similar length, and each pass gives each row its own adapter's LoRA (`folding.mixed_lora`:
+two thin GEMMs a layer for all adapters at once, no weights copied). On CUDA, or with a fold cache, each
+task's rows get passes of their own with its LoRA folded into the weights (`folding.folded_lora`);
+which is faster where is measured in bench/infer_speed.py.
 Either way each task's head then runs on its rows. A head is the task model transformers builds for
 the kind (so every architecture's own head code is reused), with its encoder swapped for a stand-in
 that hands over the rows already computed.
@@ -49,7 +49,14 @@ from mtlora.backbone import (
 )
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
-from mtlora.engine.folding import FOLD_MIN_TOKENS, FoldCache, check_plain_lora, folded_lora, lora_layers
+from mtlora.engine.folding import (
+    FOLD_MIN_TOKENS,
+    FoldCache,
+    check_plain_lora,
+    folded_lora,
+    lora_layers,
+    mixed_lora,
+)
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import BaseModelMismatchError, InputError, MtloraError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
@@ -111,8 +118,9 @@ class Engine:
         router_settings: thresholds and default task for routing.
         precision: "auto" (bf16 where the hardware has it), "fp32" or "bf16".
         batch_size: feature rows per encoder pass.
-        mixed_batches: run rows of different adapters in one pass (PEFT adapter_names) instead of one
-            folded pass per adapter.
+        mixed_batches: the rows of every adapter in a call share each pass, each row with its own LoRA
+            (True), or each adapter gets passes of its own with its LoRA folded into the weights (False).
+            "auto": shared passes on CPU unless `fold_cache` is set, per-adapter passes on CUDA.
         fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
     """
 
@@ -127,7 +135,7 @@ class Engine:
         precision: str = "auto",
         device: torch.device | str | None = None,
         batch_size: int = 32,
-        mixed_batches: bool = False,
+        mixed_batches: bool | str = "auto",
         fold_cache: int = 0,
     ):
         self.backbone = backbone
@@ -135,7 +143,10 @@ class Engine:
         self.device = torch.device(device) if device is not None else default_device()
         self.bf16 = use_bf16(precision, self.device)
         self.batch_size = batch_size
-        self.mixed_batches = mixed_batches
+        # Measured (bench/infer_speed.py): on CPU shared passes beat per-adapter folded ones, and cached folds
+        # beat both; on an H100 per-adapter passes beat PEFT's per-row LoRA, the shared passes' forward then.
+        self.mixed_batches = (self.device.type != "cuda" and not fold_cache) if mixed_batches == "auto" \
+            else bool(mixed_batches)
         # A fold costs a GPU a few microseconds of memory traffic per layer, less than the two extra kernel
         # launches per layer of running a small pass unmerged; a CPU pays more for it (`FOLD_MIN_TOKENS`).
         self._fold_min_tokens = 0 if self.device.type == "cuda" else FOLD_MIN_TOKENS
@@ -452,7 +463,8 @@ class Engine:
 
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
-            return self._encoder(**inputs, adapter_names=adapters)
+            with mixed_lora(self._layers(), adapters):
+                return self._encoder(**inputs)
         with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights
             return self._encoder(**inputs)
 
@@ -463,16 +475,19 @@ class Engine:
         if not isinstance(self._encoder, PeftModel) or self._folded_adapter == adapter:
             yield
             return
-        if self._lora_layers is None:
-            self._lora_layers = lora_layers(self._encoder)
         # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
         kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
         self._folded_adapter = adapter
         try:
-            with folded_lora(self._lora_layers, adapter, kept, self._fold_min_tokens):
+            with folded_lora(self._layers(), adapter, kept, self._fold_min_tokens):
                 yield
         finally:
             self._folded_adapter = None
+
+    def _layers(self) -> list[LoraLinear]:
+        if self._lora_layers is None:
+            self._lora_layers = lora_layers(self._encoder)
+        return self._lora_layers
 
     def _forget_folds(self) -> None:
         """Adapters came or went: the LoRA layers may have changed, and with them any folded weights."""
