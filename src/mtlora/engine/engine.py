@@ -3,8 +3,8 @@
 How a call with inputs of several tasks runs: on CPU the rows of every task are padded together into
 batches of similar length, and each pass gives each row its own adapter's LoRA (`folding.mixed_lora`:
 two thin GEMMs a layer for all adapters at once, no weights copied). On CUDA, or with a fold cache, each
-task's rows get passes of their own with its LoRA folded into the weights (`folding.folded_lora`);
-which is faster where is measured in bench/infer_speed.py.
+task's rows get passes of their own with its LoRA folded into the weights (`folding.folded_lora`).
+bench/infer_speed.py measures which is faster where.
 Either way each task's head then runs on its rows. A head is the task model transformers builds for
 the kind (so every architecture's own head code is reused), with its encoder swapped for a stand-in
 that hands over the rows already computed.
@@ -144,7 +144,8 @@ class Engine:
         self.bf16 = use_bf16(precision, self.device)
         self.batch_size = batch_size
         # Measured (bench/infer_speed.py): on CPU shared passes beat per-adapter folded ones, and cached folds
-        # beat both; on an H100 per-adapter passes beat PEFT's per-row LoRA, the shared passes' forward then.
+        # beat both. On an H100 per-adapter passes beat PEFT's per-row LoRA, which shared passes used then;
+        # their own forward has not run on a GPU yet.
         self.mixed_batches = (self.device.type != "cuda" and not fold_cache) if mixed_batches == "auto" \
             else bool(mixed_batches)
         # A fold costs a GPU a few microseconds of memory traffic per layer, less than the two extra kernel

@@ -84,7 +84,7 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str]) -> Iterat
     A matrices stacked into one thin GEMM, each row's product masked to its own adapter's rank block,
     and the B matrices (times their scaling) side by side in a second one, added in place. Two thin
     GEMMs a layer whatever the number of adapters, where PEFT's `adapter_names` gathers and scatters
-    each adapter's rows in every layer; and no weight is folded or copied.
+    each adapter's rows in every layer; and no base weight is folded or copied.
     """
     names = list(dict.fromkeys(adapters))
     masks: dict[tuple[str, ...], torch.Tensor] = {}  # by the adapters a layer has: layers mostly share one
