@@ -29,9 +29,10 @@ MIXED = [
 ]
 
 
-@pytest.fixture(scope="module", params=[{"mixed_batches": True}, {"mixed_batches": False},
-                                        {"mixed_batches": False, "fold_cache": 8}],
-                ids=["one-mixed-pass", "folded-per-adapter", "folds-kept-between-calls"])
+# Passes of 3 rows: a call's shared passes each hold other adapters, and reuse the layers' stacks.
+@pytest.fixture(scope="module", params=[{"mixed_batches": True}, {"mixed_batches": True, "batch_size": 3},
+                                        {"mixed_batches": False}, {"mixed_batches": False, "fold_cache": 8}],
+                ids=["one-mixed-pass", "shared-passes-of-3", "folded-per-adapter", "folds-kept-between-calls"])
 def engine(trained_project: Path, request: pytest.FixtureRequest) -> Engine:
     return Engine.from_config(trained_project, precision="fp32", **request.param)
 

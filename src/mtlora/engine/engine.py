@@ -158,6 +158,7 @@ class Engine:
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
         self._folded_adapter: str | None = None
+        self._stacks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # for one call's shared passes
         self._fold_cache = FoldCache(fold_cache) if fold_cache else None
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
@@ -437,8 +438,12 @@ class Engine:
         lengths = [jobs[j].lengths[f] for j, f in rows]
         with torch.inference_mode(), autocast(self.device, self.bf16):
             if self.mixed_batches:
-                for batch in length_sorted_batches(lengths, self.batch_size):
-                    self._run_batch(jobs, [rows[i] for i in batch])
+                self._stacks = {}  # each layer's adapters stacked once for all of the call's passes
+                try:
+                    for batch in length_sorted_batches(lengths, self.batch_size):
+                        self._run_batch(jobs, [rows[i] for i in batch])
+                finally:
+                    self._stacks = None
                 return
             for first, job in zip(_offsets(jobs), jobs, strict=True):
                 with self._folded(job.task):
@@ -464,7 +469,7 @@ class Engine:
 
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
-            with mixed_lora(self._layers(), adapters):
+            with mixed_lora(self._layers(), adapters, self._stacks):
                 return self._encoder(**inputs)
         with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights
             return self._encoder(**inputs)

@@ -76,7 +76,8 @@ def folded_lora(layers: Sequence[lora.Linear], adapter: str, folded: dict[int, t
 
 
 @contextlib.contextmanager
-def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str]) -> Iterator[None]:
+def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
+               stacks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None) -> Iterator[None]:
     """Within the block, one pass computes row i of the batch with adapter `adapters[i]`'s LoRA (an
     adapter a layer does not have, such as PEFT's "__base__", leaves that row's base weights alone).
 
@@ -85,11 +86,17 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str]) -> Iterat
     and the B matrices (times their scaling) side by side in a second one, added in place. Two thin
     GEMMs a layer whatever the number of adapters, where PEFT's `adapter_names` gathers and scatters
     each adapter's rows in every layer; and no base weight is folded or copied.
+
+    Stacking a layer's adapters costs more than its thin GEMMs on a short pass (all of MiniLM's: about
+    2 ms), so `stacks`, when given, keeps them by layer and adapters for the caller's later passes.
     """
+    stacks = {} if stacks is None else stacks
     names = list(dict.fromkeys(adapters))
     masks: dict[tuple[str, ...], torch.Tensor] = {}  # by the adapters a layer has: layers mostly share one
-    for layer in layers:
+    for position, layer in enumerate(layers):
         present = tuple(name for name in names if name in layer.lora_A)
+        if present and (position, present) not in stacks:
+            stacks[position, present] = _stacked_lora(layer, present)
         if present and present not in masks:
             ranks = torch.tensor([layer.lora_A[name].weight.shape[0] for name in present])
             block_owner = torch.arange(len(present)).repeat_interleave(ranks)
@@ -97,12 +104,20 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str]) -> Iterat
             weight = layer.get_base_layer().weight
             masks[present] = (row_owner[:, None] == block_owner[None, :]).to(weight.device, weight.dtype)
         # An instance attribute shadows the class's forward.
-        layer.forward = _MixedForward(layer, present, masks.get(present), adapters)
+        layer.forward = _MixedForward(layer, stacks.get((position, present)), masks.get(present), adapters)
     try:
         yield
     finally:
         for layer in layers:
             del layer.forward
+
+
+def _stacked_lora(layer: lora.Linear, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's A matrices of `adapters` one above the other, and their B matrices times their scaling
+    side by side, in the dtype of the weight they meet (bf16 when the engine holds its linear weights in bf16)."""
+    dtype = layer.get_base_layer().weight.dtype
+    return (torch.cat([layer.lora_A[name].weight for name in adapters]).to(dtype),
+            torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in adapters], dim=1).to(dtype))
 
 
 class FoldCache:
@@ -167,24 +182,20 @@ class _FoldedForward:
 
 
 class _MixedForward:
-    def __init__(self, layer: lora.Linear, present: tuple[str, ...], mask: torch.Tensor | None,
-                 adapters: Sequence[str]):
-        self.layer, self.mask, self.adapters = layer, mask, adapters
-        base = layer.get_base_layer()
-        if present:  # in the dtype of the weight they meet: bf16 when the engine holds its linear weights in bf16
-            self.lora_a = torch.cat([layer.lora_A[name].weight for name in present]).to(base.weight.dtype)
-            self.lora_b = torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in present],
-                                    dim=1).to(base.weight.dtype)
+    def __init__(self, layer: lora.Linear, stacked: tuple[torch.Tensor, torch.Tensor] | None,
+                 mask: torch.Tensor | None, adapters: Sequence[str]):
+        self.layer, self.stacked, self.mask, self.adapters = layer, stacked, mask, adapters
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         layer, base = self.layer, self.layer.get_base_layer()
-        if self.mask is None:
+        if self.stacked is None or self.mask is None:  # no adapter of the pass is on this layer
             return base(x)
         if not isinstance(base, nn.Linear):  # GPT-2's Conv1D holds its weight transposed: PEFT computes it
             return lora.Linear.forward(layer, x, *args, adapter_names=list(self.adapters), **kwargs)
+        lora_a, lora_b = self.stacked
         rows = x.reshape(-1, x.shape[-1])  # (batch * tokens, features); a pooler's input has no token axis
         result = functional.linear(rows, base.weight, base.bias)
-        projected = functional.linear(rows, self.lora_a).view(len(x), -1, len(self.lora_a))
+        projected = functional.linear(rows, lora_a).view(len(x), -1, len(lora_a))
         projected.mul_(self.mask[:, None, :])
-        result.addmm_(projected.view(len(rows), -1), self.lora_b.t())
+        result.addmm_(projected.view(len(rows), -1), lora_b.t())
         return result.view(*x.shape[:-1], -1)
