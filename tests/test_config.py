@@ -54,7 +54,7 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
     assert "tasks[2] (news).training.epoch: unknown setting" in text
 
 
-@pytest.mark.parametrize("value", [1.5, "automatic"])
+@pytest.mark.parametrize("value", [1.5, "automatic", True])
 def test_semantic_threshold_is_a_cosine_or_auto(tmp_path: Path, value: object) -> None:
     config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": 0.4}}))
     assert config.router.min_similarity == 0.4

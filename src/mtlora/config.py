@@ -127,18 +127,14 @@ class DataConfig(_Strict):
 
 
 def _value_or_auto(valid: Callable[[Any], bool], expected: str) -> BeforeValidator:
-    """One clear problem for a setting that takes a value or 'auto', where pydantic reports one per branch."""
+    """One clear problem for a setting that takes a value or 'auto', where pydantic reports one per branch.
+    `valid` sees every value but strings; YAML's true and false are ints to Python, so numeric settings
+    check the type exactly."""
     def check(value: Any) -> Any:
-        if value == "auto" or (not isinstance(value, bool | str) and _safe(valid, value)):
+        if value == "auto" or (not isinstance(value, str) and _safe(valid, value)):
             return value
         raise ValueError(f"should be {expected} or 'auto'; got {value!r}")
     return BeforeValidator(check)
-
-
-def _true_false_or_auto(value: Any) -> Any:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise ValueError(f"should be true, false or 'auto'; got {value!r}")
 
 
 def _safe(valid: Callable[[Any], bool], value: Any) -> bool:
@@ -162,7 +158,7 @@ class LoraSettings(_Strict):
     # four directions per layer score as the whole on SST-2, MRPC, STS-B and SQuAD (bench/lora_settings.py
     # --full), and half the rank is half the memory an adapter costs the engine (training/saved_rank.py).
     saved_rank: Annotated[int | Literal["auto"] | None, _value_or_auto(
-        lambda v: v is None or (isinstance(v, int) and v > 0), "a positive rank, null (as trained)")] = Field(
+        lambda v: v is None or (type(v) is int and v > 0), "a positive rank, null (as trained)")] = Field(
         "auto", description="store each layer's update truncated to this rank by SVD; null: as trained; auto: "
                             "the kind's choice (4 for the encoder kinds, as trained for seq2seq). No effect when "
                             "r is not above it"
@@ -305,7 +301,7 @@ class RouterSettings(_Strict):
     strategy: Literal["explicit", "keywords", "semantic", "learned"] = "semantic"
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
     min_similarity: Annotated[float | Literal["auto"], _value_or_auto(
-        lambda v: -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
+        lambda v: type(v) in (int, float) and -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
         "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
                             "its example inputs (about 98% of a task's own inputs clear it)")
     features: Literal["encoder", "embeddings"] = Field(
@@ -326,7 +322,8 @@ class InferenceSettings(_Strict):
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
     batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
-    mixed_batches: Annotated[bool | Literal["auto"], BeforeValidator(_true_false_or_auto)] = Field(
+    mixed_batches: Annotated[bool | Literal["auto"], _value_or_auto(
+        lambda v: isinstance(v, bool), "true, false")] = Field(
         "auto", description="true: the rows of every adapter in a call share each pass, each row with its own "
                             "LoRA; false: one pass per adapter with its LoRA folded into the weights; auto: "
                             "shared passes on CPU unless fold_cache is set (measured faster there), per-adapter "
