@@ -230,6 +230,13 @@ def test_auto_shares_passes_on_cpu_unless_folds_are_cached(trained_project: Path
     assert kept.mixed_batches is False
 
 
+@pytest.mark.parametrize(("setting", "value"), [("mixed_batches", "yes"), ("mixed_batches", 1),
+                                              ("precision", "bf61")])
+def test_engine_settings_are_checked_in_python_too(trained_project: Path, setting: str, value: object) -> None:
+    with pytest.raises(InputError, match=rf"{setting} is .*'auto'.*; got {value!r}"):
+        Engine.from_config(trained_project, tasks=["sentiment"], **{setting: value})
+
+
 def test_project_inference_settings_reach_the_engine(trained_project: Path) -> None:
     project = load_config(trained_project, overrides={"inference": {"precision": "bf16", "batch_size": 4,
                                                                     "mixed_batches": False, "fold_cache": 2}})

@@ -138,6 +138,11 @@ class Engine:
         mixed_batches: bool | str = "auto",
         fold_cache: int = 0,
     ):
+        # The project file checks these; a caller in Python gets the same answer, not a silent default.
+        if precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"precision is 'auto', 'fp32' or 'bf16'; got {precision!r}")
+        if mixed_batches not in (True, False, "auto") or not isinstance(mixed_batches, bool | str):
+            raise InputError(f"mixed_batches is True, False or 'auto'; got {mixed_batches!r}")
         self.backbone = backbone
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.device = torch.device(device) if device is not None else default_device()
