@@ -197,16 +197,19 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
 
 
 def test_folded_and_unmerged_lora_answer_alike(trained_project: Path) -> None:
-    """Passes of few tokens run LoRA unmerged, larger ones fold it into the weights: the same answers."""
-    engine = Engine.from_config(trained_project, precision="fp32", mixed_batches=False)
+    """Passes of few tokens run LoRA unmerged, larger ones fold it into the weights: pass by pass, or (on
+    CUDA) once per adapter for all of its passes in a call. One row a pass, so each adapter has two."""
+    engine = Engine.from_config(trained_project, precision="fp32", mixed_batches=False, batch_size=1)
     tasks, items = [task for task, _ in MIXED], [item for _, item in MIXED]
-    engine._fold_min_tokens = 0
-    folded = engine.predict_batch(items, task=tasks)
-    engine._fold_min_tokens = 10**9
-    unmerged = engine.predict_batch(items, task=tasks)
-    for a, b in zip(folded, unmerged, strict=True):
-        assert a["task"] == b["task"]
-        assert_same(a, b)
+    answers = {}
+    for way, (min_tokens, per_block) in {"unmerged": (10**9, False), "folded per pass": (0, False),
+                                         "folded per adapter": (0, True)}.items():
+        engine._fold_min_tokens, engine._fold_per_block = min_tokens, per_block
+        answers[way] = engine.predict_batch(items, task=tasks)
+    for way in ("folded per pass", "folded per adapter"):
+        for a, b in zip(answers[way], answers["unmerged"], strict=True):
+            assert a["task"] == b["task"]
+            assert_same(a, b)
 
 
 def test_fold_cache_keeps_the_most_recently_used_adapters() -> None:

@@ -148,14 +148,17 @@ class Engine:
         self.device = torch.device(device) if device is not None else default_device()
         self.bf16 = use_bf16(precision, self.device)
         self.batch_size = batch_size
+        cuda = self.device.type == "cuda"
         # Measured (bench/infer_speed.py): on CPU shared passes beat per-adapter folded ones, and cached folds
-        # beat both. On an H100 per-adapter passes beat PEFT's per-row LoRA, which shared passes used then;
-        # their own forward has not run on a GPU yet.
-        self.mixed_batches = (self.device.type != "cuda" and not fold_cache) if mixed_batches == "auto" \
-            else bool(mixed_batches)
-        # A fold costs a GPU a few microseconds of memory traffic per layer, less than the two extra kernel
-        # launches per layer of running a small pass unmerged; a CPU pays more for it (`FOLD_MIN_TOKENS`).
-        self._fold_min_tokens = 0 if self.device.type == "cuda" else FOLD_MIN_TOKENS
+        # beat both; on an H100 per-adapter passes beat shared ones, in bf16 and fp32.
+        self.mixed_batches = (not cuda and not fold_cache) if mixed_batches == "auto" else bool(mixed_batches)
+        # A GPU waits on kernel launches and Python, not on a fold's few microseconds of memory traffic: it
+        # folds whatever a pass's tokens, and each adapter once per call, keeping the folds for the
+        # adapter's later passes and dropping them after its last (+25% against folding every pass, in an
+        # A/B on an H100). A CPU pays for a fold in memory traffic: a small pass runs unmerged
+        # (`FOLD_MIN_TOKENS`), and a fold goes into one scratch weight, so a pass never holds a folded copy.
+        self._fold_min_tokens = 0 if cuda else FOLD_MIN_TOKENS
+        self._fold_per_block = cuda
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
         self.default_router = router or self.router_settings.strategy
@@ -487,7 +490,10 @@ class Engine:
             yield
             return
         # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
-        kept = self._fold_cache.folded(adapter) if self._fold_cache and adapter != NO_ADAPTER else None
+        if self._fold_cache and adapter != NO_ADAPTER:
+            kept = self._fold_cache.folded(adapter)
+        else:
+            kept = {} if self._fold_per_block else None
         self._folded_adapter = adapter
         try:
             with folded_lora(self._layers(), adapter, kept, self._fold_min_tokens):

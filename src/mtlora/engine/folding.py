@@ -12,9 +12,11 @@ folding holds no copy of the adapted weights: at rest the engine holds the backb
 nothing else. (Folding every layer once per call and keeping the copies for the call's later passes
 held a copy of every adapted weight, half of MiniLM in fp32. It was faster in bf16, where a fold costs
 more next to the cheaper GEMMs: by 2.5% in alternating A/Bs on this project's CPU and up to 10% in
-bench runs; in fp32 within this machine's drift.) A `FoldCache` keeps the folded weights of the most
-recently used adapters between calls, for callers that can spend that memory (one copy of the adapted
-weights per adapter) to fold nothing at all once warm.
+bench runs; in fp32 within this machine's drift.) On CUDA, where a pass waits on launches rather than on
+a fold's memory traffic, the engine gives each block a store of its own instead (`folded`): each layer
+folds once for all of the block's passes, and the folded copies go with the block. A `FoldCache` keeps
+the folded weights of the most recently used adapters between calls, for callers that can spend that
+memory (one copy of the adapted weights per adapter) to fold nothing at all once warm.
 """
 
 from __future__ import annotations
