@@ -78,7 +78,10 @@ def train(
     ] = None,
 ) -> None:
     """Train one LoRA adapter per task and store it in the registry (resumes an interrupted run)."""
-    outcomes = api.train(config, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
+    try:
+        outcomes = api.train(config, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
+    finally:
+        leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun / accelerate launch the first process reports for all
     table = Table(title="Trained")
@@ -89,6 +92,15 @@ def train(
                       f"{o.train_loss:.4f}", f"{o.trainable:,} ({100 * o.trainable / o.total:.2f}%)")
     console.print(table)
     say(f"Adapters saved in {api.as_config(config).registry}")
+
+
+def leave_process_group() -> None:
+    """Under torchrun / accelerate launch the Trainer opens a process group that lives as long as this
+    command's process: close it before exit, which NCCL otherwise warns about on every rank."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @app.command()
@@ -162,7 +174,10 @@ def train_router(
 ) -> None:
     """Train the learned router: one more adapter that classifies inputs by task (with router.features:
     embeddings, a linear head over the backbone's token embeddings)."""
-    outcome = api.train_router(config, fresh=fresh, progress=sys.stderr.isatty(), log=say)
+    try:
+        outcome = api.train_router(config, fresh=fresh, progress=sys.stderr.isatty(), log=say)
+    finally:
+        leave_process_group()
     steps = f" ({outcome.steps} steps)" if outcome.steps else ""
     say(f"Router trained in {outcome.time_s:.1f}s{steps}; saved to {outcome.saved_to}")
 
