@@ -22,6 +22,7 @@ memory (one copy of the adapted weights per adapter) to fold nothing at all once
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -97,6 +98,10 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
     masks: dict[tuple[str, ...], torch.Tensor] = {}  # by the adapters a layer has: layers mostly share one
     for position, layer in enumerate(layers):
         present = tuple(name for name in names if name in layer.lora_A)
+        if present and not isinstance(layer.get_base_layer(), nn.Linear):
+            # GPT-2's Conv1D holds its weight transposed: PEFT computes it, row by row.
+            layer.forward = functools.partial(lora.Linear.forward, layer, adapter_names=list(adapters))
+            continue
         if present and (position, present) not in stacks:
             stacks[position, present] = _stacked_lora(layer, present)
         if present and present not in masks:
@@ -106,7 +111,7 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
             weight = layer.get_base_layer().weight
             masks[present] = (row_owner[:, None] == block_owner[None, :]).to(weight.device, weight.dtype)
         # An instance attribute shadows the class's forward.
-        layer.forward = _MixedForward(layer, stacks.get((position, present)), masks.get(present), adapters)
+        layer.forward = _MixedForward(layer.get_base_layer(), stacks.get((position, present)), masks.get(present))
     try:
         yield
     finally:
@@ -184,16 +189,13 @@ class _FoldedForward:
 
 
 class _MixedForward:
-    def __init__(self, layer: lora.Linear, stacked: tuple[torch.Tensor, torch.Tensor] | None,
-                 mask: torch.Tensor | None, adapters: Sequence[str]):
-        self.layer, self.stacked, self.mask, self.adapters = layer, stacked, mask, adapters
+    def __init__(self, base: nn.Linear, stacked: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None):
+        self.base, self.stacked, self.mask = base, stacked, mask
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        layer, base = self.layer, self.layer.get_base_layer()
+        base = self.base
         if self.stacked is None or self.mask is None:  # no adapter of the pass is on this layer
             return base(x)
-        if not isinstance(base, nn.Linear):  # GPT-2's Conv1D holds its weight transposed: PEFT computes it
-            return lora.Linear.forward(layer, x, *args, adapter_names=list(self.adapters), **kwargs)
         lora_a, lora_b = self.stacked
         rows = x.reshape(-1, x.shape[-1])  # (batch * tokens, features); a pooler's input has no token axis
         result = functional.linear(rows, base.weight, base.bias)
