@@ -45,6 +45,23 @@ def test_router_sends_held_out_inputs_to_their_task(routed_project: Path, router
     assert all(r["routed_by"] == router and 0 < r["route_confidence"] <= 1 for r in results)
 
 
+@pytest.mark.parametrize(("router", "features"), [("keywords", "encoder"), ("learned", "encoder"),
+                                                  ("learned", "embeddings")])
+def test_a_text_of_an_unloaded_task_is_not_sent_to_the_only_text_task(routed_project: Path, router: str,
+                                                                      features: str) -> None:
+    """Without sentiment loaded, support is the only text task: a text still goes through the router, which
+    finds sentiment's texts belong to no loaded task. A pair still goes to the only pair task by shape.
+    (The semantic router judges too, but a tiny random model's embeddings put every text near support's.)"""
+    project = load_config(routed_project, overrides={"router": {"features": features}})
+    engine = Engine.from_config(project, tasks=["support", "paraphrase"], precision="fp32")
+    results = engine.predict([text for text, _ in HELD_OUT], router=router)
+    assert [r["task"] for r in results] == [task if task == "support" else None for _, task in HELD_OUT], results
+    assert all(r["routed_by"] == router for r in results)
+    assert engine.predict(HELD_OUT[0][0], router="semantic")["routed_by"] == "semantic"
+    pair = engine.predict(("the dog sat", "a dog sat"), router=router)
+    assert (pair["task"], pair["routed_by"]) == ("paraphrase", "shape")
+
+
 def test_learned_router_is_an_adapter_in_the_registry(routed_project: Path) -> None:
     manifest = mtlora.show_adapter(routed_project, "router")
     assert manifest.kind == "classification"

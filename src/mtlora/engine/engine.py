@@ -62,6 +62,7 @@ from mtlora.errors import BaseModelMismatchError, InputError, MtloraError, Unkno
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, split_prefix
+from mtlora.routing.base import ANSWERED_BY
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.seq2seq import Seq2SeqTask
@@ -338,7 +339,10 @@ class Engine:
             for i, request in enumerate(requests):
                 if request.task is not None:
                     routes[i] = self._explicit(request, candidates[i])
-                elif len(candidates[i]) == 1:
+                elif len(candidates[i]) == 1 and request.shape != "text":
+                    # Two texts, or a question with its context, already say which kind of task the caller
+                    # means. A plain text fits every text task, so its shape says nothing: the router still
+                    # judges whether it belongs to the one text task loaded.
                     routes[i] = Route(candidates[i][0], "shape", 1.0, {candidates[i][0]: 1.0},
                                       f"the only task that takes a {request.shape} input")
                 elif not candidates[i]:
@@ -398,8 +402,7 @@ class Engine:
                          f"got {type(item).__name__}: {item!r:.80}")
 
     def _candidates(self, request: Request) -> list[str]:
-        shapes = {"text": {"text"}, "pair": {"pair", "qa"}, "qa": {"qa"}}[request.shape]
-        return [name for name in self.tasks if self._tasks[name].kind.input_shape in shapes]
+        return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]
 
     def _explicit(self, request: Request, candidates: list[str]) -> Route:
         task = self._task(request.task or "")

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from mtlora.registry import Registry
 
 
+# The task input shapes that can answer an input of each shape: QA takes a pair as question and context.
+ANSWERED_BY = {"text": {"text"}, "pair": {"pair", "qa"}, "qa": {"qa"}}
+
+
 @dataclass(frozen=True)
 class Request:
     """One input to answer. `shape` is "text" (one text), "pair" (two texts: a pair task, or QA's

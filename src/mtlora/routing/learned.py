@@ -20,8 +20,9 @@ from mtlora.config import ROUTER_ADAPTER, ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
 from mtlora.errors import RegistryError
 from mtlora.registry import Registry
-from mtlora.routing.base import Request, Route, Router, decide
+from mtlora.routing.base import ANSWERED_BY, Request, Route, Router, decide
 from mtlora.routing.token_head import HEAD_NOT_TRAINED, TokenRouterHead
+from mtlora.tasks import get_task_kind
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -39,6 +40,7 @@ class LearnedRouter(Router):
         self.threshold = threshold
         self.default_task = default_task
         self.head = head  # None: the router adapter answers
+        self._shapes: dict[str, str | None] = {}  # input shape of each task the router knows (None: gone)
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> LearnedRouter:
@@ -58,13 +60,22 @@ class LearnedRouter(Router):
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []
-        for answered, fits in zip(self._probabilities([r.text for r in requests]), candidates, strict=True):
-            probabilities = {t: answered.get(t, 0.0) for t in fits}
-            # The router knows every task; renormalise over the ones that fit this input's shape.
-            total = sum(probabilities.values()) or 1.0
-            scores = {t: p / total for t, p in probabilities.items()}
+        answers = self._probabilities([r.text for r in requests])
+        for request, answered, fits in zip(requests, answers, candidates, strict=True):
+            # The router knows every task it was trained on, loaded or not. What it gives tasks that cannot
+            # take this input's shape is its mistake, and goes. What it gives a task that could but is not
+            # loaded says the input belongs elsewhere: it counts against every candidate.
+            total = sum(p for t, p in answered.items() if self._could_answer(t, request.shape)) or 1.0
+            scores = {t: answered.get(t, 0.0) / total for t in fits}
             routes.append(decide(self.name, scores, self.threshold, self.default_task, fits, "probability"))
         return routes
+
+    def _could_answer(self, task: str, shape: str) -> bool:
+        """Whether `task` takes inputs of `shape`, by its manifest; a task gone from the registry might."""
+        if task not in self._shapes:
+            registry = self.engine.registry
+            self._shapes[task] = get_task_kind(registry.manifest(task).kind).input_shape if task in registry else None
+        return self._shapes[task] is None or self._shapes[task] in ANSWERED_BY[shape]
 
     def _probabilities(self, texts: list[str]) -> list[dict[str, float]]:
         if self.head is None:
