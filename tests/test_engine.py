@@ -139,6 +139,15 @@ def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
 def test_bad_inputs_are_explained(engine: Engine) -> None:
     with pytest.raises(InputError, match="text is empty"):
         engine.predict("   ", task="sentiment")
+    for empty in ("", "  ", "<support>  "):  # refused before routing, not routed to "unroutable"
+        with pytest.raises(InputError, match=r"^text is empty"):
+            engine.predict(empty)
+    with pytest.raises(InputError, match=r"^question is empty"):
+        engine.predict({"question": " ", "context": "the cat sat"})
+    with pytest.raises(InputError, match=r"^inputs\[2\]: text_pair is empty"):
+        engine.predict(["fine", "good", ("a", "")])
+    with pytest.raises(InputError, match=r"^inputs\[1\]: task 'sentiment' \(classification\) takes text input"):
+        engine.predict(["fine", ("a", "b")], task="sentiment")
     with pytest.raises(InputError, match=r"task 'paraphrase' \(pair_classification\) takes pair input"):
         engine.predict("just one text", task="paraphrase")
     with pytest.raises(UnknownTaskError, match=r"No task 'nope' loaded in the engine\. Available: paraphrase, qa"):

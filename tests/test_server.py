@@ -86,11 +86,21 @@ def test_metrics_count_each_request_by_endpoint_and_status(client: TestClient) -
     ('{"inputs": "hi", "task": "nope"}', 404, "not_found"),
     ('{"inputs": "hi", "router": "telepathy"}', 404, "not_found"),
     ('{"inputs": "only one text", "task": "paraphrase"}', 422, "bad_input"),    # wrong shape for the task
+    ('{"inputs": ["fine", {"text": "a", "text_pair": "b"}], "task": "sentiment"}', 422, "bad_input"),
 ])
 def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status: int, kind: str) -> None:
     response = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert error_of(response)["type"] == kind
+    if kind == "bad_input" and body.startswith('{"inputs": ['):  # says which of several inputs
+        assert error_of(response)["message"].startswith("inputs[1]: task 'sentiment'"), response.text
+
+
+def test_route_names_its_input_field_in_errors(client: TestClient) -> None:
+    response = client.post("/v1/route", json={"input": "  "})
+    assert response.status_code == 422 and error_of(response)["message"] == "input: a text is empty"
+    prefix_only = client.post("/v1/route", json={"input": "<support>"})
+    assert error_of(prefix_only)["message"].startswith("text is empty"), prefix_only.text
 
 
 def test_a_chunked_body_is_held_to_the_size_limit(client: TestClient) -> None:

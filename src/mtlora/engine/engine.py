@@ -65,6 +65,7 @@ from mtlora.routing import Request, Route, Router, build_router, split_prefix
 from mtlora.routing.base import ANSWERED_BY
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
+from mtlora.tasks.base import require_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -326,7 +327,10 @@ class Engine:
         tasks = [task] * len(inputs) if isinstance(task, str | None) else list(task)
         if len(tasks) != len(inputs):
             raise InputError(f"{len(inputs)} inputs but {len(tasks)} task names; give one per input or one for all")
-        requests = [self.request(item, name) for item, name in zip(inputs, tasks, strict=True)]
+        requests = []
+        for index, (item, name) in enumerate(zip(inputs, tasks, strict=True)):
+            with _naming_input(index, len(inputs)):
+                requests.append(self.request(item, name))
         with self._lock:
             routes = self.route(requests, router)
             return self._answer(requests, routes)
@@ -338,7 +342,8 @@ class Engine:
             routes: list[Route | None] = [None] * len(requests)
             for i, request in enumerate(requests):
                 if request.task is not None:
-                    routes[i] = self._explicit(request, candidates[i])
+                    with _naming_input(i, len(requests)):
+                        routes[i] = self._explicit(request, candidates[i])
                 elif len(candidates[i]) == 1 and request.shape != "text":
                     # Two texts, or a question with its context, already say which kind of task the caller
                     # means. A plain text fits every text task, so its shape says nothing: the router still
@@ -386,7 +391,15 @@ class Engine:
     # ---- internals --------------------------------------------------------------------------------
 
     def request(self, item: Input, task: str | None = None) -> Request:
-        """An input as the routers see it: its text(s), its shape, and the task it names, if any."""
+        """An input as the routers see it: its text(s), its shape, and the task it names, if any. An empty
+        text is refused here, before routing, whether or not a task is named."""
+        request = self._parsed(item, task)
+        require_text(request.text, "question" if request.shape == "qa" else "text")
+        if request.text_pair is not None:
+            require_text(request.text_pair, "context" if request.shape == "qa" else "text_pair")
+        return request
+
+    def _parsed(self, item: Input, task: str | None) -> Request:
         if isinstance(item, str):
             named, text = split_prefix(item, list(self._tasks))
             return Request(text, None, "text", task or named)
@@ -396,7 +409,7 @@ class Engine:
         if isinstance(item, dict) and {"question", "context"} <= item.keys():
             return Request(item["question"], item["context"], "qa", task)
         if isinstance(item, dict) and "text" in item:
-            return self.request(item["text"] if item.get("text_pair") is None
+            return self._parsed(item["text"] if item.get("text_pair") is None
                                  else (item["text"], item["text_pair"]), task or item.get("task"))
         raise InputError(f"an input is a text, a (text, text_pair) tuple or a {{question, context}} dict; "
                          f"got {type(item).__name__}: {item!r:.80}")
@@ -532,6 +545,17 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
         else:
             head[inner] = tensor
     return encoder, head
+
+
+@contextlib.contextmanager
+def _naming_input(index: int, count: int) -> Iterator[None]:
+    """An error about one of several inputs says which: `inputs[3]: text is empty`."""
+    try:
+        yield
+    except InputError as error:
+        if count == 1:
+            raise
+        raise InputError(f"inputs[{index}]: {error}") from error
 
 
 def _offsets(jobs: list[_Job]) -> list[int]:

@@ -143,7 +143,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     @app.post("/v1/route")
     async def route(body: RouteRequest) -> dict[str, Any]:
         """Where an input would go, with the score of every candidate task."""
-        _check_inputs([body.input], settings)
+        _check_inputs([body.input], settings, field="input")
         _check_names(engine(), None, body.router)
         request = engine().request(engine_input(body.input))
         (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
@@ -248,17 +248,19 @@ def create_app_from_env() -> FastAPI:
     return create_app(lambda: Engine.from_config(config), settings)
 
 
-def _check_inputs(items: list[Any], settings: ServerSettings) -> None:
+def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inputs") -> None:
+    """`items` as the body's `field` holds them (one input, or several: then each is named by its index)."""
     if not items:
-        raise HTTPProblem(422, "invalid_request", "inputs: give at least one input")
+        raise HTTPProblem(422, "invalid_request", f"{field}: give at least one input")
     if len(items) > settings.max_inputs:
         raise HTTPProblem(413, "too_many_inputs", f"{len(items)} inputs; the limit is {settings.max_inputs}")
     for i, item in enumerate(items):
+        where = f"{field}[{i}]" if len(items) > 1 else field
         for text in texts_of(item):
             if not text.strip():
-                raise HTTPProblem(422, "empty_text", f"inputs[{i}]: a text is empty")
+                raise HTTPProblem(422, "empty_text", f"{where}: a text is empty")
             if len(text) > settings.max_text_chars:
-                raise HTTPProblem(413, "text_too_long", f"inputs[{i}]: {len(text)} characters; the limit is "
+                raise HTTPProblem(413, "text_too_long", f"{where}: {len(text)} characters; the limit is "
                                                          f"{settings.max_text_chars}")
 
 
