@@ -72,6 +72,10 @@ def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
     missing = run("evaluate", tiny_project.parent / "absent.yaml")
     assert missing.exit_code == 2 and "file not found" in missing.output
 
+    for nothing_trained in (("predict", tiny_project, "hello"), ("route", tiny_project, "hello")):
+        refused = run(*nothing_trained)
+        assert refused.exit_code == 2 and "no adapters in" in refused.output and "mtlora train" in refused.output
+
 
 def test_help_and_kinds() -> None:
     assert "train" in run("--help").output
@@ -99,6 +103,14 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     merged = run("merge", trained_project, "sentiment", tmp_path / "merged")
     assert merged.exit_code == 0, merged.output
     assert (tmp_path / "merged" / "config.json").is_file()
+    again = run("merge", trained_project, "sentiment", tmp_path / "merged")
+    assert again.exit_code == 2 and "already exists and is not empty" in again.output
+    assert run("merge", trained_project, "sentiment", tmp_path / "merged", "--overwrite").exit_code == 0
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    refused = run("merge", trained_project, "sentiment", tmp_path / "notes", "--overwrite")
+    assert refused.exit_code == 2 and "holds no saved model" in refused.output
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
     unknown = run("route", trained_project, "hello", "--router", "telepathy")
     assert unknown.exit_code == 2 and "No router 'telepathy'. Available: explicit, keywords, learned, semantic" \

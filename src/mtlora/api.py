@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from mtlora import routing
-from mtlora.config import ProjectConfig, load_config
+from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.engine import Input
+from mtlora.errors import RegistryError
 from mtlora.evaluation import (
     RoutingReport,
     TaskReport,
@@ -111,7 +112,10 @@ def train_router(
 
 def load_engine(config: ConfigLike, tasks: Sequence[str] | None = None, **kwargs: Any) -> Engine:
     """Every adapter of the project (or `tasks`) on one backbone, ready to route and answer inputs."""
-    return Engine.from_config(as_config(config), tasks, **kwargs)
+    project = as_config(config)
+    if tasks is None and not set(Registry(project.registry).names()) - {ROUTER_ADAPTER}:
+        raise RegistryError(f"no adapters in {project.registry} yet: train them first (`mtlora train PROJECT.yaml`)")
+    return Engine.from_config(project, tasks, **kwargs)
 
 
 def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:

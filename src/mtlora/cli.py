@@ -108,7 +108,7 @@ def leave_process_group() -> None:
 def evaluate(
     config: ConfigArg,
     task: TaskOption = None,
-    split: Annotated[str, typer.Option(help="validation or test.")] = "validation",
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "validation",
     router: Annotated[
         list[str] | None,
         typer.Option("--router", "-r", help="Evaluate routing with this router instead (repeat; 'all': every one)."),
@@ -211,9 +211,10 @@ def merge(
     config: ConfigArg,
     task: Annotated[str, typer.Argument(help="The adapter to export.")],
     output: Annotated[Path, typer.Argument(help="Folder for the merged model (written atomically).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
 ) -> None:
     """Export one task as a plain transformers model with its LoRA merged in."""
-    folder = api.load_engine(config, tasks=[task]).merge(task, output)
+    folder = api.load_engine(config, tasks=[task]).merge(task, output, overwrite=overwrite)
     say(f"Merged model written to {folder}; load it with AutoModel*.from_pretrained('{folder}')")
 
 

@@ -247,11 +247,22 @@ class Engine:
             self._encoder.set_adapter(others[0])  # mixed batches and folds name their adapters anyway
         self._encoder.delete_adapter(name)
 
-    def merge(self, name: str, folder: str | Path) -> Path:
-        """Write task `name` as a plain transformers model with its LoRA merged in (plus the tokenizer)."""
+    def merge(self, name: str, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write task `name` as a plain transformers model with its LoRA merged in (plus the tokenizer).
+
+        The folder is written whole or not at all. An existing folder with files in it is replaced only
+        with `overwrite`, and only when it holds a saved model (`config.json`): never someone's other files.
+        """
+        folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            if not overwrite:
+                raise InputError(f"{folder} already exists and is not empty; give a new folder, or overwrite "
+                                 "an earlier export (overwrite=True; CLI: --overwrite)")
+            if not (folder / "config.json").is_file():
+                raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
+                                 "give a new folder")
         model, _, _ = load_adapter_model(self.registry, name, self.backbone)
         merged = model.merge_and_unload()
-        folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
             merged.save_pretrained(staging)
