@@ -73,6 +73,16 @@ def test_metrics_count_each_request_by_endpoint_and_status(client: TestClient) -
     assert (count(200), count(413)) == (ok + 1, refused + 1)
 
 
+def test_metrics_label_requests_by_route_not_by_url(client: TestClient) -> None:
+    """A client inventing URLs must not invent time series: each counts under its route, or "other"."""
+    for path in ("/v1/nope", "/v1/x/../y", "/v1/adapters/made-up-1", "/v1/adapters/made-up-2"):
+        client.post(path)
+    endpoints = {row.split('endpoint="')[1].split('"')[0]
+                 for row in client.get("/metrics").text.splitlines() if row.startswith("mtlora_requests_total{")}
+    assert "/v1/adapters/{name}" in endpoints and "other" in endpoints
+    assert not any("made-up" in e or "nope" in e or ".." in e for e in endpoints), endpoints
+
+
 @pytest.mark.parametrize(("body", "status", "kind"), [
     ('{"inputs": ', 422, "invalid_request"),                                    # malformed JSON
     ('{"inputs": 42}', 422, "invalid_request"),                                 # wrong type

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mtlora.config import ROUTER_ADAPTER, validate_task_name
@@ -69,7 +70,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     def engine() -> Engine:
         return state["engine"]
 
-    app.add_middleware(_MeasureAndLimit, settings=settings, metrics=metrics)
+    app.add_middleware(_MeasureAndLimit, settings=settings, metrics=metrics, routes=app.routes)
 
     @app.exception_handler(HTTPProblem)
     async def on_problem(request: Request, problem: HTTPProblem) -> JSONResponse:
@@ -178,16 +179,24 @@ class _MeasureAndLimit:
     tasks and memory streams: a cost paid on every request of a server that answers in milliseconds.
     """
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: Metrics, routes: list[BaseRoute]):
+        self.app, self.settings, self.metrics, self.routes = app, settings, metrics, routes
+
+    def _endpoint(self, scope: Scope) -> str:
+        """The route a request is for, as declared (`/v1/adapters/{name}`): one series per endpoint in
+        /metrics, however many URLs clients make up; a path no route has is "other"."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return getattr(route, "path", "other")
+        return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        path: str = scope["path"]
-        endpoint = path if path.startswith("/v1/") else "other"
+        endpoint = self._endpoint(scope)
         limit = self.settings.max_body_bytes
         status = 500  # unless a response starts: an exception escaped every handler
 
