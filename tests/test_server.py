@@ -106,6 +106,21 @@ def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status
         assert error_of(response)["message"].startswith("inputs[1]: task 'sentiment'"), response.text
 
 
+@pytest.mark.parametrize(("body", "content_type", "headline"), [
+    ('{"inputs": ', "application/json", "body is not valid JSON: "),
+    ('{"inputs": "hi"}', "text/plain", "body: send a JSON object, with the header content-type: application/json"),
+    ('{"inputs": {"text": "a", "txt_pair": "b"}}', "application/json",
+     "inputs.txt_pair: Extra inputs are not permitted"),
+    ('{"inputs": ["a", {"question": "q"}]}', "application/json", "inputs[1].context: Field required"),
+    ('{"inputs": 5}', "application/json", "inputs: expected a text, a {text, text_pair} or a {question, context}"),
+    ('{"inputs": "hi", "colour": 1}', "application/json", "colour: Extra inputs are not permitted"),
+])
+def test_invalid_bodies_are_explained_by_the_shape_the_client_meant(client: TestClient, body: str,
+                                                                     content_type: str, headline: str) -> None:
+    response = client.post("/v1/predict", content=body, headers={"content-type": content_type})
+    assert error_of(response)["message"].startswith(headline), response.text
+
+
 def test_route_names_its_input_field_in_errors(client: TestClient) -> None:
     response = client.post("/v1/route", json={"input": "  "})
     assert response.status_code == 422 and error_of(response)["message"] == "input: a text is empty"

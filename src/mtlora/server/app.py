@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import os
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -37,7 +38,7 @@ from mtlora.errors import (
 from mtlora.routing import ROUTERS
 from mtlora.server.batcher import MicroBatcher, QueueFull
 from mtlora.server.metrics import Metrics
-from mtlora.server.schemas import PredictRequest, RouteRequest, engine_input, texts_of
+from mtlora.server.schemas import BODY_FIELDS, PredictRequest, RouteRequest, engine_input, texts_of
 from mtlora.server.settings import ADMIN_TOKEN_ENV, ServerSettings
 
 CONFIG_ENV = "MTLORA_CONFIG"
@@ -78,10 +79,10 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        details = [{"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in error.errors()]
-        first = details[0] if details else {"where": "body", "problem": "invalid"}
-        problem = HTTPProblem(422, "invalid_request", f"{first['where']}: {first['problem']}")
-        return _problem(problem, metrics, details)
+        errors = list(error.errors())
+        details = [{"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in errors]
+        headline = _validation_headline(errors, request.headers.get("content-type", ""))
+        return _problem(HTTPProblem(422, "invalid_request", headline), metrics, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -271,6 +272,43 @@ def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inpu
             if len(text) > settings.max_text_chars:
                 raise HTTPProblem(413, "text_too_long", f"{where}: {len(text)} characters; the limit is "
                                                          f"{settings.max_text_chars}")
+
+
+def _validation_headline(errors: list[dict[str, Any]], content_type: str) -> str:
+    """The problem a client should read first. An input may be a text, a {text, text_pair} or a
+    {question, context} object, and the validator reports what each of those shapes finds wrong: name
+    the shape the client came closest to (its complaints go deepest, and there are fewest of them)."""
+    if not errors:
+        return "body: invalid"
+    if errors[0]["type"] == "json_invalid":
+        return f"body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0]['msg'])}"
+    if errors[0]["loc"] == ("body",) and "json" not in content_type:
+        return "body: send a JSON object, with the header content-type: application/json"
+    deepest = max(len(e["loc"]) for e in errors)
+    shapes: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for e in errors:
+        if len(e["loc"]) == deepest:
+            shapes[e["loc"][:-1]].append(e)
+    closest = min(shapes.values(), key=len)
+    where = _field_path(closest[0]["loc"])
+    if all(e["type"].endswith("_type") for e in closest):  # not even the right type for any shape
+        return f"{_field_path(closest[0]['loc'][:-1])}: expected a text, a {{text, text_pair}} or a " \
+               "{question, context} object (or a list of them, for inputs)"
+    return f"{where}: {closest[0]['msg']}"
+
+
+def _field_path(loc: tuple) -> str:
+    """`('body', 'inputs', 'list[...]', 1, 'QAInput', 'context')` -> `inputs[1].context`: the body's own
+    names, without the validator's names for the shapes it tried; the last is the field complained of,
+    which may be one the client made up."""
+    parts = loc[1:] if loc[:1] == ("body",) else loc
+    path = ""
+    for i, part in enumerate(parts):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in BODY_FIELDS or i == len(parts) - 1:
+            path += f".{part}" if path else part
+    return path or "body"
 
 
 def _check_names(engine: Engine, task: str | None, router: str | None) -> None:

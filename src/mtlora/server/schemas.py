@@ -35,6 +35,11 @@ class RouteRequest(_Strict):
     router: str | None = None
 
 
+# The names a request body may use, as its error messages name them.
+BODY_FIELDS = frozenset(name for model in (PredictRequest, RouteRequest, TextInput, QAInput)
+                        for name in model.model_fields)
+
+
 def engine_input(item: Input) -> Any:
     """The engine's form of an input: a text, a (text, text_pair) tuple, or a {question, context} dict."""
     if isinstance(item, str):
