@@ -142,6 +142,9 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
     for empty in ("", "  ", "<support>  "):  # refused before routing, not routed to "unroutable"
         with pytest.raises(InputError, match=r"^text is empty"):
             engine.predict(empty)
+    with pytest.raises(InputError, match=r"starts with <support>, but task 'sentiment' was named"):
+        engine.predict("<support> refund please", task="sentiment")
+    assert engine.predict("<support> refund please", task="support")["task"] == "support"
     with pytest.raises(InputError, match=r"^question is empty"):
         engine.predict({"question": " ", "context": "the cat sat"})
     with pytest.raises(InputError, match=r"^inputs\[2\]: text_pair is empty"):
@@ -169,7 +172,7 @@ def test_long_text_is_truncated_and_says_so(engine: Engine) -> None:
 def test_unroutable_input_is_not_a_guess(engine: Engine) -> None:
     result = engine.predict("the river of paris", router="keywords")
     assert result["task"] is None and result["unroutable"] is True
-    assert "no keyword match matched" in result["reason"] or "no keyword" in result["reason"]
+    assert "no keyword matched" in result["reason"]
 
 
 def test_engine_loads_with_the_learned_router_absent(trained_project: Path) -> None:
@@ -183,6 +186,7 @@ def test_project_default_task_catches_what_no_router_places(trained_project: Pat
     engine = Engine.from_config(project, precision="fp32")
     result = engine.predict("the river of paris", router="keywords")
     assert result["task"] == "sentiment" and result["route_confidence"] == 0.0
+    assert result["route_reason"] == "no keyword matched; fell back to the default task"
 
 
 @pytest.mark.parametrize("mixed_batches", [True, False], ids=["one-mixed-pass", "folded-per-adapter"])

@@ -35,7 +35,8 @@ app.add_typer(adapters_app, name="adapters")
 console = Console()
 errors = Console(stderr=True)
 
-ConfigArg = Annotated[Path, typer.Argument(help="The project file (YAML) describing backbone, registry and tasks.")]
+ConfigArg = Annotated[Path, typer.Argument(metavar="PROJECT.yaml",
+                                           help="The project file (YAML) describing backbone, registry and tasks.")]
 TaskOption = Annotated[str | None, typer.Option("--task", "-t", help="Only this task (default: every task).")]
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -186,8 +187,9 @@ def train_router(
 @reports_errors
 def route(
     config: ConfigArg,
-    text: Annotated[str, typer.Argument(help="The input text (the question, for extractive QA).")],
-    text_pair: Annotated[str | None, typer.Argument(help="A second text (or the QA context).")] = None,
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The input text (the question, for extractive QA).")],
+    text_pair: Annotated[str | None, typer.Argument(metavar="TEXT_PAIR",
+                                                    help="A second text (or the QA context).")] = None,
     router: Annotated[str | None, typer.Option("--router", "-r", help="explicit, keywords, semantic or learned "
                                                                         "(default: the project's).")] = None,
 ) -> None:
@@ -209,8 +211,8 @@ def route(
 @reports_errors
 def merge(
     config: ConfigArg,
-    task: Annotated[str, typer.Argument(help="The adapter to export.")],
-    output: Annotated[Path, typer.Argument(help="Folder for the merged model (written atomically).")],
+    task: Annotated[str, typer.Argument(metavar="TASK", help="The adapter to export.")],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Folder for the merged model (written atomically).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
 ) -> None:
     """Export one task as a plain transformers model with its LoRA merged in."""
@@ -222,9 +224,10 @@ def merge(
 @reports_errors
 def predict(
     config: ConfigArg,
-    text: Annotated[str, typer.Argument(help="The input text (the question, for extractive QA).")],
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="The input text (the question, for extractive QA).")],
     text_pair: Annotated[
-        str | None, typer.Argument(help="The second text of a pair task (the context, for extractive QA).")
+        str | None, typer.Argument(metavar="TEXT_PAIR",
+                                  help="The second text of a pair task (the context, for extractive QA).")
     ] = None,
     task: Annotated[str | None, typer.Option("--task", "-t", help="The adapter to answer with "
                                                                    "(default: route the input).")] = None,
@@ -297,7 +300,7 @@ def adapters_list(config: ConfigArg) -> None:
 @reports_errors
 def adapters_show(
     config: ConfigArg,
-    name: Annotated[str, typer.Argument(help="The adapter (task) name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter (task) name.")],
 ) -> None:
     """Everything the manifest of one adapter records (checksums verified first)."""
     manifest = api.show_adapter(config, name)

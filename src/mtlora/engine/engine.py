@@ -412,11 +412,11 @@ class Engine:
 
     def _parsed(self, item: Input, task: str | None) -> Request:
         if isinstance(item, str):
-            named, text = split_prefix(item, list(self._tasks))
-            return Request(text, None, "text", task or named)
+            prefixed, text = split_prefix(item, list(self._tasks))
+            return Request(text, None, "text", _one_task(task, prefixed))
         if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
-            named, text = split_prefix(item[0], list(self._tasks))
-            return Request(text, item[1], "pair", task or named)
+            prefixed, text = split_prefix(item[0], list(self._tasks))
+            return Request(text, item[1], "pair", _one_task(task, prefixed))
         if isinstance(item, dict) and {"question", "context"} <= item.keys():
             return Request(item["question"], item["context"], "qa", task)
         if isinstance(item, dict) and "text" in item:
@@ -454,7 +454,7 @@ class Engine:
             for i, prediction in zip(rows, predictions, strict=True):
                 route = routes[i]
                 results[i] = {"task": job.task, "routed_by": route.router, "route_confidence": route.confidence,
-                              **prediction}
+                              **({"route_reason": route.reason} if route.reason else {}), **prediction}
         return results
 
     def _job(self, name: str, requests: list[Request]) -> _Job | Seq2SeqJob:
@@ -556,6 +556,13 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
         else:
             head[inner] = tensor
     return encoder, head
+
+
+def _one_task(named: str | None, prefixed: str | None) -> str | None:
+    """The task a caller named, as an argument or as the text's `<task>` prefix; both must agree."""
+    if named and prefixed and named != prefixed:
+        raise InputError(f"the text starts with <{prefixed}>, but task '{named}' was named: drop one of them")
+    return named or prefixed
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ class KeywordRouter(Router):
             matches = {task: sum(1 for rule in self.rules.get(task, []) if rule.search(text)) for task in fits}
             # Priority only breaks ties between equal match counts (it is far below one match).
             scores = {t: n + self.priority.get(t, 0) * 1e-3 for t, n in matches.items() if n > 0}
-            route = decide(self.name, scores, 1.0, self.default_task, fits, "keyword match")
+            route = decide(self.name, scores, 1.0, self.default_task, fits, "keyword")
             if route.task is not None and route.task in matches and matches[route.task]:
                 total = sum(matches.values())
                 route.confidence = matches[route.task] / total
