@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,18 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
         in unknown.output
 
 
+def test_serve_says_at_once_that_its_port_is_taken(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started on a taken port"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = runner.invoke(app, ["serve", str(tiny_project), "--port", str(port)])
+    assert refused.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in refused.output, refused.output
+
+
 def test_serve_flags_reach_the_server_settings(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every limit is a flag, and the flags' defaults are the server's own (one place decides them)."""
     import uvicorn
@@ -128,9 +141,12 @@ def test_serve_flags_reach_the_server_settings(tiny_project: Path, monkeypatch: 
         ServerSettings.model_validate_json(os.environ["MTLORA_SERVER_SETTINGS"])))
     for variable in ("MTLORA_SERVER_SETTINGS", "MTLORA_CONFIG"):  # `serve` sets them; restored after the test
         monkeypatch.setenv(variable, "")
-    run("serve", tiny_project)
-    run("serve", tiny_project, "--max-inputs", "3", "--max-text-chars", "100", "--max-body-bytes", "4096",
-        "--max-batch", "8")
+    with socket.socket() as probe:  # a port free now: `serve` checks its port before anything else
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    run("serve", tiny_project, "--port", port)
+    run("serve", tiny_project, "--port", port, "--max-inputs", "3", "--max-text-chars", "100",
+        "--max-body-bytes", "4096", "--max-batch", "8")
     assert started[0] == ServerSettings()
     refused = runner.invoke(app, ["serve", str(tiny_project), "--max-inputs", "0"])
     assert refused.exit_code == 2 and "--max-inputs" in refused.output and len(started) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -265,12 +266,24 @@ def serve(
     from mtlora.server import ServerSettings
 
     api.as_config(config)  # a broken project file fails here, before the server starts
+    _check_port_free(host, port)  # and a taken port, before the engine has loaded
     settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
     os.environ["MTLORA_CONFIG"] = str(config)
     os.environ["MTLORA_SERVER_SETTINGS"] = settings.model_dump_json()
     uvicorn.run("mtlora.server.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=30)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing port is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise typer.BadParameter(f"cannot listen on {host}:{port} ({error.strerror}); pick another port",
+                                     param_hint="--port") from None
 
 
 @adapters_app.command("list")
