@@ -131,6 +131,21 @@ def test_label_map_and_integer_labels(tmp_path: Path) -> None:
     assert [e["label"] for e in data.train] == [1, 0]
 
 
+def test_a_json_boolean_is_not_taken_for_a_label_id(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "a", "label": True}, {"text": "b", "label": False}])
+    with pytest.raises(DataError, match=r"train.jsonl:1: unknown label True .*data.label_map"):
+        load(tmp_path, "classification", name, **LABELS)
+    data = load(tmp_path, "classification", name, label_map={"True": "pos", "False": "neg"}, **LABELS)
+    assert [e["label"] for e in data.train] == [1, 0]
+
+
+def test_a_repeated_column_name_is_refused(tmp_path: Path) -> None:
+    """A row read as a dict keeps only the last of two same-named columns: the first would vanish."""
+    (tmp_path / "train.csv").write_text("text,text,label\na,b,pos\nc,d,neg\n")
+    with pytest.raises(DataError, match=r"train.csv:1: column names repeat: text"):
+        load(tmp_path, "classification", "train.csv", **LABELS)
+
+
 def test_holdout_is_stratified_and_seeded(tmp_path: Path) -> None:
     rows = [{"text": f"text {i}", "label": "pos" if i % 4 else "neg"} for i in range(40)]
     name = jsonl(tmp_path, rows)

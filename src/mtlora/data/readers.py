@@ -210,6 +210,11 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
             except StopIteration:
                 raise DataError(str(path), "the file is empty") from None
             line = reader.line_num + 1
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:  # a dict row would keep only the last of them
+            raise DataError(f"{path}:1" if source.columns is None else str(path),
+                            f"column names repeat: {', '.join(repeated)}",
+                            "give each column its own name (or name them with columns:)")
         width = len(header)
         for fields in reader:
             where = f"{path}:{line}"

@@ -65,7 +65,8 @@ def label_id(task: TaskKind, row: Row, raw: Any) -> int:
     name = task.label_map.get(str(raw), str(raw))
     if name in task.labels:
         return task.labels.index(name)
-    if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
+    # A JSON true/false is a bool, which Python counts as 1/0: taken as an id it would silently pick a label.
+    if (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, str) and raw.strip().isdigit()):
         index = int(raw)
         if 0 <= index < len(task.labels) and not task.label_map:
             return index
