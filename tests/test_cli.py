@@ -78,6 +78,17 @@ def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
         assert refused.exit_code == 2 and "no adapters in" in refused.output and "mtlora train" in refused.output
 
 
+def test_a_bad_validation_file_fails_before_training(tiny_project: Path) -> None:
+    project = load_config(tiny_project)
+    (project.data_dir / "bad.jsonl").write_text('{"text": "fine", "label": "neutral"}\n')
+    text = tiny_project.read_text()
+    tiny_project.write_text(text.replace("validation: sentiment.jsonl", "validation: bad.jsonl", 1))
+    assert tiny_project.read_text() != text
+    refused = run("train", tiny_project, "--task", "sentiment")
+    assert refused.exit_code == 2 and "bad.jsonl:1: unknown label 'neutral'" in refused.output, refused.output
+    assert "sentiment" not in mtlora.Registry(project.registry)
+
+
 @pytest.mark.parametrize("backbone", ["./no-such-model", "no-such-model-xyz"])
 def test_a_wrong_backbone_is_one_clear_line(tiny_project: Path, backbone: str) -> None:
     config = tiny_project.read_text()

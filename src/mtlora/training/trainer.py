@@ -86,7 +86,9 @@ def train_task(
     unless `fresh` is set or the settings changed.
     """
     registry = Registry(project.registry)
-    data = load_task_data(project, task, splits=("train",))
+    # Every declared split is read, though training uses one: a bad validation or test file fails now,
+    # not at `evaluate` after the training it would have voided.
+    data = load_task_data(project, task)
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
     built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
