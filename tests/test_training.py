@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers.trainer_utils import get_last_checkpoint
 
 import mtlora
 from mtlora import load_config
@@ -142,14 +144,20 @@ def test_resume_after_interruption_ends_with_the_same_weights(
             mtlora.train(resumed, "sentiment", baseline=False, **QUIET)
     assert not (load_config(resumed).registry / "sentiment").exists()
 
+    checkpoint = Path(get_last_checkpoint(str(Registry(load_config(resumed).registry).run_path("sentiment", "lora"))))
+    spent_before = json.loads((checkpoint / trainer_module._RunClock.FILE).read_text())["elapsed_s"]
     messages: list[str] = []
-    mtlora.train(resumed, "sentiment", baseline=False, progress=False, log=messages.append)
+    (outcome,) = mtlora.train(resumed, "sentiment", baseline=False, progress=False, log=messages.append)
+    assert outcome.time_s > spent_before > 0  # the time covers the whole run, not only the resumed part
     step = 4 if how is None else 3
     assert any("Resuming from" in m and f"(step {step})" in m for m in messages), messages
     actual = final_adapter_state(resumed, "sentiment")
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    # The loss reported covers the whole run too, not only the steps after the resume.
+    whole, split = (mtlora.show_adapter(p, "sentiment").training for p in (straight, resumed))
+    assert split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
 
 
 def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, monkeypatch) -> None:

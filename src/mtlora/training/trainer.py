@@ -29,7 +29,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 import mtlora
 from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
@@ -132,7 +132,7 @@ def train_task(
         if main_process:
             _prepare_run_dir(run_dir, _run_signature(project, task, method, built), fresh, log)
     resume = get_last_checkpoint(str(run_dir))
-    stopper = _StopOnSignal()
+    stopper, clock = _StopOnSignal(), _RunClock(resume)
     lengths = [len(ids) for ids in encoded.features["input_ids"]]
     trainer = _LengthBatchedTrainer(
         lengths,
@@ -140,13 +140,12 @@ def train_task(
         args=args,
         train_dataset=train_set,
         data_collator=kind.collator(tokenizer),
-        callbacks=[stopper],
+        callbacks=[stopper, clock],
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
     log(f"[{task.name}] training {method}: {len(data.train)} examples, "
         f"{_describe_parameters(built)}, precision {'bf16' if args.bf16 else 'fp32'}")
-    started = time.perf_counter()
     with stopper.installed(), no_save_progress_bars():
         result = trainer.train(resume_from_checkpoint=resume)
     if stopper.requested:
@@ -154,7 +153,7 @@ def train_task(
             f"[{task.name}] interrupted at step {trainer.state.global_step}; checkpoint saved in {run_dir}. "
             "Run the same command again to resume."
         )
-    elapsed = time.perf_counter() - started
+    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     built.model.eval()
     trainable, total = count_trainable(built.model), built.base_parameters
     outcome = TrainOutcome(
@@ -162,12 +161,13 @@ def train_task(
         method=method,
         trainable=trainable,
         total=total,
-        time_s=elapsed,
+        time_s=clock.elapsed(),
         steps=trainer.state.global_step,
         samples_per_s=float(result.metrics.get("train_samples_per_second", 0.0)),
-        train_loss=float(result.metrics.get("train_loss", float("nan"))),
+        train_loss=whole_run_loss(float(result.metrics.get("train_loss", float("nan"))), losses,
+                                  _checkpoint_step(resume), trainer.state.global_step),
         resumed_from=resume,
-        losses=[(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
+        losses=losses,
         model=built.model,
     )
     outcome.warning = divergence_warning(outcome.losses)
@@ -274,6 +274,41 @@ class _StopOnSignal(TrainerCallback):
         if self.requested:
             control.should_save = True
             control.should_training_stop = True
+
+
+class _RunClock(TrainerCallback):
+    """Training time over the whole run, across resumes: each checkpoint records the time spent until it."""
+
+    FILE = "mtlora_elapsed.json"
+
+    def __init__(self, resume: str | None):
+        recorded = Path(resume) / self.FILE if resume else None
+        self.before = json.loads(recorded.read_text())["elapsed_s"] if recorded and recorded.is_file() else 0.0
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / self.FILE).write_text(json.dumps({"elapsed_s": self.elapsed()}))
+
+
+def whole_run_loss(this_call: float, logged: list[tuple[int, float]], resumed_at: int, final_step: int) -> float:
+    """The mean training loss of every step. After a resume the Trainer's figure (`this_call`) covers only
+    the steps since `resumed_at`; the steps before count by the losses logged for them."""
+    before = [(step, loss) for step, loss in logged if step <= resumed_at]
+    if not resumed_at or not before or final_step <= resumed_at:
+        return this_call
+    weighted, previous = 0.0, 0
+    for step, loss in before:  # each logged loss is the mean of the steps since the previous log
+        weighted, previous = weighted + loss * (step - previous), step
+    return (weighted / previous * resumed_at + this_call * (final_step - resumed_at)) / final_step
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel,
