@@ -100,6 +100,15 @@ def test_a_wrong_backbone_is_one_clear_line(tiny_project: Path, backbone: str) -
     assert "Traceback" not in refused.output
 
 
+def test_adapters_list_shows_each_kinds_primary_metric() -> None:
+    from mtlora.cli import _main_metric
+
+    squad = {"lora": {"exact_match": 1.0, "f1": 5.259}, "head_only": {"exact_match": 0.0, "f1": 8.5}}
+    assert _main_metric(squad, "f1") == "f1 5.259"  # QA stores exact_match first
+    assert _main_metric({"lora": {"pearson": 0.5}}, "spearman") == "pearson 0.500"
+    assert _main_metric({}, "accuracy") == "-"
+
+
 def test_help_and_kinds() -> None:
     assert "train" in run("--help").output
     kinds = run("kinds")

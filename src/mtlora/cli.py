@@ -23,6 +23,7 @@ from rich.table import Table
 
 from mtlora import api
 from mtlora.errors import MtloraError
+from mtlora.tasks import get_task_kind
 
 app = typer.Typer(
     help="Multi-task LoRA adapters on one shared backbone: train, evaluate, predict, manage adapters.",
@@ -301,7 +302,7 @@ def adapters_list(config: ConfigArg) -> None:
         stored = m.parameters.stored or m.parameters.trainable  # manifests before saved ranks store what trained
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
                       f"{m.parameters.trainable:,} ({100 * m.parameters.ratio:.2f}%)", f"{stored:,}",
-                      _main_metric(m.metrics.get("validation", {})))
+                      _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind).primary_metric))
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
         accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
         table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",
@@ -342,9 +343,9 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _main_metric(variants: dict[str, dict[str, float]]) -> str:
+def _main_metric(variants: dict[str, dict[str, float]], primary: str) -> str:
     lora = variants.get("lora", {})
     if not lora:
         return "-"
-    name, value = next(iter(lora.items()))
-    return f"{name} {value:.3f}"
+    name = primary if primary in lora else next(iter(lora))
+    return f"{name} {lora[name]:.3f}"
