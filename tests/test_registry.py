@@ -91,3 +91,15 @@ def test_crash_during_first_save_leaves_nothing_loadable(registry_copy: Registry
 def test_manifests_list_through_the_api(trained_project: Path) -> None:
     names = [m.name for m in mtlora.list_adapters(trained_project)]
     assert names == ["paraphrase", "qa", "sentiment", "similarity", "support"]
+
+
+def test_stored_files_get_the_umask_mode_not_0600(trained_project: Path) -> None:
+    """tempfile and safetensors write 0600: a registry shared by a team must stay readable by it."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = load_config(trained_project).registry / "sentiment"
+    modes = {file.name: file.stat().st_mode & 0o777 for file in folder.iterdir()}
+    assert {"adapter_model.safetensors", "manifest.json"} <= modes.keys()
+    assert set(modes.values()) == {0o666 & ~umask}, modes

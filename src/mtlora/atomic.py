@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Read once, at import: os.umask can only be read by setting it, which would race other threads' writes.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +25,7 @@ def write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        _give_default_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -80,6 +85,13 @@ def recover_folder(target: Path, staging: Path) -> bool:
 
 def _fsync_tree(folder: Path) -> None:
     for file in folder.rglob("*"):
+        _give_default_mode(file)
         if file.is_file():
             with file.open("rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def _give_default_mode(path: Path) -> None:
+    """The mode a plain `open` or `mkdir` gives under the umask. tempfile and safetensors write 0600, which
+    would leave a registry shared by a team readable by its writer alone."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
