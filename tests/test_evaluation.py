@@ -46,6 +46,13 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
     folder = load_config(trained_project).reports
     summary = (folder / "summary.md").read_text()
     assert "| sentiment | classification |" in summary and "head-only" in summary
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in summary.splitlines()
+            if line.startswith("| ") and " | validation | " in line}
+    assert rows["qa"][4] == "f1 (0-100)" and rows["sentiment"][4] == "accuracy"
+    for task, cells in rows.items():  # only the best of base, head-only and LoRA is bold
+        values = [float(c.strip("*")) if c != "–" else None for c in cells[5:8]]
+        best = max(v for v in values if v is not None)
+        assert [c.startswith("**") for c in cells[5:8]] == [v == best for v in values], (task, cells)
     assert (folder / "sentiment_confusion.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((folder / "similarity.json").read_text())
     assert saved["metrics"]["lora"]["pearson"] == reports["similarity"].metrics["lora"]["pearson"]

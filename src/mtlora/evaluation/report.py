@@ -9,6 +9,7 @@ from pathlib import Path
 from mtlora import atomic
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
 from mtlora.evaluation.routing import RoutingReport
+from mtlora.tasks import get_task_kind
 
 
 def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
@@ -44,7 +45,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         "",
         "Each task's main metric for the base without adapter (encoder kinds: an untrained head; seq2seq kinds: "
         "the same prompt, no adapter), the head-only baseline "
-        "(backbone frozen, head trained the same way) and the LoRA adapter.",
+        "(backbone frozen, head trained the same way) and the LoRA adapter; the best of the three in bold. "
+        "Metrics marked (0-100) are percentages, the others run from 0 to 1 (Pearson from -1).",
         "",
         "| task | kind | split | n | metric | base | head-only | LoRA | LoRA gain over head-only "
         "| LoRA trainable params | % of full fine-tuning | LoRA params stored |",
@@ -54,10 +56,14 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         metric = r.primary_metric
         values = {v: r.metrics.get(v, {}).get(metric) for v in VARIANTS}
         gain = (values["lora"] - values["head_only"]) if None not in (values["lora"], values["head_only"]) else None
+        best = max((v for v in values.values() if v is not None), default=None)  # every main metric: higher is better
+        shown = {v: f"**{_fmt(value)}**" if value is not None and value == best else _fmt(value)
+                 for v, value in values.items()}
+        scale = " (0-100)" if get_task_kind(r.kind).primary_metric_scale == 100 else ""
         params = r.parameters["lora"]
         lines.append(
-            f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {metric} | {_fmt(values['base'])} "
-            f"| {_fmt(values['head_only'])} | **{_fmt(values['lora'])}** | {_fmt(gain, signed=True)} "
+            f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {metric}{scale} | {shown['base']} "
+            f"| {shown['head_only']} | {shown['lora']} | {_fmt(gain, signed=True)} "
             f"| {params['trainable']:,} | {100 * params['trainable'] / params['total']:.2f}% "
             f"| {params.get('stored', params['trainable']):,} |"
         )
