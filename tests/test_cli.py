@@ -88,6 +88,11 @@ def test_a_bad_validation_file_fails_before_training(tiny_project: Path) -> None
     assert refused.exit_code == 2 and "bad.jsonl:1: unknown label 'neutral'" in refused.output, refused.output
     assert "sentiment" not in mtlora.Registry(project.registry)
 
+    (project.data_dir / "bad.jsonl").write_text("")  # declared, but empty: say so, not "set data.validation"
+    assert run("train", tiny_project, "--task", "sentiment", "--no-baseline").exit_code == 0
+    empty = run("evaluate", tiny_project, "--task", "sentiment")
+    assert empty.exit_code == 2 and "bad.jsonl: no validation rows" in empty.output, empty.output
+
 
 @pytest.mark.parametrize("backbone", ["./no-such-model", "no-such-model-xyz"])
 def test_a_wrong_backbone_is_one_clear_line(tiny_project: Path, backbone: str) -> None:

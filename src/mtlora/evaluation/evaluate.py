@@ -57,8 +57,11 @@ def evaluate_task(
     data = load_task_data(project, task, splits=(split,))
     examples = data.split(split)
     if not examples:
-        raise DataError(f"task '{task.name}'", f"has no {split} data",
-                        "set data.validation (or data.holdout) or data.test in the project file")
+        source = {"validation": task.data.validation, "test": task.data.test}.get(split) if task.data else None
+        if source is not None:  # declared, but it holds no rows
+            raise DataError(source.describe(), f"no {split} rows", "the source is empty or every row is blank")
+        hint = {"validation": "set data.validation (or data.holdout)", "test": "set data.test"}.get(split, "")
+        raise DataError(f"task '{task.name}'", f"has no {split} data", f"{hint} in the project file" if hint else None)
     tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
     bf16 = use_bf16(task.training.precision, default_device())
 
