@@ -66,7 +66,11 @@ def test_learned_router_is_an_adapter_in_the_registry(routed_project: Path) -> N
     manifest = mtlora.show_adapter(routed_project, "router")
     assert manifest.kind == "classification"
     assert set(manifest.labels) == {"sentiment", "support", "paraphrase", "similarity", "qa"}
-    assert "router" not in Engine.from_config(routed_project).tasks
+    engine = Engine.from_config(routed_project)
+    assert "router" not in engine.tasks
+    engine.predict("a great film", router="learned")  # loads the router adapter
+    with pytest.raises(mtlora.InputError, match="the learned router's adapter, not a task"):
+        engine.predict("a great film", task="router")
 
 
 def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) -> None:

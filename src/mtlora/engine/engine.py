@@ -429,8 +429,11 @@ class Engine:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]
 
     def _explicit(self, request: Request, candidates: list[str]) -> Route:
+        if request.task == ROUTER_ADAPTER:  # the learned router calls `run_adapter`, which routes nothing
+            raise InputError(f"'{ROUTER_ADAPTER}' is the learned router's adapter, not a task to answer with; "
+                             "to route an input, use router='learned' (CLI: --router learned)")
         task = self._task(request.task or "")
-        if request.task != ROUTER_ADAPTER and request.task not in candidates:
+        if request.task not in candidates:
             raise InputError(f"task '{request.task}' ({task.kind.name}) takes {task.kind.input_shape} input, "
                              f"but a {request.shape} input was given")
         return Route(request.task, "explicit", 1.0, {request.task or "": 1.0})
