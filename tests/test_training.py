@@ -239,3 +239,16 @@ def test_a_diverged_run_is_reported() -> None:
     assert "training diverged" in divergence_warning(diverged)
     assert divergence_warning([(25, 0.68), (50, 0.35), (75, 0.2), (100, 0.1)]) is None
     assert divergence_warning([(25, 0.68), (50, 0.35)]) is None
+
+
+def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
+    """`docker stop` and job schedulers send SIGTERM before they kill: the run saves its step and stops."""
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    stopper = trainer_module._StopOnSignal()
+    with stopper.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stopper.requested
+    assert signal.getsignal(signal.SIGTERM) is before

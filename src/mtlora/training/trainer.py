@@ -247,7 +247,10 @@ class _LengthBatchedTrainer(Trainer):
 
 
 class _StopOnSignal(TrainerCallback):
-    """First Ctrl-C: save a checkpoint at the end of the current step and stop. Second: stop now."""
+    """First Ctrl-C (or SIGTERM, which `docker stop` and job schedulers send before killing): save a
+    checkpoint at the end of the current step and stop. A second Ctrl-C: stop now."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
@@ -264,11 +267,12 @@ class _StopOnSignal(TrainerCallback):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self._handle)
+        previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if self.requested:
