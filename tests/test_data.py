@@ -139,6 +139,15 @@ def test_a_json_boolean_is_not_taken_for_a_label_id(tmp_path: Path) -> None:
     assert [e["label"] for e in data.train] == [1, 0]
 
 
+def test_a_short_row_and_a_null_label_are_named_for_what_they_are(tmp_path: Path) -> None:
+    (tmp_path / "short.csv").write_text("text,label\ngood,pos\nbad\n")
+    with pytest.raises(DataError, match=r"short.csv:3: expected 2 CSV fields .*found 1 \(a field is missing"):
+        load(tmp_path, "classification", "short.csv", **LABELS)
+    name = jsonl(tmp_path, [{"text": "a", "label": "pos"}, {"text": "b", "label": None}])
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'label' \(the classification role 'label'\) is null"):
+        load(tmp_path, "classification", name, **LABELS)
+
+
 def test_a_repeated_column_name_is_refused(tmp_path: Path) -> None:
     """A row read as a dict keeps only the last of two same-named columns: the first would vanish."""
     (tmp_path / "train.csv").write_text("text,text,label\na,b,pos\nc,d,neg\n")

@@ -226,9 +226,7 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                 raise DataError(
                     where,
                     f"expected {width} {fmt.upper()} fields ({', '.join(header)}), found {len(fields)}",
-                    "a quote character inside the text? set quoting: none"
-                    if quoting == csv.QUOTE_MINIMAL
-                    else "if rows carry extra trailing fields, name the columns to keep with columns:",
+                    _width_hint(len(fields) < width, quoting == csv.QUOTE_MINIMAL),
                 )
             if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and any("\t" in f or "\n" in f for f in fields):
                 # A quote opened inside GLUE-style text swallows tabs and lines until the next quote.
@@ -237,6 +235,15 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
     if quoting == csv.QUOTE_NONE:
         _check_row_count(path, source, len(rows), has_header=source.columns is None)
     return rows
+
+
+def _width_hint(too_few: bool, quoted: bool) -> str:
+    if too_few:
+        return "a field is missing on this line" + ("; or a quote character in a text opened a quoted field that "
+                                                    "ran on: then set quoting: none" if quoted else "")
+    if quoted:
+        return "a quote character inside the text? set quoting: none"
+    return "if rows carry extra trailing fields, name the columns to keep with columns:"
 
 
 def _check_row_count(path: Path, source: SourceConfig, read: int, has_header: bool) -> None:

@@ -114,7 +114,9 @@ class TaskKind(ABC):
 
     def value(self, row: Row, role: str) -> Any:
         column = self.column(role)
-        if column not in row.values or row.values[column] is None:
+        if column in row.values and row.values[column] is None:
+            raise DataError(row.where, f"field '{column}' (the {self.name} role '{role}') is null", "give it a value")
+        if column not in row.values:
             present = ", ".join(str(k) for k in row.values)
             raise DataError(
                 row.where,
