@@ -78,3 +78,17 @@ def test_wrong_input_shapes_are_explained(trained_project: Path) -> None:
         mtlora.predict(trained_project, "who?", task="qa")
     with pytest.raises(mtlora.InputError, match="empty"):
         mtlora.predict(trained_project, "  ", task="sentiment")
+
+
+def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> None:
+    """Retraining the adapter on other data without its baseline must not compare it with the old one."""
+    quiet = {"progress": False, "log": lambda _: None}
+    mtlora.train(tiny_project, "sentiment", **quiet)
+    text = tiny_project.read_text()
+    tiny_project.write_text(text.replace("train: sentiment.jsonl", "train: {path: sentiment.jsonl, limit: 12}", 1))
+    assert tiny_project.read_text() != text
+    mtlora.train(tiny_project, "sentiment", baseline=False, **quiet)
+    said: list[str] = []
+    (report,) = mtlora.evaluate(tiny_project, "sentiment", log=said.append)
+    assert set(report.metrics) == {"base", "lora"}
+    assert any("head-only baseline left out" in line for line in said), said

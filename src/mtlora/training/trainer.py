@@ -180,7 +180,7 @@ def train_task(
                 log(f"[{task.name}] {outcome.truncation.describe()}")
             outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train, tokenizer)
         elif method == "head_only":
-            outcome.saved_to = _save_head_baseline(registry, task, built, outcome)
+            outcome.saved_to = _save_head_baseline(registry, project, task, built, outcome)
         shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             run_dir.parent.rmdir()  # only when no other method's run is in progress there
@@ -207,6 +207,14 @@ def _silent(message: str) -> None:
 def _describe_parameters(built: TaskModel) -> str:
     trainable, total = count_trainable(built.model), built.base_parameters
     return f"{trainable:,} trainable parameters, {100 * trainable / total:.2f}% of full fine-tuning's {total:,}"
+
+
+def data_signature(project: ProjectConfig, task: TaskConfig) -> str:
+    """The data a task trains on, as the project file gives it (a mixture's parts included): an adapter and
+    a head-only baseline compare only when they agree on it."""
+    tasks = [task, *(project.task(name) for name in (task.mixture.tasks if task.mixture else []))]
+    sources = [t.data.model_dump(mode="json") if t.data else None for t in tasks]
+    return hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel) -> str:
@@ -335,7 +343,7 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
         doc_stride=task.training.doc_stride,
         parameters=ParameterCounts(trainable=outcome.trainable, total=outcome.total,
                                    stored=count_trainable(built.model)),
-        training=_training_record(task, outcome),
+        training=_training_record(project, task, outcome),
         routing=task.routing.model_dump(mode="json"),
         example_inputs=_example_inputs(train, task.training.seed),
         mtlora_version=mtlora.__version__,
@@ -352,18 +360,21 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
     return registry.save(task.name, save, manifest)
 
 
-def _save_head_baseline(registry: Registry, task: TaskConfig, built: TaskModel, outcome: TrainOutcome) -> Path:
+def _save_head_baseline(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel,
+                        outcome: TrainOutcome) -> Path:
     target = registry.baseline_path(task.name)
     with registry.staged(target) as folder:
         save_baseline(built.model, built.head_modules, folder)
-        record = {"trainable": outcome.trainable, "total": outcome.total, **_training_record(task, outcome)}
+        record = {"trainable": outcome.trainable, "total": outcome.total,
+                  **_training_record(project, task, outcome)}
         (folder / "baseline.json").write_text(json.dumps(record, indent=2))
     return target
 
 
-def _training_record(task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
+def _training_record(project: ProjectConfig, task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
     return {
         "method": outcome.method,
+        "data": data_signature(project, task),
         "time_s": round(outcome.time_s, 2),
         "steps": outcome.steps,
         "samples_per_s": round(outcome.samples_per_s, 2),
