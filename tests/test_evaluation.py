@@ -85,6 +85,13 @@ def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> Non
     quiet = {"progress": False, "log": lambda _: None}
     mtlora.train(tiny_project, "sentiment", **quiet)
     text = tiny_project.read_text()
+    # Another validation file changes nothing the two trained on: the baseline still compares.
+    changed = text.replace("validation: sentiment.jsonl", "validation: {path: sentiment.jsonl, limit: 8}", 1)
+    assert changed != text
+    tiny_project.write_text(changed)
+    mtlora.train(tiny_project, "sentiment", baseline=False, **quiet)
+    (report,) = mtlora.evaluate(tiny_project, "sentiment", log=lambda _: None)
+    assert set(report.metrics) == {"base", "head_only", "lora"}
     tiny_project.write_text(text.replace("train: sentiment.jsonl", "train: {path: sentiment.jsonl, limit: 12}", 1))
     assert tiny_project.read_text() != text
     mtlora.train(tiny_project, "sentiment", baseline=False, **quiet)

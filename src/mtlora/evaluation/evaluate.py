@@ -75,12 +75,12 @@ def evaluate_task(
     # Manifests from before saved ranks stored what trained.
     parameters = {"lora": {"trainable": counts.trainable, "total": counts.total,
                            "stored": counts.stored or counts.trainable}}
-    baseline = load_baseline_model(registry, task.name, project.backbone)
-    record = json.loads((registry.baseline_path(task.name) / "baseline.json").read_text()) if baseline else {}
-    if baseline is not None and record.get("data") not in (None, manifest.training.get("data")):
+    recorded = registry.baseline_path(task.name) / "baseline.json"
+    record = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    if record.get("data") not in (None, manifest.training.get("data")):
         log(f"[{task.name}] head-only baseline left out: it was trained on other data than the adapter; "
             f"retrain both with `mtlora train --task {task.name}`")
-    elif baseline is not None:
+    elif (baseline := load_baseline_model(registry, task.name, project.backbone)) is not None:
         predictions["head_only"] = run(baseline)
         parameters["head_only"] = {"trainable": record["trainable"], "total": record["total"]}
     predictions["base"] = run(load_untrained_model(project.backbone, kind, task.training.seed, len(tokenizer)))

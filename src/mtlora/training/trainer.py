@@ -209,17 +209,22 @@ def _describe_parameters(built: TaskModel) -> str:
     return f"{trainable:,} trainable parameters, {100 * trainable / total:.2f}% of full fine-tuning's {total:,}"
 
 
-def data_signature(project: ProjectConfig, task: TaskConfig) -> str:
-    """The data a task trains on, as the project file gives it (a mixture's parts included): an adapter and
-    a head-only baseline compare only when they agree on it."""
-    tasks = [task, *(project.task(name) for name in (task.mixture.tasks if task.mixture else []))]
-    sources = [t.data.model_dump(mode="json") if t.data else None for t in tasks]
+def _mixture_parts(project: ProjectConfig, task: TaskConfig) -> list[TaskConfig]:
+    return [project.task(name) for name in task.mixture.tasks] if task.mixture else []
+
+
+def _data_signature(project: ProjectConfig, task: TaskConfig) -> str:
+    """The training data a task's settings give (a mixture's parts included): an adapter and a head-only
+    baseline compare only when they agree on it. Validation and test files do not count: evaluation
+    scores both on the same ones."""
+    sources = [t.data.model_dump(mode="json", exclude={"validation", "test"}) if t.data else None
+               for t in [task, *_mixture_parts(project, task)]]
     return hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel) -> str:
     """What a checkpoint must have been trained with to be resumed: same task settings, base and method."""
-    parts = [project.task(name).model_dump(mode="json") for name in (task.mixture.tasks if task.mixture else [])]
+    parts = [part.model_dump(mode="json") for part in _mixture_parts(project, task)]
     payload = {"task": task.model_dump(mode="json"), "parts": parts, "method": method, "base": built.fingerprint}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -374,7 +379,7 @@ def _save_head_baseline(registry: Registry, project: ProjectConfig, task: TaskCo
 def _training_record(project: ProjectConfig, task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
     return {
         "method": outcome.method,
-        "data": data_signature(project, task),
+        "data": _data_signature(project, task),
         "time_s": round(outcome.time_s, 2),
         "steps": outcome.steps,
         "samples_per_s": round(outcome.samples_per_s, 2),
