@@ -51,6 +51,9 @@ from mtlora.config import ROUTER_ADAPTER
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 QUICK = {"max_steps": 4, "batch_size": 8, "baseline": False, "checkpoint_every": 1000}
+# STS-B's files: tab-separated, no header, some rows with two extra source fields.
+STS_LAYOUT = {"format": "tsv", "quoting": "none", "extra_fields": "ignore",
+              "columns": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]}
 TASKS = [
     {"name": "sst2", "kind": "classification",
      "data": {"train": {"path": "sst2/train.tsv", "quoting": "none", "limit": 200},
@@ -64,10 +67,8 @@ TASKS = [
               "fields": {"text": "#1 String", "text_pair": "#2 String", "label": "Quality"},
               "labels": ["different", "same"]}},
     {"name": "stsb", "kind": "regression",
-     "data": {"train": {"path": "stsb/sts-train.csv", "format": "tsv", "quoting": "none", "limit": 200,
-                        "columns": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]},
-              "validation": {"path": "stsb/sts-dev.csv", "format": "tsv", "quoting": "none",
-                             "columns": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]},
+     "data": {"train": {"path": "stsb/sts-train.csv", "limit": 200, **STS_LAYOUT},
+              "validation": {"path": "stsb/sts-dev.csv", **STS_LAYOUT},
               "fields": {"text": "sentence1", "text_pair": "sentence2", "label": "score"}}},
     {"name": "squad", "kind": "extractive_qa",
      "data": {"train": {"path": "squad/dev-v1.1.json", "articles": [0, 2]},

@@ -63,6 +63,17 @@ def test_headerless_tsv_with_named_columns_and_byte_order_mark(tmp_path: Path) -
     assert without_where(data.train)[0] == {"text": "good film", "label": 1}
 
 
+def test_fields_past_the_named_columns_are_refused_unless_dropping_them_was_asked(tmp_path: Path) -> None:
+    """An unquoted comma in the last text splits it: dropping what follows would train on half a text."""
+    (tmp_path / "train.csv").write_text("1,good film\n0,bad, really bad film\n")
+    source = {"path": "train.csv", "columns": ["label", "text"]}
+    with pytest.raises(DataError, match=r"train.csv:2: expected 2 CSV fields \(label, text\), found 3 "
+                                        r"\(.*delimiter unquoted.*extra_fields: ignore"):
+        load(tmp_path, "classification", source, **LABELS)
+    data = load(tmp_path, "classification", {**source, "extra_fields": "ignore"}, **LABELS)
+    assert [e["text"] for e in data.train] == ["good film", "bad"]
+
+
 def test_squad_json_is_flattened_and_split_by_article(tmp_path: Path) -> None:
     def article(title: str) -> dict:
         context = f"{title} is a city."

@@ -52,8 +52,9 @@ class SourceConfig(_Strict):
     format: Literal["jsonl", "json", "csv", "tsv", "squad", "dream"] | None = Field(
         None, description="file format; guessed from the suffix when absent"
     )
-    columns: list[str] | None = Field(
-        None, description="column names of a headerless CSV/TSV; extra fields on a row are ignored"
+    columns: list[str] | None = Field(None, description="column names of a headerless CSV/TSV, in order")
+    extra_fields: Literal["error", "ignore"] = Field(
+        "error", description="a CSV/TSV row with more fields than columns: an error, or its extra fields dropped"
     )
     quoting: Literal["minimal", "none"] = Field(
         "minimal", description="'none' for GLUE TSVs whose text contains bare quote characters"

@@ -221,7 +221,8 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
             line = reader.line_num + 1
             if not fields or fields == [""]:
                 continue
-            too_many = len(fields) > width and source.columns is None
+            # Dropped only when asked: an unquoted delimiter inside a text also makes extra fields.
+            too_many = len(fields) > width and source.extra_fields == "error"
             if len(fields) < width or too_many:
                 raise DataError(
                     where,
@@ -241,9 +242,8 @@ def _width_hint(too_few: bool, quoted: bool) -> str:
     if too_few:
         return "a field is missing on this line" + ("; or a quote character in a text opened a quoted field that "
                                                     "ran on: then set quoting: none" if quoted else "")
-    if quoted:
-        return "a quote character inside the text? set quoting: none"
-    return "if rows carry extra trailing fields, name the columns to keep with columns:"
+    split = "a text holding the delimiter unquoted" + (" (or a stray quote character: quoting: none)" if quoted else "")
+    return f"{split}? rows whose trailing fields are to be dropped need extra_fields: ignore"
 
 
 def _check_row_count(path: Path, source: SourceConfig, read: int, has_header: bool) -> None:
