@@ -121,14 +121,21 @@ def test_answer_not_in_its_context_is_refused(tmp_path: Path) -> None:
                              "answers": [{"text": "the dog", "answer_start": 0}]}])
     with pytest.raises(DataError, match=r"train.jsonl:1: answers\[0\] 'the dog' is not found in its context"):
         load(tmp_path, "extractive_qa", name)
+    name = jsonl(tmp_path, [{"question": "who?", "context": "the cat sat", "answers": ["the dog"]}])
+    with pytest.raises(DataError, match=r"train.jsonl:1: answers\[0\] 'the dog' does not occur in its context "
+                                        r"\(an answer must be a span"):
+        load(tmp_path, "extractive_qa", name)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="file not found"):
         load(tmp_path, "classification", "absent.jsonl", **LABELS)
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": oops}\n')
-    with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON: Expecting value at column 10$"):
         load(tmp_path, "classification", "broken.jsonl", **LABELS)
+    (tmp_path / "lines.json").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    with pytest.raises(DataError, match=r"lines.json:2: not valid JSON: Extra data at column 1 \(.*set format: jsonl"):
+        load(tmp_path, "classification", "lines.json", **LABELS)
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "caf\xe9", "label": "pos"}\n')
     with pytest.raises(DataError, match=r"latin\.jsonl"):
         load(tmp_path, "classification", "latin.jsonl", **LABELS)

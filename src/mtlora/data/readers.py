@@ -139,7 +139,10 @@ def _load_json(path: Path, source: SourceConfig) -> Any:
     try:
         return json.loads(path.read_text(encoding=_encoding(source)))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        # A whole document ending where a next one starts is JSON Lines saved under a .json name.
+        lines_hint = "one JSON object per line is JSON Lines: name the file .jsonl or set format: jsonl"
+        raise DataError(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}",
+                        lines_hint if exc.msg == "Extra data" else None) from None
 
 
 def _looks_like_squad(path: Path, encoding: str) -> bool:

@@ -61,7 +61,7 @@ class ExtractiveQATask(TaskKind):
 
     def _answers(self, row: Row, context: str) -> list[dict[str, Any]]:
         """Accept SQuAD lists of {text, answer_start}, the hub's {text: [...], answer_start: [...]},
-        or a bare answer string (located in the context)."""
+        or answer strings, one or a list (located in the context)."""
         raw = self.value(row, "answers")
         field = self.column("answers")
         if isinstance(raw, str):
@@ -73,12 +73,17 @@ class ExtractiveQATask(TaskKind):
             raise DataError(row.where, f"field '{field}' must be a non-empty list of answers")
         answers = []
         for i, answer in enumerate(raw):
+            if isinstance(answer, str):
+                answer = {"text": answer}
             text = answer.get("text") if isinstance(answer, dict) else None
             if not isinstance(text, str) or not text.strip():
                 raise DataError(row.where, f"{field}[{i}] has no answer text")
             start = answer.get("answer_start")
             if start is None:
                 start = context.find(text)
+                if start < 0:
+                    raise DataError(row.where, f"{field}[{i}] {text!r} does not occur in its context",
+                                    "an answer must be a span of the context, character for character")
             if not isinstance(start, int) or context[start:start + len(text)] != text:
                 raise DataError(
                     row.where,
