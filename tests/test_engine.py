@@ -113,6 +113,7 @@ def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project
     with torch.inference_mode():
         torch.testing.assert_close(merged(**batch).logits, predictor.model(**batch).logits, rtol=0, atol=1e-5)
     assert (folder / "tokenizer_config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["sentiment-merged"]  # no staging folder left beside it
 
 
 def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:

@@ -94,6 +94,11 @@ def test_adapter_loads_with_plain_peft(trained_project: Path) -> None:
         torch.testing.assert_close(model(**batch).logits, ours.model(**batch).logits, rtol=0, atol=1e-6)
 
 
+def test_a_finished_training_leaves_no_work_folders_in_the_registry(trained_project: Path) -> None:
+    registry = load_config(trained_project).registry
+    assert not (registry / ".runs").exists() and not (registry / ".staging").exists()
+
+
 def test_manifest_records_what_a_user_needs(trained_project: Path) -> None:
     manifest = mtlora.show_adapter(trained_project, "sentiment")
     assert manifest.kind == "classification" and manifest.labels == ["negative", "positive"]

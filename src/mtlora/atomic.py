@@ -56,9 +56,8 @@ def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
     The old folder is moved aside before the new one is renamed in, and deleted after: a crash in
     between leaves it in `staging`, from where `recover_folder` restores it.
     """
-    staging.mkdir(parents=True, exist_ok=True)
     tmp = staging / f"{target.name}.new-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp.mkdir(parents=True)  # with `staging`, which another writer may remove when it leaves it empty
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -70,6 +69,14 @@ def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(staging)
+
+
+def remove_empty(*folders: Path) -> None:
+    """Remove each of `folders` that is empty, in order (a child before its parent); any other stays."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def recover_folder(target: Path, staging: Path) -> bool:

@@ -32,6 +32,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 import mtlora
+from mtlora import atomic
 from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
@@ -182,8 +183,7 @@ def train_task(
         elif method == "head_only":
             outcome.saved_to = _save_head_baseline(registry, project, task, built, outcome)
         shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            run_dir.parent.rmdir()  # only when no other method's run is in progress there
+        atomic.remove_empty(run_dir.parent, run_dir.parent.parent)  # the task's runs, then `.runs`
     args.distributed_state.wait_for_everyone()
     return outcome
 
