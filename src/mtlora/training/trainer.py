@@ -68,6 +68,7 @@ class TrainOutcome:
     saved_to: Path | None = None
     truncation: RankTruncation | None = None  # the adapter was saved at a lower rank than it trained at
     warning: str | None = None  # e.g. the loss went back up: the stored model may be no better than chance
+    data_signature: str = ""  # of the training examples (`_data_signature`)
 
 
 def train_task(
@@ -90,6 +91,7 @@ def train_task(
     # Every declared split is read, though training uses one: a bad validation or test file fails now,
     # not at `evaluate` after the training it would have voided.
     data = load_task_data(project, task)
+    data_signature = _data_signature(data.train)
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
     built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
@@ -131,7 +133,7 @@ def train_task(
     log = log if main_process else _silent
     with args.main_process_first(local=False):
         if main_process:
-            _prepare_run_dir(run_dir, _run_signature(project, task, method, built), fresh, log)
+            _prepare_run_dir(run_dir, _run_signature(project, task, method, built, data_signature), fresh, log)
     resume = get_last_checkpoint(str(run_dir))
     stopper, clock = _StopOnSignal(), _RunClock(resume)
     lengths = [len(ids) for ids in encoded.features["input_ids"]]
@@ -170,6 +172,7 @@ def train_task(
         resumed_from=resume,
         losses=losses,
         model=built.model,
+        data_signature=data_signature,
     )
     outcome.warning = divergence_warning(outcome.losses)
     if outcome.warning:
@@ -213,24 +216,25 @@ def _mixture_parts(project: ProjectConfig, task: TaskConfig) -> list[TaskConfig]
     return [project.task(name) for name in task.mixture.tasks] if task.mixture else []
 
 
-def _data_signature(project: ProjectConfig, task: TaskConfig) -> str:
-    """The training data a task's settings give (a mixture's parts included): an adapter and a head-only
-    baseline compare only when they agree on it. Validation and test files do not count: evaluation
-    scores both on the same ones."""
-    sources = [t.data.model_dump(mode="json", exclude={"validation", "test"}) if t.data else None
-               for t in [task, *_mixture_parts(project, task)]]
-    return hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:16]
+def _data_signature(train: list[Example]) -> str:
+    """The examples a model trained on, not where they were read from: a file edited in place, another
+    limit or mixture all show. An adapter and a head-only baseline compare only when they agree on it;
+    validation and test data do not count, since evaluation scores both on the same."""
+    rows = [{key: value for key, value in example.items() if key != "where"} for example in train]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel) -> str:
-    """What a checkpoint must have been trained with to be resumed: same task settings, base and method."""
+def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel, data: str) -> str:
+    """What a checkpoint must have been trained with to be resumed: same task settings, training
+    examples, base and method."""
     parts = [part.model_dump(mode="json") for part in _mixture_parts(project, task)]
-    payload = {"task": task.model_dump(mode="json"), "parts": parts, "method": method, "base": built.fingerprint}
+    payload = {"task": task.model_dump(mode="json"), "parts": parts, "data": data, "method": method,
+               "base": built.fingerprint}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
-    """Keep the checkpoints of an interrupted run with the same settings; clear anything else."""
+    """Keep the checkpoints of an interrupted run with the same settings and data; clear anything else."""
     marker = run_dir / "run.json"
     if run_dir.is_dir():
         previous = json.loads(marker.read_text()).get("signature") if marker.is_file() else None
@@ -240,7 +244,7 @@ def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[
             log(f"Resuming from {checkpoint} (step {step}); pass --fresh to start over.")
             return
         if checkpoint:
-            reason = "--fresh given" if fresh else "the settings changed since it was written"
+            reason = "--fresh given" if fresh else "the settings or the training data changed since it was written"
             log(f"Not resuming from {checkpoint}: {reason}. Starting over.")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -379,7 +383,7 @@ def _save_head_baseline(registry: Registry, project: ProjectConfig, task: TaskCo
 def _training_record(project: ProjectConfig, task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
     return {
         "method": outcome.method,
-        "data": _data_signature(project, task),
+        "data": outcome.data_signature,
         "time_s": round(outcome.time_s, 2),
         "steps": outcome.steps,
         "samples_per_s": round(outcome.samples_per_s, 2),
