@@ -63,6 +63,8 @@ def test_errors_are_one_clear_line_and_exit_2(tiny_project: Path) -> None:
     expected = "No task 'nope' in the project config. Available: paraphrase, qa, sentiment, similarity, support"
     assert expected in unknown.output
     assert "Traceback" not in unknown.output
+    bracketed = run("train", tiny_project, "--task", "[/quote]")  # printed as text, not read as a style tag
+    assert bracketed.exit_code == 2 and "No task '[/quote]' in the project config" in bracketed.output
 
     untrained = run("predict", tiny_project, "--task", "sentiment", "hello")
     assert untrained.exit_code == 2 and "No adapter 'sentiment'" in untrained.output

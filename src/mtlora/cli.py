@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mtlora import api
 from mtlora.errors import MtloraError
@@ -34,8 +35,10 @@ app = typer.Typer(
 adapters_app = typer.Typer(help="List and inspect the adapters in a project's registry.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
-console = Console()
-errors = Console(stderr=True)
+# Markup off: tables and messages carry users' texts, labels and task names, where "[/quote]" or
+# "[race_mcq]" is text, not a style tag.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 ConfigArg = Annotated[Path, typer.Argument(metavar="PROJECT.yaml",
                                            help="The project file (YAML) describing backbone, registry and tasks.")]
@@ -56,17 +59,17 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except TrainingInterrupted as stopped:
-            errors.print(f"[yellow]{stopped}[/yellow]", highlight=False)
+            errors.print(Text(str(stopped), style="yellow"), highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MtloraError as error:
-            errors.print(f"[bold red]error:[/bold red] {error}", highlight=False, markup=True, soft_wrap=True)
+            errors.print(Text.assemble(("error:", "bold red"), f" {error}"), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def say(message: str) -> None:
-    console.print(message, highlight=False, markup=False)
+    console.print(message, highlight=False)
 
 
 @app.command()
