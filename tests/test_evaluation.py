@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import mtlora
 from mtlora import load_config
@@ -80,6 +81,23 @@ def test_wrong_input_shapes_are_explained(trained_project: Path) -> None:
         mtlora.predict(trained_project, "  ", task="sentiment")
 
 
+def test_an_adapter_is_scored_only_with_the_kind_and_labels_it_was_trained_with(trained_project: Path) -> None:
+    """The project's gold labels against the adapter's predictions: swapped labels would score nonsense."""
+    config = yaml.safe_load(trained_project.read_text())
+    changed = trained_project.with_name("changed.yaml")  # beside the original: the same registry and data
+    sentiment = next(t for t in config["tasks"] if t["name"] == "sentiment")
+    sentiment["data"]["labels"] = ["positive", "negative"]
+    changed.write_text(yaml.safe_dump(config))
+    with pytest.raises(mtlora.RegistryError, match=r"adapter 'sentiment' was trained with labels \['negative', "
+                                                    r"'positive'\], but the project file now gives \['positive'"):
+        mtlora.evaluate(changed, "sentiment", log=lambda _: None)
+    sentiment["data"]["labels"], sentiment["kind"] = ["negative", "positive"], "instruction_classification"
+    changed.write_text(yaml.safe_dump(config))
+    with pytest.raises(mtlora.RegistryError, match=r"trained as classification, but the project file now says "
+                                                    r"kind: instruction_classification; retrain it"):
+        mtlora.evaluate(changed, "sentiment", log=lambda _: None)
+
+
 def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> None:
     """Retraining the adapter on other data without its baseline must not compare it with the old one."""
     quiet = {"progress": False, "log": lambda _: None}
@@ -101,3 +119,9 @@ def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> Non
     (report,) = mtlora.evaluate(tiny_project, "sentiment", log=said.append)
     assert set(report.metrics) == {"base", "lora"}
     assert any("head-only baseline left out" in line for line in said), said
+    # And the adapter itself, trained on the edited file, is evaluated without a word about its data.
+    assert not any("trained on other examples" in line for line in said), said
+    data.write_text("".join(rows))
+    said.clear()
+    mtlora.evaluate(tiny_project, "sentiment", log=said.append)
+    assert any("warning: the adapter was trained on other examples than" in line for line in said), said

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,13 @@ class TaskData:
         check_split(name)
         examples: list[Example] = getattr(self, name)
         return examples
+
+    def train_signature(self) -> str:
+        """The training examples, not where they were read from: a file edited in place, another limit,
+        holdout or mixture all change it. Training records it; evaluation compares a head-only baseline
+        with the adapter only when theirs agree, and says when the adapter's differs from the project's."""
+        rows = [{key: value for key, value in example.items() if key != "where"} for example in self.train]
+        return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def check_split(name: str) -> str:

@@ -11,16 +11,16 @@ from torch import nn
 
 from mtlora.backbone import default_device, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig
-from mtlora.data import load_task_data
+from mtlora.data import TaskData, load_task_data
 from mtlora.engine import predict_examples
-from mtlora.errors import DataError
+from mtlora.errors import DataError, RegistryError
 from mtlora.modeling import (
     adapter_tokenizer,
     load_adapter_model,
     load_baseline_model,
     load_untrained_model,
 )
-from mtlora.registry import Registry
+from mtlora.registry import Manifest, Registry
 from mtlora.tasks import Example, Prediction, TaskKind
 
 SAMPLES_SHOWN = 5
@@ -55,6 +55,7 @@ def evaluate_task(
     registry = Registry(project.registry)
     model, kind, manifest = load_adapter_model(registry, task.name, project.backbone)
     data = load_task_data(project, task, splits=(split,))
+    _check_trained_as_configured(task, manifest, data, log)
     examples = data.split(split)
     if not examples:
         source = {"validation": task.data.validation, "test": task.data.test}.get(split) if task.data else None
@@ -77,7 +78,7 @@ def evaluate_task(
                            "stored": counts.stored or counts.trainable}}
     recorded = registry.baseline_path(task.name) / "baseline.json"
     record = json.loads(recorded.read_text()) if recorded.is_file() else {}
-    if record.get("data") not in (None, manifest.training.get("data")):
+    if record.get("data_signature") not in (None, manifest.training.get("data_signature")):
         log(f"[{task.name}] head-only baseline left out: it was trained on other data than the adapter; "
             f"retrain both with `mtlora train --task {task.name}`")
     elif (baseline := load_baseline_model(registry, task.name, project.backbone)) is not None:
@@ -101,6 +102,25 @@ def evaluate_task(
     )
     registry.update(task.name, metrics={**manifest.metrics, split: report.metrics})
     return report
+
+
+def _check_trained_as_configured(task: TaskConfig, manifest: Manifest, data: TaskData,
+                                 log: Callable[[str], None]) -> None:
+    """The project's data is scored with the adapter's kind and labels: they must be the ones it was
+    trained with, or every score is wrong. Other training data than the adapter's is worth a warning:
+    a changed holdout puts rows it trained on into the validation split."""
+    retrain = f"retrain it with `mtlora train --task {task.name}`"
+    if manifest.kind != task.kind:
+        raise RegistryError(f"adapter '{task.name}' was trained as {manifest.kind}, but the project file now says "
+                            f"kind: {task.kind}; {retrain}")
+    if manifest.labels != data.kind.labels:
+        raise RegistryError(f"adapter '{task.name}' was trained with labels {manifest.labels}, but the project "
+                            f"file now gives {data.kind.labels}; restore them in that order, or {retrain}")
+    trained_on = manifest.training.get("data_signature")
+    if trained_on is not None and trained_on != data.train_signature():
+        log(f"[{task.name}] warning: the adapter was trained on other examples than the project's training data "
+            f"gives now (a file edited, or limit, holdout or mixture changed): a validation split held out of "
+            f"the training file may hold rows it trained on; {retrain}")
 
 
 def _samples(kind: TaskKind, examples: list[Example], predictions: dict[str, list[Prediction]]) -> list[dict]:

@@ -68,7 +68,7 @@ class TrainOutcome:
     saved_to: Path | None = None
     truncation: RankTruncation | None = None  # the adapter was saved at a lower rank than it trained at
     warning: str | None = None  # e.g. the loss went back up: the stored model may be no better than chance
-    data_signature: str = ""  # of the training examples (`_data_signature`)
+    data_signature: str = ""  # of the training examples (`TaskData.train_signature`)
 
 
 def train_task(
@@ -91,7 +91,7 @@ def train_task(
     # Every declared split is read, though training uses one: a bad validation or test file fails now,
     # not at `evaluate` after the training it would have voided.
     data = load_task_data(project, task)
-    data_signature = _data_signature(data.train)
+    data_signature = data.train_signature()
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
     built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
@@ -214,14 +214,6 @@ def _describe_parameters(built: TaskModel) -> str:
 
 def _mixture_parts(project: ProjectConfig, task: TaskConfig) -> list[TaskConfig]:
     return [project.task(name) for name in task.mixture.tasks] if task.mixture else []
-
-
-def _data_signature(train: list[Example]) -> str:
-    """The examples a model trained on, not where they were read from: a file edited in place, another
-    limit or mixture all show. An adapter and a head-only baseline compare only when they agree on it;
-    validation and test data do not count, since evaluation scores both on the same."""
-    rows = [{key: value for key, value in example.items() if key != "where"} for example in train]
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel, data: str) -> str:
@@ -383,7 +375,7 @@ def _save_head_baseline(registry: Registry, project: ProjectConfig, task: TaskCo
 def _training_record(project: ProjectConfig, task: TaskConfig, outcome: TrainOutcome) -> dict[str, Any]:
     return {
         "method": outcome.method,
-        "data": outcome.data_signature,
+        "data_signature": outcome.data_signature,
         "time_s": round(outcome.time_s, 2),
         "steps": outcome.steps,
         "samples_per_s": round(outcome.samples_per_s, 2),
