@@ -98,6 +98,19 @@ def test_an_adapter_is_scored_only_with_the_kind_and_labels_it_was_trained_with(
         mtlora.evaluate(changed, "sentiment", log=lambda _: None)
 
 
+def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project: Path) -> None:
+    with pytest.raises(mtlora.RegistryError, match="no task of the project is trained yet"):
+        mtlora.evaluate(tiny_project, log=lambda _: None)
+    mtlora.train(tiny_project, "sentiment", baseline=False, progress=False, log=lambda _: None)
+    said: list[str] = []
+    reports = mtlora.evaluate(tiny_project, log=said.append)
+    assert [r.task for r in reports] == ["sentiment"]
+    assert "not trained yet, so not evaluated: support, paraphrase, similarity, qa" in said[0], said
+    assert (load_config(tiny_project).reports / "sentiment.json").is_file()
+    with pytest.raises(mtlora.AdapterNotFoundError, match=r"No adapter 'support'.*train PROJECT.yaml --task support"):
+        mtlora.evaluate(tiny_project, "support", log=lambda _: None)
+
+
 def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> None:
     """Retraining the adapter on other data without its baseline must not compare it with the old one."""
     quiet = {"progress": False, "log": lambda _: None}

@@ -70,9 +70,19 @@ def evaluate(
     """Evaluate adapters against their baselines; writes JSON, Markdown and plots to `reports/`."""
     project = as_config(config)
     check_split(split)  # before any adapter is loaded
-    reports = [evaluate_task(project, t, split, log=log) for t in project.select(task)]
-    if write:
-        write_reports(reports, Path(project.reports))
+    tasks = project.select(task)
+    registry = Registry(project.registry)
+    untrained = [t.name for t in tasks if t.name not in registry]
+    if task is None and untrained:
+        if len(untrained) == len(tasks):
+            raise RegistryError("no task of the project is trained yet: train them first (`mtlora train PROJECT.yaml`)")
+        log(f"not trained yet, so not evaluated: {', '.join(untrained)} (`mtlora train PROJECT.yaml --task NAME`)")
+        tasks = [t for t in tasks if t.name not in untrained]
+    reports = []
+    for t in tasks:
+        reports.append(evaluate_task(project, t, split, log=log))
+        if write:  # task by task: an error in a later task keeps the reports already made
+            write_reports(reports[-1:], Path(project.reports))
     return reports
 
 

@@ -36,11 +36,11 @@ class DataError(MtloraError):
 
 
 class UnknownTaskError(MtloraError, KeyError):
-    def __init__(self, what: str, name: str, available: list[str], where: str = ""):
+    def __init__(self, what: str, name: str, available: list[str], where: str = "", fix: str = ""):
         self.name = name
         self.available = sorted(available)
         listing = ", ".join(self.available) if self.available else "none"
-        super().__init__(f"No {what} '{name}'{where}. Available: {listing}")
+        super().__init__(f"No {what} '{name}'{where}. Available: {listing}" + (f" ({fix})" if fix else ""))
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -56,7 +56,8 @@ class RegistryError(MtloraError):
 
 class AdapterNotFoundError(RegistryError, UnknownTaskError):
     def __init__(self, registry: str, name: str, available: list[str]):
-        UnknownTaskError.__init__(self, "adapter", name, available, where=f" in registry {registry}")
+        UnknownTaskError.__init__(self, "adapter", name, available, where=f" in registry {registry}",
+                                  fix=f"to train a task of the project: `mtlora train PROJECT.yaml --task {name}`")
 
 
 class CorruptAdapterError(RegistryError):
