@@ -80,11 +80,19 @@ def source_format(source: SourceConfig, path: Path) -> str:
     return fmt
 
 
-def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
+def source_location(source: SourceConfig, data_dir: Path) -> str:
+    """The file a source reads (relative paths are taken from `data_dir`), or its hub name."""
+    return str(_file_path(source, data_dir)) if source.path is not None else source.describe()
+
+
+def _file_path(source: SourceConfig, data_dir: Path) -> Path:
     assert source.path is not None
     path = Path(source.path)
-    if not path.is_absolute():
-        path = data_dir / path
+    return path if path.is_absolute() else data_dir / path
+
+
+def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
+    path = _file_path(source, data_dir)
     if not path.is_file():
         raise DataError(str(path), "file not found", f"paths are relative to data_dir {data_dir}")
     fmt = source_format(source, path)

@@ -10,8 +10,8 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
-from mtlora.config import ProjectConfig, TaskConfig
-from mtlora.data.readers import read_rows
+from mtlora.config import ProjectConfig, SourceConfig, TaskConfig
+from mtlora.data.readers import read_rows, source_location
 from mtlora.errors import DataError, InputError
 from mtlora.tasks import Example, TaskKind, get_task_kind
 from mtlora.tasks.multitask import MultitaskTask
@@ -54,17 +54,23 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
         return _mixture_data(project, task, splits)
     kind = get_task_kind(task.kind).from_config(task)
     seed = task.training.seed
-    train = kind.parse(read_rows(task.data.train, project.data_dir, seed))
-    if not train:
-        raise DataError(task.data.train.describe(), "no training rows")
+
+    def read(split: str, source: SourceConfig) -> list[Example]:
+        examples = kind.parse(read_rows(source, project.data_dir, seed))
+        if not examples:  # a declared source with nothing in it is a mistake, whichever split it is
+            raise DataError(source_location(source, project.data_dir), f"no {split} rows",
+                            "the source is empty or every line is blank")
+        return examples
+
+    train = read("training", task.data.train)
     validation: list[Example] = []
     if task.data.holdout is not None:
         train, validation = _holdout(kind, train, task.data.holdout, seed)
     elif task.data.validation is not None and "validation" in splits:
-        validation = kind.parse(read_rows(task.data.validation, project.data_dir, seed))
+        validation = read("validation", task.data.validation)
     test: list[Example] = []
     if task.data.test is not None and "test" in splits:
-        test = kind.parse(read_rows(task.data.test, project.data_dir, seed))
+        test = read("test", task.data.test)
     return TaskData(kind=kind, train=train, validation=validation, test=test)
 
 
