@@ -108,6 +108,19 @@ def test_kind_specific_settings_are_checked(tmp_path: Path) -> None:
                   "data": {"train": "t.jsonl", "labels": ["a", "b"]}}
     with pytest.raises(ConfigError, match="a regression task has no label set"):
         load_config(write(tmp_path, {"tasks": [regression]}))
+    generation = {"name": "summaries", "kind": "generation", "data": {"train": "t.jsonl", "labels": ["a", "b"]}}
+    with pytest.raises(ConfigError, match="a generation task has no label set"):
+        load_config(write(tmp_path, {"tasks": [generation]}))
+    # Settings a kind would ignore are refused, not silently dropped.
+    del generation["data"]["labels"]
+    generation["seq2seq"] = {"num_options": 3}
+    with pytest.raises(ConfigError, match=r"seq2seq.num_options does not apply to generation \(that is mcq_gene"):
+        load_config(write(tmp_path, {"tasks": [generation]}))
+    labels = {"name": "support", "kind": "instruction_classification", "seq2seq": {"decoding": {"num_beams": 4}},
+              "data": {"train": "t.jsonl", "labels": ["billing", "account"]}}
+    with pytest.raises(ConfigError, match=r"seq2seq.decoding does not apply to instruction_classification \(it "
+                                          r"scores each label"):
+        load_config(write(tmp_path, {"tasks": [labels]}))
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:

@@ -91,6 +91,10 @@ class TaskKind(ABC):
         """Raise ValueError for settings this kind cannot use (called while the config is validated)."""
         if config.seq2seq is not None:
             raise ValueError(f"'seq2seq' settings apply to the seq2seq kinds only, not to {cls.name}")
+        cls.check_label_settings(config)
+
+    @classmethod
+    def check_label_settings(cls, config: TaskConfig) -> None:
         labelled = config.data is not None and (config.data.labels is not None or config.data.label_map)
         if not cls.categorical and labelled:
             raise ValueError(f"a {cls.name} task has no label set ({cls.description}): "

@@ -7,7 +7,7 @@ writing it, and the likeliest label wins, so the model cannot answer outside the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,6 +31,10 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
     roles = ("text", "label")
     primary_metric = "accuracy"
     categorical = True
+    unused_settings: ClassVar[dict[str, str]] = {
+        "decoding": "it scores each label instead of writing text",
+        "num_options": "that is mcq_generation's",
+    }
     score_output = "scores"
 
     @classmethod

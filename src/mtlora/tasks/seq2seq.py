@@ -44,6 +44,8 @@ class Seq2SeqTask(TaskKind):
     saved_rank = None
     # The example fields a prompt template may use, and the one a user's input text fills.
     prompt_roles: ClassVar[tuple[str, ...]] = ("text",)
+    # Seq2seq settings the kind has no use for, each with the reason.
+    unused_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -62,8 +64,14 @@ class Seq2SeqTask(TaskKind):
 
     @classmethod
     def check_config(cls, config: TaskConfig) -> None:
+        cls.check_label_settings(config)
+        settings = config.seq2seq or Seq2SeqSettings()
+        ignored = sorted(settings.model_fields_set & set(cls.unused_settings))
+        if ignored:  # a setting that would change nothing is a mistake the user should hear about
+            raise ValueError(f"seq2seq.{ignored[0]} does not apply to {cls.name} ({cls.unused_settings[ignored[0]]}); "
+                             "remove it")
         # A prompt_file's template is checked here again once the file is read (`config.load_config`).
-        check_template((config.seq2seq or Seq2SeqSettings()).prompt, cls.prompt_roles)
+        check_template(settings.prompt, cls.prompt_roles)
 
     # ---- text in, text out ------------------------------------------------------------------------
 
