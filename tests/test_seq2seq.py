@@ -260,6 +260,24 @@ def test_prompt_templates_are_checked(tmp_path: Path, warm_start_bert: Path) -> 
         load_config(project)
 
 
+def test_labels_that_would_train_and_score_alike_are_refused_before_training(
+        tmp_path: Path, warm_start_bert: Path) -> None:
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    raw = yaml.safe_load(project.read_text())
+    raw["tasks"][0]["seq2seq"]["max_target_length"] = 2  # [CLS] refund [SEP] cut to [CLS] [SEP]: both alike
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=r"data.labels: label 'refund' takes 3 target tokens, more than "
+                                        r"seq2seq.max_target_length 2.*\(set seq2seq.max_target_length to 3"):
+        mtlora.train(project, "triage", **QUIET)
+    raw["tasks"][0]["seq2seq"]["max_target_length"] = 4
+    raw["tasks"][0]["data"]["labels"] = ["refund", "REFUND"]  # an uncased tokenizer reads both alike
+    raw["tasks"][0]["data"]["label_map"] = {"billing": "refund", "account": "REFUND"}
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=r"labels 'refund' and 'REFUND' are the same tokens to this tokenizer"):
+        mtlora.train(project, "triage", **QUIET)
+    assert "triage" not in Registry(load_config(project).registry)
+
+
 def with_writer(project: Path, **mixture) -> Path:
     raw = yaml.safe_load(project.read_text())
     raw["tasks"].append({"name": "writer", "kind": "multitask",

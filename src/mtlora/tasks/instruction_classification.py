@@ -14,6 +14,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
+from mtlora.errors import DataError
 from mtlora.tasks.base import Encoded, Example, Prediction
 from mtlora.tasks.classification import LabelScores, check_labels, parse_labelled
 from mtlora.tasks.seq2seq import IGNORED_LABEL, Seq2SeqTask, target_ids
@@ -52,11 +53,32 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
     def answer_text(self, prediction: Prediction) -> str:
         return f"{prediction['label']} ({prediction['confidence']:.2f})"
 
+    def encode(self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
+               doc_stride: int, with_targets: bool) -> Encoded:
+        self.label_targets(tokenizer)  # before training on targets that cannot tell the labels apart
+        return super().encode(tokenizer, examples, max_length, doc_stride, with_targets)
+
+    def label_targets(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+        """Each label's target ids, as it is trained and scored: whole, and unlike every other label's."""
+        assert self.labels is not None
+        limit = self.settings.max_target_length
+        whole = tokenizer(list(self.labels))["input_ids"]
+        if (longest := max(len(ids) for ids in whole)) > limit:
+            label = self.labels[[len(ids) for ids in whole].index(longest)]
+            raise DataError("data.labels", f"label {label!r} takes {longest} target tokens, more than "
+                            f"seq2seq.max_target_length {limit}, which would cut it",
+                            f"set seq2seq.max_target_length to {longest} or more")
+        seen: dict[tuple[int, ...], str] = {}
+        for label, ids in zip(self.labels, whole, strict=True):
+            if (other := seen.setdefault(tuple(ids), label)) != label:
+                raise DataError("data.labels", f"labels {other!r} and {label!r} are the same tokens to this "
+                                "tokenizer, so no score can tell them apart", "make them differ in more than case")
+        return target_ids(tokenizer, self.labels, limit)
+
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
             bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
         """Each feature's log-likelihood of every label; the encoder runs once per batch, the decoder per label."""
-        assert self.labels is not None
-        candidates = target_ids(tokenizer, self.labels, self.settings.max_target_length)
+        candidates = self.label_targets(tokenizer)
         device = next(model.parameters()).device
         lengths = [len(ids) for ids in encoded.features["input_ids"]]
         results: list[dict[str, Any]] = [{} for _ in lengths]
