@@ -41,6 +41,16 @@ def test_loss_falls_for_every_kind(tiny_project: Path, task: str) -> None:
     assert 0 < outcome.trainable < 0.2 * outcome.total
 
 
+def test_training_inputs_cut_at_max_length_are_counted(tiny_project: Path) -> None:
+    config = load_config(tiny_project)
+    task = config.task("sentiment")
+    task = task.model_copy(update={"training": task.training.model_copy(update={"max_length": 4, "max_steps": 1})})
+    said: list[str] = []
+    train_task(config, task, "lora", progress=False, log=said.append)
+    cut = [line for line in said if "reach max_length 4 tokens and are cut there" in line]
+    assert cut and cut[0].startswith("[sentiment] 16 of 16 training inputs (100.0%)"), said
+
+
 def test_trained_adapters_predict_what_the_training_model_predicted(trained_project: Path) -> None:
     """Save -> load round trip: the stored adapter answers exactly as the model in memory did."""
     config = load_config(trained_project)

@@ -131,6 +131,9 @@ def train_task(
     # touches the run folder, the registry and the console; the others wait for it.
     main_process = args.process_index == 0
     log = log if main_process else _silent
+    if cut := sum(encoded.truncated):  # e.g. a long prompt can leave no room for the message itself
+        log(f"[{task.name}] {cut} of {len(data.train)} training inputs ({cut / len(data.train):.1%}) reach "
+            f"max_length {settings.max_length} tokens and are cut there; raise training.max_length to keep them whole")
     with args.main_process_first(local=False):
         if main_process:
             _prepare_run_dir(run_dir, _run_signature(project, task, method, built, data_signature), fresh, log)
