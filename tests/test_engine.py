@@ -104,6 +104,23 @@ def test_adapters_come_and_go_at_run_time(trained_project: Path, fold_cache: int
     assert_same(engine.predict("loved this great movie", task="sentiment"), first)
 
 
+def test_a_reload_swaps_an_adapter_in_place_and_a_damaged_one_leaves_the_loaded_one_serving(
+        trained_project: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "adapters"
+    shutil.copytree(load_config(trained_project).registry, registry)
+    engine = Engine(load_config(trained_project).backbone, registry, ["sentiment", "support"], precision="fp32")
+    first = engine.predict("loved this great movie", task="sentiment")
+    engine.reload("sentiment")
+    assert engine.tasks == ["sentiment", "support"]
+    assert_same(engine.predict("loved this great movie", task="sentiment"), first)
+    with (registry / "sentiment" / "adapter_model.safetensors").open("ab") as weights:
+        weights.write(b"x")
+    with pytest.raises(mtlora.CorruptAdapterError, match="does not match its checksum"):
+        engine.reload("sentiment")
+    assert engine.tasks == ["sentiment", "support"]
+    assert_same(engine.predict("loved this great movie", task="sentiment"), first)
+
+
 def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project: Path, tmp_path: Path) -> None:
     folder = engine.merge("sentiment", tmp_path / "sentiment-merged")
     predictor = mtlora.load_predictor(trained_project, "sentiment")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,34 +208,60 @@ class Engine:
         with self._lock:
             if name in self._tasks:
                 return
-            manifest = self.registry.verified(name)
-            check_base(manifest, self.backbone)
-            kind = kind_from_manifest(manifest)
-            if isinstance(kind, Seq2SeqTask):
-                self._seq2seq.add(self.registry, name, kind)
-                self._tasks[name] = _Task(manifest, kind)
-                self._routers.clear()
-                return
-            head, stand_in = self._build_head(kind, manifest)
-            base_prefix = head.base_model_prefix
-            encoder_state, head_state = _split_state(load_file(self.registry.path(name) / ADAPTER_WEIGHTS),
-                                                     base_prefix, name)
-            self._load_head(head, head_state, name)
-            self._add_lora(name, encoder_state, base_prefix)
-            self._tasks[name] = _Task(manifest, kind, head, stand_in)
+            task, put_in = self._prepared(name)
+            put_in()
+            self._tasks[name] = task
             self._routers.clear()  # routers hold the task list they were built for
+
+    def reload(self, name: str) -> None:
+        """Load adapter `name` again from the registry (retrained, say) in place of the loaded one.
+
+        Everything that can fail on a damaged or mismatched adapter runs before the loaded one is taken
+        out, which then keeps serving; and the task stays listed while it is swapped, so a caller never
+        finds it missing.
+        """
+        with self._lock:
+            if name not in self._tasks:
+                self.add(name)
+                return
+            task, put_in = self._prepared(name)
+            self._unload(name, self._tasks[name])
+            try:
+                put_in()
+            except BaseException:
+                del self._tasks[name]
+                raise
+            self._tasks[name] = task
+
+    def _prepared(self, name: str) -> tuple[_Task, Callable[[], None]]:
+        """Adapter `name` read, checked and its head built, with the engine as it was; and the step that
+        puts its LoRA into the shared model."""
+        manifest = self.registry.verified(name)
+        check_base(manifest, self.backbone)
+        kind = kind_from_manifest(manifest)
+        if isinstance(kind, Seq2SeqTask):
+            return _Task(manifest, kind), lambda: self._seq2seq.add(self.registry, name, kind)
+        head, stand_in = self._build_head(kind, manifest)
+        base_prefix = head.base_model_prefix
+        encoder_state, head_state = _split_state(load_file(self.registry.path(name) / ADAPTER_WEIGHTS),
+                                                 base_prefix, name)
+        self._load_head(head, head_state, name)
+        return _Task(manifest, kind, head, stand_in), lambda: self._add_lora(name, encoder_state, base_prefix)
 
     def remove(self, name: str) -> None:
         """Unload adapter `name`; the other adapters and the backbone stay as they are."""
         with self._lock:
             task = self._task(name)
             del self._tasks[name]
-            self._routers.clear()
-            self._forget_folds()
-            if isinstance(task.kind, Seq2SeqTask):
-                self._seq2seq.remove(name)
-                return
-            self._drop_lora(name)
+            self._unload(name, task)
+
+    def _unload(self, name: str, task: _Task) -> None:
+        self._routers.clear()  # routers hold the task list they were built for
+        self._forget_folds()
+        if isinstance(task.kind, Seq2SeqTask):
+            self._seq2seq.remove(name)
+            return
+        self._drop_lora(name)
 
     def _drop_lora(self, name: str) -> None:
         assert isinstance(self._encoder, PeftModel)

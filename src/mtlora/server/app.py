@@ -157,9 +157,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
         """Load (or reload) adapter `name` from the registry. Needs the admin bearer token."""
         _check_admin(authorization)
         name = _checked_adapter_name(name)
-        if name in engine().tasks:
-            await asyncio.to_thread(engine().remove, name)
-        await asyncio.to_thread(engine().add, name)
+        await asyncio.to_thread(engine().reload, name)
         return {"loaded": name, "tasks": engine().tasks}
 
     @app.delete("/v1/adapters/{name}")
