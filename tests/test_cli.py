@@ -156,7 +156,7 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
         in unknown.output
 
 
-def test_serve_says_at_once_that_its_port_is_taken(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_says_at_once_that_its_port_is_taken(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started on a taken port"))
@@ -164,11 +164,25 @@ def test_serve_says_at_once_that_its_port_is_taken(tiny_project: Path, monkeypat
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        refused = runner.invoke(app, ["serve", str(tiny_project), "--port", str(port)])
+        refused = runner.invoke(app, ["serve", str(trained_project), "--port", str(port)])
     assert refused.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in refused.output, refused.output
 
 
-def test_serve_flags_reach_the_server_settings(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained_project: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    untrained = run("serve", tiny_project)  # it would answer every input "unroutable" and call itself ready
+    assert untrained.exit_code == 2 and "no adapters in" in untrained.output
+    queue = run("serve", trained_project, "--max-queue", "10", "--max-inputs", "20")
+    assert queue.exit_code == 2 and "a request of that many inputs could never be queued" in queue.output
+    monkeypatch.setenv("MTLORA_ADMIN_TOKEN", "s3cret")
+    workers = run("serve", trained_project, "--workers", "2")
+    assert workers.exit_code == 2 and "each worker holds an engine of its own" in workers.output
+
+
+def test_serve_flags_reach_the_server_settings(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every limit is a flag, and the flags' defaults are the server's own (one place decides them)."""
     import uvicorn
 
@@ -182,11 +196,11 @@ def test_serve_flags_reach_the_server_settings(tiny_project: Path, monkeypatch: 
     with socket.socket() as probe:  # a port free now: `serve` checks its port before anything else
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    run("serve", tiny_project, "--port", port)
-    run("serve", tiny_project, "--port", port, "--max-inputs", "3", "--max-text-chars", "100",
+    run("serve", trained_project, "--port", port)
+    run("serve", trained_project, "--port", port, "--max-inputs", "3", "--max-text-chars", "100",
         "--max-body-bytes", "4096", "--max-batch", "8")
     assert started[0] == ServerSettings()
-    refused = runner.invoke(app, ["serve", str(tiny_project), "--max-inputs", "0"])
+    refused = runner.invoke(app, ["serve", str(trained_project), "--max-inputs", "0"])
     assert refused.exit_code == 2 and "--max-inputs" in refused.output and len(started) == 2
     assert (started[1].max_inputs, started[1].max_text_chars, started[1].max_body_bytes,
             started[1].max_batch) == (3, 100, 4096, 8)

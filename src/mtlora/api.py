@@ -122,10 +122,17 @@ def train_router(
 
 def load_engine(config: ConfigLike, tasks: Sequence[str] | None = None, **kwargs: Any) -> Engine:
     """Every adapter of the project (or `tasks`) on one backbone, ready to route and answer inputs."""
-    project = as_config(config)
-    if tasks is None and not set(Registry(project.registry).names()) - {ROUTER_ADAPTER}:
-        raise RegistryError(f"no adapters in {project.registry} yet: train them first (`mtlora train PROJECT.yaml`)")
+    project = require_adapters(config) if tasks is None else as_config(config)
     return Engine.from_config(project, tasks, **kwargs)
+
+
+def require_adapters(config: ConfigLike) -> ProjectConfig:
+    """The project, once its registry is known to hold a task adapter: an engine without any answers
+    nothing but "unroutable"."""
+    project = as_config(config)
+    if not set(Registry(project.registry).names()) - {ROUTER_ADAPTER}:
+        raise RegistryError(f"no adapters in {project.registry} yet: train them first (`mtlora train PROJECT.yaml`)")
+    return project
 
 
 def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:

@@ -268,15 +268,27 @@ def serve(
     import uvicorn
 
     from mtlora.server import ServerSettings
+    from mtlora.server.settings import ADMIN_TOKEN_ENV
 
-    api.as_config(config)  # a broken project file fails here, before the server starts
-    _check_port_free(host, port)  # and a taken port, before the engine has loaded
+    # What would fail in the server fails here, before it starts: a broken project file, no adapters,
+    # settings that contradict each other, a taken port.
+    api.require_adapters(config)
+    if max_queue < max_inputs:  # a full-size request could never be queued: 503 "retry" for ever
+        raise typer.BadParameter(f"{max_queue} is below --max-inputs {max_inputs}; a request of that many inputs "
+                                 "could never be queued", param_hint="--max-queue")
+    if workers > 1 and os.environ.get(ADMIN_TOKEN_ENV):
+        raise typer.BadParameter(f"each worker holds an engine of its own, so loading or unloading an adapter over "
+                                 f"HTTP would change one of {workers}; serve one worker to manage adapters at run "
+                                 f"time, or unset {ADMIN_TOKEN_ENV}", param_hint="--workers")
+    _check_port_free(host, port)
     settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
     os.environ["MTLORA_CONFIG"] = str(config)
     os.environ["MTLORA_SERVER_SETTINGS"] = settings.model_dump_json()
+    # A worker answers the supervisor's health pings from a Python thread, which loading the engine can
+    # starve of the GIL for more than uvicorn's 5 s: it then killed workers that were only starting.
     uvicorn.run("mtlora.server.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, timeout_worker_healthcheck=60)
 
 
 def _check_port_free(host: str, port: int) -> None:

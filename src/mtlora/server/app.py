@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mtlora.api import load_engine
 from mtlora.config import ROUTER_ADAPTER, validate_task_name
 from mtlora.engine import Engine
 from mtlora.errors import (
@@ -253,7 +254,7 @@ def create_app_from_env() -> FastAPI:
     if not config:
         raise RuntimeError(f"set {CONFIG_ENV} to the project file to serve")
     settings = ServerSettings.model_validate_json(os.environ.get("MTLORA_SERVER_SETTINGS", "{}"))
-    return create_app(lambda: Engine.from_config(config), settings)
+    return create_app(lambda: load_engine(config), settings)
 
 
 def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inputs") -> None:
