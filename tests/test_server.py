@@ -114,6 +114,8 @@ def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status
     ('{"inputs": ["a", {"question": "q"}]}', "application/json", "inputs[1].context: Field required"),
     ('{"inputs": 5}', "application/json", "inputs: expected a text, a {text, text_pair} or a {question, context}"),
     ('{"inputs": "hi", "colour": 1}', "application/json", "colour: Extra inputs are not permitted"),
+    ('{"inputs": "hi", "task": 3}', "application/json", "task: Input should be a valid string"),
+    ('[1, 2]', "application/json", "body: Input should be a valid dictionary"),
 ])
 def test_invalid_bodies_are_explained_by_the_shape_the_client_meant(client: TestClient, body: str,
                                                                      content_type: str, headline: str) -> None:
@@ -159,7 +161,7 @@ def test_admin_endpoints_need_the_token(client: TestClient, monkeypatch) -> None
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
     assert client.delete("/v1/adapters/qa").status_code == 401
     assert client.delete("/v1/adapters/qa", headers={"Authorization": "Bearer wrong"}).status_code == 403
-    auth = {"Authorization": "Bearer s3cret"}
+    auth = {"Authorization": "bearer s3cret"}  # the scheme's name in any case
     assert client.delete("/v1/adapters/..%2Fsecrets", headers=auth).status_code in (400, 404)
     assert client.post("/v1/adapters/bad.name..x", headers=auth).status_code == 400
     unloaded = client.delete("/v1/adapters/qa", headers=auth)
@@ -304,3 +306,11 @@ def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:
             return await asyncio.wait_for(asyncio.gather(*pending), 30)
 
     assert [r.status_code for r in asyncio.run(run())] == [200] * 6
+
+
+def test_every_error_type_is_snake_case() -> None:
+    from mtlora.errors import DataError, RegistryError
+    from mtlora.server.app import _as_problem
+
+    assert _as_problem(RegistryError("no learned router trained")).kind == "registry_error"
+    assert _as_problem(DataError("f.jsonl:3", "bad")).kind == "data_error"

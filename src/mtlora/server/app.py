@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -290,7 +291,8 @@ def _validation_headline(errors: list[dict[str, Any]], content_type: str) -> str
             shapes[e["loc"][:-1]].append(e)
     closest = min(shapes.values(), key=len)
     where = _field_path(closest[0]["loc"])
-    if all(e["type"].endswith("_type") for e in closest):  # not even the right type for any shape
+    in_an_input = closest[0]["loc"][1:2] in (("inputs",), ("input",))
+    if in_an_input and all(e["type"].endswith("_type") for e in closest):  # not even the right type for any shape
         return f"{_field_path(closest[0]['loc'][:-1])}: expected a text, a {{text, text_pair}} or a " \
                "{question, context} object (or a list of them, for inputs)"
     return f"{where}: {closest[0]['msg']}"
@@ -322,10 +324,11 @@ def _check_admin(authorization: str | None) -> None:
     if not expected:
         raise HTTPProblem(403, "admin_disabled", f"adapter management is off: start the server with {ADMIN_TOKEN_ENV} "
                                                  "set")
-    if not authorization or not authorization.startswith("Bearer "):
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:  # the scheme's name is case-insensitive (RFC 7235)
         raise HTTPProblem(401, "unauthorized", "send the admin token as 'Authorization: Bearer <token>'",
                           {"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(authorization.removeprefix("Bearer ").encode(), expected.encode()):
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise HTTPProblem(403, "forbidden", "the admin token does not match")
 
 
@@ -346,7 +349,8 @@ def _as_problem(error: MtloraError) -> HTTPProblem:
         return HTTPProblem(409, "adapter_unusable", str(error))
     if isinstance(error, InputError):
         return HTTPProblem(422, "bad_input", str(error))
-    return HTTPProblem(400, type(error).__name__, str(error))
+    # Snake case like every other error type: RegistryError -> registry_error.
+    return HTTPProblem(400, re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower(), str(error))
 
 
 def _problem(problem: HTTPProblem, metrics: Metrics, details: list[dict] | None = None) -> JSONResponse:
