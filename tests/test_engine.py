@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 import mtlora
 from mtlora import Engine, InputError, UnknownTaskError, load_config
@@ -129,7 +129,7 @@ def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project
                                 return_tensors="pt").to(predictor.device)
     with torch.inference_mode():
         torch.testing.assert_close(merged(**batch).logits, predictor.model(**batch).logits, rtol=0, atol=1e-5)
-    assert (folder / "tokenizer_config.json").is_file()
+    assert AutoTokenizer.from_pretrained(folder).model_max_length == predictor.manifest.max_length
     assert [p.name for p in tmp_path.iterdir()] == ["sentiment-merged"]  # no staging folder left beside it
 
 

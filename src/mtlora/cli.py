@@ -351,6 +351,8 @@ def kinds() -> None:
 
 
 def _shown(value: Any) -> str:
+    if value is None:  # an unroutable input's task, say: "None" reads like a task's name
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, dict):

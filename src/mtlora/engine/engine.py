@@ -20,6 +20,7 @@ are answered there, in the same call.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -287,12 +288,15 @@ class Engine:
             if not (folder / "config.json").is_file():
                 raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
                                  "give a new folder")
-        model, _, _ = load_adapter_model(self.registry, name, self.backbone)
+        model, _, manifest = load_adapter_model(self.registry, name, self.backbone)
         merged = model.merge_and_unload()
+        tokenizer = copy.copy(adapter_tokenizer(self.registry, name, self.backbone))  # a shared, cached one
+        # Plain `tokenizer(text, truncation=True)` then cuts where the adapter was trained to read up to.
+        tokenizer.model_max_length = manifest.max_length
         folder.parent.mkdir(parents=True, exist_ok=True)
         with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
             merged.save_pretrained(staging)
-            adapter_tokenizer(self.registry, name, self.backbone).save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         return folder
 
     def _task(self, name: str) -> _Task:
