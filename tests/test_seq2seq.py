@@ -301,8 +301,10 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
 
     predictor = mtlora.load_predictor(project, "writer")
     summary, mcq = predictor.predict_batch(["<summarize> great good movie", "<mcq> the cat sat on the mat"])
-    assert summary["task"] == "summarize" and "text" in summary
-    assert mcq["task"] == "mcq" and "mcq" in mcq
+    assert summary["part"] == "summarize" and "text" in summary
+    assert mcq["part"] == "mcq" and "mcq" in mcq
+    answer = Engine.from_config(project, ["writer"], precision="fp32").predict("<mcq> the cat sat", task="writer")
+    assert answer["task"] == "writer" and answer["part"] == "mcq"
     with pytest.raises(mtlora.errors.InputError, match=r"start the text with one of its task tokens: <summarize>"):
         predictor.predict("great good movie")
 

@@ -93,7 +93,7 @@ class MultitaskTask(Seq2SeqTask):
         return self.part(example["task"]).expected_text(example)
 
     def answer_text(self, prediction: Prediction) -> str:
-        return f"[{prediction['task']}] {self.part(prediction['task']).answer_text(prediction)}"
+        return f"[{prediction['part']}] {self.part(prediction['part']).answer_text(prediction)}"
 
     # ---- model --------------------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class MultitaskTask(Seq2SeqTask):
                            truncated=[encoded.truncated[i] for i in index])
             decoded = self.part(name).decode([outputs[i] for i in index], part, [examples[i] for i in index])
             for position, prediction in zip(index, decoded, strict=True):
-                predictions[position] = {"task": name, **prediction}
+                predictions[position] = {"part": name, **prediction}  # "task" names the adapter that answered
         return predictions
 
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
