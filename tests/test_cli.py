@@ -49,6 +49,14 @@ def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
     shown = run("adapters", "show", tiny_project, "sentiment")
     assert json.loads(shown.output)["labels"] == ["negative", "positive"]
 
+    kept = runner.invoke(app, ["adapters", "remove", str(tiny_project), "sentiment"], input="n\n")
+    assert kept.exit_code == 1 and "sentiment" in registry  # asked, and told no
+    removed = run("adapters", "remove", tiny_project, "sentiment", "--yes")
+    assert removed.exit_code == 0 and "sentiment" not in registry and not registry.baseline_path("sentiment").exists()
+    assert not (registry.root / ".staging").exists()
+    again = run("adapters", "remove", tiny_project, "sentiment", "--yes")
+    assert again.exit_code == 2 and "No adapter 'sentiment'" in again.output
+
 
 def test_pair_input_on_the_command_line(tiny_project: Path) -> None:
     assert run("train", tiny_project, "--task", "similarity", "--no-baseline").exit_code == 0

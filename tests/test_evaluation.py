@@ -107,6 +107,11 @@ def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project
     assert [r.task for r in reports] == ["sentiment"]
     assert "not trained yet, so not evaluated: support, paraphrase, similarity, qa" in said[0], said
     assert (load_config(tiny_project).reports / "sentiment.json").is_file()
+    mtlora.evaluate(tiny_project, "sentiment", split="train", log=lambda _: None)  # beside validation's, not over it
+    reports = load_config(tiny_project).reports
+    assert (reports / "sentiment.json").is_file() and (reports / "sentiment.train_confusion.png").is_file()
+    summary = (reports / "summary.md").read_text()
+    assert all(f"| sentiment | classification | {split} |" in summary for split in ("validation", "train"))
     with pytest.raises(mtlora.AdapterNotFoundError, match=r"No adapter 'support'.*train PROJECT.yaml --task support"):
         mtlora.evaluate(tiny_project, "support", log=lambda _: None)
 

@@ -167,5 +167,10 @@ def router_head(config: ConfigLike) -> HeadInfo | None:
     return TokenRouterHead.saved_info(Registry(as_config(config).registry))
 
 
+def remove_adapter(config: ConfigLike, name: str) -> None:
+    """Delete adapter `name` (and its head-only baseline) from the project's registry."""
+    Registry(as_config(config).registry).remove(name)
+
+
 def show_adapter(config: ConfigLike, name: str) -> Manifest:
     return Registry(as_config(config).registry).verified(name)

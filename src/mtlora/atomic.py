@@ -72,6 +72,16 @@ def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
         remove_empty(staging)
 
 
+def remove_folder(target: Path, staging: Path) -> None:
+    """Delete `target` whole or not at all: it is renamed away first, so no half-deleted copy is ever
+    found in its place."""
+    away = staging / f"{target.name}.removed-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True, exist_ok=True)
+    os.rename(target, away)
+    shutil.rmtree(away, ignore_errors=True)
+    remove_empty(staging)
+
+
 def remove_empty(*folders: Path) -> None:
     """Remove each of `folders` that is empty, in order (a child before its parent); any other stays."""
     for folder in folders:

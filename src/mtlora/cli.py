@@ -336,6 +336,26 @@ def adapters_show(
     print(json.dumps(manifest.model_dump(mode="json", exclude={"example_inputs"}), indent=2))
 
 
+@adapters_app.command("remove")
+@reports_errors
+def adapters_remove(
+    config: ConfigArg,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter (task) name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
+) -> None:
+    """Delete one adapter, and its head-only baseline, from the registry."""
+    from mtlora.errors import AdapterNotFoundError
+    from mtlora.registry import Registry
+
+    registry = Registry(api.as_config(config).registry)
+    if name not in registry:  # before any question; a damaged adapter, though, can be removed
+        raise AdapterNotFoundError(str(registry.root), name, registry.names())
+    if not yes:
+        typer.confirm(f"Delete adapter '{name}' from {registry.root}?", abort=True)
+    api.remove_adapter(config, name)
+    say(f"Removed adapter '{name}' from {registry.root}")
+
+
 @app.command()
 def kinds() -> None:
     """The task kinds this installation knows, with the data fields each expects."""

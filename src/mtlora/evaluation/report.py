@@ -15,17 +15,19 @@ from mtlora.tasks import get_task_kind
 def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
     """Write `<task>.json`, `<task>_confusion.png` (labelled tasks) and `summary.md` / `summary.json`.
 
-    A report for a task replaces that task's previous one; the summary lists every task with a report.
+    A report replaces the previous one of its task and split (`<task>.json` for validation,
+    `<task>.<split>.json` for another); the summary lists every report there is.
     """
     written = []
     for report in reports:
-        path = folder / f"{report.task}.json"
+        stem = report.task if report.split == "validation" else f"{report.task}.{report.split}"
+        path = folder / f"{stem}.json"
         atomic.write_json(path, report.to_dict())
         written.append(path)
         if report.confusion is not None and report.labels is not None:
             accuracy = report.metrics["lora"].get("accuracy", 0.0)
             title = f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})"
-            path = folder / f"{report.task}_confusion.png"
+            path = folder / f"{stem}_confusion.png"
             written.append(plot_confusion(report.labels, report.confusion, title, path))
     # Task reports are the JSON objects with a primary metric; summaries and routing reports are lists.
     everything = [TaskReport(**data) for data in map(_load, sorted(folder.glob("*.json")))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,8 +124,9 @@ class Registry:
     def remove(self, name: str) -> None:
         if name not in self:
             raise AdapterNotFoundError(str(self.root), name, self.names())
-        shutil.rmtree(self.path(name))
-        shutil.rmtree(self.baseline_path(name), ignore_errors=True)
+        atomic.remove_folder(self.path(name), self.staging)
+        if self.baseline_path(name).is_dir():
+            atomic.remove_folder(self.baseline_path(name), self.staging)
 
 
 def checked_name(name: str) -> str:
