@@ -159,6 +159,8 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     assert refused.exit_code == 2 and "holds no saved model" in refused.output
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
+    both = run("predict", trained_project, "hello", "--task", "sentiment", "--router", "learned")
+    assert both.exit_code == 2 and "task 'sentiment' and router 'learned' were both given" in both.output
     unknown = run("route", trained_project, "hello", "--router", "telepathy")
     assert unknown.exit_code == 2 and "No router 'telepathy'. Available: explicit, keywords, learned, semantic" \
         in unknown.output

@@ -96,6 +96,7 @@ def test_metrics_label_requests_by_route_not_by_url(client: TestClient) -> None:
     ('{"inputs": "hi", "task": "nope"}', 404, "not_found"),
     ('{"inputs": "hi", "router": "telepathy"}', 404, "not_found"),
     ('{"inputs": "only one text", "task": "paraphrase"}', 422, "bad_input"),    # wrong shape for the task
+    ('{"inputs": "hi", "task": "sentiment", "router": "learned"}', 422, "bad_input"),  # the router would be ignored
     ('{"inputs": ["fine", {"text": "a", "text_pair": "b"}], "task": "sentiment"}', 422, "bad_input"),
 ])
 def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status: int, kind: str) -> None:

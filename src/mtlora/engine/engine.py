@@ -73,6 +73,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
 Input = str | tuple[str, str] | dict[str, str]
+# A named task is answered as named: a router given with it would be ignored without a word.
+NAMED_AND_ROUTED = "task '{task}' and router '{router}' were both given: name the task, or route, not both"
 
 
 class _ComputedEncoder(nn.Module):
@@ -365,6 +367,8 @@ class Engine:
 
     def predict_batch(self, inputs: Sequence[Input], task: str | Sequence[str | None] | None = None,
                       router: str | None = None) -> list[Prediction]:
+        if isinstance(task, str) and router is not None:
+            raise InputError(NAMED_AND_ROUTED.format(task=task, router=router))
         tasks = [task] * len(inputs) if isinstance(task, str | None) else list(task)
         if len(tasks) != len(inputs):
             raise InputError(f"{len(inputs)} inputs but {len(tasks)} task names; give one per input or one for all")

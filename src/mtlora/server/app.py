@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mtlora.api import load_engine
 from mtlora.config import ROUTER_ADAPTER, validate_task_name
 from mtlora.engine import Engine
+from mtlora.engine.engine import NAMED_AND_ROUTED
 from mtlora.errors import (
     AdapterNotFoundError,
     BaseModelMismatchError,
@@ -313,6 +314,8 @@ def _field_path(loc: tuple) -> str:
 
 
 def _check_names(engine: Engine, task: str | None, router: str | None) -> None:
+    if task is not None and router is not None:
+        raise InputError(NAMED_AND_ROUTED.format(task=task, router=router))
     if task is not None and task not in engine.tasks:
         raise UnknownTaskError("task", task, engine.tasks, where=" loaded on this server")
     if router is not None and router not in ROUTERS:
