@@ -121,7 +121,7 @@ def test_adapters_list_shows_each_kinds_primary_metric() -> None:
     squad = {"lora": {"exact_match": 1.0, "f1": 5.259}, "head_only": {"exact_match": 0.0, "f1": 8.5}}
     assert _main_metric(squad, "f1") == "f1 5.259"  # QA stores exact_match first
     assert _main_metric({"lora": {"pearson": 0.5}}, "spearman") == "pearson 0.500"
-    assert _main_metric({}, "accuracy") == "-"
+    assert _main_metric({}, "accuracy") == "not evaluated yet"
 
 
 def test_help_and_kinds() -> None:

@@ -214,6 +214,11 @@ def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm
     project.write_text(yaml.safe_dump(raw))
     data = mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
     assert [e["mcq"].answer for e in data.train] == [0, 0]
+    raw["tasks"][2]["data"]["train"] = "dream.json"  # read as plain JSON, it is a list of lists
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match=r"item 0: expected a JSON object, got list \(a DREAM file\? set format: dream"):
+        mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
+    raw["tasks"][2]["data"]["train"] = {"path": "dream.json", "format": "dream"}
     assert data.train[0]["text"] == "M: where is the cat?\nW: on the mat."
 
     raw["tasks"][2]["seq2seq"]["num_options"] = 4

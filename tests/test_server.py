@@ -126,7 +126,9 @@ def test_invalid_bodies_are_explained_by_the_shape_the_client_meant(client: Test
 
 def test_route_names_its_input_field_in_errors(client: TestClient) -> None:
     response = client.post("/v1/route", json={"input": "  "})
-    assert response.status_code == 422 and error_of(response)["message"] == "input: a text is empty"
+    assert response.status_code == 422 and error_of(response)["message"] == "input: the text is empty"
+    pair = client.post("/v1/predict", json={"inputs": ["fine", {"text": "a", "text_pair": " "}]})
+    assert error_of(pair)["message"] == "inputs[1].text_pair: the text is empty", pair.text
     prefix_only = client.post("/v1/route", json={"input": "<support>"})
     assert error_of(prefix_only)["message"].startswith("text is empty"), prefix_only.text
 

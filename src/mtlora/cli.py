@@ -382,7 +382,7 @@ def _shown(value: Any) -> str:
 
 def _main_metric(variants: dict[str, dict[str, float]], primary: str) -> str:
     lora = variants.get("lora", {})
-    if not lora:
-        return "-"
+    if not lora:  # training keeps no score: `evaluate` makes it
+        return "not evaluated yet"
     name = primary if primary in lora else next(iter(lora))
     return f"{name} {lora[name]:.3f}"

@@ -138,7 +138,9 @@ def _read_json(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
     rows = []
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise DataError(f"{path}: item {i}", f"expected a JSON object, got {type(record).__name__}")
+            dream = isinstance(record, list) and len(record) == 3  # [dialogue turns, questions, id]
+            raise DataError(f"{path}: item {i}", f"expected a JSON object, got {type(record).__name__}",
+                            "a DREAM file? set format: dream" if dream else None)
         rows.append(Row(record, f"{path}: item {i}"))
     return rows
 

@@ -266,10 +266,10 @@ def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inpu
     if len(items) > settings.max_inputs:
         raise HTTPProblem(413, "too_many_inputs", f"{len(items)} inputs; the limit is {settings.max_inputs}")
     for i, item in enumerate(items):
-        where = f"{field}[{i}]" if len(items) > 1 else field
-        for text in texts_of(item):
+        for name, text in texts_of(item).items():
+            where = (f"{field}[{i}]" if len(items) > 1 else field) + (f".{name}" if name else "")
             if not text.strip():
-                raise HTTPProblem(422, "empty_text", f"{where}: a text is empty")
+                raise HTTPProblem(422, "empty_text", f"{where}: the text is empty")
             if len(text) > settings.max_text_chars:
                 raise HTTPProblem(413, "text_too_long", f"{where}: {len(text)} characters; the limit is "
                                                          f"{settings.max_text_chars}")

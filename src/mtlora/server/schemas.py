@@ -49,9 +49,10 @@ def engine_input(item: Input) -> Any:
     return item.text if item.text_pair is None else (item.text, item.text_pair)
 
 
-def texts_of(item: Input) -> list[str]:
+def texts_of(item: Input) -> dict[str, str]:
+    """An input's texts by field name ("" for a bare string), for errors that say which one."""
     if isinstance(item, str):
-        return [item]
+        return {"": item}
     if isinstance(item, QAInput):
-        return [item.question, item.context]
-    return [item.text] if item.text_pair is None else [item.text, item.text_pair]
+        return {"question": item.question, "context": item.context}
+    return {"text": item.text} if item.text_pair is None else {"text": item.text, "text_pair": item.text_pair}
