@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,18 @@ def test_prefixes() -> None:
     assert split_prefix("<sentiment> great", ["sentiment"]) == ("sentiment", "great")
     assert split_prefix("sentiment: great", ["sentiment"]) == ("sentiment", "great")
     assert split_prefix("note: great", ["sentiment"]) == (None, "note: great")
+
+
+@pytest.mark.parametrize("features", ["encoder", "embeddings"])
+def test_a_learned_router_trained_without_a_loaded_task_says_so(
+        routed_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, features: str) -> None:
+    folder = tmp_path / "project"
+    shutil.copytree(routed_project.parent, folder)
+    project = load_config(folder / routed_project.name, overrides={"router": {"features": features}})
+    registry = mtlora.Registry(project.registry)
+    shutil.copytree(registry.path("support"), registry.path("tickets"))  # trained after the router, say
+    registry.update("tickets", name="tickets")
+    engine = Engine.from_config(project, tasks=["sentiment", "tickets"], precision="fp32")
+    with caplog.at_level(logging.WARNING, logger="mtlora.routing.learned"):
+        engine.predict("a great film", router="learned")
+    assert "the learned router was trained without tickets and never routes to it" in caplog.text

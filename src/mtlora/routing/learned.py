@@ -11,6 +11,7 @@ narrowing the engine does first, is what tells tasks apart.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from mtlora.config import RouterSettings
     from mtlora.engine.engine import Engine
     from mtlora.training import TrainOutcome
+
+
+logger = logging.getLogger(__name__)
 
 
 class LearnedRouter(Router):
@@ -48,9 +52,18 @@ class LearnedRouter(Router):
             raise RegistryError(f"{missing} (registry {engine.registry.root})")
         if settings.features == "embeddings":
             head = TokenRouterHead.load(engine.registry, engine.backbone)
-            return cls(engine, settings.min_confidence, settings.default_task, head)
-        engine.add(ROUTER_ADAPTER)
-        return cls(engine, settings.min_confidence, settings.default_task)
+            router = cls(engine, settings.min_confidence, settings.default_task, head)
+            known = head.info.labels
+        else:
+            engine.add(ROUTER_ADAPTER)
+            router = cls(engine, settings.min_confidence, settings.default_task)
+            known = engine.manifest(ROUTER_ADAPTER).labels or []
+        if unknown := [task for task in engine.tasks if task not in known]:
+            # Added since the router was trained (at run time, say): it never picks them, and nothing
+            # else would say so.
+            logger.warning("the learned router was trained without %s and never routes to %s; retrain it with "
+                           "`mtlora train-router`", ", ".join(unknown), "it" if len(unknown) == 1 else "them")
+        return router
 
     @classmethod
     def missing(cls, registry: Registry, settings: RouterSettings) -> str | None:
