@@ -186,6 +186,25 @@ def test_full_queue_answers_503_and_stays_healthy(trained_project: Path) -> None
         assert client.post("/v1/predict", json={"inputs": "great film", "task": "sentiment"}).status_code == 200
 
 
+def test_route_calls_waiting_on_the_engine_count_against_the_queue(trained_project: Path) -> None:
+    import httpx
+
+    engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32")
+    app = create_app(lambda: engine, ServerSettings(max_queue=2, max_inputs=1))
+
+    async def run() -> list[int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                with engine._lock:  # the engine busy: every route call waits
+                    calls = [asyncio.ensure_future(http.post("/v1/route", json={"input": "great film"}))
+                             for _ in range(3)]
+                    await asyncio.sleep(0.5)
+                return [(await call).status_code for call in calls]
+
+    assert sorted(asyncio.run(run())) == [200, 200, 503]
+
+
 def test_concurrent_requests_are_batched_together(trained_project: Path) -> None:
     import httpx
 

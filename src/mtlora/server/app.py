@@ -59,7 +59,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     """The app; `engine_factory` runs at start-up (in the lifespan), not at import."""
     settings = settings or ServerSettings()
     metrics = Metrics()
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"routing": 0}  # route calls waiting on the engine
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,8 +139,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
             results = await state["batcher"].submit([engine_input(i) for i in items], [body.task] * len(items),
                                                     body.router)
         except QueueFull:
-            raise HTTPProblem(503, "overloaded", "the server is at capacity; retry shortly",
-                              {"Retry-After": str(settings.retry_after_s)}) from None
+            raise _overloaded(settings) from None
         for result in results:
             metrics.answers.labels(result["task"] or "unroutable").inc()
         return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
@@ -151,7 +150,14 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
         _check_inputs([body.input], settings, field="input")
         _check_names(engine(), None, body.router)
         request = engine().request(engine_input(body.input))
-        (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
+        # Routes skip the batcher but wait on the same engine: they count against the same queue limit.
+        if state["routing"] >= settings.max_queue:
+            raise _overloaded(settings)
+        state["routing"] += 1
+        try:
+            (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
+        finally:
+            state["routing"] -= 1
         return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
                 "scores": decision.scores, "reason": decision.reason}
 
@@ -311,6 +317,11 @@ def _field_path(loc: tuple) -> str:
         elif part in BODY_FIELDS or i == len(parts) - 1:
             path += f".{part}" if path else part
     return path or "body"
+
+
+def _overloaded(settings: ServerSettings) -> HTTPProblem:
+    return HTTPProblem(503, "overloaded", "the server is at capacity; retry shortly",
+                       {"Retry-After": str(settings.retry_after_s)})
 
 
 def _check_names(engine: Engine, task: str | None, router: str | None) -> None:
