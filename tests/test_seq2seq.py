@@ -308,8 +308,11 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
     summary, mcq = predictor.predict_batch(["<summarize> great good movie", "<mcq> the cat sat on the mat"])
     assert summary["part"] == "summarize" and "text" in summary
     assert mcq["part"] == "mcq" and "mcq" in mcq
-    answer = Engine.from_config(project, ["writer"], precision="fp32").predict("<mcq> the cat sat", task="writer")
+    engine = Engine.from_config(project, ["writer"], precision="fp32")
+    answer = engine.predict("<mcq> the cat sat", task="writer")
     assert answer["task"] == "writer" and answer["part"] == "mcq"
+    routed = engine.predict("great good movie")  # routed, without a task token: nothing here can take it
+    assert routed["task"] is None and routed["reason"] == "no loaded task takes this text input", routed
     with pytest.raises(mtlora.errors.InputError, match=r"start the text with one of its task tokens: <summarize>"):
         predictor.predict("great good movie")
 

@@ -389,14 +389,17 @@ class Engine:
                 if request.task is not None:
                     with _naming_input(i, len(requests)):
                         routes[i] = self._explicit(request, candidates[i])
-                elif len(candidates[i]) == 1 and request.shape != "text":
+                    continue
+                # A task may take only some texts of its shape (a multitask adapter: those with its tokens).
+                candidates[i] = [name for name in candidates[i] if self._tasks[name].kind.routable(request.text)]
+                if len(candidates[i]) == 1 and request.shape != "text":
                     # Two texts, or a question with its context, already say which kind of task the caller
                     # means. A plain text fits every text task, so its shape says nothing: the router still
                     # judges whether it belongs to the one text task loaded.
                     routes[i] = Route(candidates[i][0], "shape", 1.0, {candidates[i][0]: 1.0},
                                       f"the only task that takes a {request.shape} input")
                 elif not candidates[i]:
-                    routes[i] = Route(None, "shape", 0.0, reason=f"no loaded task takes a {request.shape} input")
+                    routes[i] = Route(None, "shape", 0.0, reason=f"no loaded task takes this {request.shape} input")
             open_rows = [i for i, r in enumerate(routes) if r is None]
             if open_rows:
                 chosen = self._router(router or self.default_router)

@@ -110,6 +110,10 @@ class TaskKind(ABC):
     def input_example(self, text: str, text_pair: str | None = None) -> Example:
         """Build an example from a user's input; raise InputError for the wrong shape."""
 
+    def routable(self, text: str) -> bool:
+        """Whether a router may send this input text here (its shape already fits)."""
+        return True
+
     def stratify_key(self, example: Example) -> Any:
         return example.get("label") if self.categorical else None
 

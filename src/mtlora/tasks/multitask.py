@@ -89,6 +89,11 @@ class MultitaskTask(Seq2SeqTask):
         raise InputError(f"a multitask adapter does several tasks: start the text with one of its task tokens: "
                          f"{tokens}")
 
+    def routable(self, text: str) -> bool:
+        # Without one of its task tokens the adapter cannot tell which of its tasks to do.
+        return any(kind.settings.task_token is not None and text.lstrip().startswith(kind.settings.task_token)
+                   for kind in self.parts.values())
+
     def expected_text(self, example: Example) -> str:
         return self.part(example["task"]).expected_text(example)
 
