@@ -112,6 +112,7 @@ def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project
     assert (reports / "sentiment.json").is_file() and (reports / "sentiment.train_confusion.png").is_file()
     summary = (reports / "summary.md").read_text()
     assert all(f"| sentiment | classification | {split} |" in summary for split in ("validation", "train"))
+    assert "`sentiment.train_confusion.png`" in summary and "`sentiment_confusion.png`" in summary
     with pytest.raises(mtlora.AdapterNotFoundError, match=r"No adapter 'support'.*train PROJECT.yaml --task support"):
         mtlora.evaluate(tiny_project, "support", log=lambda _: None)
 

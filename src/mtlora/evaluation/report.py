@@ -20,7 +20,7 @@ def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
     """
     written = []
     for report in reports:
-        stem = report.task if report.split == "validation" else f"{report.task}.{report.split}"
+        stem = _stem(report)
         path = folder / f"{stem}.json"
         atomic.write_json(path, report.to_dict())
         written.append(path)
@@ -37,6 +37,11 @@ def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
     return [*written, folder / "summary.md", folder / "summary.json"]
 
 
+def _stem(report: TaskReport) -> str:
+    """The name of a report's files: `<task>` for validation, `<task>.<split>` for another split."""
+    return report.task if report.split == "validation" else f"{report.task}.{report.split}"
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -47,7 +52,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         "",
         "Each task's main metric for the base without adapter (encoder kinds: an untrained head; seq2seq kinds: "
         "the same prompt, no adapter), the head-only baseline "
-        "(backbone frozen, head trained the same way) and the LoRA adapter; the best of the three in bold. "
+        "(backbone frozen, head trained the same way; seq2seq kinds have no head of their own, hence –) "
+        "and the LoRA adapter; the best of the three in bold. "
         "Metrics marked (0-100) are percentages, the others run from 0 to 1 (Pearson from -1).",
         "",
         "| task | kind | split | n | metric | base | head-only | LoRA | LoRA gain over head-only "
@@ -77,7 +83,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         for variant, metrics in r.metrics.items():
             lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")
         if r.confusion is not None:
-            lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{r.task}_confusion.png`"]
+            lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{_stem(r)}_confusion.png`"]
         lines += ["", *_samples_table(r), ""]
     return "\n".join(lines)
 
