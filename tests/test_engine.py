@@ -438,3 +438,6 @@ def test_a_lora_variant_is_refused_and_the_engine_serves_on(trained_project: Pat
     with pytest.raises(mtlora.RegistryError, match="LoRA variant"):  # the only adapter: the backbone is bare again
         Engine(project.backbone, registry, ["dora"], precision="fp32")
     assert (engine.merge("dora", tmp_path / "dora-merged") / "config.json").is_file()  # what the error offers
+    # And without an engine, as `mtlora merge` exports: one that loaded the adapter first refused it.
+    here = project.model_copy(update={"registry": registry.root})
+    assert (mtlora.merge(here, "dora", tmp_path / "by-api") / "config.json").is_file()

@@ -11,7 +11,7 @@ from mtlora import routing
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
-from mtlora.engine.engine import Input
+from mtlora.engine.engine import Input, export_merged
 from mtlora.errors import RegistryError
 from mtlora.evaluation import (
     RoutingReport,
@@ -165,6 +165,12 @@ def list_adapters(config: ConfigLike) -> list[Manifest]:
 def router_head(config: ConfigLike) -> HeadInfo | None:
     """The learned router's head over token embeddings, when `train-router` has fit one."""
     return TokenRouterHead.saved_info(Registry(as_config(config).registry))
+
+
+def merge(config: ConfigLike, task: str, folder: str | Path, *, overwrite: bool = False) -> Path:
+    """Write `task`'s adapter as a plain transformers model with its LoRA merged in, for deploying one task."""
+    project = as_config(config)
+    return export_merged(Registry(project.registry), project.backbone, task, folder, overwrite)
 
 
 def remove_adapter(config: ConfigLike, name: str) -> None:

@@ -221,7 +221,7 @@ def merge(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
 ) -> None:
     """Export one task as a plain transformers model with its LoRA merged in."""
-    folder = api.load_engine(config, tasks=[task]).merge(task, output, overwrite=overwrite)
+    folder = api.merge(config, task, output, overwrite=overwrite)
     say(f"Merged model written to {folder}; load it with AutoModel*.from_pretrained('{folder}')")
 
 

@@ -277,29 +277,8 @@ class Engine:
         self._encoder.delete_adapter(name)
 
     def merge(self, name: str, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write task `name` as a plain transformers model with its LoRA merged in (plus the tokenizer).
-
-        The folder is written whole or not at all. An existing folder with files in it is replaced only
-        with `overwrite`, and only when it holds a saved model (`config.json`): never someone's other files.
-        """
-        folder = Path(folder)
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            if not overwrite:
-                raise InputError(f"{folder} already exists and is not empty; give a new folder, or overwrite "
-                                 "an earlier export (overwrite=True; CLI: --overwrite)")
-            if not (folder / "config.json").is_file():
-                raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
-                                 "give a new folder")
-        model, _, manifest = load_adapter_model(self.registry, name, self.backbone)
-        merged = model.merge_and_unload()
-        tokenizer = copy.copy(adapter_tokenizer(self.registry, name, self.backbone))  # a shared, cached one
-        # Plain `tokenizer(text, truncation=True)` then cuts where the adapter was trained to read up to.
-        tokenizer.model_max_length = manifest.max_length
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
-            merged.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-        return folder
+        """Write task `name` as a plain transformers model with its LoRA merged in (`export_merged`)."""
+        return export_merged(self.registry, self.backbone, name, folder, overwrite)
 
     def _task(self, name: str) -> _Task:
         if name not in self._tasks:
@@ -578,6 +557,33 @@ class Engine:
         self._lora_layers = None
         if self._fold_cache is not None:
             self._fold_cache.clear()
+
+
+def export_merged(registry: Registry, backbone: str, name: str, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write adapter `name` as a plain transformers model with its LoRA merged in (plus the tokenizer).
+    It needs no engine, so an adapter no engine can serve (a LoRA variant such as DoRA) exports too.
+
+    The folder is written whole or not at all. An existing folder with files in it is replaced only
+    with `overwrite`, and only when it holds a saved model (`config.json`): never someone's other files.
+    """
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not overwrite:
+            raise InputError(f"{folder} already exists and is not empty; give a new folder, or overwrite "
+                             "an earlier export (overwrite=True; CLI: --overwrite)")
+        if not (folder / "config.json").is_file():
+            raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
+                             "give a new folder")
+    model, _, manifest = load_adapter_model(registry, name, backbone)
+    merged = model.merge_and_unload()
+    tokenizer = copy.copy(adapter_tokenizer(registry, name, backbone))  # a shared, cached one
+    # Plain `tokenizer(text, truncation=True)` then cuts where the adapter was trained to read up to.
+    tokenizer.model_max_length = manifest.max_length
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return folder
 
 
 def _split_state(state: dict[str, torch.Tensor], base_prefix: str,

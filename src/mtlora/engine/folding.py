@@ -2,7 +2,7 @@
 (`folded_lora`), stacked when rows use several (`mixed_lora`). Neither touches the stored weights.
 
 Unmerged LoRA runs three GEMMs per layer (W·x, A·x, B·(A·x)); on a CPU the two thin ones cost far
-more than their FLOPs (bench: +6% fp32, +80% bf16 for one adapter). When every row of a batch uses the
+more than their FLOPs (+6-15% fp32, +30-90% bf16 on MiniLM's layers). When every row of a batch uses the
 same adapter, each layer can instead run one GEMM with W + scaling·B·A, computed in one fused `addmm`.
 W is never modified, so nothing drifts the way repeated merge/unmerge would. Below about
 `FOLD_MIN_TOKENS` tokens the thin GEMMs cost less than the fold, so small passes run unmerged.
