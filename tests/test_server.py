@@ -172,7 +172,8 @@ def test_admin_endpoints_need_the_token(client: TestClient, monkeypatch) -> None
     assert client.post("/v1/predict", json={"inputs": "hi", "task": "qa"}).status_code == 404
     loaded = client.post("/v1/adapters/qa", headers=auth)
     assert loaded.status_code == 200 and "qa" in loaded.json()["tasks"]
-    assert client.post("/v1/adapters/missing", headers=auth).status_code == 404
+    missing = client.post("/v1/adapters/missing", headers=auth)
+    assert missing.status_code == 404 and "No adapter 'missing' in registry <registry>." in error_of(missing)["message"]
 
 
 def test_full_queue_answers_503_and_stays_healthy(trained_project: Path) -> None:

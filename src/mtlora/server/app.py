@@ -96,7 +96,10 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
 
     @app.exception_handler(MtloraError)
     async def on_mtlora_error(request: Request, error: MtloraError) -> JSONResponse:
-        return _problem(_as_problem(error), metrics)
+        problem = _as_problem(error)
+        if "engine" in state:  # where the server keeps its files is none of a client's business
+            problem.message = problem.message.replace(str(engine().registry.root), "<registry>")
+        return _problem(problem, metrics)
 
     @app.exception_handler(Exception)
     async def on_failure(request: Request, error: Exception) -> JSONResponse:
