@@ -318,6 +318,7 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
 
     report = mtlora.evaluate(project, "writer", write=False, log=lambda _: None)[0]
     assert {"summarize/rougeL", "mcq/valid_mcq_share", "mean_primary"} <= report.metrics["lora"].keys()
+    assert {sample["lora"].split("]")[0] for sample in report.samples} == {"[summarize", "[mcq"}  # both parts shown
     engine = Engine.from_config(project, tasks=["writer"], precision="fp32")
     assert engine.predict("<summarize> great good movie", task="writer")["text"] == summary["text"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -123,7 +124,7 @@ def _check_trained_as_configured(task: TaskConfig, manifest: Manifest, data: Tas
 def _samples(kind: TaskKind, examples: list[Example], predictions: dict[str, list[Prediction]]) -> list[dict]:
     """A few examples with what each variant answered, for a person to read."""
     shown = []
-    for i in range(min(SAMPLES_SHOWN, len(examples))):
+    for i in _sample_indices(examples):
         example = examples[i]
         entry: dict[str, Any] = {k: example[k] for k in ("text", "text_pair", "question") if k in example}
         entry["expected"] = kind.expected_text(example)
@@ -131,3 +132,13 @@ def _samples(kind: TaskKind, examples: list[Example], predictions: dict[str, lis
             entry[variant] = kind.answer_text(preds[i])
         shown.append(entry)
     return shown
+
+
+def _sample_indices(examples: list[Example]) -> list[int]:
+    """The first examples, taking turns between a multitask adapter's parts (`example["task"]`) so that
+    each part shows: its examples come grouped by part."""
+    by_part: dict[Any, list[int]] = {}
+    for i, example in enumerate(examples):
+        by_part.setdefault(example.get("task"), []).append(i)
+    turns = [i for group in itertools.zip_longest(*by_part.values()) for i in group if i is not None]
+    return turns[:SAMPLES_SHOWN]
