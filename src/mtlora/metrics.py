@@ -101,8 +101,9 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict:
 def degenerate_shares(predictions: Sequence[str], sources: Sequence[str]) -> dict:
     """Share of outputs that are empty, and of outputs that only copy a stretch of their input.
 
-    A copy is an output whose words all appear, in order and contiguously, in the input: what a
-    model that has not learned the task tends to produce.
+    Both compare SQuAD-normalised words: an output of only punctuation and articles ("the.") counts as
+    empty, since it says nothing. A copy is an output whose words all appear, in order and contiguously,
+    in the input: what a model that has not learned the task tends to produce.
     """
     if not predictions:
         return {"empty_share": 0.0, "copy_share": 0.0}
