@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mtlora import api
-from mtlora.errors import MtloraError
+from mtlora.errors import AdapterNotFoundError, MtloraError
+from mtlora.registry import Registry
 from mtlora.tasks import get_task_kind
 
 app = typer.Typer(
@@ -344,9 +345,6 @@ def adapters_remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
 ) -> None:
     """Delete one adapter, and its head-only baseline, from the registry."""
-    from mtlora.errors import AdapterNotFoundError
-    from mtlora.registry import Registry
-
     registry = Registry(api.as_config(config).registry)
     if name not in registry:  # before any question; a damaged adapter, though, can be removed
         raise AdapterNotFoundError(str(registry.root), name, registry.names())
