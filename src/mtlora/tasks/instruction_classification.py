@@ -38,6 +38,10 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
     }
     score_output = "scores"
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._label_targets: dict[PreTrainedTokenizerBase, list[list[int]]] = {}
+
     @classmethod
     def check_config(cls, config: TaskConfig) -> None:
         super().check_config(config)
@@ -59,7 +63,13 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
         return super().encode(tokenizer, examples, max_length, doc_stride, with_targets)
 
     def label_targets(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
-        """Each label's target ids, as it is trained and scored: whole, and unlike every other label's."""
+        """Each label's target ids, as it is trained and scored: whole, and unlike every other label's.
+        Checked once per tokenizer, not on every batch that scores the labels."""
+        if tokenizer not in self._label_targets:
+            self._label_targets[tokenizer] = self._checked_label_targets(tokenizer)
+        return self._label_targets[tokenizer]
+
+    def _checked_label_targets(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
         assert self.labels is not None
         limit = self.settings.max_target_length
         whole = tokenizer(list(self.labels))["input_ids"]
