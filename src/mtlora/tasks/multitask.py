@@ -80,19 +80,25 @@ class MultitaskTask(Seq2SeqTask):
 
     def input_example(self, text: str, text_pair: str | None = None) -> Example:
         text = require_text(text, "text")
-        for name, kind in self.parts.items():
-            token = kind.settings.task_token
-            if token is not None and text.lstrip().startswith(token):
-                example = kind.input_example(text.lstrip()[len(token):].strip(), text_pair)
-                return {**example, "task": name}
-        tokens = ", ".join(f"{k.settings.task_token} ({name})" for name, k in self.parts.items())
-        raise InputError(f"a multitask adapter does several tasks: start the text with one of its task tokens: "
-                         f"{tokens}")
+        if (named := self._part_named_by(text)) is None:
+            tokens = ", ".join(f"{k.settings.task_token} ({name})" for name, k in self.parts.items())
+            raise InputError(f"a multitask adapter does several tasks: start the text with one of its task tokens: "
+                             f"{tokens}")
+        name, token = named
+        example = self.parts[name].input_example(text.lstrip()[len(token):].strip(), text_pair)
+        return {**example, "task": name}
 
     def routable(self, text: str) -> bool:
         # Without one of its task tokens the adapter cannot tell which of its tasks to do.
-        return any(kind.settings.task_token is not None and text.lstrip().startswith(kind.settings.task_token)
-                   for kind in self.parts.values())
+        return self._part_named_by(text) is not None
+
+    def _part_named_by(self, text: str) -> tuple[str, str] | None:
+        """The part whose task token starts `text`, with that token."""
+        for name, kind in self.parts.items():
+            token = kind.settings.task_token
+            if token is not None and text.lstrip().startswith(token):
+                return name, token
+        return None
 
     def expected_text(self, example: Example) -> str:
         return self.part(example["task"]).expected_text(example)

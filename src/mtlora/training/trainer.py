@@ -215,14 +215,10 @@ def _describe_parameters(built: TaskModel) -> str:
     return f"{trainable:,} trainable parameters, {100 * trainable / total:.2f}% of full fine-tuning's {total:,}"
 
 
-def _mixture_parts(project: ProjectConfig, task: TaskConfig) -> list[TaskConfig]:
-    return [project.task(name) for name in task.mixture.tasks] if task.mixture else []
-
-
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel, data: str) -> str:
     """What a checkpoint must have been trained with to be resumed: same task settings, training
     examples, base and method."""
-    parts = [part.model_dump(mode="json") for part in _mixture_parts(project, task)]
+    parts = [project.task(name).model_dump(mode="json") for name in (task.mixture.tasks if task.mixture else [])]
     payload = {"task": task.model_dump(mode="json"), "parts": parts, "data": data, "method": method,
                "base": built.fingerprint}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
