@@ -54,6 +54,14 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
     assert "tasks[2] (news).training.epoch: unknown setting" in text
 
 
+def test_doc_stride_must_leave_a_window_room(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tasks\[0\] \(sentiment\)\.training: .*doc_stride \(64\) must be below "
+                                          r"half of max_length \(128\): lower doc_stride or raise max_length"):
+        load_config(write(tmp_path, {"tasks": [task(training={"doc_stride": 64})]}))
+    config = load_config(write(tmp_path, {"tasks": [task(training={"doc_stride": 63})]}))
+    assert config.tasks[0].training.doc_stride == 63
+
+
 @pytest.mark.parametrize("value", [1.5, "automatic", True])
 def test_semantic_threshold_is_a_cosine_or_auto(tmp_path: Path, value: object) -> None:
     config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_similarity": 0.4}}))

@@ -185,6 +185,10 @@ def test_long_text_is_truncated_and_says_so(engine: Engine) -> None:
     long_context = "the dog sat on the mat . " * 30 + "the cat sat on a city river"
     answer = engine.predict({"question": "who sat on a city river", "context": long_context}, task="qa")
     assert answer["truncated"] is False and answer["answer"] in long_context
+    # A question that leaves a window less context than the stride is cut (the tokenizer would panic).
+    long_question = {"question": "who sat on the mat " * 20, "context": long_context}
+    answer = engine.predict(long_question, task="qa")
+    assert answer["truncated"] is True and answer["answer"] in long_context
 
 
 def test_unroutable_input_is_not_a_guess(engine: Engine) -> None:

@@ -103,7 +103,7 @@ class MicroBatcher:
         for router, entries in by_router.items():
             try:
                 results = self.engine.predict_batch([e.item for e in entries], [e.task for e in entries], router)
-            except Exception:
+            except BaseException:  # a tokenizer's Rust panic is a BaseException
                 # One bad input must not fail its neighbours (nor, by escaping, stop the worker and leave
                 # every later request waiting): answer each alone to find it.
                 for entry in entries:
@@ -122,6 +122,9 @@ class MicroBatcher:
             result = compute()
         except Exception as error:
             loop.call_soon_threadsafe(_set, entry.future, None, error)
+        except BaseException as error:  # a Rust panic: this input fails, the worker goes on
+            failure = RuntimeError(f"the engine failed on this input: {type(error).__name__}: {error}")
+            loop.call_soon_threadsafe(_set, entry.future, None, failure)
         else:
             loop.call_soon_threadsafe(_set, entry.future, result, None)
 

@@ -106,9 +106,11 @@ class ExtractiveQATask(TaskKind):
         doc_stride: int,
         with_targets: bool,
     ) -> Encoded:
-        # BERT-style tokenizers put the question first; a few (XLNet) pad on the left and swap them.
+        # The question comes first and the context is windowed after it (right-padding tokenizers, as
+        # BERT-style ones are; the span decoding reads token positions from the left).
+        questions, question_cut = _questions_that_fit(tokenizer, examples, max_length, doc_stride)
         tokens = tokenizer(
-            [e["question"].lstrip() for e in examples],
+            questions,
             [e["context"] for e in examples],
             truncation="only_second",
             max_length=max_length,
@@ -133,9 +135,8 @@ class ExtractiveQATask(TaskKind):
         if with_targets:
             features["start_positions"] = starts
             features["end_positions"] = ends
-        # The answer is searched in every window, so a long context is not "truncated" for the user.
-        truncated = [False] * len(examples)
-        return Encoded(features=features, example_index=example_index, extras=extras, truncated=truncated)
+        # The answer is searched in every window, so only a cut question is "truncated" for the user.
+        return Encoded(features=features, example_index=example_index, extras=extras, truncated=question_cut)
 
     def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
                examples: Sequence[Example]) -> list[Prediction]:
@@ -161,6 +162,8 @@ class ExtractiveQATask(TaskKind):
             confidence = float(1.0 / np.exp(np.asarray(candidate_scores) - score).sum())
             predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
                                 "confidence": confidence, "truncated": False})
+        for prediction, cut in zip(predictions, encoded.truncated, strict=True):
+            prediction["truncated"] = cut
         return predictions
 
     def expected_text(self, example: Example) -> str:
@@ -172,6 +175,19 @@ class ExtractiveQATask(TaskKind):
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         return squad_metrics([p["answer"] for p in predictions],
                              [[a["text"] for a in e["answers"]] for e in examples])
+
+
+def _questions_that_fit(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
+                        doc_stride: int) -> tuple[list[str], list[bool]]:
+    """Each question, cut to the tokens a window can give it, and whether it was cut. Every window must
+    keep more context tokens than `doc_stride` (the fast tokenizer panics otherwise), so a question may
+    take at most what is left of `max_length` after the stride and the special tokens."""
+    room = max_length - doc_stride - tokenizer.num_special_tokens_to_add(pair=True) - 1
+    questions = [e["question"].lstrip() for e in examples]
+    offsets = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    cut = [len(question_offsets) > room for question_offsets in offsets]
+    return [question[: question_offsets[room - 1][1]] if too_long else question
+            for question, question_offsets, too_long in zip(questions, offsets, cut, strict=True)], cut
 
 
 def _token_span(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int]:
