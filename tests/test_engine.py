@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 import mtlora
@@ -414,6 +415,22 @@ def test_folding_keeps_no_copy_of_the_adapted_weights(tiny_bert: Path) -> None:
             del scratch
         gc.collect()
     assert all(ref() is None for ref in kept)
+
+
+def test_lora_on_an_embedding_is_refused(tiny_project: Path) -> None:
+    """PEFT applies an embedding's LoRA to every row of a pass, other adapters' rows too: the engine refuses it."""
+    config = yaml.safe_load(tiny_project.read_text())
+    config["tasks"][0]["lora"] = {"target_modules": ["query", "value", "word_embeddings"], "saved_rank": None}
+    config["tasks"][0]["training"] = {"epochs": 1}
+    tiny_project.write_text(yaml.safe_dump(config))
+    for task in ("sentiment", "support"):
+        mtlora.train(tiny_project, task, baseline=False, progress=False, log=lambda _: None)
+    project = load_config(tiny_project)
+    engine = Engine(project.backbone, mtlora.Registry(project.registry), ["support"], precision="fp32")
+    with pytest.raises(mtlora.RegistryError, match=r"'sentiment' puts LoRA on layers other than linear ones "
+                                                   r"\(.*word_embeddings\).*mtlora merge"):
+        engine.add("sentiment")
+    assert engine.tasks == ["support"]
 
 
 # The copy is DoRA by its config only: it has no magnitude vectors, which PEFT warns about when merging.

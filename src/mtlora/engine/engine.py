@@ -59,7 +59,7 @@ from mtlora.engine.folding import (
     mixed_lora,
 )
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
-from mtlora.errors import BaseModelMismatchError, InputError, MtloraError, UnknownTaskError
+from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, split_prefix
@@ -321,7 +321,7 @@ class Engine:
             if result.unexpected_keys:
                 raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
                                              f"{result.unexpected_keys[:3]}")
-        except MtloraError:
+        except BaseException:
             self._drop_lora(name)  # the engine goes on serving what it served, and `add` can be tried again
             raise
         if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass

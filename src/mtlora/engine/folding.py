@@ -45,14 +45,23 @@ def lora_layers(model: nn.Module) -> list[lora.Linear]:
 
 
 def check_plain_lora(model: nn.Module, adapter: str) -> None:
-    """Refuse an adapter whose layers use a LoRA variant (DoRA...): its maths is not W + scaling·B·A, so
-    it can be neither folded nor stacked with other adapters."""
-    variants = {type(layer.lora_variant[adapter]).__name__ for layer in lora_layers(model)
-                if adapter in layer.lora_variant}
+    """Refuse an adapter the engine cannot serve beside others: one whose layers use a LoRA variant
+    (DoRA...), whose maths is not W + scaling·B·A, so it can be neither folded nor stacked; and one with
+    LoRA on a layer other than a linear one (an embedding), which PEFT would apply to every row of a pass."""
+    adapted = [(name, layer) for name, layer in model.named_modules()
+               if isinstance(layer, lora.LoraLayer) and adapter in layer.r]
+    variants = {type(layer.lora_variant[adapter]).__name__ for _, layer in adapted if adapter in layer.lora_variant}
     if variants:
         raise RegistryError(
             f"adapter '{adapter}' uses a LoRA variant ({', '.join(sorted(variants))}) that the engine cannot serve "
             "alongside other adapters; export it alone with `mtlora merge`, or retrain it as plain LoRA"
+        )
+    others = [name for name, layer in adapted if type(layer) is not lora.Linear]
+    if others:
+        raise RegistryError(
+            f"adapter '{adapter}' puts LoRA on layers other than linear ones ({', '.join(others[:3])}), which the "
+            "engine cannot keep to its own rows; export it alone with `mtlora merge`, or retrain it with "
+            "lora.target_modules naming linear layers only"
         )
 
 
