@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ import mtlora
 from mtlora import load_config
 from mtlora.modeling import load_adapter_model
 from mtlora.registry import Registry
-from mtlora.training import TrainingInterrupted, train_task
+from mtlora.training import TrainingInterrupted, TrainOutcome, train_task
 from mtlora.training import trainer as trainer_module
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -59,6 +61,21 @@ def test_trained_adapters_predict_what_the_training_model_predicted(trained_proj
         first = predictor.predict_batch(INPUTS[task.name])
         again = mtlora.load_predictor(config, task.name).predict_batch(INPUTS[task.name])
         assert first == again
+
+
+def test_train_lets_each_model_go_once_stored(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training many tasks must hold one model at a time: on a GPU the models would otherwise fill it."""
+    made: list[weakref.ref] = []
+
+    def recording(*args: Any, **kwargs: Any) -> TrainOutcome:
+        outcome = train_task(*args, **kwargs)
+        made.append(weakref.ref(outcome.model))
+        return outcome
+
+    monkeypatch.setattr(mtlora.api, "train_task", recording)
+    outcomes = mtlora.train(tiny_project, "sentiment", baseline=True, **QUIET)
+    assert [(o.method, o.model) for o in outcomes] == [("lora", None), ("head_only", None)]
+    assert len(made) == 2 and all(ref() is None for ref in made)
 
 
 def test_round_trip_matches_the_model_in_memory(tiny_project: Path) -> None:

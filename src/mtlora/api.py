@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mtlora import routing
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
@@ -47,16 +51,27 @@ def train(
     """Train the LoRA adapter of every task (or of `task`) and store it in the registry.
 
     Each task's head-only baseline is trained too when its `training.baseline` is on (or `baseline=True`).
-    An interrupted run resumes from its latest checkpoint unless `fresh=True`.
+    An interrupted run resumes from its latest checkpoint unless `fresh=True`. The outcomes carry no
+    model (`training.train_task` returns one): each is let go once stored, so that training many tasks
+    holds one model at a time, on the GPU where there is one.
     """
     project = as_config(config)
     outcomes = []
     for task_config in project.select(task):
-        outcomes.append(train_task(project, task_config, "lora", fresh=fresh, progress=progress, log=log))
         wanted = task_config.training.baseline if baseline is None else baseline
-        if wanted and get_task_kind(task_config.kind).has_head:
-            outcomes.append(train_task(project, task_config, "head_only", fresh=fresh, progress=progress, log=log))
+        methods = ["lora", "head_only"] if wanted and get_task_kind(task_config.kind).has_head else ["lora"]
+        for method in methods:
+            outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log)
+            outcomes.append(dataclasses.replace(outcome, model=None))
+            del outcome
+            _release_memory()
     return outcomes
+
+
+def _release_memory() -> None:
+    gc.collect()  # a trained model sits in reference cycles (trainer callbacks), not freed by its count alone
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def evaluate(
