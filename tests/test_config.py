@@ -55,11 +55,14 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
 
 
 def test_doc_stride_must_leave_a_window_room(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"tasks\[0\] \(sentiment\)\.training: .*doc_stride \(64\) must be below "
-                                          r"half of max_length \(128\): lower doc_stride or raise max_length"):
-        load_config(write(tmp_path, {"tasks": [task(training={"doc_stride": 64})]}))
-    config = load_config(write(tmp_path, {"tasks": [task(training={"doc_stride": 63})]}))
+    qa = {"name": "qa", "kind": "extractive_qa", "data": {"train": "qa.jsonl"}}
+    with pytest.raises(ConfigError, match=r"tasks\[0\] \(qa\): .*doc_stride \(64\) must be below half of "
+                                          r"training.max_length \(128\): lower doc_stride or raise max_length"):
+        load_config(write(tmp_path, {"tasks": [{**qa, "training": {"doc_stride": 64}}]}))
+    config = load_config(write(tmp_path, {"tasks": [{**qa, "training": {"doc_stride": 63}}]}))
     assert config.tasks[0].training.doc_stride == 63
+    # Only a QA task reads doc_stride: another kind's short max_length leaves the default stride alone.
+    load_config(write(tmp_path, {"tasks": [task(training={"max_length": 32})]}))
 
 
 @pytest.mark.parametrize("value", [1.5, "automatic", True])

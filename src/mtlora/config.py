@@ -185,13 +185,6 @@ class TrainSettings(_Strict):
     )
     baseline: bool = Field(True, description="also train the head-only baseline for evaluation")
 
-    @model_validator(mode="after")
-    def _stride_fits(self) -> TrainSettings:
-        # Each QA window repeats doc_stride context tokens and must still hold the question and new context.
-        if self.doc_stride >= self.max_length // 2:
-            raise ValueError(f"doc_stride ({self.doc_stride}) must be below half of max_length ({self.max_length}): "
-                             "lower doc_stride or raise max_length")
-        return self
 
 
 class DecodingSettings(_Strict):

@@ -43,8 +43,11 @@ class ExtractiveQATask(TaskKind):
     @classmethod
     def check_config(cls, config: TaskConfig) -> None:
         super().check_config(config)
-        if config.training.doc_stride >= config.training.max_length:
-            raise ValueError("training.doc_stride must be smaller than training.max_length")
+        # Each window repeats doc_stride context tokens and must still hold the question and new context.
+        training = config.training
+        if training.doc_stride >= training.max_length // 2:
+            raise ValueError(f"training.doc_stride ({training.doc_stride}) must be below half of "
+                             f"training.max_length ({training.max_length}): lower doc_stride or raise max_length")
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
         examples = []
