@@ -171,6 +171,24 @@ def test_engine_adds_and_removes_seq2seq_adapters(trained_seq2seq_project: Path)
     assert engine.predict("great film", task="summarize")["text"] == before
 
 
+def test_the_only_seq2seq_adapter_reloads_and_comes_back_after_removal(trained_seq2seq_project: Path) -> None:
+    """PEFT cannot lose its last adapter and take another; and each reload must give back its task-token rows."""
+    from mtlora.engine.seq2seq import SPARE_TOKEN_ROWS
+
+    engine = Engine.from_config(trained_seq2seq_project, tasks=["summarize"], precision="fp32")
+    before = engine.predict("great film", task="summarize")["text"]
+    for _ in range(SPARE_TOKEN_ROWS + 1):
+        engine.reload("summarize")
+    assert engine.predict("great film", task="summarize")["text"] == before
+    engine.remove("summarize")
+    assert engine.tasks == []
+    engine.add("summarize")
+    engine.add("mcq")
+    engine.remove("summarize")
+    engine.add("summarize")
+    assert engine.predict("great film", task="summarize")["text"] == before
+
+
 def test_evaluation_shows_the_prompt_only_base_beside_the_adapter(trained_seq2seq_project: Path) -> None:
     reports = {r.task: r for r in mtlora.evaluate(trained_seq2seq_project, write=False, log=lambda _: None)}
     assert set(reports["triage"].metrics) == {"base", "lora"}

@@ -26,6 +26,7 @@ from mtlora.config import ProjectConfig, TaskConfig, load_config
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.errors import (
     AdapterNotFoundError,
+    AdapterNotServableError,
     BaseModelMismatchError,
     ConfigError,
     CorruptAdapterError,
@@ -40,6 +41,7 @@ from mtlora.tasks import TaskKind, get_task_kind, register_task_kind, task_kind_
 
 __all__ = [
     "AdapterNotFoundError",
+    "AdapterNotServableError",
     "BaseModelMismatchError",
     "ConfigError",
     "CorruptAdapterError",

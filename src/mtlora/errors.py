@@ -8,7 +8,8 @@
     └── RegistryError        adapter storage problems
         ├── AdapterNotFoundError
         ├── CorruptAdapterError   files missing or checksums do not match
-        └── BaseModelMismatchError   the adapter was trained on another backbone
+        ├── BaseModelMismatchError   the adapter was trained on another backbone
+        └── AdapterNotServableError  the engine cannot serve it beside other adapters (or has no room left)
 """
 
 from __future__ import annotations
@@ -65,4 +66,8 @@ class CorruptAdapterError(RegistryError):
 
 
 class BaseModelMismatchError(RegistryError):
+    pass
+
+
+class AdapterNotServableError(RegistryError):
     pass

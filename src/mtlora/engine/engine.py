@@ -59,7 +59,7 @@ from mtlora.engine.folding import (
     mixed_lora,
 )
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
-from mtlora.errors import BaseModelMismatchError, InputError, UnknownTaskError
+from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, split_prefix
@@ -243,7 +243,7 @@ class Engine:
         check_base(manifest, self.backbone)
         kind = kind_from_manifest(manifest)
         if isinstance(kind, Seq2SeqTask):
-            return _Task(manifest, kind), lambda: self._seq2seq.add(self.registry, name, kind)
+            return _Task(manifest, kind), self._seq2seq.prepared(self.registry, name, kind)
         head, stand_in = self._build_head(kind, manifest)
         base_prefix = head.base_model_prefix
         encoder_state, head_state = _split_state(load_file(self.registry.path(name) / ADAPTER_WEIGHTS),
@@ -594,7 +594,7 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
         inner = key.removeprefix(PEFT_PREFIX)
         if inner.startswith(base_prefix + "."):
             if "lora_" not in inner:
-                raise BaseModelMismatchError(
+                raise AdapterNotServableError(
                     f"adapter '{name}' retrains encoder weights ({inner}) that other tasks share, so it cannot "
                     "join a multi-adapter engine; load it alone with mtlora.load_predictor"
                 )

@@ -32,7 +32,7 @@ from peft.tuners.lora import layer as lora
 from torch import nn
 from torch.nn import functional
 
-from mtlora.errors import RegistryError
+from mtlora.errors import AdapterNotServableError
 
 # Where folding MiniLM's adapted weights starts to cost less than running them unmerged: about 200-250
 # tokens a pass on this project's CPU in fp32 and bf16 alike; in whole-engine A/Bs 128, 256 and 512 tied.
@@ -52,13 +52,13 @@ def check_plain_lora(model: nn.Module, adapter: str) -> None:
                if isinstance(layer, lora.LoraLayer) and adapter in layer.r]
     variants = {type(layer.lora_variant[adapter]).__name__ for _, layer in adapted if adapter in layer.lora_variant}
     if variants:
-        raise RegistryError(
+        raise AdapterNotServableError(
             f"adapter '{adapter}' uses a LoRA variant ({', '.join(sorted(variants))}) that the engine cannot serve "
             "alongside other adapters; export it alone with `mtlora merge`, or retrain it as plain LoRA"
         )
     others = [name for name, layer in adapted if type(layer) is not lora.Linear]
     if others:
-        raise RegistryError(
+        raise AdapterNotServableError(
             f"adapter '{adapter}' puts LoRA on layers other than linear ones ({', '.join(others[:3])}), which the "
             "engine cannot keep to its own rows; export it alone with `mtlora merge`, or retrain it with "
             "lora.target_modules naming linear layers only"

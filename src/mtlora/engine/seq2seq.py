@@ -16,7 +16,7 @@ the other within a call: one pass per adapter, never one per request. T5 and BAR
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
 from mtlora.backbone import load_task_model, load_tokenizer, resize_input_embeddings
-from mtlora.errors import BaseModelMismatchError
+from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, CorruptAdapterError
 from mtlora.modeling import adapter_tokenizer
 from mtlora.registry import Registry
 from mtlora.tasks import Encoded, Example
@@ -46,6 +46,7 @@ class _Adapter:
     tokenizer: PreTrainedTokenizerBase
     token_rows: dict[int, int]  # the adapter's id of a task token -> its row in the shared embedding
     mixes: bool  # PEFT can run its rows in a batch with other adapters' rows
+    peft_name: str  # its name in the PEFT model: a reload's copy joins before the old one leaves
 
 
 @dataclass
@@ -64,10 +65,14 @@ class Seq2SeqAdapters:
         self.tokenizer = load_tokenizer(backbone)  # pads and decodes: task tokens never appear in outputs
         self.model: PeftModel | None = None
         self._adapters: dict[str, _Adapter] = {}
-        self._next_row = 0
-        self._end_row = 0
+        self._free_rows: list[int] = []  # spare rows of the shared input embedding no task token holds
+        self._loads = 0
+        # PEFT cannot drop its last adapter (nor add one after), so the last one removed waits here,
+        # unused, until another joins.
+        self._retired: list[str] = []
 
-    def add(self, registry: Registry, name: str, kind: Seq2SeqTask) -> None:
+    def prepared(self, registry: Registry, name: str, kind: Seq2SeqTask) -> Callable[[], None]:
+        """Adapter `name` read and checked, with the engine as it was; and the step that puts it in."""
         folder = registry.path(name)
         config = LoraConfig.from_pretrained(str(folder))
         token_ids = _token_ids(config.trainable_token_indices)
@@ -75,27 +80,51 @@ class Seq2SeqAdapters:
         config.inference_mode = True
         state = load_file(str(folder / ADAPTER_WEIGHTS))
         token_values = [state.pop(k) for k in [k for k in state if k.endswith(TOKEN_VALUES)]]
-        model = self._shared_model()
+        values = torch.cat(token_values) if token_values else None
+        if token_ids and (values is None or len(values) != len(token_ids)):
+            raise CorruptAdapterError(f"adapter '{name}' names task tokens {token_ids} but has no trained rows "
+                                      "for them; retrain it")
+        tokenizer = adapter_tokenizer(registry, name, self.backbone)
+        return lambda: self._put_in(name, kind, tokenizer, config, state, token_ids, values)
+
+    def _put_in(self, name: str, kind: Seq2SeqTask, tokenizer: PreTrainedTokenizerBase, config: LoraConfig,
+                state: dict[str, torch.Tensor], token_ids: list[int], values: torch.Tensor | None) -> None:
+        self._loads += 1
+        peft_name = f"{name}-{self._loads}"
         if self.model is None:
-            self.model = get_peft_model(model, config, adapter_name=name)
+            self.model = get_peft_model(self._shared_model(), config, adapter_name=peft_name)
         else:
-            self.model.add_adapter(name, config)
-        result = set_peft_model_state_dict(self.model, state, adapter_name=name)
-        if result.unexpected_keys:
-            raise BaseModelMismatchError(f"adapter '{name}' has weights the seq2seq backbone has no place for: "
-                                         f"{result.unexpected_keys[:3]}")
-        rows = self._place_tokens(name, token_ids, torch.cat(token_values) if token_values else None)
+            self.model.add_adapter(peft_name, config)
+        try:
+            result = set_peft_model_state_dict(self.model, state, adapter_name=peft_name)
+            if result.unexpected_keys:
+                raise BaseModelMismatchError(f"adapter '{name}' has weights the seq2seq backbone has no place "
+                                             f"for: {result.unexpected_keys[:3]}")
+            rows = self._place_tokens(name, token_ids, values)
+        except BaseException:
+            self._drop(peft_name)  # the engine goes on as it was, and the adapter can be tried again
+            raise
         self.model.eval()
-        self._adapters[name] = _Adapter(kind, adapter_tokenizer(registry, name, self.backbone), rows,
-                                        mixes=not config.modules_to_save)
+        self._adapters[name] = _Adapter(kind, tokenizer, rows, mixes=not config.modules_to_save, peft_name=peft_name)
+        for retired in self._retired:
+            self._drop(retired)
+        self._retired.clear()
 
     def remove(self, name: str) -> None:
-        """Drop the adapter; its task-token rows stay allocated (an engine adds few over its life)."""
-        del self._adapters[name]
+        """Drop the adapter, and free its task-token rows for adapters to come."""
+        adapter = self._adapters.pop(name)
+        self._free_rows.extend(adapter.token_rows.values())
+        self._drop(adapter.peft_name)
+
+    def _drop(self, peft_name: str) -> None:
         assert self.model is not None
-        if name in self.model.active_adapters and self._adapters:
-            self.model.set_adapter(next(iter(self._adapters)))
-        self.model.delete_adapter(name)
+        others = [other for other in self.model.peft_config if other != peft_name and other not in self._retired]
+        if not others:
+            self._retired.append(peft_name)
+            return
+        if peft_name in self.model.active_adapters:
+            self.model.set_adapter(others[0])
+        self.model.delete_adapter(peft_name)
 
     def job(self, name: str, examples: list[Example], max_length: int) -> Seq2SeqJob:
         adapter = self._adapters[name]
@@ -121,13 +150,13 @@ class Seq2SeqAdapters:
         assert self.model is not None
         features = {name: [row for job in jobs for row in job.encoded.features[name]]
                     for name in ("input_ids", "attention_mask")}
-        names = [job.task for job in jobs for _ in range(len(job.encoded))]
+        names = [self._adapters[job.task].peft_name for job in jobs for _ in range(len(job.encoded))]
         merged = Encoded(features=features, example_index=list(range(len(names))),
                          extras=[extra for job in jobs for extra in job.encoded.extras],
                          truncated=[flag for job in jobs for flag in job.encoded.truncated])
         kind = self._adapters[jobs[0].task].kind
         if len(jobs) == 1:
-            self.model.set_adapter(jobs[0].task)  # one adapter: its plain forward, no per-row dispatch
+            self.model.set_adapter(names[0])  # one adapter: its plain forward, no per-row dispatch
             results = kind.run(self.model, self.tokenizer, merged, self.batch_size, self.bf16)
         else:
             results = kind.run(self.model, self.tokenizer, merged, self.batch_size, self.bf16, adapter_names=names)
@@ -137,28 +166,27 @@ class Seq2SeqAdapters:
             start += len(job.encoded)
 
     def _shared_model(self) -> torch.nn.Module:
-        if self.model is not None:
-            return self.model
         model = load_task_model(self.backbone, AutoModelForSeq2SeqLM, seed=0).model
-        self._next_row = model.get_input_embeddings().num_embeddings
-        self._end_row = self._next_row + SPARE_TOKEN_ROWS
-        resize_input_embeddings(model, self._end_row)
+        first = model.get_input_embeddings().num_embeddings
+        self._free_rows = list(range(first + SPARE_TOKEN_ROWS - 1, first - 1, -1))  # popped lowest first
+        resize_input_embeddings(model, first + SPARE_TOKEN_ROWS)
+        # Where the output vocabulary grew with the input (T5 and BART tie or resize both), the spare rows
+        # are never an answer, as they are not in a standalone adapter's model.
+        model.generation_config.suppress_tokens = list(range(first, first + SPARE_TOKEN_ROWS))
         return model.to(self.device).eval()
 
     def _place_tokens(self, name: str, token_ids: list[int], values: torch.Tensor | None) -> dict[int, int]:
         if not token_ids:
             return {}
-        if values is None or len(values) != len(token_ids):
-            raise BaseModelMismatchError(f"adapter '{name}' names task tokens {token_ids} but has no trained rows")
-        if self._next_row + len(token_ids) > self._end_row:
-            raise BaseModelMismatchError(f"the engine has room for {SPARE_TOKEN_ROWS} task tokens and they are "
-                                         f"taken; adapter '{name}' needs {len(token_ids)} more: start a new engine")
-        assert self.model is not None
+        assert self.model is not None and values is not None
+        if len(token_ids) > len(self._free_rows):
+            raise AdapterNotServableError(
+                f"adapter '{name}' needs {len(token_ids)} task-token rows and {len(self._free_rows)} of the engine's "
+                f"{SPARE_TOKEN_ROWS} are free; unload an adapter with task tokens, or serve it from another engine")
         embedding = self.model.get_input_embeddings()
-        rows = {token: self._next_row + i for i, token in enumerate(token_ids)}
+        rows = {token: self._free_rows.pop() for token in token_ids}
         with torch.no_grad():
             embedding.weight[list(rows.values())] = values.to(embedding.weight)
-        self._next_row += len(token_ids)
         return rows
 
 

@@ -32,6 +32,7 @@ from mtlora.engine import Engine
 from mtlora.engine.engine import NAMED_AND_ROUTED
 from mtlora.errors import (
     AdapterNotFoundError,
+    AdapterNotServableError,
     BaseModelMismatchError,
     CorruptAdapterError,
     InputError,
@@ -362,7 +363,7 @@ def _checked_adapter_name(name: str) -> str:
 def _as_problem(error: MtloraError) -> HTTPProblem:
     if isinstance(error, AdapterNotFoundError | UnknownTaskError):
         return HTTPProblem(404, "not_found", str(error))
-    if isinstance(error, CorruptAdapterError | BaseModelMismatchError):
+    if isinstance(error, CorruptAdapterError | BaseModelMismatchError | AdapterNotServableError):
         return HTTPProblem(409, "adapter_unusable", str(error))
     if isinstance(error, InputError):
         return HTTPProblem(422, "bad_input", str(error))
