@@ -183,6 +183,14 @@ def test_holdout_is_stratified_and_seeded(tmp_path: Path) -> None:
     assert not {e["text"] for e in first.validation} & {e["text"] for e in first.train}
 
 
+def test_a_regression_scale_comes_from_the_training_rows_only(tmp_path: Path) -> None:
+    rows = [{"text": f"a {i}", "text_pair": f"b {i}", "label": float(i)} for i in range(20)]
+    config, task = project(tmp_path, "regression", jsonl(tmp_path, rows), holdout=0.4)
+    data = load_task_data(config, task)
+    scores = [e["label"] for e in data.train]
+    assert data.kind.options["target_mean"] == pytest.approx(sum(scores) / len(scores))
+
+
 def test_a_source_joins_columns_and_recodes_values_strictly(tmp_path: Path) -> None:
     """AG News' official test file: `class (1-4), title, description`, where the train samples are `text, 0-3`."""
     (tmp_path / "test.csv").write_text('"3","Stocks up","Markets rallied"\n"1","Vote held","Polls closed"\n')

@@ -68,6 +68,7 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
         train, validation = _holdout(kind, train, task.data.holdout, seed)
     elif task.data.validation is not None and "validation" in splits:
         validation = read("validation", task.data.validation)
+    kind.fit(train)
     test: list[Example] = []
     if task.data.test is not None and "test" in splits:
         test = read("test", task.data.test)

@@ -114,6 +114,10 @@ class TaskKind(ABC):
         """Whether a router may send this input text here (its shape already fits)."""
         return True
 
+    def fit(self, train: Sequence[Example]) -> None:
+        """Fix what the kind takes from the training examples (a regression's target scale), once they
+        are split from any holdout."""
+
     def stratify_key(self, example: Example) -> Any:
         return example.get("label") if self.categorical else None
 

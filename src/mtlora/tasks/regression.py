@@ -41,11 +41,13 @@ class RegressionTask(SequenceTask):
             if not np.isfinite(example["label"]):
                 raise DataError(row.where, f"score {raw!r} in field '{self.column('label')}' is not finite")
             examples.append(example)
-        if "target_mean" not in self.options and examples:  # training rows are parsed first
-            scores = np.array([e["label"] for e in examples])
+        return examples
+
+    def fit(self, train: Sequence[Example]) -> None:
+        if "target_mean" not in self.options and train:  # kept from training in the manifest
+            scores = np.array([e["label"] for e in train])
             self.options["target_mean"] = float(scores.mean())
             self.options["target_std"] = float(scores.std()) or 1.0
-        return examples
 
     @property
     def _scale(self) -> tuple[float, float]:
