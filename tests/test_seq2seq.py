@@ -51,7 +51,17 @@ def test_generation_trains_on_seq2seq_checkpoints(request, tmp_path: Path, backb
     losses = [loss for _, loss in outcome.losses]
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     prediction = mtlora.load_predictor(config, "summarize").predict("great good movie")
-    assert isinstance(prediction["text"], str) and prediction["generated_tokens"] >= 0
+    assert isinstance(prediction["text"], str) and 1 <= prediction["generated_tokens"] <= 6  # max_new_tokens
+
+
+@pytest.mark.parametrize(("start", "pad"), [(0, 0), (101, 0)])  # T5 starts from its pad token, BERT2BERT from [CLS]
+def test_generated_tokens_count_what_the_decoder_wrote(start: int, pad: int) -> None:
+    from types import SimpleNamespace
+
+    from mtlora.tasks.seq2seq import _generated_tokens
+
+    written = torch.tensor([start, 7, 8, 1, pad, pad])  # two words and the end token, then padding
+    assert _generated_tokens(SimpleNamespace(pad_token_id=pad), written) == 3
 
 
 def test_label_restricted_prediction_only_answers_with_a_label(trained_seq2seq_project: Path) -> None:
@@ -253,6 +263,10 @@ def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm
     dream[0][1][1]["answer"] = "a cat"
     (tmp_path / "data" / "dream.json").write_text(json.dumps(dream))
     with pytest.raises(DataError, match=r"dream.json: item 0 \(d-1\) question 1: answer 'a cat'"):
+        mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
+    dream[0][1][1]["answer"] = True  # a JSON boolean is a Python int: it would have read as option b
+    (tmp_path / "data" / "dream.json").write_text(json.dumps(dream))
+    with pytest.raises(DataError, match=r"question 1: answer True in field 'answer' is not a letter a-c, an index 0-2"):
         mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
 
 

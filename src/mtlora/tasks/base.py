@@ -114,7 +114,7 @@ class TaskKind(ABC):
         """Whether a router may send this input text here (its shape already fits)."""
         return True
 
-    def fit(self, train: Sequence[Example]) -> None:
+    def fit(self, train: Sequence[Example]) -> None:  # noqa: B027 - optional: most kinds take nothing
         """Fix what the kind takes from the training examples (a regression's target scale), once they
         are split from any holdout."""
 

@@ -97,7 +97,7 @@ class MCQGenerationTask(Seq2SeqTask):
     def _answer(self, row: Row, options: list[str]) -> int:
         """The answer given as a letter ('B'), an index (1), or the option's own text (DREAM)."""
         raw, field = self.value(row, "answer"), self.column("answer")
-        if isinstance(raw, int) and 0 <= raw < len(options):
+        if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(options):  # True is an int
             return raw
         if isinstance(raw, str):
             text = " ".join(raw.split())
@@ -105,8 +105,9 @@ class MCQGenerationTask(Seq2SeqTask):
                 return LETTERS.index(text.lower())
             if text in options:
                 return options.index(text)
-        raise DataError(row.where, f"answer {raw!r} in field '{field}' is neither a letter "
-                        f"{LETTERS[0]}-{LETTERS[len(options) - 1]} nor the text of one of the options")
+        raise DataError(row.where, f"answer {raw!r} in field '{field}' is not a letter "
+                        f"{LETTERS[0]}-{LETTERS[len(options) - 1]}, an index 0-{len(options) - 1}, "
+                        "or the text of one of the options")
 
     def target(self, example: Example) -> str:
         return example["mcq"].format()

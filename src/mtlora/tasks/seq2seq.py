@@ -187,5 +187,6 @@ def decode_text(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> str:
 
 
 def _generated_tokens(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> int:
-    """Tokens the model wrote: the sequence without its start token and padding."""
-    return max(0, int((ids != tokenizer.pad_token_id).sum()) - 1)
+    """Tokens the model wrote, its end token included: the sequence after the decoder's start token (T5's
+    is the pad token, a warm-started encoder-decoder's [CLS]), padding left out."""
+    return int((ids[1:] != tokenizer.pad_token_id).sum())
