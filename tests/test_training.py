@@ -203,6 +203,18 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
     assert any("settings or the training data changed" in m for m in messages), messages
 
 
+def test_a_run_marker_cut_short_starts_the_run_over(tiny_project: Path, monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
+    [marker] = tiny_project.parent.rglob("run.json")
+    marker.write_text('{"signat')  # as a crash or a full disk can leave it
+    messages: list[str] = []
+    mtlora.train(tiny_project, "sentiment", baseline=False, progress=False, log=messages.append)
+    assert any("Not resuming" in m for m in messages), messages
+
+
 def test_training_is_seeded(tiny_project: Path) -> None:
     config = load_config(tiny_project)
     first = train_task(config, config.task("similarity"), "lora", **QUIET)

@@ -190,7 +190,7 @@ def _owning_module(model: nn.Module, key: str) -> str:
 
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated on T4/V100: slower than fp32
     if device.type == "cpu":
         # Without native bf16 instructions autocast emulates it and runs slower than fp32.
         capability = torch.backends.cpu.get_cpu_capability()

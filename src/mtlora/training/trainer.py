@@ -228,7 +228,7 @@ def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[
     """Keep the checkpoints of an interrupted run with the same settings and data; clear anything else."""
     marker = run_dir / "run.json"
     if run_dir.is_dir():
-        previous = json.loads(marker.read_text()).get("signature") if marker.is_file() else None
+        previous = _run_signature_in(marker)
         checkpoint = get_last_checkpoint(str(run_dir))
         if checkpoint and not fresh and previous == signature:
             step = checkpoint.rsplit("-", 1)[-1]
@@ -239,7 +239,15 @@ def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[
             log(f"Not resuming from {checkpoint}: {reason}. Starting over.")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    marker.write_text(json.dumps({"signature": signature}))
+    atomic.write_json(marker, {"signature": signature})
+
+
+def _run_signature_in(marker: Path) -> str | None:
+    """The signature an earlier run left, or None where there is none to trust (a file a crash cut short)."""
+    try:
+        return json.loads(marker.read_text()).get("signature")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class _LengthBatchedTrainer(Trainer):
