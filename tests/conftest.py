@@ -104,6 +104,7 @@ def write_tiny_project(folder: Path, backbone: Path) -> Path:
         "reports": "reports",
         "data_dir": "data",
         "defaults": {"training": training, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "inference": {"precision": "fp32"},
         "router": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0},
                    "training": {**training, "epochs": 60, "lr": 5e-3, "checkpoint_every": 1000}},
         "tasks": [
@@ -217,6 +218,7 @@ def write_seq2seq_project(folder: Path, backbone: Path) -> Path:
         "backbone": str(backbone),
         "data_dir": "data",
         "defaults": {"training": training, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "inference": {"precision": "fp32"},
         "tasks": [
             {"name": "triage", "kind": "instruction_classification",
              "data": {"train": "triage.jsonl", "validation": "triage.jsonl", "labels": ["refund", "login"],

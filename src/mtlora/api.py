@@ -151,10 +151,10 @@ def require_adapters(config: ConfigLike) -> ProjectConfig:
 
 
 def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:
-    """One adapter alone, with the task's own precision setting (evaluation uses the same path)."""
+    """One adapter alone, at the project's inference precision, as the engine and evaluation run it."""
     project = as_config(config)
-    return TaskPredictor(Registry(project.registry), task, project.backbone,
-                         precision=project.task(task).training.precision)
+    project.task(task)  # an unknown task is named with the project's tasks
+    return TaskPredictor(Registry(project.registry), task, project.backbone, precision=project.inference.precision)
 
 
 def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | None = None,

@@ -62,7 +62,7 @@ def evaluate_task(
         hint = {"validation": "set data.validation (or data.holdout)", "test": "set data.test"}.get(split, "")
         raise DataError(f"task '{task.name}'", f"has no {split} data", f"{hint} in the project file" if hint else None)
     tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
-    bf16 = use_bf16(task.training.precision, default_device())
+    bf16 = use_bf16(project.inference.precision, default_device())  # scored as the engine serves it
 
     def run(variant_model: nn.Module) -> list[Prediction]:
         return predict_examples(variant_model.to(default_device()), kind, tokenizer, examples,
