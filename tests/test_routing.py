@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import mtlora
 from mtlora import Engine, load_config
@@ -204,6 +205,29 @@ def test_keyword_priority_breaks_ties() -> None:
     assert route.task == "b"
     (route,) = KeywordRouter(hints).route([Request("my order")], [["a"]])
     assert route.task == "a"
+    # ... and does nothing else: it neither outweighs a match nor refuses one.
+    hints = {"a": {"keywords": ["order", "refund"]}, "b": {"keywords": ["order"], "priority": 2000},
+             "c": {"keywords": ["film"], "priority": -1}}
+    routes = KeywordRouter(hints).route([Request("my order refund"), Request("a film")], [["a", "b", "c"]] * 2)
+    assert [r.task for r in routes] == ["a", "c"]
+
+
+def test_keywords_match_whole_words_that_begin_or_end_with_a_symbol() -> None:
+    router = KeywordRouter({"code": {"keywords": ["c++", "#bug"]}, "other": {"keywords": ["c"]}})
+    texts = ["my c++ build", "a #bug here", "c++", "abc++ x"]
+    routes = router.route([Request(t) for t in texts], [["code", "other"]] * len(texts))
+    assert [r.task for r in routes] == ["code", "code", "code", None]
+
+
+def test_routing_hints_come_from_the_project_file_without_retraining(routed_project: Path) -> None:
+    engine = Engine.from_config(routed_project, tasks=["sentiment", "support"], precision="fp32")
+    assert engine.predict("lovely weather", router="keywords")["task"] is None
+    raw = yaml.safe_load(routed_project.read_text())
+    raw["tasks"][0]["routing"] = {"keywords": ["weather"]}
+    edited = routed_project.with_name("edited.yaml")
+    edited.write_text(yaml.safe_dump(raw))
+    engine = Engine.from_config(edited, tasks=["sentiment", "support"], precision="fp32")
+    assert engine.predict("lovely weather", router="keywords")["task"] == "sentiment"
 
 
 def test_prefixes() -> None:

@@ -234,11 +234,12 @@ class MixtureSettings(_Strict):
 
 
 class RoutingHints(_Strict):
-    description: str = ""
-    keywords: list[str] = Field(default_factory=list)
-    patterns: list[str] = Field(default_factory=list, description="regular expressions")
-    examples: list[str] = Field(default_factory=list, description="inputs typical of this task")
-    priority: int = 0
+    """How routers find a task's inputs; read from the project file when the engine is built from it."""
+
+    keywords: list[str] = Field(default_factory=list, description="whole words, any case")
+    patterns: list[str] = Field(default_factory=list, description="regular expressions, any case")
+    examples: list[str] = Field(default_factory=list, description="inputs typical of this task (semantic router)")
+    priority: int = Field(0, description="keywords: breaks a tie between tasks with as many matches")
 
     @field_validator("patterns")
     @classmethod

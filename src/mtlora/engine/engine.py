@@ -23,7 +23,7 @@ import contextlib
 import copy
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,9 @@ class Engine:
             (True), or each adapter gets passes of its own with its LoRA folded into the weights (False).
             "auto": shared passes on CPU unless `fold_cache` is set, per-adapter passes on CUDA.
         fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
+        routing_hints: each task's routing hints (keywords, patterns, priority, examples) as its project
+            file gives them now (`from_config` passes them); a task left out routes by the hints stored
+            in its manifest when it was trained.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class Engine:
         batch_size: int = 32,
         mixed_batches: bool | str = "auto",
         fold_cache: int = 0,
+        routing_hints: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         # The project file checks these; a caller in Python gets the same answer, not a silent default.
         if precision not in ("auto", "fp32", "bf16"):
@@ -167,6 +171,7 @@ class Engine:
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
         self.default_router = router or self.router_settings.strategy
+        self._routing_hints = dict(routing_hints or {})
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
@@ -192,6 +197,7 @@ class Engine:
                     **kwargs: Any) -> Engine:
         project = config if isinstance(config, ProjectConfig) else load_config(config)
         kwargs.setdefault("router_settings", project.router)
+        kwargs.setdefault("routing_hints", {task.name: task.routing.model_dump(mode="json") for task in project.tasks})
         for setting, value in project.inference.model_dump().items():
             kwargs.setdefault(setting, value)
         return cls(project.backbone, Registry(project.registry), tasks, **kwargs)
@@ -205,6 +211,10 @@ class Engine:
 
     def manifest(self, task: str) -> Manifest:
         return self._task(task).manifest
+
+    def routing_hints(self, task: str) -> Mapping[str, Any]:
+        """`task`'s routing hints: the project file's, else those its manifest kept from training."""
+        return self._routing_hints.get(task, self.manifest(task).routing)
 
     def add(self, name: str) -> None:
         """Load adapter `name` from the registry into the running engine (the backbone stays loaded)."""

@@ -27,23 +27,24 @@ class KeywordRouter(Router):
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> KeywordRouter:
-        return cls({task: engine.manifest(task).routing for task in engine.tasks}, settings.default_task)
+        return cls({task: engine.routing_hints(task) for task in engine.tasks}, settings.default_task)
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []
         for request, fits in zip(requests, candidates, strict=True):
             text = request.text if request.text_pair is None else f"{request.text}\n{request.text_pair}"
-            matches = {task: sum(1 for rule in self.rules.get(task, []) if rule.search(text)) for task in fits}
-            # Priority only breaks ties between equal match counts (it is far below one match).
-            scores = {t: n + self.priority.get(t, 0) * 1e-3 for t, n in matches.items() if n > 0}
-            route = decide(self.name, scores, 1.0, self.default_task, fits, "keyword")
-            if route.task is not None and route.task in matches and matches[route.task]:
-                total = sum(matches.values())
-                route.confidence = matches[route.task] / total
-            routes.append(route)
+            matches = {task: float(n) for task in fits
+                       if (n := sum(1 for rule in self.rules.get(task, []) if rule.search(text)))}
+            if not matches:
+                routes.append(decide(self.name, {}, 1.0, self.default_task, fits, "keyword"))
+                continue
+            # More matches win; priority only breaks ties, then the task listed first (max keeps the first).
+            best = max(matches, key=lambda task: (matches[task], self.priority.get(task, 0)))
+            routes.append(Route(best, self.name, matches[best] / sum(matches.values()), matches))
         return routes
 
 
 def _compile(hints: Mapping[str, Any]) -> list[re.Pattern[str]]:
-    words = [re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE) for word in hints.get("keywords", [])]
+    # Whole words, by lookarounds rather than \b, so that a keyword may begin or end with a symbol (c++, #refund).
+    words = [re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE) for word in hints.get("keywords", [])]
     return words + [re.compile(pattern, re.IGNORECASE) for pattern in hints.get("patterns", [])]

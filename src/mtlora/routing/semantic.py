@@ -91,7 +91,7 @@ class SemanticRouter(Router):
         if key not in self._banks:
             manifest = self.engine.manifest(task)
             texts = [e.get("text") or e.get("question") for e in manifest.example_inputs]
-            texts += manifest.routing.get("examples", [])
+            texts += self.engine.routing_hints(task).get("examples", [])
             texts = [t for t in texts if t]
             self._banks[key] = self.engine.embed(texts, self.features) if texts else torch.empty(0)
         return self._banks[key]
