@@ -180,6 +180,14 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
         engine.predict_batch(["a", "b"], task=["sentiment"] * 3)
 
 
+def test_the_predict_verb_takes_a_task_per_input(trained_project: Path) -> None:
+    texts = ["a great film", "my login password"]
+    answers = mtlora.predict(trained_project, texts, task=["sentiment", "support"])
+    assert [a["task"] for a in answers] == ["sentiment", "support"]
+    answers = mtlora.predict(trained_project, texts, task=["sentiment", None], router="keywords")
+    assert [a["task"] for a in answers] == ["sentiment", "support"]
+
+
 def test_long_text_is_truncated_and_says_so(engine: Engine) -> None:
     result = engine.predict("great movie " * 40, task="sentiment")
     assert result["truncated"] is True

@@ -102,6 +102,22 @@ def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(traine
     skipped = [line for line in said if "skipping 'learned'" in line]
     assert len(skipped) == 1 and "mtlora train-router" in skipped[0]
     assert ("token embeddings" in skipped[0]) == (features == "embeddings")
+    with pytest.raises(RegistryError, match="no router to evaluate among learned"):  # and no report to write
+        mtlora.evaluate_routers(project, ["learned"], write=False, log=said.append)
+
+
+def test_router_evaluation_needs_the_split_from_some_task(trained_project: Path) -> None:
+    """The tiny project declares no test data: routing a mix of nothing is refused, not a scikit-learn error."""
+    with pytest.raises(DataError, match=r"split 'test': no task of the project has inputs in it to route"):
+        mtlora.evaluate_routers(trained_project, ["keywords"], split="test", write=False, log=lambda _: None)
+
+
+def test_a_router_over_one_task_is_refused_before_anything_is_written(tiny_project: Path) -> None:
+    project = load_config(tiny_project)
+    alone = project.model_copy(update={"tasks": project.tasks[:1]})
+    with pytest.raises(DataError, match=r"from 1 task\(s\) \(sentiment\), and a router chooses between tasks"):
+        train_router(alone, progress=False, log=lambda _: None)
+    assert not (project.registry / ".router-data").exists()
 
 
 def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project: Path,

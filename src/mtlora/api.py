@@ -121,7 +121,9 @@ def evaluate_routers(
             log(f"[routing] skipping '{name}': {missing}")
         else:
             available.append(name)
-    reports = evaluate_routing(engine, routing_mix(project, split, per_task), available, split, log=log)
+    if not available:
+        raise RegistryError(f"no router to evaluate among {', '.join(routers)}: see the reasons above")
+    reports = evaluate_routing(engine, routing_mix(project, split, per_task, log=log), available, split, log=log)
     if write and reports:
         write_routing_reports(reports, Path(project.reports))
     return reports
@@ -157,13 +159,17 @@ def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:
     return TaskPredictor(Registry(project.registry), task, project.backbone, precision=project.inference.precision)
 
 
-def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | None = None,
+def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | Sequence[str | None] | None = None,
             router: str | None = None) -> Prediction | list[Prediction]:
-    """Answer one input or a list: with the adapter of `task`, or where the router sends each input.
+    """Answer one input or a list: with the adapter of `task` (one for all inputs, or one per input), or
+    where the router sends each input.
 
-    Loads the engine on every call; keep a `load_engine(...)` for many calls.
+    Loads the engine on every call (only the named adapters when every input names one); keep a
+    `load_engine(...)` for many calls.
     """
-    return load_engine(config, [task] if task else None).predict(inputs, task, router)
+    named = [task] if isinstance(task, str) else list(task or [])
+    needed = None if not named or None in named else list(dict.fromkeys(named))
+    return load_engine(config, needed).predict(inputs, task, router)
 
 
 def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = None) -> list[Route]:

@@ -11,6 +11,7 @@ from typing import Any
 from mtlora.config import ProjectConfig
 from mtlora.data import load_task_data
 from mtlora.engine import Engine
+from mtlora.errors import DataError
 from mtlora.metrics import confusion
 from mtlora.routing import ROUTERS
 
@@ -35,13 +36,17 @@ class RoutingReport:
 
 
 def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200,
-                seed: int = 0) -> list[tuple[Any, str]]:
+                seed: int = 0, log: Callable[[str], None] = print) -> list[tuple[Any, str]]:
     """Up to `per_task` inputs of each task with the task they belong to. Pairs and QA come as plain
-    (text, text) tuples, so only the router, not the input's form, tells them apart."""
+    (text, text) tuples, so only the router, not the input's form, tells them apart. A task without
+    the split is left out, and said so."""
     rng = random.Random(seed)
     mix = []
+    without = []
     for task in project.tasks:
         examples = load_task_data(project, task, splits=(split,)).split(split)
+        if not examples:
+            without.append(task.name)
         for example in rng.sample(examples, min(per_task, len(examples))):
             if "question" in example:
                 mix.append(((example["question"], example["context"]), task.name))
@@ -49,6 +54,11 @@ def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int
                 mix.append(((example["text"], example["text_pair"]), task.name))
             else:
                 mix.append((example["text"], task.name))
+    if without and not mix:
+        raise DataError(f"split '{split}'", "no task of the project has inputs in it to route",
+                        f"set data.{split} of the tasks in the project file")
+    if without:
+        log(f"[routing] no {split} inputs from {', '.join(without)}: the mix leaves them out")
     rng.shuffle(mix)
     return mix
 

@@ -22,7 +22,7 @@ from mtlora.data import load_task_data
 from mtlora.errors import RegistryError
 from mtlora.registry import Registry
 from mtlora.routing.base import ANSWERED_BY, Request, Route, Router, decide
-from mtlora.routing.token_head import HEAD_NOT_TRAINED, TokenRouterHead
+from mtlora.routing.token_head import HEAD_NOT_TRAINED, TokenRouterHead, check_router_tasks
 from mtlora.tasks import get_task_kind
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     (or, with `router.features: embeddings`, its head over token embeddings)."""
     from mtlora.training import train_task
 
+    check_router_tasks([task.name for task in project.tasks])  # before any file is written
     settings = project.router
     # Absolute: the router task's data paths would otherwise be read relative to the project's data_dir.
     folder = (project.registry / ".router-data").resolve()

@@ -73,6 +73,14 @@ class HeadInfo:
     head_sha256: str = ""
 
 
+def check_router_tasks(names: Sequence[str]) -> None:
+    """A learned router chooses between tasks: refuse to train one over fewer than two."""
+    if len(names) < 2:
+        raise DataError("the learned router's training inputs", f"they come from {len(names)} task(s) "
+                        f"({', '.join(names) or 'none'}), and a router chooses between tasks",
+                        "add a task, or name the task in each call")
+
+
 class TokenRouterHead:
     """Task probabilities from a text's mean token embedding: softmax(features @ weight.T + bias)."""
 
@@ -89,10 +97,7 @@ class TokenRouterHead:
         from sklearn.linear_model import LogisticRegression
 
         names = sorted(set(labels))
-        if len(names) < 2:
-            raise DataError("the learned router's training inputs", f"they come from {len(names)} task(s) "
-                            f"({', '.join(names) or 'none'}), and a router chooses between tasks",
-                            "add a task, or name the task in each call")
+        check_router_tasks(names)
         tokenizer, table = load_tokenizer(backbone), token_embedding_table(backbone)
         model = LogisticRegression(C=HEAD_C, max_iter=2000).fit(mean_token_embeddings(tokenizer, table, texts).numpy(),
                                                       [names.index(label) for label in labels])
