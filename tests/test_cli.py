@@ -141,6 +141,14 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     answer = json.loads(predicted.output)
     assert answer["task"] == "support" and answer["routed_by"] == "keywords" and "label" in answer
 
+    # A question with --context goes to QA by its shape; as two texts it would be a pair, for the pair tasks too.
+    context = "the cat sat on the mat"
+    predicted = run("predict", trained_project, "who sat on the mat", "--context", context, "--json")
+    answer = json.loads(predicted.output)
+    assert answer["task"] == "qa" and answer["routed_by"] == "shape" and answer["answer"] in context
+    both = run("route", trained_project, "who sat", "on the mat", "--context", context)
+    assert both.exit_code == 2 and "TEXT_PAIR (a pair task's second text) or --context (QA), not both" in both.output
+
     evaluated = run("evaluate", trained_project, "--router", "keywords", "--router", "semantic")
     assert evaluated.exit_code == 0, evaluated.output
     routing = json.loads((trained_project.parent / "reports" / "routing.json").read_text())

@@ -44,6 +44,10 @@ errors = Console(stderr=True, markup=False)
 ConfigArg = Annotated[Path, typer.Argument(metavar="PROJECT.yaml",
                                            help="The project file (YAML) describing backbone, registry and tasks.")]
 TaskOption = Annotated[str | None, typer.Option("--task", "-t", help="Only this task (default: every task).")]
+TextArg = Annotated[str, typer.Argument(metavar="TEXT", help="The input text (the question, with --context).")]
+PairArg = Annotated[str | None, typer.Argument(metavar="TEXT_PAIR", help="The second text of a pair task.")]
+ContextOption = Annotated[str | None, typer.Option("--context", "-c", help="A context to find the answer to "
+                                                                          "TEXT in (extractive QA).")]
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
@@ -193,14 +197,14 @@ def train_router(
 @reports_errors
 def route(
     config: ConfigArg,
-    text: Annotated[str, typer.Argument(metavar="TEXT", help="The input text (the question, for extractive QA).")],
-    text_pair: Annotated[str | None, typer.Argument(metavar="TEXT_PAIR",
-                                                    help="A second text (or the QA context).")] = None,
+    text: TextArg,
+    text_pair: PairArg = None,
+    context: ContextOption = None,
     router: Annotated[str | None, typer.Option("--router", "-r", help="explicit, keywords, semantic or learned "
                                                                         "(default: the project's).")] = None,
 ) -> None:
     """Show where an input would go and how every candidate task scored."""
-    (decision,) = api.route(config, text if text_pair is None else (text, text_pair), router)
+    (decision,) = api.route(config, _input(text, text_pair, context), router)
     say(f"-> {decision.task or 'unroutable'} (router: {decision.router}, confidence {decision.confidence:.3f})")
     if decision.reason:
         say(f"   {decision.reason}")
@@ -230,23 +234,31 @@ def merge(
 @reports_errors
 def predict(
     config: ConfigArg,
-    text: Annotated[str, typer.Argument(metavar="TEXT", help="The input text (the question, for extractive QA).")],
-    text_pair: Annotated[
-        str | None, typer.Argument(metavar="TEXT_PAIR",
-                                  help="The second text of a pair task (the context, for extractive QA).")
-    ] = None,
+    text: TextArg,
+    text_pair: PairArg = None,
+    context: ContextOption = None,
     task: Annotated[str | None, typer.Option("--task", "-t", help="The adapter to answer with "
                                                                    "(default: route the input).")] = None,
     router: Annotated[str | None, typer.Option("--router", "-r", help="Router when no --task is given.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
 ) -> None:
     """Answer one input: with the adapter of --task, or the one a router picks."""
-    prediction = api.predict(config, text if text_pair is None else (text, text_pair), task=task, router=router)
+    prediction = api.predict(config, _input(text, text_pair, context), task=task, router=router)
     if as_json:
         print(json.dumps(prediction, ensure_ascii=False))
         return
     for key, value in prediction.items():
         say(f"{key:>16}: {_shown(value)}")
+
+
+def _input(text: str, text_pair: str | None, context: str | None) -> api.Input:
+    """One input as the engine takes it: a text, a pair, or a question with its context."""
+    if context is None:
+        return text if text_pair is None else (text, text_pair)
+    if text_pair is not None:
+        raise typer.BadParameter("give TEXT_PAIR (a pair task's second text) or --context (QA), not both",
+                                 param_hint="--context")
+    return {"question": text, "context": context}
 
 
 @app.command()
