@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import mtlora
@@ -198,6 +199,11 @@ def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained
     monkeypatch.setenv("MTLORA_ADMIN_TOKEN", "s3cret")
     workers = run("serve", trained_project, "--workers", "2")
     assert workers.exit_code == 2 and "each worker holds an engine of its own" in workers.output
+    learned = trained_project.with_name("learned.yaml")  # no router trained: every routed request would fail
+    raw = yaml.safe_load(trained_project.read_text())
+    learned.write_text(yaml.safe_dump({**raw, "router": {**raw["router"], "strategy": "learned"}}))
+    no_router = run("serve", learned)
+    assert no_router.exit_code == 2 and "router.strategy is 'learned', but no learned router" in no_router.output
 
 
 def test_serve_flags_reach_the_server_settings(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,6 +176,8 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
         engine.predict("hello", task="nope")
     with pytest.raises(InputError, match="an input is a text"):
         engine.predict(42)  # type: ignore[arg-type]
+    with pytest.raises(UnknownTaskError, match=r"No router 'telepathy'\. Available: explicit, keywords"):
+        Engine(engine.backbone, engine.registry, [], router="telepathy")  # when built, not at the first routed call
     with pytest.raises(InputError, match="2 inputs but 3 task names"):
         engine.predict_batch(["a", "b"], task=["sentiment"] * 3)
 

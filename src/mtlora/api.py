@@ -152,6 +152,15 @@ def require_adapters(config: ConfigLike) -> ProjectConfig:
     return project
 
 
+def require_router(config: ConfigLike) -> None:
+    """Refuse a project whose default router cannot run (a learned router not trained yet): every routed
+    request would fail."""
+    project = as_config(config)
+    strategy = project.router.strategy
+    if missing := routing.router_class(strategy).missing(Registry(project.registry), project.router):
+        raise RegistryError(f"router.strategy is '{strategy}', but {missing}; or set another router.strategy")
+
+
 def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:
     """One adapter alone, at the project's inference precision, as the engine and evaluation run it."""
     project = as_config(config)

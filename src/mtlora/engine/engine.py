@@ -62,7 +62,7 @@ from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, InputError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
-from mtlora.routing import Request, Route, Router, build_router, split_prefix
+from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
 from mtlora.routing.base import ANSWERED_BY
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
@@ -170,7 +170,7 @@ class Engine:
         self._fold_per_block = cuda
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
-        self.default_router = router or self.router_settings.strategy
+        self.default_router = router_class(router or self.router_settings.strategy).name  # a typo fails here
         self._routing_hints = dict(routing_hints or {})
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
