@@ -220,6 +220,10 @@ def test_project_default_task_catches_what_no_router_places(trained_project: Pat
     result = engine.predict("the river of paris", router="keywords")
     assert result["task"] == "sentiment" and result["route_confidence"] == 0.0
     assert result["route_reason"] == "no keyword matched; fell back to the default task"
+    unnamed = engine.predict("the river of paris", router="explicit")  # naming no task is not placing it
+    assert unnamed["task"] == "sentiment" and unnamed["route_reason"].startswith("no task named")
+    pair = engine.predict(("the river", "of paris"), router="keywords")  # sentiment takes no pairs
+    assert pair["task"] is None and pair["reason"].endswith("the default task 'sentiment' does not take this input")
 
 
 @pytest.mark.parametrize("mixed_batches", [True, False], ids=["one-mixed-pass", "folded-per-adapter"])

@@ -64,15 +64,18 @@ class Router(ABC):
 
 
 def decide(router: str, scores: dict[str, float], threshold: float, default_task: str | None,
-           candidates: list[str], what: str) -> Route:
-    """Best-scoring candidate if it clears `threshold`; otherwise the default task, or unroutable."""
+           candidates: list[str], what: str, reason: str | None = None) -> Route:
+    """Best-scoring candidate if it clears `threshold`; otherwise the default task, or unroutable
+    (`reason` says why there are no scores, where "no <what> matched" would not)."""
     if scores:
         best = max(scores, key=scores.__getitem__)
         if scores[best] >= threshold:
             return Route(best, router, scores[best], scores)
         reason = f"best {what} {scores[best]:.2f} ({best}) is below the threshold {threshold:.2f}"
-    else:
+    elif reason is None:
         reason = f"no {what} matched"
     if default_task is not None and default_task in candidates:
         return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task")
+    if default_task is not None:
+        reason += f"; the default task '{default_task}' does not take this input"
     return Route(None, router, 0.0, scores, reason)

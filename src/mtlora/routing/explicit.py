@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mtlora.routing.base import Request, Route, Router
+from mtlora.routing.base import Request, Route, Router, decide
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -28,16 +28,19 @@ def split_prefix(text: str, tasks: Sequence[str]) -> tuple[str | None, str]:
 class ExplicitRouter(Router):
     name = "explicit"
 
+    def __init__(self, default_task: str | None = None):
+        self.default_task = default_task
+
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> ExplicitRouter:
-        return cls()
+        return cls(settings.default_task)
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []
         for request, fits in zip(requests, candidates, strict=True):
             if request.task is None:
-                routes.append(Route(None, self.name, 0.0, reason="no task named (pass task=, or prefix the text "
-                                                                   "with <task> or task:)"))
+                unnamed = "no task named (pass task=, or prefix the text with <task> or task:)"
+                routes.append(decide(self.name, {}, 1.0, self.default_task, fits, "task", reason=unnamed))
             elif request.task not in fits:
                 routes.append(Route(None, self.name, 0.0, reason=f"task '{request.task}' does not take this "
                                                                    f"input shape ({request.shape})"))
