@@ -50,11 +50,20 @@ def test_jsonl_csv_and_tsv_give_the_same_examples(tmp_path: Path) -> None:
 
 def test_glue_tsv_with_bare_quotes_needs_quoting_none(tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_text('sentence\tlabel\n"a film\t1\nfine" again\t0\nok\t1\n')
-    with pytest.raises(DataError, match=r"train.tsv:2: a quoted field spans tabs or lines \(set quoting: none"):
+    with pytest.raises(DataError, match=r"train.tsv:2: a quoted field goes on past its closing quote .*quoting: none"):
         load(tmp_path, "classification", "train.tsv", fields={"text": "sentence"}, **LABELS)
+    (tmp_path / "late.tsv").write_text('sentence\tlabel\n"a film\t1\nfine"\t0\nok\t1\n')  # closes at a tab
+    with pytest.raises(DataError, match=r"late.tsv:2: a quoted field spans tabs or lines \(set quoting: none"):
+        load(tmp_path, "classification", "late.tsv", fields={"text": "sentence"}, **LABELS)
     data = load(tmp_path, "classification", {"path": "train.tsv", "quoting": "none"},
                 fields={"text": "sentence"}, **LABELS)
     assert [e["text"] for e in data.train] == ['"a film', 'fine" again', "ok"]
+
+
+def test_a_stray_quote_in_a_csv_does_not_swallow_rows(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text('text,label\n"stray start,pos\nrow two,neg\nrow three " ok,pos\nfour,neg\n')
+    with pytest.raises(DataError, match=r"train.csv:2: a quoted field goes on past its closing quote"):
+        load(tmp_path, "classification", "train.csv", **LABELS)
 
 
 def test_headerless_tsv_with_named_columns_and_byte_order_mark(tmp_path: Path) -> None:

@@ -214,7 +214,8 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
     quoting = csv.QUOTE_NONE if source.quoting == "none" else csv.QUOTE_MINIMAL
     rows: list[Row] = []
     with path.open(encoding=_encoding(source), newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        # strict: text after a closing quote (a stray quote that opened a field running over rows) is an error.
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=True)
         header = source.columns
         line = 1
         if header is None:
@@ -229,23 +230,27 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                             f"column names repeat: {', '.join(repeated)}",
                             "give each column its own name (or name them with columns:)")
         width = len(header)
-        for fields in reader:
-            where = f"{path}:{line}"
-            line = reader.line_num + 1
-            if not fields or fields == [""]:
-                continue
-            # Dropped only when asked: an unquoted delimiter inside a text also makes extra fields.
-            too_many = len(fields) > width and source.extra_fields == "error"
-            if len(fields) < width or too_many:
-                raise DataError(
-                    where,
-                    f"expected {width} {fmt.upper()} fields ({', '.join(header)}), found {len(fields)}",
-                    _width_hint(len(fields) < width, quoting == csv.QUOTE_MINIMAL),
-                )
-            if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and any("\t" in f or "\n" in f for f in fields):
-                # A quote opened inside GLUE-style text swallows tabs and lines until the next quote.
-                raise DataError(where, "a quoted field spans tabs or lines", "set quoting: none for this TSV")
-            rows.append(Row(dict(zip(header, fields, strict=False)), where))
+        try:
+            for fields in reader:
+                where = f"{path}:{line}"
+                line = reader.line_num + 1
+                if not fields or fields == [""]:
+                    continue
+                # Dropped only when asked: an unquoted delimiter inside a text also makes extra fields.
+                too_many = len(fields) > width and source.extra_fields == "error"
+                if len(fields) < width or too_many:
+                    raise DataError(
+                        where,
+                        f"expected {width} {fmt.upper()} fields ({', '.join(header)}), found {len(fields)}",
+                        _width_hint(len(fields) < width, quoting == csv.QUOTE_MINIMAL),
+                    )
+                if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and any("\t" in f or "\n" in f for f in fields):
+                    # A quote opened inside GLUE-style text swallows tabs and lines until the next quote.
+                    raise DataError(where, "a quoted field spans tabs or lines", "set quoting: none for this TSV")
+                rows.append(Row(dict(zip(header, fields, strict=False)), where))
+        except csv.Error as exc:  # raised by the reader, at the row that began on `line`
+            raise DataError(f"{path}:{line}", f"a quoted field goes on past its closing quote ({exc})",
+                            "a stray quote character in a text opens a quoted field: set quoting: none") from None
     if quoting == csv.QUOTE_NONE:
         _check_row_count(path, source, len(rows), has_header=source.columns is None)
     return rows
