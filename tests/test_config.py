@@ -51,7 +51,7 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
     assert len(caught.value.problems) == 3, text
     assert "tasks[0] (sentiment).lora.r" in text
     assert "tasks[1] (topics).kind: unknown task kind 'clasification'; valid kinds: classification," in text
-    assert "tasks[2] (news).training.epoch: unknown setting" in text
+    assert "tasks[2] (news).training.epoch: unknown setting (check the spelling; valid here: epochs, max_steps," in text
 
 
 def test_doc_stride_must_leave_a_window_room(tmp_path: Path) -> None:

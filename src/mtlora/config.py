@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -511,8 +511,28 @@ def _describe(error: Any, raw: dict[str, Any]) -> str:
     where = ".".join(parts) or "top level"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown setting (check the spelling; see the README for valid keys)"
+        section = _section_at(loc[:-1])
+        valid = f"valid here: {', '.join(section.model_fields)}" if section is not None else "see the README"
+        message = f"unknown setting (check the spelling; {valid})"
     return f"{where}: {message}"
+
+
+def _section_at(loc: list[Any]) -> type[BaseModel] | None:
+    """The settings class that the project file's section at `loc` is read into."""
+    section: type[BaseModel] | None = ProjectConfig
+    for item in loc:
+        if isinstance(item, int) or str(item).startswith("function-"):
+            continue
+        field = section.model_fields.get(str(item)) if section is not None else None
+        section = _settings_class(field.annotation) if field is not None else None
+    return section
+
+
+def _settings_class(annotation: Any) -> type[BaseModel] | None:
+    """The settings class in a field's type (`X`, `X | None`, `list[X]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation) if (found := _settings_class(arg)) is not None), None)
 
 
 def _task_name(raw: dict[str, Any], index: int) -> str | None:
