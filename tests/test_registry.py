@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,45 @@ def test_crash_during_first_save_leaves_nothing_loadable(registry_copy: Registry
     assert "fresh" not in registry_copy.names()
     with pytest.raises(AdapterNotFoundError):
         registry_copy.manifest("fresh")
+
+
+def test_a_save_cut_between_its_renames_is_recovered_by_the_next_reader(registry_copy: Registry) -> None:
+    before = registry_copy.verified("sentiment")
+    registry_copy.staging.mkdir()
+    os.rename(registry_copy.path("sentiment"), registry_copy.staging / "sentiment.old-crashed")  # then the crash
+    assert registry_copy.verified("sentiment") == before
+
+
+def test_a_reader_waits_out_a_live_save_instead_of_undoing_it(registry_copy: Registry, tmp_path: Path) -> None:
+    """Between a save's two renames the adapter's folder is gone, as after a crash there: a reader must
+    not put the old one back then, or the save's second rename fails and the new adapter is lost."""
+    target = registry_copy.path("sentiment")
+    new = tmp_path / "new"
+    shutil.copytree(target, new)
+    manifest = registry_copy.manifest("sentiment").model_copy(update={"created_at": "the new one"})
+    (new / "manifest.json").write_text(manifest.model_dump_json())
+    registry_copy.staging.mkdir()
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.append(registry_copy.manifest("sentiment").created_at))
+    with registry_copy.swapping():  # the save's swap, as atomic.staged_folder makes it
+        os.rename(target, registry_copy.staging / "sentiment.old-live")
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive(), "the reader did not wait for the swap"
+        os.rename(new, target)
+    reader.join(5)
+    assert seen == ["the new one"]
+
+
+def test_a_manifest_rewrite_refuses_an_adapter_saved_again_since_it_was_read(registry_copy: Registry) -> None:
+    """Evaluation writes its metrics into the manifest it evaluated, not into a retrained adapter's."""
+    evaluated = registry_copy.manifest("sentiment")
+    registry_copy.save("sentiment", lambda folder: shutil.copytree(registry_copy.path("support"), folder,
+                                                                    dirs_exist_ok=True),
+                       evaluated.model_copy(update={"created_at": "retrained"}))
+    with pytest.raises(RegistryError, match=r"'sentiment' was saved again .* run this again"):
+        registry_copy.update("sentiment", evaluated, metrics={"validation": {"accuracy": 1.0}})
+    assert registry_copy.manifest("sentiment").metrics == evaluated.metrics
 
 
 def test_manifests_list_through_the_api(trained_project: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,13 @@ def write_bytes_via(path: Path, writer: Any) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
+def staged_folder(target: Path, staging: Path,
+                  swapping: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                  ) -> Iterator[Path]:
     """Yield an empty folder to fill; on success it replaces `target`, on error it is deleted.
 
-    The old folder is moved aside before the new one is renamed in, and deleted after: a crash in
+    The old folder is moved aside before the new one is renamed in (within `swapping()`, a lock that
+    keeps `recover_folder` from running between the two renames), and deleted after: a crash in
     between leaves it in `staging`, from where `recover_folder` restores it.
     """
     tmp = staging / f"{target.name}.new-{uuid.uuid4().hex[:8]}"
@@ -63,9 +66,10 @@ def staged_folder(target: Path, staging: Path) -> Iterator[Path]:
         _fsync_tree(tmp)
         old = staging / f"{target.name}.old-{uuid.uuid4().hex[:8]}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            os.rename(target, old)
-        os.rename(tmp, target)
+        with swapping():
+            if target.exists():
+                os.rename(target, old)
+            os.rename(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -90,7 +94,8 @@ def remove_empty(*folders: Path) -> None:
 
 
 def recover_folder(target: Path, staging: Path) -> bool:
-    """Put back the newest folder moved aside by an interrupted `staged_folder`, if `target` is gone."""
+    """Put back the newest folder moved aside by an interrupted `staged_folder`, if `target` is gone.
+    Run it within the lock that the writers' swaps hold: between their renames `target` is gone too."""
     if target.exists() or not staging.is_dir():
         return False
     candidates = sorted(staging.glob(f"{target.name}.old-*"), key=lambda p: p.stat().st_mtime)

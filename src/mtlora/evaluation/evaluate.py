@@ -98,7 +98,7 @@ def evaluate_task(
         confusion=kind.confusion(predictions["lora"], examples),
         samples=_samples(kind, examples, predictions),
     )
-    registry.update(task.name, metrics={**manifest.metrics, split: report.metrics})
+    registry.update(task.name, manifest, metrics={**manifest.metrics, split: report.metrics})
     return report
 
 

@@ -6,6 +6,7 @@
       .routers/embeddings/       the learned router's head over token embeddings (routing/token_head.py)
       .staging/                  folders being written; never listed or loaded
       .runs/sentiment/           resumable training checkpoints
+      .lock                      held for the moment a folder is swapped, removed or its manifest rewritten
 
 A folder is an adapter only once its manifest is written, and its files must match the checksums
 the manifest records, so a half-written or damaged adapter is refused instead of loaded.
@@ -13,6 +14,7 @@ the manifest records, so a half-written or damaged adapter is refused instead of
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -69,7 +71,13 @@ class Registry:
             CorruptAdapterError: the manifest is unreadable.
         """
         folder = self.path(name)
-        atomic.recover_folder(folder, self.staging)
+        if not folder.exists() and self.staging.is_dir():  # a save that crashed between its renames?
+            with self.swapping():
+                atomic.recover_folder(folder, self.staging)
+        return self._read_manifest(name)
+
+    def _read_manifest(self, name: str) -> Manifest:
+        folder = self.path(name)
         manifest_file = folder / MANIFEST_FILE
         if not manifest_file.is_file():
             raise AdapterNotFoundError(str(self.root), name, self.names())
@@ -103,7 +111,7 @@ class Registry:
         (with checksums of what was written) goes in last and the folder is renamed into place."""
         target = self.path(name)
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic.staged_folder(target, self.staging) as folder:
+        with atomic.staged_folder(target, self.staging, self.swapping) as folder:
             write_files(folder)
             files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
             manifest = manifest.model_copy(update={"files": files})
@@ -112,21 +120,41 @@ class Registry:
 
     @contextmanager
     def staged(self, target: Path) -> Iterator[Path]:
-        with atomic.staged_folder(target, self.staging) as folder:
+        with atomic.staged_folder(target, self.staging, self.swapping) as folder:
             yield folder
 
-    def update(self, name: str, /, **changes: Any) -> Manifest:
-        """Rewrite fields of a manifest (metrics after evaluation, say) atomically."""
-        manifest = self.manifest(name).model_copy(update=changes)
-        atomic.write_text(self.path(name) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+    def update(self, name: str, /, read: Manifest | None = None, **changes: Any) -> Manifest:
+        """Rewrite fields of a manifest (metrics after evaluation, say) atomically. With `read`, the
+        manifest the changes were made from, refuse if the adapter has been saved again since."""
+        with self.swapping():
+            manifest = self._read_manifest(name)
+            if read is not None and (manifest.created_at, manifest.files) != (read.created_at, read.files):
+                raise RegistryError(f"adapter '{name}' was saved again (retrained?) while this ran; its new "
+                                    "version keeps its own record: run this again for it")
+            manifest = manifest.model_copy(update=changes)
+            atomic.write_text(self.path(name) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
         return manifest
 
     def remove(self, name: str) -> None:
         if name not in self:
             raise AdapterNotFoundError(str(self.root), name, self.names())
-        atomic.remove_folder(self.path(name), self.staging)
-        if self.baseline_path(name).is_dir():
-            atomic.remove_folder(self.baseline_path(name), self.staging)
+        with self.swapping():
+            atomic.remove_folder(self.path(name), self.staging)
+            if self.baseline_path(name).is_dir():
+                atomic.remove_folder(self.baseline_path(name), self.staging)
+
+    @contextmanager
+    def swapping(self) -> Iterator[None]:
+        """Held, across processes, by whoever swaps, removes, recovers or rewrites a folder of the
+        registry: a reader recovering an interrupted save must not run between a live save's renames,
+        nor a manifest rewrite between a save's read and its write. Each holds it for a few renames."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def checked_name(name: str) -> str:
