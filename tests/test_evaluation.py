@@ -117,6 +117,18 @@ def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project
         mtlora.evaluate(tiny_project, "support", log=lambda _: None)
 
 
+def test_a_baseline_trained_on_another_backbone_is_left_out(tiny_project: Path, tiny_bert: Path,
+                                                            other_tiny_bert: Path) -> None:
+    quiet = {"progress": False, "log": lambda _: None}
+    mtlora.train(tiny_project, "sentiment", **quiet)
+    tiny_project.write_text(tiny_project.read_text().replace(str(tiny_bert), str(other_tiny_bert)))
+    mtlora.train(tiny_project, "sentiment", baseline=False, **quiet)
+    said: list[str] = []
+    (report,) = mtlora.evaluate(tiny_project, "sentiment", log=said.append)
+    assert set(report.metrics) == {"base", "lora"}
+    assert any("baseline left out: it was trained on another backbone" in line for line in said), said
+
+
 def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> None:
     """Retraining the adapter on other data without its baseline must not compare it with the old one."""
     quiet = {"progress": False, "log": lambda _: None}

@@ -76,8 +76,8 @@ def evaluate_task(
                            "stored": counts.stored or counts.trainable}}
     recorded = registry.baseline_path(task.name) / "baseline.json"
     record = json.loads(recorded.read_text()) if recorded.is_file() else {}
-    if record.get("data_signature") not in (None, manifest.training.get("data_signature")):
-        log(f"[{task.name}] head-only baseline left out: it was trained on other data than the adapter; "
+    if unlike := _baseline_unlike_adapter(record, manifest):
+        log(f"[{task.name}] head-only baseline left out: it was trained on {unlike} than the adapter; "
             f"retrain both with `mtlora train --task {task.name}`")
     elif (baseline := load_baseline_model(registry, task.name, project.backbone)) is not None:
         predictions["head_only"] = run(baseline)
@@ -100,6 +100,16 @@ def evaluate_task(
     )
     registry.update(task.name, manifest, metrics={**manifest.metrics, split: report.metrics})
     return report
+
+
+def _baseline_unlike_adapter(record: dict[str, Any], manifest: Manifest) -> str | None:
+    """What the head-only baseline was trained on that the adapter was not, if anything (records from
+    before a field was kept do not count against it)."""
+    if record.get("base_fingerprint") not in (None, manifest.base_fingerprint):
+        return "another backbone"
+    if record.get("data_signature") not in (None, manifest.training.get("data_signature")):
+        return "other data"
+    return None
 
 
 def _check_trained_as_configured(task: TaskConfig, manifest: Manifest, data: TaskData,

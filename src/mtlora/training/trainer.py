@@ -374,7 +374,7 @@ def _save_head_baseline(registry: Registry, project: ProjectConfig, task: TaskCo
     with registry.staged(target) as folder:
         save_baseline(built.model, built.head_modules, folder)
         record = {"trainable": outcome.trainable, "total": outcome.total,
-                  **_training_record(project, task, outcome)}
+                  "base_fingerprint": built.fingerprint, **_training_record(project, task, outcome)}
         (folder / "baseline.json").write_text(json.dumps(record, indent=2))
     return target
 
