@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -127,6 +128,14 @@ def test_a_manifest_rewrite_refuses_an_adapter_saved_again_since_it_was_read(reg
     with pytest.raises(RegistryError, match=r"'sentiment' was saved again .* run this again"):
         registry_copy.update("sentiment", evaluated, metrics={"validation": {"accuracy": 1.0}})
     assert registry_copy.manifest("sentiment").metrics == evaluated.metrics
+
+
+def test_a_manifest_from_a_newer_mtlora_asks_for_an_upgrade(registry_copy: Registry) -> None:
+    manifest_file = registry_copy.path("sentiment") / "manifest.json"
+    raw = json.loads(manifest_file.read_text())
+    manifest_file.write_text(json.dumps({**raw, "format_version": 99, "kind": {"a shape": "we cannot read"}}))
+    with pytest.raises(RegistryError, match=r"written by a newer mtlora \(manifest format 99; .*upgrade mtlora"):
+        registry_copy.manifest("sentiment")
 
 
 def test_manifests_list_through_the_api(trained_project: Path) -> None:

@@ -28,7 +28,6 @@ warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `T
 warnings.filterwarnings("ignore", message="Version v4.12.0 introduces a better way", category=FutureWarning)
 
 Method = Literal["lora", "head_only", "full"]
-METHODS: tuple[Method, ...] = ("lora", "head_only", "full")
 BASELINE_FILE = "head.safetensors"
 TOKENIZER_FILE = "tokenizer_config.json"  # present in an adapter folder that carries its own tokenizer
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.lora import Linear as LoraLinear
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -69,7 +70,6 @@ from mtlora.tasks import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.base import require_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
 Input = str | tuple[str, str] | dict[str, str]
@@ -256,7 +256,7 @@ class Engine:
             return _Task(manifest, kind), self._seq2seq.prepared(self.registry, name, kind)
         head, stand_in = self._build_head(kind, manifest)
         base_prefix = head.base_model_prefix
-        encoder_state, head_state = _split_state(load_file(self.registry.path(name) / ADAPTER_WEIGHTS),
+        encoder_state, head_state = _split_state(load_file(self.registry.path(name) / SAFETENSORS_WEIGHTS_NAME),
                                                  base_prefix, name)
         self._load_head(head, head_state, name)
         return _Task(manifest, kind, head, stand_in), lambda: self._add_lora(name, encoder_state, base_prefix)

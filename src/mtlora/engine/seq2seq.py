@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
@@ -35,7 +36,6 @@ from mtlora.tasks.seq2seq import Seq2SeqTask
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOKEN_VALUES = "trainable_tokens_delta"  # PEFT's name for the trained rows (values, not differences)
 SPARE_TOKEN_ROWS = 64  # task tokens all adapters of one engine may add together
 
@@ -78,7 +78,7 @@ class Seq2SeqAdapters:
         token_ids = _token_ids(config.trainable_token_indices)
         config.trainable_token_indices = None
         config.inference_mode = True
-        state = load_file(str(folder / ADAPTER_WEIGHTS))
+        state = load_file(str(folder / SAFETENSORS_WEIGHTS_NAME))
         token_values = [state.pop(k) for k in [k for k in state if k.endswith(TOKEN_VALUES)]]
         values = torch.cat(token_values) if token_values else None
         if token_ids and (values is None or len(values) != len(token_ids)):

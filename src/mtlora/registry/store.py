@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from mtlora import atomic
 from mtlora.config import validate_task_name
 from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError
-from mtlora.registry.manifest import MANIFEST_FILE, Manifest
+from mtlora.registry.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
 
 
 class Registry:
@@ -82,7 +82,12 @@ class Registry:
         if not manifest_file.is_file():
             raise AdapterNotFoundError(str(self.root), name, self.names())
         try:
-            return Manifest.model_validate(json.loads(manifest_file.read_text(encoding="utf-8")))
+            raw = json.loads(manifest_file.read_text(encoding="utf-8"))
+            version = raw.get("format_version", FORMAT_VERSION) if isinstance(raw, dict) else FORMAT_VERSION
+            if isinstance(version, int) and version > FORMAT_VERSION:
+                raise RegistryError(f"{manifest_file}: written by a newer mtlora (manifest format {version}; this "
+                                    f"one reads up to {FORMAT_VERSION}): upgrade mtlora to load it")
+            return Manifest.model_validate(raw)
         except (json.JSONDecodeError, ValidationError) as exc:
             raise CorruptAdapterError(f"{manifest_file}: unreadable manifest ({exc}); retrain the adapter") from None
 

@@ -211,9 +211,3 @@ def require_text(text: Any, what: str) -> str:
     if not text.strip():
         raise InputError(f"{what} is empty: give some text to predict on")
     return text
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)

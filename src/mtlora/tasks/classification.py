@@ -6,10 +6,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from scipy.special import softmax
 
 from mtlora.errors import DataError
 from mtlora.metrics import classification_metrics, confusion
-from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, softmax
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.sequence import SequenceTask, label_id
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class LabelScores:
         assert self.labels is not None
         predictions = []
         for i, output in enumerate(outputs):
-            probabilities = softmax(output[self.score_output].astype(np.float64))
+            probabilities = softmax(output[self.score_output].astype(np.float64), axis=-1)
             best = int(probabilities.argmax())
             predictions.append({
                 "label": self.labels[best],
