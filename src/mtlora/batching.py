@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,15 +26,26 @@ def forward_features(
     progress: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Run every feature through the model; returns per-feature outputs without padding."""
-    device = next(model.parameters()).device
     lengths = [len(ids) for ids in encoded.features["input_ids"]]
     results: list[dict[str, np.ndarray]] = [{} for _ in lengths]
-    batches = length_sorted_batches(lengths, batch_size)
-    with torch.inference_mode(), autocast(device, bf16):
-        for index in tqdm(batches, desc="predict", disable=not progress, leave=False):
-            batch = pad_rows(tokenizer, [feature_row(encoded.features, i) for i in index], device)
-            store_outputs(kind, kind.outputs_of(model(**batch)), index, lengths, results)
+    for index, batch, _ in padded_batches(model, tokenizer, encoded.features, batch_size, bf16, progress):
+        store_outputs(kind, kind.outputs_of(model(**batch)), index, lengths, results)
     return results
+
+
+def padded_batches(model: nn.Module, tokenizer: PreTrainedTokenizerBase, features: dict[str, list],
+                   batch_size: int, bf16: bool, progress: bool = False, desc: str = "predict",
+                   **row_kwargs: list[Any]) -> Iterator[tuple[list[int], dict[str, torch.Tensor], dict[str, list]]]:
+    """The feature rows in length-sorted batches: each batch's row indices, its rows padded into model
+    inputs on the model's device, and its rows' values of `row_kwargs` (per-row arguments such as PEFT's
+    `adapter_names`). Inference mode and autocast are thread-wide, so they hold while the caller runs
+    each batch."""
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in features["input_ids"]]
+    with torch.inference_mode(), autocast(device, bf16):
+        for index in tqdm(length_sorted_batches(lengths, batch_size), desc=desc, disable=not progress, leave=False):
+            batch = pad_rows(tokenizer, [feature_row(features, i) for i in index], device)
+            yield index, batch, {name: [values[i] for i in index] for name, values in row_kwargs.items()}
 
 
 # What one more encoder pass costs, in padded tokens: its fixed work (every layer's Python, kernel

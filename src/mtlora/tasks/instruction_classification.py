@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
+from mtlora.batching import padded_batches
 from mtlora.errors import DataError
 from mtlora.tasks.base import Encoded, Example, Prediction
 from mtlora.tasks.classification import LabelScores, check_labels, parse_labelled
@@ -89,22 +89,18 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
             bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
         """Each feature's log-likelihood of every label; the encoder runs once per batch, the decoder per label."""
         candidates = self.label_targets(tokenizer)
-        device = next(model.parameters()).device
-        lengths = [len(ids) for ids in encoded.features["input_ids"]]
-        results: list[dict[str, Any]] = [{} for _ in lengths]
-        with torch.inference_mode(), autocast(device, bf16):
-            for index in length_sorted_batches(lengths, batch_size):
-                batch = pad_rows(tokenizer, [feature_row(encoded.features, i) for i in index], device)
-                rows_kwargs = {k: [v[i] for i in index] for k, v in model_kwargs.items()}
-                scores = torch.empty(len(index), len(candidates))
-                encoder_outputs = None
-                for j, ids in enumerate(candidates):
-                    labels = torch.tensor([ids] * len(index), device=device)
-                    output = model(**batch, labels=labels, encoder_outputs=encoder_outputs, **rows_kwargs)
-                    encoder_outputs = BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
-                    scores[:, j] = _sequence_log_likelihood(output.logits, labels).cpu()
-                for position, row in enumerate(index):
-                    results[row] = {"scores": scores[position].numpy()}
+        results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
+        for index, batch, rows_kwargs in padded_batches(model, tokenizer, encoded.features, batch_size, bf16,
+                                                        progress, "score labels", **model_kwargs):
+            scores = torch.empty(len(index), len(candidates))
+            encoder_outputs = None
+            for j, ids in enumerate(candidates):
+                labels = torch.tensor([ids] * len(index), device=batch["input_ids"].device)
+                output = model(**batch, labels=labels, encoder_outputs=encoder_outputs, **rows_kwargs)
+                encoder_outputs = BaseModelOutput(last_hidden_state=output.encoder_last_hidden_state)
+                scores[:, j] = _sequence_log_likelihood(output.logits, labels).cpu()
+            for position, row in enumerate(index):
+                results[row] = {"scores": scores[position].numpy()}
         return results
 
 

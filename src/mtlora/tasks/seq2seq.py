@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from peft import TaskType
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
-from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
+from mtlora.batching import padded_batches
 from mtlora.config import Seq2SeqSettings
 from mtlora.errors import InputError
 from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
@@ -128,18 +127,13 @@ class Seq2SeqTask(TaskKind):
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
             bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
-        """Generate each feature's text; `model_kwargs` go to `generate` (e.g. PEFT `adapter_names`)."""
-        device = next(model.parameters()).device
-        lengths = [len(ids) for ids in encoded.features["input_ids"]]
-        results: list[dict[str, Any]] = [{} for _ in lengths]
-        with torch.inference_mode(), autocast(device, bf16):
-            for index in tqdm(length_sorted_batches(lengths, batch_size), desc="generate", disable=not progress,
-                              leave=False):
-                batch = pad_rows(tokenizer, [feature_row(encoded.features, i) for i in index], device)
-                rows_kwargs = {k: [v[i] for i in index] for k, v in model_kwargs.items()}
-                generated = model.generate(**batch, **self.generation_kwargs(), **rows_kwargs)
-                for row, ids in zip(index, generated, strict=True):
-                    results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
+        """Generate each feature's text; `model_kwargs` go to `generate`, a value per row (PEFT's `adapter_names`)."""
+        results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
+        for index, batch, rows_kwargs in padded_batches(model, tokenizer, encoded.features, batch_size, bf16,
+                                                        progress, "generate", **model_kwargs):
+            generated = model.generate(**batch, **self.generation_kwargs(), **rows_kwargs)
+            for row, ids in zip(index, generated, strict=True):
+                results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
         return results
 
     def batch_key(self) -> str:
