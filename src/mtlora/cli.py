@@ -162,8 +162,8 @@ def _print_samples(report: Any) -> None:
     for column in ("input", "expected", *(VARIANTS[v] for v in variants)):
         table.add_column(column, overflow="fold")
     for sample in report.samples[:3]:
-        text = " / ".join(str(sample[k]) for k in ("text", "text_pair", "question") if k in sample)
-        table.add_row(*(sample_cell(v, 160) for v in (text, sample["expected"], *(sample[v] for v in variants))))
+        shown = (sample["input"], sample["expected"], *(sample[v] for v in variants))
+        table.add_row(*(sample_cell(value, 160) for value in shown))
     console.print(table)
 
 

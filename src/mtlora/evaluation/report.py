@@ -96,8 +96,7 @@ def _samples_table(report: TaskReport) -> list[str]:
     lines = ["Sample outputs:", "", "| input | expected | " + " | ".join(VARIANTS[v] for v in variants) + " |",
              "|---|---|" + "---|" * len(variants)]
     for sample in report.samples:
-        text = " / ".join(str(sample[k]) for k in ("text", "text_pair", "question") if k in sample)
-        cells = [sample_cell(text), sample_cell(sample["expected"]), *(sample_cell(sample[v]) for v in variants)]
+        cells = [sample_cell(value) for value in (sample["input"], sample["expected"], *(sample[v] for v in variants))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

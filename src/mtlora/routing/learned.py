@@ -24,6 +24,7 @@ from mtlora.registry import Registry
 from mtlora.routing.base import ANSWERED_BY, Request, Route, Router, decide
 from mtlora.routing.token_head import HEAD_NOT_TRAINED, TokenRouterHead, check_router_tasks
 from mtlora.tasks import get_task_kind
+from mtlora.tasks.base import routing_text
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -113,7 +114,7 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     for task in project.tasks:
         data = load_task_data(project, task, splits=("train", "validation"))
         for split, examples in (("train", data.train), ("validation", data.validation)):
-            texts = sorted({e.get("text") or e["question"] for e in examples})
+            texts = sorted({routing_text(e) for e in examples})
             picked = rng.sample(texts, min(settings.examples_per_task, len(texts)))
             splits[split] += [{"text": t, "label": task.name} for t in picked]
     if settings.features == "embeddings":

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mtlora.routing.base import Request, Route, Router, decide
+from mtlora.tasks.base import routing_text
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -90,7 +91,7 @@ class SemanticRouter(Router):
         key = self._key(task)
         if key not in self._banks:
             manifest = self.engine.manifest(task)
-            texts = [e.get("text") or e.get("question") for e in manifest.example_inputs]
+            texts = [routing_text(e) for e in manifest.example_inputs]
             texts += self.engine.routing_hints(task).get("examples", [])
             texts = [t for t in texts if t]
             self._banks[key] = self.engine.embed(texts, self.features) if texts else torch.empty(0)

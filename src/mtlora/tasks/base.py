@@ -205,6 +205,20 @@ class TaskKind(ABC):
         return f"{prediction['score']:.2f}"
 
 
+# What a sample table shows of an input (a QA context is too long to read there).
+SHOWN_ROLES = ("text", "text_pair", "question")
+
+
+def shown_input(example: Example) -> str:
+    """An example's input as one line for a person: its texts, or its question, joined by " / "."""
+    return " / ".join(str(example[role]) for role in SHOWN_ROLES if role in example)
+
+
+def routing_text(example: Example) -> str:
+    """The text a router reads of an example: its text (a pair's first), or its question."""
+    return str(example.get("text") or example.get("question") or "")
+
+
 def require_text(text: Any, what: str) -> str:
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
