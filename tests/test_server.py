@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mtlora import Engine
+from mtlora import Engine, InputError
 from mtlora.server import ServerSettings, create_app
 from mtlora.server.settings import ADMIN_TOKEN_ENV
 
@@ -314,6 +314,36 @@ def test_an_engine_crash_fails_only_its_input_and_the_worker_goes_on(crash: Base
     assert outcomes[0] == [{"echo": "ok"}] and outcomes[2] == [{"echo": "fine"}]
     assert isinstance(outcomes[1], RuntimeError) and str(crash) in str(outcomes[1])
     assert later == [{"echo": "after"}]
+
+
+def test_a_bad_input_costs_its_batch_a_few_engine_calls_not_one_per_input() -> None:
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    calls: list[int] = []
+
+    class OneBadInput:
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            calls.append(len(items))
+            if "boom" in items:
+                raise InputError("boom is not an input")
+            return [{"echo": item} for item in items]
+
+    async def run() -> list:
+        batcher = MicroBatcher(OneBadInput(), ServerSettings(max_wait_ms=0, max_batch=16), Metrics())  # type: ignore[arg-type]
+        texts = [f"text {i}" for i in range(16)]
+        texts[5] = "boom"
+        together = [asyncio.create_task(batcher.submit([text], ["t"], None)) for text in texts]
+        await asyncio.sleep(0)
+        batcher.start()
+        outcomes = await asyncio.wait_for(asyncio.gather(*together, return_exceptions=True), 5)
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert isinstance(outcomes[5], InputError)
+    assert [o for i, o in enumerate(outcomes) if i != 5] == [[{"echo": f"text {i}"}] for i in range(16) if i != 5]
+    assert calls[0] == 16 and len(calls) <= 1 + 2 * 4  # halving 16 four times, against 17 calls one by one
 
 
 def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:

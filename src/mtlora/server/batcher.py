@@ -101,16 +101,25 @@ class MicroBatcher:
         for entry in batch:
             by_router[entry.router].append(entry)
         for router, entries in by_router.items():
-            try:
-                results = self.engine.predict_batch([e.item for e in entries], [e.task for e in entries], router)
-            except BaseException:  # a tokenizer's Rust panic is a BaseException
-                # One bad input must not fail its neighbours (nor, by escaping, stop the worker and leave
-                # every later request waiting): answer each alone to find it.
-                for entry in entries:
-                    self._settle(entry, lambda e=entry, r=router: self.engine.predict_batch([e.item], [e.task], r)[0])
-                continue
-            for entry, result in zip(entries, results, strict=True):
-                self._settle(entry, lambda r=result: r)
+            self._answer_together(entries, router)
+
+    def _answer_together(self, entries: list[_Pending], router: str | None) -> None:
+        """One engine call for `entries`. One bad input must not fail its neighbours (nor, by escaping,
+        stop the worker and leave every later request waiting): a failed call is split in halves until
+        the inputs that fail stand alone, a few calls per bad input rather than one per input."""
+        if len(entries) == 1:
+            entry = entries[0]
+            self._settle(entry, lambda: self.engine.predict_batch([entry.item], [entry.task], router)[0])
+            return
+        try:
+            results = self.engine.predict_batch([e.item for e in entries], [e.task for e in entries], router)
+        except BaseException:  # a tokenizer's Rust panic is a BaseException
+            middle = len(entries) // 2
+            self._answer_together(entries[:middle], router)
+            self._answer_together(entries[middle:], router)
+            return
+        for entry, result in zip(entries, results, strict=True):
+            self._settle(entry, lambda r=result: r)
 
     def _settle(self, entry: _Pending, compute: Any) -> None:
         # From the engine thread, as each result is ready, so the loop mostly writes the answers before
