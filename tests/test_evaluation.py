@@ -10,7 +10,7 @@ import yaml
 
 import mtlora
 from mtlora import load_config
-from mtlora.metrics import classification_metrics, regression_metrics, squad_metrics
+from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics
 
 
 def test_classification_metrics() -> None:
@@ -30,6 +30,16 @@ def test_squad_metrics_follow_the_official_normalization() -> None:
     metrics = squad_metrics(["The Eiffel Tower!", "in paris"], [["eiffel tower"], ["Paris, France", "paris"]])
     assert metrics["exact_match"] == pytest.approx(100.0 * 0.5)
     assert metrics["f1"] == pytest.approx(100.0 * (1.0 + 2 * 0.5 * 1.0 / 1.5) / 2)
+
+
+def test_rouge_lsum_scores_a_generated_summary_sentence_by_sentence() -> None:
+    """Generated text comes on one line: split into its sentences, each keeps its own longest common
+    subsequence with the reference sentence (Lsum 100 here), which one long line would not."""
+    reference = "the cat sat on the mat and the dog ran in the park ."
+    generated = "the dog ran in the park . the cat sat on the mat and ."
+    scores = rouge([generated], [reference])
+    assert scores["rougeLsum"] == pytest.approx(100.0)
+    assert scores["rougeL"] < 80.0
 
 
 def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) -> None:

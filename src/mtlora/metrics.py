@@ -14,8 +14,11 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+PUNCTUATION = frozenset(string.punctuation)
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # whitespace after a sentence's final punctuation
 
-def classification_metrics(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict:
+
+def classification_metrics(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict[str, float]:
     ids = list(range(len(labels)))
     metrics = {
         "accuracy": float(accuracy_score(gold, predicted)),
@@ -32,7 +35,7 @@ def confusion(gold: Sequence[int], predicted: Sequence[int], n_labels: int) -> l
     return confusion_matrix(gold, predicted, labels=list(range(n_labels))).tolist()
 
 
-def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dict:
+def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
     gold_array, predicted_array = np.asarray(gold, dtype=float), np.asarray(predicted, dtype=float)
     if len(gold_array) < 2 or np.ptp(predicted_array) == 0 or np.ptp(gold_array) == 0:
         # Correlation is undefined for constant inputs; report 0 rather than NaN.
@@ -50,7 +53,7 @@ def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dic
 def normalize_answer(text: str) -> str:
     """Lower-case, drop punctuation and the articles a/an/the, squeeze white space (SQuAD v1.1)."""
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text if ch not in PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
@@ -71,7 +74,7 @@ def squad_token_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """EM and F1 in percent, each question scored against its best-matching reference answer."""
     if not predictions:
         return {"exact_match": 0.0, "f1": 0.0}
@@ -80,10 +83,12 @@ def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]
     return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict:
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """ROUGE-1/2/L F-measure in percent (Google's `rouge-score`, with stemming, as summarization papers report).
 
-    ROUGE-Lsum treats each line as a sentence, which is how CNN/DailyMail highlights are scored.
+    ROUGE-Lsum treats each line as a sentence, which is how CNN/DailyMail highlights are scored; a text
+    without line breaks (every generated one) is split after each sentence's final punctuation first,
+    as papers split with a sentence tokenizer, or Lsum would score it as one sentence.
     """
     from rouge_score import rouge_scorer
 
@@ -93,12 +98,16 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict:
     scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
     totals = dict.fromkeys(names, 0.0)
     for predicted, reference in zip(predictions, references, strict=True):
-        for name, score in scorer.score(reference, predicted).items():
+        for name, score in scorer.score(_sentence_per_line(reference), _sentence_per_line(predicted)).items():
             totals[name] += score.fmeasure
     return {name: 100.0 * total / len(predictions) for name, total in totals.items()}
 
 
-def degenerate_shares(predictions: Sequence[str], sources: Sequence[str]) -> dict:
+def _sentence_per_line(text: str) -> str:
+    return text if "\n" in text else "\n".join(SENTENCE_END.split(text.strip()))
+
+
+def degenerate_shares(predictions: Sequence[str], sources: Sequence[str]) -> dict[str, float]:
     """Share of outputs that are empty, and of outputs that only copy a stretch of their input.
 
     Both compare SQuAD-normalised words: an output of only punctuation and articles ("the.") counts as
