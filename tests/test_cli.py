@@ -150,6 +150,8 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     both = run("route", trained_project, "who sat", "on the mat", "--context", context)
     assert both.exit_code == 2 and "TEXT_PAIR (a pair task's second text) or --context (QA), not both" in both.output
 
+    with_task = run("evaluate", trained_project, "--router", "keywords", "--task", "sentiment")
+    assert with_task.exit_code == 2 and "leave out --task with --router" in with_task.output
     evaluated = run("evaluate", trained_project, "--router", "keywords", "--router", "semantic")
     assert evaluated.exit_code == 0, evaluated.output
     routing = json.loads((trained_project.parent / "reports" / "routing.json").read_text())

@@ -132,6 +132,9 @@ def evaluate(
     from mtlora.routing import ROUTERS
 
     if router:
+        if task is not None:
+            raise typer.BadParameter("routing is evaluated on a mix of every task's inputs; leave out --task "
+                                     "with --router", param_hint="--task")
         names = list(ROUTERS) if "all" in router else router
         _print_routing(api.evaluate_routers(config, names, split=split, log=say))
         say(f"Reports written to {api.as_config(config).reports}/routing.md")

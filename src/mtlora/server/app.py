@@ -119,7 +119,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = "engine" in state and state["batcher"]._worker is not None
+        ready = "engine" in state and state["batcher"].running
         return JSONResponse({"ready": ready, "tasks": engine().tasks if ready else []}, 200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)

@@ -40,6 +40,10 @@ class MicroBatcher:
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=settings.max_queue)
         self._worker: asyncio.Task | None = None
 
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
 

@@ -112,7 +112,7 @@ def train_task(
         max_steps=settings.max_steps or -1,
         learning_rate=settings.lr,
         weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio,
+        warmup_steps=settings.warmup_ratio,  # transformers 5 reads a value below 1 as a share of all steps
         lr_scheduler_type="linear",
         bf16=use_bf16(settings.precision, device),
         use_cpu=device.type == "cpu",  # transformers refuses bf16 on CPU unless told it is the CPU on purpose
@@ -356,7 +356,7 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
         example_inputs=_example_inputs(train, task.training.seed),
         mtlora_version=mtlora.__version__,
     )
-    own_tokenizer = tokenizer is not load_tokenizer(project.backbone)
+    own_tokenizer = len(tokenizer) != len(load_tokenizer(project.backbone))  # the kind added task tokens
 
     def save(folder: Path) -> None:
         # Task tokens' rows are saved by `trainable_token_indices`; PEFT would save the whole resized
