@@ -34,7 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 import mtlora
 from mtlora import atomic
 from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
-from mtlora.config import ProjectConfig, TaskConfig
+from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import load_task_data
 from mtlora.errors import MtloraError
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
@@ -103,30 +103,7 @@ def train_task(
     train_set = datasets.Dataset.from_dict(encoded.features)
 
     run_dir = registry.run_path(task.name, method)
-    device = default_device()
-    args = TrainingArguments(
-        output_dir=str(run_dir),
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps or -1,
-        learning_rate=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio,  # transformers 5 reads a value below 1 as a share of all steps
-        lr_scheduler_type="linear",
-        bf16=use_bf16(settings.precision, device),
-        use_cpu=device.type == "cpu",  # transformers refuses bf16 on CPU unless told it is the CPU on purpose
-        seed=settings.seed,
-        data_seed=settings.seed,
-        save_strategy="steps",
-        save_steps=settings.checkpoint_every,
-        save_total_limit=2,
-        logging_steps=settings.log_every,
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda",
-    )
+    args = _training_arguments(settings, run_dir, progress)
     # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
     # touches the run folder, the registry and the console; the others wait for it.
     main_process = args.process_index == 0
@@ -181,17 +158,52 @@ def train_task(
     if outcome.warning:
         log(f"[{task.name}] warning: {outcome.warning}")
     if main_process:
-        if method == "lora":
-            outcome.truncation = truncate_rank(built.model, saved_rank)  # type: ignore[arg-type]
-            if outcome.truncation:
-                log(f"[{task.name}] {outcome.truncation.describe()}")
-            outcome.saved_to = _save_adapter(registry, project, task, built, outcome, data.train, tokenizer)
-        elif method == "head_only":
-            outcome.saved_to = _save_head_baseline(registry, project, task, built, outcome)
+        _store(registry, project, task, built, outcome, data.train, tokenizer, saved_rank, log)
         shutil.rmtree(run_dir, ignore_errors=True)
         atomic.remove_empty(run_dir.parent, run_dir.parent.parent)  # the task's runs, then `.runs`
     args.distributed_state.wait_for_everyone()
     return outcome
+
+
+def _training_arguments(settings: TrainSettings, run_dir: Path, progress: bool) -> TrainingArguments:
+    device = default_device()
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.lr,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # transformers 5 reads a value below 1 as a share of all steps
+        lr_scheduler_type="linear",
+        bf16=use_bf16(settings.precision, device),
+        use_cpu=device.type == "cpu",  # transformers refuses bf16 on CPU unless told it is the CPU on purpose
+        seed=settings.seed,
+        data_seed=settings.seed,
+        save_strategy="steps",
+        save_steps=settings.checkpoint_every,
+        save_total_limit=2,
+        logging_steps=settings.log_every,
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.type == "cuda",
+    )
+
+
+def _store(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel, outcome: TrainOutcome,
+           train: list[Example], tokenizer: PreTrainedTokenizerBase, saved_rank: int | None,
+           log: Callable[[str], None]) -> None:
+    """A LoRA adapter goes to the registry (cut to `saved_rank`), a head-only model to the task's
+    baseline; a full fine-tune is kept in memory only."""
+    if outcome.method == "lora":
+        outcome.truncation = truncate_rank(built.model, saved_rank)  # type: ignore[arg-type]
+        if outcome.truncation:
+            log(f"[{task.name}] {outcome.truncation.describe()}")
+        outcome.saved_to = _save_adapter(registry, project, task, built, outcome, train, tokenizer)
+    elif outcome.method == "head_only":
+        outcome.saved_to = _save_head_baseline(registry, project, task, built, outcome)
 
 
 def divergence_warning(losses: list[tuple[int, float]]) -> str | None:
