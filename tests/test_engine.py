@@ -449,6 +449,33 @@ def test_lora_on_an_embedding_is_refused(tiny_project: Path) -> None:
     assert engine.tasks == ["support"]
 
 
+def test_an_adapter_saved_again_while_it_loads_is_not_half_loaded(trained_project: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked, then read: a retrain finishing in between must not pair one manifest with other weights."""
+    from mtlora.engine import engine as engine_module
+
+    project = load_config(trained_project)
+    registry = mtlora.Registry(tmp_path / "adapters")
+    shutil.copytree(project.registry / "sentiment", registry.path("sentiment"))
+    engine = Engine(project.backbone, registry, [], precision="fp32")
+    real_load = engine_module.load_file
+
+    def load_during_a_save(path: object) -> dict:
+        loaded = real_load(path)
+        manifest = registry.manifest("sentiment").model_copy(update={"created_at": "retrained"})
+        registry.save("sentiment", lambda folder: shutil.copytree(
+            project.registry / "sentiment", folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json")),
+            manifest)
+        return loaded
+
+    monkeypatch.setattr(engine_module, "load_file", load_during_a_save)
+    with pytest.raises(mtlora.RegistryError, match="'sentiment' was saved again while it was being loaded"):
+        engine.add("sentiment")
+    monkeypatch.setattr(engine_module, "load_file", real_load)
+    engine.add("sentiment")  # the new one, whole
+    assert engine.manifest("sentiment").created_at == "retrained"
+
+
 # The copy is DoRA by its config only: it has no magnitude vectors, which PEFT warns about when merging.
 @pytest.mark.filterwarnings("ignore:Found missing adapter keys")
 def test_a_lora_variant_is_refused_and_the_engine_serves_on(trained_project: Path, tmp_path: Path) -> None:

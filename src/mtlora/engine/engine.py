@@ -60,7 +60,7 @@ from mtlora.engine.folding import (
     mixed_lora,
 )
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
-from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, InputError, UnknownTaskError
+from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, InputError, RegistryError, UnknownTaskError
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
@@ -253,13 +253,23 @@ class Engine:
         check_base(manifest, self.backbone)
         kind = kind_from_manifest(manifest)
         if isinstance(kind, Seq2SeqTask):
-            return _Task(manifest, kind), self._seq2seq.prepared(self.registry, name, kind)
-        head, stand_in = self._build_head(kind, manifest)
-        base_prefix = head.base_model_prefix
-        encoder_state, head_state = _split_state(load_file(self.registry.path(name) / SAFETENSORS_WEIGHTS_NAME),
-                                                 base_prefix, name)
-        self._load_head(head, head_state, name)
-        return _Task(manifest, kind, head, stand_in), lambda: self._add_lora(name, encoder_state, base_prefix)
+            task, put_in = _Task(manifest, kind), self._seq2seq.prepared(self.registry, name, kind)
+        else:
+            head, stand_in = self._build_head(kind, manifest)
+            base_prefix = head.base_model_prefix
+            folder = self.registry.path(name)
+            config = LoraConfig.from_pretrained(str(folder))
+            encoder_state, head_state = _split_state(load_file(folder / SAFETENSORS_WEIGHTS_NAME), base_prefix, name)
+            self._load_head(head, head_state, name)
+            task = _Task(manifest, kind, head, stand_in)
+
+            def put_in() -> None:
+                self._add_lora(name, config, encoder_state, base_prefix)
+        # The files were checked, then read: a save in between (a retrain finishing) would pair this
+        # manifest with another adapter's weights. Each save writes a new creation time.
+        if self.registry.manifest(name).created_at != manifest.created_at:
+            raise RegistryError(f"adapter '{name}' was saved again while it was being loaded; load it again")
+        return task, put_in
 
     def remove(self, name: str) -> None:
         """Unload adapter `name`; the other adapters and the backbone stay as they are."""
@@ -312,8 +322,7 @@ class Engine:
                 f"unexpected {unexpected[:3]}); retrain it with this version of mtlora"
             )
 
-    def _add_lora(self, name: str, state: dict[str, torch.Tensor], base_prefix: str) -> None:
-        config = LoraConfig.from_pretrained(str(self.registry.path(name)))
+    def _add_lora(self, name: str, config: LoraConfig, state: dict[str, torch.Tensor], base_prefix: str) -> None:
         if not isinstance(config.target_modules, str):
             # Full module paths of the task model ("bert.encoder...") name the same layers in the bare encoder.
             config.target_modules = {m.removeprefix(base_prefix + ".") for m in config.target_modules}
