@@ -125,9 +125,18 @@ def test_a_manifest_rewrite_refuses_an_adapter_saved_again_since_it_was_read(reg
     registry_copy.save("sentiment", lambda folder: shutil.copytree(registry_copy.path("support"), folder,
                                                                     dirs_exist_ok=True),
                        evaluated.model_copy(update={"created_at": "retrained"}))
-    with pytest.raises(RegistryError, match=r"'sentiment' was saved again .* run this again"):
-        registry_copy.update("sentiment", evaluated, metrics={"validation": {"accuracy": 1.0}})
+    with pytest.raises(RegistryError, match=r"'sentiment' was saved again .* evaluate it again"):
+        registry_copy.record_metrics("sentiment", evaluated, "validation", {"accuracy": 1.0})
     assert registry_copy.manifest("sentiment").metrics == evaluated.metrics
+
+
+def test_evaluations_of_two_splits_both_keep_their_metrics(registry_copy: Registry) -> None:
+    """Each adds its split to the manifest as it is when it writes, not as it was when it started."""
+    evaluated = registry_copy.manifest("sentiment")  # both evaluations start from this
+    registry_copy.record_metrics("sentiment", evaluated, "test", {"accuracy": 0.5})
+    registry_copy.record_metrics("sentiment", evaluated, "train", {"accuracy": 0.9})
+    metrics = registry_copy.manifest("sentiment").metrics
+    assert metrics["test"] == {"accuracy": 0.5} and metrics["train"] == {"accuracy": 0.9}
 
 
 def test_a_manifest_from_a_newer_mtlora_asks_for_an_upgrade(registry_copy: Registry) -> None:

@@ -26,6 +26,7 @@ from mtlora import api
 from mtlora.errors import AdapterNotFoundError, MtloraError
 from mtlora.registry import Registry
 from mtlora.tasks import get_task_kind
+from mtlora.tasks.base import shown_input
 
 app = typer.Typer(
     help="Multi-task LoRA adapters on one shared backbone: train, evaluate, predict, manage adapters.",
@@ -165,7 +166,7 @@ def _print_samples(report: Any) -> None:
     for column in ("input", "expected", *(VARIANTS[v] for v in variants)):
         table.add_column(column, overflow="fold")
     for sample in report.samples[:3]:
-        shown = (sample["input"], sample["expected"], *(sample[v] for v in variants))
+        shown = (shown_input(sample), sample["expected"], *(sample[v] for v in variants))
         table.add_row(*(sample_cell(value, 160) for value in shown))
     console.print(table)
 

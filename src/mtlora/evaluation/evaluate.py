@@ -23,7 +23,7 @@ from mtlora.modeling import (
 )
 from mtlora.registry import Manifest, Registry
 from mtlora.tasks import Example, Prediction, TaskKind
-from mtlora.tasks.base import SHOWN_ROLES, shown_input
+from mtlora.tasks.base import SHOWN_ROLES
 
 SAMPLES_SHOWN = 5
 # "base" is the backbone without the adapter: with an untrained head for encoder kinds, prompt-only for seq2seq.
@@ -99,7 +99,7 @@ def evaluate_task(
         confusion=kind.confusion(predictions["lora"], examples),
         samples=_samples(kind, examples, predictions),
     )
-    registry.update(task.name, manifest, metrics={**manifest.metrics, split: report.metrics})
+    registry.record_metrics(task.name, manifest, split, report.metrics)
     return report
 
 
@@ -138,7 +138,6 @@ def _samples(kind: TaskKind, examples: list[Example], predictions: dict[str, lis
     for i in _sample_indices(examples):
         example = examples[i]
         entry: dict[str, Any] = {k: example[k] for k in SHOWN_ROLES if k in example}
-        entry["input"] = shown_input(example)
         entry["expected"] = kind.expected_text(example)
         for variant, preds in predictions.items():
             entry[variant] = kind.answer_text(preds[i])

@@ -10,6 +10,7 @@ from mtlora import atomic
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
 from mtlora.evaluation.routing import RoutingReport
 from mtlora.tasks import get_task_kind
+from mtlora.tasks.base import shown_input
 
 
 def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
@@ -96,7 +97,8 @@ def _samples_table(report: TaskReport) -> list[str]:
     lines = ["Sample outputs:", "", "| input | expected | " + " | ".join(VARIANTS[v] for v in variants) + " |",
              "|---|---|" + "---|" * len(variants)]
     for sample in report.samples:
-        cells = [sample_cell(value) for value in (sample["input"], sample["expected"], *(sample[v] for v in variants))]
+        shown = (shown_input(sample), sample["expected"], *(sample[v] for v in variants))
+        cells = [sample_cell(value) for value in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

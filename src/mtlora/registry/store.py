@@ -128,16 +128,23 @@ class Registry:
         with atomic.staged_folder(target, self.staging, self.swapping) as folder:
             yield folder
 
-    def update(self, name: str, /, read: Manifest | None = None, **changes: Any) -> Manifest:
-        """Rewrite fields of a manifest (metrics after evaluation, say) atomically. With `read`, the
-        manifest the changes were made from, refuse if the adapter has been saved again since."""
+    def update(self, name: str, /, **changes: Any) -> Manifest:
+        """Rewrite fields of a manifest atomically."""
+        with self.swapping():
+            return self._rewrite(name, self._read_manifest(name).model_copy(update=changes))
+
+    def record_metrics(self, name: str, evaluated: Manifest, split: str, metrics: dict[str, Any]) -> Manifest:
+        """Add one split's metrics to the manifest of the adapter version that was `evaluated`, beside
+        what other evaluations recorded meanwhile; refuse if the adapter has been saved again since."""
         with self.swapping():
             manifest = self._read_manifest(name)
-            if read is not None and (manifest.created_at, manifest.files) != (read.created_at, read.files):
-                raise RegistryError(f"adapter '{name}' was saved again (retrained?) while this ran; its new "
-                                    "version keeps its own record: run this again for it")
-            manifest = manifest.model_copy(update=changes)
-            atomic.write_text(self.path(name) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+            if (manifest.created_at, manifest.files) != (evaluated.created_at, evaluated.files):
+                raise RegistryError(f"adapter '{name}' was saved again (retrained?) while it was evaluated; its "
+                                    "new version keeps its own record: evaluate it again")
+            return self._rewrite(name, manifest.model_copy(update={"metrics": {**manifest.metrics, split: metrics}}))
+
+    def _rewrite(self, name: str, manifest: Manifest) -> Manifest:
+        atomic.write_text(self.path(name) / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
         return manifest
 
     def remove(self, name: str) -> None:
