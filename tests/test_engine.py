@@ -447,6 +447,15 @@ def test_lora_on_an_embedding_is_refused(tiny_project: Path) -> None:
                                                    r"\(.*word_embeddings\).*mtlora merge"):
         engine.add("sentiment")
     assert engine.tasks == ["support"]
+    # A reload to such a version is refused before the loaded one goes: it keeps serving.
+    registry = mtlora.Registry(project.registry)
+    before = engine.predict("where is my refund", task="support")
+    shutil.rmtree(registry.path("support"))
+    shutil.copytree(registry.path("sentiment"), registry.path("support"))
+    with pytest.raises(mtlora.RegistryError, match="'support' puts LoRA on layers other than linear ones"):
+        engine.reload("support")
+    assert engine.tasks == ["support"]
+    assert_same(engine.predict("where is my refund", task="support"), before)
 
 
 def test_an_adapter_saved_again_while_it_loads_is_not_half_loaded(trained_project: Path, tmp_path: Path,
@@ -495,7 +504,7 @@ def test_a_lora_variant_is_refused_and_the_engine_serves_on(trained_project: Pat
     engine = Engine(project.backbone, registry, ["sentiment"], precision="fp32")
     before = engine.predict("loved this great movie", task="sentiment")
     for _ in range(2):  # the refused adapter left nothing behind that would make a second try fail otherwise
-        with pytest.raises(mtlora.RegistryError, match=r"'dora' uses a LoRA variant \(DoraLinearVariant\).*merge"):
+        with pytest.raises(mtlora.RegistryError, match=r"'dora' uses a LoRA variant \(DoRA\).*merge"):
             engine.add("dora")
     assert engine.tasks == ["sentiment"]
     assert_same(engine.predict("loved this great movie", task="sentiment"), before)

@@ -55,6 +55,7 @@ from mtlora.engine.folding import (
     FOLD_MIN_TOKENS,
     FoldCache,
     check_plain_lora,
+    check_plain_lora_files,
     folded_lora,
     lora_layers,
     mixed_lora,
@@ -260,6 +261,7 @@ class Engine:
             folder = self.registry.path(name)
             config = LoraConfig.from_pretrained(str(folder))
             encoder_state, head_state = _split_state(load_file(folder / SAFETENSORS_WEIGHTS_NAME), base_prefix, name)
+            check_plain_lora_files(name, config, encoder_state)
             self._load_head(head, head_state, name)
             task = _Task(manifest, kind, head, stand_in)
 

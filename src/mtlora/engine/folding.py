@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from peft import LoraConfig
 from peft.tuners.lora import layer as lora
 from torch import nn
 from torch.nn import functional
@@ -50,17 +51,28 @@ def check_plain_lora(model: nn.Module, adapter: str) -> None:
     LoRA on a layer other than a linear one (an embedding), which PEFT would apply to every row of a pass."""
     adapted = [(name, layer) for name, layer in model.named_modules()
                if isinstance(layer, lora.LoraLayer) and adapter in layer.r]
-    variants = {type(layer.lora_variant[adapter]).__name__ for _, layer in adapted if adapter in layer.lora_variant}
+    _refuse_unservable(adapter, {type(layer.lora_variant[adapter]).__name__ for _, layer in adapted
+                                 if adapter in layer.lora_variant},
+                       [name for name, layer in adapted if type(layer) is not lora.Linear])
+
+
+def check_plain_lora_files(adapter: str, config: LoraConfig, state: dict[str, torch.Tensor]) -> None:
+    """What `check_plain_lora` refuses, as far as an adapter's config and weights show it before it is
+    put into a model: so that a reload refused for it leaves the loaded copy serving."""
+    embeddings = sorted({key.split(".lora_embedding_")[0] for key in state if ".lora_embedding_" in key})
+    _refuse_unservable(adapter, {"DoRA"} if config.use_dora else set(), embeddings)
+
+
+def _refuse_unservable(adapter: str, variants: set[str], other_layers: list[str]) -> None:
     if variants:
         raise AdapterNotServableError(
             f"adapter '{adapter}' uses a LoRA variant ({', '.join(sorted(variants))}) that the engine cannot serve "
             "alongside other adapters; export it alone with `mtlora merge`, or retrain it as plain LoRA"
         )
-    others = [name for name, layer in adapted if type(layer) is not lora.Linear]
-    if others:
+    if other_layers:
         raise AdapterNotServableError(
-            f"adapter '{adapter}' puts LoRA on layers other than linear ones ({', '.join(others[:3])}), which the "
-            "engine cannot keep to its own rows; export it alone with `mtlora merge`, or retrain it with "
+            f"adapter '{adapter}' puts LoRA on layers other than linear ones ({', '.join(other_layers[:3])}), which "
+            "the engine cannot keep to its own rows; export it alone with `mtlora merge`, or retrain it with "
             "lora.target_modules naming linear layers only"
         )
 
