@@ -62,8 +62,11 @@ def test_glue_tsv_with_bare_quotes_needs_quoting_none(tmp_path: Path) -> None:
 
 def test_a_stray_quote_in_a_csv_does_not_swallow_rows(tmp_path: Path) -> None:
     (tmp_path / "train.csv").write_text('text,label\n"stray start,pos\nrow two,neg\nrow three " ok,pos\nfour,neg\n')
-    with pytest.raises(DataError, match=r"train.csv:2: a quoted field goes on past its closing quote"):
+    with pytest.raises(DataError, match=r"train.csv:2: a quoted field goes on past its closing quote .*twice"):
         load(tmp_path, "classification", "train.csv", **LABELS)
+    (tmp_path / "header.csv").write_text('"text" x,label\nfine,pos\n')
+    with pytest.raises(DataError, match=r"header.csv:1: a quoted field goes on past its closing quote"):
+        load(tmp_path, "classification", "header.csv", **LABELS)
 
 
 def test_headerless_tsv_with_named_columns_and_byte_order_mark(tmp_path: Path) -> None:

@@ -236,6 +236,7 @@ class MixtureSettings(_Strict):
 class RoutingHints(_Strict):
     """How routers find a task's inputs; read from the project file when the engine is built from it."""
 
+    description: str = Field("", description="for people reading the file; no router reads it")
     keywords: list[str] = Field(default_factory=list, description="whole words, any case")
     patterns: list[str] = Field(default_factory=list, description="regular expressions, any case")
     examples: list[str] = Field(default_factory=list, description="inputs typical of this task (semantic router)")

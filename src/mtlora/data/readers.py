@@ -223,6 +223,8 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                 header = next(reader)
             except StopIteration:
                 raise DataError(str(path), "the file is empty") from None
+            except csv.Error as exc:
+                raise _malformed(path, 1, exc, fmt) from None
             line = reader.line_num + 1
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:  # a dict row would keep only the last of them
@@ -249,11 +251,18 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                     raise DataError(where, "a quoted field spans tabs or lines", "set quoting: none for this TSV")
                 rows.append(Row(dict(zip(header, fields, strict=False)), where))
         except csv.Error as exc:  # raised by the reader, at the row that began on `line`
-            raise DataError(f"{path}:{line}", f"a quoted field goes on past its closing quote ({exc})",
-                            "a stray quote character in a text opens a quoted field: set quoting: none") from None
+            raise _malformed(path, line, exc, fmt) from None
     if quoting == csv.QUOTE_NONE:
         _check_row_count(path, source, len(rows), has_header=source.columns is None)
     return rows
+
+
+def _malformed(path: Path, line: int, error: csv.Error, fmt: str) -> DataError:
+    if "expected after" not in str(error):
+        return DataError(f"{path}:{line}", f"not readable as {fmt.upper()}: {error}")
+    fix = ("write a quote inside a quoted text twice (\"\"), or leave the text unquoted" if fmt == "csv"
+           else "GLUE-style TSVs hold bare quotes: set quoting: none")
+    return DataError(f"{path}:{line}", f"a quoted field goes on past its closing quote ({error})", fix)
 
 
 def _width_hint(too_few: bool, quoted: bool) -> str:
