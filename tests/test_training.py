@@ -198,6 +198,14 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
         with pytest.raises(TrainingInterrupted):
             mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
     messages: list[str] = []
+    # What cannot change a training step does not start it over: routing hints, evaluation settings.
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"eval_batch_size": 3}}})
+    config.tasks[0].routing.keywords.append("cinema")
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
+    assert any("Resuming from" in m for m in messages), messages
     config = load_config(tiny_project, overrides={"defaults": {"training": {"lr": 1e-2}}})
     mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert any("settings or the training data changed" in m for m in messages), messages

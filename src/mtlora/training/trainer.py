@@ -230,10 +230,17 @@ def _describe_parameters(built: TaskModel) -> str:
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel, data: str) -> str:
     """What a checkpoint must have been trained with to be resumed: same task settings, training
     examples, base and method."""
-    parts = [project.task(name).model_dump(mode="json") for name in (task.mixture.tasks if task.mixture else [])]
-    payload = {"task": task.model_dump(mode="json"), "parts": parts, "data": data, "method": method,
-               "base": built.fingerprint}
+    parts = [_what_trains(project.task(name)) for name in (task.mixture.tasks if task.mixture else [])]
+    payload = {"task": _what_trains(task), "parts": parts, "data": data, "method": method, "base": built.fingerprint}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _what_trains(task: TaskConfig) -> dict[str, Any]:
+    """The task's settings less those that cannot change a training step: routing hints, the evaluation
+    splits and batch size, and whether a baseline follows. (The training examples are in `data`.)
+    checkpoint_every and log_every stay: a resumed HF Trainer would keep the checkpoint's, in silence."""
+    return task.model_dump(mode="json", exclude={
+        "routing": True, "data": {"validation", "test"}, "training": {"eval_batch_size", "baseline"}})
 
 
 def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
