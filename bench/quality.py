@@ -115,11 +115,12 @@ def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str)
                "losses": outcome.losses}
     if method == "full":
         # Parsed with the training rows, as in training: a regression kind learns its target scale from them.
+        # Scored at the inference precision, as evaluation scores the adapters.
         data = load_task_data(project, task, splits=("train", split))
         kind, examples, device = data.kind, data.split(split), default_device()
         predictions = predict_examples(outcome.model.to(device), kind, load_tokenizer(project.backbone), examples,
                                        task.training.max_length, task.training.doc_stride,
-                                       task.training.eval_batch_size, use_bf16(task.training.precision, device))
+                                       task.training.eval_batch_size, use_bf16(project.inference.precision, device))
         summary["metrics"] = kind.metrics(predictions, examples)
     return summary
 

@@ -56,11 +56,11 @@ def test_every_problem_is_listed_at_once_with_its_task(tmp_path: Path) -> None:
 
 def test_doc_stride_must_leave_a_window_room(tmp_path: Path) -> None:
     qa = {"name": "qa", "kind": "extractive_qa", "data": {"train": "qa.jsonl"}}
-    with pytest.raises(ConfigError, match=r"tasks\[0\] \(qa\): .*doc_stride \(64\) must be below half of "
+    with pytest.raises(ConfigError, match=r"tasks\[0\] \(qa\): .*doc_stride \(65\) must be at most half of "
                                           r"training.max_length \(128\): lower doc_stride or raise max_length"):
-        load_config(write(tmp_path, {"tasks": [{**qa, "training": {"doc_stride": 64}}]}))
-    config = load_config(write(tmp_path, {"tasks": [{**qa, "training": {"doc_stride": 63}}]}))
-    assert config.tasks[0].training.doc_stride == 63
+        load_config(write(tmp_path, {"tasks": [{**qa, "training": {"doc_stride": 65}}]}))
+    config = load_config(write(tmp_path, {"tasks": [{**qa, "training": {"doc_stride": 64}}]}))
+    assert config.tasks[0].training.doc_stride == 64
     # Only a QA task reads doc_stride: another kind's short max_length leaves the default stride alone.
     load_config(write(tmp_path, {"tasks": [task(training={"max_length": 32})]}))
 

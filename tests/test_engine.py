@@ -204,6 +204,17 @@ def test_long_text_is_truncated_and_says_so(engine: Engine) -> None:
     assert answer["truncated"] is True and answer["answer"] in long_context
 
 
+def test_a_qa_adapter_whose_stride_leaves_no_room_for_a_question_says_so(trained_project: Path,
+                                                                         tmp_path: Path) -> None:
+    project = load_config(trained_project)
+    registry = mtlora.Registry(tmp_path / "adapters")
+    shutil.copytree(project.registry / "qa", registry.path("qa"))
+    registry.update("qa", doc_stride=22)  # of max_length 24: as the config allowed before
+    engine = Engine(project.backbone, registry, ["qa"], precision="fp32")
+    with pytest.raises(InputError, match="leave a window no room for the question; retrain this adapter"):
+        engine.predict({"question": "who sat", "context": "the cat sat on the mat"}, task="qa")
+
+
 def test_unroutable_input_is_not_a_guess(engine: Engine) -> None:
     result = engine.predict("the river of paris", router="keywords")
     assert result["task"] is None and result["unroutable"] is True
@@ -225,7 +236,8 @@ def test_project_default_task_catches_what_no_router_places(trained_project: Pat
     unnamed = engine.predict("the river of paris", router="explicit")  # naming no task is not placing it
     assert unnamed["task"] == "sentiment" and unnamed["route_reason"].startswith("no task named")
     pair = engine.predict(("the river", "of paris"), router="keywords")  # sentiment takes no pairs
-    assert pair["task"] is None and pair["reason"].endswith("the default task 'sentiment' does not take this input")
+    assert pair["task"] is None
+    assert pair["reason"].endswith("default task 'sentiment' is not a candidate (not loaded, or takes other inputs)")
 
 
 @pytest.mark.parametrize("mixed_batches", [True, False], ids=["one-mixed-pass", "folded-per-adapter"])

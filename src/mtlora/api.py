@@ -113,16 +113,18 @@ def evaluate_routers(
     """Routing accuracy of each router on a held-out mix of every task's inputs; writes reports/routing.*"""
     project = as_config(config)
     check_split(split)
-    # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
-    engine = Engine.from_config(project, [t.name for t in project.tasks])
-    available = []
+    registry = Registry(project.registry)
+    available, skipped = [], []
     for name in routers:
-        if missing := routing.router_class(name).missing(engine.registry, project.router):
+        if missing := routing.router_class(name).missing(registry, project.router):
             log(f"[routing] skipping '{name}': {missing}")
+            skipped.append(f"{name}: {missing}")
         else:
             available.append(name)
     if not available:
-        raise RegistryError(f"no router to evaluate among {', '.join(routers)}: see the reasons above")
+        raise RegistryError(f"no router to evaluate ({'; '.join(skipped)})")
+    # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
+    engine = Engine.from_config(project, [t.name for t in project.tasks])
     reports = evaluate_routing(engine, routing_mix(project, split, per_task, log=log), available, split, log=log)
     if write and reports:
         write_routing_reports(reports, Path(project.reports))

@@ -76,12 +76,14 @@ def staged_folder(target: Path, staging: Path,
         remove_empty(staging)
 
 
-def remove_folder(target: Path, staging: Path) -> None:
-    """Delete `target` whole or not at all: it is renamed away first, so no half-deleted copy is ever
-    found in its place."""
+def remove_folder(target: Path, staging: Path,
+                  swapping: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> None:
+    """Delete `target` whole or not at all: it is renamed away first (within `swapping()`), so no
+    half-deleted copy is ever found in its place."""
     away = staging / f"{target.name}.removed-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True, exist_ok=True)
-    os.rename(target, away)
+    with swapping():
+        os.rename(target, away)
     shutil.rmtree(away, ignore_errors=True)
     remove_empty(staging)
 

@@ -186,7 +186,6 @@ class TrainSettings(_Strict):
     baseline: bool = Field(True, description="also train the head-only baseline for evaluation")
 
 
-
 class DecodingSettings(_Strict):
     """How a generation task decodes: greedy with `num_beams: 1`, beam search above."""
 

@@ -88,7 +88,8 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
     ROUGE-Lsum treats each line as a sentence, which is how CNN/DailyMail highlights are scored; a text
     without line breaks (every generated one) is split after each sentence's final punctuation first,
-    as papers split with a sentence tokenizer, or Lsum would score it as one sentence.
+    as papers split with a sentence tokenizer (which also knows abbreviations such as "U.S.", where
+    this split is wrong), or Lsum would score it as one sentence.
     """
     from rouge_score import rouge_scorer
 

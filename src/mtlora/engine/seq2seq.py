@@ -46,7 +46,7 @@ class _Adapter:
     tokenizer: PreTrainedTokenizerBase
     token_rows: dict[int, int]  # the adapter's id of a task token -> its row in the shared embedding
     mixes: bool  # PEFT can run its rows in a batch with other adapters' rows
-    peft_name: str  # its name in the PEFT model: a reload's copy joins before the old one leaves
+    peft_name: str  # its name in the PEFT model, new at each load: PEFT cannot rename or drop its last adapter
 
 
 @dataclass
@@ -170,9 +170,11 @@ class Seq2SeqAdapters:
         first = model.get_input_embeddings().num_embeddings
         self._free_rows = list(range(first + SPARE_TOKEN_ROWS - 1, first - 1, -1))  # popped lowest first
         resize_input_embeddings(model, first + SPARE_TOKEN_ROWS)
-        # Where the output vocabulary grew with the input (T5 and BART tie or resize both), the spare rows
-        # are never an answer, as they are not in a standalone adapter's model.
-        model.generation_config.suppress_tokens = list(range(first, first + SPARE_TOKEN_ROWS))
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.shape[0] > first:
+            # The output vocabulary grew with the input (T5 and BART tie or resize both): the spare rows
+            # are never an answer, as they are not in a standalone adapter's model.
+            model.generation_config.suppress_tokens = list(range(first, first + SPARE_TOKEN_ROWS))
         return model.to(self.device).eval()
 
     def _place_tokens(self, name: str, token_ids: list[int], values: torch.Tensor | None) -> dict[int, int]:
@@ -184,9 +186,10 @@ class Seq2SeqAdapters:
                 f"adapter '{name}' needs {len(token_ids)} task-token rows and {len(self._free_rows)} of the engine's "
                 f"{SPARE_TOKEN_ROWS} are free; unload an adapter with task tokens, or serve it from another engine")
         embedding = self.model.get_input_embeddings()
-        rows = {token: self._free_rows.pop() for token in token_ids}
+        rows = dict(zip(token_ids, reversed(self._free_rows[-len(token_ids):]), strict=True))
         with torch.no_grad():
             embedding.weight[list(rows.values())] = values.to(embedding.weight)
+        del self._free_rows[-len(token_ids):]  # taken once written
         return rows
 
 

@@ -14,7 +14,6 @@ the manifest records, so a half-written or damaged adapter is refused instead of
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -28,6 +27,11 @@ from mtlora import atomic
 from mtlora.config import validate_task_name
 from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError
 from mtlora.registry.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 
 class Registry:
@@ -71,7 +75,7 @@ class Registry:
             CorruptAdapterError: the manifest is unreadable.
         """
         folder = self.path(name)
-        if not folder.exists() and self.staging.is_dir():  # a save that crashed between its renames?
+        if not folder.exists() and any(self.staging.glob(f"{name}.old-*")):  # a save cut between its renames?
             with self.swapping():
                 atomic.recover_folder(folder, self.staging)
         return self._read_manifest(name)
@@ -150,16 +154,18 @@ class Registry:
     def remove(self, name: str) -> None:
         if name not in self:
             raise AdapterNotFoundError(str(self.root), name, self.names())
-        with self.swapping():
-            atomic.remove_folder(self.path(name), self.staging)
-            if self.baseline_path(name).is_dir():
-                atomic.remove_folder(self.baseline_path(name), self.staging)
+        for folder in (self.path(name), self.baseline_path(name)):
+            if folder.is_dir():
+                atomic.remove_folder(folder, self.staging, self.swapping)
 
     @contextmanager
     def swapping(self) -> Iterator[None]:
         """Held, across processes, by whoever swaps, removes, recovers or rewrites a folder of the
         registry: a reader recovering an interrupted save must not run between a live save's renames,
         nor a manifest rewrite between a save's read and its write. Each holds it for a few renames."""
+        if fcntl is None:  # Windows: no flock; one writer at a time is then the user's to keep
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / ".lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

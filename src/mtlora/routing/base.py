@@ -77,5 +77,5 @@ def decide(router: str, scores: dict[str, float], threshold: float, default_task
     if default_task is not None and default_task in candidates:
         return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task")
     if default_task is not None:
-        reason += f"; the default task '{default_task}' does not take this input"
+        reason += f"; the default task '{default_task}' is not a candidate (not loaded, or takes other inputs)"
     return Route(None, router, 0.0, scores, reason)

@@ -118,6 +118,8 @@ class MicroBatcher:
         try:
             results = self.engine.predict_batch([e.item for e in entries], [e.task for e in entries], router)
         except BaseException:  # a tokenizer's Rust panic is a BaseException
+            results = None  # split below, outside the handler, so the error and its frames can go
+        if results is None:
             middle = len(entries) // 2
             self._answer_together(entries[:middle], router)
             self._answer_together(entries[middle:], router)

@@ -45,8 +45,8 @@ class ExtractiveQATask(TaskKind):
         super().check_config(config)
         # Each window repeats doc_stride context tokens and must still hold the question and new context.
         training = config.training
-        if training.doc_stride >= training.max_length // 2:
-            raise ValueError(f"training.doc_stride ({training.doc_stride}) must be below half of "
+        if training.doc_stride > training.max_length // 2:
+            raise ValueError(f"training.doc_stride ({training.doc_stride}) must be at most half of "
                              f"training.max_length ({training.max_length}): lower doc_stride or raise max_length")
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
@@ -155,18 +155,16 @@ class ExtractiveQATask(TaskKind):
                 if current is None or score > current[0]:
                     best[example] = (score, start_char, end_char)
         predictions = []
-        for example, candidate, candidate_scores in zip(examples, best, scores, strict=True):
+        for example, candidate, candidate_scores, cut in zip(examples, best, scores, encoded.truncated, strict=True):
             if candidate is None:
                 predictions.append({"answer": "", "start": None, "end": None, "confidence": 0.0,
-                                    "truncated": False})
+                                    "truncated": cut})
                 continue
             score, start, end = candidate
             # Softmax of the winning span's score over every candidate span of the question.
             confidence = float(1.0 / np.exp(np.asarray(candidate_scores) - score).sum())
             predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
-                                "confidence": confidence, "truncated": False})
-        for prediction, cut in zip(predictions, encoded.truncated, strict=True):
-            prediction["truncated"] = cut
+                                "confidence": confidence, "truncated": cut})
         return predictions
 
     def expected_text(self, example: Example) -> str:
@@ -186,11 +184,20 @@ def _questions_that_fit(tokenizer: PreTrainedTokenizerBase, examples: Sequence[E
     keep more context tokens than `doc_stride` (the fast tokenizer panics otherwise), so a question may
     take at most what is left of `max_length` after the stride and the special tokens."""
     room = max_length - doc_stride - tokenizer.num_special_tokens_to_add(pair=True) - 1
+    if room < 1:  # an adapter trained before doc_stride was held to half of max_length
+        raise InputError(f"max_length {max_length} and doc_stride {doc_stride} leave a window no room for the "
+                         "question; retrain this adapter with doc_stride at most half of max_length")
     questions = [e["question"].lstrip() for e in examples]
-    offsets = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    cut = [len(question_offsets) > room for question_offsets in offsets]
-    return [question[: question_offsets[room - 1][1]] if too_long else question
-            for question, question_offsets, too_long in zip(questions, offsets, cut, strict=True)], cut
+    cut = [False] * len(questions)
+    # A token is at least one character, so only a question longer than `room` characters can need cutting.
+    long = [i for i, question in enumerate(questions) if len(question) > room]
+    if long:
+        offsets = tokenizer([questions[i] for i in long], add_special_tokens=False,
+                            return_offsets_mapping=True)["offset_mapping"]
+        for i, question_offsets in zip(long, offsets, strict=True):
+            if len(question_offsets) > room:
+                questions[i], cut[i] = questions[i][: question_offsets[room - 1][1]], True
+    return questions, cut
 
 
 def _token_span(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int]:
