@@ -354,6 +354,17 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
     engine = Engine.from_config(project, tasks=["writer"], precision="fp32")
     assert engine.predict("<summarize> great good movie", task="writer")["text"] == summary["text"]
 
+    # With the part's own adapter loaded too, <summarize> is also a task name: naming the multitask
+    # adapter keeps it its task token; naming no task sends the text to the part's adapter, which reads
+    # a task token written by the caller as if it had not been.
+    mtlora.train(project, "summarize", **QUIET)
+    engine = Engine.from_config(project, tasks=["writer", "summarize"], precision="fp32")
+    answer = engine.predict("<summarize> great good movie", task="writer")
+    assert (answer["task"], answer["part"], answer["text"]) == ("writer", "summarize", summary["text"])
+    alone = engine.predict("great good movie", task="summarize")
+    assert engine.predict("<summarize> great good movie")["task"] == "summarize"
+    assert engine.predict("<summarize> great good movie", task="summarize")["text"] == alone["text"]
+
 
 def test_mix_shares_follow_the_temperature() -> None:
     from mtlora.data.splits import mix_shares

@@ -449,11 +449,11 @@ class Engine:
 
     def _parsed(self, item: Input, task: str | None) -> Request:
         if isinstance(item, str):
-            prefixed, text = split_prefix(item, list(self._tasks))
-            return Request(text, None, "text", _one_task(task, prefixed))
+            named, text = self._task_named(item, task)
+            return Request(text, None, "text", named)
         if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
-            prefixed, text = split_prefix(item[0], list(self._tasks))
-            return Request(text, item[1], "pair", _one_task(task, prefixed))
+            named, text = self._task_named(item[0], task)
+            return Request(text, item[1], "pair", named)
         if isinstance(item, dict) and {"question", "context"} <= item.keys():
             return Request(item["question"], item["context"], "qa", task)
         if isinstance(item, dict) and "text" in item:
@@ -461,6 +461,16 @@ class Engine:
                                  else (item["text"], item["text_pair"]), task or item.get("task"))
         raise InputError(f"an input is a text, a (text, text_pair) tuple or a {{question, context}} dict; "
                          f"got {type(item).__name__}: {item!r:.80}")
+
+    def _task_named(self, text: str, task: str | None) -> tuple[str | None, str]:
+        """The task named by the caller or by the text's `<task>` / `task:` prefix (both must agree), and
+        the text without that prefix. A prefix the named task reads as its own (a multitask adapter's
+        task token, which may also be the name of a task) stays in the text."""
+        prefixed, rest = split_prefix(text, list(self._tasks))
+        if task and prefixed and prefixed != task and task in self._tasks \
+                and self._tasks[task].kind.reads_its_own_prefix(text):
+            return task, text
+        return _one_task(task, prefixed), rest
 
     def _candidates(self, request: Request) -> list[str]:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]

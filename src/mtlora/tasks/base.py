@@ -114,6 +114,11 @@ class TaskKind(ABC):
         """Whether a router may send this input text here (its shape already fits)."""
         return True
 
+    def reads_its_own_prefix(self, text: str) -> bool:
+        """Whether a `<name>` at the start of `text` is this kind's own input (a multitask adapter's task
+        token), where the engine would read it as the name of another task."""
+        return False
+
     def fit(self, train: Sequence[Example]) -> None:  # noqa: B027 - optional: most kinds take nothing
         """Fix what the kind takes from the training examples (a regression's target scale), once they
         are split from any holdout."""

@@ -84,21 +84,18 @@ class MultitaskTask(Seq2SeqTask):
             tokens = ", ".join(f"{k.settings.task_token} ({name})" for name, k in self.parts.items())
             raise InputError(f"a multitask adapter does several tasks: start the text with one of its task tokens: "
                              f"{tokens}")
-        name, token = named
-        example = self.parts[name].input_example(text.lstrip()[len(token):].strip(), text_pair)
-        return {**example, "task": name}
+        return {**self.parts[named].input_example(text, text_pair), "task": named}
 
     def routable(self, text: str) -> bool:
         # Without one of its task tokens the adapter cannot tell which of its tasks to do.
         return self._part_named_by(text) is not None
 
-    def _part_named_by(self, text: str) -> tuple[str, str] | None:
-        """The part whose task token starts `text`, with that token."""
-        for name, kind in self.parts.items():
-            token = kind.settings.task_token
-            if token is not None and text.lstrip().startswith(token):
-                return name, token
-        return None
+    def reads_its_own_prefix(self, text: str) -> bool:
+        return self._part_named_by(text) is not None
+
+    def _part_named_by(self, text: str) -> str | None:
+        """The part whose task token starts `text`."""
+        return next((name for name, kind in self.parts.items() if kind.after_task_token(text) is not None), None)
 
     def expected_text(self, example: Example) -> str:
         return self.part(example["task"]).expected_text(example)

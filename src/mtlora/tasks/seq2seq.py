@@ -87,7 +87,16 @@ class Seq2SeqTask(TaskKind):
     def input_example(self, text: str, text_pair: str | None = None) -> Example:
         if text_pair is not None:
             raise InputError(f"a {self.name} task takes one text, but a text pair was given")
-        return {"text": require_text(text, "text")}
+        text = require_text(text, "text")
+        # A caller may write the task token the kind puts in front itself: it is not read twice.
+        return {"text": require_text(rest, "text") if (rest := self.after_task_token(text)) is not None else text}
+
+    def after_task_token(self, text: str) -> str | None:
+        """`text` after this task's token, or None when it does not start with it."""
+        token = self.settings.task_token
+        if token is None or not text.lstrip().startswith(token):
+            return None
+        return text.lstrip()[len(token):].strip()
 
     def expected_text(self, example: Example) -> str:
         return self.target(example)
