@@ -16,7 +16,7 @@ from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.engine import Input, export_merged
-from mtlora.errors import RegistryError
+from mtlora.errors import AdapterNotFoundError, RegistryError
 from mtlora.evaluation import (
     RoutingReport,
     TaskReport,
@@ -88,6 +88,9 @@ def evaluate(
     tasks = project.select(task)
     registry = Registry(project.registry)
     untrained = [t.name for t in tasks if t.name not in registry]
+    if task is not None and untrained:  # a task of the project: say how to train it
+        raise AdapterNotFoundError(str(registry.root), task, registry.names(),
+                                   fix=f"train it first: `mtlora train PROJECT.yaml --task {task}`")
     if task is None and untrained:
         if len(untrained) == len(tasks):
             raise RegistryError("no task of the project is trained yet: train them first (`mtlora train PROJECT.yaml`)")

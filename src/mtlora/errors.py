@@ -56,9 +56,10 @@ class RegistryError(MtloraError):
 
 
 class AdapterNotFoundError(RegistryError, UnknownTaskError):
-    def __init__(self, registry: str, name: str, available: list[str]):
-        UnknownTaskError.__init__(self, "adapter", name, available, where=f" in registry {registry}",
-                                  fix=f"to train a task of the project: `mtlora train PROJECT.yaml --task {name}`")
+    def __init__(self, registry: str, name: str, available: list[str], fix: str = ""):
+        UnknownTaskError.__init__(self, "adapter", name, available, where=f" in registry {registry}", fix=fix or (
+            "a task of the project file is trained with `mtlora train PROJECT.yaml --task NAME`; "
+            "`mtlora adapters list PROJECT.yaml` shows what is trained"))
 
 
 class CorruptAdapterError(RegistryError):
