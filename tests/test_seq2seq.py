@@ -199,6 +199,20 @@ def test_the_only_seq2seq_adapter_reloads_and_comes_back_after_removal(trained_s
     assert engine.predict("great film", task="summarize")["text"] == before
 
 
+def test_a_merged_generation_adapter_writes_as_the_engine_does(trained_seq2seq_project: Path, tmp_path: Path) -> None:
+    """The export carries the task's decoding settings, so a plain generate() is the engine's answer."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder = mtlora.merge(trained_seq2seq_project, "summarize", tmp_path / "merged")
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    assert model.generation_config.max_new_tokens == 6  # the task's decoding, not transformers' 20 tokens
+    encoded = tokenizer(["<summarize> great good movie"], return_tensors="pt", return_token_type_ids=False)
+    with torch.inference_mode():
+        written = tokenizer.decode(model.generate(**encoded)[0], skip_special_tokens=True).strip()
+    engine = Engine.from_config(trained_seq2seq_project, tasks=["summarize"], precision="fp32")
+    assert written == engine.predict("great good movie", task="summarize")["text"]
+
+
 def test_evaluation_shows_the_prompt_only_base_beside_the_adapter(trained_seq2seq_project: Path) -> None:
     reports = {r.task: r for r in mtlora.evaluate(trained_seq2seq_project, write=False, log=lambda _: None)}
     assert set(reports["triage"].metrics) == {"base", "lora"}

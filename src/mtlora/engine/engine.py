@@ -605,8 +605,9 @@ def export_merged(registry: Registry, backbone: str, name: str, folder: str | Pa
         if not (folder / "config.json").is_file():
             raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
                              "give a new folder")
-    model, _, manifest = load_adapter_model(registry, name, backbone)
+    model, kind, manifest = load_adapter_model(registry, name, backbone)
     merged = model.merge_and_unload()
+    kind.prepare_export(merged)
     tokenizer = copy.copy(adapter_tokenizer(registry, name, backbone))  # a shared, cached one
     # Plain `tokenizer(text, truncation=True)` then cuts where the adapter was trained to read up to.
     tokenizer.model_max_length = manifest.max_length

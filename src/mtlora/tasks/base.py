@@ -119,6 +119,9 @@ class TaskKind(ABC):
         token), where the engine would read it as the name of another task."""
         return False
 
+    def prepare_export(self, model: nn.Module) -> None:  # noqa: B027 - optional: most kinds need nothing
+        """Give a merged export what a plain transformers user of it needs besides the weights."""
+
     def fit(self, train: Sequence[Example]) -> None:  # noqa: B027 - optional: most kinds take nothing
         """Fix what the kind takes from the training examples (a regression's target scale), once they
         are split from any holdout."""

@@ -145,6 +145,10 @@ class Seq2SeqTask(TaskKind):
                 results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
         return results
 
+    def prepare_export(self, model: nn.Module) -> None:
+        # A plain `generate()` then decodes as the engine does, not with transformers' 20-token default.
+        model.generation_config.update(**self.generation_kwargs())
+
     def batch_key(self) -> str:
         """Adapters whose rows can share a pass have equal keys: same kind, labels to score and decoding."""
         return json.dumps([self.name, self.labels, self.generation_kwargs()], sort_keys=True)
