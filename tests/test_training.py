@@ -284,13 +284,18 @@ def test_length_batches_cover_every_row_once_in_shuffled_order() -> None:
     assert list(sampler) != order
 
 
-def test_a_diverged_run_is_reported() -> None:
-    from mtlora.training.trainer import divergence_warning
+def test_a_run_that_diverged_or_never_learned_is_reported() -> None:
+    from mtlora.training.trainer import loss_warning
 
     diverged = [(25, 0.68), (50, 0.35), (75, 0.75), (100, 0.69), (125, 0.69)]
-    assert "training diverged" in divergence_warning(diverged)
-    assert divergence_warning([(25, 0.68), (50, 0.35), (75, 0.2), (100, 0.1)]) is None
-    assert divergence_warning([(25, 0.68), (50, 0.35)]) is None
+    assert "training diverged" in loss_warning(diverged)
+    assert loss_warning([(25, 0.68), (50, 0.35), (75, 0.2), (100, 0.1)]) is None
+    assert loss_warning([(25, 0.68), (50, 0.35)]) is None
+    # SST-2 at batch 4 and lr 1e-3: 1,000 steps near ln 2 (0.59 accuracy); and a slow but real fall.
+    stalled = [(50 * i, loss) for i, loss in enumerate([0.69, 0.72, 0.69, 0.70, 0.68, 0.69, 0.70, 0.69], 1)]
+    assert "the loss did not fall" in loss_warning(stalled)
+    slow = [(50 * i, loss) for i, loss in enumerate([0.69, 0.68, 0.66, 0.64, 0.62, 0.60, 0.58, 0.57], 1)]
+    assert loss_warning(slow) is None
 
 
 def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:

@@ -154,7 +154,7 @@ def train_task(
         model=built.model,
         data_signature=data_signature,
     )
-    outcome.warning = divergence_warning(outcome.losses)
+    outcome.warning = loss_warning(outcome.losses)
     if outcome.warning:
         log(f"[{task.name}] warning: {outcome.warning}")
     if main_process:
@@ -206,15 +206,24 @@ def _store(registry: Registry, project: ProjectConfig, task: TaskConfig, built: 
         outcome.saved_to = _save_head_baseline(registry, project, task, built, outcome)
 
 
-def divergence_warning(losses: list[tuple[int, float]]) -> str | None:
-    """Say so when the training loss fell and then climbed back to where it started: the run diverged,
-    and the adapter saved at the end is likely no better than its untrained start."""
+def loss_warning(losses: list[tuple[int, float]]) -> str | None:
+    """Say so when the training loss shows the saved adapter is likely no better than its untrained
+    start: the loss fell and then climbed back to where it started (the run diverged), or, over a run
+    long enough to tell, it never fell (the steps are too noisy or too large to learn from)."""
     if len(losses) < 4:
         return None
     first, lowest, last = losses[0][1], min(loss for _, loss in losses), losses[-1][1]
     if lowest < 0.7 * first and last > 0.9 * first:
         return (f"the loss fell to {lowest:.3f} and then rose back to {last:.3f} (it started at {first:.3f}): "
                 "training diverged. Lower training.lr or raise training.batch_size, then train with --fresh")
+    quarter = len(losses) // 4
+    if quarter >= 2:
+        start = sum(loss for _, loss in losses[:quarter]) / quarter
+        end = sum(loss for _, loss in losses[-quarter:]) / quarter
+        if end > 0.95 * start:
+            return (f"the loss did not fall ({start:.3f} over the first quarter of the run, {end:.3f} over the "
+                    "last): the adapter has likely learned nothing. Lower training.lr or raise "
+                    "training.batch_size (or train longer), then train with --fresh")
     return None
 
 
