@@ -204,6 +204,24 @@ def test_long_text_is_truncated_and_says_so(engine: Engine) -> None:
     assert answer["truncated"] is True and answer["answer"] in long_context
 
 
+def test_a_question_of_few_characters_but_many_tokens_is_cut_too() -> None:
+    """A byte-level BPE (RoBERTa's) can give one character several tokens: counting characters would
+    let such a question through uncut, and the tokenizer would panic on it."""
+    from mtlora.tasks.extractive_qa import _questions_that_fit
+
+    class BytePerToken:  # each UTF-8 byte a token, as a byte-level BPE can split CJK text
+        def num_special_tokens_to_add(self, pair: bool) -> int:
+            return 4
+
+        def __call__(self, texts: list[str], **kwargs: object) -> dict:
+            return {"offset_mapping": [[(i, i + 1) for i, ch in enumerate(t) for _ in ch.encode()] for t in texts]}
+
+    question = "猫" * 10  # 10 characters, 30 tokens
+    (cut_question,), (cut,) = _questions_that_fit(BytePerToken(), [{"question": question}], max_length=64,
+                                                  doc_stride=32)  # room: 64 - 32 - 4 - 1 = 27 tokens
+    assert cut and cut_question == "猫" * 9
+
+
 def test_a_qa_adapter_whose_stride_leaves_no_room_for_a_question_says_so(trained_project: Path,
                                                                          tmp_path: Path) -> None:
     project = load_config(trained_project)

@@ -189,8 +189,9 @@ def _questions_that_fit(tokenizer: PreTrainedTokenizerBase, examples: Sequence[E
                          "question; retrain this adapter with doc_stride at most half of max_length")
     questions = [e["question"].lstrip() for e in examples]
     cut = [False] * len(questions)
-    # A token is at least one character, so only a question longer than `room` characters can need cutting.
-    long = [i for i, question in enumerate(questions) if len(question) > room]
+    # A token is at least one byte (a byte-level BPE splits one character into several), so only a
+    # question of more than `room` UTF-8 bytes can need cutting.
+    long = [i for i, question in enumerate(questions) if len(question.encode()) > room]
     if long:
         offsets = tokenizer([questions[i] for i in long], add_special_tokens=False,
                             return_offsets_mapping=True)["offset_mapping"]
