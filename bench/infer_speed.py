@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 import yaml
+from machine import machine
 from transformers import AutoModel
 
 import mtlora
@@ -320,9 +320,7 @@ def main() -> None:
         "routing_s_per_request": {k: v / len(stream) for k, v in routing.items()},
         "routing_share_of_answering": {k: v / seconds["c"] for k, v in routing.items()},
         "memory": memory,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": machine(),
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

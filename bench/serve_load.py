@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,8 @@ from typing import Any
 
 import aiohttp
 import httpx
-import torch
 import yaml
+from machine import machine
 
 import mtlora
 from mtlora.server import ServerSettings
@@ -212,8 +211,7 @@ def main() -> None:
         "rounds": args.rounds, "fold_cache": args.fold_cache,
         "batch_forward_ms": {"batch": max_batch, "ms": forward_ms},
         "tasks": ["sst2", "mrpc", "stsb", "squad"], "results": results,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "note": "clients and server share the same 2 cores"},
+        "machine": {**machine(), "note": "clients and server share the same cores"},
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
+from machine import machine
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
@@ -148,9 +148,7 @@ def main() -> None:
     report = {
         "benchmark": "train_speed", "date": time.strftime("%Y-%m-%d %H:%M"), "train_size": len(train),
         "dev_size": len(dev), "lora": LORA, "training": TRAINING,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    "torch": torch.__version__},
+        "machine": machine(),
         "results": results,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
