@@ -544,3 +544,19 @@ def test_a_lora_variant_is_refused_and_the_engine_serves_on(trained_project: Pat
     # And without an engine, as `mtlora merge` exports: one that loaded the adapter first refused it.
     here = project.model_copy(update={"registry": registry.root})
     assert (mtlora.merge(here, "dora", tmp_path / "by-api") / "config.json").is_file()
+
+
+def test_a_tokenizer_saved_padding_left_pads_right(tmp_path: Path) -> None:
+    """QA spans and heads read token positions from the left: a left-padding tokenizer (XLNet, an
+    LLM's) moved every short row's tokens and gave batched answers other than one-at-a-time ones."""
+    from conftest import write_tiny_bert
+
+    from mtlora.backbone import load_tokenizer
+
+    folder = write_tiny_bert(tmp_path / "left")
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left"}))
+    assert AutoTokenizer.from_pretrained(folder).padding_side == "left"
+    tokenizer = load_tokenizer(str(folder))
+    batch = tokenizer(["the cat", "the cat sat on the mat"], padding=True)
+    assert batch["input_ids"][0][:4] == tokenizer("the cat")["input_ids"]

@@ -67,7 +67,15 @@ def load_pretrained(auto_class: Any, path: str, **kwargs: Any) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(backbone: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(resolve_backbone(backbone))
+    return open_tokenizer(resolve_backbone(backbone))
+
+
+def open_tokenizer(folder: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in `folder`, padding on the right: every kind reads token positions from the
+    left (QA spans, a head's first token), and XLNet's or an LLM's tokenizer pads on the left."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 @dataclass

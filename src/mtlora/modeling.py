@@ -11,9 +11,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from mtlora.backbone import check_trained_on, load_task_model, load_tokenizer, resize_input_embeddings
+from mtlora.backbone import check_trained_on, load_task_model, load_tokenizer, open_tokenizer, resize_input_embeddings
 from mtlora.config import LoraSettings
 from mtlora.errors import BaseModelMismatchError
 from mtlora.registry import Manifest, Registry
@@ -86,7 +86,7 @@ def adapter_tokenizer(registry: Registry, name: str, backbone: str) -> PreTraine
     """The tokenizer saved with an adapter (it has task tokens), else the backbone's."""
     folder = registry.path(name)
     if (folder / TOKENIZER_FILE).is_file():
-        return AutoTokenizer.from_pretrained(str(folder))
+        return open_tokenizer(str(folder))
     return load_tokenizer(backbone)
 
 
