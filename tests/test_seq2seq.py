@@ -54,6 +54,18 @@ def test_generation_trains_on_seq2seq_checkpoints(request, tmp_path: Path, backb
     assert isinstance(prediction["text"], str) and 1 <= prediction["generated_tokens"] <= 6  # max_new_tokens
 
 
+def test_an_encoder_with_no_decoder_form_is_refused_for_seq2seq(tmp_path: Path, tiny_bert: Path) -> None:
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    folder = tmp_path / "distilbert"
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    encoder = DistilBertModel(DistilBertConfig(vocab_size=200, dim=32, n_layers=1, n_heads=2, hidden_dim=64))
+    encoder.save_pretrained(folder)
+    config = load_config(write_seq2seq_project(tmp_path, folder))
+    with pytest.raises(ConfigError, match="distilbert has no causal-LM form"):
+        train_task(config, config.task("summarize"), "lora", **QUIET)
+
+
 @pytest.mark.parametrize(("start", "pad"), [(0, 0), (101, 0)])  # T5 starts from its pad token, BERT2BERT from [CLS]
 def test_generated_tokens_count_what_the_decoder_wrote(start: int, pad: int) -> None:
     from types import SimpleNamespace

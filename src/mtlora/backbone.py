@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
@@ -111,6 +112,12 @@ def warm_started_encoder_decoder(path: str,
     Returns the model and its fresh modules: the cross-attention blocks and the LM-head transform,
     which the checkpoint has no weights for; whatever trains the model must train and save them.
     """
+    config = AutoConfig.from_pretrained(path)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(f"backbone '{path}'", [
+            f"a seq2seq task needs a seq2seq checkpoint (T5, BART...) or an encoder that can be warm-started as "
+            f"a decoder (BERT, RoBERTa, ELECTRA...); {config.model_type} has no causal-LM form. Use such a "
+            "backbone, or an encoder kind (classification...) with this one"])
     encoder = load_pretrained(AutoModel, path)
     decoder, info = load_pretrained(AutoModelForCausalLM, path, is_decoder=True, add_cross_attention=True,
                                     output_loading_info=True)
