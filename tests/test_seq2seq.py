@@ -416,3 +416,22 @@ def test_a_mixture_is_checked(tmp_path: Path, warm_start_bert: Path) -> None:
     project.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="takes its tasks' data: remove 'data'"):
         load_config(project)
+
+
+def test_routers_run_on_a_t5_backbone(tmp_path: Path, tiny_t5: Path) -> None:
+    """T5Model needs a decoder input: routing read the encoder through it and crashed, and so did the learned
+    router, a classification adapter that T5 decodes from the input shifted right."""
+    path = write_seq2seq_project(tmp_path, tiny_t5)
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = config["tasks"][:2]
+    config["defaults"]["training"] |= {"max_steps": 2, "baseline": False}
+    config["router"] = {"training": {"max_steps": 2, "max_length": 32}}
+    path.write_text(yaml.safe_dump(config))
+    mtlora.train(path, progress=False, log=lambda _: None)
+    mtlora.train_router(path, progress=False, log=lambda _: None)
+    engine = Engine.from_config(path)
+    for router in ("semantic", "learned"):
+        route = engine.route([engine.request("where is my refund")], router)[0]
+        assert route.router == router and set(route.scores) == {"triage", "summarize"}
+        answer = engine.predict("where is my refund", router=router)
+        assert answer["task"] in (None, "triage", "summarize")

@@ -189,6 +189,8 @@ class Engine:
         if self.bf16:
             linear_weights_in_bf16(base)
         self._encoder: nn.Module = base.to(self.device).eval()
+        self._shift_right: Callable[[torch.Tensor], torch.Tensor] | None = (
+            getattr(base, "_shift_right", None) if base.config.is_encoder_decoder else None)
         names = tasks if tasks is not None else [n for n in self.registry.names() if n != ROUTER_ADAPTER]
         for name in names:
             self.add(name)
@@ -430,7 +432,8 @@ class Engine:
         with self._lock, torch.inference_mode(), autocast(self.device, self.bf16):
             for rows in length_sorted_batches(lengths, self.batch_size):
                 batch = pad_rows(self.tokenizer, [feature_row(tokens, i) for i in rows], self.device)
-                hidden = self._encode(batch, [NO_ADAPTER] * len(rows)).last_hidden_state.float()
+                with self._folded(NO_ADAPTER):
+                    hidden = self._encoder_stack()(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 embeddings[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
@@ -552,7 +555,16 @@ class Engine:
             store_outputs(task.kind, task.kind.outputs_of(output), features, job.lengths, job.results)
             task.stand_in.output = None
 
+    def _encoder_stack(self) -> nn.Module:
+        """The part of the backbone that reads the input: all of an encoder, the encoder of an encoder-decoder."""
+        base = self._encoder.get_base_model() if isinstance(self._encoder, PeftModel) else self._encoder
+        return base.get_encoder() if base.config.is_encoder_decoder else base
+
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
+        if self._shift_right is not None and "decoder_input_ids" not in inputs:
+            # T5's encoder kinds (T5ForSequenceClassification...) decode the input shifted right; T5Model,
+            # unlike BartModel, does not make that decoder input itself.
+            inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"])}
         if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
             with mixed_lora(self._layers(), adapters, self._stacks):
                 return self._encoder(**inputs)
