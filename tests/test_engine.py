@@ -560,3 +560,29 @@ def test_a_tokenizer_saved_padding_left_pads_right(tmp_path: Path) -> None:
     tokenizer = load_tokenizer(str(folder))
     batch = tokenizer(["the cat", "the cat sat on the mat"], padding=True)
     assert batch["input_ids"][0][:4] == tokenizer("the cat")["input_ids"]
+
+
+def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_adapter(
+        tmp_path: Path, tiny_bert: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """DeBERTa runs its relative-position embeddings, one tensor for all rows, through its adapted query and
+    key layers: a shared pass crashed on every mixed call, the CPU default."""
+    from conftest import write_tiny_project
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    folder = tmp_path / "deberta"
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    DebertaV2Model(DebertaV2Config(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, relative_attention=True, position_buckets=8,
+                                   pos_att_type=["p2c", "c2p"], share_att_key=True)).save_pretrained(folder)
+    path = write_tiny_project(tmp_path, folder)
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = config["tasks"][:2]
+    config["defaults"]["training"] |= {"max_steps": 2, "baseline": False}
+    path.write_text(yaml.safe_dump(config))
+    mtlora.train(path, progress=False, log=lambda _: None)
+    engine = Engine.from_config(path, precision="fp32", mixed_batches=True)
+    items, tasks = ["loved this great movie", "where is my refund"], ["sentiment", "support"]
+    mixed = engine.predict(items, task=tasks)
+    assert "passes of their own" in caplog.text and not engine.mixed_batches
+    for item, task, result in zip(items, tasks, mixed, strict=True):
+        assert_same(result, mtlora.load_predictor(path, task).predict(item))

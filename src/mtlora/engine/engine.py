@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,6 +55,7 @@ from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_co
 from mtlora.engine.folding import (
     FOLD_MIN_TOKENS,
     FoldCache,
+    SharedAcrossRows,
     check_plain_lora,
     check_plain_lora_files,
     folded_lora,
@@ -73,6 +75,7 @@ from mtlora.tasks.seq2seq import Seq2SeqTask
 
 PEFT_PREFIX = "base_model.model."
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
+logger = logging.getLogger(__name__)
 Input = str | tuple[str, str] | dict[str, str]
 # A named task is answered as named: a router given with it would be ignored without a word.
 NAMED_AND_ROUTED = "task '{task}' and router '{router}' were both given: name the task, or route, not both"
@@ -530,9 +533,14 @@ class Engine:
                 try:
                     for batch in length_sorted_batches(lengths, self.batch_size):
                         self._run_batch(jobs, [rows[i] for i in batch])
+                    return
+                except SharedAcrossRows as shared:
+                    logger.warning("%s feeds its adapted layers %s, which no row can adapt alone: from now on "
+                                   "each adapter's rows run in passes of their own (mixed_batches: false)",
+                                   self._encoder_stack().config.model_type, shared)
+                    self.mixed_batches = False
                 finally:
                     self._stacks = None
-                return
             for first, job in zip(_offsets(jobs), jobs, strict=True):
                 with self._folded(job.task):
                     for batch in length_sorted_batches(job.lengths, self.batch_size):

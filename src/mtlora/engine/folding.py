@@ -40,6 +40,12 @@ from mtlora.errors import AdapterNotServableError
 FOLD_MIN_TOKENS = 256
 
 
+class SharedAcrossRows(Exception):
+    """An adapted layer met an input that every row of the batch shares, so no row can have a LoRA of its own:
+    DeBERTa projects its relative-position embeddings, one tensor for the whole batch, with its adapted
+    query and key layers. Such a backbone can only run one adapter per pass."""
+
+
 def lora_layers(model: nn.Module) -> list[lora.Linear]:
     """The LoRA linear layers of `model`. Walking the module tree costs ~2 ms, so callers keep the list."""
     return [m for m in model.modules() if type(m) is lora.Linear]
@@ -217,6 +223,8 @@ class _MixedForward:
         base = self.base
         if self.stacked is None or self.mask is None:  # no adapter of the pass is on this layer
             return base(x)
+        if len(x) != len(self.mask):
+            raise SharedAcrossRows(f"an input of shape {tuple(x.shape)} in a pass of {len(self.mask)} rows")
         lora_a, lora_b = self.stacked
         rows = x.reshape(-1, x.shape[-1])  # (batch * tokens, features); a pooler's input has no token axis
         result = functional.linear(rows, base.weight, base.bias)
