@@ -586,3 +586,24 @@ def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_ad
     assert "passes of their own" in caplog.text and not engine.mixed_batches
     for item, task, result in zip(items, tasks, mixed, strict=True):
         assert_same(result, mtlora.load_predictor(path, task).predict(item))
+
+
+def test_adapters_of_a_checkpoint_without_a_pooler_serve_with_their_own(tmp_path: Path, tiny_bert: Path) -> None:
+    """A BERT saved from BertForMaskedLM has no pooler: each adapter trains one in full, which the engine
+    refused as a retrained shared weight, so no task of the project could be served."""
+    from conftest import write_tiny_project
+    from transformers import BertForMaskedLM
+
+    folder = tmp_path / "mlm"
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    BertForMaskedLM(AutoModel.from_pretrained(tiny_bert).config).save_pretrained(folder)
+    path = write_tiny_project(tmp_path, folder)
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = [config["tasks"][i] for i in (0, 2)]  # a text and a pair classification
+    config["defaults"]["training"] |= {"max_steps": 3, "baseline": False}
+    path.write_text(yaml.safe_dump(config))
+    mtlora.train(path, progress=False, log=lambda _: None)
+    engine = Engine.from_config(path, precision="fp32")
+    items, tasks = ["loved this great movie", ("the cat sat", "a cat sat")], ["sentiment", "paraphrase"]
+    for item, task, result in zip(items, tasks, engine.predict(items, task=tasks), strict=True):
+        assert_same(result, mtlora.load_predictor(path, task).predict(item))

@@ -84,13 +84,18 @@ NAMED_AND_ROUTED = "task '{task}' and router '{router}' were both given: name th
 class _ComputedEncoder(nn.Module):
     """Stands in for a task model's encoder and returns the rows the shared encoder already computed."""
 
-    def __init__(self) -> None:
+    def __init__(self, pooler: nn.Module | None = None) -> None:
         super().__init__()
         self.output: ModelOutput | None = None
+        # A checkpoint saved without a pooler (from BertForMaskedLM) leaves each adapter to train one of its
+        # own; the shared encoder's is then random, and this task pools with its own instead.
+        self.pooler = pooler
 
     def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
         assert self.output is not None, "the shared encoder runs before any head"
-        return self.output
+        if self.pooler is None:
+            return self.output
+        return type(self.output)(**{**self.output, "pooler_output": self.pooler(self.output.last_hidden_state)})
 
 
 @dataclass
@@ -261,11 +266,12 @@ class Engine:
         if isinstance(kind, Seq2SeqTask):
             task, put_in = _Task(manifest, kind), self._seq2seq.prepared(self.registry, name, kind)
         else:
-            head, stand_in = self._build_head(kind, manifest)
-            base_prefix = head.base_model_prefix
             folder = self.registry.path(name)
             config = LoraConfig.from_pretrained(str(folder))
-            encoder_state, head_state = _split_state(load_file(folder / SAFETENSORS_WEIGHTS_NAME), base_prefix, name)
+            state = load_file(folder / SAFETENSORS_WEIGHTS_NAME)
+            head, stand_in = self._build_head(kind, manifest, own_pooler=any(map(_is_own_pooler, state)))
+            base_prefix = head.base_model_prefix
+            encoder_state, head_state = _split_state(state, base_prefix, name)
             check_plain_lora_files(name, config, encoder_state)
             self._load_head(head, head_state, name)
             task = _Task(manifest, kind, head, stand_in)
@@ -312,11 +318,17 @@ class Engine:
             raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine")
         return self._tasks[name]
 
-    def _build_head(self, kind: TaskKind, manifest: Manifest) -> tuple[nn.Module, _ComputedEncoder]:
+    def _build_head(self, kind: TaskKind, manifest: Manifest,
+                    own_pooler: bool = False) -> tuple[nn.Module, _ComputedEncoder]:
         config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
         with torch.device("meta"):
             head = kind.auto_class.from_config(config, dtype=torch.float32)  # not the checkpoint's (load_pretrained)
-        stand_in = _ComputedEncoder()
+        pooler = getattr(getattr(head, head.base_model_prefix), "pooler", None) if own_pooler else None
+        if isinstance(pooler, nn.Linear):  # ALBERT's: a bare layer, its activation elsewhere in the model
+            raise AdapterNotServableError(
+                f"adapter '{manifest.name}' trained a pooler of its own ({config.model_type}'s checkpoint has none), "
+                "which the engine cannot run for this model; load it alone with mtlora.load_predictor")
+        stand_in = _ComputedEncoder(pooler)
         setattr(head, head.base_model_prefix, stand_in)
         head.to_empty(device=self.device)
         return head.eval(), stand_in
@@ -644,7 +656,7 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
     encoder, head = {}, {}
     for key, tensor in state.items():
         inner = key.removeprefix(PEFT_PREFIX)
-        if inner.startswith(base_prefix + "."):
+        if inner.startswith(base_prefix + ".") and not _is_own_pooler(key):
             if "lora_" not in inner:
                 raise AdapterNotServableError(
                     f"adapter '{name}' retrains encoder weights ({inner}) that other tasks share, so it cannot "
@@ -654,6 +666,11 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
         else:
             head[inner] = tensor
     return encoder, head
+
+
+def _is_own_pooler(key: str) -> bool:
+    """A weight of a pooler trained in full with the adapter (the checkpoint had none), not LoRA on one."""
+    return ".pooler." in key and "lora_" not in key
 
 
 def _one_task(named: str | None, prefixed: str | None) -> str | None:
