@@ -435,3 +435,13 @@ def test_routers_run_on_a_t5_backbone(tmp_path: Path, tiny_t5: Path) -> None:
         assert route.router == router and set(route.scores) == {"triage", "summarize"}
         answer = engine.predict("where is my refund", router=router)
         assert answer["task"] in (None, "triage", "summarize")
+
+
+def test_extractive_qa_on_t5_is_refused_with_the_reason(tmp_path: Path, tiny_t5: Path) -> None:
+    """T5ForQuestionAnswering holds its encoder and decoder itself: PEFT was asked to train them in full as
+    the 'head' and failed with 'All modules were excluded'."""
+    from conftest import write_tiny_project
+
+    config = load_config(write_tiny_project(tmp_path, tiny_t5))
+    with pytest.raises(ConfigError, match="T5ForQuestionAnswering has no backbone module"):
+        train_task(config, config.task("qa"), "lora", **QUIET)

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlora.backbone import check_trained_on, load_task_model, load_tokenizer, open_tokenizer, resize_input_embeddings
 from mtlora.config import LoraSettings
-from mtlora.errors import BaseModelMismatchError
+from mtlora.errors import BaseModelMismatchError, ConfigError
 from mtlora.registry import Manifest, Registry
 from mtlora.tasks import TaskKind, get_task_kind
 
@@ -50,6 +50,12 @@ def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSe
     """
     loaded = load_task_model(backbone, kind.auto_class, seed, **kind.model_kwargs())
     model = loaded.model
+    if kind.has_head and not isinstance(getattr(model, model.base_model_prefix, None), nn.Module):
+        # T5ForQuestionAnswering holds the encoder and decoder itself: nothing tells head from backbone.
+        raise ConfigError(f"backbone '{backbone}'", [
+            f"{type(model).__name__} has no backbone module ('{model.base_model_prefix}') apart from its head, so "
+            f"mtlora cannot put LoRA on the one and train the other; give {kind.name} tasks an encoder backbone "
+            "(BERT, RoBERTa...)"])
     # Seq2seq kinds have no head of their own: what they train in full is what the checkpoint lacks.
     head = sorted(set(head_module_names(model) if kind.has_head else []) | set(loaded.fresh_modules))
     added = added_token_ids(load_tokenizer(backbone), tokenizer)
