@@ -1,0 +1,94 @@
+"""What the task kinds' own encode and decode mean, apart from the encoder: the engine is compared with
+`load_predictor` elsewhere, but both sides share these functions, so those comparisons cannot see them."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtlora.backbone import load_tokenizer
+from mtlora.tasks.base import Encoded
+from mtlora.tasks.extractive_qa import MAX_ANSWER_TOKENS, ExtractiveQATask
+from mtlora.tasks.regression import RegressionTask
+
+CONTEXT = ("the cat sat on the mat and the dog sat on the rug while paris is the capital of france and a city "
+           "on a river where the login page asks for a password")
+QUESTION = "what is the capital of france"
+
+
+def windows(tiny_bert: Path, answer: str, max_length: int = 24, doc_stride: int = 6) -> tuple[Encoded, list]:
+    example = {"question": QUESTION, "context": CONTEXT,
+               "answers": [{"text": answer, "answer_start": CONTEXT.index(answer)}]}
+    tokenizer = load_tokenizer(str(tiny_bert))
+    return ExtractiveQATask().encode(tokenizer, [example], max_length, doc_stride, with_targets=True), [example]
+
+
+def test_qa_windows_overlap_by_the_stride_and_target_the_answer_where_they_hold_it(tiny_bert: Path) -> None:
+    encoded, _ = windows(tiny_bert, "paris")
+    assert len(encoded) >= 3
+    spans = [[o for o in extra["offsets"] if o is not None] for extra in encoded.extras]
+    for first, second in itertools.pairwise(spans):
+        assert first[-6:] == second[:6]  # doc_stride tokens of context shared by neighbouring windows
+    holding = 0
+    for feature, extra in enumerate(encoded.extras):
+        start, end = encoded.features["start_positions"][feature], encoded.features["end_positions"][feature]
+        offsets = extra["offsets"]
+        if (start, end) == (0, 0):
+            assert not any(o is not None and o[0] <= CONTEXT.index("paris") < o[1] for o in offsets)
+            continue
+        holding += 1
+        assert CONTEXT[offsets[start][0]:offsets[end][1]] == "paris"
+    assert holding >= 1
+
+
+def qa_outputs(encoded: Encoded, scores: dict[tuple[int, int, int], float]) -> list[dict[str, np.ndarray]]:
+    """Logits that give span (start, end) of window w the score start + end logit = `scores`."""
+    outputs = []
+    for feature in range(len(encoded)):
+        length = len(encoded.features["input_ids"][feature])
+        start, end = np.full(length, -10.0), np.full(length, -10.0)
+        for (window, s, e), score in scores.items():
+            if window == feature:
+                start[s], end[e] = score / 2, score / 2
+        outputs.append({"start_logits": start, "end_logits": end})
+    return outputs
+
+
+def context_token(encoded: Encoded, feature: int, word: str) -> int:
+    offsets = encoded.extras[feature]["offsets"]
+    return next(i for i, o in enumerate(offsets) if o is not None and CONTEXT[o[0]:o[1]] == word)
+
+
+def test_qa_answer_comes_from_the_window_that_scores_it_best(tiny_bert: Path) -> None:
+    encoded, examples = windows(tiny_bert, "paris")
+    last = len(encoded) - 1
+    cat, rug = context_token(encoded, 0, "cat"), context_token(encoded, last, "password")
+    outputs = qa_outputs(encoded, {(0, cat, cat): 4.0, (last, rug, rug): 6.0})
+    answer = ExtractiveQATask().decode(outputs, encoded, examples)[0]
+    assert answer["answer"] == "password" and CONTEXT[answer["start"]:answer["end"]] == "password"
+    assert 0.5 < answer["confidence"] <= 1.0
+
+
+def test_qa_never_answers_with_a_span_longer_than_the_cap(tiny_bert: Path) -> None:
+    encoded, examples = windows(tiny_bert, "paris", max_length=128, doc_stride=32)
+    assert len(encoded) == 1
+    words = [i for i, o in enumerate(encoded.extras[0]["offsets"]) if o is not None]
+    assert len(words) > MAX_ANSWER_TOKENS
+    # The short span ends before the long one starts, so the two mix into no third span within the cap.
+    long_span = (0, words[1], words[1 + MAX_ANSWER_TOKENS])  # one token over the cap
+    answer = ExtractiveQATask().decode(qa_outputs(encoded, {long_span: 9.0, (0, words[0], words[0]): 1.0}),
+                                       encoded, examples)[0]
+    assert answer["answer"] == "the" and answer["start"] == 0
+
+
+@pytest.mark.parametrize(("logit", "score"), [(0.0, 2.5), (1.0, 4.0), (-2.0, -0.5)])
+def test_regression_scores_come_back_on_the_training_scale(logit: float, score: float) -> None:
+    kind = RegressionTask()
+    kind.fit([{"label": 1.0}, {"label": 4.0}])  # mean 2.5, spread 1.5
+    encoded = Encoded(features={}, example_index=[0], truncated=[False])
+    [prediction] = kind.decode([{"logits": np.array([logit])}], encoded, [{}])
+    assert prediction["score"] == pytest.approx(score)
+    assert kind.target({"label": score}) == pytest.approx(logit)
