@@ -124,6 +124,27 @@ def test_a_reload_swaps_an_adapter_in_place_and_a_damaged_one_leaves_the_loaded_
     assert_same(engine.predict("loved this great movie", task="sentiment"), first)
 
 
+@pytest.mark.parametrize("fold_cache", [0, 2])
+def test_a_reload_of_other_weights_answers_with_them(trained_project: Path, tmp_path: Path, fold_cache: int) -> None:
+    """A retrained adapter, reloaded, answers as a fresh engine does: no fold of the old weights is kept."""
+    from mtlora.registry import Registry
+
+    backbone, source = load_config(trained_project).backbone, load_config(trained_project).registry
+    registry = Registry(tmp_path / "adapters")
+    shutil.copytree(source, registry.root)
+    engine = Engine(backbone, registry, ["sentiment", "support"], precision="fp32", mixed_batches=False,
+                    fold_cache=fold_cache)
+    text = "loved this great movie"
+    before = engine.predict(text, task="sentiment")
+    shutil.rmtree(registry.path("sentiment"))
+    shutil.copytree(source / "support", registry.path("sentiment"))  # the same head shape, other weights
+    registry.update("sentiment", name="sentiment")
+    engine.reload("sentiment")
+    fresh = Engine(backbone, registry, ["sentiment"], precision="fp32").predict(text, task="sentiment")
+    assert list(fresh["probabilities"].values()) != pytest.approx(list(before["probabilities"].values()), abs=1e-3)
+    assert_same(engine.predict(text, task="sentiment"), fresh)
+
+
 def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project: Path, tmp_path: Path) -> None:
     folder = engine.merge("sentiment", tmp_path / "sentiment-merged")
     predictor = mtlora.load_predictor(trained_project, "sentiment")
