@@ -206,6 +206,17 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
         with pytest.raises(TrainingInterrupted):
             mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert any("Resuming from" in m for m in messages), messages
+    # Changed training rows start over, as a changed setting does; `fresh` starts over whatever changed.
+    data = tiny_project.parent / "data" / "sentiment.jsonl"
+    data.write_text(data.read_text() + '{"text": "a fine film", "label": "positive"}\n')
+    for changes in ({}, {"fresh": True}):
+        messages = []
+        with monkeypatch.context() as patch:
+            patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+            with pytest.raises(TrainingInterrupted):
+                mtlora.train(tiny_project, "sentiment", baseline=False, progress=False, log=messages.append,
+                             **changes)
+        assert not any("Resuming from" in m for m in messages), messages
     config = load_config(tiny_project, overrides={"defaults": {"training": {"lr": 1e-2}}})
     mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert any("settings or the training data changed" in m for m in messages), messages
