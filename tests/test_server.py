@@ -346,6 +346,33 @@ def test_a_bad_input_costs_its_batch_a_few_engine_calls_not_one_per_input() -> N
     assert calls[0] == 16 and len(calls) <= 1 + 2 * 4  # halving 16 four times, against 17 calls one by one
 
 
+def test_a_batch_is_answered_in_one_engine_call_per_router() -> None:
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    calls: list[tuple[list, str | None]] = []
+
+    class Echo:
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            calls.append((items, router))
+            return [{"echo": item, "router": router} for item in items]
+
+    async def run() -> list:
+        batcher = MicroBatcher(Echo(), ServerSettings(max_wait_ms=0, max_batch=16), Metrics())  # type: ignore[arg-type]
+        asked = [("a", None), ("b", "keywords"), ("c", None), ("d", "semantic"), ("e", "keywords")]
+        waiting = [asyncio.create_task(batcher.submit([text], [None], router)) for text, router in asked]
+        await asyncio.sleep(0)
+        batcher.start()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [o[0]["router"] for o in outcomes] == [None, "keywords", None, "semantic", "keywords"]
+    assert sorted(calls, key=str) == sorted([(["a", "c"], None), (["b", "e"], "keywords"), (["d"], "semantic")],
+                                            key=str)
+
+
 def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:
     import httpx
 
