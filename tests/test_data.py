@@ -69,6 +69,12 @@ def test_a_stray_quote_in_a_csv_does_not_swallow_rows(tmp_path: Path) -> None:
         load(tmp_path, "classification", "header.csv", **LABELS)
 
 
+def test_an_error_after_a_quoted_field_of_two_lines_names_its_own_line(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text('text,label\n"a review\non two lines",pos\nfine,maybe\n')
+    with pytest.raises(DataError, match=r"train.csv:4"):
+        load(tmp_path, "classification", "train.csv", **LABELS)
+
+
 def test_headerless_tsv_with_named_columns_and_byte_order_mark(tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_bytes("\ufeffgood film\t1\r\nbad film\t0\r\n".encode())
     data = load(tmp_path, "classification", {"path": "train.tsv", "columns": ["text", "label"]}, **LABELS)

@@ -42,7 +42,9 @@ def test_unknown_adapter_lists_the_stored_ones(registry_copy: Registry) -> None:
         registry_copy.manifest("nope")
 
 
-def test_listing_skips_internal_folders(registry_copy: Registry) -> None:
+def test_listing_skips_internal_folders_and_folders_without_a_manifest(registry_copy: Registry) -> None:
+    (registry_copy.root / "half-copied").mkdir()
+    (registry_copy.root / "half-copied" / "adapter_config.json").write_text("{}")
     assert registry_copy.names() == ["paraphrase", "qa", "sentiment", "similarity", "support"]
 
 
@@ -94,6 +96,10 @@ def test_crash_during_first_save_leaves_nothing_loadable(registry_copy: Registry
 def test_a_save_cut_between_its_renames_is_recovered_by_the_next_reader(registry_copy: Registry) -> None:
     before = registry_copy.verified("sentiment")
     registry_copy.staging.mkdir()
+    # An older copy, left by an earlier crash, must not come back in place of the newest.
+    older = registry_copy.staging / "sentiment.old-earlier"
+    shutil.copytree(registry_copy.path("support"), older)
+    os.utime(older, (1, 1))
     os.rename(registry_copy.path("sentiment"), registry_copy.staging / "sentiment.old-crashed")  # then the crash
     assert registry_copy.verified("sentiment") == before
 

@@ -244,6 +244,10 @@ def test_routing_hints_come_from_the_project_file_without_retraining(routed_proj
     edited.write_text(yaml.safe_dump(raw))
     engine = Engine.from_config(edited, tasks=["sentiment", "support"], precision="fp32")
     assert engine.predict("lovely weather", router="keywords")["task"] == "sentiment"
+    # An engine over the registry alone has no project file: it uses the hints the manifests kept.
+    bare = Engine(load_config(routed_project).backbone, load_config(routed_project).registry, ["sentiment", "support"],
+                  precision="fp32")
+    assert bare.predict("where is my refund", router="keywords")["task"] == "support"
 
 
 def test_prefixes() -> None:
