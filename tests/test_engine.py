@@ -157,6 +157,28 @@ def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project
     assert [p.name for p in tmp_path.iterdir()] == ["sentiment-merged"]  # no staging folder left beside it
 
 
+def test_merged_exports_of_regression_and_qa_answer_as_their_adapters_do(
+        trained_project: Path, tmp_path: Path) -> None:
+    """A plain transformers user of a merged export gets the adapter's answers: QA logits, and scores on the
+    training scale (the head learned standardised ones)."""
+    from transformers import AutoModelForQuestionAnswering
+
+    pairs = [("who sat on the mat", "the cat sat on the mat"), ("the dog sat", "a dog sat")]
+    similarity = mtlora.load_predictor(trained_project, "similarity")
+    merged = AutoModelForSequenceClassification.from_pretrained(mtlora.merge(trained_project, "similarity",
+                                                                             tmp_path / "similarity")).eval()
+    batch = similarity.tokenizer(*map(list, zip(*pairs, strict=True)), padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        scores = merged(**batch).logits[:, 0].tolist()
+    assert scores == pytest.approx([p["score"] for p in similarity.predict_batch(pairs)], abs=1e-4)
+    qa = mtlora.load_predictor(trained_project, "qa")
+    merged = AutoModelForQuestionAnswering.from_pretrained(mtlora.merge(trained_project, "qa", tmp_path / "qa")).eval()
+    with torch.inference_mode():
+        ours, theirs = merged(**batch), qa.model.to("cpu")(**batch)
+    for name in ("start_logits", "end_logits"):
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5)
+
+
 def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
     # The same one-input calls made one after the other: a concurrent call must give exactly that answer.
     expected = [engine.predict(item, task=task) for task, item in MIXED]

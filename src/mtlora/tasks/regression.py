@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from mtlora.errors import DataError
 from mtlora.metrics import regression_metrics
@@ -59,6 +61,18 @@ class RegressionTask(SequenceTask):
 
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
+
+    def prepare_export(self, model: nn.Module) -> None:
+        # The head learned standardised scores: its output layer, scaled, gives a plain transformers user
+        # scores on the training scale, as the engine's decode does.
+        base = getattr(model, model.base_model_prefix, None)
+        in_base = {id(m) for m in base.modules()} if isinstance(base, nn.Module) else set()
+        outputs = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1
+                   and id(m) not in in_base]
+        mean, std = self._scale
+        with torch.no_grad():  # every transformers regression head ends in a layer with a bias
+            outputs[-1].weight.mul_(std)
+            outputs[-1].bias.mul_(std).add_(mean)
 
     def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
                examples: Sequence[Example]) -> list[Prediction]:
