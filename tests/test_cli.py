@@ -23,6 +23,20 @@ def run(*args: str):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def test_an_interrupted_train_exits_130_and_the_next_one_resumes(tiny_project: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_training import stop_at_step
+
+    from mtlora.training import trainer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer._StopOnSignal, "on_step_end", stop_at_step(2, None))  # as Ctrl-C does
+        stopped = run("train", tiny_project, "--task", "sentiment", "--no-baseline")
+    assert stopped.exit_code == 130, stopped.output
+    resumed = run("train", tiny_project, "--task", "sentiment", "--no-baseline")
+    assert resumed.exit_code == 0 and "Resuming from" in resumed.output, resumed.output
+
+
 def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
     trained = run("train", tiny_project, "--task", "sentiment")
     assert trained.exit_code == 0, trained.output
