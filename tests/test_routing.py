@@ -235,6 +235,12 @@ def test_keywords_match_whole_words_that_begin_or_end_with_a_symbol() -> None:
     assert [r.scores for r in routes] == [{"code": 1.0}, {"code": 1.0}, {"code": 1.0}, {}, {}]
 
 
+def test_keywords_are_found_in_either_text_of_a_pair() -> None:
+    router = KeywordRouter({"paraphrase": {"keywords": ["same"]}, "similarity": {"keywords": ["score"]}})
+    routes = router.route([Request("the cat sat", "score this one", "pair")], [["paraphrase", "similarity"]])
+    assert routes[0].task == "similarity"
+
+
 def test_routing_hints_come_from_the_project_file_without_retraining(routed_project: Path) -> None:
     engine = Engine.from_config(routed_project, tasks=["sentiment", "support"], precision="fp32")
     assert engine.predict("lovely weather", router="keywords")["task"] is None
