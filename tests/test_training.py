@@ -305,6 +305,15 @@ def test_a_run_that_diverged_or_never_learned_is_reported() -> None:
     assert loss_warning(slow) is None
 
 
+def test_a_run_that_never_learned_says_so_and_its_manifest_keeps_it(tiny_project: Path) -> None:
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"lr": 1e-9, "baseline": False}}})
+    messages: list[str] = []
+    mtlora.train(config, "sentiment", progress=False, log=messages.append)
+    assert any("[sentiment] warning: the loss did not fall" in m for m in messages), messages
+    warning = Registry(config.registry).manifest("sentiment").training["warning"]
+    assert warning and "the loss did not fall" in warning
+
+
 def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
     """`docker stop` and job schedulers send SIGTERM before they kill: the run saves its step and stops."""
     import os
