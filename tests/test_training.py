@@ -197,6 +197,9 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
     # What cannot change a training step does not start it over: routing hints, evaluation settings.
     config = load_config(tiny_project, overrides={"defaults": {"training": {"eval_batch_size": 3}}})
     config.tasks[0].routing.keywords.append("cinema")
+    dev = tiny_project.parent / "data" / "sentiment_dev.jsonl"
+    dev.write_text("".join((tiny_project.parent / "data" / "sentiment.jsonl").read_text().splitlines(True)[:4]))
+    config.tasks[0].data.validation = config.tasks[0].data.validation.model_copy(update={"path": dev.name})
     with monkeypatch.context() as patch:
         patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, None))
         with pytest.raises(TrainingInterrupted):
