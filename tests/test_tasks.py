@@ -92,3 +92,21 @@ def test_regression_scores_come_back_on_the_training_scale(logit: float, score: 
     [prediction] = kind.decode([{"logits": np.array([logit])}], encoded, [{}])
     assert prediction["score"] == pytest.approx(score)
     assert kind.target({"label": score}) == pytest.approx(logit)
+
+
+def test_a_regression_export_without_an_output_bias_is_refused_rather_than_wrong() -> None:
+    """GPT-2's score layer has no bias to carry the training mean, and its class would drop one added."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from mtlora.errors import AdapterNotServableError
+
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=1))
+    kind = RegressionTask()
+    kind.fit([{"label": 1.0}, {"label": 4.0}])
+    with pytest.raises(AdapterNotServableError, match="no output layer with a bias"):
+        kind.prepare_export(model)
+    centred = RegressionTask(options={"target_mean": 0.0, "target_std": 2.0})
+    before = model.score.weight.clone()
+    centred.prepare_export(model)
+    torch.testing.assert_close(model.score.weight, 2 * before)

@@ -269,7 +269,7 @@ class Engine:
             folder = self.registry.path(name)
             config = LoraConfig.from_pretrained(str(folder))
             state = load_file(folder / SAFETENSORS_WEIGHTS_NAME)
-            head, stand_in = self._build_head(kind, manifest, own_pooler=any(map(_is_own_pooler, state)))
+            head, stand_in = self._build_head(kind, manifest, state)
             base_prefix = head.base_model_prefix
             encoder_state, head_state = _split_state(state, base_prefix, name)
             check_plain_lora_files(name, config, encoder_state)
@@ -319,11 +319,13 @@ class Engine:
         return self._tasks[name]
 
     def _build_head(self, kind: TaskKind, manifest: Manifest,
-                    own_pooler: bool = False) -> tuple[nn.Module, _ComputedEncoder]:
+                    state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, _ComputedEncoder]:
         config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
         with torch.device("meta"):
             head = kind.auto_class.from_config(config, dtype=torch.float32)  # not the checkpoint's (load_pretrained)
-        pooler = getattr(getattr(head, head.base_model_prefix), "pooler", None) if own_pooler else None
+        prefix = head.base_model_prefix
+        own_pooler = any(_is_own_pooler(key, prefix) for key in state or {})
+        pooler = getattr(getattr(head, prefix), "pooler", None) if own_pooler else None
         if isinstance(pooler, nn.Linear):  # ALBERT's: a bare layer, its activation elsewhere in the model
             raise AdapterNotServableError(
                 f"adapter '{manifest.name}' trained a pooler of its own ({config.model_type}'s checkpoint has none), "
@@ -656,7 +658,7 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
     encoder, head = {}, {}
     for key, tensor in state.items():
         inner = key.removeprefix(PEFT_PREFIX)
-        if inner.startswith(base_prefix + ".") and not _is_own_pooler(key):
+        if inner.startswith(base_prefix + ".") and not _is_own_pooler(key, base_prefix):
             if "lora_" not in inner:
                 raise AdapterNotServableError(
                     f"adapter '{name}' retrains encoder weights ({inner}) that other tasks share, so it cannot "
@@ -668,9 +670,10 @@ def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
     return encoder, head
 
 
-def _is_own_pooler(key: str) -> bool:
-    """A weight of a pooler trained in full with the adapter (the checkpoint had none), not LoRA on one."""
-    return ".pooler." in key and "lora_" not in key
+def _is_own_pooler(key: str, base_prefix: str) -> bool:
+    """A weight of the backbone's pooler trained in full with the adapter (the checkpoint had none), not
+    LoRA on one, nor a pooler of the head's own (DeBERTa's)."""
+    return key.removeprefix(PEFT_PREFIX).startswith(f"{base_prefix}.pooler.") and "lora_" not in key
 
 
 def _one_task(named: str | None, prefixed: str | None) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlora.errors import DataError
+from mtlora.errors import AdapterNotServableError, DataError
 from mtlora.metrics import regression_metrics
 from mtlora.tasks.base import Encoded, Example, Prediction
 from mtlora.tasks.sequence import SequenceTask
@@ -70,9 +70,17 @@ class RegressionTask(SequenceTask):
         outputs = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1
                    and id(m) not in in_base]
         mean, std = self._scale
-        with torch.no_grad():  # every transformers regression head ends in a layer with a bias
-            outputs[-1].weight.mul_(std)
-            outputs[-1].bias.mul_(std).add_(mean)
+        layer = outputs[-1] if outputs else None
+        # GPT-2's and Llama's score layers have no bias, and their class would drop one added on load.
+        if layer is None or (layer.bias is None and mean != 0.0):
+            raise AdapterNotServableError(
+                f"{type(model).__name__}'s head has no output layer with a bias to carry the training scores' "
+                f"mean ({mean:.4g}), so a plain export would answer standardised scores; serve this regression "
+                "task through mtlora (its engine, predictor or server) instead")
+        with torch.no_grad():
+            layer.weight.mul_(std)
+            if layer.bias is not None:
+                layer.bias.mul_(std).add_(mean)
 
     def decode(self, outputs: list[dict[str, np.ndarray]], encoded: Encoded,
                examples: Sequence[Example]) -> list[Prediction]:
