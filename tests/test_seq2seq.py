@@ -445,3 +445,24 @@ def test_extractive_qa_on_t5_is_refused_with_the_reason(tmp_path: Path, tiny_t5:
     config = load_config(write_tiny_project(tmp_path, tiny_t5))
     with pytest.raises(ConfigError, match="T5ForQuestionAnswering has no backbone module"):
         train_task(config, config.task("qa"), "lora", **QUIET)
+
+
+@pytest.mark.parametrize("mixed_batches", [True, False])
+def test_encoder_kinds_on_t5_answer_in_the_engine_as_alone(tmp_path: Path, tiny_t5: Path,
+                                                            mixed_batches: bool) -> None:
+    """T5ForSequenceClassification decodes the input shifted right: the engine's shared pass must too."""
+    from conftest import write_tiny_project
+
+    path = write_tiny_project(tmp_path, tiny_t5)
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = [t for t in config["tasks"] if t["name"] in ("sentiment", "similarity")]
+    config["defaults"]["training"] |= {"max_steps": 3, "baseline": False}
+    path.write_text(yaml.safe_dump(config))
+    mtlora.train(path, progress=False, log=lambda _: None)
+    engine = Engine.from_config(path, precision="fp32", mixed_batches=mixed_batches)
+    items, tasks = ["loved this great movie", ("the dog sat", "a dog sat")], ["sentiment", "similarity"]
+    for item, task, result in zip(items, tasks, engine.predict(items, task=tasks), strict=True):
+        alone = mtlora.load_predictor(path, task).predict(item)
+        for key in ("probabilities", "score"):
+            if key in alone:
+                assert result[key] == pytest.approx(alone[key], abs=1e-5)

@@ -586,7 +586,7 @@ class Engine:
         if self._shift_right is not None and "decoder_input_ids" not in inputs:
             # T5's encoder kinds (T5ForSequenceClassification...) decode the input shifted right; T5Model,
             # unlike BartModel, does not make that decoder input itself.
-            inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"])}
+            inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"]), "use_cache": False}
         if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
             with mixed_lora(self._layers(), adapters, self._stacks):
                 return self._encoder(**inputs)
