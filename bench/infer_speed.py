@@ -258,7 +258,6 @@ def main() -> None:
             linear_weights_in_bf16(backbone)
         items = [item for item, _ in stream]
         tasks = [task for _, task in stream]
-        one_by_one = stream[: max(32, len(stream) // 4)]  # (a) is slow: a quarter of the stream
         # Requests arrive over time: the engine, like (b) and (d), gets them 32 at a time, in arrival order.
         size = args.batch_size
         other = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
@@ -266,7 +265,7 @@ def main() -> None:
         kept = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
                                   fold_cache=len(TASKS))
         setups: dict[str, Callable[[], Any]] = {
-            "a": lambda: autocasting(engine, lambda: per_request_set_adapter(engine, one_by_one)),
+            "a": lambda: autocasting(engine, lambda: per_request_set_adapter(engine, stream)),
             "b": lambda: autocasting(engine, lambda: hand_wired_mixed(engine, stream, size)),
             **{key: lambda e=serving: [e.predict_batch(items[i:i + size], task=tasks[i:i + size])
                                        for i in range(0, len(items), size)]
@@ -283,7 +282,6 @@ def main() -> None:
                                                                         for i in range(0, len(unrouted), size)]
                   for key, (name, routing_engine) in routers.items()}
         seconds = timed_in_turns({**setups, **routes}, args.rounds)
-        seconds["a"] *= len(stream) / len(one_by_one)
         routing = {name: seconds.pop(f"route {name}") for name in routers}
         memory = memory_with_adapters(project, 10)
         assert kept._fold_cache is not None
