@@ -131,6 +131,23 @@ def write_tiny_project(folder: Path, backbone: Path) -> Path:
     return path
 
 
+def trained_briefly(path: Path, tasks: list[str], router: bool = False) -> Path:
+    """The project file at `path` cut to `tasks`, each trained a few steps (and the learned router with
+    `router`): enough for tests that compare what the engine serves, not for quality."""
+    import mtlora
+
+    config = yaml.safe_load(path.read_text())
+    config["tasks"] = [task for task in config["tasks"] if task["name"] in tasks]
+    config["defaults"]["training"] |= {"max_steps": 3, "baseline": False}
+    if router:
+        config["router"] = {"training": {"max_steps": 2, "max_length": 32}}
+    path.write_text(yaml.safe_dump(config))
+    mtlora.train(path, progress=False, log=lambda _: None)
+    if router:
+        mtlora.train_router(path, progress=False, log=lambda _: None)
+    return path
+
+
 @pytest.fixture
 def tiny_project(tmp_path: Path, tiny_bert: Path) -> Path:
     return write_tiny_project(tmp_path, tiny_bert)

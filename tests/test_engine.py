@@ -54,6 +54,12 @@ def assert_same(actual: dict, expected: dict) -> None:
             assert actual[key] == value, key
 
 
+def assert_answers_as_alone(engine: Engine, project: Path, items: list, tasks: list[str]) -> None:
+    """One mixed call of the engine answers each input as the task's own predictor (plain PEFT) does."""
+    for item, task, result in zip(items, tasks, engine.predict(items, task=tasks), strict=True):
+        assert_same(result, mtlora.load_predictor(project, task).predict(as_predictor_input(item)))
+
+
 def test_mixed_batch_equals_each_task_alone(engine: Engine, trained_project: Path) -> None:
     tasks = [task for task, _ in MIXED]
     mixed = engine.predict_batch([item for _, item in MIXED], task=tasks)
@@ -609,7 +615,7 @@ def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_ad
         tmp_path: Path, tiny_bert: Path, caplog: pytest.LogCaptureFixture) -> None:
     """DeBERTa runs its relative-position embeddings, one tensor for all rows, through its adapted query and
     key layers: a shared pass crashed on every mixed call, the CPU default."""
-    from conftest import write_tiny_project
+    from conftest import trained_briefly, write_tiny_project
     from transformers import DebertaV2Config, DebertaV2Model
 
     folder = tmp_path / "deberta"
@@ -617,36 +623,38 @@ def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_ad
     DebertaV2Model(DebertaV2Config(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                    intermediate_size=64, relative_attention=True, position_buckets=8,
                                    pos_att_type=["p2c", "c2p"], share_att_key=True)).save_pretrained(folder)
-    path = write_tiny_project(tmp_path, folder)
-    config = yaml.safe_load(path.read_text())
-    config["tasks"] = config["tasks"][:2]
-    config["defaults"]["training"] |= {"max_steps": 2, "baseline": False}
-    path.write_text(yaml.safe_dump(config))
-    mtlora.train(path, progress=False, log=lambda _: None)
-    engine = Engine.from_config(path, precision="fp32", mixed_batches=True)
     items, tasks = ["loved this great movie", "where is my refund"], ["sentiment", "support"]
-    mixed = engine.predict(items, task=tasks)
+    path = trained_briefly(write_tiny_project(tmp_path, folder), tasks)
+    engine = Engine.from_config(path, precision="fp32", mixed_batches=True)
+    assert_answers_as_alone(engine, path, items, tasks)
     assert "passes of their own" in caplog.text and not engine.mixed_batches
-    for item, task, result in zip(items, tasks, mixed, strict=True):
-        assert_same(result, mtlora.load_predictor(path, task).predict(item))
+
+
+def test_an_albert_adapter_with_a_pooler_of_its_own_is_refused_with_the_reason(tmp_path: Path,
+                                                                                 tiny_bert: Path) -> None:
+    """ALBERT's pooler is a bare linear layer (its tanh lives in the model's forward): the head stand-in
+    cannot run it, so such an adapter is refused rather than served with a wrong pooling."""
+    from conftest import trained_briefly, write_tiny_project
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    folder = tmp_path / "albert"
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    AlbertForMaskedLM(AlbertConfig(vocab_size=200, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    path = trained_briefly(write_tiny_project(tmp_path, folder), ["sentiment"])
+    with pytest.raises(mtlora.AdapterNotServableError, match=r"trained a pooler of its own \(albert"):
+        Engine.from_config(path, precision="fp32")
 
 
 def test_adapters_of_a_checkpoint_without_a_pooler_serve_with_their_own(tmp_path: Path, tiny_bert: Path) -> None:
     """A BERT saved from BertForMaskedLM has no pooler: each adapter trains one in full, which the engine
     refused as a retrained shared weight, so no task of the project could be served."""
-    from conftest import write_tiny_project
+    from conftest import trained_briefly, write_tiny_project
     from transformers import BertForMaskedLM
 
     folder = tmp_path / "mlm"
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
     BertForMaskedLM(AutoModel.from_pretrained(tiny_bert).config).save_pretrained(folder)
-    path = write_tiny_project(tmp_path, folder)
-    config = yaml.safe_load(path.read_text())
-    config["tasks"] = [config["tasks"][i] for i in (0, 2)]  # a text and a pair classification
-    config["defaults"]["training"] |= {"max_steps": 3, "baseline": False}
-    path.write_text(yaml.safe_dump(config))
-    mtlora.train(path, progress=False, log=lambda _: None)
-    engine = Engine.from_config(path, precision="fp32")
     items, tasks = ["loved this great movie", ("the cat sat", "a cat sat")], ["sentiment", "paraphrase"]
-    for item, task, result in zip(items, tasks, engine.predict(items, task=tasks), strict=True):
-        assert_same(result, mtlora.load_predictor(path, task).predict(item))
+    path = trained_briefly(write_tiny_project(tmp_path, folder), tasks)
+    assert_answers_as_alone(Engine.from_config(path, precision="fp32"), path, items, tasks)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_seq2seq_project
+from conftest import trained_briefly, write_seq2seq_project
 from safetensors.torch import load_file
 from test_training import QUIET, final_adapter_state, stop_at_step
 
@@ -421,14 +421,7 @@ def test_a_mixture_is_checked(tmp_path: Path, warm_start_bert: Path) -> None:
 def test_routers_run_on_a_t5_backbone(tmp_path: Path, tiny_t5: Path) -> None:
     """T5Model needs a decoder input: routing read the encoder through it and crashed, and so did the learned
     router, a classification adapter that T5 decodes from the input shifted right."""
-    path = write_seq2seq_project(tmp_path, tiny_t5)
-    config = yaml.safe_load(path.read_text())
-    config["tasks"] = config["tasks"][:2]
-    config["defaults"]["training"] |= {"max_steps": 2, "baseline": False}
-    config["router"] = {"training": {"max_steps": 2, "max_length": 32}}
-    path.write_text(yaml.safe_dump(config))
-    mtlora.train(path, progress=False, log=lambda _: None)
-    mtlora.train_router(path, progress=False, log=lambda _: None)
+    path = trained_briefly(write_seq2seq_project(tmp_path, tiny_t5), ["triage", "summarize"], router=True)
     engine = Engine.from_config(path)
     for router in ("semantic", "learned"):
         route = engine.route([engine.request("where is my refund")], router)[0]
@@ -452,17 +445,9 @@ def test_encoder_kinds_on_t5_answer_in_the_engine_as_alone(tmp_path: Path, tiny_
                                                             mixed_batches: bool) -> None:
     """T5ForSequenceClassification decodes the input shifted right: the engine's shared pass must too."""
     from conftest import write_tiny_project
+    from test_engine import assert_answers_as_alone
 
-    path = write_tiny_project(tmp_path, tiny_t5)
-    config = yaml.safe_load(path.read_text())
-    config["tasks"] = [t for t in config["tasks"] if t["name"] in ("sentiment", "similarity")]
-    config["defaults"]["training"] |= {"max_steps": 3, "baseline": False}
-    path.write_text(yaml.safe_dump(config))
-    mtlora.train(path, progress=False, log=lambda _: None)
-    engine = Engine.from_config(path, precision="fp32", mixed_batches=mixed_batches)
     items, tasks = ["loved this great movie", ("the dog sat", "a dog sat")], ["sentiment", "similarity"]
-    for item, task, result in zip(items, tasks, engine.predict(items, task=tasks), strict=True):
-        alone = mtlora.load_predictor(path, task).predict(item)
-        for key in ("probabilities", "score"):
-            if key in alone:
-                assert result[key] == pytest.approx(alone[key], abs=1e-5)
+    path = trained_briefly(write_tiny_project(tmp_path, tiny_t5), tasks)
+    engine = Engine.from_config(path, precision="fp32", mixed_batches=mixed_batches)
+    assert_answers_as_alone(engine, path, items, tasks)
