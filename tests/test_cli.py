@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -150,7 +151,10 @@ def test_help_and_kinds() -> None:
 def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: Path, tmp_path: Path) -> None:
     routed = run("route", trained_project, "where is my refund", "--router", "keywords")
     assert routed.exit_code == 0, routed.output
-    assert "-> support (router: keywords" in routed.output and "support" in routed.output
+    assert "-> support (router: keywords, confidence" in routed.output and "support" in routed.output
+    semantic = run("route", trained_project, "where is my refund", "--router", "semantic")
+    assert semantic.exit_code == 0, semantic.output
+    assert re.search(r"\(router: semantic, read: (embeddings|encoder), confidence", semantic.output)
 
     predicted = run("predict", trained_project, "where is my refund", "--router", "keywords", "--json")
     answer = json.loads(predicted.output)

@@ -98,8 +98,8 @@ def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, {"tasks": [task()], "router": {"min_confidence": 0.7}}))
     changed = config.with_router(features="embeddings")
     assert (changed.router.features, changed.router.min_confidence) == ("embeddings", 0.7)
-    assert config.router.features == "encoder"  # a new project: the first is unchanged
-    with pytest.raises(ConfigError, match=r"router\.features: Input should be 'encoder' or 'embeddings'"):
+    assert config.router.features == "cascade"  # a new project: the first is unchanged
+    with pytest.raises(ConfigError, match=r"router\.features: Input should be 'cascade', 'encoder' or 'embeddings'"):
         config.with_router(features="tokens")
 
 

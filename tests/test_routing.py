@@ -27,18 +27,18 @@ HELD_OUT = [("hated the boring film", "sentiment"), ("this movie was wonderful",
 @pytest.fixture(scope="module")
 def routed_project(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the trained tiny project plus its learned routers, the adapter and the head over token
-    embeddings (trained once for this module). A copy: other modules rely on the shared one having none."""
+    embeddings (trained once for this module, both by one call: features cascade, the default). A copy:
+    other modules rely on the shared one having none."""
     folder = tmp_path_factory.mktemp("routed") / "project"
     shutil.copytree(trained_project.parent, folder)
-    project = load_config(folder / trained_project.name)
-    for settings in (project, project.with_router(features="embeddings")):
-        train_router(settings, progress=False, log=lambda _: None)
+    train_router(load_config(folder / trained_project.name), progress=False, log=lambda _: None)
     return folder / trained_project.name
 
 
 @pytest.mark.parametrize(("router", "features"), [("keywords", "encoder"), ("semantic", "encoder"),
                                                   ("learned", "encoder"), ("semantic", "embeddings"),
-                                                  ("learned", "embeddings")])
+                                                  ("learned", "embeddings"), ("semantic", "cascade"),
+                                                  ("learned", "cascade")])
 def test_router_sends_held_out_inputs_to_their_task(routed_project: Path, router: str, features: str) -> None:
     project = load_config(routed_project, overrides={"router": {"features": features}})
     engine = Engine.from_config(project, precision="fp32")
@@ -48,7 +48,7 @@ def test_router_sends_held_out_inputs_to_their_task(routed_project: Path, router
 
 
 @pytest.mark.parametrize(("router", "features"), [("keywords", "encoder"), ("learned", "encoder"),
-                                                  ("learned", "embeddings")])
+                                                  ("learned", "embeddings"), ("learned", "cascade")])
 def test_a_text_of_an_unloaded_task_is_not_sent_to_the_only_text_task(routed_project: Path, router: str,
                                                                       features: str) -> None:
     """Without sentiment loaded, support is the only text task: a text still goes through the router, which
@@ -92,7 +92,7 @@ def test_router_trains_with_a_registry_given_relative_to_the_working_folder(
     assert outcome.saved_to is not None and outcome.saved_to.resolve().is_relative_to(tiny_project.parent / "adapters")
 
 
-@pytest.mark.parametrize("features", ["encoder", "embeddings"])
+@pytest.mark.parametrize("features", ["encoder", "embeddings", "cascade"])
 def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(trained_project: Path,
                                                                           features: str) -> None:
     project = load_config(trained_project, overrides={"router": {"features": features}})
@@ -101,7 +101,9 @@ def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(traine
     assert [r.router for r in reports] == ["keywords"]
     skipped = [line for line in said if "skipping 'learned'" in line]
     assert len(skipped) == 1 and "mtlora train-router" in skipped[0]
-    assert ("token embeddings" in skipped[0]) == (features == "embeddings")
+    lacks = {"encoder": "its router adapter", "embeddings": "its head over token embeddings",
+             "cascade": "its head over token embeddings and its router adapter"}
+    assert f"(it lacks {lacks[features]})" in skipped[0]
     with pytest.raises(RegistryError, match=r"no router to evaluate \(learned: "):  # and no report to write
         mtlora.evaluate_routers(project, ["learned"], write=False, log=said.append)
 
@@ -138,7 +140,8 @@ def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project:
     semantic, keywords = mtlora.evaluate_routers(two, ["semantic", "keywords"], write=False, log=lambda _: None)
     assert loaded == [["sentiment", "support"]]
     assert semantic.labels == ["sentiment", "support", "(unroutable)"]
-    assert (semantic.features, keywords.features) == ("encoder", None)  # what each router read
+    assert (semantic.features, keywords.features) == ("cascade", None)  # what each router read
+    assert semantic.encoder_share is not None and keywords.encoder_share is None
 
 
 def test_token_embedding_features_are_the_same_with_any_adapter_loaded(trained_project: Path,
@@ -262,7 +265,7 @@ def test_prefixes() -> None:
     assert split_prefix("note: great", ["sentiment"]) == (None, "note: great")
 
 
-@pytest.mark.parametrize("features", ["encoder", "embeddings"])
+@pytest.mark.parametrize("features", ["encoder", "embeddings", "cascade"])
 def test_a_learned_router_trained_without_a_loaded_task_says_so(
         routed_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, features: str) -> None:
     folder = tmp_path / "project"
@@ -274,4 +277,49 @@ def test_a_learned_router_trained_without_a_loaded_task_says_so(
     engine = Engine.from_config(project, tasks=["sentiment", "tickets"], precision="fp32")
     with caplog.at_level(logging.WARNING, logger="mtlora.routing.learned"):
         engine.predict("a great film", router="learned")
-    assert "the learned router was trained without tickets and never routes to it" in caplog.text
+    which = {"encoder": ["the learned router"], "embeddings": ["the learned router's head over token embeddings"]}
+    for router in which.get(features, which["encoder"] + which["embeddings"]):
+        assert f"{router} was trained without tickets and never routes to it" in caplog.text
+
+
+@pytest.mark.parametrize("router", ["semantic", "learned"])
+def test_a_cascade_reads_the_encoder_only_for_what_the_token_embeddings_leave_unsure(
+        routed_project: Path, monkeypatch: pytest.MonkeyPatch, router: str) -> None:
+    """Each input keeps its route on token embeddings where that is sure (the learned head's probability,
+    or the semantic lead over the next task, clears the cascade's bar); the rest are routed as the encoder
+    routes them, and only they pay for an encoder pass."""
+    texts = [text for text, _ in HELD_OUT] + ["paris is a city on a river", "the dog sat on the mat", "refund"]
+
+    def routes(features: str, **settings: float) -> list[mtlora.routing.Route]:
+        project = load_config(routed_project, overrides={"router": {"features": features, **settings}})
+        engine = Engine.from_config(project, precision="fp32")
+        return engine.route([engine.request(text) for text in texts], router)
+
+    def lead(route: mtlora.routing.Route) -> float:
+        best, second = sorted(route.scores.values(), reverse=True)
+        return best - second
+
+    on_tokens, on_encoder = routes("embeddings"), routes("encoder")
+    sureness = [r.confidence if router == "learned" else lead(r) for r in on_tokens]
+    bar = sorted(sureness)[len(texts) // 2]  # a bar that half the inputs clear
+    read: list[str] = []
+    embed, run_adapter = Engine.embed, Engine.run_adapter
+
+    def embedding(engine: Engine, batch: list[str], features: str = "encoder") -> torch.Tensor:
+        read.extend(text for text in batch if features == "encoder" and text in texts)
+        return embed(engine, batch, features)
+
+    def running_adapter(engine: Engine, name: str, batch: list[str]) -> list[dict]:
+        read.extend(batch)
+        return run_adapter(engine, name, batch)
+
+    monkeypatch.setattr(Engine, "embed", embedding)
+    monkeypatch.setattr(Engine, "run_adapter", running_adapter)
+    cascade = routes("cascade", **{"cascade_confidence" if router == "learned" else "cascade_margin": bar})
+    sure = [value >= bar for value in sureness]
+    assert 0 < sum(sure) < len(texts), sureness
+    assert sorted(read) == sorted(text for text, ok in zip(texts, sure, strict=True) if not ok)
+    for route, ok, token_route, encoder_route in zip(cascade, sure, on_tokens, on_encoder, strict=True):
+        expected = token_route if ok else encoder_route
+        assert route.features == ("embeddings" if ok else "encoder")
+        assert (route.task, route.scores) == (expected.task, pytest.approx(expected.scores, abs=1e-6))

@@ -51,17 +51,20 @@ def main() -> None:
 
     console.rule("3. Route: which adapter should answer? (learned router = one more adapter)")
     project = mtlora.load_config(CONFIG)
-    # Semantic and learned routing read the encoder (a pass of their own) or, nearly free, the token embeddings.
-    on_tokens = project.with_router(features="embeddings")
+    # With router.features: cascade (the default) this trains both learned routers: the adapter, which
+    # reads the encoder, and the head over the token embeddings, which costs no encoder pass.
+    mtlora.train_router(project, progress=sys.stderr.isatty(),
+                        log=lambda message: console.print(message, markup=False, highlight=False))
     routing = Table()
-    for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "ms per input"):
+    for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "encoder pass", "ms per input"):
         routing.add_column(column, justify="left" if column in ("router", "reads") else "right")
-    for settings, routers in ((project, ["keywords", "semantic", "learned"]), (on_tokens, ["learned"])):
-        mtlora.train_router(settings, progress=sys.stderr.isatty(),
-                            log=lambda message: console.print(message, markup=False, highlight=False))
-        for report in mtlora.evaluate_routers(settings, routers, write=settings is project, log=lambda _: None):
+    for features in ("cascade", "encoder", "embeddings"):
+        routers = ["keywords", "semantic", "learned"] if features == "cascade" else ["semantic", "learned"]
+        settings = project.with_router(features=features)
+        for report in mtlora.evaluate_routers(settings, routers, write=features == "cascade", log=lambda _: None):
+            encoder = "" if report.encoder_share is None else f"{report.encoder_share:.3f}"
             routing.add_row(report.router, report.features or "", f"{report.accuracy:.3f}",
-                            f"{report.unroutable:.3f}", f"{report.ms_per_input:.2f}")
+                            f"{report.unroutable:.3f}", encoder, f"{report.ms_per_input:.2f}")
     console.print(routing)
 
     console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch (learned router)")

@@ -137,8 +137,9 @@ def evaluate_routers(
 def train_router(
     config: ConfigLike, *, fresh: bool = False, progress: bool = True, log: Callable[[str], None] = print
 ) -> TrainOutcome:
-    """Train the learned router: a classification adapter over the project's task names (with
-    `router.features: embeddings`, a linear head over the backbone's token embeddings)."""
+    """Train the learned router: a classification adapter over the project's task names and a linear
+    head over the backbone's token embeddings (with `router.features` encoder or embeddings, only the one
+    it reads). Returns the adapter's outcome, or with `embeddings` the head's."""
     return routing.train_router(as_config(config), fresh=fresh, progress=progress, log=log)
 
 

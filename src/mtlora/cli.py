@@ -173,12 +173,16 @@ def _print_samples(report: Any) -> None:
 
 def _print_routing(reports: list) -> None:
     table = Table(title="Routing")
-    for column in ("router", "reads", "inputs", "accuracy", "unroutable", "ms/input"):
+    for column in ("router", "reads", "inputs", "accuracy", "unroutable", "encoder pass", "ms/input"):
         table.add_column(column, justify="left" if column in ("router", "reads") else "right")
     for r in reports:
         table.add_row(r.router, r.features or "", str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}",
-                      f"{r.ms_per_input:.2f}")
+                      _share_cell(r.encoder_share), f"{r.ms_per_input:.2f}")
     console.print(table)
+
+
+def _share_cell(share: float | None) -> str:
+    return "" if share is None else f"{share:.3f}"
 
 
 @app.command("train-router")
@@ -187,8 +191,8 @@ def train_router(
     config: ConfigArg,
     fresh: Annotated[bool, typer.Option(help="Ignore checkpoints of an interrupted run and start over.")] = False,
 ) -> None:
-    """Train the learned router: one more adapter that classifies inputs by task (with router.features:
-    embeddings, a linear head over the backbone's token embeddings)."""
+    """Train the learned router: one more adapter that classifies inputs by task, and a linear head over
+    the backbone's token embeddings (router.features encoder or embeddings: only the one it reads)."""
     try:
         outcome = api.train_router(config, fresh=fresh, progress=sys.stderr.isatty(), log=say)
     finally:
@@ -209,7 +213,8 @@ def route(
 ) -> None:
     """Show where an input would go and how every candidate task scored."""
     (decision,) = api.route(config, _input(text, text_pair, context), router)
-    say(f"-> {decision.task or 'unroutable'} (router: {decision.router}, confidence {decision.confidence:.3f})")
+    read = f", read: {decision.features}" if decision.features else ""
+    say(f"-> {decision.task or 'unroutable'} (router: {decision.router}{read}, confidence {decision.confidence:.3f})")
     if decision.reason:
         say(f"   {decision.reason}")
     table = Table()

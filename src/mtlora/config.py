@@ -307,11 +307,19 @@ class RouterSettings(_Strict):
         lambda v: type(v) in (int, float) and -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
         "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
                             "its example inputs (about 98% of a task's own inputs clear it)")
-    features: Literal["encoder", "embeddings"] = Field(
-        "encoder", description="what the semantic and learned routers read: 'encoder', the backbone's last layer "
-                               "(an encoder pass over each routed text; the learned router is an adapter), or "
-                               "'embeddings', its mean token embeddings (no pass; the learned router is a "
-                               "linear head). Retrain the learned router after changing it")
+    features: Literal["cascade", "encoder", "embeddings"] = Field(
+        "cascade", description="what the semantic and learned routers read: 'encoder', the backbone's last layer "
+                               "(an encoder pass over each routed text; the learned router is an adapter); "
+                               "'embeddings', its mean token embeddings (no pass; the learned router is a linear "
+                               "head); 'cascade', the token embeddings first and the encoder for the inputs they "
+                               "leave unsure (see cascade_margin, cascade_confidence). Retrain the learned router "
+                               "after changing it")
+    cascade_margin: float = Field(
+        0.01, ge=0, le=2, description="semantic, features cascade: the lead in similarity the best task needs over "
+                                      "the next on token embeddings; with less, the encoder decides")
+    cascade_confidence: float = Field(
+        0.7, gt=0, le=1, description="learned, features cascade: the probability the head over token embeddings "
+                                     "needs for its choice; with less, the router adapter decides")
     min_confidence: float = Field(0.5, ge=0, le=1, description="learned: probability needed to route")
     examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
     lora: LoraSettings = Field(default_factory=LoraSettings)

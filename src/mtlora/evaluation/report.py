@@ -151,15 +151,19 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
     tasks = reports[0].labels[:-1] if reports else []
     lines = ["# Routing", "", f"A held-out mix of every task's inputs ({reports[0].split if reports else ''}), "
              "pairs and QA given as plain text pairs; each router picks the task.", "",
-             "| router | reads | inputs | accuracy | unroutable | ms / input | " + " | ".join(tasks) + " |",
-             "|---|---|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+             "| router | reads | inputs | accuracy | unroutable | encoder pass | ms / input | "
+             + " | ".join(tasks) + " |",
+             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
     for r in reports:
+        encoder = "" if r.encoder_share is None else f"{r.encoder_share:.3f}"
         lines.append(f"| {r.router} | {r.features or ''} | {r.examples} | **{r.accuracy:.3f}** | {r.unroutable:.3f} "
-                     f"| {r.ms_per_input:.2f} | " + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks) + " |")
+                     f"| {encoder} | {r.ms_per_input:.2f} | " + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks)
+                     + " |")
         path = folder / f"routing_{r.router}_confusion.png"
         written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
                                       columns=r.labels))
-    lines += ["", "Columns after the first six are the accuracy on each task's inputs; confusion matrices: "
-              "`routing_<router>_confusion.png`.", ""]
+    lines += ["", "Encoder pass: the share of inputs whose route read the encoder (a pass of its own); with "
+              "`router.features: cascade`, those the token embeddings left unsure. Columns after the first seven "
+              "are the accuracy on each task's inputs; confusion matrices: `routing_<router>_confusion.png`.", ""]
     atomic.write_text(written[1], "\n".join(lines))
     return written

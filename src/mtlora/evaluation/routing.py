@@ -30,6 +30,7 @@ class RoutingReport:
     labels: list[str]  # confusion rows are the true tasks; columns add UNROUTABLE
     confusion: list[list[int]]
     ms_per_input: float
+    encoder_share: float | None = None  # inputs whose route read the encoder (cost a pass), of routers that read
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,12 +78,14 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
         columns = [*tasks, UNROUTABLE]
         counts = confusion([columns.index(t) for t in truth], [columns.index(c) for c in chosen], len(columns))
         per_task = {t: _share(c == t for c, g in zip(chosen, truth, strict=True) if g == t) for t in tasks}
+        reads = ROUTERS[router].reads_features
         report = RoutingReport(
-            router=router, features=engine.router_settings.features if ROUTERS[router].reads_features else None,
+            router=router, features=engine.router_settings.features if reads else None,
             split=split, examples=len(mix),
             accuracy=_share(c == g for c, g in zip(chosen, truth, strict=True)),
             unroutable=_share(c == UNROUTABLE for c in chosen), per_task=per_task, labels=columns,
             confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),
+            encoder_share=_share(r.features == "encoder" for r in routes) if reads else None,
         )
         log(f"[routing] {router}: accuracy {report.accuracy:.3f} on {len(mix)} {split} inputs")
         reports.append(report)

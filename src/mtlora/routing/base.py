@@ -8,7 +8,7 @@ only chooses among tasks that can answer the input at all.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -42,6 +42,7 @@ class Route:
     confidence: float
     scores: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    features: str | None = None  # what the router read: encoder or embeddings (routers that read the backbone)
 
 
 class Router(ABC):
@@ -64,18 +65,34 @@ class Router(ABC):
 
 
 def decide(router: str, scores: dict[str, float], threshold: float, default_task: str | None,
-           candidates: list[str], what: str, reason: str | None = None) -> Route:
+           candidates: list[str], what: str, reason: str | None = None, features: str | None = None) -> Route:
     """Best-scoring candidate if it clears `threshold`; otherwise the default task, or unroutable
     (`reason` says why there are no scores, where "no <what> matched" would not)."""
     if scores:
         best = max(scores, key=scores.__getitem__)
         if scores[best] >= threshold:
-            return Route(best, router, scores[best], scores)
+            return Route(best, router, scores[best], scores, features=features)
         reason = f"best {what} {scores[best]:.2f} ({best}) is below the threshold {threshold:.2f}"
     elif reason is None:
         reason = f"no {what} matched"
     if default_task is not None and default_task in candidates:
-        return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task")
+        return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task", features)
     if default_task is not None:
         reason += f"; the default task '{default_task}' is not a candidate (not loaded, or takes other inputs)"
-    return Route(None, router, 0.0, scores, reason)
+    return Route(None, router, 0.0, scores, reason, features)
+
+
+def cascaded(route_reading: Callable[[str, list[int]], list[Route]], count: int,
+             sure: Callable[[Route], bool]) -> list[Route]:
+    """`count` routes read from the token embeddings where `sure` of them, from the encoder for the rest.
+
+    `route_reading(features, rows)` routes the requests at `rows` reading `features`. The token embeddings
+    cost no encoder pass, so only the inputs they leave unsure pay for one.
+    """
+    routes = route_reading("embeddings", list(range(count)))
+    unsure = [i for i, route in enumerate(routes) if not sure(route)]
+    if unsure:
+        for i, route in zip(unsure, route_reading("encoder", unsure), strict=True):
+            routes[i] = route
+    return routes
+

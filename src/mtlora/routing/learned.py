@@ -1,8 +1,10 @@
 """A router trained by mtlora from the tasks' own training inputs to name the task of an input.
 
-With `router.features: encoder` (the default) it is one more adapter, a `classification` task over task
-names stored in the registry as `router`; routing is then an encoder pass of its own. With `embeddings`
-it is a linear head over the backbone's mean token embeddings (`token_head.py`) and costs no pass.
+With `router.features: encoder` it is one more adapter, a `classification` task over task names stored
+in the registry as `router`; routing is then an encoder pass of its own. With `embeddings` it is a linear
+head over the backbone's mean token embeddings (`token_head.py`) and costs no pass. With `cascade` (the
+default) it is both: the head routes the inputs it gives `cascade_confidence` or more, and the adapter
+the rest.
 
 It reads the first text of an input (the text, or the question), which together with the shape
 narrowing the engine does first, is what tells tasks apart.
@@ -21,8 +23,8 @@ from mtlora.config import ROUTER_ADAPTER, ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
 from mtlora.errors import RegistryError
 from mtlora.registry import Registry
-from mtlora.routing.base import ANSWERED_BY, Request, Route, Router, decide
-from mtlora.routing.token_head import HEAD_NOT_TRAINED, TokenRouterHead, check_router_tasks
+from mtlora.routing.base import ANSWERED_BY, Request, Route, Router, cascaded, decide
+from mtlora.routing.token_head import TokenRouterHead, check_router_tasks
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import routing_text
 
@@ -40,48 +42,67 @@ class LearnedRouter(Router):
     reads_features = True
 
     def __init__(self, engine: Engine, threshold: float = 0.5, default_task: str | None = None,
-                 head: TokenRouterHead | None = None):
+                 head: TokenRouterHead | None = None, adapter: bool = True, cascade_confidence: float = 1.0):
         self.engine = engine
         self.threshold = threshold
         self.default_task = default_task
-        self.head = head  # None: the router adapter answers
+        self.head = head  # reads token embeddings
+        self.adapter = adapter  # the router adapter, which reads the encoder
+        self.cascade_confidence = cascade_confidence  # with both: what the head needs to route alone
         self._shapes: dict[str, str | None] = {}  # input shape of each task the router knows (None: gone)
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> LearnedRouter:
         if missing := cls.missing(engine.registry, settings):
             raise RegistryError(f"{missing} (registry {engine.registry.root})")
-        if settings.features == "embeddings":
+        head = None
+        if settings.features in ("embeddings", "cascade"):
             head = TokenRouterHead.load(engine.registry, engine.backbone)
-            router = cls(engine, settings.min_confidence, settings.default_task, head)
-            known = head.info.labels
-        else:
+            cls._warn_untrained_on(engine, head.info.labels, "the learned router's head over token embeddings")
+        adapter = settings.features in ("encoder", "cascade")
+        if adapter:
             engine.add(ROUTER_ADAPTER)
-            router = cls(engine, settings.min_confidence, settings.default_task)
-            known = engine.manifest(ROUTER_ADAPTER).labels or []
+            cls._warn_untrained_on(engine, engine.manifest(ROUTER_ADAPTER).labels or [], "the learned router")
+        return cls(engine, settings.min_confidence, settings.default_task, head, adapter, settings.cascade_confidence)
+
+    @staticmethod
+    def _warn_untrained_on(engine: Engine, known: list[str], which: str) -> None:
         if unknown := [task for task in engine.tasks if task not in known]:
             # Added since the router was trained (at run time, say): it never picks them, and nothing
             # else would say so.
-            logger.warning("the learned router was trained without %s and never routes to %s; retrain it with "
-                           "`mtlora train-router`", ", ".join(unknown), "it" if len(unknown) == 1 else "them")
-        return router
+            logger.warning("%s was trained without %s and never routes to %s; retrain it with "
+                           "`mtlora train-router`", which, ", ".join(unknown), "it" if len(unknown) == 1 else "them")
 
     @classmethod
     def missing(cls, registry: Registry, settings: RouterSettings) -> str | None:
-        if settings.features == "embeddings":
-            return None if TokenRouterHead.saved_info(registry) is not None else HEAD_NOT_TRAINED
-        return None if ROUTER_ADAPTER in registry else "no learned router: train it first with `mtlora train-router`"
+        lacking = []
+        if settings.features in ("embeddings", "cascade") and TokenRouterHead.saved_info(registry) is None:
+            lacking.append("its head over token embeddings")
+        if settings.features in ("encoder", "cascade") and ROUTER_ADAPTER not in registry:
+            lacking.append("its router adapter")
+        if not lacking:
+            return None
+        return (f"no learned router for router.features: {settings.features} (it lacks {' and '.join(lacking)}): "
+                "train it first with `mtlora train-router`")
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
+        if self.head is not None and self.adapter:
+            return cascaded(lambda features, rows: self._route(features, [requests[i] for i in rows],
+                                                               [candidates[i] for i in rows]),
+                            len(requests), lambda route: route.confidence >= self.cascade_confidence)
+        return self._route("encoder" if self.adapter else "embeddings", requests, candidates)
+
+    def _route(self, features: str, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []
-        answers = self._probabilities([r.text for r in requests])
+        answers = self._probabilities(features, [r.text for r in requests])
         for request, answered, fits in zip(requests, answers, candidates, strict=True):
             # The router knows every task it was trained on, loaded or not. What it gives tasks that cannot
             # take this input's shape is its mistake, and goes. What it gives a task that could but is not
             # loaded says the input belongs elsewhere: it counts against every candidate.
             total = sum(p for t, p in answered.items() if self._could_answer(t, request.shape)) or 1.0
             scores = {t: answered.get(t, 0.0) / total for t in fits}
-            routes.append(decide(self.name, scores, self.threshold, self.default_task, fits, "probability"))
+            routes.append(decide(self.name, scores, self.threshold, self.default_task, fits, "probability",
+                                 features=features))
         return routes
 
     def _could_answer(self, task: str, shape: str) -> bool:
@@ -91,17 +112,19 @@ class LearnedRouter(Router):
             self._shapes[task] = get_task_kind(registry.manifest(task).kind).input_shape if task in registry else None
         return self._shapes[task] is None or self._shapes[task] in ANSWERED_BY[shape]
 
-    def _probabilities(self, texts: list[str]) -> list[dict[str, float]]:
-        if self.head is None:
+    def _probabilities(self, features: str, texts: list[str]) -> list[dict[str, float]]:
+        if features == "encoder":
             return [answer["probabilities"] for answer in self.engine.run_adapter(ROUTER_ADAPTER, texts)]
+        assert self.head is not None
         rows = self.head.probabilities(self.engine.embed(texts, "embeddings")).tolist()
         return [dict(zip(self.head.info.labels, row, strict=True)) for row in rows]
 
 
 def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print) -> TrainOutcome:
-    """Sample each task's training inputs, label them with the task name, and train the router adapter
-    (or, with `router.features: embeddings`, its head over token embeddings)."""
+    """Sample each task's training inputs, label them with the task name, and train what
+    `router.features` reads: the router adapter (encoder), its head over token embeddings (embeddings), or
+    both from the same inputs (cascade). With both, the adapter's outcome is returned."""
     from mtlora.training import train_task
 
     check_router_tasks([task.name for task in project.tasks])  # before any file is written
@@ -117,8 +140,10 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
             texts = sorted({routing_text(e) for e in examples})
             picked = rng.sample(texts, min(settings.examples_per_task, len(texts)))
             splits[split] += [{"text": t, "label": task.name} for t in picked]
-    if settings.features == "embeddings":
-        return _train_head(project, splits, log)
+    if settings.features in ("embeddings", "cascade"):
+        head_outcome = _train_head(project, splits, log)
+        if settings.features == "embeddings":
+            return head_outcome
     for split, rows in splits.items():
         rng.shuffle(rows)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -144,7 +169,7 @@ def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],
     saved_to = head.save(Registry(project.registry))
     accuracy = head.info.validation_accuracy
     log(f"[router] head over token embeddings fit on {len(train)} inputs from {len(project.tasks)} tasks"
-        + (f"; validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
+        + (f"; validation accuracy {accuracy:.3f}" if accuracy is not None else "") + f"; saved to {saved_to}")
     size = head.info.parameters
     return TrainOutcome(task=ROUTER_ADAPTER, method="head_only", trainable=size, total=size,
                         time_s=time.perf_counter() - started, steps=0, samples_per_s=0.0, train_loss=float("nan"),

@@ -1,5 +1,5 @@
 """Routing from the backbone's token embeddings: what the semantic and learned routers read when
-`router.features` is `embeddings`, and the learned router's linear head over them.
+`router.features` is `embeddings` (and first, with `cascade`), and the learned router's linear head over them.
 
 No adapter changes the token-embedding table, so these features are the same with any adapter on and
 cost one table lookup per token instead of an encoder pass. They see which words an input uses, not
@@ -40,7 +40,7 @@ HEAD_C = 10.0
 HEAD_FILE = "head.safetensors"
 INFO_FILE = "router.json"
 HEAD_NOT_TRAINED = ("no learned router over token embeddings: train it first with `mtlora train-router` "
-                    "(with router.features: embeddings)")
+                    "(with router.features: embeddings or cascade)")
 
 
 def mean_token_embeddings(tokenizer: PreTrainedTokenizerBase, table: torch.Tensor,
