@@ -14,8 +14,9 @@ split into several. (b), (c), (d) split each 32 into batches of similar length t
 turns for three rounds and each reports its median round.
 
 Also measured: parameter memory with 10 adapters loaded against the bare backbone, and the cost of
-routing the stream (semantic, learned; each reading the encoder and the token embeddings, the two
-`router.features`; 32 requests at a time, in the same turns) against answering it.
+routing the stream (semantic, learned; each with every `router.features`: the cascade, the encoder, the
+token embeddings; 32 requests at a time, in the same turns) against answering it, with the share of
+requests whose route read the encoder.
 Adapters are trained for a few steps on the shared GLUE/SQuAD files (speed does not depend on how well
 they are trained).
 
@@ -246,9 +247,8 @@ def main() -> None:
         project = build_project(workdir, args.data)
         print("training 4 quick adapters and the learned router...", flush=True)
         mtlora.train(project, progress=False, log=lambda _: None)
+        # The default features, cascade, train both learned routers: the adapter and the head over token embeddings.
         mtlora.train_router(project, progress=False, log=lambda _: None)
-        on_tokens = mtlora.load_config(project).with_router(features="embeddings")
-        mtlora.train_router(on_tokens, progress=False, log=lambda _: None)
         stream = request_stream(project, args.requests)
         engine = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size)
         engine.add(ROUTER_ADAPTER)
@@ -274,15 +274,19 @@ def main() -> None:
         }
         # Routed as the engine routes in a server: the same 32 requests a call answers, in the same turns.
         unrouted = [engine.request(item) for item in items]
-        token_routed = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
-                                          router_settings=on_tokens.router)
+        reading = {features: Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
+                                                router_settings=mtlora.load_config(project).with_router(
+                                                    features=features).router)
+                   for features in ("cascade", "encoder", "embeddings")}
         routers = {f"{name} ({features})": (name, routing_engine) for name in ("semantic", "learned")
-                   for features, routing_engine in (("encoder", engine), ("embeddings", token_routed))}
+                   for features, routing_engine in reading.items()}
         routes = {f"route {key}": lambda name=name, e=routing_engine: [e.route(unrouted[i:i + size], name)
                                                                         for i in range(0, len(unrouted), size)]
                   for key, (name, routing_engine) in routers.items()}
         seconds = timed_in_turns({**setups, **routes}, args.rounds)
         routing = {name: seconds.pop(f"route {name}") for name in routers}
+        encoder_share = {key: statistics.mean(route.features == "encoder" for call in routes[f"route {key}"]()
+                                              for route in call) for key in routers}
         memory = memory_with_adapters(project, 10)
         assert kept._fold_cache is not None
         memory["fold_cache_mb"] = sum(t.numel() * t.element_size() for adapter in kept.tasks
@@ -302,7 +306,8 @@ def main() -> None:
               f"{rate / results['a']['requests_per_s']:>6.2f}x")
     for name, spent in routing.items():
         print(f"routing, {name}: {1000 * spent / len(stream):.2f} ms/request, "
-              f"{100 * spent / seconds['c']:.0f}% of answering the same requests")
+              f"{100 * spent / seconds['c']:.0f}% of answering the same requests; "
+              f"{100 * encoder_share[name]:.0f}% of requests routed on the encoder")
     for precision in ("fp32", "bf16"):
         held = memory[precision]
         print(f"memory, 10 adapters (r={memory['lora']['r']} saved at rank {memory['saved_rank']}, "
@@ -317,6 +322,7 @@ def main() -> None:
         "tasks": sorted(set(tasks)), "results": results,
         "routing_s_per_request": {k: v / len(stream) for k, v in routing.items()},
         "routing_share_of_answering": {k: v / seconds["c"] for k, v in routing.items()},
+        "routing_encoder_share": encoder_share,
         "memory": memory,
         "machine": machine(),
     }, indent=2) + "\n")

@@ -61,6 +61,8 @@ ANCHORS: dict[str, dict[str, float]] = {
 # The issue's targets for the full run, in the units of each task's main metric.
 TARGETS = {"sst2": 0.90, "mrpc": 0.84, "stsb": 0.87, "squad": 65.0, "ag_news": 0.89, "support": 0.97}
 ROUTING_TARGET = 0.97
+# The cascade's bars swept on the same mix: where the token embeddings hand an input to the encoder.
+CASCADE_CONFIDENCES, CASCADE_MARGINS = (0.5, 0.6, 0.7, 0.8, 0.9), (0.0, 0.005, 0.01, 0.02, 0.04)
 METHODS = ("head_only", "lora", "full")
 FULL_FINE_TUNING_LR = 5e-5
 QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, QUICK_EPOCHS = 2000, 500, 2
@@ -125,18 +127,28 @@ def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str)
     return summary
 
 
-def routing(project: ProjectConfig) -> list[dict[str, Any]]:
+def routing(project: ProjectConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every router over a held-out mix of the six tasks' inputs, the semantic and learned ones reading
-    the encoder and then the token embeddings. QQP is left out: it is a second paraphrase source (32 rows)
-    beside MRPC, not a task of its own."""
+    each of the `router.features`: the cascade, the encoder, the token embeddings; then the cascade with
+    other bars. QQP is left out: it is a second paraphrase source (32 rows) beside MRPC, not a task of
+    its own."""
     six = project.model_copy(update={"tasks": [t for t in project.tasks if t.name != "qqp"]})
+    # Features cascade (the default) trains both learned routers: the adapter and the head over token embeddings.
+    mtlora.train_router(six, fresh=True, progress=False, log=lambda _: None)
     reports = []
-    for features, routers in (("encoder", ["keywords", "semantic", "learned"]),
+    for features, routers in (("cascade", ["keywords", "semantic", "learned"]), ("encoder", ["semantic", "learned"]),
                               ("embeddings", ["semantic", "learned"])):
         reading = six.with_router(features=features)
-        mtlora.train_router(reading, fresh=True, progress=False, log=lambda _: None)
         reports += [r.to_dict() for r in mtlora.evaluate_routers(reading, routers, log=lambda _: None)]
-    return reports
+    sweep = []
+    for router, setting, bars in (("learned", "cascade_confidence", CASCADE_CONFIDENCES),
+                                  ("semantic", "cascade_margin", CASCADE_MARGINS)):
+        for bar in bars:
+            (report,) = mtlora.evaluate_routers(six.with_router(features="cascade", **{setting: bar}), [router],
+                                                write=False, log=lambda _: None)
+            sweep.append({"router": router, setting: bar, "accuracy": report.accuracy,
+                          "encoder_share": report.encoder_share})
+    return reports, sweep
 
 
 def main() -> None:
@@ -159,6 +171,7 @@ def main() -> None:
         rerun = {"tasks": args.tasks or ["routing"], "date": result["date"]}
         result.update(tasks=previous["tasks"], routing=previous["routing"], wall_s=previous["wall_s"],
                       routing_wall_s=previous.get("routing_wall_s", 0.0),
+                      routing_cascade=previous.get("routing_cascade", []),
                       reruns=[*previous.get("reruns", []), rerun])
     for task in [] if args.routing_only else project.tasks:
         print(f"[{task.name}] head-only, LoRA, full fine-tuning...", flush=True)
@@ -175,7 +188,7 @@ def main() -> None:
         write_results(result, out, suffix)  # after every task: a crash later keeps what is done
     if not args.tasks:
         routing_started = time.perf_counter()
-        result["routing"] = routing(project)
+        result["routing"], result["routing_cascade"] = routing(project)
         result["routing_wall_s"] = time.perf_counter() - routing_started
         write_results(result, out, suffix)
     print(markdown(result, suffix))
@@ -233,10 +246,17 @@ def markdown(result: dict[str, Any], suffix: str) -> str:
                       "above; see the git log of bench/results/ for why)."]
     lines += ["", f"Routing over a held-out mix of the six tasks' inputs (target for the learned router: "
                   f"{ROUTING_TARGET}; pairs and QA sent as plain text pairs):", "",
-              "| router | reads | accuracy | unroutable | ms / input | per task |", "|---|---|---:|---:|---:|---|"]
+              "| router | reads | accuracy | unroutable | encoder pass | ms / input | per task |",
+              "|---|---|---:|---:|---:|---:|---|"]
     lines += [f"| {r['router']} | {r.get('features') or ''} | {r['accuracy']:.3f} | {r['unroutable']:.3f} | "
-              f"{r['ms_per_input']:.2f} | "
+              f"{_f(r.get('encoder_share'))} | {r['ms_per_input']:.2f} | "
               + ", ".join(f"{t} {a:.2f}" for t, a in r["per_task"].items()) + " |" for r in result["routing"]]
+    if result.get("routing_cascade"):
+        lines += ["", "The cascade with other bars (the learned router's `cascade_confidence`, the semantic "
+                      "router's `cascade_margin`) on the same mix:", "",
+                  "| router | bar | accuracy | encoder pass |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['router']} | {r.get('cascade_confidence', r.get('cascade_margin'))} | {r['accuracy']:.3f} | "
+                  f"{r['encoder_share']:.3f} |" for r in result["routing_cascade"]]
     lines += ["", f"![scores](bench/results/quality{suffix}_scores.png)",
               f"![training curves](bench/results/quality{suffix}_curves.png)"]
     return "\n".join(lines) + "\n"
