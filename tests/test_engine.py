@@ -595,20 +595,25 @@ def test_a_lora_variant_is_refused_and_the_engine_serves_on(trained_project: Pat
     assert (mtlora.merge(here, "dora", tmp_path / "by-api") / "config.json").is_file()
 
 
-def test_a_tokenizer_saved_padding_left_pads_right(tmp_path: Path) -> None:
+def test_a_tokenizer_saved_padding_and_truncating_left_works_on_the_right(tmp_path: Path) -> None:
     """QA spans and heads read token positions from the left: a left-padding tokenizer (XLNet, an
-    LLM's) moved every short row's tokens and gave batched answers other than one-at-a-time ones."""
+    LLM's) moved every short row's tokens and gave batched answers other than one-at-a-time ones. One
+    truncating on the left would cut the start of a text that the result says was cut at its end."""
     from conftest import write_tiny_bert
 
     from mtlora.backbone import load_tokenizer
 
     folder = write_tiny_bert(tmp_path / "left")
     settings = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left"}))
-    assert AutoTokenizer.from_pretrained(folder).padding_side == "left"
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "padding_side": "left",
+                                                              "truncation_side": "left"}))
+    saved = AutoTokenizer.from_pretrained(folder)
+    assert (saved.padding_side, saved.truncation_side) == ("left", "left")
     tokenizer = load_tokenizer(str(folder))
     batch = tokenizer(["the cat", "the cat sat on the mat"], padding=True)
     assert batch["input_ids"][0][:4] == tokenizer("the cat")["input_ids"]
+    cut = tokenizer("the cat sat on the mat", truncation=True, max_length=4)["input_ids"]
+    assert cut[:3] == tokenizer("the cat")["input_ids"][:3]
 
 
 def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_adapter(

@@ -72,10 +72,11 @@ def load_tokenizer(backbone: str) -> PreTrainedTokenizerBase:
 
 
 def open_tokenizer(folder: str) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in `folder`, padding on the right: every kind reads token positions from the
-    left (QA spans, a head's first token), and XLNet's or an LLM's tokenizer pads on the left."""
+    """The tokenizer saved in `folder`, padding and truncating on the right: every kind reads token
+    positions from the left (QA spans, a head's first token), QA windows a context from its start, and
+    XLNet's or an LLM's tokenizer pads (some truncate) on the left."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = tokenizer.truncation_side = "right"
     return tokenizer
 
 
