@@ -259,6 +259,17 @@ def test_routing_hints_come_from_the_project_file_without_retraining(routed_proj
     assert bare.predict("where is my refund", router="keywords")["task"] == "support"
 
 
+def test_a_prefix_naming_a_trained_task_that_is_not_loaded_is_refused(trained_project: Path) -> None:
+    """Routed as text with its prefix, `<sentiment> ...` went to support, the one text task loaded."""
+    engine = Engine.from_config(trained_project, tasks=["support", "paraphrase"], precision="fp32")
+    for text in ("<sentiment> a great film", "sentiment: a great film"):
+        with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentiment' loaded in the engine .*Available: "
+                                                          r"paraphrase, support \(load it: Engine.add\('sentiment'\)"):
+            engine.predict(text)
+    assert engine.predict("note: where is my refund", router="keywords")["task"] == "support"  # not a task
+    assert engine.predict("<sentiment> my refund", task="support")["task"] == "support"  # named: the text is its
+
+
 def test_prefixes() -> None:
     assert split_prefix("<sentiment> great", ["sentiment"]) == ("sentiment", "great")
     assert split_prefix("sentiment: great", ["sentiment"]) == ("sentiment", "great")

@@ -68,6 +68,7 @@ from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, l
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
 from mtlora.routing.base import ANSWERED_BY
+from mtlora.routing.explicit import prefix_name
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.base import require_text
@@ -487,6 +488,12 @@ class Engine:
         the text without that prefix. A prefix the named task reads as its own (a multitask adapter's
         task token, which may also be the name of a task) stays in the text."""
         prefixed, rest = split_prefix(text, list(self._tasks))
+        if prefixed is None and task is None and (name := prefix_name(text)) and name != ROUTER_ADAPTER \
+                and name in self.registry:
+            # A trained task this engine has not loaded: routed with its prefix as text, another task would answer.
+            raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine (the text's prefix names "
+                                   "it; it is in the registry)", fix=f"load it: Engine.add('{name}'), or "
+                                   f"POST /v1/adapters/{name} on a server")
         if task and prefixed and prefixed != task and task in self._tasks \
                 and self._tasks[task].kind.reads_its_own_prefix(text):
             return task, text

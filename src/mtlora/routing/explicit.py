@@ -17,12 +17,16 @@ PREFIX = re.compile(r"^\s*(?:<(?P<angle>[A-Za-z0-9][\w.-]*)>|(?P<colon>[A-Za-z0-
 
 def split_prefix(text: str, tasks: Sequence[str]) -> tuple[str | None, str]:
     """`"<sentiment> great film"` -> `("sentiment", "great film")`; text without a known task prefix is kept."""
-    match = PREFIX.match(text)
-    if match:
-        name = match.group("angle") or match.group("colon")
-        if name in tasks:
-            return name, text[match.end():]
+    name = prefix_name(text)
+    if name is not None and name in tasks:
+        return name, PREFIX.sub("", text, count=1)
     return None, text
+
+
+def prefix_name(text: str) -> str | None:
+    """The name a `<name>` / `name:` prefix of `text` gives, task or not (`"note: hi"` -> `"note"`)."""
+    match = PREFIX.match(text)
+    return (match.group("angle") or match.group("colon")) if match else None
 
 
 class ExplicitRouter(Router):
