@@ -635,6 +635,28 @@ def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_ad
     assert "passes of their own" in caplog.text and not engine.mixed_batches
 
 
+@pytest.mark.parametrize("mixed_batches", [True, False])
+def test_a_backbone_whose_config_names_no_pad_token_trains_and_answers_batches(
+        tmp_path: Path, tiny_bert: Path, mixed_batches: bool) -> None:
+    """GPT-2 checkpoints name no pad token, and their classification heads, which find each row's last
+    token by it, refused any batch of two: training crashed at its first step."""
+    from conftest import trained_briefly, write_tiny_project
+    from transformers import GPT2Config, GPT2Model
+
+    folder = tmp_path / "gpt2"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)  # a stand-in: GPT-2's own BPE files are not offline
+    tokenizer.save_pretrained(folder)
+    GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+              ).save_pretrained(folder)
+    assert GPT2Config.from_pretrained(folder).pad_token_id is None
+    items, tasks = ["loved this great movie", "where is my refund", "great", "my login password"], \
+        ["sentiment", "support", "sentiment", "support"]
+    path = trained_briefly(write_tiny_project(tmp_path, folder), ["sentiment", "support"])
+    engine = Engine.from_config(path, precision="fp32", mixed_batches=mixed_batches)
+    assert_answers_as_alone(engine, path, items, tasks)
+
+
 def test_an_albert_adapter_with_a_pooler_of_its_own_is_refused_with_the_reason(tmp_path: Path,
                                                                                  tiny_bert: Path) -> None:
     """ALBERT's pooler is a bare linear layer (its tanh lives in the model's forward): the head stand-in

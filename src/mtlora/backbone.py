@@ -20,6 +20,7 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     EncoderDecoderModel,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -103,7 +104,15 @@ def load_task_model(backbone: str, auto_class: Any, seed: int, **model_kwargs: A
         else:
             model, info = load_pretrained(auto_class, path, output_loading_info=True, **model_kwargs)
             fresh = sorted({_owning_module(model, key) for key in info.get("missing_keys", [])})
+    name_pad_token(model.config, load_tokenizer(backbone))
     return LoadedModel(model=model, fingerprint=fingerprint_backbone(backbone), fresh_modules=fresh)
+
+
+def name_pad_token(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """GPT-2-style checkpoints name no pad token, and their heads then refuse batches of more than one
+    (they find each row's last token by it): name the tokenizer's, which pads the batches."""
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 def warm_started_encoder_decoder(path: str,

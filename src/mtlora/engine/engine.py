@@ -45,6 +45,7 @@ from mtlora.backbone import (
     linear_weights_in_bf16,
     load_pretrained,
     load_tokenizer,
+    name_pad_token,
     no_save_progress_bars,
     quiet_loading,
     resolve_backbone,
@@ -322,6 +323,7 @@ class Engine:
     def _build_head(self, kind: TaskKind, manifest: Manifest,
                     state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, _ComputedEncoder]:
         config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
+        name_pad_token(config, self.tokenizer)
         with torch.device("meta"):
             head = kind.auto_class.from_config(config, dtype=torch.float32)  # not the checkpoint's (load_pretrained)
         prefix = head.base_model_prefix
