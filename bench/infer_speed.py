@@ -285,7 +285,7 @@ def main() -> None:
                   for key, (name, routing_engine) in routers.items()}
         seconds = timed_in_turns({**setups, **routes}, args.rounds)
         routing = {name: seconds.pop(f"route {name}") for name in routers}
-        encoder_share = {key: statistics.mean(route.features == "encoder" for call in routes[f"route {key}"]()
+        encoder_share = {key: statistics.mean(route.reading == "encoder" for call in routes[f"route {key}"]()
                                               for route in call) for key in routers}
         memory = memory_with_adapters(project, 10)
         assert kept._fold_cache is not None

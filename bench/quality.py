@@ -133,8 +133,8 @@ def routing(project: ProjectConfig) -> tuple[list[dict[str, Any]], list[dict[str
     other bars. QQP is left out: it is a second paraphrase source (32 rows) beside MRPC, not a task of
     its own."""
     six = project.model_copy(update={"tasks": [t for t in project.tasks if t.name != "qqp"]})
-    # Features cascade (the default) trains both learned routers: the adapter and the head over token embeddings.
-    mtlora.train_router(six, fresh=True, progress=False, log=lambda _: None)
+    # Features cascade trains both learned routers: the adapter and the head over token embeddings.
+    mtlora.train_router(six.with_router(features="cascade"), fresh=True, progress=False, log=lambda _: None)
     reports = []
     for features, routers in (("cascade", ["keywords", "semantic", "learned"]), ("encoder", ["semantic", "learned"]),
                               ("embeddings", ["semantic", "learned"])):
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--routing-only", action="store_true",
                         help="only retrain the router and rescore routing, on the adapters of the last run")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
+    parser.add_argument("--note", help="what a rerun differs in (its registry, say), kept with it in the JSON")
     args = parser.parse_args()
     args.work = args.work.resolve()
     suffix = "_quick" if args.quick else ""
@@ -169,6 +170,8 @@ def main() -> None:
               "device": describe_device(), "wall_s": 0.0, "tasks": [], "routing": []}
     if previous:
         rerun = {"tasks": args.tasks or ["routing"], "date": result["date"]}
+        if args.note:
+            rerun["note"] = args.note
         result.update(tasks=previous["tasks"], routing=previous["routing"], wall_s=previous["wall_s"],
                       routing_wall_s=previous.get("routing_wall_s", 0.0),
                       routing_cascade=previous.get("routing_cascade", []),
@@ -243,7 +246,7 @@ def markdown(result: dict[str, Any], suffix: str) -> str:
               for source, scores in ANCHORS.items()]
     for rerun in result.get("reruns", []):
         lines += ["", f"Rerun on {rerun['date']}: {', '.join(rerun['tasks'])} (the other rows are from the run "
-                      "above; see the git log of bench/results/ for why)."]
+                      f"above; see the git log of bench/results/ for why). {rerun.get('note', '')}".rstrip()]
     lines += ["", f"Routing over a held-out mix of the six tasks' inputs (target for the learned router: "
                   f"{ROUTING_TARGET}; pairs and QA sent as plain text pairs):", "",
               "| router | reads | accuracy | unroutable | encoder pass | ms / input | per task |",

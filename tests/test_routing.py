@@ -13,6 +13,7 @@ import yaml
 import mtlora
 from mtlora import Engine, load_config
 from mtlora.backbone import load_tokenizer
+from mtlora.config import RouterSettings
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
 from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
@@ -208,7 +209,7 @@ def test_calibrated_threshold_lets_most_of_a_tasks_own_inputs_through() -> None:
         points = torch.nn.functional.one_hot(torch.tensor([direction] * count), 16).float()
         return torch.nn.functional.normalize(points + 0.1 * torch.randn(count, 16, generator=generator), dim=-1)
 
-    router = SemanticRouter(engine=None)  # type: ignore[arg-type]  # calibration reads only the bank
+    router = SemanticRouter(None, RouterSettings())  # type: ignore[arg-type]  # calibration reads only the bank
     bank, new_inputs = near(0, 200), near(0, 1000)
     threshold = router._calibrate(bank)
     scores = torch.topk(new_inputs @ bank.T, 3, dim=1).values.mean(dim=1)
@@ -288,49 +289,103 @@ def test_a_learned_router_trained_without_a_loaded_task_says_so(
     engine = Engine.from_config(project, tasks=["sentiment", "tickets"], precision="fp32")
     with caplog.at_level(logging.WARNING, logger="mtlora.routing.learned"):
         engine.predict("a great film", router="learned")
-    which = {"encoder": ["the learned router"], "embeddings": ["the learned router's head over token embeddings"]}
-    for router in which.get(features, which["encoder"] + which["embeddings"]):
+    head, adapter = "the learned router's head over token embeddings", "the learned router's adapter"
+    which = {"encoder": ["the learned router"], "embeddings": [head], "cascade": [head, adapter]}
+    for router in which[features]:
         assert f"{router} was trained without tickets and never routes to it" in caplog.text
 
 
-@pytest.mark.parametrize("router", ["semantic", "learned"])
+@pytest.mark.parametrize(("router", "settings"), [
+    ("semantic", {}), ("semantic", {"min_similarity": "median", "default_task": "support"}),
+    ("learned", {}), ("learned", {"default_task": "support"})])
 def test_a_cascade_reads_the_encoder_only_for_what_the_token_embeddings_leave_unsure(
-        routed_project: Path, monkeypatch: pytest.MonkeyPatch, router: str) -> None:
-    """Each input keeps its route on token embeddings where that is sure (the learned head's probability,
-    or the semantic lead over the next task, clears the cascade's bar); the rest are routed as the encoder
-    routes them, and only they pay for an encoder pass."""
-    texts = [text for text, _ in HELD_OUT] + ["paris is a city on a river", "the dog sat on the mat", "refund"]
+        routed_project: Path, monkeypatch: pytest.MonkeyPatch, router: str, settings: dict) -> None:
+    """Each input keeps its route on token embeddings where that is sure (a task won on its score, and the
+    learned head's probability or the semantic lead over the next task clears the cascade's bar); the rest
+    are routed as the encoder routes them, row for row in a call mixing shapes, and only they pay for an
+    encoder pass. Routes that fell back to the default task, or to none, are never sure."""
+    items: list = [text for text, _ in HELD_OUT] + ["paris is a city on a river", "the dog sat on the mat",
+                                                     ("the dog sat", "a dog sat"), ("my refund", "the refund"),
+                                                     {"question": "who sat", "context": "the cat sat"},
+                                                     ("where is my order", "the cat sat on the mat")]
+    texts = [item if isinstance(item, str) else item.get("question") if isinstance(item, dict) else item[0]
+             for item in items]
 
-    def routes(features: str, **settings: float) -> list[mtlora.routing.Route]:
-        project = load_config(routed_project, overrides={"router": {"features": features, **settings}})
+    def routes(features: str, **changes: object) -> list[mtlora.routing.Route]:
+        project = load_config(routed_project, overrides={"router": {**settings, **changes, "features": features}})
         engine = Engine.from_config(project, precision="fp32")
-        return engine.route([engine.request(text) for text in texts], router)
+        return engine.route([engine.request(item) for item in items], router)
 
-    def lead(route: mtlora.routing.Route) -> float:
-        best, second = sorted(route.scores.values(), reverse=True)
-        return best - second
+    def routes_again(features: str, **changes: object) -> list[mtlora.routing.Route]:
+        """As `routes`, but only the second call is watched: the first embeds the tasks' examples."""
+        project = load_config(routed_project, overrides={"router": {**settings, **changes, "features": features}})
+        engine = Engine.from_config(project, precision="fp32")
+        engine.route([engine.request(item) for item in items], router)
+        monkeypatch.setattr(Engine, "embed", embedding)
+        monkeypatch.setattr(Engine, "run_adapter", running_adapter)
+        return engine.route([engine.request(item) for item in items], router)
+
+    if settings.get("min_similarity") == "median":  # a threshold that half the inputs miss on token embeddings
+        best = sorted(max(r.scores.values()) for r in routes("embeddings", min_similarity="auto") if r.scores)
+        settings = {**settings, "min_similarity": best[len(best) // 2]}
+
+    def sureness(route: mtlora.routing.Route) -> float:
+        if router == "learned" or route.task is None or route.reason:
+            return route.confidence if route.reason == "" else 0.0
+        others = [score for task, score in route.scores.items() if task != route.task]
+        return route.confidence - max(others) if others else float("inf")
 
     on_tokens, on_encoder = routes("embeddings"), routes("encoder")
-    sureness = [r.confidence if router == "learned" else lead(r) for r in on_tokens]
-    bar = sorted(sureness)[len(texts) // 2]  # a bar that half the inputs clear
+    routed = [i for i, r in enumerate(on_tokens) if r.router == router]
+    levels = sorted(sureness(on_tokens[i]) for i in routed)
+    bar = next(level for level in levels[len(levels) // 2:] if 0 < level < float("inf"))  # half clear it
     read: list[str] = []
     embed, run_adapter = Engine.embed, Engine.run_adapter
 
-    def embedding(engine: Engine, batch: list[str], features: str = "encoder") -> torch.Tensor:
-        read.extend(text for text in batch if features == "encoder" and text in texts)
-        return embed(engine, batch, features)
+    def embedding(engine: Engine, batch: list[str], reading: str = "encoder") -> torch.Tensor:
+        read.extend(batch if reading == "encoder" else [])
+        return embed(engine, batch, reading)
 
     def running_adapter(engine: Engine, name: str, batch: list[str]) -> list[dict]:
         read.extend(batch)
         return run_adapter(engine, name, batch)
 
-    monkeypatch.setattr(Engine, "embed", embedding)
-    monkeypatch.setattr(Engine, "run_adapter", running_adapter)
-    cascade = routes("cascade", **{"cascade_confidence" if router == "learned" else "cascade_margin": bar})
-    sure = [value >= bar for value in sureness]
-    assert 0 < sum(sure) < len(texts), sureness
+    cascade = routes_again("cascade", **{"cascade_confidence" if router == "learned" else "cascade_margin": bar})
+    sure = [i not in routed or sureness(on_tokens[i]) >= bar for i in range(len(items))]
+    assert 0 < sum(not ok for ok in sure) < len(routed), [sureness(on_tokens[i]) for i in routed]
+    if "default_task" in settings:
+        assert any("fell back" in on_tokens[i].reason for i in routed) or router == "learned"
     assert sorted(read) == sorted(text for text, ok in zip(texts, sure, strict=True) if not ok)
-    for route, ok, token_route, encoder_route in zip(cascade, sure, on_tokens, on_encoder, strict=True):
-        expected = token_route if ok else encoder_route
-        assert route.features == ("embeddings" if ok else "encoder")
-        assert (route.task, route.scores) == (expected.task, pytest.approx(expected.scores, abs=1e-6))
+    for i, (route, ok) in enumerate(zip(cascade, sure, strict=True)):
+        expected = on_tokens[i] if ok else on_encoder[i]
+        assert route.reading == (expected.reading if i in routed else None)
+        assert route.reading in (("embeddings" if ok else "encoder"), None)
+        assert (route.task, route.router, route.reason) == (expected.task, expected.router, expected.reason)
+        assert route.scores == pytest.approx(expected.scores, abs=1e-6)
+
+
+def test_a_cascade_falls_back_to_a_default_task_without_examples(routed_project: Path, tmp_path: Path) -> None:
+    """A default task whose manifest keeps no example inputs has no similarity to look up: the cascade
+    crashed on it (and with it every request of the call) where one reading falls back cleanly."""
+    folder = tmp_path / "project"
+    shutil.copytree(routed_project.parent, folder)
+    project = load_config(folder / routed_project.name,
+                          overrides={"router": {"default_task": "sentiment", "min_similarity": 0.9999}})
+    mtlora.Registry(project.registry).update("sentiment", example_inputs=[])
+    result = Engine.from_config(project, precision="fp32").predict("where is my refund", router="semantic")
+    assert result["task"] == "sentiment" and "fell back to the default task" in result["route_reason"]
+    assert result["route_reading"] == "encoder"
+
+
+def test_a_router_adapter_trained_before_the_cascade_says_both_ways_on(routed_project: Path, tmp_path: Path) -> None:
+    """A registry whose learned router predates `cascade` as the default has the adapter but no head."""
+    folder = tmp_path / "project"
+    shutil.copytree(routed_project.parent, folder)
+    project = load_config(folder / routed_project.name)
+    shutil.rmtree(TokenRouterHead.folder(mtlora.Registry(project.registry)))
+    with pytest.raises(RegistryError, match=r"lacks its head over token embeddings, which router.features: cascade "
+                                            r"\(the default\) reads first: run `mtlora train-router`.* set "
+                                            r"router.features: encoder"):
+        Engine.from_config(project, precision="fp32").predict("a great film", router="learned")
+    adapter_alone = project.with_router(features="encoder")
+    assert Engine.from_config(adapter_alone, precision="fp32").predict("a great film", router="learned")["task"]

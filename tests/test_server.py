@@ -45,9 +45,9 @@ def test_predict_one_and_many(client: TestClient) -> None:
 
 def test_route_tasks_health_and_metrics(client: TestClient) -> None:
     route = client.post("/v1/route", json={"input": "where is my refund", "router": "keywords"}).json()
-    assert route["task"] == "support" and set(route["scores"]) >= {"support"} and route["features"] is None
+    assert route["task"] == "support" and set(route["scores"]) >= {"support"} and route["reading"] is None
     semantic = client.post("/v1/route", json={"input": "where is my refund", "router": "semantic"}).json()
-    assert semantic["router"] == "semantic" and semantic["features"] in ("embeddings", "encoder")  # the cascade's
+    assert semantic["router"] == "semantic" and semantic["reading"] in ("embeddings", "encoder")  # the cascade's
     tasks = client.get("/v1/tasks").json()
     assert {t["name"] for t in tasks["tasks"]} == {"sentiment", "support", "paraphrase", "similarity", "qa"}
     assert "example_inputs" not in tasks["tasks"][0]

@@ -62,9 +62,8 @@ def main() -> None:
         routers = ["keywords", "semantic", "learned"] if features == "cascade" else ["semantic", "learned"]
         settings = project.with_router(features=features)
         for report in mtlora.evaluate_routers(settings, routers, write=features == "cascade", log=lambda _: None):
-            encoder = "" if report.encoder_share is None else f"{report.encoder_share:.3f}"
             routing.add_row(report.router, report.features or "", f"{report.accuracy:.3f}",
-                            f"{report.unroutable:.3f}", encoder, f"{report.ms_per_input:.2f}")
+                            f"{report.unroutable:.3f}", report.encoder_pass_cell(), f"{report.ms_per_input:.2f}")
     console.print(routing)
 
     console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch (learned router)")

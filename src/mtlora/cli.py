@@ -177,12 +177,8 @@ def _print_routing(reports: list) -> None:
         table.add_column(column, justify="left" if column in ("router", "reads") else "right")
     for r in reports:
         table.add_row(r.router, r.features or "", str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}",
-                      _share_cell(r.encoder_share), f"{r.ms_per_input:.2f}")
+                      r.encoder_pass_cell(), f"{r.ms_per_input:.2f}")
     console.print(table)
-
-
-def _share_cell(share: float | None) -> str:
-    return "" if share is None else f"{share:.3f}"
 
 
 @app.command("train-router")
@@ -213,7 +209,7 @@ def route(
 ) -> None:
     """Show where an input would go and how every candidate task scored."""
     (decision,) = api.route(config, _input(text, text_pair, context), router)
-    read = f", read: {decision.features}" if decision.features else ""
+    read = f", read: {decision.reading}" if decision.reading else ""
     say(f"-> {decision.task or 'unroutable'} (router: {decision.router}{read}, confidence {decision.confidence:.3f})")
     if decision.reason:
         say(f"   {decision.reason}")

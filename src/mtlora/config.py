@@ -305,21 +305,24 @@ class RouterSettings(_Strict):
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
     min_similarity: Annotated[float | Literal["auto"], _value_or_auto(
         lambda v: type(v) in (int, float) and -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
-        "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task from "
-                            "its example inputs (about 98% of a task's own inputs clear it)")
+        "auto", description="semantic: cosine similarity needed to route; 'auto' calibrates one per task (and per "
+                            "reading, whose similarities differ in scale) from its example inputs (about 98% of a "
+                            "task's own inputs clear it); a number applies to both readings of a cascade")
     features: Literal["cascade", "encoder", "embeddings"] = Field(
         "cascade", description="what the semantic and learned routers read: 'encoder', the backbone's last layer "
                                "(an encoder pass over each routed text; the learned router is an adapter); "
                                "'embeddings', its mean token embeddings (no pass; the learned router is a linear "
                                "head); 'cascade', the token embeddings first and the encoder for the inputs they "
-                               "leave unsure (see cascade_margin, cascade_confidence). Retrain the learned router "
-                               "after changing it")
+                               "leave unsure (see cascade_margin, cascade_confidence). `mtlora train-router` "
+                               "trains what it reads (cascade: the head and the adapter)")
     cascade_margin: float = Field(
         0.01, ge=0, le=2, description="semantic, features cascade: the lead in similarity the best task needs over "
-                                      "the next on token embeddings; with less, the encoder decides")
+                                      "the next on token embeddings; with less, or none clearing its threshold, the "
+                                      "encoder decides")
     cascade_confidence: float = Field(
         0.7, gt=0, le=1, description="learned, features cascade: the probability the head over token embeddings "
-                                     "needs for its choice; with less, the router adapter decides")
+                                     "needs for its choice among the loaded tasks that fit; with less, or none "
+                                     "clearing min_confidence, the router adapter decides")
     min_confidence: float = Field(0.5, ge=0, le=1, description="learned: probability needed to route")
     examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -436,16 +436,18 @@ class Engine:
         with self._lock:
             return self._answer(requests, [Route(name, "explicit", 1.0) for _ in requests])
 
-    def embed(self, texts: Sequence[str], features: str = "encoder") -> torch.Tensor:
+    def embed(self, texts: Sequence[str], reading: str = "encoder") -> torch.Tensor:
         """Mean-pooled, normalised embeddings of `texts`, (texts, hidden): of the backbone's last layer with
         every adapter off (`encoder`), or of its token embeddings, which no adapter changes (`embeddings`)."""
-        if features not in ("encoder", "embeddings"):
-            raise InputError(f"features '{features}' is not one of: encoder, embeddings")
+        if reading not in ("encoder", "embeddings"):
+            raise InputError(f"reading '{reading}' is not one of: encoder, embeddings (router.features: cascade "
+                             "reads one, then the other)")
+        table = self._encoder.get_input_embeddings().weight
         if not texts:
-            return torch.empty(0)
-        if features == "embeddings":
+            return torch.empty(0, table.shape[1] if reading == "embeddings" else self.hidden_size)
+        if reading == "embeddings":
             with torch.inference_mode():
-                return mean_token_embeddings(self.tokenizer, self._encoder.get_input_embeddings().weight, texts)
+                return mean_token_embeddings(self.tokenizer, table, texts)
         tokens = self.tokenizer(list(texts), truncation=True, max_length=ROUTING_MAX_TOKENS)
         lengths = [len(ids) for ids in tokens["input_ids"]]
         embeddings = torch.empty(len(texts), self.hidden_size)
@@ -533,7 +535,8 @@ class Engine:
             for i, prediction in zip(rows, predictions, strict=True):
                 route = routes[i]
                 results[i] = {"task": job.task, "routed_by": route.router, "route_confidence": route.confidence,
-                              **({"route_reason": route.reason} if route.reason else {}), **prediction}
+                              **({"route_reason": route.reason} if route.reason else {}),
+                              **({"route_reading": route.reading} if route.reading else {}), **prediction}
         return results
 
     def _job(self, name: str, requests: list[Request]) -> _Job | Seq2SeqJob:
@@ -718,4 +721,5 @@ def _rows(output: ModelOutput, index: torch.Tensor) -> ModelOutput:
 
 def _unroutable(route: Route) -> Prediction:
     return {"task": None, "routed_by": route.router, "route_confidence": route.confidence, "unroutable": True,
-            "reason": route.reason, "scores": route.scores}
+            "reason": route.reason, "scores": route.scores,
+            **({"route_reading": route.reading} if route.reading else {})}

@@ -155,10 +155,9 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
              + " | ".join(tasks) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
     for r in reports:
-        encoder = "" if r.encoder_share is None else f"{r.encoder_share:.3f}"
         lines.append(f"| {r.router} | {r.features or ''} | {r.examples} | **{r.accuracy:.3f}** | {r.unroutable:.3f} "
-                     f"| {encoder} | {r.ms_per_input:.2f} | " + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks)
-                     + " |")
+                     f"| {r.encoder_pass_cell()} | {r.ms_per_input:.2f} | "
+                     + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks) + " |")
         path = folder / f"routing_{r.router}_confusion.png"
         written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
                                       columns=r.labels))

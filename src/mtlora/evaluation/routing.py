@@ -35,6 +35,10 @@ class RoutingReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def encoder_pass_cell(self) -> str:
+        """The encoder share as a table shows it: blank for routers that read nothing of the backbone."""
+        return "" if self.encoder_share is None else f"{self.encoder_share:.3f}"
+
 
 def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200,
                 seed: int = 0, log: Callable[[str], None] = print) -> list[tuple[Any, str]]:
@@ -85,7 +89,7 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
             accuracy=_share(c == g for c, g in zip(chosen, truth, strict=True)),
             unroutable=_share(c == UNROUTABLE for c in chosen), per_task=per_task, labels=columns,
             confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),
-            encoder_share=_share(r.features == "encoder" for r in routes) if reads else None,
+            encoder_share=_share(r.reading == "encoder" for r in routes) if reads else None,
         )
         log(f"[routing] {router}: accuracy {report.accuracy:.3f} on {len(mix)} {split} inputs")
         reports.append(report)

@@ -42,7 +42,7 @@ class Route:
     confidence: float
     scores: dict[str, float] = field(default_factory=dict)
     reason: str = ""
-    features: str | None = None  # what the router read: encoder or embeddings (routers that read the backbone)
+    reading: str | None = None  # what the router read, "encoder" or "embeddings" (routers that read the backbone)
 
 
 class Router(ABC):
@@ -65,34 +65,38 @@ class Router(ABC):
 
 
 def decide(router: str, scores: dict[str, float], threshold: float, default_task: str | None,
-           candidates: list[str], what: str, reason: str | None = None, features: str | None = None) -> Route:
-    """Best-scoring candidate if it clears `threshold`; otherwise the default task, or unroutable
-    (`reason` says why there are no scores, where "no <what> matched" would not)."""
+           candidates: list[str], what: str, reason: str | None = None, reading: str | None = None) -> Route:
+    """Best-scoring candidate if it clears `threshold`; otherwise the default task, or unroutable, each
+    with a reason (`reason` says why there are no scores, where "no <what> matched" would not). So a
+    route without a reason is a task that won on its score."""
     if scores:
         best = max(scores, key=scores.__getitem__)
         if scores[best] >= threshold:
-            return Route(best, router, scores[best], scores, features=features)
+            return Route(best, router, scores[best], scores, reading=reading)
         reason = f"best {what} {scores[best]:.2f} ({best}) is below the threshold {threshold:.2f}"
     elif reason is None:
         reason = f"no {what} matched"
     if default_task is not None and default_task in candidates:
-        return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task", features)
+        return Route(default_task, router, 0.0, scores, f"{reason}; fell back to the default task", reading)
     if default_task is not None:
         reason += f"; the default task '{default_task}' is not a candidate (not loaded, or takes other inputs)"
-    return Route(None, router, 0.0, scores, reason, features)
+    return Route(None, router, 0.0, scores, reason, reading)
 
 
-def cascaded(route_reading: Callable[[str, list[int]], list[Route]], count: int,
+RouteReading = Callable[[str, Sequence[Request], Sequence[list[str]]], list[Route]]
+
+
+def cascaded(route_reading: RouteReading, requests: Sequence[Request], candidates: Sequence[list[str]],
              sure: Callable[[Route], bool]) -> list[Route]:
-    """`count` routes read from the token embeddings where `sure` of them, from the encoder for the rest.
+    """Routes read from the token embeddings where `sure` of them, from the encoder for the rest.
 
-    `route_reading(features, rows)` routes the requests at `rows` reading `features`. The token embeddings
-    cost no encoder pass, so only the inputs they leave unsure pay for one.
+    `route_reading(reading, requests, candidates)` routes requests reading "embeddings" or "encoder".
+    The token embeddings cost no encoder pass, so only the inputs they leave unsure pay for one.
     """
-    routes = route_reading("embeddings", list(range(count)))
+    routes = route_reading("embeddings", requests, candidates)
     unsure = [i for i, route in enumerate(routes) if not sure(route)]
     if unsure:
-        for i, route in zip(unsure, route_reading("encoder", unsure), strict=True):
+        rerouted = route_reading("encoder", [requests[i] for i in unsure], [candidates[i] for i in unsure])
+        for i, route in zip(unsure, rerouted, strict=True):
             routes[i] = route
     return routes
-

@@ -35,20 +35,17 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+READS_EMBEDDINGS, READS_ENCODER = ("embeddings", "cascade"), ("encoder", "cascade")  # by router.features
 
 
 class LearnedRouter(Router):
     name = "learned"
     reads_features = True
 
-    def __init__(self, engine: Engine, threshold: float = 0.5, default_task: str | None = None,
-                 head: TokenRouterHead | None = None, adapter: bool = True, cascade_confidence: float = 1.0):
+    def __init__(self, engine: Engine, settings: RouterSettings, head: TokenRouterHead | None):
         self.engine = engine
-        self.threshold = threshold
-        self.default_task = default_task
-        self.head = head  # reads token embeddings
-        self.adapter = adapter  # the router adapter, which reads the encoder
-        self.cascade_confidence = cascade_confidence  # with both: what the head needs to route alone
+        self.settings = settings
+        self.head = head  # None unless the setting reads token embeddings
         self._shapes: dict[str, str | None] = {}  # input shape of each task the router knows (None: gone)
 
     @classmethod
@@ -56,14 +53,14 @@ class LearnedRouter(Router):
         if missing := cls.missing(engine.registry, settings):
             raise RegistryError(f"{missing} (registry {engine.registry.root})")
         head = None
-        if settings.features in ("embeddings", "cascade"):
+        if settings.features in READS_EMBEDDINGS:
             head = TokenRouterHead.load(engine.registry, engine.backbone)
             cls._warn_untrained_on(engine, head.info.labels, "the learned router's head over token embeddings")
-        adapter = settings.features in ("encoder", "cascade")
-        if adapter:
+        if settings.features in READS_ENCODER:
             engine.add(ROUTER_ADAPTER)
-            cls._warn_untrained_on(engine, engine.manifest(ROUTER_ADAPTER).labels or [], "the learned router")
-        return cls(engine, settings.min_confidence, settings.default_task, head, adapter, settings.cascade_confidence)
+            cls._warn_untrained_on(engine, engine.manifest(ROUTER_ADAPTER).labels or [],
+                                   "the learned router" if head is None else "the learned router's adapter")
+        return cls(engine, settings, head)
 
     @staticmethod
     def _warn_untrained_on(engine: Engine, known: list[str], which: str) -> None:
@@ -75,34 +72,40 @@ class LearnedRouter(Router):
 
     @classmethod
     def missing(cls, registry: Registry, settings: RouterSettings) -> str | None:
-        lacking = []
-        if settings.features in ("embeddings", "cascade") and TokenRouterHead.saved_info(registry) is None:
-            lacking.append("its head over token embeddings")
-        if settings.features in ("encoder", "cascade") and ROUTER_ADAPTER not in registry:
-            lacking.append("its router adapter")
+        has_head = TokenRouterHead.saved_info(registry) is not None
+        has_adapter = ROUTER_ADAPTER in registry
+        if settings.features == "cascade" and has_adapter and not has_head:
+            # A router trained while `encoder` was the default: say what changed, and both ways on.
+            return ("the learned router lacks its head over token embeddings, which router.features: cascade (the "
+                    "default) reads first: run `mtlora train-router` (it trains the head and the adapter), or set "
+                    "router.features: encoder to route with the router adapter alone")
+        lacking = [what for what, needed, present in (
+            ("its head over token embeddings", settings.features in READS_EMBEDDINGS, has_head),
+            ("its router adapter", settings.features in READS_ENCODER, has_adapter)) if needed and not present]
         if not lacking:
             return None
         return (f"no learned router for router.features: {settings.features} (it lacks {' and '.join(lacking)}): "
                 "train it first with `mtlora train-router`")
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
-        if self.head is not None and self.adapter:
-            return cascaded(lambda features, rows: self._route(features, [requests[i] for i in rows],
-                                                               [candidates[i] for i in rows]),
-                            len(requests), lambda route: route.confidence >= self.cascade_confidence)
-        return self._route("encoder" if self.adapter else "embeddings", requests, candidates)
+        if self.settings.features == "cascade":
+            # The head's share for its choice among the loaded tasks that fit. A route it would leave
+            # unroutable, or to the default task, scores 0 and goes to the adapter.
+            return cascaded(self._route, requests, candidates,
+                            lambda route: route.confidence >= self.settings.cascade_confidence)
+        return self._route("embeddings" if self.head is not None else "encoder", requests, candidates)
 
-    def _route(self, features: str, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
+    def _route(self, reading: str, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []
-        answers = self._probabilities(features, [r.text for r in requests])
+        answers = self._probabilities(reading, [r.text for r in requests])
         for request, answered, fits in zip(requests, answers, candidates, strict=True):
             # The router knows every task it was trained on, loaded or not. What it gives tasks that cannot
             # take this input's shape is its mistake, and goes. What it gives a task that could but is not
             # loaded says the input belongs elsewhere: it counts against every candidate.
             total = sum(p for t, p in answered.items() if self._could_answer(t, request.shape)) or 1.0
             scores = {t: answered.get(t, 0.0) / total for t in fits}
-            routes.append(decide(self.name, scores, self.threshold, self.default_task, fits, "probability",
-                                 features=features))
+            routes.append(decide(self.name, scores, self.settings.min_confidence, self.settings.default_task, fits,
+                                 "probability", reading=reading))
         return routes
 
     def _could_answer(self, task: str, shape: str) -> bool:
@@ -112,8 +115,8 @@ class LearnedRouter(Router):
             self._shapes[task] = get_task_kind(registry.manifest(task).kind).input_shape if task in registry else None
         return self._shapes[task] is None or self._shapes[task] in ANSWERED_BY[shape]
 
-    def _probabilities(self, features: str, texts: list[str]) -> list[dict[str, float]]:
-        if features == "encoder":
+    def _probabilities(self, reading: str, texts: list[str]) -> list[dict[str, float]]:
+        if reading == "encoder":
             return [answer["probabilities"] for answer in self.engine.run_adapter(ROUTER_ADAPTER, texts)]
         assert self.head is not None
         rows = self.head.probabilities(self.engine.embed(texts, "embeddings")).tolist()
@@ -140,10 +143,8 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
             texts = sorted({routing_text(e) for e in examples})
             picked = rng.sample(texts, min(settings.examples_per_task, len(texts)))
             splits[split] += [{"text": t, "label": task.name} for t in picked]
-    if settings.features in ("embeddings", "cascade"):
-        head_outcome = _train_head(project, splits, log)
-        if settings.features == "embeddings":
-            return head_outcome
+    if settings.features == "embeddings":
+        return _train_head(project, splits, log)
     for split, rows in splits.items():
         rng.shuffle(rows)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -155,7 +156,10 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
         "lora": settings.lora.model_dump(), "training": {**settings.training.model_dump(), "baseline": False},
     })
     log(f"[router] {len(splits['train'])} training inputs from {len(project.tasks)} tasks")
-    return train_task(project, router_task, "lora", fresh=fresh, progress=progress, log=log)
+    outcome = train_task(project, router_task, "lora", fresh=fresh, progress=progress, log=log)
+    if settings.features == "cascade":  # after the adapter: an interrupted run leaves the two as they were
+        _train_head(project, splits, log)
+    return outcome
 
 
 def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],

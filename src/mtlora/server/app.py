@@ -163,7 +163,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
         finally:
             state["routing"] -= 1
         return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
-                "scores": decision.scores, "reason": decision.reason, "features": decision.features}
+                "scores": decision.scores, "reason": decision.reason, "reading": decision.reading}
 
     @app.post("/v1/adapters/{name}")
     async def load_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
