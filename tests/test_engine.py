@@ -638,18 +638,24 @@ def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_ad
 @pytest.mark.parametrize("mixed_batches", [True, False])
 def test_a_backbone_whose_config_names_no_pad_token_trains_and_answers_batches(
         tmp_path: Path, tiny_bert: Path, mixed_batches: bool) -> None:
-    """GPT-2 checkpoints name no pad token, and their classification heads, which find each row's last
-    token by it, refused any batch of two: training crashed at its first step."""
-    from conftest import trained_briefly, write_tiny_project
-    from transformers import GPT2Config, GPT2Model
+    """GPT-2's tokenizer has no pad token and its checkpoints name none, and their classification heads,
+    which find each row's last token by it, refused any batch of two: training crashed at its first step."""
+    from conftest import WORDS, trained_briefly, write_tiny_project
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
     folder = tmp_path / "gpt2"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)  # a stand-in: GPT-2's own BPE files are not offline
-    tokenizer.save_pretrained(folder)
+    bpe = Tokenizer(models.BPE())  # byte-level BPE as GPT-2's, trained here: its own files are not offline
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([" ".join(WORDS)] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                      unk_token="<|endoftext|>").save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
               ).save_pretrained(folder)
-    assert GPT2Config.from_pretrained(folder).pad_token_id is None
+    assert tokenizer.pad_token is None and GPT2Config.from_pretrained(folder).pad_token_id is None
     items, tasks = ["loved this great movie", "where is my refund", "great", "my login password"], \
         ["sentiment", "support", "sentiment", "support"]
     path = trained_briefly(write_tiny_project(tmp_path, folder), ["sentiment", "support"])

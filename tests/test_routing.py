@@ -271,6 +271,21 @@ def test_a_prefix_naming_a_trained_task_that_is_not_loaded_is_refused(trained_pr
     assert engine.predict("<sentiment> my refund", task="support")["task"] == "support"  # named: the text is its
 
 
+def test_a_text_starting_with_the_routers_name_is_routed_as_text(routed_project: Path) -> None:
+    """`router` is the learned router's adapter, not a task: a text starting `router:` names no task,
+    before the router is loaded and after."""
+    engine = Engine.from_config(routed_project, precision="fp32")
+    assert engine.predict("router: where is my refund", router="keywords")["task"] == "support"
+    engine.predict("a great film", router="learned")  # loads the router adapter
+    assert engine.predict("router: where is my refund", router="keywords")["task"] == "support"
+
+
+@pytest.mark.parametrize("reading", ["encoder", "embeddings"])
+def test_embeddings_of_no_texts_have_the_width_of_some(trained_project: Path, reading: str) -> None:
+    engine = Engine.from_config(trained_project, precision="fp32")
+    assert engine.embed([], reading).shape == (0, engine.embed(["a great film"], reading).shape[1])
+
+
 def test_prefixes() -> None:
     assert split_prefix("<sentiment> great", ["sentiment"]) == ("sentiment", "great")
     assert split_prefix("sentiment: great", ["sentiment"]) == ("sentiment", "great")

@@ -384,6 +384,8 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
     # adapter keeps it its task token; naming no task sends the text to the part's adapter, which reads
     # a task token written by the caller as if it had not been.
     mtlora.train(project, "summarize", **QUIET)
+    alone_in_engine = Engine.from_config(project, tasks=["writer"], precision="fp32")
+    assert alone_in_engine.predict("<summarize> great good movie")["task"] == "writer"  # its token, though trained
     engine = Engine.from_config(project, tasks=["writer", "summarize"], precision="fp32")
     answer = engine.predict("<summarize> great good movie", task="writer")
     assert (answer["task"], answer["part"], answer["text"]) == ("writer", "summarize", summary["text"])

@@ -75,9 +75,12 @@ def load_tokenizer(backbone: str) -> PreTrainedTokenizerBase:
 def open_tokenizer(folder: str) -> PreTrainedTokenizerBase:
     """The tokenizer saved in `folder`, padding and truncating on the right: every kind reads token
     positions from the left (QA spans, a head's first token), QA windows a context from its start, and
-    XLNet's or an LLM's tokenizer pads (some truncate) on the left."""
+    XLNet's or an LLM's tokenizer pads (some truncate) on the left. One without a pad token (GPT-2's,
+    an LLM's) pads with its end-of-text token, which the attention mask then hides."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = tokenizer.truncation_side = "right"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 

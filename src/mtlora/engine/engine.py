@@ -491,10 +491,9 @@ class Engine:
         """The task named by the caller or by the text's `<task>` / `task:` prefix (both must agree), and
         the text without that prefix. A prefix the named task reads as its own (a multitask adapter's
         task token, which may also be the name of a task) stays in the text."""
-        prefixed, rest = split_prefix(text, list(self._tasks))
-        if prefixed is None and task is None and (name := prefix_name(text)) and name != ROUTER_ADAPTER \
-                and name in self.registry:
-            # A trained task this engine has not loaded: routed with its prefix as text, another task would answer.
+        prefixed, rest = split_prefix(text, self.tasks)
+        if prefixed is None and task is None and (name := self._unloaded_task_named_by(text)):
+            # Routed with its prefix as text, the input would be answered by another task.
             raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine (the text's prefix names "
                                    "it; it is in the registry)", fix=f"load it: Engine.add('{name}'), or "
                                    f"POST /v1/adapters/{name} on a server")
@@ -502,6 +501,14 @@ class Engine:
                 and self._tasks[task].kind.reads_its_own_prefix(text):
             return task, text
         return _one_task(task, prefixed), rest
+
+    def _unloaded_task_named_by(self, text: str) -> str | None:
+        """The trained task a `<name>` / `name:` prefix of `text` names when this engine has not loaded it,
+        unless a loaded task reads that prefix as its own (a multitask adapter's task token)."""
+        name = prefix_name(text)
+        if name is None or name in self._tasks or name == ROUTER_ADAPTER or name not in self.registry:
+            return None
+        return None if any(t.kind.reads_its_own_prefix(text) for t in self._tasks.values()) else name
 
     def _candidates(self, request: Request) -> list[str]:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]

@@ -77,8 +77,9 @@ class LearnedRouter(Router):
         if settings.features == "cascade" and has_adapter and not has_head:
             # A router trained while `encoder` was the default: say what changed, and both ways on.
             return ("the learned router lacks its head over token embeddings, which router.features: cascade (the "
-                    "default) reads first: run `mtlora train-router` (it trains the head and the adapter), or set "
-                    "router.features: encoder to route with the router adapter alone")
+                    "default) reads first: run `mtlora train-router` (it trains the head and the adapter; with "
+                    "router.features: embeddings it fits the head alone, in seconds), or set router.features: "
+                    "encoder to route with the router adapter alone")
         lacking = [what for what, needed, present in (
             ("its head over token embeddings", settings.features in READS_EMBEDDINGS, has_head),
             ("its router adapter", settings.features in READS_ENCODER, has_adapter)) if needed and not present]

@@ -77,11 +77,13 @@ class SemanticRouter(Router):
 
     def _sure(self, route: Route) -> bool:
         """Whether a route read from token embeddings stands: a task won on similarity (a route that fell
-        back to the default task, or none, carries its reason) by `cascade_margin` over the next one."""
+        back to the default task, or none, carries its reason) by `cascade_margin` over the next one, or,
+        alone, over its own threshold: a text that only shares a task's words may belong to none."""
         if route.task is None or route.reason:
             return False
         others = [score for task, score in route.scores.items() if task != route.task]
-        return not others or route.confidence - max(others) >= self.settings.cascade_margin
+        runner_up = max(others) if others else self.threshold_for(route.task, "embeddings")
+        return route.confidence - runner_up >= self.settings.cascade_margin
 
     def threshold_for(self, task: str, reading: str) -> float:
         """The similarity a route to `task` needs: the configured one, or `task`'s calibrated one."""
