@@ -267,6 +267,8 @@ def test_a_prefix_naming_a_trained_task_that_is_not_loaded_is_refused(trained_pr
         with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentiment' loaded in the engine .*Available: "
                                                           r"paraphrase, support \(load it: Engine.add\('sentiment'\)"):
             engine.predict(text)
+    with pytest.raises(mtlora.UnknownTaskError, match=r"^inputs\[1\]: No task 'sentiment' loaded"):
+        engine.predict(["where is my refund", "<sentiment> a great film"])
     assert engine.predict("note: where is my refund", router="keywords")["task"] == "support"  # not a task
     assert engine.predict("<sentiment> my refund", task="support")["task"] == "support"  # named: the text is its
 

@@ -711,6 +711,10 @@ def _naming_input(index: int, count: int) -> Iterator[None]:
         if count == 1:
             raise
         raise InputError(f"inputs[{index}]: {error}") from error
+    except UnknownTaskError as error:  # a prefix naming a task that is not loaded
+        if count > 1:
+            error.args = (f"inputs[{index}]: {error}",)  # the same error, its listing and fix kept
+        raise
 
 
 def _offsets(jobs: list[_Job]) -> list[int]:
