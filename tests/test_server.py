@@ -54,7 +54,10 @@ def test_route_tasks_health_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["ready"] is True
     assert client.post("/v1/predict", json={"inputs": "where is my refund", "task": "support"}).status_code == 200
+    routed = client.post("/v1/predict", json={"inputs": "where is my refund", "router": "semantic"}).json()["result"]
     metrics = client.get("/metrics").text
+    assert f'mtlora_routes_total{{reading="{routed["route_reading"]}",router="semantic"}}' in metrics
+    assert 'mtlora_routes_total{reading="",router="explicit"}' in metrics
     assert "mtlora_requests_total" in metrics and "mtlora_batch_size_bucket" in metrics
     assert 'mtlora_answers_total{task="support"}' in metrics
     assert client.get("/docs").status_code == 200

@@ -146,6 +146,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
             raise _overloaded(settings) from None
         for result in results:
             metrics.answers.labels(result["task"] or "unroutable").inc()
+            metrics.routes.labels(result["routed_by"], result.get("route_reading", "")).inc()
         return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
 
     @app.post("/v1/route")

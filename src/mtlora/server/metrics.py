@@ -15,4 +15,8 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.queue_depth = Gauge("mtlora_queue_depth", "inputs waiting for the engine", registry=self.registry)
         self.answers = Counter("mtlora_answers", "inputs answered, by task", ["task"], registry=self.registry)
+        # By what the router read: with router.features cascade, the share read on the encoder is what
+        # cascade_margin / cascade_confidence trade against routing's cost.
+        self.routes = Counter("mtlora_routes", "inputs routed, by router and what it read", ["router", "reading"],
+                              registry=self.registry)
         self.errors = Counter("mtlora_errors", "error responses, by type", ["type"], registry=self.registry)
