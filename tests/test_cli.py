@@ -175,6 +175,9 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     assert evaluated.exit_code == 0, evaluated.output
     routing = json.loads((trained_project.parent / "reports" / "routing.json").read_text())
     assert [r["router"] for r in routing] == ["keywords", "semantic"]
+    assert routing[0]["encoder_share"] is None and 0 <= routing[1]["encoder_share"] <= 1
+    table = (trained_project.parent / "reports" / "routing.md").read_text()
+    assert "| encoder pass |" in table and f"| {routing[1]['encoder_share']:.3f} |" in table
     assert (trained_project.parent / "reports" / "routing_semantic_confusion.png").is_file()
 
     merged = run("merge", trained_project, "sentiment", tmp_path / "merged")

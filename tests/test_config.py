@@ -101,6 +101,10 @@ def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:
     assert config.router.features == "cascade"  # a new project: the first is unchanged
     with pytest.raises(ConfigError, match=r"router\.features: Input should be 'cascade', 'encoder' or 'embeddings'"):
         config.with_router(features="tokens")
+    with pytest.raises(ConfigError) as caught:  # a bar of 0 would never send an input to the encoder
+        config.with_router(cascade_confidence=0, cascade_margin=-0.1)
+    assert {problem.split(":")[0] for problem in caught.value.problems} == {"router.cascade_confidence",
+                                                                             "router.cascade_margin"}
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
