@@ -221,6 +221,26 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
     assert any("settings or the training data changed" in m for m in messages), messages
 
 
+def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_project: Path, monkeypatch) -> None:
+    # The tiny project checkpoints every 3 steps and logs every step.
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"checkpoint_every": 2, "log_every": 2}}})
+    messages: list[str] = []
+    with monkeypatch.context() as patch:  # a crash at step 5 keeps the last checkpoint the cadence wrote
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
+        with pytest.raises(RuntimeError):
+            mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
+    assert any("Resuming from" in m and "(step 3)" in m for m in messages), messages
+    run = Registry(config.registry).run_path("sentiment", "lora")
+    assert Path(get_last_checkpoint(str(run))).name == "checkpoint-4"
+    (outcome,) = mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
+    logged = [step for step, _ in outcome.losses]
+    assert logged[:3] == [1, 2, 3] and logged[3:] and all(step % 2 == 0 for step in logged[3:]), logged
+
+
 def test_a_run_marker_cut_short_starts_the_run_over(tiny_project: Path, monkeypatch) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))

@@ -123,7 +123,7 @@ def train_task(
         args=args,
         train_dataset=train_set,
         data_collator=kind.collator(tokenizer),
-        callbacks=[stopper, clock],
+        callbacks=[stopper, clock, _ThisRunsCadence()],
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
@@ -246,10 +246,11 @@ def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built:
 
 def _what_trains(task: TaskConfig) -> dict[str, Any]:
     """The task's settings less those that cannot change a training step: routing hints, the evaluation
-    splits and batch size, and whether a baseline follows. (The training examples are in `data`.)
-    checkpoint_every and log_every stay: a resumed HF Trainer would keep the checkpoint's, in silence."""
+    splits and batch size, whether a baseline follows, and how often to checkpoint and log (a resumed run
+    takes the new cadence: `_ThisRunsCadence`). (The training examples are in `data`.)"""
     return task.model_dump(mode="json", exclude={
-        "routing": True, "data": {"validation", "test"}, "training": {"eval_batch_size", "baseline"}})
+        "routing": True, "data": {"validation", "test"},
+        "training": {"eval_batch_size", "baseline", "checkpoint_every", "log_every"}})
 
 
 def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
@@ -322,6 +323,15 @@ class _StopOnSignal(TrainerCallback):
         if self.requested:
             control.should_save = True
             control.should_training_stop = True
+
+
+class _ThisRunsCadence(TrainerCallback):
+    """A resumed HF Trainer takes its checkpoint and logging steps from the checkpoint's state, not from its
+    arguments: this puts this run's `checkpoint_every` and `log_every` back, so that changing them resumes
+    with them instead of silently keeping the old ones."""
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        state.compute_steps(args, state.max_steps)
 
 
 class _RunClock(TrainerCallback):
