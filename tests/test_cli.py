@@ -38,6 +38,17 @@ def test_an_interrupted_train_exits_130_and_the_next_one_resumes(tiny_project: P
     assert resumed.exit_code == 0 and "Resuming from" in resumed.output, resumed.output
 
 
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(tiny_project: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mtlora.api, "evaluate", interrupted)
+    stopped = runner.invoke(app, ["evaluate", str(tiny_project)])
+    assert stopped.exit_code == 130 and "Interrupted." in stopped.output, stopped.output
+    assert stopped.exception is None or isinstance(stopped.exception, SystemExit), stopped.exception
+
+
 def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
     trained = run("train", tiny_project, "--task", "sentiment")
     assert trained.exit_code == 0, trained.output

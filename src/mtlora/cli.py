@@ -56,7 +56,8 @@ EXIT_INTERRUPTED = 130
 
 
 def reports_errors(command: F) -> F:
-    """Turn mtlora's own errors into one clear message and exit code 2, instead of a traceback."""
+    """Turn mtlora's own errors into one clear message and exit code 2, and Ctrl-C into exit code 130,
+    instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,6 +67,9 @@ def reports_errors(command: F) -> F:
             return command(*args, **kwargs)
         except TrainingInterrupted as stopped:
             errors.print(Text(str(stopped), style="yellow"), highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:  # Ctrl-C outside training's own handler: evaluating, loading, a second Ctrl-C
+            errors.print(Text("Interrupted.", style="yellow"), highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MtloraError as error:
             errors.print(Text.assemble(("error:", "bold red"), f" {error}"), highlight=False, soft_wrap=True)
