@@ -110,3 +110,59 @@ def test_a_regression_export_without_an_output_bias_is_refused_rather_than_wrong
     before = model.score.weight.clone()
     centred.prepare_export(model)
     torch.testing.assert_close(model.score.weight, 2 * before)
+
+
+def test_numbers_in_a_label_field_are_ids_only_into_labels_the_project_names(tmp_path: Path) -> None:
+    """Learned from the data, labels sort into no one's ids; named as numbers, '1' is a name and an id at
+    once: in either case a number the labels lack is an unknown label, not a silent pick of some class."""
+    from test_data import jsonl, project
+
+    from mtlora import DataError
+    from mtlora.data import load_task_data
+
+    def loaded(train: list[dict], validation: list[dict], **data):
+        config, task = project(tmp_path, "classification", jsonl(tmp_path, train),
+                               validation=jsonl(tmp_path, validation, "dev.jsonl"), **data)
+        return load_task_data(config, task, splits=("train", "validation"))
+
+    numbered = [{"text": t, "label": n} for t, n in (("a", "1"), ("b", "2"), ("c", "3"))]
+    with pytest.raises(DataError, match=r"dev.jsonl:1: unknown label '0'"):
+        loaded(numbered, [{"text": "x", "label": "0"}])
+    named = [{"text": "a", "label": "cat"}, {"text": "b", "label": "dog"}]
+    with pytest.raises(DataError, match=r"dev.jsonl:1: unknown label 1"):
+        loaded(named, [{"text": "x", "label": 1}])
+    with pytest.raises(DataError, match=r"train.jsonl:3: unknown label '0'"):
+        loaded([*numbered[:2], {"text": "c", "label": "0"}], numbered, labels=["1", "2"])
+    # Named by the project, the labels take 0-based ids; one out of range says how ids are read.
+    data = loaded(named, [{"text": "x", "label": 1}, {"text": "y", "label": "0"}], labels=["cat", "dog"])
+    assert [e["label"] for e in data.validation] == [1, 0]
+    with pytest.raises(DataError, match=r"dev.jsonl:1: label id 2 .* out of range: numbers are read as 0-based "
+                                        r"ids into data.labels \(cat, dog\).*data.label_map"):
+        loaded(named, [{"text": "x", "label": 2}], labels=["cat", "dog"])
+
+
+@pytest.mark.parametrize(("label", "problem"), [("", "is empty"), (" ", "is empty"), (["pos"], "holds a list")])
+@pytest.mark.parametrize("labels", [None, ["neg", "pos"]])
+def test_an_empty_or_list_label_is_refused_not_made_a_class(tmp_path: Path, label, problem: str,
+                                                             labels: list[str] | None) -> None:
+    from test_data import jsonl, load
+
+    from mtlora import DataError
+
+    rows = [{"text": "a", "label": "pos"}, {"text": "b", "label": label}, {"text": "c", "label": "neg"}]
+    name = jsonl(tmp_path, rows)
+    with pytest.raises(DataError, match=rf"train.jsonl:2: field 'label' {problem}"):
+        load(tmp_path, "classification", name, **({"labels": labels} if labels else {}))
+
+
+def test_an_mcq_answer_index_reads_from_a_csv_cell_unless_an_option_is_that_text(tmp_path: Path) -> None:
+    from test_data import project
+
+    from mtlora.data import load_task_data
+
+    (tmp_path / "mcq.csv").write_text('text,question,options,answer\n'
+                                      'passage,Q?,"[""a"",""b"",""c"",""d""]",1\n'
+                                      'passage,Q?,"[""3"",""2"",""1"",""0""]",1\n')
+    config, task = project(tmp_path, "mcq_generation", "mcq.csv")
+    answers = [e["mcq"].answer for e in load_task_data(config, task, splits=("train",)).train]
+    assert answers == [1, 2]

@@ -71,6 +71,7 @@ class TaskKind(ABC):
         options: dict[str, Any] | None = None,
     ):
         self.labels: list[str] | None = list(labels) if labels is not None else None
+        self.labels_given = labels is not None  # else the training data fixes them (classification.labels_seen)
         self.fields = dict(fields or {})
         self.label_map = dict(label_map or {})
         self.options = dict(options or {})

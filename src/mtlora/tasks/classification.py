@@ -11,7 +11,7 @@ from scipy.special import softmax
 from mtlora.errors import DataError
 from mtlora.metrics import classification_metrics, confusion
 from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind
-from mtlora.tasks.sequence import SequenceTask, label_id
+from mtlora.tasks.sequence import SequenceTask, label_id, label_ids_readable
 
 if TYPE_CHECKING:
     from mtlora.config import TaskConfig
@@ -89,12 +89,25 @@ def parse_labelled(kind: TaskKind, rows: Sequence[Row], texts: Callable[[Row], E
     """Rows -> examples with a label id; without data.labels the training rows (parsed first) fix the set."""
     if kind.labels is None:
         kind.labels = labels_seen(kind, rows)
-    return [{**texts(row), "label": label_id(kind, row, kind.value(row, "label"))} for row in rows]
+    ids_readable = label_ids_readable(kind.labels if kind.labels_given else None, kind.label_map)
+    return [{**texts(row), "label": label_id(kind, row, label_value(kind, row), ids_readable)} for row in rows]
+
+
+def label_value(kind: TaskKind, row: Row) -> Any:
+    """A row's raw label: a name or a number, never an empty cell or a list, which would become a class."""
+    value, column = kind.value(row, "label"), kind.column("label")
+    if isinstance(value, list | dict):
+        raise DataError(row.where, f"field '{column}' holds a {type(value).__name__}, not a label",
+                        "give each row one label (a name, or a 0-based id into data.labels)")
+    if isinstance(value, str) and not value.strip():
+        raise DataError(row.where, f"field '{column}' is empty", "give the row its label, or drop it")
+    return value
 
 
 def labels_seen(kind: TaskKind, rows: Sequence[Row]) -> list[str]:
     """Without data.labels, the label set is what the training data holds, sorted."""
-    names = {kind.label_map.get(str(kind.value(r, "label")), str(kind.value(r, "label"))) for r in rows}
+    raw = [label_value(kind, row) for row in rows]
+    names = {kind.label_map.get(str(value), str(value)) for value in raw}
     if len(names) < 2:
         where = rows[0].where if rows else "training data"
         raise DataError(where, f"found only {len(names)} distinct label(s): {sorted(names)}",

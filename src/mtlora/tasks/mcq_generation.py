@@ -105,6 +105,8 @@ class MCQGenerationTask(Seq2SeqTask):
                 return LETTERS.index(text.lower())
             if text in options:
                 return options.index(text)
+            if text.isdigit() and int(text) < len(options):  # an index, as CSV and TSV cells hold it
+                return int(text)
         raise DataError(row.where, f"answer {raw!r} in field '{field}' is not a letter "
                         f"{LETTERS[0]}-{LETTERS[len(options) - 1]}, an index 0-{len(options) - 1}, "
                         "or the text of one of the options")

@@ -59,19 +59,30 @@ class SequenceTask(TaskKind):
         return example["label"]
 
 
-def label_id(task: TaskKind, row: Row, raw: Any) -> int:
-    """Map a raw label (a name, a label_map key, or an integer id into `labels`) to its id."""
+def label_id(task: TaskKind, row: Row, raw: Any, ids_readable: bool) -> int:
+    """Map a raw label (a name, a label_map key, or, where `ids_readable`, a 0-based id into `labels`) to its id."""
     assert task.labels is not None
     name = task.label_map.get(str(raw), str(raw))
     if name in task.labels:
         return task.labels.index(name)
     # A JSON true/false is a bool, which Python counts as 1/0: taken as an id it would silently pick a label.
-    if (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, str) and raw.strip().isdigit()):
+    is_id = (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, str) and raw.strip().isdigit())
+    if is_id and ids_readable:
         index = int(raw)
-        if 0 <= index < len(task.labels) and not task.label_map:
+        if 0 <= index < len(task.labels):
             return index
+        raise DataError(row.where, f"label id {raw!r} in field '{task.column('label')}' is out of range: numbers "
+                        f"are read as 0-based ids into data.labels ({', '.join(task.labels)})",
+                        "map ids counted from 1 (or any other numbering) to names with data.label_map")
     raise DataError(
         row.where,
         f"unknown label {raw!r} in field '{task.column('label')}'; valid labels: {', '.join(task.labels)}",
         "add it to data.labels, or map it with data.label_map",
     )
+
+
+def label_ids_readable(labels: Sequence[str] | None, label_map: dict[str, str]) -> bool:
+    """Whether a number in a label field may be read as a 0-based id into `labels`: only where the project
+    names the labels itself (the order of labels learned from data is no one's ids), none of them is a
+    number (then '1' would be a name and an id at once), and no label_map says how the data names them."""
+    return labels is not None and not label_map and not any(name.strip().isdigit() for name in labels)
