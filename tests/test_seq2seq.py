@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 import pytest
@@ -202,8 +204,11 @@ def test_the_only_seq2seq_adapter_reloads_and_comes_back_after_removal(trained_s
     for _ in range(SPARE_TOKEN_ROWS + 1):
         engine.reload("summarize")
     assert engine.predict("great film", task="summarize")["text"] == before
+    model = weakref.ref(engine._seq2seq.model)
     engine.remove("summarize")
     assert engine.tasks == []
+    gc.collect()
+    assert model() is None  # the last removal lets the seq2seq model go; the next add loads it again
     engine.add("summarize")
     engine.add("mcq")
     engine.remove("summarize")

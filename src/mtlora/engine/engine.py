@@ -292,6 +292,7 @@ class Engine:
             task = self._task(name)
             del self._tasks[name]
             self._unload(name, task)
+            self._seq2seq.release_if_unused()
 
     def _unload(self, name: str, task: _Task) -> None:
         self._routers.clear()  # routers hold the task list they were built for

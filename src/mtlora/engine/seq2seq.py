@@ -68,7 +68,7 @@ class Seq2SeqAdapters:
         self._free_rows: list[int] = []  # spare rows of the shared input embedding no task token holds
         self._loads = 0
         # PEFT cannot drop its last adapter (nor add one after), so the last one removed waits here,
-        # unused, until another joins.
+        # unused, until another joins (a reload's) or the model goes (`release_if_unused`).
         self._retired: list[str] = []
 
     def prepared(self, registry: Registry, name: str, kind: Seq2SeqTask) -> Callable[[], None]:
@@ -103,6 +103,7 @@ class Seq2SeqAdapters:
             rows = self._place_tokens(name, token_ids, values)
         except BaseException:
             self._drop(peft_name)  # the engine goes on as it was, and the adapter can be tried again
+            self.release_if_unused()
             raise
         self.model.eval()
         self._adapters[name] = _Adapter(kind, tokenizer, rows, mixes=not config.modules_to_save, peft_name=peft_name)
@@ -115,6 +116,12 @@ class Seq2SeqAdapters:
         adapter = self._adapters.pop(name)
         self._free_rows.extend(adapter.token_rows.values())
         self._drop(adapter.peft_name)
+
+    def release_if_unused(self) -> None:
+        """With no adapter left, let the seq2seq model go, with the adapter PEFT would not drop: a removal is
+        final (a reload puts its adapter in first), and the next adapter added loads the model again."""
+        if not self._adapters:
+            self.model, self._retired = None, []
 
     def _drop(self, peft_name: str) -> None:
         assert self.model is not None
