@@ -166,3 +166,22 @@ def test_an_mcq_answer_index_reads_from_a_csv_cell_unless_an_option_is_that_text
     config, task = project(tmp_path, "mcq_generation", "mcq.csv")
     answers = [e["mcq"].answer for e in load_task_data(config, task, splits=("train",)).train]
     assert answers == [1, 2]
+
+
+def test_qa_answers_and_scores_of_the_wrong_type_are_refused_by_name(tmp_path: Path) -> None:
+    from test_data import jsonl, load
+
+    from mtlora import DataError
+
+    qa = {"question": "who?", "context": "the cat sat on the mat"}
+    refused = [
+        ({"text": ["the cat", "the mat"], "answer_start": [0]}, r"answers' has 2 answer texts but answer_start \[0\]"),
+        ([{"text": "the cat", "answer_start": "0"}], r"answers\[0\] answer_start '0' is not an integer"),
+        ([{"text": "the cat", "answer_start": True}], r"answers\[0\] answer_start True is not an integer"),
+        ([], r"must be a non-empty list of answers \(SQuAD 2.0's unanswerable"),
+    ]
+    for answers, expected in refused:
+        with pytest.raises(DataError, match=rf"train.jsonl:1: .*{expected}"):
+            load(tmp_path, "extractive_qa", jsonl(tmp_path, [{**qa, "answers": answers}]))
+    with pytest.raises(DataError, match=r"train.jsonl:1: score True in field 'label' is not a number"):
+        load(tmp_path, "regression", jsonl(tmp_path, [{"text": "a", "text_pair": "b", "label": True}]))

@@ -71,9 +71,14 @@ class ExtractiveQATask(TaskKind):
             raw = [{"text": raw}]
         elif isinstance(raw, dict) and isinstance(raw.get("text"), list):
             starts = raw.get("answer_start") or [None] * len(raw["text"])
-            raw = [{"text": t, "answer_start": s} for t, s in zip(raw["text"], starts, strict=False)]
+            if not isinstance(starts, list) or len(starts) != len(raw["text"]):
+                raise DataError(row.where, f"field '{field}' has {len(raw['text'])} answer texts but answer_start "
+                                f"{starts!r}", "give one answer_start per text (or none, to find each in the context)")
+            raw = [{"text": t, "answer_start": s} for t, s in zip(raw["text"], starts, strict=True)]
         if not isinstance(raw, list) or not raw:
-            raise DataError(row.where, f"field '{field}' must be a non-empty list of answers")
+            unanswerable = "SQuAD 2.0's unanswerable questions are not supported: leave them out"
+            raise DataError(row.where, f"field '{field}' must be a non-empty list of answers",
+                            unanswerable if raw == [] else None)
         answers = []
         for i, answer in enumerate(raw):
             if isinstance(answer, str):
@@ -87,7 +92,10 @@ class ExtractiveQATask(TaskKind):
                 if start < 0:
                     raise DataError(row.where, f"{field}[{i}] {text!r} does not occur in its context",
                                     "an answer must be a span of the context, character for character")
-            if not isinstance(start, int) or context[start:start + len(text)] != text:
+            if not isinstance(start, int) or isinstance(start, bool):
+                raise DataError(row.where, f"{field}[{i}] answer_start {start!r} is not an integer",
+                                "give the character offset of the answer text in the context, as a number")
+            if context[start:start + len(text)] != text:
                 raise DataError(
                     row.where,
                     f"{field}[{i}] {text!r} is not found in its context at answer_start={start}",

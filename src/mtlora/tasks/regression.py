@@ -37,6 +37,8 @@ class RegressionTask(SequenceTask):
             example = self.parse_texts(row)
             raw = self.value(row, "label")
             try:
+                if isinstance(raw, bool):  # float(True) is 1.0: a JSON true is no score
+                    raise TypeError
                 example["label"] = float(raw)
             except (TypeError, ValueError):
                 raise DataError(row.where, f"score {raw!r} in field '{self.column('label')}' is not a number") from None
