@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -236,3 +238,21 @@ def test_a_source_joins_columns_and_recodes_values_strictly(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"test.csv:1: join: no field 'headline' to build 'text' from"):
         load(tmp_path, "classification", {**source, "join": {"text": ["headline"]}},
              labels=["World", "Sports", "Business", "Sci/Tech"])
+
+
+def test_a_hub_source_without_split_reads_the_split_of_its_role(tmp_path: Path, monkeypatch) -> None:
+    """Reading 'train' for every role would score evaluation on the training rows, with no warning."""
+    calls = []
+
+    def load_dataset(name: str, subset: str | None = None, split: str | None = None) -> list[dict]:
+        calls.append(split)
+        return [{"sentence": f"{split} {i}", "label": i % 2} for i in range(4)]
+
+    monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(load_dataset=load_dataset))
+    glue = {"hub": "glue", "subset": "sst2"}
+    config, task = project(tmp_path, "classification", glue, validation=glue, test={**glue, "split": "train"},
+                           fields={"text": "sentence"}, **LABELS)
+    data = load_task_data(config, task)
+    assert calls == ["train", "validation", "train"]  # an explicit split wins
+    assert data.validation[0]["text"] == "validation 0"
+    assert data.validation[0]["where"] == "glue:sst2:validation row 0"

@@ -48,7 +48,9 @@ class SourceConfig(_Strict):
     path: str | None = None
     hub: str | None = Field(None, description="`datasets` name, e.g. 'glue' or 'SetFit/sst2'")
     subset: str | None = Field(None, description="hub configuration, e.g. 'sst2'")
-    split: str | None = Field(None, description="hub split, e.g. 'train' or 'validation'")
+    split: str | None = Field(
+        None, description="hub split, e.g. 'train' or 'validation'; by default the split of the role read"
+    )
     format: Literal["jsonl", "json", "csv", "tsv", "squad", "dream"] | None = Field(
         None, description="file format; guessed from the suffix when absent"
     )
@@ -92,10 +94,14 @@ class SourceConfig(_Strict):
             raise ValueError(f"articles {list(self.articles)}: start must be below end")
         return self
 
-    def describe(self) -> str:
+    def hub_split(self, role: str) -> str:
+        """The hub split read for a role (train, validation, test): its own, unless `split` names another."""
+        return self.split or role
+
+    def describe(self, role: str) -> str:
         if self.path is not None:
             return self.path
-        return ":".join(p for p in (self.hub, self.subset, self.split) if p)
+        return ":".join(p for p in (self.hub, self.subset, self.hub_split(role)) if p)
 
 
 class DataConfig(_Strict):

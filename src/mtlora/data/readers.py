@@ -30,13 +30,14 @@ class Row:
     where: str
 
 
-def read_rows(source: SourceConfig, data_dir: Path, seed: int = 0) -> list[Row]:
-    """Read every row of `source`; a relative path is taken from `data_dir`.
+def read_rows(source: SourceConfig, data_dir: Path, seed: int = 0, role: str = "train") -> list[Row]:
+    """Read every row of `source`, the data of `role` (train, validation or test: a hub source reads
+    that split unless it names another); a relative path is taken from `data_dir`.
 
     Raises:
         DataError: the file is missing or unreadable, or a row is malformed (names the line).
     """
-    rows = _read_hub(source) if source.hub is not None else _read_file(source, data_dir)
+    rows = _read_hub(source, role) if source.hub is not None else _read_file(source, data_dir)
     if source.join or source.recode:
         rows = [_reshaped(row, source) for row in rows]
     if source.limit is not None and source.limit < len(rows):
@@ -80,9 +81,9 @@ def source_format(source: SourceConfig, path: Path) -> str:
     return fmt
 
 
-def source_location(source: SourceConfig, data_dir: Path) -> str:
-    """The file a source reads (relative paths are taken from `data_dir`), or its hub name."""
-    return str(_file_path(source, data_dir)) if source.path is not None else source.describe()
+def source_location(source: SourceConfig, data_dir: Path, role: str) -> str:
+    """The file a source reads (relative paths are taken from `data_dir`), or its hub name and split."""
+    return str(_file_path(source, data_dir)) if source.path is not None else source.describe(role)
 
 
 def _file_path(source: SourceConfig, data_dir: Path) -> Path:
@@ -281,13 +282,13 @@ def _check_row_count(path: Path, source: SourceConfig, read: int, has_header: bo
         raise DataError(str(path), f"read {read} rows but the file has {expected} non-empty data lines")
 
 
-def _read_hub(source: SourceConfig) -> list[Row]:
+def _read_hub(source: SourceConfig, role: str) -> list[Row]:
     """The online path: `datasets.load_dataset(hub, subset, split=...)`."""
     import datasets
 
-    name = source.describe()
+    name = source.describe(role)
     try:
-        dataset = datasets.load_dataset(source.hub, source.subset, split=source.split or "train")
+        dataset = datasets.load_dataset(source.hub, source.subset, split=source.hub_split(role))
     except Exception as exc:  # datasets raises many types for network, name and split problems
         raise DataError(name, f"could not load from the datasets hub: {exc}",
                         "check the name, subset and split, and that you are online") from exc

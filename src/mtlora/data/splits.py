@@ -55,14 +55,15 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
     kind = get_task_kind(task.kind).from_config(task)
     seed = task.training.seed
 
-    def read(split: str, source: SourceConfig) -> list[Example]:
-        examples = kind.parse(read_rows(source, project.data_dir, seed))
+    def read(role: str, source: SourceConfig) -> list[Example]:
+        examples = kind.parse(read_rows(source, project.data_dir, seed, role))
         if not examples:  # a declared source with nothing in it is a mistake, whichever split it is
-            raise DataError(source_location(source, project.data_dir), f"no {split} rows",
+            raise DataError(source_location(source, project.data_dir, role),
+                            f"no {'training' if role == 'train' else role} rows",
                             "the source is empty or every line is blank")
         return examples
 
-    train = read("training", task.data.train)
+    train = read("train", task.data.train)
     validation: list[Example] = []
     if task.data.holdout is not None:
         train, validation = _holdout(kind, train, task.data.holdout, seed)
