@@ -151,3 +151,11 @@ def test_unknown_task_lists_the_ones_there_are(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, {"tasks": [task("sentiment"), task("topics")]}))
     with pytest.raises(UnknownTaskError, match=r"No task 'x' in the project config\. Available: sentiment, topics"):
         config.task("x")
+
+
+def test_squad_articles_start_at_zero_or_later(tmp_path: Path) -> None:
+    """A negative start counted from the end: train and validation could share articles, silently."""
+    qa = {"name": "qa", "kind": "extractive_qa", "data": {"train": {"path": "dev.json", "articles": [-1, 2]}}}
+    with pytest.raises(ConfigError, match=r"tasks\[0\] \(qa\)\.data\.train: articles \[-1, 2\]: start must be 0 "
+                                          r"or more"):
+        load_config(write(tmp_path, {"tasks": [qa]}))

@@ -90,6 +90,9 @@ class SourceConfig(_Strict):
     def _one_origin(self) -> SourceConfig:
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a datasets name)")
+        if self.articles is not None and self.articles[0] < 0:
+            # Python would count a negative start from the end, so train and validation could overlap.
+            raise ValueError(f"articles {list(self.articles)}: start must be 0 or more (the first article is 0)")
         if self.articles is not None and self.articles[0] >= self.articles[1]:
             raise ValueError(f"articles {list(self.articles)}: start must be below end")
         return self
