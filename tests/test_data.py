@@ -211,7 +211,7 @@ def test_holdout_keeps_a_rare_label_in_its_share_whatever_the_seed() -> None:
     examples = [{"text": f"text {i}", "label": int(i % 25 != 0)} for i in range(100)]  # 4 of 100 negative
     # A random split of 25 holds exactly one of the four with probability 0.42: ten seeds in a row, 2e-4.
     for seed in range(10):
-        _, held = _holdout(kind, examples, 0.25, seed)
+        _, held = _holdout(kind, examples, 0.25, seed, "train.jsonl")
         assert sum(e["label"] == 0 for e in held) == 1
 
 
@@ -256,3 +256,18 @@ def test_a_hub_source_without_split_reads_the_split_of_its_role(tmp_path: Path, 
     assert calls == ["train", "validation", "train"]  # an explicit split wins
     assert data.validation[0]["text"] == "validation 0"
     assert data.validation[0]["where"] == "glue:sst2:validation row 0"
+
+
+@pytest.mark.parametrize(("rows", "classes", "holdout", "expected"), [
+    (10, 2, 0.1, r"holdout 0.1 of 10 training rows keeps 1 for validation, fewer than the 2 labels .*"
+                 r"\(raise holdout to 0.2, or give a validation file instead"),
+    (20, 5, 0.2, r"holdout 0.2 of 20 training rows keeps 4 for validation, fewer than the 5 labels"),
+    (1, 1, 0.2, r"holdout 0.2 of 1 training row leaves 0 for training \(give a validation file instead"),
+])
+def test_a_holdout_too_small_to_split_names_the_file_and_the_fix(tmp_path: Path, rows: int, classes: int,
+                                                                  holdout: float, expected: str) -> None:
+    """scikit-learn's own refusal was a traceback that spoke of test_size and n_samples."""
+    name = jsonl(tmp_path, [{"text": f"t{i}", "label": f"c{i % classes}"} for i in range(rows)])
+    labels = {"labels": ["c0", "c1"]} if classes == 1 else {}
+    with pytest.raises(DataError, match=rf"train.jsonl: {expected}"):
+        load(tmp_path, "classification", name, holdout=holdout, **labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,8 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
     train = read("train", task.data.train)
     validation: list[Example] = []
     if task.data.holdout is not None:
-        train, validation = _holdout(kind, train, task.data.holdout, seed)
+        where = source_location(task.data.train, project.data_dir, "train")
+        train, validation = _holdout(kind, train, task.data.holdout, seed, where)
     elif task.data.validation is not None and "validation" in splits:
         validation = read("validation", task.data.validation)
     kind.fit(train)
@@ -111,8 +113,23 @@ def _tagged(examples: list[Example], task: str) -> list[Example]:
 
 
 def _holdout(kind: TaskKind, examples: list[Example], fraction: float,
-             seed: int) -> tuple[list[Example], list[Example]]:
+             seed: int, where: str) -> tuple[list[Example], list[Example]]:
     keys = [kind.stratify_key(e) for e in examples]
     stratify = keys if kind.categorical and min(keys.count(k) for k in set(keys)) >= 2 else None
+    _check_holdout_size(where, fraction, len(examples), len(set(keys)) if stratify else 1)
     train, held = train_test_split(examples, test_size=fraction, random_state=seed, stratify=stratify)
     return list(train), list(held)
+
+
+def _check_holdout_size(where: str, fraction: float, rows: int, classes: int) -> None:
+    """What train_test_split needs, said in the project's terms: a stratified split puts every label in
+    validation (training then has them too, holdout being under half), and any split leaves a training row."""
+    held = math.ceil(fraction * rows)  # train_test_split's rounding
+    instead = "give a validation file instead of holdout"
+    if held == rows:  # one row: holdout is under half, so this is the only way to leave none
+        raise DataError(where, f"holdout {fraction} of {rows} training row leaves 0 for training", instead)
+    if held < classes:
+        least = math.ceil(100 * classes / rows) / 100
+        fix = f"raise holdout to {least}, or {instead}" if least < 0.5 else instead
+        raise DataError(where, f"holdout {fraction} of {rows} training rows keeps {held} for validation, fewer than "
+                               f"the {classes} labels (a split stratified by label holds each on both sides)", fix)
