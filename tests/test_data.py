@@ -271,3 +271,21 @@ def test_a_holdout_too_small_to_split_names_the_file_and_the_fix(tmp_path: Path,
     labels = {"labels": ["c0", "c1"]} if classes == 1 else {}
     with pytest.raises(DataError, match=rf"train.jsonl: {expected}"):
         load(tmp_path, "classification", name, holdout=holdout, **labels)
+
+
+@pytest.mark.parametrize(("article", "expected"), [
+    ({"title": "A", "paragraph": []}, r"data\[0\]: no 'paragraphs' list \(it is missing; keys present: title, "
+                                      r"paragraph\)"),
+    ({"title": "A", "paragraphs": [{"context": "c", "qa": []}]}, r"data\[0\]\.paragraphs\[0\]: no 'qas' list"),
+    (["not", "an", "article"], r"data\[0\]: expected a JSON object, got list"),
+    ({"title": "A", "paragraphs": ["c"]}, r"data\[0\]\.paragraphs\[0\]: expected a JSON object, got str"),
+    ({"title": "A", "paragraphs": [{"context": "c", "qas": ["q?"]}]},
+     r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: expected a JSON object, got str"),
+])
+def test_a_squad_file_out_of_shape_is_refused_where_it_is(tmp_path: Path, article: object, expected: str) -> None:
+    """A misspelt key used to drop its questions silently; a list where an object goes, to crash."""
+    good = {"title": "B", "paragraphs": [{"context": "Sun is hot.", "qas": [
+        {"id": "1", "question": "What is hot?", "answers": [{"text": "Sun", "answer_start": 0}]}]}]}
+    (tmp_path / "sq.json").write_text(json.dumps({"version": "1.1", "data": [article, good]}))
+    with pytest.raises(DataError, match=rf"sq.json: {expected}"):
+        load(tmp_path, "extractive_qa", {"path": "sq.json", "format": "squad"})

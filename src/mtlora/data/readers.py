@@ -171,21 +171,42 @@ def _read_squad(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
     start, end = source.articles or (0, len(articles))
     if end > len(articles):
         raise DataError(str(path), f"articles [{start}, {end}) asked for, but the file has {len(articles)}")
+    return [row for a in range(start, end) for row in _squad_article_rows(f"{path}: data[{a}]", articles[a])]
+
+
+def _squad_article_rows(where: str, article: Any) -> list[Row]:
+    """One row per question of an article; a misspelt key would drop its questions, so the shape is checked."""
     rows = []
-    for a in range(start, end):
-        for p, paragraph in enumerate(articles[a].get("paragraphs", [])):
-            context = paragraph.get("context")
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
-                values = {
-                    "id": qa.get("id", where),
-                    "title": articles[a].get("title", ""),
-                    "question": qa.get("question"),
-                    "context": context,
-                    "answers": qa.get("answers"),
-                }
-                rows.append(Row(values, where))
+    for p, paragraph in enumerate(_squad_list(article, "paragraphs", where)):
+        paragraph_where = f"{where}.paragraphs[{p}]"
+        for q, qa in enumerate(_squad_list(paragraph, "qas", paragraph_where)):
+            qa_where = f"{paragraph_where}.qas[{q}]"
+            _squad_object(qa, qa_where)
+            values = {
+                "id": qa.get("id", qa_where),
+                "title": article.get("title", ""),
+                "question": qa.get("question"),
+                "context": paragraph.get("context"),
+                "answers": qa.get("answers"),
+            }
+            rows.append(Row(values, qa_where))
     return rows
+
+
+def _squad_list(parent: Any, key: str, where: str) -> list[Any]:
+    """`parent[key]`, a list in SQuAD's layout."""
+    _squad_object(parent, where)
+    items = parent.get(key)
+    if not isinstance(items, list):
+        found = "it is missing" if key not in parent else f"it is {type(items).__name__}"
+        raise DataError(where, f"no '{key}' list ({found}; keys present: {', '.join(map(str, parent))})",
+                        "SQuAD v1.1 nests {'data': [{'paragraphs': [{'context', 'qas': [...]}]}]}")
+    return items
+
+
+def _squad_object(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise DataError(where, f"expected a JSON object, got {type(value).__name__}")
 
 
 def _read_dream(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
