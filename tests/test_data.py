@@ -289,3 +289,16 @@ def test_a_squad_file_out_of_shape_is_refused_where_it_is(tmp_path: Path, articl
     (tmp_path / "sq.json").write_text(json.dumps({"version": "1.1", "data": [article, good]}))
     with pytest.raises(DataError, match=rf"sq.json: {expected}"):
         load(tmp_path, "extractive_qa", {"path": "sq.json", "format": "squad"})
+
+
+def test_squad_is_told_by_its_layout_not_by_words_in_the_text(tmp_path: Path) -> None:
+    """A text sniff took plain {version, data: [rows]} files and records with a 'paragraphs' field for SQuAD."""
+    rows = [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    (tmp_path / "cls.json").write_text(json.dumps({"version": 2, "data": rows}))
+    assert len(load(tmp_path, "classification", "cls.json").train) == 2
+    (tmp_path / "gen.json").write_text(json.dumps([{"paragraphs": "long text", "summary": "short"}]))
+    data = load(tmp_path, "generation", "gen.json", fields={"text": "paragraphs", "target": "summary"})
+    assert data.train[0]["target"] == "short"
+    (tmp_path / "latin.json").write_bytes('[{"text": "café", "label": "pos"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.json.*not valid utf-8 text"):  # the sniff raised a bare decode error
+        load(tmp_path, "classification", "latin.json", **LABELS)

@@ -20,6 +20,8 @@ from mtlora.errors import DataError
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "tsv"}
 
+NOT_SQUAD_ARTICLES = "'articles' only applies to SQuAD JSON files"
+
 # GLUE sentences can be longer than the csv module's default field limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -76,8 +78,6 @@ def source_format(source: SourceConfig, path: Path) -> str:
             f"cannot tell the format from the suffix '{path.suffix}'",
             f"set format: to one of {', '.join(sorted(set(SUFFIX_FORMATS.values()) | {'squad', 'dream'}))}",
         )
-    if fmt == "json" and _looks_like_squad(path, source.encoding):
-        return "squad"
     return fmt
 
 
@@ -97,8 +97,8 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
     if not path.is_file():
         raise DataError(str(path), "file not found", f"paths are relative to data_dir {data_dir}")
     fmt = source_format(source, path)
-    if source.articles is not None and fmt != "squad":
-        raise DataError(str(path), "'articles' only applies to SQuAD JSON files")
+    if source.articles is not None and fmt not in ("squad", "json"):  # a .json file may turn out to be SQuAD
+        raise DataError(str(path), NOT_SQUAD_ARTICLES)
     readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_delimited, "tsv": _read_delimited,
                "squad": _read_squad, "dream": _read_dream}
     try:
@@ -133,6 +133,11 @@ def _read_jsonl(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
 
 def _read_json(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
     value = _load_json(path, source)
+    # SQuAD files are named .json too: told by their layout, unless format: json says they are plain records.
+    if source.format is None and _is_squad(value):
+        return _squad_rows(path, source, value)
+    if source.articles is not None:
+        raise DataError(str(path), NOT_SQUAD_ARTICLES)
     records = value.get("data") if isinstance(value, dict) else value
     if not isinstance(records, list):
         raise DataError(str(path), "expected a JSON list of objects (or {'data': [...]})")
@@ -156,15 +161,19 @@ def _load_json(path: Path, source: SourceConfig) -> Any:
                         lines_hint if exc.msg == "Extra data" else None) from None
 
 
-def _looks_like_squad(path: Path, encoding: str) -> bool:
-    with path.open(encoding="utf-8-sig" if encoding.lower() == "utf-8" else encoding) as handle:
-        head = handle.read(4096)
-    return '"paragraphs"' in head or ('"version"' in head and '"data"' in head)
+def _is_squad(value: Any) -> bool:
+    """SQuAD's layout: {'data': [{'paragraphs': [...]}, ...]}."""
+    articles = value.get("data") if isinstance(value, dict) else None
+    return (isinstance(articles, list) and bool(articles) and isinstance(articles[0], dict)
+            and isinstance(articles[0].get("paragraphs"), list))
 
 
 def _read_squad(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
+    return _squad_rows(path, source, _load_json(path, source))
+
+
+def _squad_rows(path: Path, source: SourceConfig, value: Any) -> list[Row]:
     """Flatten SQuAD v1.1 JSON to one row per question: id, question, context, answers."""
-    value = _load_json(path, source)
     articles = value.get("data") if isinstance(value, dict) else None
     if not isinstance(articles, list):
         raise DataError(str(path), "not SQuAD JSON: expected {'data': [{'paragraphs': [...]}, ...]}")
