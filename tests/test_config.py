@@ -159,3 +159,13 @@ def test_squad_articles_start_at_zero_or_later(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tasks\[0\] \(qa\)\.data\.train: articles \[-1, 2\]: start must be 0 "
                                           r"or more"):
         load_config(write(tmp_path, {"tasks": [qa]}))
+
+
+@pytest.mark.parametrize("encoding", ["bogus-enc", "base64"])
+def test_an_encoding_python_cannot_read_text_with_is_refused(tmp_path: Path, encoding: str) -> None:
+    """It passed the config and crashed reading the file with a LookupError traceback."""
+    broken = task()
+    broken["data"]["train"] = {"path": "train.csv", "encoding": encoding}
+    with pytest.raises(ConfigError, match=rf"tasks\[0\] \(sentiment\)\.data\.train\.encoding: '{encoding}' is not "
+                                          r"a text encoding Python knows \(e\.g\. utf-8, latin-1, cp1252"):
+        load_config(write(tmp_path, {"tasks": [broken]}))

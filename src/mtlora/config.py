@@ -78,6 +78,16 @@ class SourceConfig(_Strict):
     def _from_string(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, str) else value
 
+    @field_validator("encoding")
+    @classmethod
+    def _text_encoding(cls, encoding: str) -> str:
+        try:
+            "".encode(encoding)  # unlike codecs.lookup, also refuses bytes codecs such as base64
+        except LookupError:
+            raise ValueError(f"{encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252; "
+                             "Python's codecs documentation lists them)") from None
+        return encoding
+
     @field_validator("recode", mode="before")
     @classmethod
     def _codes_as_strings(cls, value: Any) -> Any:
