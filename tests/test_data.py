@@ -302,3 +302,11 @@ def test_squad_is_told_by_its_layout_not_by_words_in_the_text(tmp_path: Path) ->
     (tmp_path / "latin.json").write_bytes('[{"text": "café", "label": "pos"}]'.encode("latin-1"))
     with pytest.raises(DataError, match=r"latin\.json.*not valid utf-8 text"):  # the sniff raised a bare decode error
         load(tmp_path, "classification", "latin.json", **LABELS)
+
+
+@pytest.mark.parametrize("encoding", ["utf8", "UTF8", "U8"])
+def test_every_spelling_of_utf_8_strips_a_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    """Only 'utf-8' did: with 'utf8' the first column was named '\\ufefftext', an invisible difference."""
+    (tmp_path / "train.csv").write_bytes("\ufefftext,label\ngood,pos\nbad,neg\n".encode())
+    data = load(tmp_path, "classification", {"path": "train.csv", "encoding": encoding}, **LABELS)
+    assert [e["text"] for e in data.train] == ["good", "bad"]

@@ -7,6 +7,7 @@ a stray quote character that swallows lines fails loudly instead of silently mer
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import random
@@ -111,7 +112,7 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
 
 def _encoding(source: SourceConfig) -> str:
     # utf-8-sig strips a byte-order mark (MRPC has one) and reads plain UTF-8 unchanged.
-    return "utf-8-sig" if source.encoding.lower().replace("_", "-") == "utf-8" else source.encoding
+    return "utf-8-sig" if codecs.lookup(source.encoding).name == "utf-8" else source.encoding
 
 
 def _read_jsonl(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
