@@ -310,3 +310,9 @@ def test_every_spelling_of_utf_8_strips_a_byte_order_mark(tmp_path: Path, encodi
     (tmp_path / "train.csv").write_bytes("\ufefftext,label\ngood,pos\nbad,neg\n".encode())
     data = load(tmp_path, "classification", {"path": "train.csv", "encoding": encoding}, **LABELS)
     assert [e["text"] for e in data.train] == ["good", "bad"]
+
+
+def test_a_data_path_that_is_a_folder_is_called_one(tmp_path: Path) -> None:
+    (tmp_path / "glue").mkdir()
+    with pytest.raises(DataError, match=r"glue: is a directory, not a file \(name a file in it"):
+        load(tmp_path, "classification", "glue", **LABELS)

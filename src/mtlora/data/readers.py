@@ -95,6 +95,8 @@ def _file_path(source: SourceConfig, data_dir: Path) -> Path:
 
 def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
     path = _file_path(source, data_dir)
+    if path.is_dir():
+        raise DataError(str(path), "is a directory, not a file", "name a file in it: data paths name one file each")
     if not path.is_file():
         raise DataError(str(path), "file not found", f"paths are relative to data_dir {data_dir}")
     fmt = source_format(source, path)
