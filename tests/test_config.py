@@ -169,3 +169,15 @@ def test_an_encoding_python_cannot_read_text_with_is_refused(tmp_path: Path, enc
     with pytest.raises(ConfigError, match=rf"tasks\[0\] \(sentiment\)\.data\.train\.encoding: '{encoding}' is not "
                                           r"a text encoding Python knows \(e\.g\. utf-8, latin-1, cp1252"):
         load_config(write(tmp_path, {"tasks": [broken]}))
+
+
+def test_a_project_file_that_is_a_folder_or_not_utf_8_is_named(tmp_path: Path) -> None:
+    """Both were tracebacks (IsADirectoryError, UnicodeDecodeError) with exit status 1."""
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"(?s)folder.yaml: .*is a directory, not a file"):
+        load_config(tmp_path / "folder.yaml")
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("tasks: []\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"(?s)latin.yaml: .*not UTF-8 text: line 2 holds byte 0xe9 \(save the file "
+                                          r"as UTF-8"):
+        load_config(path)

@@ -452,9 +452,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
+        raw = yaml.safe_load(_project_text(path))
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if not isinstance(raw, dict):
@@ -462,6 +460,21 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     raw = _deep_merge(raw, overrides or {})
     config = parse_config(raw, source=str(path))
     return resolve_paths(config, path.parent)
+
+
+def _project_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), ["is a directory, not a file (name the project's YAML file)"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), [f"not UTF-8 text: line {line} holds byte 0x{exc.object[exc.start]:02x} "
+                                      "(save the file as UTF-8)"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read it: {exc.strerror}"]) from None
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig:
