@@ -181,3 +181,12 @@ def test_a_project_file_that_is_a_folder_or_not_utf_8_is_named(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"(?s)latin.yaml: .*not UTF-8 text: line 2 holds byte 0xe9 \(save the file "
                                           r"as UTF-8"):
         load_config(path)
+
+
+@pytest.mark.parametrize("defaults", [[1], "oops", False])
+def test_defaults_that_are_not_a_mapping_are_refused(tmp_path: Path, defaults: object) -> None:
+    """They crashed merging into the tasks (TypeError), a traceback instead of a config error."""
+    with pytest.raises(ConfigError, match=r"defaults: must be a mapping of settings every task shares, e\.g\. "
+                                          rf"{{training: {{epochs: 3}}}}; got {type(defaults).__name__}") as caught:
+        load_config(write(tmp_path, {"defaults": defaults, "tasks": [task(lora={"r": 0})]}))
+    assert len(caught.value.problems) == 2, caught.value  # with the tasks' own problems, as ever

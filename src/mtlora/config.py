@@ -478,11 +478,15 @@ def _project_text(path: Path) -> str:
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> ProjectConfig:
-    raw = _apply_defaults(copy.deepcopy(raw))
+    raw = copy.deepcopy(raw)
+    problems = _apply_defaults(raw)
     try:
-        return ProjectConfig.model_validate(raw)
+        config = ProjectConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(error, raw) for error in exc.errors()]) from None
+        problems += [_describe(error, raw) for error in exc.errors()]
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def resolve_paths(config: ProjectConfig, base: Path) -> ProjectConfig:
@@ -520,13 +524,19 @@ def _read_prompt_file(task: TaskConfig, base: Path) -> TaskConfig:
     return task
 
 
-def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """`defaults:` holds lora/training/routing settings shared by every task; a task's own value wins."""
-    defaults = raw.pop("defaults", None) or {}
+def _apply_defaults(raw: dict[str, Any]) -> list[str]:
+    """`defaults:` holds lora/training/routing settings shared by every task; a task's own value wins.
+    Merges them into `raw`'s tasks; returns the problem with `defaults:` itself, if any."""
+    defaults = raw.pop("defaults", None)
+    if defaults is None:  # absent, or `defaults:` with nothing under it
+        defaults = {}
+    if not isinstance(defaults, dict):
+        return [f"defaults: must be a mapping of settings every task shares, e.g. {{training: {{epochs: 3}}}}; "
+                f"got {type(defaults).__name__}"]
     tasks = raw.get("tasks")
     if isinstance(tasks, list):
         raw["tasks"] = [_deep_merge(defaults, t) if isinstance(t, dict) else t for t in tasks]
-    return raw
+    return []
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
