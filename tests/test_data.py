@@ -316,3 +316,19 @@ def test_a_data_path_that_is_a_folder_is_called_one(tmp_path: Path) -> None:
     (tmp_path / "glue").mkdir()
     with pytest.raises(DataError, match=r"glue: is a directory, not a file \(name a file in it"):
         load(tmp_path, "classification", "glue", **LABELS)
+
+
+@pytest.mark.parametrize("name", ["big.csv", "big.jsonl"])
+def test_a_byte_the_encoding_cannot_read_is_placed_by_line_and_offset(tmp_path: Path, name: str) -> None:
+    """The offset was the decoder's, within its current chunk: 'byte 2984' for a byte at 84904, and no line."""
+    rows = [(f"row number {i} with some padding text", "pos") for i in range(2000)] + [("caf\xe9", "neg")]
+    if name.endswith(".csv"):
+        text = "text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)
+    else:
+        text = "\n" + "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n" for t, label in rows)
+    data = text.encode("latin-1")
+    (tmp_path / name).write_bytes(data)
+    offset = data.index(b"\xe9")
+    with pytest.raises(DataError, match=rf"{name}:2002: not valid utf-8 text: byte 0xe9 at offset {offset} "
+                                        r"\(set encoding: in the source"):
+        load(tmp_path, "classification", name, **LABELS)

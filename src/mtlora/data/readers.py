@@ -106,10 +106,25 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
                "squad": _read_squad, "dream": _read_dream}
     try:
         return readers[fmt](path, source, fmt)
+    except UnicodeDecodeError:
+        raise _undecodable(path, source) from None
+
+
+def _undecodable(path: Path, source: SourceConfig) -> DataError:
+    """Where the file stops being `source.encoding` text. A reading decoder counts its offset from its
+    current chunk, so the whole file is decoded again to place the byte."""
+    data = path.read_bytes()
+    # Plain UTF-8 for utf-8-sig, whose offsets would skip a byte-order mark.
+    encoding = "utf-8" if codecs.lookup(source.encoding).name.startswith("utf-8") else source.encoding
+    fix = "set encoding: in the source, e.g. latin-1 or cp1252"
+    try:
+        data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(
-            str(path), f"not valid {source.encoding} text at byte {exc.start}", "set encoding: in the source"
-        ) from None
+        before = data[:exc.start].decode(encoding)
+        line = 1 + before.count("\n") + before.count("\r") - before.count("\r\n")  # as a text file counts lines
+        return DataError(f"{path}:{line}", f"not valid {source.encoding} text: byte 0x{data[exc.start]:02x} "
+                                           f"at offset {exc.start}", fix)
+    return DataError(str(path), f"not valid {source.encoding} text (it changed while read)", fix)
 
 
 def _encoding(source: SourceConfig) -> str:
