@@ -332,3 +332,11 @@ def test_a_byte_the_encoding_cannot_read_is_placed_by_line_and_offset(tmp_path: 
     with pytest.raises(DataError, match=rf"{name}:2002: not valid utf-8 text: byte 0xe9 at offset {offset} "
                                         r"\(set encoding: in the source"):
         load(tmp_path, "classification", name, **LABELS)
+
+
+@pytest.mark.parametrize("line", ["\t", " \t "])
+def test_a_line_of_empty_fields_under_quoting_none_is_refused_at_its_line(tmp_path: Path, line: str) -> None:
+    """A line count that skipped it, unlike the reader, gave 'read 3 rows but the file has 2', with no line."""
+    (tmp_path / "tabs.tsv").write_text(f"text\tlabel\na\tpos\n{line}\nb\tneg\n")
+    with pytest.raises(DataError, match=r"tabs.tsv:3: field 'text' is empty"):
+        load(tmp_path, "classification", {"path": "tabs.tsv", "quoting": "none"}, **LABELS)
