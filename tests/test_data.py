@@ -340,3 +340,13 @@ def test_a_line_of_empty_fields_under_quoting_none_is_refused_at_its_line(tmp_pa
     (tmp_path / "tabs.tsv").write_text(f"text\tlabel\na\tpos\n{line}\nb\tneg\n")
     with pytest.raises(DataError, match=r"tabs.tsv:3: field 'text' is empty"):
         load(tmp_path, "classification", {"path": "tabs.tsv", "quoting": "none"}, **LABELS)
+
+
+@pytest.mark.parametrize(("name", "text"), [("header.csv", "text,label\n"), ("blank.jsonl", "\n\n")])
+def test_a_training_file_without_rows_says_so_before_labels_are_inferred(tmp_path: Path, name: str,
+                                                                          text: str) -> None:
+    """Without labels: the classifier's label count ran first: 'training data: found only 0 distinct labels'."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=rf"{name}: no training rows \(the source is empty, holds only a header line, "
+                                        r"or every line is blank"):
+        load(tmp_path, "classification", name)

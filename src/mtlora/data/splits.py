@@ -57,12 +57,14 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
     seed = task.training.seed
 
     def read(role: str, source: SourceConfig) -> list[Example]:
-        examples = kind.parse(read_rows(source, project.data_dir, seed, role))
-        if not examples:  # a declared source with nothing in it is a mistake, whichever split it is
+        rows = read_rows(source, project.data_dir, seed, role)
+        # A declared source with nothing in it is a mistake, whichever split it is. Checked before parsing,
+        # where a classifier without data.labels would first count the labels of no rows.
+        if not rows:
             raise DataError(source_location(source, project.data_dir, role),
                             f"no {'training' if role == 'train' else role} rows",
-                            "the source is empty or every line is blank")
-        return examples
+                            "the source is empty, holds only a header line, or every line is blank")
+        return kind.parse(rows)
 
     train = read("train", task.data.train)
     validation: list[Example] = []
