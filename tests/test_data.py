@@ -350,3 +350,18 @@ def test_a_training_file_without_rows_says_so_before_labels_are_inferred(tmp_pat
     with pytest.raises(DataError, match=rf"{name}: no training rows \(the source is empty, holds only a header line, "
                                         r"or every line is blank"):
         load(tmp_path, "classification", name)
+
+
+def test_blank_lines_above_a_header_are_skipped_and_lines_stay_counted(tmp_path: Path) -> None:
+    """The blank line was read as a header of no columns: 'lead.csv:2: expected 0 CSV fields'."""
+    (tmp_path / "lead.csv").write_text("\n  \ntext,label\ngood,pos\nbad,neg\n")
+    data = load(tmp_path, "classification", "lead.csv", **LABELS)
+    assert [e["where"].rsplit(":", 1)[1] for e in data.train] == ["4", "5"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [("\ntext,text,label\n", r"train.csv:2: column names repeat: text"),
+                                                ("\n\n", r"train.csv: the file is empty \(no header line")])
+def test_a_header_below_blank_lines_is_refused_at_its_line(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "train.csv").write_text(text)
+    with pytest.raises(DataError, match=expected):
+        load(tmp_path, "classification", "train.csv", **LABELS)

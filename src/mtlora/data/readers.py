@@ -269,17 +269,14 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=True)
         header = source.columns
         line = 1
+        header_where = str(path)
         if header is None:
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise DataError(str(path), "the file is empty") from None
-            except csv.Error as exc:
-                raise _malformed(path, 1, exc, fmt) from None
+            header, header_line = _header(reader, path, fmt)
+            header_where = f"{path}:{header_line}"
             line = reader.line_num + 1
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:  # a dict row would keep only the last of them
-            raise DataError(f"{path}:1" if source.columns is None else str(path),
+            raise DataError(header_where,
                             f"column names repeat: {', '.join(repeated)}",
                             "give each column its own name (or name them with columns:)")
         width = len(header)
@@ -304,6 +301,20 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
         except csv.Error as exc:  # raised by the reader, at the row that began on `line`
             raise _malformed(path, line, exc, fmt) from None
     return rows
+
+
+def _header(reader: Any, path: Path, fmt: str) -> tuple[list[str], int]:
+    """The header and its line: the first line holding more than spaces and delimiters (blank lines above
+    a header are common in exports, and would make a header of no columns)."""
+    line = 1
+    try:
+        for fields in reader:
+            if any(field.strip() for field in fields):
+                return fields, line
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise _malformed(path, line, exc, fmt) from None
+    raise DataError(str(path), "the file is empty (no header line)")
 
 
 def _malformed(path: Path, line: int, error: csv.Error, fmt: str) -> DataError:
