@@ -365,3 +365,14 @@ def test_a_header_below_blank_lines_is_refused_at_its_line(tmp_path: Path, text:
     (tmp_path / "train.csv").write_text(text)
     with pytest.raises(DataError, match=expected):
         load(tmp_path, "classification", "train.csv", **LABELS)
+
+
+def test_a_tsv_quoting_fields_that_hold_tabs_or_lines_is_read_with_quoting_multiline(tmp_path: Path) -> None:
+    """What pandas' to_csv(sep='\\t') writes had no setting that read it, and the error suggested one that fails."""
+    (tmp_path / "m.tsv").write_text('text\tlabel\n"line one\nline two"\tpos\n"a\ttab"\tneg\nplain\tpos\n')
+    with pytest.raises(DataError, match=r"m.tsv:2: a quoted field spans tabs or lines \(.*quoting: multiline if "
+                                        r"the file quotes fields that hold tabs or line breaks"):
+        load(tmp_path, "classification", "m.tsv", **LABELS)
+    data = load(tmp_path, "classification", {"path": "m.tsv", "quoting": "multiline"}, **LABELS)
+    assert [(e["text"], e["where"].rsplit(":", 1)[1]) for e in data.train] == [
+        ("line one\nline two", "2"), ("a\ttab", "4"), ("plain", "5")]

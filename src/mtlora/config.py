@@ -58,8 +58,9 @@ class SourceConfig(_Strict):
     extra_fields: Literal["error", "ignore"] = Field(
         "error", description="a CSV/TSV row with more fields than columns: an error, or its extra fields dropped"
     )
-    quoting: Literal["minimal", "none"] = Field(
-        "minimal", description="'none' for GLUE TSVs whose text contains bare quote characters"
+    quoting: Literal["minimal", "none", "multiline"] = Field(
+        "minimal", description="'none' for GLUE TSVs whose text contains bare quote characters; 'multiline' for "
+                               "TSVs that quote fields holding tabs or line breaks (pandas, Excel)"
     )
     encoding: str = "utf-8"
     articles: tuple[int, int] | None = Field(

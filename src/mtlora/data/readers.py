@@ -3,8 +3,9 @@
 Every row keeps where it came from (`file:line`), so a task that rejects a row can say exactly which.
 Delimited files are checked row by row: too few or too many fields, or text after a closing quote, is
 an error at its line. A TSV's quoted field may not hold tabs or line breaks (GLUE's bare quotes would
-swallow rows). A CSV's may, as multi-line texts are real, so a stray opening quote that closes cleanly
-on a later line merges those rows unnoticed. With `quoting: none` every row is one line.
+swallow rows) unless `quoting: multiline` says the file quotes such fields. A CSV's may, as multi-line
+texts are real, so a stray opening quote that closes cleanly on a later line merges those rows
+unnoticed. With `quoting: none` every row is one line.
 """
 
 from __future__ import annotations
@@ -294,9 +295,12 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                         f"expected {width} {fmt.upper()} fields ({', '.join(header)}), found {len(fields)}",
                         _width_hint(len(fields) < width, quoting == csv.QUOTE_MINIMAL),
                     )
-                if fmt == "tsv" and quoting == csv.QUOTE_MINIMAL and any("\t" in f or "\n" in f for f in fields):
+                if fmt == "tsv" and source.quoting == "minimal" and any("\t" in f or "\n" in f for f in fields):
                     # A quote opened inside GLUE-style text swallows tabs and lines until the next quote.
-                    raise DataError(where, "a quoted field spans tabs or lines", "set quoting: none for this TSV")
+                    raise DataError(where, "a quoted field spans tabs or lines",
+                                    "set quoting: none for this TSV if its quotes are part of the text, as in GLUE; "
+                                    "quoting: multiline if the file quotes fields that hold tabs or line breaks, "
+                                    "as pandas and Excel do")
                 rows.append(Row(dict(zip(header, fields, strict=False)), where))
         except csv.Error as exc:  # raised by the reader, at the row that began on `line`
             raise _malformed(path, line, exc, fmt) from None
