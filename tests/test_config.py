@@ -190,3 +190,18 @@ def test_defaults_that_are_not_a_mapping_are_refused(tmp_path: Path, defaults: o
                                           rf"{{training: {{epochs: 3}}}}; got {type(defaults).__name__}") as caught:
         load_config(write(tmp_path, {"defaults": defaults, "tasks": [task(lora={"r": 0})]}))
     assert len(caught.value.problems) == 2, caught.value  # with the tasks' own problems, as ever
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"label_map": {"a": None}}, r"data\.label_map: 'a' maps to null \(give the label name it stands for"),
+    ({"labels": ["", "b"]}, r"data\.labels: label 0 is an empty name \(every label needs a name"),
+    ({"labels": ["a", "  "]}, r"data\.labels: label 1 is an empty name"),
+    ({"train": {"path": "t.csv", "recode": {"label": {1: None}}}},
+     r"data\.train\.recode: '1' of column 'label' maps to null \(give the value it is read as"),
+])
+def test_a_null_mapping_or_an_empty_label_name_is_refused(tmp_path: Path, data: dict, expected: str) -> None:
+    """null became the class 'None', and '' a class of its own, with no warning."""
+    broken = task()
+    broken["data"].update(data)
+    with pytest.raises(ConfigError, match=rf"tasks\[0\] \(sentiment\)\.{expected}"):
+        load_config(write(tmp_path, {"tasks": [broken]}))

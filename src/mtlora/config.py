@@ -94,8 +94,8 @@ class SourceConfig(_Strict):
     def _codes_as_strings(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        return {column: {str(k): str(v) for k, v in codes.items()} if isinstance(codes, dict) else codes
-                for column, codes in value.items()}
+        return {column: _strings(codes, f"of column {column!r} maps to null (give the value it is read as)")
+                if isinstance(codes, dict) else codes for column, codes in value.items()}
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
@@ -136,7 +136,17 @@ class DataConfig(_Strict):
     @field_validator("label_map", mode="before")
     @classmethod
     def _keys_as_strings(cls, value: Any) -> Any:
-        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
+        if not isinstance(value, dict):
+            return value
+        return _strings(value, "maps to null (give the label name it stands for; quote a value such as 'null')")
+
+    @field_validator("labels")
+    @classmethod
+    def _named(cls, labels: list[str] | None) -> list[str] | None:
+        for i, name in enumerate(labels or []):
+            if not name.strip():  # it would be a class of its own, matched by empty label cells
+                raise ValueError(f"label {i} is an empty name (every label needs a name)")
+        return labels
 
     @model_validator(mode="after")
     def _holdout_xor_validation(self) -> DataConfig:
@@ -145,6 +155,15 @@ class DataConfig(_Strict):
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels repeat a name: {self.labels}")
         return self
+
+
+def _strings(mapping: dict[Any, Any], null_problem: str) -> dict[str, str]:
+    """A mapping read from YAML with its keys and values as the strings data holds; a null value would
+    become the string 'None'."""
+    for key, value in mapping.items():
+        if value is None:
+            raise ValueError(f"{str(key)!r} {null_problem}")
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 def _value_or_auto(valid: Callable[[Any], bool], expected: str) -> BeforeValidator:
