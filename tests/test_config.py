@@ -161,6 +161,23 @@ def test_squad_articles_start_at_zero_or_later(tmp_path: Path) -> None:
         load_config(write(tmp_path, {"tasks": [qa]}))
 
 
+@pytest.mark.parametrize(("source", "ignored", "expected"), [
+    ({"hub": "glue", "subset": "sst2", "columns": ["text", "label"], "encoding": "latin-1"}, ["columns", "encoding"],
+     r"columns, encoding cannot apply to a hub source \(path sources only\); remove them"),
+    ({"path": "train.csv", "split": "validation"}, ["split"],
+     r"split cannot apply to a file \(hub sources only\); remove it"),
+])
+def test_a_setting_the_source_would_ignore_is_refused(tmp_path: Path, source: dict, ignored: list[str],
+                                                      expected: str) -> None:
+    """A split on a file, or columns on a hub source, was accepted and never read."""
+    config = task()
+    config["data"]["train"] = source
+    with pytest.raises(ConfigError, match=rf"tasks\[0\] \(sentiment\)\.data\.train: {expected}"):
+        load_config(write(tmp_path, {"tasks": [config]}))
+    config["data"]["train"] = {key: value for key, value in source.items() if key not in ignored}
+    load_config(write(tmp_path, {"tasks": [config]}))
+
+
 @pytest.mark.parametrize("encoding", ["bogus-enc", "base64"])
 def test_an_encoding_python_cannot_read_text_with_is_refused(tmp_path: Path, encoding: str) -> None:
     """It passed the config and crashed reading the file with a LookupError traceback."""

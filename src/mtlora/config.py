@@ -42,6 +42,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_FILE_SETTINGS = ("format", "columns", "extra_fields", "quoting", "encoding", "articles")
+_HUB_SETTINGS = ("subset", "split")
+
+
 class SourceConfig(_Strict):
     """Where one split of a task's data comes from: a local file or a `datasets` hub name."""
 
@@ -101,6 +105,12 @@ class SourceConfig(_Strict):
     def _one_origin(self) -> SourceConfig:
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a datasets name)")
+        # Read by the other origin only: set here, they would be ignored in silence.
+        other, origin = (_FILE_SETTINGS, "a hub source") if self.hub is not None else (_HUB_SETTINGS, "a file")
+        ignored = [name for name in other if name in self.model_fields_set]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} cannot apply to {origin} ({'path' if self.hub else 'hub'} "
+                             f"sources only); remove {'it' if len(ignored) == 1 else 'them'}")
         if self.articles is not None and self.articles[0] < 0:
             # Python would count a negative start from the end, so train and validation could overlap.
             raise ValueError(f"articles {list(self.articles)}: start must be 0 or more (the first article is 0)")
