@@ -185,3 +185,12 @@ def test_qa_answers_and_scores_of_the_wrong_type_are_refused_by_name(tmp_path: P
             load(tmp_path, "extractive_qa", jsonl(tmp_path, [{**qa, "answers": answers}]))
     with pytest.raises(DataError, match=r"train.jsonl:1: score True in field 'label' is not a number"):
         load(tmp_path, "regression", jsonl(tmp_path, [{"text": "a", "text_pair": "b", "label": True}]))
+
+
+def test_labels_learned_from_numbers_sort_as_numbers(tmp_path: Path) -> None:
+    from test_data import jsonl, load
+
+    rows = [{"text": f"t{n}", "label": n} for n in (10, 2, 1, -1)]
+    assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["-1", "1", "2", "10"]
+    rows = [{"text": f"t{n}", "label": n} for n in ("b", "10", "a", "2")]
+    assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["10", "2", "a", "b"]

@@ -105,11 +105,13 @@ def label_value(kind: TaskKind, row: Row) -> Any:
 
 
 def labels_seen(kind: TaskKind, rows: Sequence[Row]) -> list[str]:
-    """Without data.labels, the label set is what the training data holds, sorted."""
+    """Without data.labels, the label set is what the training data holds, sorted (as numbers where every
+    label is one, so that class 10 follows class 9 in reports, not class 1)."""
     raw = [label_value(kind, row) for row in rows]
     names = {kind.label_map.get(str(value), str(value)) for value in raw}
     if len(names) < 2:
         where = rows[0].where if rows else "training data"
         raise DataError(where, f"found only {len(names)} distinct label(s): {sorted(names)}",
                         "a classifier needs at least 2; check data.fields.label")
-    return sorted(names)
+    numbered = all(name.lstrip("-").isdigit() for name in names)
+    return sorted(names, key=int) if numbered else sorted(names)
