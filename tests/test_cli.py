@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def test_serve_says_at_once_that_its_port_is_taken(trained_project: Path, monkey
     assert refused.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in refused.output, refused.output
 
 
-def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained_project: Path,
+def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained_project: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
@@ -239,6 +240,16 @@ def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained
     learned.write_text(yaml.safe_dump({**raw, "router": {**raw["router"], "strategy": "learned"}}))
     no_router = run("serve", learned)
     assert no_router.exit_code == 2 and "router.strategy is 'learned', but no learned router" in no_router.output
+    # A damaged adapter failed in the server's start-up: a uvicorn traceback and exit status 3.
+    registry = tmp_path / "adapters"
+    shutil.copytree(load_config(trained_project).registry, registry)
+    with (registry / "support" / "adapter_model.safetensors").open("ab") as weights:
+        weights.write(b"\0")
+    damaged = trained_project.with_name("damaged.yaml")
+    damaged.write_text(yaml.safe_dump({**raw, "registry": str(registry)}))
+    refused = run("serve", damaged)
+    assert refused.exit_code == 2 and "adapter 'support'" in refused.output and "does not match its checksum" in \
+        refused.output, refused.output
 
 
 def test_serve_flags_reach_the_server_settings(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,7 @@ from mtlora.evaluation import (
     write_reports,
     write_routing_reports,
 )
+from mtlora.modeling import check_base
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import ROUTERS, Route
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
@@ -156,6 +157,19 @@ def require_adapters(config: ConfigLike) -> ProjectConfig:
     if not set(Registry(project.registry).names()) - {ROUTER_ADAPTER}:
         raise RegistryError(f"no adapters in {project.registry} yet: train them first (`mtlora train PROJECT.yaml`)")
     return project
+
+
+def verify_adapters(config: ConfigLike) -> None:
+    """Check every adapter an engine of the project loads (its files against their checksums, the base it
+    was trained on), as loading it would: a server then refuses to start with that one error, where its
+    start-up would fail with a traceback."""
+    project = as_config(config)
+    registry = Registry(project.registry)
+    loaded = [name for name in registry.names() if name != ROUTER_ADAPTER]
+    if project.router.strategy == "learned" and ROUTER_ADAPTER in registry:
+        loaded.append(ROUTER_ADAPTER)
+    for name in loaded:
+        check_base(registry.verified(name), project.backbone)
 
 
 def require_router(config: ConfigLike) -> None:

@@ -293,8 +293,10 @@ def serve(
     from mtlora.server.settings import ADMIN_TOKEN_ENV
 
     # What would fail in the server fails here, before it starts: a broken project file, no adapters,
-    # a default router that cannot run, settings that contradict each other, a taken port.
+    # a damaged adapter or one of another base, a default router that cannot run, settings that
+    # contradict each other, a taken port.
     api.require_adapters(config)
+    api.verify_adapters(config)
     api.require_router(config)
     if max_queue < max_inputs:  # a full-size request could never be queued: 503 "retry" for ever
         raise typer.BadParameter(f"{max_queue} is below --max-inputs {max_inputs}; a request of that many inputs "

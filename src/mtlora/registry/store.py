@@ -109,7 +109,7 @@ class Registry:
                 problem = "is missing" if actual is None else "does not match its checksum"
                 raise CorruptAdapterError(
                     f"adapter '{name}': {folder / file} {problem}; the adapter is damaged, retrain it "
-                    f"with `mtlora train CONFIG --task {name}`"
+                    f"with `mtlora train PROJECT.yaml --task {name}`"
                 )
         return manifest
 
