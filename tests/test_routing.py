@@ -273,6 +273,26 @@ def test_a_prefix_naming_a_trained_task_that_is_not_loaded_is_refused(trained_pr
     assert engine.predict("<sentiment> my refund", task="support")["task"] == "support"  # named: the text is its
 
 
+def test_a_prefix_naming_an_untrained_project_task_or_misspelling_a_loaded_one_is_refused(
+        trained_project: Path) -> None:
+    """Both were routed as text, prefix and all: `<sentimnet> great film` was answered by support."""
+    raw = yaml.safe_load(trained_project.read_text())
+    untrained = {**raw["tasks"][0], "name": "topics"}
+    edited = trained_project.with_name("untrained_task.yaml")
+    edited.write_text(yaml.safe_dump({**raw, "tasks": [*raw["tasks"], untrained]}))
+    engine = Engine.from_config(edited, precision="fp32")
+    with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'topics' loaded in the engine \(the text's prefix "
+                                                      r"names it; the project file has it, but it is not trained\)"
+                                                      r".*\(mtlora train PROJECT.yaml --task topics\)"):
+        engine.predict("topics: stocks fell")
+    with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentimnet' .*no task has that name\).*did you "
+                                                      r"mean <sentiment>\?"):
+        engine.predict("<sentimnet> a great film")
+    # `name:` may begin a text, and a `<tag>` far from every task's name is text too.
+    for text in ("sentimnet: a great film", "<b> a great film"):
+        engine.predict(text, router="keywords")  # routed, not refused
+
+
 def test_a_text_starting_with_the_routers_name_is_routed_as_text(routed_project: Path) -> None:
     """`router` is the learned router's adapter, not a task: a text starting `router:` names no task,
     before the router is loaded and after."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import logging
 import threading
 from collections import defaultdict
@@ -493,23 +494,34 @@ class Engine:
         the text without that prefix. A prefix the named task reads as its own (a multitask adapter's
         task token, which may also be the name of a task) stays in the text."""
         prefixed, rest = split_prefix(text, self.tasks)
-        if prefixed is None and task is None and (name := self._unloaded_task_named_by(text)):
-            # Routed with its prefix as text, the input would be answered by another task.
-            raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine (the text's prefix names "
-                                   "it; it is in the registry)", fix=f"load it: Engine.add('{name}'), or "
-                                   f"POST /v1/adapters/{name} on a server")
+        if prefixed is None and task is None:
+            self._refuse_a_prefix_naming_no_loaded_task(text)
         if task and prefixed and prefixed != task and task in self._tasks \
                 and self._tasks[task].kind.reads_its_own_prefix(text):
             return task, text
         return _one_task(task, prefixed), rest
 
-    def _unloaded_task_named_by(self, text: str) -> str | None:
-        """The trained task a `<name>` / `name:` prefix of `text` names when this engine has not loaded it,
-        unless a loaded task reads that prefix as its own (a multitask adapter's task token)."""
+    def _refuse_a_prefix_naming_no_loaded_task(self, text: str) -> None:
+        """Refuse a text whose `<name>` / `name:` prefix names a task this engine has not loaded: routed as
+        text, prefix and all, it would be answered by another task. That is a task trained but not loaded,
+        a task of the project file not trained yet, or a `<name>` a letter or two off a loaded task's name
+        (a typo; `name:` is left alone, as "Summary: ..." may well begin a text). Not where a loaded task
+        reads the prefix as its own (a multitask adapter's task token)."""
         name = prefix_name(text)
-        if name is None or name in self._tasks or name == ROUTER_ADAPTER or name not in self.registry:
-            return None
-        return None if any(t.kind.reads_its_own_prefix(text) for t in self._tasks.values()) else name
+        if name is None or name in self._tasks or name == ROUTER_ADAPTER \
+                or any(t.kind.reads_its_own_prefix(text) for t in self._tasks.values()):
+            return
+        if name in self.registry:
+            where = "it is in the registry"
+            fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
+        elif name in self._routing_hints:  # from_config passes one for each task of the project file
+            where, fix = "the project file has it, but it is not trained", f"mtlora train PROJECT.yaml --task {name}"
+        elif text.lstrip().startswith("<") and (close := difflib.get_close_matches(name, self.tasks, 1, 0.75)):
+            where, fix = "no task has that name", f"did you mean <{close[0]}>?"
+        else:
+            return
+        raise UnknownTaskError("task", name, self.tasks, where=f" loaded in the engine (the text's prefix names it; "
+                                                              f"{where})", fix=fix)
 
     def _candidates(self, request: Request) -> list[str]:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]

@@ -43,7 +43,7 @@ class ExplicitRouter(Router):
         routes = []
         for request, fits in zip(requests, candidates, strict=True):
             if request.task is None:
-                unnamed = "no task named (pass task=, or prefix the text with <task> or task:)"
+                unnamed = "no task named (name one: the task argument, or a <task> or task: prefix on the text)"
                 routes.append(decide(self.name, {}, 1.0, self.default_task, fits, "task", reason=unnamed))
             elif request.task not in fits:
                 routes.append(Route(None, self.name, 0.0, reason=f"task '{request.task}' does not take this "
