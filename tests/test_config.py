@@ -105,6 +105,9 @@ def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:
         config.with_router(cascade_confidence=0, cascade_margin=-0.1)
     assert {problem.split(":")[0] for problem in caught.value.problems} == {"router.cascade_confidence",
                                                                              "router.cascade_margin"}
+    with pytest.raises(ConfigError, match=r"router\.featurs: unknown setting \(check the spelling; valid here: "
+                                          r"strategy, "):  # the router's settings, not the project's sections
+        config.with_router(featurs="embeddings")
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
@@ -207,6 +210,24 @@ def test_defaults_that_are_not_a_mapping_are_refused(tmp_path: Path, defaults: o
                                           rf"{{training: {{epochs: 3}}}}; got {type(defaults).__name__}") as caught:
         load_config(write(tmp_path, {"defaults": defaults, "tasks": [task(lora={"r": 0})]}))
     assert len(caught.value.problems) == 2, caught.value  # with the tasks' own problems, as ever
+
+
+def test_a_mistake_under_defaults_is_named_there_once(tmp_path: Path) -> None:
+    """Merged into every task first, it was reported in each, at places the file does not have."""
+    defaults = {"training": {"epoch": 3, "lr": 0.001}, "lora": {"r": 0}, "routng": {}}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, {"defaults": defaults, "tasks": [task("a"), task("b"), task("c")]}))
+    problems = caught.value.problems
+    expected = ["defaults.lora.r: Input should be greater than 0",
+                "defaults.routng: unknown setting (check the spelling; valid here: name, kind,",
+                "defaults.training.epoch: unknown setting (check the spelling; valid here: epochs,"]
+    assert len(problems) == 3 and all(p.startswith(e) for p, e in zip(sorted(problems), expected, strict=True)), \
+        problems
+    # A section a task completes (data: its train file) is merged as before.
+    shared = {"data": {"labels": ["neg", "pos"]}}
+    config = load_config(write(tmp_path, {"defaults": shared, "tasks": [{"name": "a", "kind": "classification",
+                                                                           "data": {"train": "t.jsonl"}}]}))
+    assert config.tasks[0].data.labels == ["neg", "pos"]
 
 
 @pytest.mark.parametrize(("data", "expected"), [

@@ -438,7 +438,7 @@ class ProjectConfig(_Strict):
         try:
             router = RouterSettings.model_validate(changed)
         except ValidationError as exc:
-            problems = [f"router.{_describe(error, changed)}" for error in exc.errors()]
+            problems = [_describe(error, changed, RouterSettings, "router") for error in exc.errors()]
             raise ConfigError("ProjectConfig.with_router", problems) from None
         return self.model_copy(update={"router": router})
 
@@ -556,17 +556,41 @@ def _read_prompt_file(task: TaskConfig, base: Path) -> TaskConfig:
 
 def _apply_defaults(raw: dict[str, Any]) -> list[str]:
     """`defaults:` holds lora/training/routing settings shared by every task; a task's own value wins.
-    Merges them into `raw`'s tasks; returns the problem with `defaults:` itself, if any."""
+    Merges them into `raw`'s tasks; returns the problems of `defaults:` itself."""
     defaults = raw.pop("defaults", None)
     if defaults is None:  # absent, or `defaults:` with nothing under it
         defaults = {}
     if not isinstance(defaults, dict):
         return [f"defaults: must be a mapping of settings every task shares, e.g. {{training: {{epochs: 3}}}}; "
                 f"got {type(defaults).__name__}"]
+    shared, problems = _checked_defaults(defaults)
     tasks = raw.get("tasks")
     if isinstance(tasks, list):
-        raw["tasks"] = [_deep_merge(defaults, t) if isinstance(t, dict) else t for t in tasks]
-    return []
+        raw["tasks"] = [_deep_merge(shared, t) if isinstance(t, dict) else t for t in tasks]
+    return problems
+
+
+def _checked_defaults(defaults: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The sections of `defaults:` fit to merge into every task, and the problems of the others: checked
+    on their own, a mistake is named where it is, once, not in each task it would be merged into."""
+    shared, problems = {}, []
+    for key, value in defaults.items():
+        field = TaskConfig.model_fields.get(str(key))
+        if field is None:
+            problems.append(f"defaults.{key}: unknown setting (check the spelling; valid here: "
+                            f"{', '.join(TaskConfig.model_fields)})")
+            continue
+        section = _settings_class(field.annotation)
+        # A section with required settings (data: its train) may be completed by each task: left to them.
+        complete = section is not None and not any(f.is_required() for f in section.model_fields.values())
+        if complete and isinstance(value, dict):
+            try:
+                section.model_validate(value)
+            except ValidationError as exc:
+                problems += [_describe(error, value, section, f"defaults.{key}") for error in exc.errors()]
+                continue
+        shared[key] = value
+    return shared, problems
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -579,9 +603,11 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _describe(error: Any, raw: dict[str, Any]) -> str:
+def _describe(error: Any, raw: dict[str, Any], root: type[BaseModel] | None = None, at: str = "") -> str:
+    """One pydantic error in the project file's terms; `root` is the settings class validated (the project
+    by default), read from the file's section `at`."""
     loc = list(error["loc"])
-    parts: list[str] = []
+    parts: list[str] = [at] if at else []
     for i, item in enumerate(loc):
         if isinstance(item, int):
             parts[-1] += f"[{item}]"
@@ -594,15 +620,15 @@ def _describe(error: Any, raw: dict[str, Any]) -> str:
     where = ".".join(parts) or "top level"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        section = _section_at(loc[:-1])
+        section = _section_at(loc[:-1], root or ProjectConfig)
         valid = f"valid here: {', '.join(section.model_fields)}" if section is not None else "see the README"
         message = f"unknown setting (check the spelling; {valid})"
     return f"{where}: {message}"
 
 
-def _section_at(loc: list[Any]) -> type[BaseModel] | None:
-    """The settings class that the project file's section at `loc` is read into."""
-    section: type[BaseModel] | None = ProjectConfig
+def _section_at(loc: list[Any], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The settings class that the section at `loc` of one read into `root` is read into."""
+    section: type[BaseModel] | None = root
     for item in loc:
         if isinstance(item, int) or str(item).startswith("function-"):
             continue
