@@ -116,10 +116,14 @@ def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status
     ('{"inputs": ', "application/json", "body is not valid JSON: "),
     ('{"inputs": "hi"}', "text/plain", "body: send a JSON object, with the header content-type: application/json"),
     ('{"inputs": {"text": "a", "txt_pair": "b"}}', "application/json",
-     "inputs.txt_pair: Extra inputs are not permitted"),
+     "inputs.txt_pair: unknown field (did you mean 'text_pair'?); valid fields: text, text_pair"),
+    ('{"inputs": [{"question": "q", "contxt": "c"}]}', "application/json",
+     "inputs[0].contxt: unknown field (did you mean 'context'?); valid fields: question, context"),
     ('{"inputs": ["a", {"question": "q"}]}', "application/json", "inputs[1].context: Field required"),
     ('{"inputs": 5}', "application/json", "inputs: expected a text, a {text, text_pair} or a {question, context}"),
-    ('{"inputs": "hi", "colour": 1}', "application/json", "colour: Extra inputs are not permitted"),
+    ('{"inputs": "hi", "colour": 1}', "application/json", "colour: unknown field; valid fields: inputs, task, router"),
+    ('{"inputs": "hi", "tsk": "x"}', "application/json", "tsk: unknown field (did you mean 'task'?); valid fields: "
+                                                         "inputs, task, router"),
     ('{"inputs": "hi", "task": 3}', "application/json", "task: Input should be a valid string"),
     ('[1, 2]', "application/json", "body: Input should be a valid dictionary"),
 ])
@@ -134,6 +138,9 @@ def test_route_names_its_input_field_in_errors(client: TestClient) -> None:
     assert response.status_code == 422 and error_of(response)["message"] == "input: the text is empty"
     pair = client.post("/v1/predict", json={"inputs": ["fine", {"text": "a", "text_pair": " "}]})
     assert error_of(pair)["message"] == "inputs[1].text_pair: the text is empty", pair.text
+    plural = client.post("/v1/route", json={"inputs": "hi"})  # /v1/predict's name for it
+    assert error_of(plural)["message"] == "inputs: unknown field (did you mean 'input'?); valid fields: input, " \
+                                          "router", plural.text
     prefix_only = client.post("/v1/route", json={"input": "<support>"})
     assert error_of(prefix_only)["message"].startswith("text is empty"), prefix_only.text
 

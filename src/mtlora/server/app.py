@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hmac
 import os
 import re
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
@@ -42,7 +44,14 @@ from mtlora.errors import (
 from mtlora.routing import ROUTERS
 from mtlora.server.batcher import MicroBatcher, QueueFull
 from mtlora.server.metrics import Metrics
-from mtlora.server.schemas import BODY_FIELDS, PredictRequest, RouteRequest, engine_input, texts_of
+from mtlora.server.schemas import (
+    BODY_FIELDS,
+    INPUT_SHAPES,
+    PredictRequest,
+    RouteRequest,
+    engine_input,
+    texts_of,
+)
 from mtlora.server.settings import ADMIN_TOKEN_ENV, ServerSettings
 
 CONFIG_ENV = "MTLORA_CONFIG"
@@ -54,6 +63,10 @@ class HTTPProblem(Exception):
 
     def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
         self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+# The endpoints that take a JSON body, with its model: a misspelt field is told the valid ones.
+REQUEST_BODIES: dict[str, type[BaseModel]] = {"/v1/predict": PredictRequest, "/v1/route": RouteRequest}
 
 
 def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | None = None) -> FastAPI:
@@ -85,7 +98,8 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = list(error.errors())
         details = [{"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in errors]
-        headline = _validation_headline(errors, request.headers.get("content-type", ""))
+        headline = _validation_headline(errors, request.headers.get("content-type", ""),
+                                        REQUEST_BODIES.get(request.url.path))
         return _problem(HTTPProblem(422, "invalid_request", headline), metrics, details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -286,10 +300,11 @@ def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inpu
                                                          f"{settings.max_text_chars}")
 
 
-def _validation_headline(errors: list[dict[str, Any]], content_type: str) -> str:
+def _validation_headline(errors: list[dict[str, Any]], content_type: str, body: type[BaseModel] | None) -> str:
     """The problem a client should read first. An input may be a text, a {text, text_pair} or a
     {question, context} object, and the validator reports what each of those shapes finds wrong: name
-    the shape the client came closest to (its complaints go deepest, and there are fewest of them)."""
+    the shape the client came closest to (its complaints go deepest, and there are fewest of them).
+    `body` is the endpoint's request model, whose fields a misspelt one is told."""
     if not errors:
         return "body: invalid"
     if errors[0]["type"] == "json_invalid":
@@ -307,7 +322,19 @@ def _validation_headline(errors: list[dict[str, Any]], content_type: str) -> str
     if in_an_input and all(e["type"].endswith("_type") for e in closest):  # not even the right type for any shape
         return f"{_field_path(closest[0]['loc'][:-1])}: expected a text, a {{text, text_pair}} or a " \
                "{question, context} object (or a list of them, for inputs)"
+    if unknown := next((e for e in closest if e["type"] == "extra_forbidden"), None):
+        return _unknown_field(unknown["loc"], INPUT_SHAPES.get(str(unknown["loc"][-2]), body))
     return f"{where}: {closest[0]['msg']}"
+
+
+def _unknown_field(loc: tuple, model: type[BaseModel] | None) -> str:
+    """pydantic says "Extra inputs are not permitted", where `inputs` is a field of this API."""
+    if model is None:
+        return f"{_field_path(loc)}: unknown field"
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), valid, 1)
+    return f"{_field_path(loc)}: unknown field{f' (did you mean {close[0]!r}?)' if close else ''}; valid fields: " \
+           f"{', '.join(valid)}"
 
 
 def _field_path(loc: tuple) -> str:

@@ -35,6 +35,9 @@ class RouteRequest(_Strict):
     router: str | None = None
 
 
+# The shapes of one input, by the names the validator gives them in an error's location.
+INPUT_SHAPES: dict[str, type[BaseModel]] = {"TextInput": TextInput, "QAInput": QAInput}
+
 # The names a request body may use, as its error messages name them.
 BODY_FIELDS = frozenset(name for model in (PredictRequest, RouteRequest, TextInput, QAInput)
                         for name in model.model_fields)
