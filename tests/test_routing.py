@@ -285,12 +285,20 @@ def test_a_prefix_naming_an_untrained_project_task_or_misspelling_a_loaded_one_i
                                                       r"names it; the project file has it, but it is not trained\)"
                                                       r".*\(mtlora train PROJECT.yaml --task topics\)"):
         engine.predict("topics: stocks fell")
-    with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentimnet' .*no task has that name\).*did you "
-                                                      r"mean <sentiment>\?"):
+    with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentimnet' .*no task has that name\)\. Did you "
+                                                      r"mean 'sentiment'\? Available: "):
         engine.predict("<sentimnet> a great film")
     # `name:` may begin a text, and a `<tag>` far from every task's name is text too.
     for text in ("sentimnet: a great film", "<b> a great film"):
         engine.predict(text, router="keywords")  # routed, not refused
+
+
+def test_a_task_not_in_the_registry_is_told_the_likely_one_and_not_the_router(routed_project: Path) -> None:
+    """The registry's listing offered `router`, which is then refused as a task to answer with."""
+    with pytest.raises(mtlora.AdapterNotFoundError, match=r"No adapter 'sentimnet' in registry .*\. Did you mean "
+                                                          r"'sentiment'\? Available: paraphrase, qa, sentiment, "
+                                                          r"similarity, support \("):
+        mtlora.predict(routed_project, "a great film", task="sentimnet")
 
 
 def test_a_text_starting_with_the_routers_name_is_routed_as_text(routed_project: Path) -> None:

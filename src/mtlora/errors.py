@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class MtloraError(Exception):
     """Base class of every error mtlora raises on purpose."""
@@ -41,7 +43,9 @@ class UnknownTaskError(MtloraError, KeyError):
         self.name = name
         self.available = sorted(available)
         listing = ", ".join(self.available) if self.available else "none"
-        super().__init__(f"No {what} '{name}'{where}. Available: {listing}" + (f" ({fix})" if fix else ""))
+        close = difflib.get_close_matches(name, self.available, 1)
+        guess = f" Did you mean '{close[0]}'?" if close else ""
+        super().__init__(f"No {what} '{name}'{where}.{guess} Available: {listing}" + (f" ({fix})" if fix else ""))
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

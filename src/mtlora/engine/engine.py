@@ -65,7 +65,14 @@ from mtlora.engine.folding import (
     mixed_lora,
 )
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
-from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, InputError, RegistryError, UnknownTaskError
+from mtlora.errors import (
+    AdapterNotFoundError,
+    AdapterNotServableError,
+    BaseModelMismatchError,
+    InputError,
+    RegistryError,
+    UnknownTaskError,
+)
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
@@ -263,6 +270,9 @@ class Engine:
     def _prepared(self, name: str) -> tuple[_Task, Callable[[], None]]:
         """Adapter `name` read, checked and its head built, with the engine as it was; and the step that
         puts its LoRA into the shared model."""
+        if name not in self.registry:  # the registry would list the learned router among the tasks
+            raise AdapterNotFoundError(str(self.registry.root), name,
+                                       [other for other in self.registry.names() if other != ROUTER_ADAPTER])
         manifest = self.registry.verified(name)
         check_base(manifest, self.backbone)
         kind = kind_from_manifest(manifest)
@@ -516,8 +526,8 @@ class Engine:
             fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
         elif name in self._routing_hints:  # from_config passes one for each task of the project file
             where, fix = "the project file has it, but it is not trained", f"mtlora train PROJECT.yaml --task {name}"
-        elif text.lstrip().startswith("<") and (close := difflib.get_close_matches(name, self.tasks, 1, 0.75)):
-            where, fix = "no task has that name", f"did you mean <{close[0]}>?"
+        elif text.lstrip().startswith("<") and difflib.get_close_matches(name, self.tasks, 1, 0.75):
+            where, fix = "no task has that name", ""  # the error's own guess names the one meant
         else:
             return
         raise UnknownTaskError("task", name, self.tasks, where=f" loaded in the engine (the text's prefix names it; "
