@@ -219,9 +219,11 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
         engine.predict({"question": " ", "context": "the cat sat"})
     with pytest.raises(InputError, match=r"^inputs\[2\]: text_pair is empty"):
         engine.predict(["fine", "good", ("a", "")])
-    with pytest.raises(InputError, match=r"^inputs\[1\]: task 'sentiment' \(classification\) takes text input"):
+    with pytest.raises(InputError, match=r"^inputs\[1\]: task 'sentiment' \(classification\) takes a text, but a "
+                                         r"text pair was given \(give it a text, or name a task that takes a text "
+                                         r"pair: paraphrase, qa, similarity\)"):
         engine.predict(["fine", ("a", "b")], task="sentiment")
-    with pytest.raises(InputError, match=r"task 'paraphrase' \(pair_classification\) takes pair input"):
+    with pytest.raises(InputError, match=r"task 'paraphrase' \(pair_classification\) takes a text pair,"):
         engine.predict("just one text", task="paraphrase")
     with pytest.raises(UnknownTaskError, match=r"No task 'nope' loaded in the engine\. Available: paraphrase, qa"):
         engine.predict("hello", task="nope")

@@ -83,9 +83,9 @@ def test_predictions_have_the_kind_specific_shape(trained_project: Path) -> None
 
 
 def test_wrong_input_shapes_are_explained(trained_project: Path) -> None:
-    with pytest.raises(mtlora.InputError, match="takes pair input, but a text input was given"):
+    with pytest.raises(mtlora.InputError, match=r"takes a text pair, but a text was given \(give it a text pair\)"):
         mtlora.predict(trained_project, "only one text", task="paraphrase")
-    with pytest.raises(mtlora.InputError, match="takes qa input, but a text input was given"):
+    with pytest.raises(mtlora.InputError, match="takes a question with a context, but a text was given"):
         mtlora.predict(trained_project, "who?", task="qa")
     with pytest.raises(mtlora.InputError, match="empty"):
         mtlora.predict(trained_project, "  ", task="sentiment")

@@ -375,7 +375,7 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
     answer = engine.predict("<mcq> the cat sat", task="writer")
     assert answer["task"] == "writer" and answer["part"] == "mcq"
     routed = engine.predict("great good movie")  # routed, without a task token: nothing here can take it
-    assert routed["task"] is None and routed["reason"] == "no loaded task takes this text input", routed
+    assert routed["task"] is None and routed["reason"] == "no loaded task takes a text", routed
     with pytest.raises(mtlora.errors.InputError, match=r"start the text with one of its task tokens: <summarize>"):
         predictor.predict("great good movie")
 

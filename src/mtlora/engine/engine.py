@@ -76,7 +76,7 @@ from mtlora.errors import (
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
-from mtlora.routing.base import ANSWERED_BY
+from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
 from mtlora.routing.explicit import prefix_name
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
@@ -431,9 +431,9 @@ class Engine:
                     # means. A plain text fits every text task, so its shape says nothing: the router still
                     # judges whether it belongs to the one text task loaded.
                     routes[i] = Route(candidates[i][0], "shape", 1.0, {candidates[i][0]: 1.0},
-                                      f"the only task that takes a {request.shape} input")
+                                      f"the only task that takes {SHAPE_NAMES[request.shape]}")
                 elif not candidates[i]:
-                    routes[i] = Route(None, "shape", 0.0, reason=f"no loaded task takes this {request.shape} input")
+                    routes[i] = Route(None, "shape", 0.0, reason=f"no loaded task takes {SHAPE_NAMES[request.shape]}")
             open_rows = [i for i, r in enumerate(routes) if r is None]
             if open_rows:
                 chosen = self._router(router or self.default_router)
@@ -542,8 +542,10 @@ class Engine:
                              "to route an input, use router='learned' (CLI: --router learned)")
         task = self._task(request.task or "")
         if request.task not in candidates:
-            raise InputError(f"task '{request.task}' ({task.kind.name}) takes {task.kind.input_shape} input, "
-                             f"but a {request.shape} input was given")
+            wanted, given = SHAPE_NAMES[task.kind.input_shape], SHAPE_NAMES[request.shape]
+            others = f", or name a task that takes {given}: {', '.join(candidates)}" if candidates else ""
+            raise InputError(f"task '{request.task}' ({task.kind.name}) takes {wanted}, but {given} was given "
+                             f"(give it {wanted}{others})")
         return Route(request.task, "explicit", 1.0, {request.task or "": 1.0})
 
     def _router(self, name: str) -> Router:

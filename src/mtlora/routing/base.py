@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # The task input shapes that can answer an input of each shape: QA takes a pair as question and context.
 ANSWERED_BY = {"text": {"text"}, "pair": {"pair", "qa"}, "qa": {"qa"}}
+# How messages name an input shape.
+SHAPE_NAMES = {"text": "a text", "pair": "a text pair", "qa": "a question with a context"}
 
 
 @dataclass(frozen=True)
