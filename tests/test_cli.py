@@ -190,6 +190,10 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     assert routing[0]["encoder_share"] is None and 0 <= routing[1]["encoder_share"] <= 1
     table = (trained_project.parent / "reports" / "routing.md").read_text()
     assert "| encoder pass |" in table and f"| {routing[1]['encoder_share']:.3f} |" in table
+    best = max(r["accuracy"] for r in routing)  # bold marks the best router, not every one
+    for r in routing:
+        bold = f"**{r['accuracy']:.3f}**" in table.split(f"| {r['router']} |")[1].splitlines()[0]
+        assert bold == (r["accuracy"] == best), table
     assert (trained_project.parent / "reports" / "routing_semantic_confusion.png").is_file()
 
     merged = run("merge", trained_project, "sentiment", tmp_path / "merged")

@@ -153,6 +153,9 @@ def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": oops}\n')
     with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON: Expecting value at column 10$"):
         load(tmp_path, "classification", "broken.jsonl", **LABELS)
+    (tmp_path / "tab.jsonl").write_text('{"text": "a\tb", "label": "pos"}\n')  # a raw tab inside a string
+    with pytest.raises(DataError, match=r"tab.jsonl:1: not valid JSON: Invalid control character at column 12$"):
+        load(tmp_path, "classification", "tab.jsonl", **LABELS)
     (tmp_path / "lines.json").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
     with pytest.raises(DataError, match=r"lines.json:2: not valid JSON: Extra data at column 1 \(.*set format: jsonl"):
         load(tmp_path, "classification", "lines.json", **LABELS)

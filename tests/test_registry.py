@@ -168,3 +168,18 @@ def test_stored_files_get_the_umask_mode_not_0600(trained_project: Path) -> None
     modes = {file.name: file.stat().st_mode & 0o777 for file in folder.iterdir()}
     assert {"adapter_model.safetensors", "manifest.json"} <= modes.keys()
     assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_a_trainable_share_too_small_for_two_decimals_is_not_shown_as_none() -> None:
+    from mtlora.registry import ParameterCounts, share_of
+
+    assert share_of(770, 22_713_986) == "<0.01%"  # a head-only baseline on MiniLM read "0.00%"
+    assert (share_of(0, 100), share_of(1, 200), share_of(1_491, 100_000)) == ("0.00%", "0.50%", "1.49%")
+    assert ParameterCounts(trainable=770, total=22_713_986).share == "<0.01%"
+
+
+def test_a_registry_that_is_a_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """It read as "no adapters in mtlora.yaml yet: train them first"."""
+    (tmp_path / "mtlora.yaml").write_text("tasks: []\n")
+    with pytest.raises(mtlora.RegistryError, match=r"registry .*mtlora.yaml is a file, not a folder; set registry:"):
+        Registry(tmp_path / "mtlora.yaml")

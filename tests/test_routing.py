@@ -301,6 +301,17 @@ def test_a_task_not_in_the_registry_is_told_the_likely_one_and_not_the_router(ro
         mtlora.predict(routed_project, "a great film", task="sentimnet")
 
 
+def test_the_registry_listing_points_to_where_the_router_is_scored(routed_project: Path) -> None:
+    """No command fills a router adapter's "validation" column: it read "not evaluated yet"."""
+    from typer.testing import CliRunner
+
+    from mtlora.cli import app
+
+    listed = CliRunner().invoke(app, ["adapters", "list", str(routed_project)], catch_exceptions=False)
+    router_row = next(line for line in listed.output.splitlines() if line.lstrip("│ ").startswith("router "))
+    assert "see evaluate" in router_row and "not evaluated" not in router_row, listed.output
+
+
 def test_a_text_starting_with_the_routers_name_is_routed_as_text(routed_project: Path) -> None:
     """`router` is the learned router's adapter, not a task: a text starting `router:` names no task,
     before the router is loaded and after."""

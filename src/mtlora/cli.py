@@ -23,8 +23,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mtlora import api
+from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import AdapterNotFoundError, MtloraError
-from mtlora.registry import Registry
+from mtlora.registry import Registry, share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
 
@@ -105,7 +106,7 @@ def train(
         table.add_column(column, justify="left" if column in ("task", "method") else "right")
     for o in outcomes:
         table.add_row(o.task, o.method, str(o.steps), f"{o.time_s:.1f}s", f"{o.samples_per_s:.1f}",
-                      f"{o.train_loss:.4f}", f"{o.trainable:,} ({100 * o.trainable / o.total:.2f}%)")
+                      f"{o.train_loss:.4f}", f"{o.trainable:,} ({share_of(o.trainable, o.total)})")
     console.print(table)
     say(f"Adapters saved in {api.as_config(config).registry}")
 
@@ -152,7 +153,7 @@ def evaluate(
         values = [r.metrics.get(v, {}).get(r.primary_metric) for v in VARIANTS]
         lora = r.parameters["lora"]
         table.add_row(r.task, r.primary_metric, *("–" if v is None else f"{v:.3f}" for v in values),
-                      f"{lora['trainable']:,} ({100 * lora['trainable'] / lora['total']:.2f}%)", f"{lora['stored']:,}")
+                      f"{lora['trainable']:,} ({share_of(lora['trainable'], lora['total'])})", f"{lora['stored']:,}")
     console.print(table)
     for r in reports:
         _print_samples(r)
@@ -340,9 +341,11 @@ def adapters_list(config: ConfigArg) -> None:
         table.add_column(column)
     for m in manifests:
         stored = m.parameters.stored or m.parameters.trainable  # manifests before saved ranks store what trained
+        # `evaluate` scores tasks; the router's score is its routing, which `evaluate --router` reports.
+        metric = "see evaluate --router" if m.name == ROUTER_ADAPTER else \
+            _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind).primary_metric)
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
-                      f"{m.parameters.trainable:,} ({100 * m.parameters.ratio:.2f}%)", f"{stored:,}",
-                      _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind).primary_metric))
+                      f"{m.parameters.trainable:,} ({m.parameters.share})", f"{stored:,}", metric)
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
         accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
         table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",
@@ -397,8 +400,8 @@ def _shown(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    if isinstance(value, dict):  # empty: an unroutable input's scores, where no task could take it
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items()) or "-"
     return str(value)
 
 

@@ -145,7 +145,7 @@ def _read_jsonl(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(where, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+                raise DataError(where, f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
             if not isinstance(value, dict):
                 raise DataError(where, f"expected a JSON object, got {type(value).__name__}")
             rows.append(Row(value, where))
@@ -178,7 +178,7 @@ def _load_json(path: Path, source: SourceConfig) -> Any:
     except json.JSONDecodeError as exc:
         # A whole document ending where a next one starts is JSON Lines saved under a .json name.
         lines_hint = "one JSON object per line is JSON Lines: name the file .jsonl or set format: jsonl"
-        raise DataError(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg} at column {exc.colno}",
+        raise DataError(f"{path}:{exc.lineno}", f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}",
                         lines_hint if exc.msg == "Extra data" else None) from None
 
 

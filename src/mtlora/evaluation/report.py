@@ -9,6 +9,7 @@ from pathlib import Path
 from mtlora import atomic
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
 from mtlora.evaluation.routing import RoutingReport
+from mtlora.registry import share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
 
@@ -73,7 +74,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         lines.append(
             f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {metric}{scale} | {shown['base']} "
             f"| {shown['head_only']} | {shown['lora']} | {_fmt(gain, signed=True)} "
-            f"| {params['trainable']:,} | {100 * params['trainable'] / params['total']:.2f}% "
+            f"| {params['trainable']:,} | {share_of(params['trainable'], params['total'])} "
             f"| {params.get('stored', params['trainable']):,} |"
         )
     lines += ["", "## All metrics", ""]
@@ -154,8 +155,10 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
              "| router | reads | inputs | accuracy | unroutable | encoder pass | ms / input | "
              + " | ".join(tasks) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+    best = max((r.accuracy for r in reports), default=None)  # bold, as in summary.md: the best of the column
     for r in reports:
-        lines.append(f"| {r.router} | {r.features or ''} | {r.examples} | **{r.accuracy:.3f}** | {r.unroutable:.3f} "
+        accuracy = f"**{r.accuracy:.3f}**" if r.accuracy == best else f"{r.accuracy:.3f}"
+        lines.append(f"| {r.router} | {r.features or ''} | {r.examples} | {accuracy} | {r.unroutable:.3f} "
                      f"| {r.encoder_pass_cell()} | {r.ms_per_input:.2f} | "
                      + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks) + " |")
         path = folder / f"routing_{r.router}_confusion.png"

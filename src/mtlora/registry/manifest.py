@@ -20,6 +20,17 @@ class ParameterCounts(BaseModel):
     def ratio(self) -> float:
         return self.trainable / self.total if self.total else 0.0
 
+    @property
+    def share(self) -> str:
+        """The trainable share as a person reads it: a head of a few hundred weights is not "0.00%"."""
+        return share_of(self.trainable, self.total)
+
+
+def share_of(part: int, whole: int) -> str:
+    """`part` of `whole` in percent, to two decimals, or "<0.01%" where that would read as none."""
+    percent = 100 * part / whole if whole else 0.0
+    return "<0.01%" if 0 < percent < 0.005 else f"{percent:.2f}%"
+
 
 class Manifest(BaseModel):
     """Everything needed to rebuild the task model around the adapter without the project file."""

@@ -37,6 +37,9 @@ except ImportError:  # Windows
 class Registry:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():  # it would list no adapters, and saving would fail
+            raise RegistryError(f"registry {self.root} is a file, not a folder; set registry: in the project file "
+                                "to a folder (training makes it)")
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"

@@ -38,7 +38,7 @@ from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import load_task_data
 from mtlora.errors import MtloraError
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
-from mtlora.registry import Manifest, ParameterCounts, Registry
+from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
 from mtlora.tasks import Example
 from mtlora.training.sampler import ShuffledLengthBatches
 from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
@@ -233,7 +233,7 @@ def _silent(message: str) -> None:
 
 def _describe_parameters(built: TaskModel) -> str:
     trainable, total = count_trainable(built.model), built.base_parameters
-    return f"{trainable:,} trainable parameters, {100 * trainable / total:.2f}% of full fine-tuning's {total:,}"
+    return f"{trainable:,} trainable parameters, {share_of(trainable, total)} of the {total:,} full fine-tuning trains"
 
 
 def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel, data: str) -> str:
