@@ -35,7 +35,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-adapters_app = typer.Typer(help="List and inspect the adapters in a project's registry.", no_args_is_help=True)
+adapters_app = typer.Typer(help="List, inspect and remove the adapters in a project's registry.",
+                           no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
 # Markup off: tables and messages carry users' texts, labels and task names, where "[/quote]" or
@@ -128,7 +129,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, validation or test.")] = "validation",
     router: Annotated[
         list[str] | None,
-        typer.Option("--router", "-r", help="Evaluate routing with this router instead (repeat; 'all': every one)."),
+        typer.Option("--router", "-r", metavar="NAME",
+                     help="Evaluate routing with this router instead (repeat; 'all': every one)."),
     ] = None,
 ) -> None:
     """Score each adapter against its head-only baseline and the untrained base; write reports.
@@ -212,7 +214,7 @@ def route(
     router: Annotated[str | None, typer.Option("--router", "-r", help="explicit, keywords, semantic or learned "
                                                                         "(default: the project's).")] = None,
 ) -> None:
-    """Show where an input would go and how every candidate task scored."""
+    """Show where an input would go, and the scores the router gave its candidate tasks."""
     (decision,) = api.route(config, _input(text, text_pair, context), router)
     read = f", read: {decision.reading}" if decision.reading else ""
     say(f"-> {decision.task or 'unroutable'} (router: {decision.router}{read}, confidence {decision.confidence:.3f})")
@@ -232,8 +234,9 @@ def route(
 def merge(
     config: ConfigArg,
     task: Annotated[str, typer.Argument(metavar="TASK", help="The adapter to export.")],
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Folder for the merged model (written atomically).")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT.")] = False,
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT_DIR",
+                                           help="Folder for the merged model (written atomically).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUTPUT_DIR.")] = False,
 ) -> None:
     """Export one task as a plain transformers model with its LoRA merged in."""
     folder = api.merge(config, task, output, overwrite=overwrite)
