@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mtlora import api
+from mtlora import api, routing
 from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import AdapterNotFoundError, MtloraError
 from mtlora.registry import Registry, share_of
@@ -222,7 +222,9 @@ def route(
         say(f"   {decision.reason}")
     table = Table()
     table.add_column("task")
-    table.add_column("score", justify="right")
+    # Scored by the router, or, where the input's shape fit one task only, by that ("shape").
+    meaning = routing.ROUTERS[decision.router].score_meaning if decision.router in routing.ROUTERS else "score"
+    table.add_column(meaning, justify="right")
     for name, score in sorted(decision.scores.items(), key=lambda item: -item[1]):
         table.add_row(name, f"{score:.4f}")
     if decision.scores:

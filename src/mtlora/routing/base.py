@@ -50,6 +50,7 @@ class Route:
 class Router(ABC):
     name: ClassVar[str]
     reads_features: ClassVar[bool] = False  # reads what `router.features` names (encoder or token embeddings)
+    score_meaning: ClassVar[str] = "score"  # what a task's score is, for a person reading the scores
 
     @classmethod
     @abstractmethod

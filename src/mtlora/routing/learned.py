@@ -40,6 +40,7 @@ READS_EMBEDDINGS, READS_ENCODER = ("embeddings", "cascade"), ("encoder", "cascad
 
 class LearnedRouter(Router):
     name = "learned"
+    score_meaning = "probability"
     reads_features = True
 
     def __init__(self, engine: Engine, settings: RouterSettings, head: TokenRouterHead | None):

@@ -39,6 +39,7 @@ MIN_CALIBRATION_EXAMPLES = 50
 
 class SemanticRouter(Router):
     name = "semantic"
+    score_meaning = "cosine similarity"
     reads_features = True
 
     def __init__(self, engine: Engine, settings: RouterSettings, top_k: int = 3):
