@@ -105,8 +105,10 @@ def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(traine
     lacks = {"encoder": "its router adapter", "embeddings": "its head over token embeddings",
              "cascade": "its head over token embeddings and its router adapter"}
     assert f"(it lacks {lacks[features]})" in skipped[0]
+    said.clear()
     with pytest.raises(RegistryError, match=r"no router to evaluate \(learned: "):  # and no report to write
         mtlora.evaluate_routers(project, ["learned"], write=False, log=said.append)
+    assert not [line for line in said if "skipping" in line], said  # the error says why, once
 
 
 def test_router_evaluation_needs_the_split_from_some_task(trained_project: Path) -> None:

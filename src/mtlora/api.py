@@ -118,15 +118,16 @@ def evaluate_routers(
     project = as_config(config)
     check_split(split)
     registry = Registry(project.registry)
-    available, skipped = [], []
+    available, skipped = [], {}
     for name in routers:
         if missing := routing.router_class(name).missing(registry, project.router):
-            log(f"[routing] skipping '{name}': {missing}")
-            skipped.append(f"{name}: {missing}")
+            skipped[name] = missing
         else:
             available.append(name)
     if not available:
-        raise RegistryError(f"no router to evaluate ({'; '.join(skipped)})")
+        raise RegistryError(f"no router to evaluate ({'; '.join(f'{n}: {why}' for n, why in skipped.items())})")
+    for name, missing in skipped.items():  # said once: in the error above when no router is left, else here
+        log(f"[routing] skipping '{name}': {missing}")
     # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
     engine = Engine.from_config(project, [t.name for t in project.tasks])
     reports = evaluate_routing(engine, routing_mix(project, split, per_task, log=log), available, split, log=log)
