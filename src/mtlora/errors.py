@@ -25,8 +25,11 @@ class ConfigError(MtloraError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
+        if len(problems) == 1:  # "file not found" is no list
+            super().__init__(f"{source}: {problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the project config:\n{lines}")
+        super().__init__(f"{source}: {len(problems)} problems in the project config:\n{lines}")
 
 
 class DataError(MtloraError):
