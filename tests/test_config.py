@@ -149,6 +149,18 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     path.write_text("tasks: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+    # PyYAML keeps the last of two same keys in silence: a task's second training: block dropped its first.
+    path.write_text("tasks:\n  - name: a\n    kind: classification\n    training: {epochs: 2}\n"
+                    "    data: {train: t.jsonl}\n    training: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"(?s)not valid YAML: the key 'training' is given twice in one mapping "
+                                          r"\(only one of them would count\).*line 6"):
+        load_config(path)
+    # A merge key's values may be overridden: that is what it is for (examples/glue/local.yaml does it).
+    path.write_text("tasks:\n  - name: a\n    kind: classification\n    data:\n"
+                    "      train: &train {path: a.tsv, quoting: none}\n"
+                    "      validation: {<<: *train, path: b.tsv}\n      labels: [x, y]\n")
+    validation = load_config(path).tasks[0].data.validation
+    assert (Path(validation.path).name, validation.quoting) == ("b.tsv", "none")
 
 
 def test_unknown_task_lists_the_ones_there_are(tmp_path: Path) -> None:

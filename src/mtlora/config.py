@@ -482,7 +482,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(_project_text(path))
+        raw = yaml.load(_project_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if not isinstance(raw, dict):
@@ -490,6 +490,24 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     raw = _deep_merge(raw, overrides or {})
     config = parse_config(raw, source=str(path))
     return resolve_paths(config, path.parent)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last in silence, so
+    a second `training:` block of a task would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, whose keys the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice in one mapping "
+                                                                    "(only one of them would count)",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _project_text(path: Path) -> str:
