@@ -291,7 +291,7 @@ def test_a_prefix_naming_an_untrained_project_task_or_misspelling_a_loaded_one_i
                                                       r"mean 'sentiment'\? Available: "):
         engine.predict("<sentimnet> a great film")
     # `name:` may begin a text, and a `<tag>` far from every task's name is text too.
-    for text in ("sentimnet: a great film", "<b> a great film"):
+    for text in ("sentimnet: a great film", "<b> a great film", "<sentimnet>a great film"):  # the last: markup
         engine.predict(text, router="keywords")  # routed, not refused
 
 
@@ -301,6 +301,25 @@ def test_a_task_not_in_the_registry_is_told_the_likely_one_and_not_the_router(ro
                                                           r"'sentiment'\? Available: paraphrase, qa, sentiment, "
                                                           r"similarity, support \("):
         mtlora.predict(routed_project, "a great film", task="sentimnet")
+
+
+def test_serve_checks_the_router_adapter_only_where_the_router_reads_it(routed_project: Path, tmp_path: Path) -> None:
+    """A damaged router adapter stops a server whose learned router would load it, and no other."""
+    from mtlora import api
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(load_config(routed_project).registry, registry)
+    with (registry / "router" / "adapter_model.safetensors").open("ab") as weights:
+        weights.write(b"\0")
+    for strategy, features, refused in (("learned", "encoder", True), ("learned", "cascade", True),
+                                        ("learned", "embeddings", False), ("semantic", "encoder", False)):
+        project = load_config(routed_project, overrides={"registry": str(registry),
+                                                          "router": {"strategy": strategy, "features": features}})
+        if refused:
+            with pytest.raises(mtlora.CorruptAdapterError, match=r"adapter 'router'"):
+                api.verify_adapters(project)
+        else:
+            api.verify_adapters(project)
 
 
 def test_the_registry_listing_points_to_where_the_router_is_scored(routed_project: Path) -> None:

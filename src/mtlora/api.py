@@ -167,8 +167,8 @@ def verify_adapters(config: ConfigLike) -> None:
     project = as_config(config)
     registry = Registry(project.registry)
     loaded = [name for name in registry.names() if name != ROUTER_ADAPTER]
-    if project.router.strategy == "learned" and ROUTER_ADAPTER in registry:
-        loaded.append(ROUTER_ADAPTER)
+    loaded += [name for name in routing.router_class(project.router.strategy).adapters_loaded(project.router)
+               if name in registry]  # one missing is require_router's to refuse
     for name in loaded:
         check_base(registry.verified(name), project.backbone)
 

@@ -46,7 +46,7 @@ class UnknownTaskError(MtloraError, KeyError):
         self.name = name
         self.available = sorted(available)
         listing = ", ".join(self.available) if self.available else "none"
-        close = difflib.get_close_matches(name, self.available, 1)
+        close = difflib.get_close_matches(str(name), self.available, 1)
         guess = f" Did you mean '{close[0]}'?" if close else ""
         super().__init__(f"No {what} '{name}'{where}.{guess} Available: {listing}" + (f" ({fix})" if fix else ""))
 

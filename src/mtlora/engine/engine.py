@@ -23,6 +23,7 @@ import contextlib
 import copy
 import difflib
 import logging
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -84,6 +85,8 @@ from mtlora.tasks.base import require_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 PEFT_PREFIX = "base_model.model."
+# A `<name>` set apart as a task token, as the README writes it: "<span>WIN..." is markup, not a task's name.
+TASK_TOKEN = re.compile(r"\s*<[^<>\s]+>(\s|$)")
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
 logger = logging.getLogger(__name__)
 Input = str | tuple[str, str] | dict[str, str]
@@ -526,7 +529,7 @@ class Engine:
             fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
         elif name in self._routing_hints:  # from_config passes one for each task of the project file
             where, fix = "the project file has it, but it is not trained", f"mtlora train PROJECT.yaml --task {name}"
-        elif text.lstrip().startswith("<") and difflib.get_close_matches(name, self.tasks, 1, 0.75):
+        elif TASK_TOKEN.match(text) and difflib.get_close_matches(name, self.tasks, 1, 0.75):
             where, fix = "no task has that name", ""  # the error's own guess names the one meant
         else:
             return

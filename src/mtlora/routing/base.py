@@ -53,6 +53,11 @@ class Router(ABC):
     score_meaning: ClassVar[str] = "score"  # what a task's score is, for a person reading the scores
 
     @classmethod
+    def adapters_loaded(cls, settings: RouterSettings) -> list[str]:
+        """The registry's adapters this router loads into the engine, beside the tasks' (the learned router's)."""
+        return []
+
+    @classmethod
     @abstractmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> Router:
         """This router for the adapters `engine` holds, with the project's router settings."""

@@ -50,6 +50,10 @@ class LearnedRouter(Router):
         self._shapes: dict[str, str | None] = {}  # input shape of each task the router knows (None: gone)
 
     @classmethod
+    def adapters_loaded(cls, settings: RouterSettings) -> list[str]:
+        return [ROUTER_ADAPTER] if settings.features in READS_ENCODER else []
+
+    @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> LearnedRouter:
         if missing := cls.missing(engine.registry, settings):
             raise RegistryError(f"{missing} (registry {engine.registry.root})")
