@@ -225,6 +225,19 @@ def test_defaults_that_are_not_a_mapping_are_refused(tmp_path: Path, defaults: o
     assert len(caught.value.problems) == 2, caught.value  # with the tasks' own problems, as ever
 
 
+def test_a_dumped_config_reads_back_and_an_unhashable_yaml_key_is_a_config_error(tmp_path: Path) -> None:
+    """A dump spells out `split: null` on a file source, which is no setting given; a list as a key is
+    PyYAML's to refuse, not a TypeError."""
+    config = load_config(write(tmp_path, {"tasks": [task()]}))
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert load_config(dumped).tasks[0].data == config.tasks[0].data
+    dumped.write_text("? [a, b]\n: 1\ntasks: []\n")
+    with pytest.raises(ConfigError, match=r"(?s)not valid YAML: .*unhashable key"):
+        load_config(dumped)
+    assert "No task '5'" in str(UnknownTaskError("task", 5, ["a"]))  # type: ignore[arg-type]
+
+
 def test_a_mistake_under_defaults_is_named_there_once(tmp_path: Path) -> None:
     """Merged into every task first, it was reported in each, at places the file does not have."""
     defaults = {"training": {"epoch": 3, "lr": 0.001}, "lora": {"r": 0}, "routng": {}}
@@ -236,7 +249,12 @@ def test_a_mistake_under_defaults_is_named_there_once(tmp_path: Path) -> None:
                 "defaults.training.epoch: unknown setting (check the spelling; valid here: epochs,"]
     assert len(problems) == 3 and all(p.startswith(e) for p, e in zip(sorted(problems), expected, strict=True)), \
         problems
-    # A section a task completes (data: its train file) is merged as before.
+    # In a section each task completes (data: its train file), a misspelt key is named under defaults too.
+    typo = {"data": {"lables": ["neg", "pos"]}, "training": [1]}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, {"defaults": typo, "tasks": [task("a"), task("b")]}))
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == ["defaults.data.lables", "defaults.training"]
+    # A section a task completes is merged as before.
     shared = {"data": {"labels": ["neg", "pos"]}}
     config = load_config(write(tmp_path, {"defaults": shared, "tasks": [{"name": "a", "kind": "classification",
                                                                            "data": {"train": "t.jsonl"}}]}))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -107,7 +107,8 @@ class SourceConfig(_Strict):
             raise ValueError("give exactly one of 'path' (a local file) or 'hub' (a datasets name)")
         # Read by the other origin only: set here, they would be ignored in silence.
         other, origin = (_FILE_SETTINGS, "a hub source") if self.hub is not None else (_HUB_SETTINGS, "a file")
-        ignored = [name for name in other if name in self.model_fields_set]
+        # Given, not just written out: a dumped config spells out `split: null` on a file.
+        ignored = [name for name in other if getattr(self, name) != type(self).model_fields[name].default]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} cannot apply to {origin} ({'path' if self.hub else 'hub'} "
                              f"sources only); remove {'it' if len(ignored) == 1 else 'them'}")
@@ -502,6 +503,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, whose keys the mapping may override
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # a list as a key: PyYAML's own error says so
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice in one mapping "
                                                                     "(only one of them would count)",
@@ -599,14 +602,15 @@ def _checked_defaults(defaults: dict[str, Any]) -> tuple[dict[str, Any], list[st
                             f"{', '.join(TaskConfig.model_fields)})")
             continue
         section = _settings_class(field.annotation)
-        # A section with required settings (data: its train) may be completed by each task: left to them.
-        complete = section is not None and not any(f.is_required() for f in section.model_fields.values())
-        if complete and isinstance(value, dict):
+        if section is not None and value is not None:
             try:
                 section.model_validate(value)
             except ValidationError as exc:
-                problems += [_describe(error, value, section, f"defaults.{key}") for error in exc.errors()]
-                continue
+                # A setting missing here (data: its train) is each task's to give.
+                wrong = [error for error in exc.errors() if error["type"] != "missing"]
+                problems += [_describe(error, value, section, f"defaults.{key}") for error in wrong]
+                if wrong:
+                    continue
         shared[key] = value
     return shared, problems
 
