@@ -194,3 +194,21 @@ def test_labels_learned_from_numbers_sort_as_numbers(tmp_path: Path) -> None:
     assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["-1", "1", "2", "10"]
     rows = [{"text": f"t{n}", "label": n} for n in ("b", "10", "a", "2")]
     assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["10", "2", "a", "b"]
+
+
+def test_an_unlabelled_row_and_odd_digits_are_named_not_misread(tmp_path: Path) -> None:
+    """-1 is how datasets marks a row without a label (GLUE's test splits); str.isdigit takes "²", which
+    int() refuses; labels equal as numbers ("1", "01") need one order whatever the hash seed."""
+    from test_data import jsonl, load
+
+    from mtlora import DataError
+
+    rows = [{"text": "a", "label": 0}, {"text": "b", "label": -1}]
+    with pytest.raises(DataError, match=r"train.jsonl:2: label -1 .* marks a row without a label .*split:"):
+        load(tmp_path, "classification", jsonl(tmp_path, rows), labels=["neg", "pos"])
+    rows = [{"text": "a", "label": "²"}, {"text": "b", "label": "1"}]
+    assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["1", "²"]
+    with pytest.raises(DataError, match=r"train.jsonl:1: unknown label '²'"):
+        load(tmp_path, "classification", jsonl(tmp_path, rows), labels=["neg", "pos"])
+    rows = [{"text": t, "label": n} for t, n in (("a", "1"), ("b", "01"), ("c", "2"))]
+    assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["01", "1", "2"]

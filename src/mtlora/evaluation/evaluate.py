@@ -79,7 +79,7 @@ def evaluate_task(
     record = json.loads(recorded.read_text()) if recorded.is_file() else {}
     if unlike := _baseline_unlike_adapter(record, manifest):
         log(f"[{task.name}] head-only baseline left out: it was trained on {unlike} than the adapter; "
-            f"retrain both with `mtlora train --task {task.name}`")
+            f"retrain both with `mtlora train PROJECT.yaml --task {task.name}`")
     elif (baseline := load_baseline_model(registry, task.name, project.backbone)) is not None:
         predictions["head_only"] = run(baseline)
         parameters["head_only"] = {"trainable": record["trainable"], "total": record["total"]}
@@ -118,13 +118,15 @@ def _check_trained_as_configured(task: TaskConfig, manifest: Manifest, data: Tas
     """The project's data is scored with the adapter's kind and labels: they must be the ones it was
     trained with, or every score is wrong. Other training data than the adapter's is worth a warning:
     a changed holdout puts rows it trained on into the validation split."""
-    retrain = f"retrain it with `mtlora train --task {task.name}`"
+    retrain = f"retrain it with `mtlora train PROJECT.yaml --task {task.name}`"
     if manifest.kind != task.kind:
         raise RegistryError(f"adapter '{task.name}' was trained as {manifest.kind}, but the project file now says "
                             f"kind: {task.kind}; {retrain}")
     if manifest.labels != data.kind.labels:
-        raise RegistryError(f"adapter '{task.name}' was trained with labels {manifest.labels}, but the project "
-                            f"file now gives {data.kind.labels}; restore them in that order, or {retrain}")
+        given = "the project file now gives" if data.kind.labels_given else "the training data now gives (sorted)"
+        fix = "restore them in that order" if data.kind.labels_given else "list them in data.labels in that order"
+        raise RegistryError(f"adapter '{task.name}' was trained with labels {manifest.labels}, but {given} "
+                            f"{data.kind.labels}; {fix}, or {retrain}")
     trained_on = manifest.training.get("data_signature")
     if trained_on is not None and trained_on != data.train_signature():
         log(f"[{task.name}] warning: the adapter was trained on other examples than the project's training data "

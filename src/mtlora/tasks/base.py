@@ -6,6 +6,7 @@ The rest of mtlora (training, registry, evaluation, inference) only talks to thi
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +227,12 @@ def shown_input(example: Example) -> str:
 def routing_text(example: Example) -> str:
     """The text a router reads of an example: its text (a pair's first), or its question."""
     return str(example.get("text") or example.get("question") or "")
+
+
+def integer_text(value: str) -> bool:
+    """Whether `value` is an integer as data writes one ("12", "-1"): str.isdigit also takes "²", which
+    int() refuses."""
+    return re.fullmatch(r"-?[0-9]+", value.strip()) is not None
 
 
 def require_text(text: Any, what: str) -> str:

@@ -10,7 +10,7 @@ from scipy.special import softmax
 
 from mtlora.errors import DataError
 from mtlora.metrics import classification_metrics, confusion
-from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, integer_text
 from mtlora.tasks.sequence import SequenceTask, label_id, label_ids_readable
 
 if TYPE_CHECKING:
@@ -113,5 +113,5 @@ def labels_seen(kind: TaskKind, rows: Sequence[Row]) -> list[str]:
         where = rows[0].where if rows else "training data"
         raise DataError(where, f"found only {len(names)} distinct label(s): {sorted(names)}",
                         "a classifier needs at least 2; check data.fields.label")
-    numbered = all(name.lstrip("-").isdigit() for name in names)
-    return sorted(names, key=int) if numbered else sorted(names)
+    numbered = all(integer_text(name) for name in names)
+    return sorted(names, key=lambda name: (int(name), name)) if numbered else sorted(names)  # "1" < "01": one order

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtlora.errors import DataError
 from mtlora.metrics import degenerate_shares, rouge
-from mtlora.tasks.base import Encoded, Example, Prediction
+from mtlora.tasks.base import Encoded, Example, Prediction, integer_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class MCQGenerationTask(Seq2SeqTask):
                 return LETTERS.index(text.lower())
             if text in options:
                 return options.index(text)
-            if text.isdigit() and int(text) < len(options):  # an index, as CSV and TSV cells hold it
+            if integer_text(text) and 0 <= int(text) < len(options):  # an index, as CSV and TSV cells hold it
                 return int(text)
         raise DataError(row.where, f"answer {raw!r} in field '{field}' is not a letter "
                         f"{LETTERS[0]}-{LETTERS[len(options) - 1]}, an index 0-{len(options) - 1}, "

@@ -9,7 +9,7 @@ from peft import TaskType
 from transformers import AutoModelForSequenceClassification
 
 from mtlora.errors import DataError, InputError
-from mtlora.tasks.base import Encoded, Example, TaskKind, require_text
+from mtlora.tasks.base import Encoded, Example, TaskKind, integer_text, require_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -66,11 +66,15 @@ def label_id(task: TaskKind, row: Row, raw: Any, ids_readable: bool) -> int:
     if name in task.labels:
         return task.labels.index(name)
     # A JSON true/false is a bool, which Python counts as 1/0: taken as an id it would silently pick a label.
-    is_id = (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, str) and raw.strip().isdigit())
+    is_id = (isinstance(raw, int) and not isinstance(raw, bool)) or (isinstance(raw, str) and integer_text(raw))
     if is_id and ids_readable:
         index = int(raw)
         if 0 <= index < len(task.labels):
             return index
+        if index < 0:
+            raise DataError(row.where, f"label {raw!r} in field '{task.column('label')}' marks a row without a label "
+                            "(datasets writes -1 for them, as in GLUE's test splits)",
+                            "read a labelled split (name it with split:), or leave this split out")
         raise DataError(row.where, f"label id {raw!r} in field '{task.column('label')}' is out of range: numbers "
                         f"are read as 0-based ids into data.labels ({', '.join(task.labels)})",
                         "map ids counted from 1 (or any other numbering) to names with data.label_map")
@@ -85,4 +89,4 @@ def label_ids_readable(labels: Sequence[str] | None, label_map: dict[str, str]) 
     """Whether a number in a label field may be read as a 0-based id into `labels`: only where the project
     names the labels itself (the order of labels learned from data is no one's ids), none of them is a
     number (then '1' would be a name and an id at once), and no label_map says how the data names them."""
-    return labels is not None and not label_map and not any(name.strip().isdigit() for name in labels)
+    return labels is not None and not label_map and not any(integer_text(name) for name in labels)
