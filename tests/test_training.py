@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import weakref
@@ -229,11 +230,18 @@ def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_proj
             mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
     config = load_config(tiny_project, overrides={"defaults": {"training": {"checkpoint_every": 2, "log_every": 2}}})
     messages: list[str] = []
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = warned.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers.trainer_utils")
+    monkeypatch.setattr(hf_logger, "handlers", [*hf_logger.handlers, handler])  # restored after the test
     with monkeypatch.context() as patch:  # a crash at step 5 keeps the last checkpoint the cadence wrote
         patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
         with pytest.raises(RuntimeError):
             mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert any("Resuming from" in m and "(step 3)" in m for m in messages), messages
+    # HF's warning that the steps differ from the checkpoint's would say the new ones were not taken.
+    assert not [r for r in warned if r.getMessage().startswith("Warning: The following arguments")], warned
     run = Registry(config.registry).run_path("sentiment", "lora")
     assert Path(get_last_checkpoint(str(run))).name == "checkpoint-4"
     (outcome,) = mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)

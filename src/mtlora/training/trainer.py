@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import random
 import shutil
 import signal
@@ -129,7 +130,7 @@ def train_task(
         trainer.remove_callback(PrinterCallback)
     log(f"[{task.name}] training {method}: {len(data.train)} examples, "
         f"{_describe_parameters(built)}, precision {'bf16' if args.bf16 else 'fp32'}")
-    with stopper.installed(), no_save_progress_bars():
+    with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
         result = trainer.train(resume_from_checkpoint=resume)
     if stopper.requested:
         raise TrainingInterrupted(
@@ -330,8 +331,25 @@ class _ThisRunsCadence(TrainerCallback):
     arguments: this puts this run's `checkpoint_every` and `log_every` back, so that changing them resumes
     with them instead of silently keeping the old ones."""
 
+    MISMATCH = "Warning: The following arguments do not match"  # HF's, naming logging/eval/save steps only
+
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         state.compute_steps(args, state.max_steps)
+
+    @classmethod
+    @contextlib.contextmanager
+    def unwarned(cls) -> Iterator[None]:
+        """Without HF's warning that the steps differ from the checkpoint's: it reads as if the new ones
+        were not taken, where this callback takes them."""
+        def not_mismatch(record: logging.LogRecord) -> bool:
+            return not record.getMessage().startswith(cls.MISMATCH)
+
+        hf_logger = logging.getLogger("transformers.trainer_utils")
+        hf_logger.addFilter(not_mismatch)
+        try:
+            yield
+        finally:
+            hf_logger.removeFilter(not_mismatch)
 
 
 class _RunClock(TrainerCallback):
