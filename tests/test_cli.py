@@ -168,7 +168,7 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     assert semantic.exit_code == 0, semantic.output
     assert re.search(r"\(router: semantic, read: (embeddings|encoder), confidence", semantic.output)
     # The score column says what the router's scores are.
-    assert "rule matched" in routed.output and "cosine similarity" in semantic.output, semantic.output
+    assert "rules matched" in routed.output and "cosine similarity" in semantic.output, semantic.output
 
     predicted = run("predict", trained_project, "where is my refund", "--router", "keywords", "--json")
     answer = json.loads(predicted.output)

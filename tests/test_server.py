@@ -117,6 +117,8 @@ def test_bad_requests_get_a_4xx_json_error(client: TestClient, body: str, status
     ('{"inputs": "hi"}', "text/plain", "body: send a JSON object, with the header content-type: application/json"),
     ('{"inputs": {"text": "a", "txt_pair": "b"}}', "application/json",
      "inputs.txt_pair: unknown field (did you mean 'text_pair'?); valid fields: text, text_pair"),
+    ('{"inputs": ["a", {"text": "t", "question": "q"}]}', "application/json",
+     "inputs[1]: an input is a {text, text_pair} or a {question, context} object, not a mix of the two"),
     ('{"inputs": [{"question": "q", "contxt": "c"}]}', "application/json",
      "inputs[0].contxt: unknown field (did you mean 'context'?); valid fields: question, context"),
     ('{"inputs": ["a", {"question": "q"}]}', "application/json", "inputs[1].context: Field required"),

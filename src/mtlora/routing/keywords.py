@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class KeywordRouter(Router):
     name = "keywords"
-    score_meaning = "rule matched (1)"
+    score_meaning = "rules matched"
 
     def __init__(self, hints: Mapping[str, Mapping[str, Any]], default_task: str | None = None):
         self.rules = {task: _compile(h) for task, h in hints.items()}

@@ -331,6 +331,9 @@ def _unknown_field(loc: tuple, model: type[BaseModel] | None) -> str:
     """pydantic says "Extra inputs are not permitted", where `inputs` is a field of this API."""
     if model is None:
         return f"{_field_path(loc)}: unknown field"
+    if model in INPUT_SHAPES.values() and any(loc[-1] in shape.model_fields for shape in INPUT_SHAPES.values()):
+        return f"{_field_path(loc).rpartition('.')[0]}: an input is a {{text, text_pair}} or a {{question, context}} " \
+               "object, not a mix of the two"
     valid = list(model.model_fields)
     close = difflib.get_close_matches(str(loc[-1]), valid, 1)
     return f"{_field_path(loc)}: unknown field{f' (did you mean {close[0]!r}?)' if close else ''}; valid fields: " \
