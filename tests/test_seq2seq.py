@@ -216,6 +216,25 @@ def test_the_only_seq2seq_adapter_reloads_and_comes_back_after_removal(trained_s
     assert engine.predict("great film", task="summarize")["text"] == before
 
 
+def test_a_failed_first_seq2seq_add_lets_the_model_go_and_can_be_tried_again(
+        trained_seq2seq_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtlora.engine.seq2seq import Seq2SeqAdapters
+    from mtlora.errors import AdapterNotServableError
+
+    def no_room(*args, **kwargs):
+        raise AdapterNotServableError("no task-token rows free")
+
+    engine = Engine.from_config(trained_seq2seq_project, tasks=[], precision="fp32")
+    with monkeypatch.context() as patch:  # fails after the model is built, as a full task-token table would
+        patch.setattr(Seq2SeqAdapters, "_place_tokens", no_room)
+        with pytest.raises(AdapterNotServableError):
+            engine.add("summarize")
+    assert engine.tasks == [] and engine._seq2seq.model is None  # no model held for no adapter
+    engine.add("summarize")
+    alone = mtlora.load_predictor(trained_seq2seq_project, "summarize").predict_batch(TEXTS)
+    assert [p["text"] for p in engine.predict_batch(TEXTS, task="summarize")] == [p["text"] for p in alone]
+
+
 def test_a_merged_generation_adapter_writes_as_the_engine_does(trained_seq2seq_project: Path, tmp_path: Path) -> None:
     """The export carries the task's decoding settings, so a plain generate() is the engine's answer."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
