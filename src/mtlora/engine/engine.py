@@ -152,6 +152,8 @@ class Engine:
         routing_hints: each task's routing hints (keywords, patterns, priority, examples) as its project
             file gives them now (`from_config` passes them); a task left out routes by the hints stored
             in its manifest when it was trained.
+        project_tasks: the project file's tasks, trained or not (`from_config` passes them): a text whose
+            prefix names one not trained yet is told to train it.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Engine:
         mixed_batches: bool | str = "auto",
         fold_cache: int = 0,
         routing_hints: Mapping[str, Mapping[str, Any]] | None = None,
+        project_tasks: Sequence[str] = (),
     ):
         # The project file checks these; a caller in Python gets the same answer, not a silent default.
         if precision not in ("auto", "fp32", "bf16"):
@@ -194,6 +197,7 @@ class Engine:
         self.router_settings = router_settings or RouterSettings()
         self.default_router = router_class(router or self.router_settings.strategy).name  # a typo fails here
         self._routing_hints = dict(routing_hints or {})
+        self._project_tasks = frozenset(project_tasks)
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
@@ -222,6 +226,7 @@ class Engine:
         project = config if isinstance(config, ProjectConfig) else load_config(config)
         kwargs.setdefault("router_settings", project.router)
         kwargs.setdefault("routing_hints", {task.name: task.routing.model_dump(mode="json") for task in project.tasks})
+        kwargs.setdefault("project_tasks", [task.name for task in project.tasks])
         for setting, value in project.inference.model_dump().items():
             kwargs.setdefault(setting, value)
         return cls(project.backbone, Registry(project.registry), tasks, **kwargs)
@@ -527,7 +532,7 @@ class Engine:
         if name in self.registry:
             where = "it is in the registry"
             fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
-        elif name in self._routing_hints:  # from_config passes one for each task of the project file
+        elif name in self._project_tasks:
             where, fix = "the project file has it, but it is not trained", f"mtlora train PROJECT.yaml --task {name}"
         elif TASK_TOKEN.match(text) and difflib.get_close_matches(name, self.tasks, 1, 0.75):
             where, fix = "no task has that name", ""  # the error's own guess names the one meant
