@@ -264,6 +264,8 @@ def test_a_mistake_under_defaults_is_named_there_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("data", "expected"), [
     ({"label_map": {"a": None}}, r"data\.label_map: 'a' maps to null \(give the label name it stands for"),
     ({"labels": ["", "b"]}, r"data\.labels: label 0 is an empty name \(every label needs a name"),
+    ({"label_map": {1: "a", "1": "b"}}, r"data\.label_map: '1' given twice \(as a number and as text\); keep one"),
+    ({"train": {"path": "t.csv", "limit": True}}, r"data\.train\.limit: limit is a number of rows, not true"),
     ({"labels": ["a", "  "]}, r"data\.labels: label 1 is an empty name"),
     ({"train": {"path": "t.csv", "recode": {"label": {1: None}}}},
      r"data\.train\.recode: '1' of column 'label' maps to null \(give the value it is read as"),

@@ -93,6 +93,13 @@ class SourceConfig(_Strict):
                              "Python's codecs documentation lists them)") from None
         return encoding
 
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _rows_not_yes(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic reads true as 1: a sample of one row
+            raise ValueError(f"limit is a number of rows, not {str(value).lower()}")
+        return value
+
     @field_validator("recode", mode="before")
     @classmethod
     def _codes_as_strings(cls, value: Any) -> Any:
@@ -174,6 +181,9 @@ def _strings(mapping: dict[Any, Any], null_problem: str) -> dict[str, str]:
     for key, value in mapping.items():
         if value is None:
             raise ValueError(f"{str(key)!r} {null_problem}")
+    keys = [str(key) for key in mapping]
+    if repeated := sorted({key for key in keys if keys.count(key) > 1}):  # 1 and '1': data holds one '1'
+        raise ValueError(f"{', '.join(map(repr, repeated))} given twice (as a number and as text); keep one")
     return {str(k): str(v) for k, v in mapping.items()}
 
 
