@@ -15,6 +15,13 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
+
+
+def likely_meant(name: object, options: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The option a misspelt `name` most likely meant, if one is close (difflib's ratio at least `cutoff`)."""
+    close = difflib.get_close_matches(str(name), list(options), 1, cutoff)
+    return close[0] if close else None
 
 
 class MtloraError(Exception):
@@ -46,8 +53,8 @@ class UnknownTaskError(MtloraError, KeyError):
         self.name = name
         self.available = sorted(available)
         listing = ", ".join(self.available) if self.available else "none"
-        close = difflib.get_close_matches(str(name), self.available, 1)
-        guess = f" Did you mean '{close[0]}'?" if close else ""
+        meant = likely_meant(name, self.available)
+        guess = f" Did you mean '{meant}'?" if meant else ""
         super().__init__(f"No {what} '{name}'{where}.{guess} Available: {listing}" + (f" ({fix})" if fix else ""))
 
     def __str__(self) -> str:  # KeyError would quote the message

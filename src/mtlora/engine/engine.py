@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
 import logging
 import re
 import threading
@@ -73,6 +72,7 @@ from mtlora.errors import (
     InputError,
     RegistryError,
     UnknownTaskError,
+    likely_meant,
 )
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
@@ -534,7 +534,7 @@ class Engine:
             fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
         elif name in self._project_tasks:
             where, fix = "the project file has it, but it is not trained", f"mtlora train PROJECT.yaml --task {name}"
-        elif TASK_TOKEN.match(text) and difflib.get_close_matches(name, self.tasks, 1, 0.75):
+        elif TASK_TOKEN.match(text) and likely_meant(name, self.tasks, cutoff=0.75):  # stricter: it refuses
             where, fix = "no task has that name", ""  # the error's own guess names the one meant
         else:
             return

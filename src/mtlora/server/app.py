@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import hmac
 import os
 import re
@@ -40,6 +39,7 @@ from mtlora.errors import (
     InputError,
     MtloraError,
     UnknownTaskError,
+    likely_meant,
 )
 from mtlora.routing import ROUTERS
 from mtlora.server.batcher import MicroBatcher, QueueFull
@@ -335,8 +335,8 @@ def _unknown_field(loc: tuple, model: type[BaseModel] | None) -> str:
         return f"{_field_path(loc).rpartition('.')[0]}: an input is a {{text, text_pair}} or a {{question, context}} " \
                "object, not a mix of the two"
     valid = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), valid, 1)
-    return f"{_field_path(loc)}: unknown field{f' (did you mean {close[0]!r}?)' if close else ''}; valid fields: " \
+    meant = likely_meant(loc[-1], valid)
+    return f"{_field_path(loc)}: unknown field{f' (did you mean {meant!r}?)' if meant else ''}; valid fields: " \
            f"{', '.join(valid)}"
 
 
