@@ -50,6 +50,13 @@ def test_ctrl_c_outside_training_exits_130_without_a_traceback(tiny_project: Pat
     assert stopped.exception is None or isinstance(stopped.exception, SystemExit), stopped.exception
 
 
+def test_an_empty_mapping_shows_as_a_dash_not_as_nothing() -> None:
+    """An input no task could take has no scores: the line read 'scores: ' with nothing after it."""
+    from mtlora.cli import _shown
+
+    assert (_shown({}), _shown(None), _shown({"a": 0.5})) == ("-", "-", "a 0.5000")
+
+
 def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
     trained = run("train", tiny_project, "--task", "sentiment")
     assert trained.exit_code == 0, trained.output

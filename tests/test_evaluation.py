@@ -106,6 +106,22 @@ def test_an_adapter_is_scored_only_with_the_kind_and_labels_it_was_trained_with(
     with pytest.raises(mtlora.RegistryError, match=r"trained as classification, but the project file now says "
                                                     r"kind: instruction_classification; retrain it"):
         mtlora.evaluate(changed, "sentiment", log=lambda _: None)
+    # Labels learned from the data in another order than the adapter's (numbers sorted as numbers since
+    # 2026-11-26): the project file gave none, so the fix is to list them, not to "restore" them.
+    from mtlora.data import load_task_data
+    from mtlora.evaluation.evaluate import _check_trained_as_configured
+
+    del sentiment["data"]["labels"]
+    sentiment["kind"] = "classification"
+    changed.write_text(yaml.safe_dump(config))
+    project = load_config(changed)
+    data = load_task_data(project, project.task("sentiment"))
+    manifest = mtlora.show_adapter(changed, "sentiment")
+    reordered = manifest.model_copy(update={"labels": list(reversed(manifest.labels))})
+    with pytest.raises(mtlora.RegistryError, match=r"but the training data now gives \(sorted\) \['negative', "
+                                                    r"'positive'\]; list them in data.labels in that order, or "
+                                                    r"retrain it with `mtlora train PROJECT.yaml --task sentiment`"):
+        _check_trained_as_configured(project.task("sentiment"), reordered, data, log=lambda _: None)
 
 
 def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project: Path) -> None:

@@ -158,6 +158,7 @@ def test_an_empty_or_list_label_is_refused_not_made_a_class(tmp_path: Path, labe
 def test_an_mcq_answer_index_reads_from_a_csv_cell_unless_an_option_is_that_text(tmp_path: Path) -> None:
     from test_data import project
 
+    from mtlora import DataError
     from mtlora.data import load_task_data
 
     (tmp_path / "mcq.csv").write_text('text,question,options,answer\n'
@@ -166,6 +167,9 @@ def test_an_mcq_answer_index_reads_from_a_csv_cell_unless_an_option_is_that_text
     config, task = project(tmp_path, "mcq_generation", "mcq.csv")
     answers = [e["mcq"].answer for e in load_task_data(config, task, splits=("train",)).train]
     assert answers == [1, 2]
+    (tmp_path / "mcq.csv").write_text('text,question,options,answer\npassage,Q?,"[""a"",""b"",""c"",""d""]",²\n')
+    with pytest.raises(DataError, match=r"mcq.csv:2: answer '²' in field 'answer' is not a letter a-d"):
+        load_task_data(config, task, splits=("train",))  # str.isdigit takes '²'; int() did not
 
 
 def test_qa_answers_and_scores_of_the_wrong_type_are_refused_by_name(tmp_path: Path) -> None:
