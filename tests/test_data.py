@@ -337,6 +337,16 @@ def test_a_byte_the_encoding_cannot_read_is_placed_by_line_and_offset(tmp_path: 
         load(tmp_path, "classification", name, **LABELS)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "UTF8"])
+def test_an_unreadable_byte_after_a_byte_order_mark_is_placed_in_the_file(tmp_path: Path, encoding: str) -> None:
+    """utf-8-sig would count offsets after the mark: the file's bytes count from its first."""
+    data = "\ufefftext,label\nfine,pos\n".encode() + "caf\xe9,neg\n".encode("latin-1")
+    (tmp_path / "bom.csv").write_bytes(data)
+    offset = data.index(b"\xe9")
+    with pytest.raises(DataError, match=rf"bom.csv:3: not valid {encoding} text: byte 0xe9 at offset {offset} "):
+        load(tmp_path, "classification", {"path": "bom.csv", "encoding": encoding}, **LABELS)
+
+
 @pytest.mark.parametrize("line", ["\t", " \t "])
 def test_a_line_of_empty_fields_under_quoting_none_is_refused_at_its_line(tmp_path: Path, line: str) -> None:
     """A line count that skipped it, unlike the reader, gave 'read 3 rows but the file has 2', with no line."""
