@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.datastructures import Headers
@@ -65,15 +66,12 @@ class HTTPProblem(Exception):
         self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
 
 
-# The endpoints that take a JSON body, with its model: a misspelt field is told the valid ones.
-REQUEST_BODIES: dict[str, type[BaseModel]] = {"/v1/predict": PredictRequest, "/v1/route": RouteRequest}
-
-
 def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | None = None) -> FastAPI:
     """The app; `engine_factory` runs at start-up (in the lifespan), not at import."""
     settings = settings or ServerSettings()
     metrics = Metrics()
     state: dict[str, Any] = {"routing": 0}  # route calls waiting on the engine
+    bodies: dict[str, type[BaseModel]] = {}  # each endpoint's request model, by path (filled once routes exist)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,7 +97,7 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
         errors = list(error.errors())
         details = [{"where": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in errors]
         headline = _validation_headline(errors, request.headers.get("content-type", ""),
-                                        REQUEST_BODIES.get(request.url.path))
+                                        bodies.get(request.url.path))
         return _problem(HTTPProblem(422, "invalid_request", headline), metrics, details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -195,6 +193,9 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
         await asyncio.to_thread(engine().remove, _checked_adapter_name(name))
         return {"unloaded": name, "tasks": engine().tasks}
 
+    # A misspelt body field is told the valid ones: each body endpoint's model, as FastAPI read it.
+    bodies.update({route.path: route.body_field.field_info.annotation for route in app.routes
+                   if isinstance(route, APIRoute) and route.body_field is not None})
     return app
 
 
