@@ -163,6 +163,20 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     assert (Path(validation.path).name, validation.quoting) == ("b.tsv", "none")
 
 
+def test_yes_and_no_are_text_as_in_yaml_1_2_and_a_boolean_setting_still_takes_them(tmp_path: Path) -> None:
+    path = tmp_path / "mtlora.yaml"
+    path.write_text("tasks:\n  - name: a\n    kind: classification\n    training: {baseline: no}\n"
+                    "    routing: {keywords: [on, off]}\n"
+                    "    data: {train: t.jsonl, labels: [yes, no], label_map: {Y: yes, N: no, on: yes}}\n")
+    task = load_config(path).tasks[0]
+    assert task.data.labels == ["yes", "no"]
+    assert task.data.label_map == {"Y": "yes", "N": "no", "on": "yes"}
+    assert task.routing.keywords == ["on", "off"]
+    assert task.training.baseline is False
+    path.write_text(path.read_text().replace("baseline: no", "baseline: false"))
+    assert load_config(path).tasks[0].training.baseline is False
+
+
 def test_unknown_task_lists_the_ones_there_are(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, {"tasks": [task("sentiment"), task("topics")]}))
     with pytest.raises(UnknownTaskError, match=r"No task 'x' in the project config\. Available: sentiment, topics"):

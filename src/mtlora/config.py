@@ -523,6 +523,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1, which PyYAML reads, takes yes/no/on/off for booleans: `label_map: {yes: positive}` would map
+# the label True, and `labels: [yes, no]` be refused as not text. Only true and false are booleans in
+# YAML 1.2, and so here; `baseline: no` still reads as false, which pydantic reads from text.
+_BOOLEAN = "tag:yaml.org,2002:bool"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOLEAN]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(_BOOLEAN, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def _project_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
