@@ -116,6 +116,15 @@ def test_missing_field_names_file_line_and_the_fields_present(tmp_path: Path) ->
     assert "missing field 'text'" in message and "fields present: txt, label" in message
 
 
+def test_spaces_around_a_label_or_a_header_name_are_not_part_of_it(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text, label\ngood film, pos\nbad film, neg\ngreat,pos\nawful,neg\n")
+    learned = load(tmp_path, "classification", "train.csv")
+    assert learned.kind.labels == ["neg", "pos"]  # not four classes: " neg", " pos", "neg", "pos"
+    assert [e["label"] for e in learned.train] == [1, 0, 1, 0]
+    given = load(tmp_path, "classification", "train.csv", labels=["neg", "pos"])
+    assert [e["label"] for e in given.train] == [1, 0, 1, 0]
+
+
 def test_unknown_label_lists_the_valid_ones(tmp_path: Path) -> None:
     name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": "meh", "label": "neutral"}])
     expected = r"train.jsonl:2: unknown label 'neutral' in field 'label'; valid labels: neg, pos"

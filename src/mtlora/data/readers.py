@@ -273,6 +273,7 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
         header_where = str(path)
         if header is None:
             header, header_line = _header(reader, path, fmt)
+            header = [name.strip() for name in header]  # "text, label", as hand-written CSVs space them
             header_where = f"{path}:{header_line}"
             line = reader.line_num + 1
         repeated = sorted({name for name in header if header.count(name) > 1})

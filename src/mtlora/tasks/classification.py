@@ -94,13 +94,16 @@ def parse_labelled(kind: TaskKind, rows: Sequence[Row], texts: Callable[[Row], E
 
 
 def label_value(kind: TaskKind, row: Row) -> Any:
-    """A row's raw label: a name or a number, never an empty cell or a list, which would become a class."""
+    """A row's raw label: a name or a number, never an empty cell or a list, which would become a class, and
+    without the spaces around it (", positive" in a CSV would be a class apart from "positive")."""
     value, column = kind.value(row, "label"), kind.column("label")
     if isinstance(value, list | dict):
         raise DataError(row.where, f"field '{column}' holds a {type(value).__name__}, not a label",
                         "give each row one label (a name, or a 0-based id into data.labels)")
-    if isinstance(value, str) and not value.strip():
-        raise DataError(row.where, f"field '{column}' is empty", "give the row its label, or drop it")
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise DataError(row.where, f"field '{column}' is empty", "give the row its label, or drop it")
     return value
 
 
