@@ -215,7 +215,7 @@ def test_holdout_is_stratified_and_seeded(tmp_path: Path) -> None:
     assert not {e["text"] for e in first.validation} & {e["text"] for e in first.train}
 
 
-def test_holdout_keeps_a_rare_label_in_its_share_whatever_the_seed() -> None:
+def test_holdout_keeps_a_rare_label_in_its_share_whatever_the_seed_and_a_single_row_in_training() -> None:
     from mtlora.data.splits import _holdout
     from mtlora.tasks.classification import ClassificationTask
 
@@ -225,6 +225,12 @@ def test_holdout_keeps_a_rare_label_in_its_share_whatever_the_seed() -> None:
     for seed in range(10):
         _, held = _holdout(kind, examples, 0.25, seed, "train.jsonl")
         assert sum(e["label"] == 0 for e in held) == 1
+    # A third label with a single row stays in training, and the other two keep their shares.
+    kind = ClassificationTask(labels=["neg", "pos", "odd"])
+    for seed in range(10):
+        train, held = _holdout(kind, [*examples, {"text": "odd one", "label": 2}], 0.25, seed, "train.jsonl")
+        assert sum(e["label"] == 0 for e in held) == 1 and {"text": "odd one", "label": 2} in train
+        assert len(train) + len(held) == 101
 
 
 def test_a_regression_scale_comes_from_the_training_rows_only(tmp_path: Path) -> None:

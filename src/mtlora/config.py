@@ -141,7 +141,8 @@ class DataConfig(_Strict):
     validation: SourceConfig | None = None
     test: SourceConfig | None = None
     holdout: float | None = Field(
-        None, gt=0, lt=0.5, description="fraction of train kept (seeded, stratified) as validation"
+        None, gt=0, lt=0.5,
+        description="fraction of train kept as validation (seeded, stratified; a label of one row stays in training)",
     )
     fields: dict[str, str] = Field(
         default_factory=dict, description="task role -> column name, e.g. {text: sentence}"

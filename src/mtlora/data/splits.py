@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,10 +118,19 @@ def _tagged(examples: list[Example], task: str) -> list[Example]:
 def _holdout(kind: TaskKind, examples: list[Example], fraction: float,
              seed: int, where: str) -> tuple[list[Example], list[Example]]:
     keys = [kind.stratify_key(e) for e in examples]
-    stratify = keys if kind.categorical and min(keys.count(k) for k in set(keys)) >= 2 else None
-    _check_holdout_size(where, fraction, len(examples), len(set(keys)) if stratify else 1)
-    train, held = train_test_split(examples, test_size=fraction, random_state=seed, stratify=stratify)
-    return list(train), list(held)
+    counts = Counter(keys)
+    # A label with one row cannot be on both sides: it stays in training, and the rest split stratified,
+    # rather than the whole split going unstratified for its sake.
+    alone = [e for e, key in zip(examples, keys, strict=True) if counts[key] == 1]
+    paired = [(e, key) for e, key in zip(examples, keys, strict=True) if counts[key] > 1]
+    if not kind.categorical or not paired:
+        _check_holdout_size(where, fraction, len(examples), 1)
+        train, held = train_test_split(examples, test_size=fraction, random_state=seed)
+        return list(train), list(held)
+    rows, stratify = zip(*paired, strict=True)
+    _check_holdout_size(where, fraction, len(rows), len(set(stratify)))
+    train, held = train_test_split(list(rows), test_size=fraction, random_state=seed, stratify=list(stratify))
+    return list(train) + alone, list(held)
 
 
 def _check_holdout_size(where: str, fraction: float, rows: int, classes: int) -> None:
