@@ -233,6 +233,17 @@ def test_holdout_keeps_a_rare_label_in_its_share_whatever_the_seed_and_a_single_
         assert len(train) + len(held) == 101
 
 
+def test_holdout_keeps_the_examples_of_one_input_on_one_side(tmp_path: Path) -> None:
+    """RACE asks several questions of one article: a split by row scored validation on trained articles."""
+    rows = [{"text": f"article {i // 3}", "target": f"question {i}"} for i in range(60)]
+    data = load(tmp_path, "generation", jsonl(tmp_path, rows), holdout=0.2)
+    assert len(data.validation) == 12 and len(data.train) == 48
+    assert not {e["text"] for e in data.validation} & {e["text"] for e in data.train}
+    assert data.inputs_seen_in_training("validation") == 0
+    data.validation.append(data.train[0])
+    assert data.inputs_seen_in_training("validation") == 1
+
+
 def test_a_regression_scale_comes_from_the_training_rows_only(tmp_path: Path) -> None:
     rows = [{"text": f"a {i}", "text_pair": f"b {i}", "label": float(i)} for i in range(20)]
     config, task = project(tmp_path, "regression", jsonl(tmp_path, rows), holdout=0.4)

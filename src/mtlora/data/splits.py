@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from mtlora.config import ProjectConfig, SourceConfig, TaskConfig
 from mtlora.data.readers import read_rows, source_location
 from mtlora.errors import DataError, InputError
 from mtlora.tasks import Example, TaskKind, get_task_kind
+from mtlora.tasks.base import input_key
 from mtlora.tasks.multitask import MultitaskTask
 
 SPLITS = ("train", "validation", "test")
@@ -32,6 +33,12 @@ class TaskData:
         check_split(name)
         examples: list[Example] = getattr(self, name)
         return examples
+
+    def inputs_seen_in_training(self, split: str) -> int:
+        """How many of `split`'s examples ask what a training example asks: their scores tell what the
+        adapter remembers as much as what it learned."""
+        trained = {input_key(example) for example in self.train}
+        return sum(input_key(example) in trained for example in self.split(split))
 
     def train_signature(self) -> str:
         """The training examples, not where they were read from: a file edited in place, another limit,
@@ -117,20 +124,32 @@ def _tagged(examples: list[Example], task: str) -> list[Example]:
 
 def _holdout(kind: TaskKind, examples: list[Example], fraction: float,
              seed: int, where: str) -> tuple[list[Example], list[Example]]:
-    keys = [kind.stratify_key(e) for e in examples]
+    """Split off `fraction` of the training inputs: the examples that ask the same thing (RACE's questions
+    on one article) stay on one side, lest validation score what training showed."""
+    groups = list(_by_input(examples).values())
+    keys = [kind.stratify_key(group[0]) for group in groups]
     counts = Counter(keys)
-    # A label with one row cannot be on both sides: it stays in training, and the rest split stratified,
+    # A label with one input cannot be on both sides: it stays in training, and the rest split stratified,
     # rather than the whole split going unstratified for its sake.
-    alone = [e for e, key in zip(examples, keys, strict=True) if counts[key] == 1]
-    paired = [(e, key) for e, key in zip(examples, keys, strict=True) if counts[key] > 1]
+    alone = [group for group, key in zip(groups, keys, strict=True) if counts[key] == 1]
+    paired = [(group, key) for group, key in zip(groups, keys, strict=True) if counts[key] > 1]
     if not kind.categorical or not paired:
-        _check_holdout_size(where, fraction, len(examples), 1)
-        train, held = train_test_split(examples, test_size=fraction, random_state=seed)
-        return list(train), list(held)
-    rows, stratify = zip(*paired, strict=True)
-    _check_holdout_size(where, fraction, len(rows), len(set(stratify)))
-    train, held = train_test_split(list(rows), test_size=fraction, random_state=seed, stratify=list(stratify))
-    return list(train) + alone, list(held)
+        _check_holdout_size(where, fraction, len(groups), 1)
+        train, held = train_test_split(groups, test_size=fraction, random_state=seed)
+    else:
+        split_groups, stratify = zip(*paired, strict=True)
+        _check_holdout_size(where, fraction, len(split_groups), len(set(stratify)))
+        train, held = train_test_split(list(split_groups), test_size=fraction, random_state=seed,
+                                       stratify=list(stratify))
+        train = [*train, *alone]
+    return [e for group in train for e in group], [e for group in held for e in group]
+
+
+def _by_input(examples: list[Example]) -> dict[tuple[str | None, ...], list[Example]]:
+    groups: dict[tuple[str | None, ...], list[Example]] = defaultdict(list)
+    for example in examples:
+        groups[input_key(example)].append(example)
+    return groups
 
 
 def _check_holdout_size(where: str, fraction: float, rows: int, classes: int) -> None:
