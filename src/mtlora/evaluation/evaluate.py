@@ -42,6 +42,7 @@ class TaskReport:
     labels: list[str] | None = None
     confusion: list[list[int]] | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    seen_in_training: int = 0  # examples whose input a training example also has
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +63,11 @@ def evaluate_task(
     if not examples:  # not declared: a declared source without rows fails as it is read
         hint = {"validation": "set data.validation (or data.holdout)", "test": "set data.test"}.get(split, "")
         raise DataError(f"task '{task.name}'", f"has no {split} data", f"{hint} in the project file" if hint else None)
+    seen = data.inputs_seen_in_training(split)
+    if seen and split != "train":
+        log(f"[{task.name}] warning: {seen} of {len(examples)} {split} inputs are also training inputs, so the "
+            f"scores tell what the adapter remembers as much as what it learned; read {split} from rows the "
+            "training data lacks, or use data.holdout, which keeps each input on one side")
     tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
     bf16 = use_bf16(project.inference.precision, default_device())  # scored as the engine serves it
 
@@ -98,6 +104,7 @@ def evaluate_task(
         labels=kind.labels,
         confusion=kind.confusion(predictions["lora"], examples),
         samples=_samples(kind, examples, predictions),
+        seen_in_training=seen,
     )
     registry.record_metrics(task.name, manifest, split, report.metrics)
     return report
