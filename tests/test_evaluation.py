@@ -17,7 +17,15 @@ def test_classification_metrics() -> None:
     metrics = classification_metrics([0, 1, 1, 0], [0, 1, 0, 0], labels=["neg", "pos"])
     assert metrics["accuracy"] == pytest.approx(0.75)
     assert metrics["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
-    assert metrics["f1"] == pytest.approx(2 / 3)
+    assert metrics["f1[pos]"] == pytest.approx(2 / 3)  # the F1 of label id 1, named
+    # Sorted from the data, id 1 may be the negative class: the key says which class was scored.
+    assert classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["duplicate", "not_duplicate"])["f1[not_duplicate]"] \
+        == pytest.approx(0.8)
+    # A label neither in the split nor predicted is no F1 of 0 in the macro average.
+    perfect = classification_metrics([0, 1, 0, 1], [0, 1, 0, 1], labels=["a", "b", "c"])
+    assert perfect["macro_f1"] == perfect["weighted_f1"] == 1.0
+    # A label the split lacks but the model answers still costs its F1 of 0.
+    assert classification_metrics([0, 1], [0, 2], labels=["a", "b", "c"])["macro_f1"] == pytest.approx(1 / 3)
 
 
 def test_regression_metrics() -> None:

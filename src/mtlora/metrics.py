@@ -19,15 +19,18 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+")  # whitespace after a sentence's fin
 
 
 def classification_metrics(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[str]) -> dict[str, float]:
-    ids = list(range(len(labels)))
+    # The macro average is over the labels the split holds or the model answers, as sklearn's default: a
+    # label in neither (a small split, a limit) would add an F1 of 0 that says nothing about the model.
     metrics = {
         "accuracy": float(accuracy_score(gold, predicted)),
-        "macro_f1": float(f1_score(gold, predicted, labels=ids, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(gold, predicted, labels=ids, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(gold, predicted, average="weighted", zero_division=0)),
     }
     if len(labels) == 2:
-        # GLUE reports MRPC/QQP F1 as the F1 of the positive class (label id 1).
-        metrics["f1"] = float(f1_score(gold, predicted, pos_label=1, average="binary", zero_division=0))
+        # GLUE reports MRPC/QQP F1 as the F1 of the positive class, label id 1. Which label that is depends on
+        # the order of data.labels (or, learned from the data, on sorting), so the key names it.
+        metrics[f"f1[{labels[1]}]"] = float(f1_score(gold, predicted, pos_label=1, average="binary",
+                                                     zero_division=0))
     return metrics
 
 
