@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import hashlib
 import json
@@ -19,6 +20,7 @@ import mtlora
 from mtlora import load_config
 from mtlora.engine import Engine
 from mtlora.errors import ConfigError, DataError
+from mtlora.evaluation import routing_mix
 from mtlora.registry import Registry
 from mtlora.tasks.mcq_generation import MCQ, parse_mcq
 from mtlora.training import TrainingInterrupted, train_task
@@ -416,6 +418,17 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
     alone = engine.predict("great good movie", task="summarize")
     assert engine.predict("<summarize> great good movie")["task"] == "summarize"
     assert engine.predict("<summarize> great good movie", task="summarize")["text"] == alone["text"]
+
+
+def test_the_routing_mix_leaves_a_multitask_task_to_its_parts(tmp_path: Path, warm_start_bert: Path) -> None:
+    """No router can choose writer for its parts' inputs (they carry no task token): in the mix they would
+    count twice, once as wrong by construction."""
+    project = load_config(with_writer(write_seq2seq_project(tmp_path, warm_start_bert)))
+    said: list[str] = []
+    mix = routing_mix(project, log=said.append)
+    assert collections.Counter(task for _, task in mix) == {"triage": 16, "summarize": 32, "mcq": 8}
+    assert said == ["[routing] multitask writer left out of the mix: a router sends their inputs to their parts; "
+                    "task tokens reach the multitask adapter"]
 
 
 def test_mix_shares_follow_the_temperature() -> None:

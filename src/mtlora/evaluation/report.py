@@ -151,7 +151,8 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
     atomic.write_json(written[0], [r.to_dict() for r in reports])
     tasks = reports[0].labels[:-1] if reports else []
     lines = ["# Routing", "", f"A held-out mix of every task's inputs ({reports[0].split if reports else ''}), "
-             "pairs and QA given as plain text pairs; each router picks the task.", "",
+             "pairs and QA given as plain text pairs; each router picks the task. A multitask task has no inputs "
+             "of its own in the mix: a router sends its parts' inputs to the parts.", "",
              "| router | reads | inputs | accuracy | unroutable | encoder pass | ms / input | "
              + " | ".join(tasks) + " |",
              "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]

@@ -44,11 +44,18 @@ def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int
                 seed: int = 0, log: Callable[[str], None] = print) -> list[tuple[Any, str]]:
     """Up to `per_task` inputs of each task with the task they belong to. Pairs and QA come as plain
     (text, text) tuples, so only the router, not the input's form, tells them apart. A task without
-    the split is left out, and said so."""
+    the split is left out, and said so.
+
+    A multitask task is left out too: its inputs are its parts', which a router sends to the parts; the
+    multitask adapter answers only inputs that name it by a task token, so no router could choose it."""
     rng = random.Random(seed)
     mix = []
     without = []
-    for task in project.tasks:
+    mixtures = [task.name for task in project.tasks if task.mixture is not None]
+    if mixtures:
+        log(f"[routing] multitask {', '.join(mixtures)} left out of the mix: a router sends their inputs to "
+            "their parts; task tokens reach the multitask adapter")
+    for task in (task for task in project.tasks if task.mixture is None):
         examples = load_task_data(project, task, splits=(split,)).split(split)
         if not examples:
             without.append(task.name)
