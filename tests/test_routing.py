@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from mtlora import Engine, load_config
 from mtlora.backbone import load_tokenizer
 from mtlora.config import RouterSettings
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
+from mtlora.evaluation import evaluate_routing
 from mtlora.registry import Registry
-from mtlora.routing import KeywordRouter, Request, split_prefix, train_router
+from mtlora.routing import KeywordRouter, Request, Route, split_prefix, train_router
 from mtlora.routing.semantic import SemanticRouter
 from mtlora.routing.token_head import HEAD_C, TokenRouterHead, mean_token_embeddings, token_embedding_table
 
@@ -145,6 +147,31 @@ def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project:
     assert semantic.labels == ["sentiment", "support", "(unroutable)"]
     assert (semantic.features, keywords.features) == ("cascade", None)  # what each router read
     assert semantic.encoder_share is not None and keywords.encoder_share is None
+
+
+class SlowToBuild:
+    """An engine whose router takes `setup` seconds to build on its first call, as the semantic and learned
+    routers do (embedding their example bank, loading their adapter); it routes a text to its first word."""
+
+    def __init__(self, setup: float) -> None:
+        self.setup = setup
+        self.built: set[str] = set()
+
+    def request(self, item: str) -> str:
+        return item
+
+    def route(self, requests: list[str], router: str) -> list[Route]:
+        if router not in self.built:
+            time.sleep(self.setup)
+            self.built.add(router)
+        return [Route(text.split()[0], router, 1.0) for text in requests]
+
+
+def test_routing_time_per_input_leaves_out_the_routers_setup() -> None:
+    mix = [("sentiment a great film", "sentiment"), ("support my refund", "support")] * 2
+    report, = evaluate_routing(SlowToBuild(setup=0.4), mix, ["keywords"], "validation", log=lambda _: None)
+    assert report.accuracy == 1.0
+    assert report.ms_per_input < 20  # with the 0.4 s setup timed, 100 ms per input
 
 
 def test_token_embedding_features_are_the_same_with_any_adapter_loaded(trained_project: Path,
