@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 import mtlora
-from mtlora import load_config
+from mtlora import cli, load_config
 from mtlora.cli import app
+from mtlora.evaluation import RoutingReport
 from mtlora.routing.token_head import TokenRouterHead
 
 runner = CliRunner()
@@ -37,6 +39,21 @@ def test_an_interrupted_train_exits_130_and_the_next_one_resumes(tiny_project: P
     assert stopped.exit_code == 130, stopped.output
     resumed = run("train", tiny_project, "--task", "sentiment", "--no-baseline")
     assert resumed.exit_code == 0 and "Resuming from" in resumed.output, resumed.output
+
+
+def test_the_routing_table_shows_the_share_routed_by_shape(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs that only one task takes go to it before any router runs, and count in its accuracy."""
+    report = RoutingReport(router="keywords", features=None, split="validation", examples=8, accuracy=0.75,
+                           unroutable=0.125, shape_share=0.25, per_task={"qa": 1.0}, labels=["qa", "(unroutable)"],
+                           confusion=[[8, 0]], ms_per_input=0.5)
+    monkeypatch.setattr(mtlora.api, "evaluate_routers", lambda *args, **kwargs: [report])
+    monkeypatch.setattr(cli, "console", Console(width=200, markup=False))
+    shown = run("evaluate", tiny_project, "--router", "keywords")
+    assert shown.exit_code == 0, shown.output
+    rows = [[cell.strip() for cell in line[1:-1].split(line[0])] for line in shown.output.splitlines()
+            if line[:1] in ("┃", "│")]
+    assert rows == [["router", "reads", "inputs", "accuracy", "unroutable", "by shape", "encoder pass", "ms/input"],
+                    ["keywords", "", "8", "0.750", "0.125", "0.250", "", "0.50"]]
 
 
 def test_ctrl_c_outside_training_exits_130_without_a_traceback(tiny_project: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -16,7 +17,7 @@ from mtlora import Engine, load_config
 from mtlora.backbone import load_tokenizer
 from mtlora.config import RouterSettings
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
-from mtlora.evaluation import evaluate_routing
+from mtlora.evaluation import evaluate_routing, routing_mix, write_routing_reports
 from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, Route, split_prefix, train_router
 from mtlora.routing.semantic import SemanticRouter
@@ -172,6 +173,23 @@ def test_routing_time_per_input_leaves_out_the_routers_setup() -> None:
     report, = evaluate_routing(SlowToBuild(setup=0.4), mix, ["keywords"], "validation", log=lambda _: None)
     assert report.accuracy == 1.0
     assert report.ms_per_input < 20  # with the 0.4 s setup timed, 100 ms per input
+
+
+def test_routing_reports_the_share_of_inputs_routed_by_their_shape(trained_project: Path, tmp_path: Path) -> None:
+    """With qa the only task that takes two texts, its inputs go to it by shape before any router runs, and
+    count in every router's accuracy: the report says how many."""
+    project = load_config(trained_project)
+    three = project.model_copy(update={"tasks": [project.task(t) for t in ("sentiment", "support", "qa")]})
+    mix = routing_mix(three, log=lambda _: None)
+    by_shape = sum(task == "qa" for _, task in mix) / len(mix)
+    keywords, = mtlora.evaluate_routers(three, ["keywords"], write=False, log=lambda _: None)
+    assert 0 < keywords.shape_share == by_shape and keywords.per_task["qa"] == 1.0
+    write_routing_reports([keywords], tmp_path)
+    assert json.loads((tmp_path / "routing.json").read_text())[0]["shape_share"] == by_shape
+    table = (tmp_path / "routing.md").read_text()
+    assert "| accuracy | unroutable | by shape | encoder pass |" in table
+    assert f"| {keywords.unroutable:.3f} | {by_shape:.3f} |  | {keywords.ms_per_input:.2f} |" in table
+    assert "accuracy and the per-task columns include them" in table
 
 
 def test_token_embedding_features_are_the_same_with_any_adapter_loaded(trained_project: Path,

@@ -56,14 +56,16 @@ def main() -> None:
     mtlora.train_router(project, progress=sys.stderr.isatty(),
                         log=lambda message: console.print(message, markup=False, highlight=False))
     routing = Table()
-    for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "encoder pass", "ms per input"):
+    for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "by shape", "encoder pass",
+                   "ms per input"):
         routing.add_column(column, justify="left" if column in ("router", "reads") else "right")
     for features in ("cascade", "encoder", "embeddings"):
         routers = ["keywords", "semantic", "learned"] if features == "cascade" else ["semantic", "learned"]
         settings = project.with_router(features=features)
         for report in mtlora.evaluate_routers(settings, routers, write=features == "cascade", log=lambda _: None):
             routing.add_row(report.router, report.features or "", f"{report.accuracy:.3f}",
-                            f"{report.unroutable:.3f}", report.encoder_pass_cell(), f"{report.ms_per_input:.2f}")
+                            f"{report.unroutable:.3f}", f"{report.shape_share:.3f}", report.encoder_pass_cell(),
+                            f"{report.ms_per_input:.2f}")
     console.print(routing)
 
     console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch (learned router)")

@@ -180,11 +180,11 @@ def _print_samples(report: Any) -> None:
 
 def _print_routing(reports: list) -> None:
     table = Table(title="Routing")
-    for column in ("router", "reads", "inputs", "accuracy", "unroutable", "encoder pass", "ms/input"):
+    for column in ("router", "reads", "inputs", "accuracy", "unroutable", "by shape", "encoder pass", "ms/input"):
         table.add_column(column, justify="left" if column in ("router", "reads") else "right")
     for r in reports:
         table.add_row(r.router, r.features or "", str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}",
-                      r.encoder_pass_cell(), f"{r.ms_per_input:.2f}")
+                      f"{r.shape_share:.3f}", r.encoder_pass_cell(), f"{r.ms_per_input:.2f}")
     console.print(table)
 
 

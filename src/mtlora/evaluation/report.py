@@ -153,22 +153,24 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
     lines = ["# Routing", "", f"A held-out mix of every task's inputs ({reports[0].split if reports else ''}), "
              "pairs and QA given as plain text pairs; each router picks the task. A multitask task has no inputs "
              "of its own in the mix: a router sends its parts' inputs to the parts.", "",
-             "| router | reads | inputs | accuracy | unroutable | encoder pass | ms / input | "
+             "| router | reads | inputs | accuracy | unroutable | by shape | encoder pass | ms / input | "
              + " | ".join(tasks) + " |",
-             "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
     best = max((r.accuracy for r in reports), default=None)  # bold, as in summary.md: the best of the column
     for r in reports:
         accuracy = f"**{r.accuracy:.3f}**" if r.accuracy == best else f"{r.accuracy:.3f}"
         lines.append(f"| {r.router} | {r.features or ''} | {r.examples} | {accuracy} | {r.unroutable:.3f} "
-                     f"| {r.encoder_pass_cell()} | {r.ms_per_input:.2f} | "
+                     f"| {r.shape_share:.3f} | {r.encoder_pass_cell()} | {r.ms_per_input:.2f} | "
                      + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks) + " |")
         path = folder / f"routing_{r.router}_confusion.png"
         written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
                                       columns=r.labels))
-    lines += ["", "Encoder pass: the share of inputs whose route read the encoder (a pass of its own); with "
-              "`router.features: cascade`, those the token embeddings left unsure. Columns after the first seven "
-              "are the accuracy on each task's inputs; confusion matrices: `routing_<router>_confusion.png`. "
-              "ms / input leaves out the router's one-time setup: it routes one input of each task, untimed, first.",
-              ""]
+    lines += ["", "By shape: the share of inputs routed by their shape before the router ran (a pair or a "
+              "question with its context that only one task takes); accuracy and the per-task columns include "
+              "them, alike for every router. Encoder pass: the share of inputs whose route read the encoder (a "
+              "pass of its own); with `router.features: cascade`, those the token embeddings left unsure. Columns "
+              "after the first eight are the accuracy on each task's inputs; confusion matrices: "
+              "`routing_<router>_confusion.png`. ms / input leaves out the router's one-time setup: it routes one "
+              "input of each task, untimed, first.", ""]
     atomic.write_text(written[1], "\n".join(lines))
     return written

@@ -26,6 +26,9 @@ class RoutingReport:
     examples: int
     accuracy: float
     unroutable: float  # share of inputs no task was chosen for
+    # Share of inputs routed by their shape before the router ran (a pair only one task takes): counted in
+    # accuracy, alike for every router.
+    shape_share: float
     per_task: dict[str, float]  # accuracy on each task's inputs
     labels: list[str]  # confusion rows are the true tasks; columns add UNROUTABLE
     confusion: list[list[int]]
@@ -95,7 +98,8 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
             router=router, features=engine.router_settings.features if reads else None,
             split=split, examples=len(mix),
             accuracy=_share(c == g for c, g in zip(chosen, truth, strict=True)),
-            unroutable=_share(c == UNROUTABLE for c in chosen), per_task=per_task, labels=columns,
+            unroutable=_share(c == UNROUTABLE for c in chosen), shape_share=_share(r.router == "shape" for r in routes),
+            per_task=per_task, labels=columns,
             confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),
             encoder_share=_share(r.reading == "encoder" for r in routes) if reads else None,
         )
