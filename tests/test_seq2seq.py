@@ -282,6 +282,13 @@ def test_mcq_format_round_trips_and_the_parser_rejects_what_is_not_an_mcq() -> N
         assert parse_mcq(text, 3) is None, text
 
 
+def test_a_letter_in_parentheses_inside_an_option_stays_in_its_text() -> None:
+    """Only the letter due next starts an option: DREAM has gold options like these."""
+    mcq = MCQ("what did he do?", ["covered the plant(s) accidently", "watered it", "Both (A) and (B)"], answer=2)
+    assert parse_mcq(mcq.format(), 3) == mcq
+    assert parse_mcq("question: who? options: (a) x (b) y (c) z (d) w answer: a", 3) is None  # one option too many
+
+
 def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm_start_bert: Path) -> None:
     project = write_seq2seq_project(tmp_path, warm_start_bert)
     dream = [[["M: where is the cat?", "W: on the mat."], [

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 LETTERS = string.ascii_lowercase
 _MCQ = re.compile(r"^\s*question\s*:\s*(?P<question>.+?)\s*options\s*:\s*(?P<options>.+?)\s*answer\s*:\s*"
                   r"(?P<answer>[a-z])\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
-_OPTION_LETTER = re.compile(r"\(\s*([a-z])\s*\)", re.IGNORECASE)
+_OPTION_MARKERS = [re.compile(rf"\(\s*{letter}\s*\)", re.IGNORECASE) for letter in LETTERS]
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,28 @@ def parse_mcq(text: str, num_options: int) -> MCQ | None:
     match = _MCQ.match(text)
     if match is None:
         return None
-    parts = _OPTION_LETTER.split(match["options"])
-    if parts[0].strip():  # text before the first "(a)"
-        return None
-    letters = [p.lower() for p in parts[1::2]]
-    options = [p.strip() for p in parts[2::2]]
-    if letters != list(LETTERS[:num_options]) or not all(options):
+    options = _options(match["options"])
+    if options is None or len(options) != num_options or not all(options):
         return None
     answer = LETTERS.find(match["answer"].lower())
     if answer >= num_options:
         return None
     return MCQ(question=match["question"].strip(), options=options, answer=answer)
+
+
+def _options(text: str) -> list[str] | None:
+    """The texts after (a), (b), (c), ... in turn, or None with text before "(a)". Only the letter due next
+    starts an option, so "plant(s)" or "Both (A) and (B)" inside an option's text stay in it."""
+    markers = []
+    for pattern in _OPTION_MARKERS:
+        marker = pattern.search(text, markers[-1].end() if markers else 0)
+        if marker is None:
+            break
+        markers.append(marker)
+    if not markers or text[:markers[0].start()].strip():
+        return None
+    ends = [marker.start() for marker in markers[1:]] + [len(text)]
+    return [text[marker.end():end].strip() for marker, end in zip(markers, ends, strict=True)]
 
 
 class MCQGenerationTask(Seq2SeqTask):
