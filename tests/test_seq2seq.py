@@ -22,7 +22,7 @@ from mtlora.engine import Engine
 from mtlora.errors import ConfigError, DataError
 from mtlora.evaluation import routing_mix
 from mtlora.registry import Registry
-from mtlora.tasks.mcq_generation import MCQ, parse_mcq
+from mtlora.tasks.mcq_generation import MCQ, MCQGenerationTask, parse_mcq
 from mtlora.training import TrainingInterrupted, train_task
 from mtlora.training import trainer as trainer_module
 
@@ -287,6 +287,23 @@ def test_a_letter_in_parentheses_inside_an_option_stays_in_its_text() -> None:
     mcq = MCQ("what did he do?", ["covered the plant(s) accidently", "watered it", "Both (A) and (B)"], answer=2)
     assert parse_mcq(mcq.format(), 3) == mcq
     assert parse_mcq("question: who? options: (a) x (b) y (c) z (d) w answer: a", 3) is None  # one option too many
+
+
+def test_mcq_rouge_scores_the_content_not_the_scaffold(tmp_path: Path, warm_start_bert: Path) -> None:
+    """Every output shares `question:`, `options:`, `(a)`, `answer:`: on those alone an empty MCQ scored 38."""
+    kind = MCQGenerationTask.from_config(load_config(write_seq2seq_project(tmp_path, warm_start_bert)).task("mcq"))
+    gold = MCQ("who sat on the mat?", ["the cat", "the dog"], answer=1)
+    examples = [{"text": "the dog sat on the mat", "mcq": gold}]
+
+    def scored(text: str) -> dict[str, float]:
+        mcq = parse_mcq(text, 2)
+        parsed = None if mcq is None else {"question": mcq.question, "options": mcq.options, "answer": "ab"[mcq.answer]}
+        return kind.metrics([{"text": text, "mcq": parsed}], examples)
+
+    assert scored(gold.format())["rougeL"] == 100.0
+    assert scored("question: options: (a) (b) answer: a")["rougeL"] == 0.0  # the scaffold alone: not an MCQ
+    nonsense = scored("question: zzz? options: (a) qq (b) ww answer: a")  # well-formed: valid, but says nothing
+    assert (nonsense["valid_mcq_share"], nonsense["rougeL"]) == (1.0, 0.0)
 
 
 def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm_start_bert: Path) -> None:

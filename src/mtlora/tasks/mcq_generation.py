@@ -7,6 +7,11 @@ The model writes one fixed, parseable line::
 `parse_mcq` reads it back; an output counts as a valid MCQ only with exactly `num_options` non-empty
 options lettered a, b, c, ... and an answer among those letters. The parser ignores case and the
 spaces a WordPiece tokenizer puts around punctuation, since models write what their tokenizer decodes.
+
+`valid_mcq_share`, the main metric, is a format rate: well-formed nonsense passes it. `rougeL` compares
+the content (question, option texts and answer letter) with the reference's, without the scaffold
+(`question:`, `options:`, `(a)`, `answer:`) that every output shares: on the scaffold alone an empty
+MCQ scored 38 against RACE references.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 LETTERS = string.ascii_lowercase
 _MCQ = re.compile(r"^\s*question\s*:\s*(?P<question>.+?)\s*options\s*:\s*(?P<options>.+?)\s*answer\s*:\s*"
                   r"(?P<answer>[a-z])\s*\.?\s*$", re.IGNORECASE | re.DOTALL)
+_SCAFFOLD = re.compile(r"\b(?:question|options|answer)\s*:|\(\s*[a-z]\s*\)", re.IGNORECASE)
 _OPTION_MARKERS = [re.compile(rf"\(\s*{letter}\s*\)", re.IGNORECASE) for letter in LETTERS]
 
 
@@ -41,6 +47,9 @@ class MCQ:
     def format(self) -> str:
         options = " ".join(f"({LETTERS[i]}) {option}" for i, option in enumerate(self.options))
         return f"question: {self.question} options: {options} answer: {LETTERS[self.answer]}"
+
+    def content(self) -> str:
+        return " ".join([self.question, *self.options, LETTERS[self.answer]])
 
 
 def parse_mcq(text: str, num_options: int) -> MCQ | None:
@@ -122,6 +131,11 @@ class MCQGenerationTask(Seq2SeqTask):
                         f"{LETTERS[0]}-{LETTERS[len(options) - 1]}, an index 0-{len(options) - 1}, "
                         "or the text of one of the options")
 
+    def _content(self, text: str) -> str:
+        """What an output says, without the scaffold: the parsed MCQ's, or the text with the scaffold cut out."""
+        mcq = parse_mcq(text, self.num_options)
+        return _SCAFFOLD.sub(" ", text) if mcq is None else mcq.content()
+
     def target(self, example: Example) -> str:
         return example["mcq"].format()
 
@@ -140,7 +154,8 @@ class MCQGenerationTask(Seq2SeqTask):
         return predictions
 
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
-        """ROUGE-L of the question (of the whole output where it does not parse), and the share that parses."""
+        """ROUGE-L of the question (of the whole output where it does not parse) and of the content, and the
+        share that parses (a format rate)."""
         if not predictions:
             return {"valid_mcq_share": 0.0, "question_rougeL": 0.0}
         questions = [p["mcq"]["question"] if p["mcq"] else p["text"] for p in predictions]
@@ -148,6 +163,6 @@ class MCQGenerationTask(Seq2SeqTask):
         return {
             "valid_mcq_share": sum(p["mcq"] is not None for p in predictions) / len(predictions),
             "question_rougeL": rouge(questions, [e["mcq"].question for e in examples])["rougeL"],
-            "rougeL": rouge(texts, [self.target(e) for e in examples])["rougeL"],
+            "rougeL": rouge([self._content(text) for text in texts], [e["mcq"].content() for e in examples])["rougeL"],
             **degenerate_shares(texts, [e["text"] for e in examples]),
         }
