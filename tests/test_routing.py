@@ -17,7 +17,7 @@ from mtlora import Engine, load_config
 from mtlora.backbone import load_tokenizer
 from mtlora.config import RouterSettings
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
-from mtlora.evaluation import evaluate_routing, routing_mix, write_routing_reports
+from mtlora.evaluation import RoutingReport, evaluate_routing, routing_mix, write_routing_reports
 from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, Route, split_prefix, train_router
 from mtlora.routing.semantic import SemanticRouter
@@ -190,6 +190,16 @@ def test_routing_reports_the_share_of_inputs_routed_by_their_shape(trained_proje
     assert "| accuracy | unroutable | by shape | encoder pass |" in table
     assert f"| {keywords.unroutable:.3f} | {by_shape:.3f} |  | {keywords.ms_per_input:.2f} |" in table
     assert "accuracy and the per-task columns include them" in table
+
+
+@pytest.mark.parametrize(("split", "described"), [("train", "A mix of every task's inputs (train)"),
+                                                   ("test", "A held-out mix of every task's inputs (test)")])
+def test_routing_md_calls_only_a_mix_of_unseen_inputs_held_out(tmp_path: Path, split: str, described: str) -> None:
+    report = RoutingReport(router="keywords", features=None, split=split, examples=2, accuracy=1.0, unroutable=0.0,
+                           shape_share=0.0, per_task={"sentiment": 1.0}, labels=["sentiment", "(unroutable)"],
+                           confusion=[[2, 0]], ms_per_input=0.1)
+    write_routing_reports([report], tmp_path)
+    assert (tmp_path / "routing.md").read_text().splitlines()[2].startswith(described + ", pairs and QA")
 
 
 def test_token_embedding_features_are_the_same_with_any_adapter_loaded(trained_project: Path,

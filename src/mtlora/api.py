@@ -114,7 +114,7 @@ def evaluate_routers(
     write: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[RoutingReport]:
-    """Routing accuracy of each router on a held-out mix of every task's inputs; writes reports/routing.*"""
+    """Routing accuracy of each router on a mix of every task's `split` inputs; writes reports/routing.*"""
     project = as_config(config)
     check_split(split)
     registry = Registry(project.registry)

@@ -135,7 +135,7 @@ def evaluate(
 ) -> None:
     """Score each adapter against its head-only baseline and the untrained base; write reports.
 
-    With --router: routing accuracy on a held-out mix of every task's inputs instead."""
+    With --router: routing accuracy on a mix of every task's inputs of the split instead."""
     from mtlora.evaluation.evaluate import VARIANTS
     from mtlora.routing import ROUTERS
 

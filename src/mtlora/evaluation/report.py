@@ -145,12 +145,18 @@ def plot_confusion(labels: Sequence[str], counts: Sequence[Sequence[int]], title
     return path
 
 
+def _mix_name(split: str) -> str:
+    """Training inputs are not held out: the adapters and the learned router were fit on them."""
+    return "A mix" if split == "train" else "A held-out mix"
+
+
 def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> list[Path]:
     """`routing.json`, `routing.md` and one `routing_<router>_confusion.png` per router."""
     written = [folder / "routing.json", folder / "routing.md"]
     atomic.write_json(written[0], [r.to_dict() for r in reports])
     tasks = reports[0].labels[:-1] if reports else []
-    lines = ["# Routing", "", f"A held-out mix of every task's inputs ({reports[0].split if reports else ''}), "
+    split = reports[0].split if reports else ""
+    lines = ["# Routing", "", f"{_mix_name(split)} of every task's inputs ({split}), "
              "pairs and QA given as plain text pairs; each router picks the task. A multitask task has no inputs "
              "of its own in the mix: a router sends its parts' inputs to the parts.", "",
              "| router | reads | inputs | accuracy | unroutable | by shape | encoder pass | ms / input | "

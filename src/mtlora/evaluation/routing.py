@@ -1,4 +1,4 @@
-"""Routing accuracy: a held-out mix of every task's inputs, sent as a user would, through each router."""
+"""Routing accuracy: a mix of every task's inputs of one split, sent as a user would, through each router."""
 
 from __future__ import annotations
 
