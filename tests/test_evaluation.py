@@ -10,6 +10,7 @@ import yaml
 
 import mtlora
 from mtlora import load_config
+from mtlora.evaluation import RoutingReport, TaskReport, write_reports, write_routing_reports
 from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics
 
 
@@ -78,11 +79,30 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
         values = [float(c.strip("*")) if c != "–" else None for c in cells[5:8]]
         best = max(v for v in values if v is not None)
         assert [c.startswith("**") for c in cells[5:8]] == [v == best for v in values], (task, cells)
-    assert (folder / "sentiment_confusion.png").read_bytes()[:4] == b"\x89PNG"
-    saved = json.loads((folder / "similarity.json").read_text())
+    assert (folder / "tasks" / "sentiment_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((folder / "tasks" / "similarity.json").read_text())
     assert saved["metrics"]["lora"]["pearson"] == reports["similarity"].metrics["lora"]["pearson"]
     manifest = mtlora.show_adapter(trained_project, "sentiment")
     assert manifest.metrics["validation"]["lora"]["accuracy"] == 1.0
+
+
+def test_a_task_named_like_a_project_wide_report_keeps_its_own(tmp_path: Path) -> None:
+    """Beside summary.json and routing.json, tasks named summary and routing lost their reports to them."""
+    def report(task: str) -> TaskReport:
+        return TaskReport(task=task, kind="generation", split="validation", examples=2, primary_metric="rougeL",
+                          metrics={"lora": {"rougeL": 50.0}}, parameters={"lora": {"trainable": 10, "total": 100}})
+
+    write_reports([report("summary")], tmp_path)
+    write_reports([report("routing")], tmp_path)
+    write_routing_reports([RoutingReport(router="keywords", features=None, split="validation", examples=2,
+                                         accuracy=1.0, unroutable=0.0, shape_share=0.0, per_task={"summary": 1.0},
+                                         labels=["summary", "(unroutable)"], confusion=[[2, 0]], ms_per_input=0.1)],
+                          tmp_path)
+    write_reports([report("sentiment")], tmp_path)
+    assert [r["task"] for r in json.loads((tmp_path / "summary.json").read_text())] == [
+        "routing", "sentiment", "summary"]
+    assert json.loads((tmp_path / "tasks" / "summary.json").read_text())["task"] == "summary"
+    assert json.loads((tmp_path / "routing.json").read_text())[0]["router"] == "keywords"
 
 
 def test_predictions_have_the_kind_specific_shape(trained_project: Path) -> None:
@@ -146,13 +166,14 @@ def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project
     reports = mtlora.evaluate(tiny_project, log=said.append)
     assert [r.task for r in reports] == ["sentiment"]
     assert "not trained yet, so not evaluated: support, paraphrase, similarity, qa" in said[0], said
-    assert (load_config(tiny_project).reports / "sentiment.json").is_file()
+    assert (load_config(tiny_project).reports / "tasks" / "sentiment.json").is_file()
     mtlora.evaluate(tiny_project, "sentiment", split="train", log=lambda _: None)  # beside validation's, not over it
     reports = load_config(tiny_project).reports
-    assert (reports / "sentiment.json").is_file() and (reports / "sentiment.train_confusion.png").is_file()
+    assert (reports / "tasks" / "sentiment.json").is_file()
+    assert (reports / "tasks" / "sentiment.train_confusion.png").is_file()
     summary = (reports / "summary.md").read_text()
     assert all(f"| sentiment | classification | {split} |" in summary for split in ("validation", "train"))
-    assert "`sentiment.train_confusion.png`" in summary and "`sentiment_confusion.png`" in summary
+    assert "`tasks/sentiment.train_confusion.png`" in summary and "`tasks/sentiment_confusion.png`" in summary
     with pytest.raises(mtlora.AdapterNotFoundError, match=r"No adapter 'support'.*train PROJECT.yaml --task support"):
         mtlora.evaluate(tiny_project, "support", log=lambda _: None)
 

@@ -13,27 +13,29 @@ from mtlora.registry import share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
 
+TASKS = "tasks"  # the reports' subfolder of per-task files
+
 
 def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
-    """Write `<task>.json`, `<task>_confusion.png` (labelled tasks) and `summary.md` / `summary.json`.
+    """Write `tasks/<task>.json`, `tasks/<task>_confusion.png` (labelled tasks) and `summary.md` / `summary.json`.
 
     A report replaces the previous one of its task and split (`<task>.json` for validation,
-    `<task>.<split>.json` for another); the summary lists every report there is.
+    `<task>.<split>.json` for another); the summary lists every report there is. Task files have a
+    folder of their own: beside summary.* and routing.*, a task named `summary` or `routing` would
+    overwrite them, or be overwritten.
     """
     written = []
     for report in reports:
         stem = _stem(report)
-        path = folder / f"{stem}.json"
+        path = folder / TASKS / f"{stem}.json"
         atomic.write_json(path, report.to_dict())
         written.append(path)
         if report.confusion is not None and report.labels is not None:
             accuracy = report.metrics["lora"].get("accuracy", 0.0)
             title = f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})"
-            path = folder / f"{stem}_confusion.png"
+            path = folder / TASKS / f"{stem}_confusion.png"
             written.append(plot_confusion(report.labels, report.confusion, title, path))
-    # Task reports are the JSON objects with a primary metric; summaries and routing reports are lists.
-    everything = [TaskReport(**data) for data in map(_load, sorted(folder.glob("*.json")))
-                  if isinstance(data, dict) and "primary_metric" in data]
+    everything = [TaskReport(**_load(path)) for path in sorted((folder / TASKS).glob("*.json"))]
     atomic.write_json(folder / "summary.json", [r.to_dict() for r in everything])
     atomic.write_text(folder / "summary.md", markdown_summary(everything))
     return [*written, folder / "summary.md", folder / "summary.json"]
@@ -85,7 +87,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         for variant, metrics in r.metrics.items():
             lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")
         if r.confusion is not None:
-            lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{_stem(r)}_confusion.png`"]
+            lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{TASKS}/{_stem(r)}_confusion.png`"]
         lines += ["", *_samples_table(r), ""]
     return "\n".join(lines)
 
