@@ -11,6 +11,7 @@ import yaml
 import mtlora
 from mtlora import load_config
 from mtlora.evaluation import RoutingReport, TaskReport, write_reports, write_routing_reports
+from mtlora.evaluation.report import confusion_figure
 from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics
 
 
@@ -103,6 +104,16 @@ def test_a_task_named_like_a_project_wide_report_keeps_its_own(tmp_path: Path) -
         "routing", "sentiment", "summary"]
     assert json.loads((tmp_path / "tasks" / "summary.json").read_text())["task"] == "summary"
     assert json.loads((tmp_path / "routing.json").read_text())[0]["router"] == "keywords"
+
+
+@pytest.mark.parametrize("labels", [2, 11])
+def test_a_confusion_matrix_title_stays_inside_the_image(labels: int) -> None:
+    title = "sst2_sentiment_binary: LoRA adapter, validation (accuracy 0.913)"  # ran off a two-label image
+    figure = confusion_figure([f"label {i}" for i in range(labels)], [[1] * labels] * labels, title)
+    figure.canvas.draw()
+    shown = figure.axes[0].title.get_window_extent(figure.canvas.get_renderer())
+    assert 0 <= shown.x0 < shown.x1 <= figure.bbox.width and shown.y1 <= figure.bbox.height
+    assert " ".join(figure.axes[0].title.get_text().split("\n")) == title
 
 
 def test_predictions_have_the_kind_specific_shape(trained_project: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtlora import atomic
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
@@ -12,6 +14,9 @@ from mtlora.evaluation.routing import RoutingReport
 from mtlora.registry import share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TASKS = "tasks"  # the reports' subfolder of per-task files
 
@@ -121,6 +126,17 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 def plot_confusion(labels: Sequence[str], counts: Sequence[Sequence[int]], title: str, path: Path,
                    columns: Sequence[str] | None = None) -> Path:
     """A gold x predicted count matrix as a PNG (`columns` when predictions have extra classes)."""
+    figure = confusion_figure(labels, counts, title, columns)
+    import matplotlib.pyplot as plt
+
+    atomic.write_bytes_via(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    plt.close(figure)
+    return path
+
+
+def confusion_figure(labels: Sequence[str], counts: Sequence[Sequence[int]], title: str,
+                     columns: Sequence[str] | None = None) -> Figure:
+    """The figure `plot_confusion` saves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,15 +152,15 @@ def plot_confusion(labels: Sequence[str], counts: Sequence[Sequence[int]], title
     axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("gold")
-    axes.set_title(title)
+    # Centred over the matrix, a title of nine characters an inch of figure stays inside the image; a longer
+    # line ran off it, cut in the saved PNG.
+    axes.set_title(textwrap.fill(title, width=int(9 * size)))
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
         axes.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    atomic.write_bytes_via(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
-    plt.close(figure)
-    return path
+    return figure
 
 
 def _mix_name(split: str) -> str:
