@@ -72,6 +72,8 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
 
     folder = load_config(trained_project).reports
     summary = (folder / "summary.md").read_text()
+    assert ("### sentiment (validation, 16 examples)\n\n**16 of these 16 inputs are also training inputs**: the "
+            "scores tell what the adapter remembers as much as what it learned.\n") in summary
     assert "| sentiment | classification |" in summary and "head-only" in summary
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in summary.splitlines()
             if line.startswith("| ") and " | validation | " in line}
