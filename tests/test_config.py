@@ -110,6 +110,17 @@ def test_router_settings_change_in_code_as_in_the_file(tmp_path: Path) -> None:
         config.with_router(featurs="embeddings")
 
 
+def test_the_router_strategy_is_checked_against_the_routers_there_are(tmp_path: Path, monkeypatch) -> None:
+    from mtlora.routing import ROUTERS, KeywordRouter
+
+    config = load_config(write(tmp_path, {"tasks": [task()]}))
+    with pytest.raises(ConfigError, match=r"router\.strategy: unknown router 'telepathy'; valid routers: "
+                                          r"explicit, keywords, semantic, learned$"):
+        config.with_router(strategy="telepathy")
+    monkeypatch.setitem(ROUTERS, "mine", KeywordRouter)  # a router added in one place is valid in the file
+    assert config.with_router(strategy="mine").router.strategy == "mine"
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
 def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="not allowed"):

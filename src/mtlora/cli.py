@@ -211,8 +211,8 @@ def route(
     text: TextArg,
     text_pair: PairArg = None,
     context: ContextOption = None,
-    router: Annotated[str | None, typer.Option("--router", "-r", help="explicit, keywords, semantic or learned "
-                                                                        "(default: the project's).")] = None,
+    router: Annotated[str | None, typer.Option(
+        "--router", "-r", help=f"{', '.join(routing.ROUTERS)} (default: the project's).")] = None,
 ) -> None:
     """Show where an input would go, and the scores the router gave its candidate tasks."""
     (decision,) = api.route(config, _input(text, text_pair, context), router)

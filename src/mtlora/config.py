@@ -362,7 +362,7 @@ class TaskConfig(_Strict):
 class RouterSettings(_Strict):
     """How the engine picks an adapter when the caller does not name one."""
 
-    strategy: Literal["explicit", "keywords", "semantic", "learned"] = "semantic"
+    strategy: str = "semantic"
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
     min_similarity: Annotated[float | Literal["auto"], _value_or_auto(
         lambda v: type(v) in (int, float) and -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
@@ -388,6 +388,15 @@ class RouterSettings(_Strict):
     examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, baseline=False))
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_router(cls, strategy: str) -> str:
+        from mtlora.routing import ROUTERS  # the routers import this module
+
+        if strategy not in ROUTERS:
+            raise ValueError(f"unknown router '{strategy}'; valid routers: {', '.join(ROUTERS)}")
+        return strategy
 
 
 class InferenceSettings(_Strict):

@@ -141,7 +141,7 @@ class Engine:
         backbone: the base model the adapters were trained on (hub id, folder, or "embedded").
         registry: the adapter registry (or its folder).
         tasks: the adapters to load (default: all; the learned router loads when first used).
-        router: the router used when a call names no task: explicit, keywords, semantic or learned.
+        router: the router used when a call names no task: a name in `mtlora.routing.ROUTERS`.
         router_settings: thresholds and default task for routing.
         precision: "auto" (bf16 where the hardware has it), "fp32" or "bf16".
         batch_size: feature rows per encoder pass.

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtlora.routing import ROUTERS
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -27,7 +29,7 @@ Input = str | TextInput | QAInput
 class PredictRequest(_Strict):
     inputs: Input | list[Input] = Field(description="one input, or a list answered in order")
     task: str | None = Field(None, description="the adapter to answer with; omitted: route each input")
-    router: str | None = Field(None, description="explicit, keywords, semantic or learned (default: project's)")
+    router: str | None = Field(None, description=f"{', '.join(ROUTERS)} (default: project's)")
 
 
 class RouteRequest(_Strict):
