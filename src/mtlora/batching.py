@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
@@ -23,18 +22,17 @@ def forward_features(
     encoded: Encoded,
     batch_size: int,
     bf16: bool,
-    progress: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Run every feature through the model; returns per-feature outputs without padding."""
     lengths = [len(ids) for ids in encoded.features["input_ids"]]
     results: list[dict[str, np.ndarray]] = [{} for _ in lengths]
-    for index, batch, _ in padded_batches(model, tokenizer, encoded.features, batch_size, bf16, progress):
+    for index, batch, _ in padded_batches(model, tokenizer, encoded.features, batch_size, bf16):
         store_outputs(kind, kind.outputs_of(model(**batch)), index, lengths, results)
     return results
 
 
 def padded_batches(model: nn.Module, tokenizer: PreTrainedTokenizerBase, features: dict[str, list],
-                   batch_size: int, bf16: bool, progress: bool = False, desc: str = "predict",
+                   batch_size: int, bf16: bool,
                    **row_kwargs: list[Any]) -> Iterator[tuple[list[int], dict[str, torch.Tensor], dict[str, list]]]:
     """The feature rows in length-sorted batches: each batch's row indices, its rows padded into model
     inputs on the model's device, and its rows' values of `row_kwargs` (per-row arguments such as PEFT's
@@ -43,7 +41,7 @@ def padded_batches(model: nn.Module, tokenizer: PreTrainedTokenizerBase, feature
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in features["input_ids"]]
     with torch.inference_mode(), autocast(device, bf16):
-        for index in tqdm(length_sorted_batches(lengths, batch_size), desc=desc, disable=not progress, leave=False):
+        for index in length_sorted_batches(lengths, batch_size):
             batch = pad_rows(tokenizer, [feature_row(features, i) for i in index], device)
             yield index, batch, {name: [values[i] for i in index] for name, values in row_kwargs.items()}
 

@@ -52,13 +52,12 @@ def predict_examples(
     doc_stride: int,
     batch_size: int,
     bf16: bool = False,
-    progress: bool = False,
 ) -> list[Prediction]:
     """Encode `examples`, run them through `model` the way their kind answers, decode one prediction each."""
     if not examples:
         return []
     encoded = kind.encode(tokenizer, examples, max_length, doc_stride, with_targets=False)
-    outputs = kind.run(model, tokenizer, encoded, batch_size, bf16, progress)
+    outputs = kind.run(model, tokenizer, encoded, batch_size, bf16)
     return kind.decode(outputs, encoded, examples)
 
 

@@ -189,9 +189,9 @@ class TaskKind(ABC):
         return {name: getattr(model_output, name) for name in self.output_names}
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
-            bf16: bool, progress: bool = False) -> list[dict[str, Any]]:
+            bf16: bool) -> list[dict[str, Any]]:
         """Every feature through `model`: one forward pass per batch (seq2seq kinds generate instead)."""
-        return forward_features(model, self, tokenizer, encoded, batch_size, bf16, progress)
+        return forward_features(model, self, tokenizer, encoded, batch_size, bf16)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], Any]:
         """Pads a training batch to its longest row."""

@@ -86,12 +86,12 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
         return target_ids(tokenizer, self.labels, limit)
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
-            bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
+            bf16: bool, **model_kwargs: Any) -> list[dict[str, Any]]:
         """Each feature's log-likelihood of every label; the encoder runs once per batch, the decoder per label."""
         candidates = self.label_targets(tokenizer)
         results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
         for index, batch, rows_kwargs in padded_batches(model, tokenizer, encoded.features, batch_size, bf16,
-                                                        progress, "score labels", **model_kwargs):
+                                                        **model_kwargs):
             scores = torch.empty(len(index), len(candidates))
             encoder_outputs = None
             for j, ids in enumerate(candidates):

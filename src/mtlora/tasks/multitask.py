@@ -128,15 +128,15 @@ class MultitaskTask(Seq2SeqTask):
                        extras=[{"task": e["task"]} for e in examples], truncated=truncated)
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
-            bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
+            bf16: bool, **model_kwargs: Any) -> list[dict[str, Any]]:
         """Each part answers its rows its own way (label scoring or generation)."""
         results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
         for name, index in _rows_by_part(encoded.extras).items():
             part = Encoded(features={k: [v[i] for i in index] for k, v in encoded.features.items()},
                            example_index=list(range(len(index))), truncated=[encoded.truncated[i] for i in index])
             kwargs = {k: [v[i] for i in index] for k, v in model_kwargs.items()}
-            for position, result in zip(index, self.part(name).run(model, tokenizer, part, batch_size, bf16,
-                                                                   progress, **kwargs), strict=True):
+            for position, result in zip(index, self.part(name).run(model, tokenizer, part, batch_size, bf16, **kwargs),
+                                      strict=True):
                 results[position] = result
         return results
 

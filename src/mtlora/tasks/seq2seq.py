@@ -135,11 +135,11 @@ class Seq2SeqTask(TaskKind):
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORED_LABEL)
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
-            bf16: bool, progress: bool = False, **model_kwargs: Any) -> list[dict[str, Any]]:
+            bf16: bool, **model_kwargs: Any) -> list[dict[str, Any]]:
         """Generate each feature's text; `model_kwargs` go to `generate`, a value per row (PEFT's `adapter_names`)."""
         results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
         for index, batch, rows_kwargs in padded_batches(model, tokenizer, encoded.features, batch_size, bf16,
-                                                        progress, "generate", **model_kwargs):
+                                                        **model_kwargs):
             generated = model.generate(**batch, **self.generation_kwargs(), **rows_kwargs)
             for row, ids in zip(index, generated, strict=True):
                 results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
