@@ -78,7 +78,7 @@ from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, l
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
 from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
-from mtlora.routing.explicit import prefix_name
+from mtlora.routing.explicit import ExplicitRouter, prefix_name
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
 from mtlora.tasks.base import require_text
@@ -454,7 +454,7 @@ class Engine:
         """Answer `inputs` with adapter `name` directly (no routing); the learned router uses this."""
         requests = [self.request(item, name) for item in inputs]
         with self._lock:
-            return self._answer(requests, [Route(name, "explicit", 1.0) for _ in requests])
+            return self._answer(requests, [Route(name, ExplicitRouter.name, 1.0) for _ in requests])
 
     def embed(self, texts: Sequence[str], reading: str = "encoder") -> torch.Tensor:
         """Mean-pooled, normalised embeddings of `texts`, (texts, hidden): of the backbone's last layer with
@@ -554,7 +554,7 @@ class Engine:
             others = f", or name a task that takes {given}: {', '.join(candidates)}" if candidates else ""
             raise InputError(f"task '{request.task}' ({task.kind.name}) takes {wanted}, but {given} was given "
                              f"(give it {wanted}{others})")
-        return Route(request.task, "explicit", 1.0, {request.task or "": 1.0})
+        return Route(request.task, ExplicitRouter.name, 1.0, {request.task or "": 1.0})
 
     def _router(self, name: str) -> Router:
         if name not in self._routers:

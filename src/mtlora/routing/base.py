@@ -64,7 +64,8 @@ class Router(ABC):
 
     @abstractmethod
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
-        """One route per request; `candidates[i]` lists the tasks whose input shape fits request i."""
+        """One route per request; `candidates[i]` lists the tasks whose input shape fits request i. A request
+        that names a task never gets here: the engine sends it to that task (`Engine._explicit`)."""
 
     @classmethod
     def missing(cls, registry: Registry, settings: RouterSettings) -> str | None:

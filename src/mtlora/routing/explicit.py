@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mtlora.routing.base import SHAPE_NAMES, Request, Route, Router, decide
+from mtlora.routing.base import Request, Route, Router, decide
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -41,14 +41,6 @@ class ExplicitRouter(Router):
         return cls(settings.default_task)
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
-        routes = []
-        for request, fits in zip(requests, candidates, strict=True):
-            if request.task is None:
-                unnamed = "no task named (name one: the task argument, or a <task> or task: prefix on the text)"
-                routes.append(decide(self.name, {}, 1.0, self.default_task, fits, "task", reason=unnamed))
-            elif request.task not in fits:
-                routes.append(Route(None, self.name, 0.0, reason=f"task '{request.task}' does not take "
-                                                                   f"{SHAPE_NAMES[request.shape]}"))
-            else:
-                routes.append(Route(request.task, self.name, 1.0, {request.task: 1.0}))
-        return routes
+        """The requests that name no task (the engine routes a named one itself): the default task, or none."""
+        unnamed = "no task named (name one: the task argument, or a <task> or task: prefix on the text)"
+        return [decide(self.name, {}, 1.0, self.default_task, fits, "task", reason=unnamed) for fits in candidates]
