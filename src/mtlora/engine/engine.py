@@ -341,13 +341,13 @@ class Engine:
         return self._tasks[name]
 
     def _build_head(self, kind: TaskKind, manifest: Manifest,
-                    state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, _ComputedEncoder]:
+                    state: dict[str, torch.Tensor]) -> tuple[nn.Module, _ComputedEncoder]:
         config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
         name_pad_token(config, self.tokenizer)
         with torch.device("meta"):
             head = kind.auto_class.from_config(config, dtype=torch.float32)  # not the checkpoint's (load_pretrained)
         prefix = head.base_model_prefix
-        own_pooler = any(_is_own_pooler(key, prefix) for key in state or {})
+        own_pooler = any(_is_own_pooler(key, prefix) for key in state)
         pooler = getattr(getattr(head, prefix), "pooler", None) if own_pooler else None
         if isinstance(pooler, nn.Linear):  # ALBERT's: a bare layer, its activation elsewhere in the model
             raise AdapterNotServableError(

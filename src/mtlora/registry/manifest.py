@@ -17,10 +17,6 @@ class ParameterCounts(BaseModel):
     stored: int | None = None  # what the saved adapter holds: fewer than trained when saved at a lower rank
 
     @property
-    def ratio(self) -> float:
-        return self.trainable / self.total if self.total else 0.0
-
-    @property
     def share(self) -> str:
         """The trainable share as a person reads it: a head of a few hundred weights is not "0.00%"."""
         return share_of(self.trainable, self.total)

@@ -6,7 +6,7 @@ encoder pass (`embeddings`, `token_head.py`); either mean-pooled and normalised.
 default) the token embeddings route an input when the best task leads the next by `cascade_margin`, and
 the encoder routes the rest (bench/quality.py scores the three readings and sweeps the margin). A
 task's examples are the training inputs sampled into its manifest at training time plus any
-`routing.examples` of its config. A task scores the mean cosine similarity of its `top_k` nearest
+`routing.examples` of its config. A task scores the mean cosine similarity of its `TOP_K` nearest
 examples; below the threshold the default task answers, or none.
 
 How similar a task's own inputs are to each other depends on the task (short reviews vs. news articles)
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mtlora.engine.engine import Engine
 
 
+TOP_K = 3
 CALIBRATED_SHARE = 0.98
 # A 2% quantile of fewer examples is just their minimum, too noisy to refuse inputs by: a task with
 # fewer examples accepts any input it scores best on. Training keeps 64 examples per task.
@@ -42,12 +43,11 @@ class SemanticRouter(Router):
     score_meaning = "cosine similarity"
     reads_features = True
 
-    def __init__(self, engine: Engine, settings: RouterSettings, top_k: int = 3):
+    def __init__(self, engine: Engine, settings: RouterSettings):
         self.engine = engine
         self.settings = settings
         # None: calibrated per task (and per reading: their similarities differ in scale) from its examples.
         self.threshold = None if settings.min_similarity == "auto" else settings.min_similarity
-        self.top_k = top_k
         self._banks: dict[tuple[str, str, str], torch.Tensor] = {}
         self._thresholds: dict[tuple[str, str, str], float] = {}
 
@@ -68,7 +68,7 @@ class SemanticRouter(Router):
             for task in fits:
                 bank = self.bank(task, reading)  # (examples, hidden)
                 if len(bank):
-                    nearest = torch.topk(bank @ embedding, min(self.top_k, len(bank))).values
+                    nearest = torch.topk(bank @ embedding, min(TOP_K, len(bank))).values
                     scores[task] = float(nearest.mean())
             best = max(scores, key=scores.__getitem__, default=None)
             threshold = self.threshold_for(best, reading) if best is not None else 1.0
@@ -100,7 +100,7 @@ class SemanticRouter(Router):
             return -1.0
         similarities = bank @ bank.T
         similarities.fill_diagonal_(float("-inf"))  # leave each example out of its own neighbours
-        own = torch.topk(similarities, min(self.top_k, len(bank) - 1), dim=1).values.mean(dim=1)
+        own = torch.topk(similarities, min(TOP_K, len(bank) - 1), dim=1).values.mean(dim=1)
         return float(torch.quantile(own, 1 - CALIBRATED_SHARE))
 
     def bank(self, task: str, reading: str) -> torch.Tensor:
