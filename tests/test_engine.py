@@ -366,11 +366,20 @@ def test_auto_shares_passes_on_cpu_unless_folds_are_cached(trained_project: Path
     assert kept.mixed_batches is False
 
 
-@pytest.mark.parametrize(("setting", "value"), [("mixed_batches", "yes"), ("mixed_batches", 1),
-                                              ("precision", "bf61")])
-def test_engine_settings_are_checked_in_python_too(trained_project: Path, setting: str, value: object) -> None:
-    with pytest.raises(InputError, match=rf"{setting} is .*'auto'.*; got {value!r}"):
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("mixed_batches", "yes", "mixed_batches: should be true, false or 'auto'; got 'yes'"),
+    ("mixed_batches", 1, "mixed_batches: should be true, false or 'auto'; got 1"),
+    ("precision", "bf61", "precision: Input should be 'auto', 'fp32' or 'bf16'"),
+    ("fold_cache", -1, "fold_cache: Input should be greater than or equal to 0"),  # a FoldCache(-1) kept none
+    ("batch_size", 0, "batch_size: Input should be greater than 0")])
+def test_engine_settings_are_checked_in_python_too(trained_project: Path, setting: str, value: object,
+                                                    message: str) -> None:
+    """As the project file's `inference` section is checked, with its messages."""
+    with pytest.raises(InputError) as caught:
         Engine.from_config(trained_project, tasks=["sentiment"], **{setting: value})
+    assert str(caught.value) == message
+    with pytest.raises(mtlora.ConfigError, match=rf"inference\.{message}"):
+        load_config(trained_project, overrides={"inference": {setting: value}})
 
 
 def test_project_inference_settings_reach_the_engine(trained_project: Path) -> None:

@@ -30,12 +30,13 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtlora.errors import ConfigError
+from mtlora.errors import ConfigError, InputError
 
 EMBEDDED_BACKBONE = "embedded"
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DATA_DIR_ENV = "MTLORA_DATA_DIR"
 ROUTER_ADAPTER = "router"  # the registry name of the learned router
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class _Strict(BaseModel):
@@ -241,7 +242,7 @@ class TrainSettings(_Strict):
     grad_accum: int = Field(1, gt=0)
     checkpoint_every: int = Field(200, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(50, gt=0, description="steps between training-loss records (the training curves)")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
     baseline: bool = Field(True, description="also train the head-only baseline for evaluation")
@@ -402,7 +403,7 @@ class RouterSettings(_Strict):
 class InferenceSettings(_Strict):
     """How the engine (Python, CLI and server) runs the adapters."""
 
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
     batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
@@ -415,6 +416,16 @@ class InferenceSettings(_Strict):
     fold_cache: int = Field(
         0, ge=0, description="adapters whose folded weights stay in memory between calls. Each "
                              "costs one copy of the adapted weights and saves folding them on every call")
+
+
+def checked_inference(**settings: Any) -> InferenceSettings:
+    """Inference settings given in code, checked as the project file's `inference` section is, with its
+    messages (an `InputError` naming each wrong argument)."""
+    try:
+        return InferenceSettings.model_validate(settings)
+    except ValidationError as exc:
+        problems = [_describe(error, settings, InferenceSettings) for error in exc.errors()]
+        raise InputError("; ".join(problems)) from None
 
 
 class ProjectConfig(_Strict):

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ from mtlora.backbone import (
     use_bf16,
 )
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
-from mtlora.config import ROUTER_ADAPTER, ProjectConfig, RouterSettings, load_config
+from mtlora.config import ROUTER_ADAPTER, Precision, ProjectConfig, RouterSettings, checked_inference, load_config
 from mtlora.engine.folding import (
     FOLD_MIN_TOKENS,
     FoldCache,
@@ -164,28 +164,27 @@ class Engine:
         *,
         router: str | None = None,
         router_settings: RouterSettings | None = None,
-        precision: str = "auto",
+        precision: Precision = "auto",
         device: torch.device | str | None = None,
         batch_size: int = 32,
-        mixed_batches: bool | str = "auto",
+        mixed_batches: bool | Literal["auto"] = "auto",
         fold_cache: int = 0,
         routing_hints: Mapping[str, Mapping[str, Any]] | None = None,
         project_tasks: Sequence[str] = (),
     ):
         # The project file checks these; a caller in Python gets the same answer, not a silent default.
-        if precision not in ("auto", "fp32", "bf16"):
-            raise InputError(f"precision is 'auto', 'fp32' or 'bf16'; got {precision!r}")
-        if mixed_batches not in (True, False, "auto") or not isinstance(mixed_batches, bool | str):
-            raise InputError(f"mixed_batches is True, False or 'auto'; got {mixed_batches!r}")
+        inference = checked_inference(precision=precision, batch_size=batch_size, mixed_batches=mixed_batches,
+                                      fold_cache=fold_cache)
         self.backbone = backbone
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.device = torch.device(device) if device is not None else default_device()
-        self.bf16 = use_bf16(precision, self.device)
-        self.batch_size = batch_size
+        self.bf16 = use_bf16(inference.precision, self.device)
+        self.batch_size = inference.batch_size
         cuda = self.device.type == "cuda"
         # Measured (bench/infer_speed.py): on CPU shared passes beat per-adapter folded ones, and cached folds
         # beat both; on an H100 per-adapter passes beat shared ones, in bf16 and fp32.
-        self.mixed_batches = (not cuda and not fold_cache) if mixed_batches == "auto" else bool(mixed_batches)
+        mixed = inference.mixed_batches
+        self.mixed_batches = (not cuda and not inference.fold_cache) if mixed == "auto" else mixed
         # A GPU waits on kernel launches and Python, not on a fold's few microseconds of memory traffic: it
         # folds whatever a pass's tokens, and each adapter once per call, keeping the folds for the
         # adapter's later passes and dropping them after its last (+25% against folding every pass, in an
@@ -203,8 +202,8 @@ class Engine:
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
         self._folded_adapter: str | None = None
         self._stacks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # for one call's shared passes
-        self._fold_cache = FoldCache(fold_cache) if fold_cache else None
-        self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, batch_size)
+        self._fold_cache = FoldCache(inference.fold_cache) if inference.fold_cache else None
+        self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, self.batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
         # uses every core. Concurrent callers queue here; the server batches them into one call.
         self._lock = threading.RLock()

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mtlora.backbone import default_device, use_bf16
+from mtlora.config import Precision
 from mtlora.errors import InputError
 from mtlora.modeling import adapter_tokenizer, load_adapter_model
 from mtlora.registry import Registry
@@ -25,7 +26,7 @@ class TaskPredictor:
         'positive'
     """
 
-    def __init__(self, registry: Registry, name: str, backbone: str, precision: str = "auto"):
+    def __init__(self, registry: Registry, name: str, backbone: str, precision: Precision = "auto"):
         self.model, self.kind, self.manifest = load_adapter_model(registry, name, backbone)
         self.tokenizer = adapter_tokenizer(registry, name, backbone)
         self.device = default_device()
