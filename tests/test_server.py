@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from mtlora import Engine, InputError
 from mtlora.server import ServerSettings, create_app
@@ -192,14 +193,40 @@ def test_admin_endpoints_need_the_token(client: TestClient, monkeypatch) -> None
 
 
 def test_full_queue_answers_503_and_stays_healthy(trained_project: Path) -> None:
-    settings = ServerSettings(max_queue=2, max_wait_ms=50)
-    app = create_app(lambda: Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32"), settings)
-    with TestClient(app) as client:
-        busy = client.post("/v1/predict", json={"inputs": ["great film"] * 3, "task": "sentiment"})
-        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
-        assert error_of(busy)["type"] == "overloaded"
-        assert client.get("/healthz").status_code == 200
-        assert client.post("/v1/predict", json={"inputs": "great film", "task": "sentiment"}).status_code == 200
+    import httpx
+
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+    app = create_app(lambda: engine, ServerSettings(max_queue=2, max_inputs=2, max_batch=2, max_wait_ms=0))
+    two = {"inputs": ["great film"] * 2, "task": "sentiment"}
+
+    async def run() -> tuple[list[httpx.Response], int, int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                with engine._lock:  # the engine busy: the first request waits on it, the second fills the queue
+                    calls = []
+                    for _ in range(3):
+                        calls.append(asyncio.ensure_future(http.post("/v1/predict", json=two)))
+                        await asyncio.sleep(0.3)
+                answered = [await call for call in calls]
+                healthy = (await http.get("/healthz")).status_code
+                later = await http.post("/v1/predict", json={"inputs": "great film", "task": "sentiment"})
+                return answered, healthy, later.status_code
+
+    (first, second, busy), healthy, later = asyncio.run(run())
+    assert (first.status_code, second.status_code, busy.status_code) == (200, 200, 503)
+    assert busy.headers["Retry-After"] == "1" and error_of(busy)["type"] == "overloaded"
+    assert (healthy, later) == (200, 200)
+
+
+def test_a_queue_smaller_than_one_request_is_refused() -> None:
+    """A request of max_inputs inputs could never be queued: it would get 503 "retry" for ever."""
+    with pytest.raises(ValidationError) as caught:
+        ServerSettings(max_queue=8, max_inputs=9)
+    assert [e["msg"] for e in caught.value.errors()] == [
+        "Value error, max_queue (8) is below max_inputs (9): a request of that many inputs could never be queued; "
+        "raise max_queue or lower max_inputs"]
+    assert ServerSettings(max_queue=9, max_inputs=9).max_queue == 9
 
 
 def test_route_calls_waiting_on_the_engine_count_against_the_queue(trained_project: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +27,7 @@ from mtlora import api, routing
 from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import AdapterNotFoundError, MtloraError
 from mtlora.registry import Registry, share_of
+from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
 
@@ -276,6 +278,14 @@ def _input(text: str, text_pair: str | None, context: str | None) -> api.Input:
     return {"question": text, "context": context}
 
 
+_SERVER = ServerSettings.model_fields  # `serve`'s limits: their defaults and help are the server's own
+
+
+def _server_option(name: str, **limits: Any) -> Any:
+    description = _SERVER[name].description or ""
+    return typer.Option(help=f"{description[:1].upper()}{description[1:]}.", **limits)
+
+
 @app.command()
 @reports_errors
 def serve(
@@ -283,20 +293,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Processes, each with its own engine.", min=1)] = 1,
-    max_batch: Annotated[int, typer.Option(help="Inputs per engine call at most.", min=1)] = 32,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.",
-                                               min=0)] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Queued inputs beyond which requests get 503.", min=1)] = 512,
-    max_inputs: Annotated[int, typer.Option(help="Inputs in one request at most (413 beyond).", min=1)] = 64,
-    max_text_chars: Annotated[int, typer.Option(help="Characters in one text at most (413 beyond).",
-                                                min=1)] = 20_000,
-    max_body_bytes: Annotated[int, typer.Option(help="Request body size at most (413 beyond).", min=1)] = 1 << 20,
+    max_batch: Annotated[int, _server_option("max_batch", min=1)] = _SERVER["max_batch"].default,
+    max_wait_ms: Annotated[float, _server_option("max_wait_ms", min=0)] = _SERVER["max_wait_ms"].default,
+    max_queue: Annotated[int, _server_option("max_queue", min=1)] = _SERVER["max_queue"].default,
+    max_inputs: Annotated[int, _server_option("max_inputs", min=1)] = _SERVER["max_inputs"].default,
+    max_text_chars: Annotated[int, _server_option("max_text_chars", min=1)] = _SERVER["max_text_chars"].default,
+    max_body_bytes: Annotated[int, _server_option("max_body_bytes", min=1)] = _SERVER["max_body_bytes"].default,
 ) -> None:
     """Serve every adapter over HTTP (docs at /docs, a try-it page at /); admin needs $MTLORA_ADMIN_TOKEN."""
     import uvicorn
-
-    from mtlora.server import ServerSettings
-    from mtlora.server.settings import ADMIN_TOKEN_ENV
 
     # What would fail in the server fails here, before it starts: a broken project file, no adapters,
     # a damaged adapter or one of another base, a default router that cannot run, settings that
@@ -304,18 +309,19 @@ def serve(
     api.require_adapters(config)
     api.verify_adapters(config)
     api.require_router(config)
-    if max_queue < max_inputs:  # a full-size request could never be queued: 503 "retry" for ever
-        raise typer.BadParameter(f"{max_queue} is below --max-inputs {max_inputs}; a request of that many inputs "
-                                 "could never be queued", param_hint="--max-queue")
+    try:
+        settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                  max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
+    except ValidationError as exc:  # the options' own limits passed: a rule between them
+        raise typer.BadParameter(exc.errors()[0]["msg"].removeprefix("Value error, "), param_hint="--max-queue") \
+            from None
     if workers > 1 and os.environ.get(ADMIN_TOKEN_ENV):
         raise typer.BadParameter(f"each worker holds an engine of its own, so loading or unloading an adapter over "
                                  f"HTTP would change one of {workers}; serve one worker to manage adapters at run "
                                  f"time, or unset {ADMIN_TOKEN_ENV}", param_hint="--workers")
     _check_port_free(host, port)
-    settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                              max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
-    os.environ["MTLORA_CONFIG"] = str(config)
-    os.environ["MTLORA_SERVER_SETTINGS"] = settings.model_dump_json()
+    os.environ[CONFIG_ENV] = str(config)
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
     # A worker answers the supervisor's health pings from a Python thread, which loading the engine can
     # starve of the GIL for more than uvicorn's 5 s: it then killed workers that were only starting.
     uvicorn.run("mtlora.server.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,

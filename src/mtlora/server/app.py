@@ -53,9 +53,8 @@ from mtlora.server.schemas import (
     engine_input,
     texts_of,
 )
-from mtlora.server.settings import ADMIN_TOKEN_ENV, ServerSettings
+from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
 
-CONFIG_ENV = "MTLORA_CONFIG"
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -281,7 +280,7 @@ def create_app_from_env() -> FastAPI:
     config = os.environ.get(CONFIG_ENV)
     if not config:
         raise RuntimeError(f"set {CONFIG_ENV} to the project file to serve")
-    settings = ServerSettings.model_validate_json(os.environ.get("MTLORA_SERVER_SETTINGS", "{}"))
+    settings = ServerSettings.model_validate_json(os.environ.get(SETTINGS_ENV, "{}"))
     return create_app(lambda: load_engine(config), settings)
 
 
