@@ -216,3 +216,14 @@ def test_an_unlabelled_row_and_odd_digits_are_named_not_misread(tmp_path: Path) 
         load(tmp_path, "classification", jsonl(tmp_path, rows), labels=["neg", "pos"])
     rows = [{"text": t, "label": n} for t, n in (("a", "1"), ("b", "01"), ("c", "2"))]
     assert load(tmp_path, "classification", jsonl(tmp_path, rows)).kind.labels == ["01", "1", "2"]
+
+
+def test_reports_show_labels_with_their_confidence_and_scores_to_two_decimals() -> None:
+    from mtlora.tasks.classification import ClassificationTask
+    from mtlora.tasks.instruction_classification import InstructionClassificationTask
+
+    for kind in (ClassificationTask(labels=["neg", "pos"]), InstructionClassificationTask(labels=["neg", "pos"])):
+        assert (kind.expected_text({"label": 1}), kind.answer_text({"label": "pos", "confidence": 0.912})) == \
+            ("pos", "pos (0.91)")
+    regression = RegressionTask()
+    assert (regression.expected_text({"label": 3.456}), regression.answer_text({"score": 1.0})) == ("3.46", "1.00")

@@ -203,16 +203,13 @@ class TaskKind(ABC):
 
     # ---- for people reading reports --------------------------------------------------------------
 
+    @abstractmethod
     def expected_text(self, example: Example) -> str:
         """The example's target, as a person reads it."""
-        if self.labels is not None:
-            return self.labels[example["label"]]
-        return f"{example['label']:.2f}"
 
+    @abstractmethod
     def answer_text(self, prediction: Prediction) -> str:
-        if "label" in prediction:
-            return f"{prediction['label']} ({prediction['confidence']:.2f})"
-        return f"{prediction['score']:.2f}"
+        """A prediction, as a person reads it."""
 
 
 # What a sample table shows of an input (a QA context is too long to read there).

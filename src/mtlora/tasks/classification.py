@@ -49,6 +49,13 @@ class LabelScores:
         assert self.labels is not None
         return confusion([e["label"] for e in examples], [p["label_id"] for p in predictions], len(self.labels))
 
+    def expected_text(self, example: Example) -> str:
+        assert self.labels is not None
+        return self.labels[example["label"]]
+
+    def answer_text(self, prediction: Prediction) -> str:
+        return f"{prediction['label']} ({prediction['confidence']:.2f})"
+
 
 class ClassificationTask(LabelScores, SequenceTask):
     name = "classification"

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from mtlora.batching import padded_batches
 from mtlora.errors import DataError
-from mtlora.tasks.base import Encoded, Example, Prediction
+from mtlora.tasks.base import Encoded, Example
 from mtlora.tasks.classification import LabelScores, check_labels, parse_labelled
 from mtlora.tasks.seq2seq import IGNORED_LABEL, Seq2SeqTask, target_ids
 
@@ -53,9 +53,6 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
     def target(self, example: Example) -> str:
         assert self.labels is not None
         return self.labels[example["label"]]
-
-    def answer_text(self, prediction: Prediction) -> str:
-        return f"{prediction['label']} ({prediction['confidence']:.2f})"
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
                doc_stride: int, with_targets: bool) -> Encoded:

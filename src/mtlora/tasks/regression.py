@@ -92,3 +92,9 @@ class RegressionTask(SequenceTask):
 
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         return regression_metrics([e["label"] for e in examples], [p["score"] for p in predictions])
+
+    def expected_text(self, example: Example) -> str:
+        return f"{example['label']:.2f}"
+
+    def answer_text(self, prediction: Prediction) -> str:
+        return f"{prediction['score']:.2f}"
