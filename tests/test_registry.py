@@ -183,3 +183,11 @@ def test_a_registry_that_is_a_file_is_named_for_what_it_is(tmp_path: Path) -> No
     (tmp_path / "mtlora.yaml").write_text("tasks: []\n")
     with pytest.raises(mtlora.RegistryError, match=r"registry .*mtlora.yaml is a file, not a folder; set registry:"):
         Registry(tmp_path / "mtlora.yaml")
+
+
+def test_counts_from_before_saved_ranks_stored_what_trained() -> None:
+    from mtlora.registry import ParameterCounts
+
+    assert ParameterCounts.model_validate_json('{"trainable": 5, "total": 10}').stored == 5
+    assert ParameterCounts(trainable=5, total=10, stored=None).stored == 5
+    assert ParameterCounts(trainable=5, total=10, stored=3).stored == 3

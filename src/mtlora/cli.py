@@ -351,12 +351,11 @@ def adapters_list(config: ConfigArg) -> None:
     for column in ("name", "kind", "labels", "trainable params", "stored", "validation"):
         table.add_column(column)
     for m in manifests:
-        stored = m.parameters.stored or m.parameters.trainable  # manifests before saved ranks store what trained
         # `evaluate` scores tasks; the router's score is its routing, which `evaluate --router` reports.
         metric = "see evaluate --router" if m.name == ROUTER_ADAPTER else \
             _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind).primary_metric)
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
-                      f"{m.parameters.trainable:,} ({m.parameters.share})", f"{stored:,}", metric)
+                      f"{m.parameters.trainable:,} ({m.parameters.share})", f"{m.parameters.stored:,}", metric)
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
         accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
         table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -14,7 +14,15 @@ FORMAT_VERSION = 1
 class ParameterCounts(BaseModel):
     trainable: int
     total: int
-    stored: int | None = None  # what the saved adapter holds: fewer than trained when saved at a lower rank
+    stored: int  # what the saved adapter holds: fewer than trained when saved at a lower rank
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_as_trained(cls, counts: Any) -> Any:
+        # Manifests from before saved ranks have no `stored`: they stored what trained.
+        if isinstance(counts, dict) and counts.get("stored") is None and "trainable" in counts:
+            return {**counts, "stored": counts["trainable"]}
+        return counts
 
     @property
     def share(self) -> str:
