@@ -179,8 +179,7 @@ def fingerprint_backbone(backbone: str) -> str:
     for file in files:
         digest.update(file.name.encode())
         with file.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
+            hashlib.file_digest(handle, lambda: digest)  # one digest over every file: the factory hands it on
     return "sha256:" + digest.hexdigest()
 
 

@@ -95,6 +95,7 @@ class TokenRouterHead:
     def fit(cls, backbone: str, texts: Sequence[str], labels: Sequence[str],
             validation: Sequence[tuple[str, str]] = ()) -> TokenRouterHead:
         from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import accuracy_score
 
         names = sorted(set(labels))
         check_router_tasks(names)
@@ -110,9 +111,8 @@ class TokenRouterHead:
         head = cls(weight, bias, info)
         if validation:
             features = mean_token_embeddings(tokenizer, table, [text for text, _ in validation])
-            chosen = head.probabilities(features).argmax(dim=1).tolist()
-            hits = sum(names[c] == label for c, (_, label) in zip(chosen, validation, strict=True))
-            info.validation_accuracy = hits / len(validation)
+            chosen = [names[c] for c in head.probabilities(features).argmax(dim=1).tolist()]
+            info.validation_accuracy = float(accuracy_score([label for _, label in validation], chosen))
         return head
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:

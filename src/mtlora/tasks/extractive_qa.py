@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.special import softmax
 from transformers import AutoModelForQuestionAnswering
 
 from mtlora.errors import DataError, InputError
@@ -168,9 +169,9 @@ class ExtractiveQATask(TaskKind):
                 predictions.append({"answer": "", "start": None, "end": None, "confidence": 0.0,
                                     "truncated": cut})
                 continue
-            score, start, end = candidate
+            _, start, end = candidate
             # Softmax of the winning span's score over every candidate span of the question.
-            confidence = float(1.0 / np.exp(np.asarray(candidate_scores) - score).sum())
+            confidence = float(softmax(candidate_scores).max())
             predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
                                 "confidence": confidence, "truncated": cut})
         return predictions
