@@ -16,7 +16,7 @@ from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.engine import Input, export_merged
-from mtlora.errors import AdapterNotFoundError, RegistryError
+from mtlora.errors import AdapterNotFoundError, RegistryError, train_hint
 from mtlora.evaluation import (
     RoutingReport,
     TaskReport,
@@ -91,11 +91,11 @@ def evaluate(
     untrained = [t.name for t in tasks if t.name not in registry]
     if task is not None and untrained:  # a task of the project: say how to train it
         raise AdapterNotFoundError(str(registry.root), task, registry.names(),
-                                   fix=f"train it first: `mtlora train PROJECT.yaml --task {task}`")
+                                   fix=f"train it first: `{train_hint(task)}`")
     if task is None and untrained:
         if len(untrained) == len(tasks):
-            raise RegistryError("no task of the project is trained yet: train them first (`mtlora train PROJECT.yaml`)")
-        log(f"not trained yet, so not evaluated: {', '.join(untrained)} (`mtlora train PROJECT.yaml --task NAME`)")
+            raise RegistryError(f"no task of the project is trained yet: train them first (`{train_hint()}`)")
+        log(f"not trained yet, so not evaluated: {', '.join(untrained)} (`{train_hint('NAME')}`)")
         tasks = [t for t in tasks if t.name not in untrained]
     reports = []
     for t in tasks:
@@ -156,7 +156,7 @@ def require_adapters(config: ConfigLike) -> ProjectConfig:
     nothing but "unroutable"."""
     project = as_config(config)
     if not set(Registry(project.registry).names()) - {ROUTER_ADAPTER}:
-        raise RegistryError(f"no adapters in {project.registry} yet: train them first (`mtlora train PROJECT.yaml`)")
+        raise RegistryError(f"no adapters in {project.registry} yet: train them first (`{train_hint()}`)")
     return project
 
 

@@ -18,6 +18,11 @@ import difflib
 from collections.abc import Iterable
 
 
+def train_hint(task: str | None = None) -> str:
+    """The command that trains `task` of a project (all its tasks when None), as messages give it."""
+    return "mtlora train PROJECT.yaml" + (f" --task {task}" if task else "")
+
+
 def likely_meant(name: object, options: Iterable[str], cutoff: float = 0.6) -> str | None:
     """The option a misspelt `name` most likely meant, if one is close (difflib's ratio at least `cutoff`)."""
     close = difflib.get_close_matches(str(name), list(options), 1, cutoff)
@@ -72,7 +77,7 @@ class RegistryError(MtloraError):
 class AdapterNotFoundError(RegistryError, UnknownTaskError):
     def __init__(self, registry: str, name: str, available: list[str], fix: str = ""):
         UnknownTaskError.__init__(self, "adapter", name, available, where=f" in registry {registry}", fix=fix or (
-            "a task of the project file is trained with `mtlora train PROJECT.yaml --task NAME`; "
+            f"a task of the project file is trained with `{train_hint('NAME')}`; "
             "`mtlora adapters list PROJECT.yaml` shows what is trained"))
 
 

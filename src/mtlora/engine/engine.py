@@ -73,6 +73,7 @@ from mtlora.errors import (
     RegistryError,
     UnknownTaskError,
     likely_meant,
+    train_hint,
 )
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
@@ -532,7 +533,7 @@ class Engine:
             where = "it is in the registry"
             fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
         elif name in self._project_tasks:
-            where, fix = "the project file has it, but it is not trained", f"mtlora train PROJECT.yaml --task {name}"
+            where, fix = "the project file has it, but it is not trained", train_hint(name)
         elif TASK_TOKEN.match(text) and likely_meant(name, self.tasks, cutoff=0.75):  # stricter: it refuses
             where, fix = "no task has that name", ""  # the error's own guess names the one meant
         else:

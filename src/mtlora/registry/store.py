@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from mtlora import atomic
 from mtlora.config import validate_task_name
-from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError
+from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError, train_hint
 from mtlora.registry.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
 
 try:
@@ -112,7 +112,7 @@ class Registry:
                 problem = "is missing" if actual is None else "does not match its checksum"
                 raise CorruptAdapterError(
                     f"adapter '{name}': {folder / file} {problem}; the adapter is damaged, retrain it "
-                    f"with `mtlora train PROJECT.yaml --task {name}`"
+                    f"with `{train_hint(name)}`"
                 )
         return manifest
 
