@@ -29,3 +29,18 @@ def test_the_wheel_carries_the_package_data(tmp_path: Path) -> None:
             if path.is_file() and path.suffix not in (".py", ".pyc")}
     assert data, "the package has data files (the server's page)"
     assert data <= names, f"missing from the wheel: {sorted(data - names)}"
+
+
+def test_the_public_api_exports_what_its_verbs_return_and_raise() -> None:
+    import mtlora
+    from mtlora.evaluation import RoutingReport, TaskReport
+    from mtlora.routing import Route
+    from mtlora.training import TrainingInterrupted, TrainOutcome
+
+    assert (mtlora.Route, mtlora.TrainOutcome, mtlora.TaskReport, mtlora.RoutingReport) == \
+        (Route, TrainOutcome, TaskReport, RoutingReport)
+    assert mtlora.TrainingInterrupted is TrainingInterrupted and issubclass(TrainingInterrupted, mtlora.MtloraError)
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert mtlora.__version__ == declared  # read from the installed metadata, not written out twice

@@ -6,7 +6,12 @@
     >>> mtlora.predict("examples/demo/mtlora.yaml", "a warm, funny film")   # routed to an adapter
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mtlora")  # pyproject.toml's, as installed
+except PackageNotFoundError:  # a source tree on the path, never installed
+    __version__ = "0+unknown"
 
 from mtlora.api import (
     evaluate,
@@ -34,10 +39,14 @@ from mtlora.errors import (
     InputError,
     MtloraError,
     RegistryError,
+    TrainingInterrupted,
     UnknownTaskError,
 )
+from mtlora.evaluation import RoutingReport, TaskReport
 from mtlora.registry import Manifest, Registry
+from mtlora.routing import Route
 from mtlora.tasks import TaskKind, get_task_kind, register_task_kind, task_kind_names
+from mtlora.training import TrainOutcome
 
 __all__ = [
     "AdapterNotFoundError",
@@ -53,9 +62,14 @@ __all__ = [
     "ProjectConfig",
     "Registry",
     "RegistryError",
+    "Route",
+    "RoutingReport",
     "TaskConfig",
     "TaskKind",
     "TaskPredictor",
+    "TaskReport",
+    "TrainOutcome",
+    "TrainingInterrupted",
     "UnknownTaskError",
     "__version__",
     "evaluate",

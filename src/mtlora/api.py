@@ -107,19 +107,20 @@ def evaluate(
 
 def evaluate_routers(
     config: ConfigLike,
-    routers: Sequence[str] = ROUTERS,
+    routers: Sequence[str] | None = None,
     *,
     split: str = "validation",
     per_task: int = 200,
     write: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[RoutingReport]:
-    """Routing accuracy of each router on a mix of every task's `split` inputs; writes reports/routing.*"""
+    """Routing accuracy of each router (default: every one) on a mix of every task's `split` inputs; writes
+    reports/routing.*"""
     project = as_config(config)
     check_split(split)
     registry = Registry(project.registry)
     available, skipped = [], {}
-    for name in routers:
+    for name in list(ROUTERS) if routers is None else routers:
         if missing := routing.router_class(name).missing(registry, project.router):
             skipped[name] = missing
         else:

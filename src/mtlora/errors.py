@@ -5,6 +5,7 @@
     ├── DataError            a data file or row is unusable (names file, line and field)
     ├── UnknownTaskError     a task or task kind that does not exist (lists what does)
     ├── InputError           a prediction input has the wrong shape or is empty
+    ├── TrainingInterrupted  training stopped on Ctrl-C after a checkpoint (the same command resumes)
     └── RegistryError        adapter storage problems
         ├── AdapterNotFoundError
         ├── CorruptAdapterError   files missing or checksums do not match
@@ -68,6 +69,10 @@ class UnknownTaskError(MtloraError, KeyError):
 
 class InputError(MtloraError, ValueError):
     pass
+
+
+class TrainingInterrupted(MtloraError):
+    """Training stopped on Ctrl-C after saving a checkpoint; running the same command resumes it."""
 
 
 class RegistryError(MtloraError):

@@ -37,7 +37,7 @@ from mtlora import atomic
 from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import load_task_data
-from mtlora.errors import MtloraError
+from mtlora.errors import TrainingInterrupted
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
 from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
 from mtlora.tasks import Example
@@ -47,10 +47,6 @@ from mtlora.training.saved_rank import RankTruncation, check_truncatable, trunca
 EXAMPLE_INPUTS_KEPT = 64
 EXAMPLE_CHARS_KEPT = 500
 INPUT_KEYS = ("text", "text_pair", "question", "context")
-
-
-class TrainingInterrupted(MtloraError):
-    """Training stopped on Ctrl-C after saving a checkpoint; running the same command resumes it."""
 
 
 @dataclass
