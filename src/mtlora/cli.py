@@ -25,10 +25,12 @@ from rich.text import Text
 
 from mtlora import api, routing
 from mtlora.config import ROUTER_ADAPTER
-from mtlora.errors import AdapterNotFoundError, MtloraError
+from mtlora.errors import AdapterNotFoundError, MtloraError, TrainingInterrupted
+from mtlora.evaluation.evaluate import VARIANTS
+from mtlora.evaluation.report import sample_cell
 from mtlora.registry import Registry, share_of
 from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
-from mtlora.tasks import get_task_kind
+from mtlora.tasks import get_task_kind, task_kind_names
 from mtlora.tasks.base import shown_input
 
 app = typer.Typer(
@@ -65,8 +67,6 @@ def reports_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mtlora.training import TrainingInterrupted
-
         try:
             return command(*args, **kwargs)
         except TrainingInterrupted as stopped:
@@ -138,14 +138,11 @@ def evaluate(
     """Score each adapter against its head-only baseline and the untrained base; write reports.
 
     With --router: routing accuracy on a mix of every task's inputs of the split instead."""
-    from mtlora.evaluation.evaluate import VARIANTS
-    from mtlora.routing import ROUTERS
-
     if router:
         if task is not None:
             raise typer.BadParameter("routing is evaluated on a mix of every task's inputs; leave out --task "
                                      "with --router", param_hint="--task")
-        names = list(ROUTERS) if "all" in router else router
+        names = list(routing.ROUTERS) if "all" in router else router
         _print_routing(api.evaluate_routers(config, names, split=split, log=say))
         say(f"Reports written to {api.as_config(config).reports}/routing.md")
         return
@@ -165,9 +162,6 @@ def evaluate(
 
 
 def _print_samples(report: Any) -> None:
-    from mtlora.evaluation.evaluate import VARIANTS
-    from mtlora.evaluation.report import sample_cell
-
     if not report.samples:
         return
     variants = [v for v in VARIANTS if v in report.samples[0]]
@@ -394,8 +388,6 @@ def adapters_remove(
 @app.command()
 def kinds() -> None:
     """The task kinds this installation knows, with the data fields each expects."""
-    from mtlora.tasks import get_task_kind, task_kind_names
-
     table = Table(title="Task kinds")
     for column in ("kind", "fields", "main metric", "description"):
         table.add_column(column, no_wrap=column == "kind")

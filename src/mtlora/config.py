@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtlora.errors import ConfigError, InputError
+from mtlora.errors import ConfigError, InputError, UnknownTaskError
 
 EMBEDDED_BACKBONE = "embedded"
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -454,8 +454,6 @@ class ProjectConfig(_Strict):
         return self
 
     def task(self, name: str) -> TaskConfig:
-        from mtlora.errors import UnknownTaskError
-
         for task in self.tasks:
             if task.name == name:
                 return task

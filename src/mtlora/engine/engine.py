@@ -127,8 +127,8 @@ class _Job:
     task: str
     examples: list[Example]
     encoded: Encoded
-    results: list[dict[str, np.ndarray]] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)  # tokens of each feature row, without padding
+    results: list[dict[str, np.ndarray]] = field(init=False)
+    lengths: list[int] = field(init=False)  # tokens of each feature row, without padding
 
     def __post_init__(self) -> None:
         self.results = [{} for _ in range(len(self.encoded))]
