@@ -14,7 +14,7 @@ from mtlora.backbone import default_device, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig
 from mtlora.data import TaskData, load_task_data
 from mtlora.engine import predict_examples
-from mtlora.errors import DataError, RegistryError
+from mtlora.errors import DataError, RegistryError, train_hint
 from mtlora.modeling import (
     adapter_tokenizer,
     load_adapter_model,
@@ -78,14 +78,12 @@ def evaluate_task(
     log(f"[{task.name}] evaluating on {len(examples)} {split} examples")
     predictions = {"lora": run(model)}
     counts = manifest.parameters
-    # Manifests from before saved ranks stored what trained.
-    parameters = {"lora": {"trainable": counts.trainable, "total": counts.total,
-                           "stored": counts.stored or counts.trainable}}
+    parameters = {"lora": {"trainable": counts.trainable, "total": counts.total, "stored": counts.stored}}
     recorded = registry.baseline_path(task.name) / "baseline.json"
     record = json.loads(recorded.read_text()) if recorded.is_file() else {}
     if unlike := _baseline_unlike_adapter(record, manifest):
         log(f"[{task.name}] head-only baseline left out: it was trained on {unlike} than the adapter; "
-            f"retrain both with `mtlora train PROJECT.yaml --task {task.name}`")
+            f"retrain both with `{train_hint(task.name)}`")
     elif (baseline := load_baseline_model(registry, task.name, project.backbone)) is not None:
         predictions["head_only"] = run(baseline)
         parameters["head_only"] = {"trainable": record["trainable"], "total": record["total"]}
@@ -125,7 +123,7 @@ def _check_trained_as_configured(task: TaskConfig, manifest: Manifest, data: Tas
     """The project's data is scored with the adapter's kind and labels: they must be the ones it was
     trained with, or every score is wrong. Other training data than the adapter's is worth a warning:
     a changed holdout puts rows it trained on into the validation split."""
-    retrain = f"retrain it with `mtlora train PROJECT.yaml --task {task.name}`"
+    retrain = f"retrain it with `{train_hint(task.name)}`"
     if manifest.kind != task.kind:
         raise RegistryError(f"adapter '{task.name}' was trained as {manifest.kind}, but the project file now says "
                             f"kind: {task.kind}; {retrain}")
