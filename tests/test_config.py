@@ -145,8 +145,11 @@ def test_kind_specific_settings_are_checked(tmp_path: Path) -> None:
     generation["seq2seq"] = {"num_options": 3}
     with pytest.raises(ConfigError, match=r"seq2seq.num_options does not apply to generation \(that is mcq_gene"):
         load_config(write(tmp_path, {"tasks": [generation]}))
-    labels = {"name": "support", "kind": "instruction_classification", "seq2seq": {"decoding": {"num_beams": 4}},
+    labels = {"name": "support", "kind": "instruction_classification", "seq2seq": {"num_options": 3},
               "data": {"train": "t.jsonl", "labels": ["billing", "account"]}}
+    with pytest.raises(ConfigError, match=r"seq2seq.num_options does not apply to instruction_classification \(that"):
+        load_config(write(tmp_path, {"tasks": [labels]}))
+    labels["seq2seq"] = {"decoding": {"num_beams": 4}}
     with pytest.raises(ConfigError, match=r"seq2seq.decoding does not apply to instruction_classification \(it "
                                           r"scores each label"):
         load_config(write(tmp_path, {"tasks": [labels]}))

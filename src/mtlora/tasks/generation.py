@@ -7,7 +7,7 @@ of the input, the two ways a seq2seq model that has not learned the task usually
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from mtlora.metrics import degenerate_shares, rouge
 from mtlora.tasks.base import Encoded, Example, Prediction
@@ -23,7 +23,6 @@ class GenerationTask(Seq2SeqTask):
     roles = ("text", "target")
     primary_metric = "rougeL"
     primary_metric_scale = 100.0
-    unused_settings: ClassVar[dict[str, str]] = {"num_options": "that is mcq_generation's"}
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
         return [{"text": self.text_value(row, "text"), "target": self.text_value(row, "target"), "where": row.where}

@@ -33,9 +33,7 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
     primary_metric = "accuracy"
     categorical = True
     unused_settings: ClassVar[dict[str, str]] = {
-        "decoding": "it scores each label instead of writing text",
-        "num_options": "that is mcq_generation's",
-    }
+        **Seq2SeqTask.unused_settings, "decoding": "it scores each label instead of writing text"}
     score_output = "scores"
 
     def __init__(self, *args: Any, **kwargs: Any):

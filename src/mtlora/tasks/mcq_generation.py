@@ -21,7 +21,7 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mtlora.errors import DataError
 from mtlora.metrics import degenerate_shares, rouge
@@ -86,6 +86,7 @@ class MCQGenerationTask(Seq2SeqTask):
     description = "passage -> question, options and answer (seq2seq)"
     roles = ("text", "question", "options", "answer")
     primary_metric = "valid_mcq_share"
+    unused_settings: ClassVar[dict[str, str]] = {}
 
     @property
     def num_options(self) -> int:

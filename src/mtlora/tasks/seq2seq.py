@@ -43,8 +43,8 @@ class Seq2SeqTask(TaskKind):
     saved_rank = None
     # The example fields a prompt template may use, and the one a user's input text fills.
     prompt_roles: ClassVar[tuple[str, ...]] = ("text",)
-    # Seq2seq settings the kind has no use for, each with the reason.
-    unused_settings: ClassVar[dict[str, str]] = {}
+    # Seq2seq settings the kind has no use for, each with the reason: refused, not ignored.
+    unused_settings: ClassVar[dict[str, str]] = {"num_options": "that is mcq_generation's"}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
