@@ -52,7 +52,7 @@ def test_the_routing_table_shows_the_share_routed_by_shape(tiny_project: Path, m
     assert shown.exit_code == 0, shown.output
     rows = [[cell.strip() for cell in line[1:-1].split(line[0])] for line in shown.output.splitlines()
             if line[:1] in ("┃", "│")]
-    assert rows == [["router", "reads", "inputs", "accuracy", "unroutable", "by shape", "encoder pass", "ms/input"],
+    assert rows == [["router", "reads", "inputs", "accuracy", "unroutable", "by shape", "encoder pass", "ms / input"],
                     ["keywords", "", "8", "0.750", "0.125", "0.250", "", "0.50"]]
 
 

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 import mtlora
+from mtlora.evaluation.report import ROUTING_COLUMNS, main_metric_values, routing_cells
+from mtlora.registry import share_of
 
 CONFIG = Path(__file__).with_name("mtlora.yaml")
 EXAMPLES = {
@@ -41,11 +43,11 @@ def main() -> None:
     for column in ("task", "metric", "untrained base", "head-only", "LoRA", "LoRA trainable params"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for report in reports:
-        value = {variant: report.metrics.get(variant, {}).get(report.primary_metric) for variant in report.metrics}
+        value = main_metric_values(report)
         params = report.parameters["lora"]
-        table.add_row(report.task, report.primary_metric, *(_fmt(value.get(v)) for v in ("base", "head_only")),
-                      f"[bold]{_fmt(value.get('lora'))}[/bold]",
-                      f"{params['trainable']:,} ({100 * params['trainable'] / params['total']:.2f}% of the model)")
+        table.add_row(report.task, report.primary_metric, _fmt(value["base"]), _fmt(value["head_only"]),
+                      f"[bold]{_fmt(value['lora'])}[/bold]",
+                      f"{params['trainable']:,} ({share_of(params['trainable'], params['total'])} of the model)")
     console.print(table)
     console.print(f"Full report: {mtlora.load_config(CONFIG).reports / 'summary.md'}")
 
@@ -55,17 +57,14 @@ def main() -> None:
     # reads the encoder, and the head over the token embeddings, which costs no encoder pass.
     mtlora.train_router(project, progress=sys.stderr.isatty(),
                         log=lambda message: console.print(message, markup=False, highlight=False))
-    routing = Table()
-    for column in ("router", "reads", "accuracy on the dev mix", "unroutable", "by shape", "encoder pass",
-                   "ms per input"):
+    routing = Table(title="Routing on the dev mix")
+    for column in ROUTING_COLUMNS:
         routing.add_column(column, justify="left" if column in ("router", "reads") else "right")
     for features in ("cascade", "encoder", "embeddings"):
         routers = ["keywords", "semantic", "learned"] if features == "cascade" else ["semantic", "learned"]
         settings = project.with_router(features=features)
         for report in mtlora.evaluate_routers(settings, routers, write=features == "cascade", log=lambda _: None):
-            routing.add_row(report.router, report.features or "", f"{report.accuracy:.3f}",
-                            f"{report.unroutable:.3f}", f"{report.shape_share:.3f}", report.encoder_pass_cell(),
-                            f"{report.ms_per_input:.2f}")
+            routing.add_row(*routing_cells(report))
     console.print(routing)
 
     console.rule("4. Predict: one engine, every adapter, inputs of mixed tasks in one batch (learned router)")

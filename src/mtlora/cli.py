@@ -26,12 +26,12 @@ from rich.text import Text
 from mtlora import api, routing
 from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import AdapterNotFoundError, MtloraError, TrainingInterrupted
+from mtlora.evaluation import RoutingReport, TaskReport
 from mtlora.evaluation.evaluate import VARIANTS
-from mtlora.evaluation.report import sample_cell
+from mtlora.evaluation.report import ROUTING_COLUMNS, main_metric_values, routing_cells, sample_cell, sample_rows
 from mtlora.registry import Registry, share_of
 from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
 from mtlora.tasks import get_task_kind, task_kind_names
-from mtlora.tasks.base import shown_input
 
 app = typer.Typer(
     help="Multi-task LoRA adapters on one shared backbone: train, evaluate, predict, manage adapters.",
@@ -151,7 +151,7 @@ def evaluate(
     for column in ("task", "metric", *VARIANTS.values(), "LoRA params", "stored"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for r in reports:
-        values = [r.metrics.get(v, {}).get(r.primary_metric) for v in VARIANTS]
+        values = main_metric_values(r).values()
         lora = r.parameters["lora"]
         table.add_row(r.task, r.primary_metric, *("–" if v is None else f"{v:.3f}" for v in values),
                       f"{lora['trainable']:,} ({share_of(lora['trainable'], lora['total'])})", f"{lora['stored']:,}")
@@ -161,26 +161,24 @@ def evaluate(
     say(f"Reports written to {api.as_config(config).reports}/summary.md")
 
 
-def _print_samples(report: Any) -> None:
+def _print_samples(report: TaskReport) -> None:
     if not report.samples:
         return
-    variants = [v for v in VARIANTS if v in report.samples[0]]
+    header, rows = sample_rows(report)
     table = Table(title=f"{report.task}: sample outputs", show_lines=True)
-    for column in ("input", "expected", *(VARIANTS[v] for v in variants)):
+    for column in header:
         table.add_column(column, overflow="fold")
-    for sample in report.samples[:3]:
-        shown = (shown_input(sample), sample["expected"], *(sample[v] for v in variants))
-        table.add_row(*(sample_cell(value, 160) for value in shown))
+    for row in rows[:3]:
+        table.add_row(*(sample_cell(value, 160) for value in row))
     console.print(table)
 
 
-def _print_routing(reports: list) -> None:
+def _print_routing(reports: list[RoutingReport]) -> None:
     table = Table(title="Routing")
-    for column in ("router", "reads", "inputs", "accuracy", "unroutable", "by shape", "encoder pass", "ms/input"):
+    for column in ROUTING_COLUMNS:
         table.add_column(column, justify="left" if column in ("router", "reads") else "right")
-    for r in reports:
-        table.add_row(r.router, r.features or "", str(r.examples), f"{r.accuracy:.3f}", f"{r.unroutable:.3f}",
-                      f"{r.shape_share:.3f}", r.encoder_pass_cell(), f"{r.ms_per_input:.2f}")
+    for report in reports:
+        table.add_row(*routing_cells(report))
     console.print(table)
 
 

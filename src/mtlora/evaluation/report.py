@@ -71,7 +71,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
     ]
     for r in reports:
         metric = r.primary_metric
-        values = {v: r.metrics.get(v, {}).get(metric) for v in VARIANTS}
+        values = main_metric_values(r)
         gain = (values["lora"] - values["head_only"]) if None not in (values["lora"], values["head_only"]) else None
         best = max((v for v in values.values() if v is not None), default=None)  # every main metric: higher is better
         shown = {v: f"**{_fmt(value)}**" if value is not None and value == best else _fmt(value)
@@ -100,17 +100,25 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
     return "\n".join(lines)
 
 
+def main_metric_values(report: TaskReport) -> dict[str, float | None]:
+    """Each variant's score on the task's main metric; None for a variant not evaluated."""
+    return {v: report.metrics.get(v, {}).get(report.primary_metric) for v in VARIANTS}
+
+
+def sample_rows(report: TaskReport) -> tuple[list[str], list[list[object]]]:
+    """The header and rows of the samples table: each input, what it expected, what each variant answered."""
+    variants = [v for v in VARIANTS if report.samples and v in report.samples[0]]
+    header = ["input", "expected", *(VARIANTS[v] for v in variants)]
+    return header, [[shown_input(s), s["expected"], *(s[v] for v in variants)] for s in report.samples]
+
+
 def _samples_table(report: TaskReport) -> list[str]:
     """The first few inputs with what each variant answered: the change in behaviour, to read."""
     if not report.samples:
         return []
-    variants = [v for v in VARIANTS if v in report.samples[0]]
-    lines = ["Sample outputs:", "", "| input | expected | " + " | ".join(VARIANTS[v] for v in variants) + " |",
-             "|---|---|" + "---|" * len(variants)]
-    for sample in report.samples:
-        shown = (shown_input(sample), sample["expected"], *(sample[v] for v in variants))
-        cells = [sample_cell(value) for value in shown]
-        lines.append("| " + " | ".join(cells) + " |")
+    header, rows = sample_rows(report)
+    lines = ["Sample outputs:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(sample_cell(value) for value in row) + " |" for row in rows]
     return lines
 
 
@@ -166,6 +174,16 @@ def confusion_figure(labels: Sequence[str], counts: Sequence[Sequence[int]], tit
     return figure
 
 
+# A routing report's row, as summary tables show it (Markdown, the CLI, the demo); per-task columns follow.
+ROUTING_COLUMNS = ("router", "reads", "inputs", "accuracy", "unroutable", "by shape", "encoder pass", "ms / input")
+
+
+def routing_cells(report: RoutingReport) -> list[str]:
+    return [report.router, report.features or "", str(report.examples), f"{report.accuracy:.3f}",
+            f"{report.unroutable:.3f}", f"{report.shape_share:.3f}", report.encoder_pass_cell(),
+            f"{report.ms_per_input:.2f}"]
+
+
 def _mix_name(split: str) -> str:
     """Training inputs are not held out: the adapters and the learned router were fit on them."""
     return "A mix" if split == "train" else "A held-out mix"
@@ -180,15 +198,15 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
     lines = ["# Routing", "", f"{_mix_name(split)} of every task's inputs ({split}), "
              "pairs and QA given as plain text pairs; each router picks the task. A multitask task has no inputs "
              "of its own in the mix: a router sends its parts' inputs to the parts.", "",
-             "| router | reads | inputs | accuracy | unroutable | by shape | encoder pass | ms / input | "
-             + " | ".join(tasks) + " |",
-             "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(tasks)]
+             "| " + " | ".join([*ROUTING_COLUMNS, *tasks]) + " |",
+             "|---|---|" + "---:|" * (len(ROUTING_COLUMNS) - 2 + len(tasks))]
     best = max((r.accuracy for r in reports), default=None)  # bold, as in summary.md: the best of the column
+    accuracy = ROUTING_COLUMNS.index("accuracy")
     for r in reports:
-        accuracy = f"**{r.accuracy:.3f}**" if r.accuracy == best else f"{r.accuracy:.3f}"
-        lines.append(f"| {r.router} | {r.features or ''} | {r.examples} | {accuracy} | {r.unroutable:.3f} "
-                     f"| {r.shape_share:.3f} | {r.encoder_pass_cell()} | {r.ms_per_input:.2f} | "
-                     + " | ".join(f"{r.per_task[t]:.3f}" for t in tasks) + " |")
+        cells = routing_cells(r)
+        if r.accuracy == best:
+            cells[accuracy] = f"**{cells[accuracy]}**"
+        lines.append("| " + " | ".join([*cells, *(f"{r.per_task[t]:.3f}" for t in tasks)]) + " |")
         path = folder / f"routing_{r.router}_confusion.png"
         written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
                                       columns=r.labels))
