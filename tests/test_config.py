@@ -191,6 +191,23 @@ def test_yes_and_no_are_text_as_in_yaml_1_2_and_a_boolean_setting_still_takes_th
     assert load_config(path).tasks[0].training.baseline is False
 
 
+def test_a_multitask_adapter_mixes_seq2seq_tasks_only(tmp_path: Path) -> None:
+    summaries = {"name": "summaries", "kind": "generation", "data": {"train": "t.jsonl"},
+                 "seq2seq": {"task_token": "<summarize>"}}
+    writer = {"name": "writer", "kind": "multitask", "mixture": {"tasks": ["summaries", "sentiment"]}}
+    with pytest.raises(ConfigError, match=r"multitask 'writer' can only mix seq2seq tasks; 'sentiment' is "
+                                          r"classification"):
+        load_config(write(tmp_path, {"tasks": [summaries, task(), writer]}))
+    headlines = {**summaries, "name": "headlines", "seq2seq": {"task_token": "<headline>"}}
+    writer["mixture"]["tasks"] = ["summaries", "headlines"]
+    both = {"name": "both", "kind": "multitask", "mixture": {"tasks": ["summaries", "writer"]}}
+    with pytest.raises(ConfigError, match=r"multitask 'both' can only mix seq2seq tasks; 'writer' is multitask"):
+        load_config(write(tmp_path, {"tasks": [summaries, headlines, writer, both]}))
+    with pytest.raises(ConfigError, match=r"'mixture' \(the tasks to train on\) goes with kind multitask, and only "
+                                          r"with it"):
+        load_config(write(tmp_path, {"tasks": [{**task(), "mixture": {"tasks": ["a", "b"]}}]}))
+
+
 def test_unknown_task_lists_the_ones_there_are(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, {"tasks": [task("sentiment"), task("topics")]}))
     with pytest.raises(UnknownTaskError, match=r"No task 'x' in the project config\. Available: sentiment, topics"):

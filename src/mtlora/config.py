@@ -340,13 +340,15 @@ class TaskConfig(_Strict):
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> TaskConfig:
-        from mtlora.tasks import get_task_kind
+        from mtlora.tasks import get_task_kind, task_kind_names
 
         kind = get_task_kind(self.kind)
-        if (self.mixture is None) != (self.kind != "multitask"):
-            raise ValueError("'mixture' (the tasks to train on) goes with kind multitask, and only with it")
-        if (self.data is None) != (self.kind == "multitask"):
-            raise ValueError("a multitask adapter takes its tasks' data: remove 'data'" if self.data is not None
+        if (self.mixture is None) == kind.mixes_tasks:
+            mixing = [name for name in task_kind_names() if get_task_kind(name).mixes_tasks]
+            raise ValueError(f"'mixture' (the tasks to train on) goes with kind {' or '.join(mixing)}, and only "
+                             "with it")
+        if (self.data is None) != kind.mixes_tasks:
+            raise ValueError(f"a {self.kind} adapter takes its tasks' data: remove 'data'" if self.data is not None
                              else "'data' is required: give at least data.train")
         kind.check_config(self)
         if self.data is None:
@@ -477,14 +479,13 @@ def _check_mixture(name: str, mixture: MixtureSettings, tasks: dict[str, TaskCon
     """Each task of a mixture is a seq2seq task of the project with its own task token: the token is how
     the one adapter tells its tasks apart, in training and when it answers."""
     from mtlora.tasks import get_task_kind
-    from mtlora.tasks.seq2seq import Seq2SeqTask
 
     tokens: dict[str, str] = {}
     for part in mixture.tasks:
         task = tasks.get(part)
         if task is None:
             raise ValueError(f"multitask '{name}' mixes '{part}', which is not a task; tasks: {', '.join(tasks)}")
-        if task.kind == "multitask" or not issubclass(get_task_kind(task.kind), Seq2SeqTask):
+        if not get_task_kind(task.kind).mixable:
             raise ValueError(f"multitask '{name}' can only mix seq2seq tasks; '{part}' is {task.kind}")
         token = task.seq2seq.task_token if task.seq2seq else None
         if token is None:

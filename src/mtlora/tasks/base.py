@@ -1,7 +1,8 @@
 """What every task kind provides: parsing rows into examples, the model head, encoding, decoding, metrics.
 
 A task kind is one subclass of `TaskKind` in its own module, registered with `register_task_kind`.
-The rest of mtlora (training, registry, evaluation, inference) only talks to this interface.
+The rest of mtlora (training, registry, evaluation, inference) talks to this interface; the engine tells
+the seq2seq kinds apart, since they run on a backbone of their own.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class TaskKind(ABC):
     # The rank `lora.saved_rank: auto` saves an adapter of this kind at (training/saved_rank.py): for the
     # encoder kinds rank 4 of an r=8 adapter scored as the whole (bench/lora_settings.py --full).
     saved_rank: ClassVar[int | None] = 4
+    # A kind trained on the data of other tasks of the project (`mixture:`), not on data of its own.
+    mixes_tasks: ClassVar[bool] = False
+    # Whether a kind that mixes tasks can take this kind's task as one of them.
+    mixable: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -34,6 +34,8 @@ class MultitaskTask(Seq2SeqTask):
     description = "one seq2seq adapter for several tasks, told apart by task tokens"
     roles = ()
     primary_metric = "mean_primary"
+    mixes_tasks = True
+    mixable = False
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -41,6 +41,7 @@ class Seq2SeqTask(TaskKind):
     # Generation keeps its trained rank: a DREAM question writer trained at r=16 and saved at rank 4 wrote
     # 5.5% of its questions in a shape that no longer parses (bench/saved_rank.py).
     saved_rank = None
+    mixable = True  # one seq2seq adapter can learn several, each read from its task token
     # The example fields a prompt template may use, and the one a user's input text fills.
     prompt_roles: ClassVar[tuple[str, ...]] = ("text",)
     # Seq2seq settings the kind has no use for, each with the reason: refused, not ignored.
