@@ -36,7 +36,9 @@ from mtlora.modeling import count_trainable
 from mtlora.training import train_task
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import NO_CHECKPOINTS, limited, merged_rows
 from isolated import run_isolated
+from machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "glue" / "local.yaml"
@@ -74,12 +76,6 @@ def measure(project: ProjectConfig, task: TaskConfig, lora: LoraSettings, lr: fl
             "samples_per_s": outcome.samples_per_s, "time_s": outcome.time_s}
 
 
-def sized(task: TaskConfig, rows: int) -> TaskConfig:
-    data = task.data.model_copy(update={"train": task.data.train.model_copy(update={"limit": rows})})
-    training = task.training.model_copy(update={"epochs": 1})
-    return task.model_copy(update={"data": data, "training": training})
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="train each task as bench/quality.py's full run does")
@@ -92,8 +88,9 @@ def main() -> None:
     project = load_config(CONFIG)
     rows, started = [], time.perf_counter()
     for name in tasks:
-        task = project.task(name) if args.full else sized(project.task(name), PROBE_ROWS[name])
-        task = task.model_copy(update={"training": task.training.model_copy(update={"checkpoint_every": 100_000})})
+        task = project.task(name)
+        task = limited(task, checkpoint_every=NO_CHECKPOINTS) if args.full else \
+            limited(task, PROBE_ROWS[name], epochs=1, checkpoint_every=NO_CHECKPOINTS)
         for key in args.variants:
             label, lora, lr = VARIANTS[key]
             with tempfile.TemporaryDirectory() as work:
@@ -105,10 +102,8 @@ def main() -> None:
             print(f"{name:5} {label:28} {row['metric']} {row['score']:.3f}  {row['samples_per_s']:.0f} samples/s",
                   flush=True)
     out = ROOT / "bench" / "results" / ("lora_settings_full.json" if args.full else "lora_settings.json")
-    if out.is_file():  # keep the last run's rows of the (task, variant) pairs not rerun
-        rerun = {(r["task"], r["key"]) for r in rows}
-        rows = [r for r in json.loads(out.read_text())["rows"] if (r["task"], r.get("key")) not in rerun] + rows
-    result = {"benchmark": "lora_settings", "sizes": "full" if args.full else "probe",
+    rows = merged_rows(out, rows, key=lambda row: (row["task"], row.get("key")))
+    result = {"benchmark": "lora_settings", "sizes": "full" if args.full else "probe", "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": time.perf_counter() - started, "rows": rows}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))

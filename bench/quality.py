@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import mtlora
 from mtlora import atomic
 from mtlora.backbone import default_device, load_tokenizer, use_bf16
@@ -35,7 +33,9 @@ from mtlora.tasks import get_task_kind
 from mtlora.training import train_task
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import NO_CHECKPOINTS, limited
 from isolated import peak_memory_mb, run_isolated
+from machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "glue" / "local.yaml"
@@ -71,7 +71,7 @@ QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, QUICK_EPOCHS = 2000, 500, 2
 def project_for(args: argparse.Namespace) -> ProjectConfig:
     raw_tasks = [QQP] if not args.tasks or "qqp" in args.tasks else []
     # Losses every 10 steps draw the training curves; the quick run needs no resumable checkpoints.
-    training = {"log_every": 10, **({"checkpoint_every": 10_000} if args.quick else {})}
+    training = {"log_every": 10, **({"checkpoint_every": NO_CHECKPOINTS} if args.quick else {})}
     overrides: dict[str, Any] = {"registry": str(args.work / "adapters"), "reports": str(args.work / "reports"),
                                  "defaults": {"training": training}}
     project = load_config(CONFIG, overrides=overrides)
@@ -85,14 +85,10 @@ def project_for(args: argparse.Namespace) -> ProjectConfig:
 
 
 def _quick(task: TaskConfig) -> TaskConfig:
+    assert task.data is not None
     rows = min(QUICK_TRAIN_ROWS, task.data.train.limit or QUICK_TRAIN_ROWS)
-    data = task.data.model_copy(update={
-        "train": task.data.train.model_copy(update={"limit": rows}),
-        **{split: getattr(task.data, split).model_copy(update={"limit": QUICK_EVAL_ROWS})
-           for split in ("validation", "test") if getattr(task.data, split) is not None},
-    })
     epochs = max(QUICK_EPOCHS, task.training.epochs) if task.name == "qqp" else QUICK_EPOCHS  # QQP: 32 rows
-    return task.model_copy(update={"data": data, "training": task.training.model_copy(update={"epochs": epochs})})
+    return limited(task, rows, {"validation": QUICK_EVAL_ROWS, "test": QUICK_EVAL_ROWS}, epochs=epochs)
 
 
 def train_and_score(project: ProjectConfig, task: TaskConfig, split: str) -> dict[str, Any]:
@@ -167,7 +163,7 @@ def main() -> None:
     started = time.perf_counter()
     previous = json.loads(out.read_text()) if (args.tasks or args.routing_only) and out.is_file() else None
     result = {"benchmark": "quality", "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
-              "device": describe_device(), "wall_s": 0.0, "tasks": [], "routing": []}
+              "machine": machine(), "wall_s": 0.0, "tasks": [], "routing": []}
     if previous:
         rerun = {"tasks": args.tasks or ["routing"], "date": result["date"]}
         if args.note:
@@ -202,12 +198,6 @@ def write_results(result: dict[str, Any], out: Path, suffix: str) -> None:
     plot_scores(result, out.with_name(f"quality{suffix}_scores.png"))
     plot_curves(result, out.with_name(f"quality{suffix}_curves.png"))
     atomic.write_text(ROOT / f"BENCHMARKS{suffix}.md", markdown(result, suffix))
-
-
-def describe_device() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def markdown(result: dict[str, Any], suffix: str) -> str:

@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtlora.backbone import default_device
+from common import merged_rows
+from machine import machine
+
+from mtlora.backbone import default_device, use_bf16
 from mtlora.config import load_config
 from mtlora.data import load_task_data
 from mtlora.engine import predict_examples
@@ -45,6 +48,7 @@ def main() -> None:
     task, registry = project.task(args.task), Registry(args.registry)
     examples = load_task_data(project, task, splits=(args.split,)).split(args.split)[: args.limit]
     tokenizer = adapter_tokenizer(registry, args.task, project.backbone)
+    bf16 = use_bf16(project.inference.precision, default_device())  # scored as `mtlora evaluate` scores
     rows: list[dict[str, Any]] = []
     for rank in [None, *args.ranks]:
         model, kind, manifest = load_adapter_model(registry, args.task, project.backbone)
@@ -53,18 +57,16 @@ def main() -> None:
             print(f"rank {rank}: the adapter is saved at rank {manifest.lora['r']} or lower already; skipped")
             continue
         predictions = predict_examples(model.to(default_device()), kind, tokenizer, examples, manifest.max_length,
-                                       manifest.doc_stride, task.training.eval_batch_size, True)
+                                       manifest.doc_stride, task.training.eval_batch_size, bf16)
         rows.append({"task": args.task, "kind": kind.name, "split": args.split, "examples": len(examples),
                      "trained_rank": manifest.lora["r"], "rank": rank, "metric": kind.primary_metric,
                      "metrics": kind.metrics(predictions, examples),
                      "energy_kept": truncation.energy_kept if truncation else 1.0,
                      "lowest_layer_energy_kept": truncation.lowest_layer_energy_kept if truncation else 1.0})
         print(table(rows[-1:]), flush=True)
-    kept = json.loads(OUT.read_text())["rows"] if OUT.is_file() else []
-    done = {(r["task"], r["rank"]) for r in rows}
-    merged = [r for r in kept if (r["task"], r["rank"]) not in done] + rows
-    OUT.write_text(json.dumps({"benchmark": "saved_rank", "date": time.strftime("%Y-%m-%d %H:%M"), "rows": merged},
-                              indent=2) + "\n")
+    merged = merged_rows(OUT, rows, key=lambda row: (row["task"], row["rank"]))
+    OUT.write_text(json.dumps({"benchmark": "saved_rank", "date": time.strftime("%Y-%m-%d %H:%M"),
+                               "machine": machine(), "rows": merged}, indent=2) + "\n")
     print(f"\n{table(merged)}\n\nwrote {OUT}")
 
 

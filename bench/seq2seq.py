@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import NO_CHECKPOINTS, limited
+from machine import machine
+
 import mtlora
-from mtlora.config import ProjectConfig, TaskConfig, load_config
+from mtlora.config import ProjectConfig, load_config
 from mtlora.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,20 +38,11 @@ SPEED_REQUESTS_PER_TASK = 12
 def project_for(args: argparse.Namespace) -> ProjectConfig:
     project = load_config(CONFIG)
     sizes = QUICK_SIZES if args.quick else SIZES
-    tasks = [_sized(t, *sizes[t.name]) for t in project.tasks if not args.tasks or t.name in args.tasks]
+    tasks = [limited(t, train_rows, {split: scored_rows}, checkpoint_every=NO_CHECKPOINTS)
+             for t in project.tasks if not args.tasks or t.name in args.tasks
+             for split, train_rows, scored_rows in [sizes[t.name]]]
     return project.model_copy(update={"tasks": tasks, "registry": args.work / "adapters",
                                       "reports": args.work / "reports"})
-
-
-def _sized(task: TaskConfig, split: str, train_rows: int | None, scored_rows: int | None) -> TaskConfig:
-    training = task.training.model_copy(update={"checkpoint_every": 100_000})
-    if task.data is None:
-        return task.model_copy(update={"training": training})
-    data = task.data.model_copy(update={"train": task.data.train.model_copy(update={"limit": train_rows})})
-    scored = getattr(data, split)
-    if scored is not None and scored_rows is not None:
-        data = data.model_copy(update={split: scored.model_copy(update={"limit": scored_rows})})
-    return task.model_copy(update={"data": data, "training": training})
 
 
 def generation_speed(project: ProjectConfig, tasks: list[str]) -> dict[str, Any]:
@@ -100,6 +94,7 @@ def main() -> None:
     generative = [t.name for t in project.tasks if t.kind in ("generation", "mcq_generation")]
     speed = generation_speed(project, generative) if len(generative) > 1 else None
     result = {"quick": args.quick, "backbone": "embedded all-MiniLM-L6-v2 warm-started as BERT2BERT",
+              "machine": machine(),
               "wall_s": round(time.perf_counter() - started, 1), "tasks": rows, "generation_speed": speed}
     out = ROOT / "bench" / "results" / f"seq2seq{'_quick' if args.quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
