@@ -96,6 +96,15 @@ def test_router_trains_with_a_registry_given_relative_to_the_working_folder(
     assert outcome.saved_to is not None and outcome.saved_to.resolve().is_relative_to(tiny_project.parent / "adapters")
 
 
+def test_the_router_head_is_reported_as_a_token_head_not_a_head_only_baseline(trained_project: Path,
+                                                                              tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    shutil.copytree(trained_project.parent, folder)
+    project = load_config(folder / trained_project.name, overrides={"router": {"features": "embeddings"}})
+    outcome = train_router(project, progress=False, log=lambda _: None)
+    assert (outcome.task, outcome.method, outcome.steps) == ("router", "token_head", 0)
+
+
 @pytest.mark.parametrize("features", ["encoder", "embeddings", "cascade"])
 def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(trained_project: Path,
                                                                           features: str) -> None:

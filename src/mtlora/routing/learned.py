@@ -181,6 +181,6 @@ def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],
     log(f"[router] head over token embeddings fit on {len(train)} inputs from {len(project.tasks)} tasks"
         + (f"; validation accuracy {accuracy:.3f}" if accuracy is not None else "") + f"; saved to {saved_to}")
     size = head.info.parameters
-    return TrainOutcome(task=ROUTER_ADAPTER, method="head_only", trainable=size, total=size,
+    return TrainOutcome(task=ROUTER_ADAPTER, method="token_head", trainable=size, total=size,
                         time_s=time.perf_counter() - started, steps=0, samples_per_s=0.0, train_loss=float("nan"),
                         resumed_from=None, saved_to=saved_to)

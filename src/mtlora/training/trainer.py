@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 from torch import nn
@@ -52,7 +52,7 @@ INPUT_KEYS = ("text", "text_pair", "question", "context")
 @dataclass
 class TrainOutcome:
     task: str
-    method: Method
+    method: Method | Literal["token_head"]  # token_head: the router's linear head over token embeddings
     trainable: int
     total: int
     time_s: float
