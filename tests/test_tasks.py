@@ -227,3 +227,32 @@ def test_reports_show_labels_with_their_confidence_and_scores_to_two_decimals() 
             ("pos", "pos (0.91)")
     regression = RegressionTask()
     assert (regression.expected_text({"label": 3.456}), regression.answer_text({"score": 1.0})) == ("3.46", "1.00")
+
+
+def test_a_users_own_kind_registers_with_plain_report_forms_and_one_lacking_a_method_is_refused() -> None:
+    from mtlora.tasks import _KINDS, get_task_kind, register_task_kind
+    from mtlora.tasks.sequence import SequenceTask
+
+    class Toxicity(SequenceTask):
+        name, description, roles, primary_metric = "toxicity_test", "text -> toxicity", ("text", "label"), "mae"
+
+        def parse(self, rows):
+            return [{**self.parse_texts(row), "label": float(row.values["label"])} for row in rows]
+
+        def decode(self, outputs, encoded, examples):
+            return [{"score": float(output["logits"][0])} for output in outputs]
+
+        def metrics(self, predictions, examples):
+            return {"mae": 0.0}
+
+    try:
+        register_task_kind(Toxicity)
+        kind = get_task_kind("toxicity_test")()
+        assert (kind.expected_text({"label": 0.25}), kind.answer_text({"score": 0.5})) == ("0.25", "score 0.5")
+        Incomplete = type("Incomplete", (SequenceTask,), {"name": "incomplete_test", "parse": Toxicity.parse})
+        with pytest.raises(TypeError, match=r"task kind 'incomplete_test' \(Incomplete\) does not define decode, "
+                                            r"metrics, which every kind needs"):
+            register_task_kind(Incomplete)
+        assert "incomplete_test" not in _KINDS
+    finally:
+        _KINDS.pop("toxicity_test", None)

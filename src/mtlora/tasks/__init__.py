@@ -17,9 +17,13 @@ _KINDS: dict[str, type[TaskKind]] = {}
 
 
 def register_task_kind(kind: type[TaskKind]) -> type[TaskKind]:
-    """Make `kind` available under `kind.name`; refuses a name that is taken."""
+    """Make `kind` available under `kind.name`; refuses a name that is taken, and a kind that lacks a method
+    (said now, not as a TypeError wherever the kind is first built)."""
     if kind.name in _KINDS:
         raise ValueError(f"task kind '{kind.name}' is registered already (by {_KINDS[kind.name].__name__})")
+    if missing := sorted(getattr(kind, "__abstractmethods__", ())):
+        raise TypeError(f"task kind '{kind.name}' ({kind.__name__}) does not define {', '.join(missing)}, which "
+                        "every kind needs (see mtlora.tasks.base.TaskKind)")
     _KINDS[kind.name] = kind
     return kind
 

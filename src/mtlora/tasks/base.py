@@ -208,13 +208,14 @@ class TaskKind(ABC):
 
     # ---- for people reading reports --------------------------------------------------------------
 
-    @abstractmethod
+    # Plain forms, so that a kind of a user's own needs none to be complete; the built-in kinds say more.
     def expected_text(self, example: Example) -> str:
         """The example's target, as a person reads it."""
+        return str(example.get("label", ""))
 
-    @abstractmethod
     def answer_text(self, prediction: Prediction) -> str:
         """A prediction, as a person reads it."""
+        return ", ".join(f"{key} {value}" for key, value in prediction.items())
 
 
 # What a sample table shows of an input (a QA context is too long to read there).
