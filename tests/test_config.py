@@ -189,6 +189,10 @@ def test_yes_and_no_are_text_as_in_yaml_1_2_and_a_boolean_setting_still_takes_th
     assert task.training.baseline is False
     path.write_text(path.read_text().replace("baseline: no", "baseline: false"))
     assert load_config(path).tasks[0].training.baseline is False
+    tasks = path.read_text()
+    for word, value in (("off", False), ("Yes", True), ("auto", "auto")):  # a boolean-or-auto setting too
+        path.write_text(f"inference: {{mixed_batches: {word}}}\n{tasks}")
+        assert load_config(path).inference.mixed_batches == value
 
 
 def test_a_multitask_adapter_mixes_seq2seq_tasks_only(tmp_path: Path) -> None:

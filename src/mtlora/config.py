@@ -200,6 +200,17 @@ def _value_or_auto(valid: Callable[[Any], bool], expected: str) -> BeforeValidat
     return BeforeValidator(check)
 
 
+# The words pydantic reads as a boolean setting's value (the project file leaves yes/no/on/off as text).
+_BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _bool_or_auto() -> BeforeValidator:
+    """A boolean or 'auto', which takes yes/no/on/off as a plain boolean setting does."""
+    check = _value_or_auto(lambda v: isinstance(v, bool), "true, false").func
+    return BeforeValidator(lambda value: check(_BOOLEAN_WORDS.get(value.lower(), value)
+                                               if isinstance(value, str) else value))
+
+
 def _safe(valid: Callable[[Any], bool], value: Any) -> bool:
     try:
         return bool(valid(value))
@@ -409,8 +420,7 @@ class InferenceSettings(_Strict):
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
     batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
-    mixed_batches: Annotated[bool | Literal["auto"], _value_or_auto(
-        lambda v: isinstance(v, bool), "true, false")] = Field(
+    mixed_batches: Annotated[bool | Literal["auto"], _bool_or_auto()] = Field(
         "auto", description="true: the rows of every adapter in a call share each pass, each row with its own "
                             "LoRA; false: one pass per adapter with its LoRA folded into the weights; auto: "
                             "shared passes on CPU unless fold_cache is set, per-adapter passes on CUDA (each "
