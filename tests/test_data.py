@@ -231,6 +231,12 @@ def test_holdout_keeps_a_rare_label_in_its_share_whatever_the_seed_and_a_single_
         train, held = _holdout(kind, [*examples, {"text": "odd one", "label": 2}], 0.25, seed, "train.jsonl")
         assert sum(e["label"] == 0 for e in held) == 1 and {"text": "odd one", "label": 2} in train
         assert len(train) + len(held) == 101
+    # Where the other labels are too few to stratify, the split goes unstratified, as where no label has two
+    # inputs, rather than refusing a holdout that a label of one row alone made too small.
+    five = ClassificationTask(labels=[f"L{i}" for i in range(6)])
+    examples = [{"text": f"text {i}", "label": i // 5} for i in range(25)] + [{"text": "rare", "label": 5}]
+    train, held = _holdout(five, examples, 0.1, 0, "train.jsonl")
+    assert (len(train), len(held)) == (23, 3)
 
 
 def test_holdout_keeps_the_examples_of_one_input_on_one_side(tmp_path: Path) -> None:
@@ -242,6 +248,11 @@ def test_holdout_keeps_the_examples_of_one_input_on_one_side(tmp_path: Path) -> 
     assert data.inputs_seen_in_training("validation") == 0
     data.validation.append(data.train[0])
     assert data.inputs_seen_in_training("validation") == 1
+    # The share is of inputs, and a split that cannot leave one for training says how many there are.
+    rows = [{"text": "the one prompt", "target": f"answer {i}"} for i in range(40)]
+    with pytest.raises(DataError, match=r"holdout 0.2 of 40 training rows \(1 distinct input\) leaves 0 for "
+                                        r"training \(give a validation file instead of holdout\)"):
+        load(tmp_path, "generation", jsonl(tmp_path, rows), holdout=0.2)
 
 
 def test_a_regression_scale_comes_from_the_training_rows_only(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ class DataConfig(_Strict):
     test: SourceConfig | None = None
     holdout: float | None = Field(
         None, gt=0, lt=0.5,
-        description="fraction of train kept as validation (seeded, stratified; a label of one row stays in training)",
+        description="share of the training inputs kept as validation (seeded, stratified by label)",
     )
     fields: dict[str, str] = Field(
         default_factory=dict, description="task role -> column name, e.g. {text: sentence}"

@@ -125,24 +125,31 @@ def _tagged(examples: list[Example], task: str) -> list[Example]:
 def _holdout(kind: TaskKind, examples: list[Example], fraction: float,
              seed: int, where: str) -> tuple[list[Example], list[Example]]:
     """Split off `fraction` of the training inputs: the examples that ask the same thing (RACE's questions
-    on one article) stay on one side, lest validation score what training showed."""
+    on one article) stay on one side, lest validation score what training showed.
+
+    Labelled inputs split stratified. A label with one input cannot be on both sides: it stays in training
+    and the rest split stratified, unless they are too few to hold each of their labels on both sides; then,
+    as where no label has two inputs, the whole split goes unstratified."""
     groups = list(_by_input(examples).values())
     keys = [kind.stratify_key(group[0]) for group in groups]
     counts = Counter(keys)
-    # A label with one input cannot be on both sides: it stays in training, and the rest split stratified,
-    # rather than the whole split going unstratified for its sake.
-    alone = [group for group, key in zip(groups, keys, strict=True) if counts[key] == 1]
     paired = [(group, key) for group, key in zip(groups, keys, strict=True) if counts[key] > 1]
-    if not kind.categorical or not paired:
-        _check_holdout_size(where, fraction, len(groups), 1)
-        train, held = train_test_split(groups, test_size=fraction, random_state=seed)
-    else:
+    labels = len({key for _, key in paired})
+    whole = len(paired) == len(groups)  # no label set aside: a split too small to stratify is an error
+    if kind.categorical and paired and (whole or labels <= _held(fraction, len(paired)) < len(paired)):
         split_groups, stratify = zip(*paired, strict=True)
-        _check_holdout_size(where, fraction, len(split_groups), len(set(stratify)))
+        _check_holdout_size(where, fraction, list(split_groups), labels)
         train, held = train_test_split(list(split_groups), test_size=fraction, random_state=seed,
                                        stratify=list(stratify))
-        train = [*train, *alone]
+        train = [*train, *(group for group, key in zip(groups, keys, strict=True) if counts[key] == 1)]
+    else:
+        _check_holdout_size(where, fraction, groups, 1)
+        train, held = train_test_split(groups, test_size=fraction, random_state=seed)
     return [e for group in train for e in group], [e for group in held for e in group]
+
+
+def _held(fraction: float, inputs: int) -> int:
+    return math.ceil(fraction * inputs)  # train_test_split's rounding
 
 
 def _by_input(examples: list[Example]) -> dict[tuple[str | None, ...], list[Example]]:
@@ -152,15 +159,18 @@ def _by_input(examples: list[Example]) -> dict[tuple[str | None, ...], list[Exam
     return groups
 
 
-def _check_holdout_size(where: str, fraction: float, rows: int, classes: int) -> None:
+def _check_holdout_size(where: str, fraction: float, groups: list[list[Example]], classes: int) -> None:
     """What train_test_split needs, said in the project's terms: a stratified split puts every label in
-    validation (training then has them too, holdout being under half), and any split leaves a training row."""
-    held = math.ceil(fraction * rows)  # train_test_split's rounding
+    validation (training then has them too, holdout being under half), and any split leaves a training input."""
+    inputs, held = len(groups), _held(fraction, len(groups))
+    rows = sum(len(group) for group in groups)
+    of = f"{rows} training row{'s' * (rows > 1)}" + (f" ({inputs} distinct input{'s' * (inputs > 1)})"
+                                                   if inputs < rows else "")
     instead = "give a validation file instead of holdout"
-    if held == rows:  # one row: holdout is under half, so this is the only way to leave none
-        raise DataError(where, f"holdout {fraction} of {rows} training row leaves 0 for training", instead)
+    if held == inputs:  # one input: holdout is under half, so this is the only way to leave none
+        raise DataError(where, f"holdout {fraction} of {of} leaves 0 for training", instead)
     if held < classes:
-        least = math.ceil(100 * classes / rows) / 100
+        least = math.ceil(100 * classes / inputs) / 100
         fix = f"raise holdout to {least}, or {instead}" if least < 0.5 else instead
-        raise DataError(where, f"holdout {fraction} of {rows} training rows keeps {held} for validation, fewer than "
-                               f"the {classes} labels (a split stratified by label holds each on both sides)", fix)
+        raise DataError(where, f"holdout {fraction} of {of} keeps {held} for validation, fewer than the {classes} "
+                               "labels (a split stratified by label holds each on both sides)", fix)
