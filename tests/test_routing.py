@@ -20,6 +20,7 @@ from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError
 from mtlora.evaluation import RoutingReport, evaluate_routing, routing_mix, write_routing_reports
 from mtlora.registry import Registry
 from mtlora.routing import KeywordRouter, Request, Route, split_prefix, train_router
+from mtlora.routing.base import BY_SHAPE
 from mtlora.routing.semantic import SemanticRouter
 from mtlora.routing.token_head import HEAD_C, TokenRouterHead, mean_token_embeddings, token_embedding_table
 
@@ -161,27 +162,42 @@ def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project:
 
 class SlowToBuild:
     """An engine whose router takes `setup` seconds to build on its first call, as the semantic and learned
-    routers do (embedding their example bank, loading their adapter); it routes a text to its first word."""
+    routers do (embedding their example bank, loading their adapter), and as long again on the first input
+    it is unsure of, as a cascade builds its encoder banks; it routes a text to its first word."""
 
     def __init__(self, setup: float) -> None:
         self.setup = setup
-        self.built: set[str] = set()
+        self.built: set[tuple[str, bool]] = set()
 
     def request(self, item: str) -> str:
         return item
 
     def route(self, requests: list[str], router: str) -> list[Route]:
-        if router not in self.built:
+        for part in {(router, False), *((router, True) for text in requests if "unsure" in text)} - self.built:
             time.sleep(self.setup)
-            self.built.add(router)
+            self.built.add(part)
         return [Route(text.split()[0], router, 1.0) for text in requests]
 
 
 def test_routing_time_per_input_leaves_out_the_routers_setup() -> None:
-    mix = [("sentiment a great film", "sentiment"), ("support my refund", "support")] * 2
+    mix = [("sentiment a great film", "sentiment"), ("support my refund", "support"),
+           ("sentiment an unsure film", "sentiment"), ("support my order", "support")]
     report, = evaluate_routing(SlowToBuild(setup=0.4), mix, ["keywords"], "validation", log=lambda _: None)
     assert report.accuracy == 1.0
-    assert report.ms_per_input < 20  # with the 0.4 s setup timed, 100 ms per input
+    assert report.ms_per_input < 20  # with either 0.4 s setup timed, 100 ms per input
+
+
+class ByShape(SlowToBuild):
+    """An engine that answers a pair by its shape, to the one pair task, or to none when no task takes it."""
+
+    def route(self, requests: list[str], router: str) -> list[Route]:
+        return [Route("paraphrase" if "pair" in text else None, BY_SHAPE, 1.0) for text in requests]
+
+
+def test_only_routes_made_to_a_task_count_as_routed_by_shape() -> None:
+    mix = [("a pair of texts", "paraphrase"), ("no task takes this shape", "qa")]
+    report, = evaluate_routing(ByShape(setup=0), mix, ["keywords"], "validation", log=lambda _: None)
+    assert (report.shape_share, report.unroutable) == (0.5, 0.5)
 
 
 def test_routing_reports_the_share_of_inputs_routed_by_their_shape(trained_project: Path, tmp_path: Path) -> None:

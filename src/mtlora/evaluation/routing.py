@@ -14,6 +14,7 @@ from mtlora.engine import Engine
 from mtlora.errors import DataError
 from mtlora.metrics import confusion
 from mtlora.routing import ROUTERS
+from mtlora.routing.base import BY_SHAPE
 
 UNROUTABLE = "(unroutable)"
 
@@ -84,7 +85,7 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
     requests = [engine.request(item) for item, _ in mix]
     reports = []
     for router in routers:
-        _warm_up(engine, mix, requests, router)
+        _warm_up(engine, requests, router)
         started = time.perf_counter()
         routes = engine.route(requests, router)
         elapsed = time.perf_counter() - started
@@ -98,7 +99,8 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
             router=router, features=engine.router_settings.features if reads else None,
             split=split, examples=len(mix),
             accuracy=_share(c == g for c, g in zip(chosen, truth, strict=True)),
-            unroutable=_share(c == UNROUTABLE for c in chosen), shape_share=_share(r.router == "shape" for r in routes),
+            unroutable=_share(c == UNROUTABLE for c in chosen),
+            shape_share=_share(r.router == BY_SHAPE and r.task is not None for r in routes),
             per_task=per_task, labels=columns,
             confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),
             encoder_share=_share(r.reading == "encoder" for r in routes) if reads else None,
@@ -108,13 +110,12 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
     return reports
 
 
-def _warm_up(engine: Engine, mix: Sequence[tuple[Any, str]], requests: Sequence[Any], router: str) -> None:
-    """Route one input of each task, untimed: the first call builds the router (the semantic router's
-    example bank, the learned router's adapter), a one-time cost that is no part of the cost per input."""
-    first = {}
-    for request, (_, task) in zip(requests, mix, strict=True):
-        first.setdefault(task, request)
-    engine.route(list(first.values()), router)
+def _warm_up(engine: Engine, requests: Sequence[Any], router: str) -> None:
+    """Route the whole mix once, untimed. The first calls build what the router needs (the learned router's
+    adapter, the semantic router's example banks), a one-time cost that is no part of the cost per input;
+    under a cascade the encoder's banks are built only once an input the token embeddings are unsure of
+    comes, which a few inputs may not bring."""
+    engine.route(requests, router)
 
 
 def _share(flags: Any) -> float:

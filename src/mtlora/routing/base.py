@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 ANSWERED_BY = {"text": {"text"}, "pair": {"pair", "qa"}, "qa": {"qa"}}
 # How messages name an input shape.
 SHAPE_NAMES = {"text": "a text", "pair": "a text pair", "qa": "a question with a context"}
+# What a route made by the input's shape alone names as its router: no router ran.
+BY_SHAPE = "shape"
 
 
 @dataclass(frozen=True)
