@@ -287,6 +287,9 @@ def test_a_letter_in_parentheses_inside_an_option_stays_in_its_text() -> None:
     mcq = MCQ("what did he do?", ["covered the plant(s) accidently", "watered it", "Both (A) and (B)"], answer=2)
     assert parse_mcq(mcq.format(), 3) == mcq
     assert parse_mcq("question: who? options: (a) x (b) y (c) z (d) w answer: a", 3) is None  # one option too many
+    # The marker of its own letter or a later one in an option's text: where option (b) starts is a guess.
+    assert parse_mcq("question: which plan? options: (a) plan (B) is better (b) plan A (c) neither answer: b", 3) \
+        is None
 
 
 def test_mcq_rouge_scores_the_content_not_the_scaffold(tmp_path: Path, warm_start_bert: Path) -> None:

@@ -58,7 +58,7 @@ def parse_mcq(text: str, num_options: int) -> MCQ | None:
     if match is None:
         return None
     options = _options(match["options"])
-    if options is None or len(options) != num_options or not all(options):
+    if options is None or len(options) != num_options or not all(options) or _ambiguous(options):
         return None
     answer = LETTERS.find(match["answer"].lower())
     if answer >= num_options:
@@ -79,6 +79,13 @@ def _options(text: str) -> list[str] | None:
         return None
     ends = [marker.start() for marker in markers[1:]] + [len(text)]
     return [text[marker.end():end].strip() for marker, end in zip(markers, ends, strict=True)]
+
+
+def _ambiguous(options: list[str]) -> bool:
+    """Whether an option's text holds the marker of its own letter or a later one: "(a) plan (B) is better
+    (b) plan A" splits as well at "(B)" as at "(b)". An earlier letter ("Both (A) and (B)" as option c)
+    cannot start an option there, so it is text."""
+    return any(_OPTION_MARKERS[j].search(option) for i, option in enumerate(options) for j in range(i, len(options)))
 
 
 class MCQGenerationTask(Seq2SeqTask):
