@@ -82,18 +82,22 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
         values = [float(c.strip("*")) if c != "–" else None for c in cells[5:8]]
         best = max(v for v in values if v is not None)
         assert [c.startswith("**") for c in cells[5:8]] == [v == best for v in values], (task, cells)
-    assert (folder / "tasks" / "sentiment_confusion.png").read_bytes()[:4] == b"\x89PNG"
-    saved = json.loads((folder / "tasks" / "similarity.json").read_text())
+    assert (folder / "tasks" / "validation" / "sentiment_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((folder / "tasks" / "validation" / "similarity.json").read_text())
     assert saved["metrics"]["lora"]["pearson"] == reports["similarity"].metrics["lora"]["pearson"]
     manifest = mtlora.show_adapter(trained_project, "sentiment")
     assert manifest.metrics["validation"]["lora"]["accuracy"] == 1.0
 
 
-def test_a_task_named_like_a_project_wide_report_keeps_its_own(tmp_path: Path) -> None:
-    """Beside summary.json and routing.json, tasks named summary and routing lost their reports to them."""
-    def report(task: str) -> TaskReport:
-        return TaskReport(task=task, kind="generation", split="validation", examples=2, primary_metric="rougeL",
-                          metrics={"lora": {"rougeL": 50.0}}, parameters={"lora": {"trainable": 10, "total": 100}})
+def report_of(task: str, split: str = "validation") -> TaskReport:
+    return TaskReport(task=task, kind="generation", split=split, examples=2, primary_metric="rougeL",
+                      metrics={"lora": {"rougeL": 50.0}}, parameters={"lora": {"trainable": 10, "total": 100}})
+
+
+def test_a_task_named_like_a_project_wide_report_or_another_split_keeps_its_own(tmp_path: Path) -> None:
+    """Beside summary.json and routing.json, tasks named summary and routing lost their reports to them; and
+    task `a` on the test split wrote where task `a.test` did on validation."""
+    report = report_of
 
     write_reports([report("summary")], tmp_path)
     write_reports([report("routing")], tmp_path)
@@ -101,11 +105,28 @@ def test_a_task_named_like_a_project_wide_report_keeps_its_own(tmp_path: Path) -
                                          accuracy=1.0, unroutable=0.0, shape_share=0.0, per_task={"summary": 1.0},
                                          labels=["summary", "(unroutable)"], confusion=[[2, 0]], ms_per_input=0.1)],
                           tmp_path)
-    write_reports([report("sentiment")], tmp_path)
-    assert [r["task"] for r in json.loads((tmp_path / "summary.json").read_text())] == [
-        "routing", "sentiment", "summary"]
-    assert json.loads((tmp_path / "tasks" / "summary.json").read_text())["task"] == "summary"
+    write_reports([report("sentiment"), report("a.test"), report("a", "test")], tmp_path)
+    assert [(r["task"], r["split"]) for r in json.loads((tmp_path / "summary.json").read_text())] == [
+        ("a", "test"), ("a.test", "validation"), ("routing", "validation"), ("sentiment", "validation"),
+        ("summary", "validation")]
+    assert json.loads((tmp_path / "tasks" / "validation" / "summary.json").read_text())["task"] == "summary"
     assert json.loads((tmp_path / "routing.json").read_text())[0]["router"] == "keywords"
+
+
+def test_reports_an_earlier_version_wrote_move_to_their_place_and_stay_in_the_summary(tmp_path: Path) -> None:
+    earlier = {"sentiment.json": report_of("sentiment"), "sentiment.test.json": report_of("sentiment", "test"),
+                   "tasks/qa.json": report_of("qa"), "tasks/qa.test.json": report_of("qa", "test")}
+    for name, report in earlier.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(report.to_dict()))
+    (tmp_path / "sentiment_confusion.png").write_bytes(b"png")
+    write_reports([report_of("qa", "test")], tmp_path)  # a newer report of one of them
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["task"], r["split"]) for r in summary] == [("qa", "validation"), ("qa", "test"),
+                                                          ("sentiment", "validation"), ("sentiment", "test")]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "summary.json", "summary.md", "tasks/test/qa.json", "tasks/test/sentiment.json",
+        "tasks/validation/qa.json", "tasks/validation/sentiment.json", "tasks/validation/sentiment_confusion.png"]
 
 
 @pytest.mark.parametrize("labels", [2, 11])
@@ -179,14 +200,14 @@ def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project
     reports = mtlora.evaluate(tiny_project, log=said.append)
     assert [r.task for r in reports] == ["sentiment"]
     assert "not trained yet, so not evaluated: support, paraphrase, similarity, qa" in said[0], said
-    assert (load_config(tiny_project).reports / "tasks" / "sentiment.json").is_file()
+    assert (load_config(tiny_project).reports / "tasks" / "validation" / "sentiment.json").is_file()
     mtlora.evaluate(tiny_project, "sentiment", split="train", log=lambda _: None)  # beside validation's, not over it
     reports = load_config(tiny_project).reports
-    assert (reports / "tasks" / "sentiment.json").is_file()
-    assert (reports / "tasks" / "sentiment.train_confusion.png").is_file()
+    assert (reports / "tasks" / "validation" / "sentiment.json").is_file()
+    assert (reports / "tasks" / "train" / "sentiment_confusion.png").is_file()
     summary = (reports / "summary.md").read_text()
     assert all(f"| sentiment | classification | {split} |" in summary for split in ("validation", "train"))
-    assert "`tasks/sentiment.train_confusion.png`" in summary and "`tasks/sentiment_confusion.png`" in summary
+    assert all(f"`tasks/{split}/sentiment_confusion.png`" in summary for split in ("validation", "train"))
     with pytest.raises(mtlora.AdapterNotFoundError, match=r"No adapter 'support'.*train PROJECT.yaml --task support"):
         mtlora.evaluate(tiny_project, "support", log=lambda _: None)
 

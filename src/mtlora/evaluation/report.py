@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtlora import atomic
+from mtlora.data.splits import SPLITS
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
 from mtlora.evaluation.routing import RoutingReport
 from mtlora.registry import share_of
@@ -22,33 +23,54 @@ TASKS = "tasks"  # the reports' subfolder of per-task files
 
 
 def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
-    """Write `tasks/<task>.json`, `tasks/<task>_confusion.png` (labelled tasks) and `summary.md` / `summary.json`.
+    """Write `tasks/<split>/<task>.json`, `tasks/<split>/<task>_confusion.png` (labelled tasks) and
+    `summary.md` / `summary.json`.
 
-    A report replaces the previous one of its task and split (`<task>.json` for validation,
-    `<task>.<split>.json` for another); the summary lists every report there is. Task files have a
-    folder of their own: beside summary.* and routing.*, a task named `summary` or `routing` would
-    overwrite them, or be overwritten.
+    A report replaces the previous one of its task and split; the summary lists every report there is.
+    Task files have a folder of their own: beside summary.* and routing.*, a task named `summary` or
+    `routing` would overwrite them, or be overwritten; and one per split, since a task name may hold a dot.
     """
+    _move_earlier_reports(folder)
     written = []
     for report in reports:
-        stem = _stem(report)
-        path = folder / TASKS / f"{stem}.json"
+        path = folder / f"{_stem(report)}.json"
         atomic.write_json(path, report.to_dict())
         written.append(path)
         if report.confusion is not None and report.labels is not None:
             accuracy = report.metrics["lora"].get("accuracy", 0.0)
             title = f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})"
-            path = folder / TASKS / f"{stem}_confusion.png"
+            path = folder / f"{_stem(report)}_confusion.png"
             written.append(plot_confusion(report.labels, report.confusion, title, path))
-    everything = [TaskReport(**_load(path)) for path in sorted((folder / TASKS).glob("*.json"))]
+    everything = sorted((TaskReport(**_load(path)) for path in (folder / TASKS).glob("*/*.json")),
+                        key=lambda r: (r.task, SPLITS.index(r.split) if r.split in SPLITS else len(SPLITS)))
     atomic.write_json(folder / "summary.json", [r.to_dict() for r in everything])
     atomic.write_text(folder / "summary.md", markdown_summary(everything))
     return [*written, folder / "summary.md", folder / "summary.json"]
 
 
 def _stem(report: TaskReport) -> str:
-    """The name of a report's files: `<task>` for validation, `<task>.<split>` for another split."""
-    return report.task if report.split == "validation" else f"{report.task}.{report.split}"
+    """Where a report's files go in the reports folder, less their endings."""
+    return f"{TASKS}/{report.split}/{report.task}"
+
+
+def _move_earlier_reports(folder: Path) -> None:
+    """Move task reports that earlier versions wrote (`<task>[.<split>].json` in the folder, or in `tasks/`)
+    to their place, so that the summary keeps them; one that a newer report of its task and split has
+    replaced is removed."""
+    for path in [*folder.glob("*.json"), *(folder / TASKS).glob("*.json")]:
+        try:
+            report = TaskReport(**_load(path))
+        except (ValueError, TypeError):  # summary.json, routing.json, or not a report at all
+            continue
+        moves = {path: folder / f"{_stem(report)}.json",
+                 path.with_name(f"{path.stem}_confusion.png"): folder / f"{_stem(report)}_confusion.png"}
+        replaced = moves[path].exists()
+        for old, new in moves.items():
+            if old.exists() and replaced:
+                old.unlink()
+            elif old.exists():
+                new.parent.mkdir(parents=True, exist_ok=True)
+                old.replace(new)
 
 
 def _load(path: Path) -> dict:
@@ -95,7 +117,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         for variant, metrics in r.metrics.items():
             lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")
         if r.confusion is not None:
-            lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{TASKS}/{_stem(r)}_confusion.png`"]
+            lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{_stem(r)}_confusion.png`"]
         lines += ["", *_samples_table(r), ""]
     return "\n".join(lines)
 
