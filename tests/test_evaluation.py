@@ -89,6 +89,14 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
     assert manifest.metrics["validation"]["lora"]["accuracy"] == 1.0
 
 
+def test_the_holdout_is_offered_only_where_it_would_help() -> None:
+    from mtlora.evaluation.evaluate import seen_in_training_warning
+
+    assert seen_in_training_warning(3, 10, "validation").endswith(
+        "read validation from rows the training data lacks, or use data.holdout, which keeps each input on one side")
+    assert seen_in_training_warning(3, 10, "test").endswith("read test from rows the training data lacks")
+
+
 def report_of(task: str, split: str = "validation") -> TaskReport:
     return TaskReport(task=task, kind="generation", split=split, examples=2, primary_metric="rougeL",
                       metrics={"lora": {"rougeL": 50.0}}, parameters={"lora": {"trainable": 10, "total": 100}})

@@ -65,9 +65,7 @@ def evaluate_task(
         raise DataError(f"task '{task.name}'", f"has no {split} data", f"{hint} in the project file" if hint else None)
     seen = data.inputs_seen_in_training(split)
     if seen and split != "train":
-        log(f"[{task.name}] warning: {seen} of {len(examples)} {split} inputs are also training inputs, so the "
-            f"scores tell what the adapter remembers as much as what it learned; read {split} from rows the "
-            "training data lacks, or use data.holdout, which keeps each input on one side")
+        log(f"[{task.name}] warning: {seen_in_training_warning(seen, len(examples), split)}")
     tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
     bf16 = use_bf16(project.inference.precision, default_device())  # scored as the engine serves it
 
@@ -106,6 +104,12 @@ def evaluate_task(
     )
     registry.record_metrics(task.name, manifest, split, report.metrics)
     return report
+
+
+def seen_in_training_warning(seen: int, examples: int, split: str) -> str:
+    holdout = ", or use data.holdout, which keeps each input on one side" if split == "validation" else ""
+    return (f"{seen} of {examples} {split} inputs are also training inputs, so the scores tell what the adapter "
+            f"remembers as much as what it learned; read {split} from rows the training data lacks{holdout}")
 
 
 def _baseline_unlike_adapter(record: dict[str, Any], manifest: Manifest) -> str | None:
