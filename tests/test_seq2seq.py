@@ -458,6 +458,20 @@ def test_the_routing_mix_leaves_a_multitask_task_to_its_parts(tmp_path: Path, wa
                     "task tokens reach the multitask adapter"]
 
 
+def test_the_learned_router_leaves_a_multitask_task_to_its_parts(tmp_path: Path, warm_start_bert: Path) -> None:
+    """A class of its own for writer, on its parts' inputs, would take half their probability."""
+    from mtlora.routing import train_router
+    from mtlora.routing.token_head import TokenRouterHead
+
+    project = load_config(with_writer(write_seq2seq_project(tmp_path, warm_start_bert)),
+                          overrides={"router": {"features": "embeddings"}})
+    said: list[str] = []
+    train_router(project, progress=False, log=said.append)
+    info = TokenRouterHead.saved_info(Registry(project.registry))
+    assert info is not None and info.labels == ["mcq", "summarize", "triage"]
+    assert said[0].startswith("[router] head over token embeddings fit on ") and " inputs from 3 tasks" in said[0]
+
+
 def test_mix_shares_follow_the_temperature() -> None:
     from mtlora.data.splits import mix_shares
 

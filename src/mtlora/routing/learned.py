@@ -69,7 +69,8 @@ class LearnedRouter(Router):
 
     @staticmethod
     def _warn_untrained_on(engine: Engine, known: list[str], which: str) -> None:
-        if unknown := [task for task in engine.tasks if task not in known]:
+        choosable = [task for task in engine.tasks if not get_task_kind(engine.manifest(task).kind).mixes_tasks]
+        if unknown := [task for task in choosable if task not in known]:
             # Added since the router was trained (at run time, say): it never picks them, and nothing
             # else would say so.
             logger.warning("%s was trained without %s and never routes to %s; retrain it with "
@@ -136,14 +137,17 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     both from the same inputs (cascade). With both, the adapter's outcome is returned."""
     from mtlora.training import train_task
 
-    check_router_tasks([task.name for task in project.tasks])  # before any file is written
+    # A multitask adapter answers its parts' inputs only when they name it by a task token: a router
+    # sends those inputs to the parts, and a class of its own would take half their probability.
+    tasks = [task for task in project.tasks if not get_task_kind(task.kind).mixes_tasks]
+    check_router_tasks([task.name for task in tasks])  # before any file is written
     settings = project.router
     # Absolute: the router task's data paths would otherwise be read relative to the project's data_dir.
     folder = (project.registry / ".router-data").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(settings.training.seed)
     splits: dict[str, list[dict[str, str]]] = {"train": [], "validation": []}
-    for task in project.tasks:
+    for task in tasks:
         data = load_task_data(project, task, splits=("train", "validation"))
         for split, examples in (("train", data.train), ("validation", data.validation)):
             texts = sorted({routing_text(e) for e in examples})
@@ -154,14 +158,14 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     for split, rows in splits.items():
         rng.shuffle(rows)
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    data_config = {"train": str(folder / "train.jsonl"), "labels": [t.name for t in project.tasks]}
+    data_config = {"train": str(folder / "train.jsonl"), "labels": [t.name for t in tasks]}
     if splits["validation"]:
         data_config["validation"] = str(folder / "validation.jsonl")
     router_task = TaskConfig.model_validate({
         "name": ROUTER_ADAPTER, "kind": "classification", "data": data_config,
         "lora": settings.lora.model_dump(), "training": {**settings.training.model_dump(), "baseline": False},
     })
-    log(f"[router] {len(splits['train'])} training inputs from {len(project.tasks)} tasks")
+    log(f"[router] {len(splits['train'])} training inputs from {len(tasks)} tasks")
     outcome = train_task(project, router_task, "lora", fresh=fresh, progress=progress, log=log)
     if settings.features == "cascade":  # after the adapter: an interrupted run leaves the two as they were
         _train_head(project, splits, log)
@@ -178,7 +182,7 @@ def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],
                                [(r["text"], r["label"]) for r in splits["validation"]])
     saved_to = head.save(Registry(project.registry))
     accuracy = head.info.validation_accuracy
-    log(f"[router] head over token embeddings fit on {len(train)} inputs from {len(project.tasks)} tasks"
+    log(f"[router] head over token embeddings fit on {len(train)} inputs from {len({r['label'] for r in train})} tasks"
         + (f"; validation accuracy {accuracy:.3f}" if accuracy is not None else "") + f"; saved to {saved_to}")
     size = head.info.parameters
     return TrainOutcome(task=ROUTER_ADAPTER, method="token_head", trainable=size, total=size,
