@@ -38,12 +38,6 @@ def engine(trained_project: Path, request: pytest.FixtureRequest) -> Engine:
     return Engine.from_config(trained_project, precision="fp32", **request.param)
 
 
-def as_predictor_input(item):
-    if isinstance(item, dict):
-        return (item["question"], item["context"])
-    return item
-
-
 def assert_same(actual: dict, expected: dict) -> None:
     for key, value in expected.items():
         if key == "task":
@@ -57,14 +51,14 @@ def assert_same(actual: dict, expected: dict) -> None:
 def assert_answers_as_alone(engine: Engine, project: Path, items: list, tasks: list[str]) -> None:
     """One mixed call of the engine answers each input as the task's own predictor (plain PEFT) does."""
     for item, task, result in zip(items, tasks, engine.predict(items, task=tasks), strict=True):
-        assert_same(result, mtlora.load_predictor(project, task).predict(as_predictor_input(item)))
+        assert_same(result, mtlora.load_predictor(project, task).predict_batch([item])[0])
 
 
 def test_mixed_batch_equals_each_task_alone(engine: Engine, trained_project: Path) -> None:
     tasks = [task for task, _ in MIXED]
     mixed = engine.predict_batch([item for _, item in MIXED], task=tasks)
     for (task, item), result in zip(MIXED, mixed, strict=True):
-        alone = mtlora.load_predictor(trained_project, task).predict_batch([as_predictor_input(item)])[0]
+        alone = mtlora.load_predictor(trained_project, task).predict_batch([item])[0]
         assert result["task"] == task and result["routed_by"] == "explicit"
         assert_same(result, alone)
         single = engine.predict(item, task=task)
@@ -233,6 +227,29 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
         Engine(engine.backbone, engine.registry, [], router="telepathy")  # when built, not at the first routed call
     with pytest.raises(InputError, match="2 inputs but 3 task names"):
         engine.predict_batch(["a", "b"], task=["sentiment"] * 3)
+
+
+def test_a_predictor_takes_the_inputs_the_engine_takes(trained_project: Path) -> None:
+    """One task's predictor reads an input as the engine does: a {question, context} dict, a {text,
+    text_pair} dict, a JSON [text, text_pair] list."""
+    engine = Engine.from_config(trained_project, ["qa", "paraphrase"], precision="fp32")
+    qa = mtlora.load_predictor(trained_project, "qa")
+    question = {"question": "who sat on the mat", "context": "the cat sat on the mat"}
+    (alone,) = qa.predict_batch([question])
+    assert alone["task"] == "qa"
+    assert_same(engine.predict(question, task="qa"), alone)
+    assert_same(qa.predict(question["question"], question["context"]), alone)
+    paraphrase = mtlora.load_predictor(trained_project, "paraphrase")
+    pair = ("the cat sat on the mat", "a cat sat on a mat")
+    expected = engine.predict(pair, task="paraphrase")
+    for item in ({"text": pair[0], "text_pair": pair[1]}, list(pair)):
+        assert_same(expected, paraphrase.predict_batch([item])[0])
+    with pytest.raises(InputError, match=r"^question is empty"):
+        qa.predict_batch([{"question": " ", "context": "the cat sat"}])
+    with pytest.raises(InputError, match="an input is a text, a \\(text, text_pair\\) tuple"):
+        qa.predict_batch([42])  # type: ignore[list-item]
+    with pytest.raises(InputError, match="names task 'sentiment', but this predictor answers 'paraphrase' only"):
+        paraphrase.predict_batch([{"text": pair[0], "text_pair": pair[1], "task": "sentiment"}])
 
 
 def test_the_predict_verb_takes_a_task_per_input(trained_project: Path) -> None:

@@ -15,7 +15,8 @@ from mtlora import routing
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
-from mtlora.engine.engine import Input, export_merged
+from mtlora.engine.engine import export_merged
+from mtlora.engine.inputs import Input
 from mtlora.errors import AdapterNotFoundError, RegistryError, train_hint
 from mtlora.evaluation import (
     RoutingReport,

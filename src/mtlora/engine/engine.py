@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,6 +63,7 @@ from mtlora.engine.folding import (
     lora_layers,
     mixed_lora,
 )
+from mtlora.engine.inputs import NAMED_AND_ROUTED, Input, KnownTasks, engine_request, naming_input
 from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
 from mtlora.errors import (
     AdapterNotFoundError,
@@ -72,27 +72,19 @@ from mtlora.errors import (
     InputError,
     RegistryError,
     UnknownTaskError,
-    likely_meant,
-    train_hint,
 )
 from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
 from mtlora.registry import Manifest, Registry
-from mtlora.routing import Request, Route, Router, build_router, router_class, split_prefix
+from mtlora.routing import Request, Route, Router, build_router, router_class
 from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
-from mtlora.routing.explicit import ExplicitRouter, prefix_name
+from mtlora.routing.explicit import ExplicitRouter
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Encoded, Example, Prediction, TaskKind
-from mtlora.tasks.base import require_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 PEFT_PREFIX = "base_model.model."
-# A `<name>` set apart as a task token, as the README writes it: "<span>WIN..." is markup, not a task's name.
-TASK_TOKEN = re.compile(r"\s*<[^<>\s]+>(\s|$)")
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
 logger = logging.getLogger(__name__)
-Input = str | tuple[str, str] | dict[str, str]
-# A named task is answered as named: a router given with it would be ignored without a word.
-NAMED_AND_ROUTED = "task '{task}' and router '{router}' were both given: name the task, or route, not both"
 
 
 class _ComputedEncoder(nn.Module):
@@ -414,10 +406,10 @@ class Engine:
         tasks = [task] * len(inputs) if isinstance(task, str | None) else list(task)
         if len(tasks) != len(inputs):
             raise InputError(f"{len(inputs)} inputs but {len(tasks)} task names; give one per input or one for all")
-        requests = []
+        known, requests = self._known_tasks(), []
         for index, (item, name) in enumerate(zip(inputs, tasks, strict=True)):
-            with _naming_input(index, len(inputs)):
-                requests.append(self.request(item, name))
+            with naming_input(index, len(inputs)):
+                requests.append(engine_request(item, name, known))
         with self._lock:
             routes = self.route(requests, router)
             return self._answer(requests, routes)
@@ -429,7 +421,7 @@ class Engine:
             routes: list[Route | None] = [None] * len(requests)
             for i, request in enumerate(requests):
                 if request.task is not None:
-                    with _naming_input(i, len(requests)):
+                    with naming_input(i, len(requests)):
                         routes[i] = self._explicit(request, candidates[i])
                     continue
                 # A task may take only some texts of its shape (a multitask adapter: those with its tokens).
@@ -452,7 +444,8 @@ class Engine:
 
     def run_adapter(self, name: str, inputs: Sequence[Input]) -> list[Prediction]:
         """Answer `inputs` with adapter `name` directly (no routing); the learned router uses this."""
-        requests = [self.request(item, name) for item in inputs]
+        known = self._known_tasks()
+        requests = [engine_request(item, name, known) for item in inputs]
         with self._lock:
             return self._answer(requests, [Route(name, ExplicitRouter.name, 1.0) for _ in requests])
 
@@ -481,65 +474,16 @@ class Engine:
                 embeddings[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
         return embeddings
 
-    # ---- internals --------------------------------------------------------------------------------
-
     def request(self, item: Input, task: str | None = None) -> Request:
         """An input as the routers see it: its text(s), its shape, and the task it names, if any. An empty
         text is refused here, before routing, whether or not a task is named."""
-        request = self._parsed(item, task)
-        require_text(request.text, "question" if request.shape == "qa" else "text")
-        if request.text_pair is not None:
-            require_text(request.text_pair, "context" if request.shape == "qa" else "text_pair")
-        return request
+        return engine_request(item, task, self._known_tasks())
 
-    def _parsed(self, item: Input, task: str | None) -> Request:
-        if isinstance(item, str):
-            named, text = self._task_named(item, task)
-            return Request(text, None, "text", named)
-        if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
-            named, text = self._task_named(item[0], task)
-            return Request(text, item[1], "pair", named)
-        if isinstance(item, dict) and {"question", "context"} <= item.keys():
-            return Request(item["question"], item["context"], "qa", task)
-        if isinstance(item, dict) and "text" in item:
-            return self._parsed(item["text"] if item.get("text_pair") is None
-                                 else (item["text"], item["text_pair"]), task or item.get("task"))
-        raise InputError(f"an input is a text, a (text, text_pair) tuple or a {{question, context}} dict; "
-                         f"got {type(item).__name__}: {item!r:.80}")
+    # ---- internals --------------------------------------------------------------------------------
 
-    def _task_named(self, text: str, task: str | None) -> tuple[str | None, str]:
-        """The task named by the caller or by the text's `<task>` / `task:` prefix (both must agree), and
-        the text without that prefix. A prefix the named task reads as its own (a multitask adapter's
-        task token, which may also be the name of a task) stays in the text."""
-        prefixed, rest = split_prefix(text, self.tasks)
-        if prefixed is None and task is None:
-            self._refuse_a_prefix_naming_no_loaded_task(text)
-        if task and prefixed and prefixed != task and task in self._tasks \
-                and self._tasks[task].kind.reads_its_own_prefix(text):
-            return task, text
-        return _one_task(task, prefixed), rest
-
-    def _refuse_a_prefix_naming_no_loaded_task(self, text: str) -> None:
-        """Refuse a text whose `<name>` / `name:` prefix names a task this engine has not loaded: routed as
-        text, prefix and all, it would be answered by another task. That is a task trained but not loaded,
-        a task of the project file not trained yet, or a `<name>` a letter or two off a loaded task's name
-        (a typo; `name:` is left alone, as "Summary: ..." may well begin a text). Not where a loaded task
-        reads the prefix as its own (a multitask adapter's task token)."""
-        name = prefix_name(text)
-        if name is None or name in self._tasks or name == ROUTER_ADAPTER \
-                or any(t.kind.reads_its_own_prefix(text) for t in self._tasks.values()):
-            return
-        if name in self.registry:
-            where = "it is in the registry"
-            fix = f"load it: Engine.add('{name}'), or POST /v1/adapters/{name} on a server"
-        elif name in self._project_tasks:
-            where, fix = "the project file has it, but it is not trained", train_hint(name)
-        elif TASK_TOKEN.match(text) and likely_meant(name, self.tasks, cutoff=0.75):  # stricter: it refuses
-            where, fix = "no task has that name", ""  # the error's own guess names the one meant
-        else:
-            return
-        raise UnknownTaskError("task", name, self.tasks, where=f" loaded in the engine (the text's prefix names it; "
-                                                              f"{where})", fix=fix)
+    def _known_tasks(self) -> KnownTasks:
+        return KnownTasks({name: task.kind for name, task in self._tasks.items()}, self.registry,
+                          self._project_tasks)
 
     def _candidates(self, request: Request) -> list[str]:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]
@@ -726,28 +670,6 @@ def _is_own_pooler(key: str, base_prefix: str) -> bool:
     """A weight of the backbone's pooler trained in full with the adapter (the checkpoint had none), not
     LoRA on one, nor a pooler of the head's own (DeBERTa's)."""
     return key.removeprefix(PEFT_PREFIX).startswith(f"{base_prefix}.pooler.") and "lora_" not in key
-
-
-def _one_task(named: str | None, prefixed: str | None) -> str | None:
-    """The task a caller named, as an argument or as the text's `<task>` prefix; both must agree."""
-    if named and prefixed and named != prefixed:
-        raise InputError(f"the text starts with <{prefixed}>, but task '{named}' was named: drop one of them")
-    return named or prefixed
-
-
-@contextlib.contextmanager
-def _naming_input(index: int, count: int) -> Iterator[None]:
-    """An error about one of several inputs says which: `inputs[3]: text is empty`."""
-    try:
-        yield
-    except InputError as error:
-        if count == 1:
-            raise
-        raise InputError(f"inputs[{index}]: {error}") from error
-    except UnknownTaskError as error:  # a prefix naming a task that is not loaded
-        if count > 1:
-            error.args = (f"inputs[{index}]: {error}",)  # the same error, its listing and fix kept
-        raise
 
 
 def _offsets(jobs: list[_Job]) -> list[int]:

@@ -9,12 +9,14 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlora.backbone import default_device, use_bf16
 from mtlora.config import Precision
+from mtlora.engine.inputs import Input, read_input, require_texts
 from mtlora.errors import InputError
 from mtlora.modeling import adapter_tokenizer, load_adapter_model
 from mtlora.registry import Registry
 from mtlora.tasks import Example, Prediction, TaskKind
 
-Input = str | tuple[str, str] | list[str]
+# The engine's forms of an input, and a [text, text_pair] list (a JSON pair) too: one task, nothing to route.
+PredictorInput = Input | list[str]
 
 
 class TaskPredictor:
@@ -37,11 +39,23 @@ class TaskPredictor:
         """One input (a text, or a text pair / question and context) -> one prediction."""
         return self.predict_batch([(text, text_pair) if text_pair is not None else text])[0]
 
-    def predict_batch(self, inputs: Sequence[Input], batch_size: int = 64) -> list[Prediction]:
-        examples = [self.kind.input_example(*_as_pair(item)) for item in inputs]
+    def predict_batch(self, inputs: Sequence[PredictorInput], batch_size: int = 64) -> list[Prediction]:
+        """Answer each input (a text, a `(text, text_pair)` tuple or list, a `{text, text_pair}` or a
+        `{question, context}` dict) in order."""
+        examples = [self._example(item) for item in inputs]
         predictions = predict_examples(self.model, self.kind, self.tokenizer, examples, self.manifest.max_length,
                                        self.manifest.doc_stride, batch_size, self.bf16)
         return [{"task": self.manifest.name, **p} for p in predictions]
+
+    def _example(self, item: PredictorInput) -> Example:
+        """An input as the engine reads it for this task; a `<task>` prefix is the text's own, as nothing is
+        routed, and a `{text, task}` dict may name only this task."""
+        pair = tuple(item) if isinstance(item, list) and len(item) == 2 else item
+        request = require_texts(read_input(pair))
+        if request.task is not None and request.task != self.manifest.name:
+            raise InputError(f"the input names task '{request.task}', but this predictor answers "
+                             f"'{self.manifest.name}' only")
+        return self.kind.input_example(request.text, request.text_pair)
 
 
 def predict_examples(
@@ -60,11 +74,3 @@ def predict_examples(
     encoded = kind.encode(tokenizer, examples, max_length, doc_stride, with_targets=False)
     outputs = kind.run(model, tokenizer, encoded, batch_size, bf16)
     return kind.decode(outputs, encoded, examples)
-
-
-def _as_pair(item: Input) -> tuple[str, str | None]:
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, (tuple, list)) and len(item) == 2:
-        return item[0], item[1]
-    raise InputError(f"an input is a text or a pair of texts, got {item!r}")

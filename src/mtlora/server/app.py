@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mtlora.api import load_engine
 from mtlora.config import ROUTER_ADAPTER, validate_task_name
 from mtlora.engine import Engine
-from mtlora.engine.engine import NAMED_AND_ROUTED
+from mtlora.engine.inputs import NAMED_AND_ROUTED
 from mtlora.errors import (
     AdapterNotFoundError,
     AdapterNotServableError,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtlora.engine.inputs import Input
 from mtlora.routing import ROUTERS
 
 
@@ -23,17 +22,17 @@ class QAInput(_Strict):
     context: str
 
 
-Input = str | TextInput | QAInput
+HTTPInput = str | TextInput | QAInput  # the JSON forms; `engine_input` gives the engine's `Input`
 
 
 class PredictRequest(_Strict):
-    inputs: Input | list[Input] = Field(description="one input, or a list answered in order")
+    inputs: HTTPInput | list[HTTPInput] = Field(description="one input, or a list answered in order")
     task: str | None = Field(None, description="the adapter to answer with; omitted: route each input")
     router: str | None = Field(None, description=f"{', '.join(ROUTERS)} (default: project's)")
 
 
 class RouteRequest(_Strict):
-    input: Input
+    input: HTTPInput
     router: str | None = None
 
 
@@ -45,7 +44,7 @@ BODY_FIELDS = frozenset(name for model in (PredictRequest, RouteRequest, TextInp
                         for name in model.model_fields)
 
 
-def engine_input(item: Input) -> Any:
+def engine_input(item: HTTPInput) -> Input:
     """The engine's form of an input: a text, a (text, text_pair) tuple, or a {question, context} dict."""
     if isinstance(item, str):
         return item
@@ -54,7 +53,7 @@ def engine_input(item: Input) -> Any:
     return item.text if item.text_pair is None else (item.text, item.text_pair)
 
 
-def texts_of(item: Input) -> dict[str, str]:
+def texts_of(item: HTTPInput) -> dict[str, str]:
     """An input's texts by field name ("" for a bare string), for errors that say which one."""
     if isinstance(item, str):
         return {"": item}
