@@ -25,13 +25,12 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import Linear as LoraLinear
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
@@ -64,7 +63,9 @@ from mtlora.engine.folding import (
     mixed_lora,
 )
 from mtlora.engine.inputs import NAMED_AND_ROUTED, Input, KnownTasks, engine_request, naming_input
-from mtlora.engine.seq2seq import Seq2SeqAdapters, Seq2SeqJob
+from mtlora.engine.job import Job
+from mtlora.engine.peft_adapters import delete_adapter, load_weights, undone_on_failure, with_adapter
+from mtlora.engine.seq2seq import Seq2SeqAdapters
 from mtlora.errors import (
     AdapterNotFoundError,
     AdapterNotServableError,
@@ -79,7 +80,7 @@ from mtlora.routing import Request, Route, Router, build_router, router_class
 from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
 from mtlora.routing.explicit import ExplicitRouter
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
-from mtlora.tasks import Encoded, Example, Prediction, TaskKind
+from mtlora.tasks import Prediction, TaskKind
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 PEFT_PREFIX = "base_model.model."
@@ -110,21 +111,6 @@ class _Task:
     kind: TaskKind
     head: nn.Module | None = None  # encoder kinds; seq2seq adapters live in `Engine._seq2seq`
     stand_in: _ComputedEncoder | None = None
-
-
-@dataclass
-class _Job:
-    """The inputs one task answers in a call, encoded, with room for each feature's outputs."""
-
-    task: str
-    examples: list[Example]
-    encoded: Encoded
-    results: list[dict[str, np.ndarray]] = field(init=False)
-    lengths: list[int] = field(init=False)  # tokens of each feature row, without padding
-
-    def __post_init__(self) -> None:
-        self.results = [{} for _ in range(len(self.encoded))]
-        self.lengths = [len(ids) for ids in self.encoded.features["input_ids"]]
 
 
 class Engine:
@@ -315,13 +301,8 @@ class Engine:
 
     def _drop_lora(self, name: str) -> None:
         assert isinstance(self._encoder, PeftModel)
-        others = [adapter for adapter in self._encoder.peft_config if adapter != name]
-        if not others:
-            self._encoder = self._encoder.unload()
-            return
-        if name in self._encoder.active_adapters:
-            self._encoder.set_adapter(others[0])  # mixed batches and folds name their adapters anyway
-        self._encoder.delete_adapter(name)
+        if not delete_adapter(self._encoder, name):
+            self._encoder = self._encoder.unload()  # the last: the bare encoder serves on (semantic routing)
 
     def merge(self, name: str, folder: str | Path, overwrite: bool = False) -> Path:
         """Write task `name` as a plain transformers model with its LoRA merged in (`export_merged`)."""
@@ -365,20 +346,11 @@ class Engine:
         config.modules_to_save = None  # heads live apart, in `_Task.head`
         config.task_type = None
         config.inference_mode = True
-        if isinstance(self._encoder, PeftModel):
-            self._encoder.add_adapter(name, config)
-        else:
-            self._encoder = get_peft_model(self._encoder, config, adapter_name=name)
+        self._encoder = with_adapter(self._encoder, name, config)
         self._forget_folds()
-        try:
+        with undone_on_failure(lambda: self._drop_lora(name)):
             check_plain_lora(self._encoder, name)
-            result = set_peft_model_state_dict(self._encoder, state, adapter_name=name)
-            if result.unexpected_keys:
-                raise BaseModelMismatchError(f"adapter '{name}' has weights the backbone has no place for: "
-                                             f"{result.unexpected_keys[:3]}")
-        except BaseException:
-            self._drop_lora(name)  # the engine goes on serving what it served, and `add` can be tried again
-            raise
+            load_weights(self._encoder, name, state, name)
         if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass
             for layer in lora_layers(self._encoder):
                 if name in layer.lora_A:
@@ -511,8 +483,8 @@ class Engine:
             if route.task is not None:
                 groups[route.task].append(i)
         jobs = [self._job(name, [requests[i] for i in rows]) for name, rows in groups.items()]
-        self._forward([job for job in jobs if isinstance(job, _Job)])
-        self._seq2seq.run([job for job in jobs if isinstance(job, Seq2SeqJob)])
+        self._forward([job for job in jobs if job.task not in self._seq2seq])
+        self._seq2seq.run([job for job in jobs if job.task in self._seq2seq])
         results: list[Prediction] = [_unroutable(route) for route in routes]
         for job, rows in zip(jobs, groups.values(), strict=True):
             predictions = self._task(job.task).kind.decode(job.results, job.encoded, job.examples)
@@ -523,7 +495,7 @@ class Engine:
                               **({"route_reading": route.reading} if route.reading else {}), **prediction}
         return results
 
-    def _job(self, name: str, requests: list[Request]) -> _Job | Seq2SeqJob:
+    def _job(self, name: str, requests: list[Request]) -> Job:
         task = self._task(name)
         examples = [task.kind.input_example(r.text, r.text_pair) for r in requests]
         manifest = task.manifest
@@ -531,9 +503,9 @@ class Engine:
             return self._seq2seq.job(name, examples, manifest.max_length)
         encoded = task.kind.encode(self.tokenizer, examples, manifest.max_length, manifest.doc_stride,
                                    with_targets=False)
-        return _Job(name, examples, encoded)
+        return Job(name, examples, encoded)
 
-    def _forward(self, jobs: list[_Job]) -> None:
+    def _forward(self, jobs: list[Job]) -> None:
         """Every feature row of every job through the encoder, then each job's rows through its head."""
         rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
         lengths = [jobs[j].lengths[f] for j, f in rows]
@@ -556,7 +528,7 @@ class Engine:
                     for batch in length_sorted_batches(job.lengths, self.batch_size):
                         self._run_batch(jobs, [rows[first + i] for i in batch])
 
-    def _run_batch(self, jobs: list[_Job], picked: list[tuple[int, int]]) -> None:
+    def _run_batch(self, jobs: list[Job], picked: list[tuple[int, int]]) -> None:
         """Feature rows (job, feature) padded into one encoder pass, then each job's rows through its head."""
         inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked], self.device)
         encoded = self._encode(inputs, [jobs[j].task for j, _ in picked])
@@ -672,7 +644,7 @@ def _is_own_pooler(key: str, base_prefix: str) -> bool:
     return key.removeprefix(PEFT_PREFIX).startswith(f"{base_prefix}.pooler.") and "lora_" not in key
 
 
-def _offsets(jobs: list[_Job]) -> list[int]:
+def _offsets(jobs: list[Job]) -> list[int]:
     """Where each job's feature rows start in the engine's flat list of rows."""
     starts, total = [], 0
     for job in jobs:

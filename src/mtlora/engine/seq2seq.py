@@ -17,17 +17,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
 from mtlora.backbone import load_task_model, load_tokenizer, resize_input_embeddings
-from mtlora.errors import AdapterNotServableError, BaseModelMismatchError, CorruptAdapterError
+from mtlora.engine.job import Job
+from mtlora.engine.peft_adapters import delete_adapter, load_weights, undone_on_failure, with_adapter
+from mtlora.errors import AdapterNotServableError, CorruptAdapterError
 from mtlora.modeling import adapter_tokenizer
 from mtlora.registry import Registry
 from mtlora.tasks import Encoded, Example
@@ -47,16 +49,6 @@ class _Adapter:
     token_rows: dict[int, int]  # the adapter's id of a task token -> its row in the shared embedding
     mixes: bool  # PEFT can run its rows in a batch with other adapters' rows
     peft_name: str  # its name in the PEFT model, new at each load: PEFT cannot rename or drop its last adapter
-
-
-@dataclass
-class Seq2SeqJob:
-    """One adapter's inputs in a call, encoded, and each feature's outputs once run."""
-
-    task: str
-    examples: list[Example]
-    encoded: Encoded
-    results: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Seq2SeqAdapters:
@@ -91,25 +83,18 @@ class Seq2SeqAdapters:
                 state: dict[str, torch.Tensor], token_ids: list[int], values: torch.Tensor | None) -> None:
         self._loads += 1
         peft_name = f"{name}-{self._loads}"
-        if self.model is None:
-            self.model = get_peft_model(self._shared_model(), config, adapter_name=peft_name)
-        else:
-            self.model.add_adapter(peft_name, config)
-        try:
-            result = set_peft_model_state_dict(self.model, state, adapter_name=peft_name)
-            if result.unexpected_keys:
-                raise BaseModelMismatchError(f"adapter '{name}' has weights the seq2seq backbone has no place "
-                                             f"for: {result.unexpected_keys[:3]}")
+        self.model = with_adapter(self._shared_model() if self.model is None else self.model, peft_name, config)
+        with undone_on_failure(lambda: self._drop_new(peft_name)):
+            load_weights(self.model, peft_name, state, name, "seq2seq backbone")
             rows = self._place_tokens(name, token_ids, values)
-        except BaseException:
-            self._drop(peft_name)  # the engine goes on as it was, and the adapter can be tried again
-            self.release_if_unused()
-            raise
         self.model.eval()
         self._adapters[name] = _Adapter(kind, tokenizer, rows, mixes=not config.modules_to_save, peft_name=peft_name)
         for retired in self._retired:
             self._drop(retired)
         self._retired.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._adapters
 
     def remove(self, name: str) -> None:
         """Drop the adapter, and free its task-token rows for adapters to come."""
@@ -125,25 +110,25 @@ class Seq2SeqAdapters:
 
     def _drop(self, peft_name: str) -> None:
         assert self.model is not None
-        others = [other for other in self.model.peft_config if other != peft_name and other not in self._retired]
-        if not others:
-            self._retired.append(peft_name)
-            return
-        if peft_name in self.model.active_adapters:
-            self.model.set_adapter(others[0])
-        self.model.delete_adapter(peft_name)
+        if not delete_adapter(self.model, peft_name, gone=self._retired):
+            self._retired.append(peft_name)  # the last: PEFT keeps it until another joins
 
-    def job(self, name: str, examples: list[Example], max_length: int) -> Seq2SeqJob:
+    def _drop_new(self, peft_name: str) -> None:
+        """Take out an adapter that failed to go in, and the model with it if it was the first."""
+        self._drop(peft_name)
+        self.release_if_unused()
+
+    def job(self, name: str, examples: list[Example], max_length: int) -> Job:
         adapter = self._adapters[name]
         encoded = adapter.kind.encode(adapter.tokenizer, examples, max_length, 0, with_targets=False)
         if adapter.token_rows:
             renumber = adapter.token_rows
             encoded.features["input_ids"] = [[renumber.get(t, t) for t in ids] for ids in encoded.features["input_ids"]]
-        return Seq2SeqJob(name, examples, encoded)
+        return Job(name, examples, encoded)
 
-    def run(self, jobs: Sequence[Seq2SeqJob]) -> None:
+    def run(self, jobs: Sequence[Job]) -> None:
         """Fill every job's results; jobs that answer the same way share batches (one pass, many adapters)."""
-        groups: dict[str, list[Seq2SeqJob]] = defaultdict(list)
+        groups: dict[str, list[Job]] = defaultdict(list)
         for job in jobs:
             groups[self._adapters[job.task].kind.batch_key()].append(job)
         for group in groups.values():
@@ -153,7 +138,7 @@ class Seq2SeqAdapters:
                 for job in group:
                     self._run_together([job])
 
-    def _run_together(self, jobs: list[Seq2SeqJob]) -> None:
+    def _run_together(self, jobs: list[Job]) -> None:
         assert self.model is not None
         features = {name: [row for job in jobs for row in job.encoded.features[name]]
                     for name in ("input_ids", "attention_mask")}
