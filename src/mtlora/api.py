@@ -15,7 +15,6 @@ from mtlora import routing
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
-from mtlora.engine.engine import export_merged
 from mtlora.engine.inputs import Input
 from mtlora.errors import AdapterNotFoundError, RegistryError, train_hint
 from mtlora.evaluation import (
@@ -27,7 +26,7 @@ from mtlora.evaluation import (
     write_reports,
     write_routing_reports,
 )
-from mtlora.modeling import check_base
+from mtlora.modeling import check_base, export_merged
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import ROUTERS, Route
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead

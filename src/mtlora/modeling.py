@@ -1,7 +1,9 @@
-"""Building a task model for each training method, and loading trained adapters and baselines back."""
+"""Building a task model for each training method, loading trained adapters and baselines back, and exporting
+an adapter merged into its base model."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mtlora.backbone import check_trained_on, load_task_model, load_tokenizer, open_tokenizer, resize_input_embeddings
+from mtlora import atomic
+from mtlora.backbone import (
+    check_trained_on,
+    load_task_model,
+    load_tokenizer,
+    no_save_progress_bars,
+    open_tokenizer,
+    resize_input_embeddings,
+)
 from mtlora.config import LoraSettings
-from mtlora.errors import BaseModelMismatchError, ConfigError
+from mtlora.errors import BaseModelMismatchError, ConfigError, InputError
 from mtlora.registry import Manifest, Registry
 from mtlora.tasks import TaskKind, get_task_kind
 
@@ -131,6 +141,34 @@ def load_adapter_model(registry: Registry, name: str, backbone: str) -> tuple[Pe
     model = PeftModel.from_pretrained(loaded.model, registry.path(name))
     model.eval()
     return model, kind, manifest
+
+
+def export_merged(registry: Registry, backbone: str, name: str, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write adapter `name` as a plain transformers model with its LoRA merged in (plus the tokenizer).
+    It needs no engine, so an adapter no engine can serve (a LoRA variant such as DoRA) exports too.
+
+    The folder is written whole or not at all. An existing folder with files in it is replaced only
+    with `overwrite`, and only when it holds a saved model (`config.json`): never someone's other files.
+    """
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not overwrite:
+            raise InputError(f"{folder} already exists and is not empty; give a new folder, or overwrite "
+                             "an earlier export (overwrite=True; CLI: --overwrite)")
+        if not (folder / "config.json").is_file():
+            raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
+                             "give a new folder")
+    model, kind, manifest = load_adapter_model(registry, name, backbone)
+    merged = model.merge_and_unload()
+    kind.prepare_export(merged)
+    tokenizer = copy.copy(adapter_tokenizer(registry, name, backbone))  # a shared, cached one
+    # Plain `tokenizer(text, truncation=True)` then cuts where the adapter was trained to read up to.
+    tokenizer.model_max_length = manifest.max_length
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return folder
 
 
 def save_baseline(model: nn.Module, head: list[str], folder: Path) -> None:

@@ -20,7 +20,6 @@ are answered there, in the same call.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import threading
 from collections import defaultdict
@@ -38,14 +37,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 from transformers.utils import ModelOutput
 
-from mtlora import atomic
 from mtlora.backbone import (
     default_device,
     linear_weights_in_bf16,
     load_pretrained,
     load_tokenizer,
     name_pad_token,
-    no_save_progress_bars,
     quiet_loading,
     resolve_backbone,
     use_bf16,
@@ -74,7 +71,7 @@ from mtlora.errors import (
     RegistryError,
     UnknownTaskError,
 )
-from mtlora.modeling import adapter_tokenizer, check_base, kind_from_manifest, load_adapter_model
+from mtlora.modeling import check_base, export_merged, kind_from_manifest
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class
 from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
@@ -590,34 +587,6 @@ class Engine:
         self._lora_layers = None
         if self._fold_cache is not None:
             self._fold_cache.clear()
-
-
-def export_merged(registry: Registry, backbone: str, name: str, folder: str | Path, overwrite: bool = False) -> Path:
-    """Write adapter `name` as a plain transformers model with its LoRA merged in (plus the tokenizer).
-    It needs no engine, so an adapter no engine can serve (a LoRA variant such as DoRA) exports too.
-
-    The folder is written whole or not at all. An existing folder with files in it is replaced only
-    with `overwrite`, and only when it holds a saved model (`config.json`): never someone's other files.
-    """
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        if not overwrite:
-            raise InputError(f"{folder} already exists and is not empty; give a new folder, or overwrite "
-                             "an earlier export (overwrite=True; CLI: --overwrite)")
-        if not (folder / "config.json").is_file():
-            raise InputError(f"{folder} holds no saved model (no config.json), so it is not replaced; "
-                             "give a new folder")
-    model, kind, manifest = load_adapter_model(registry, name, backbone)
-    merged = model.merge_and_unload()
-    kind.prepare_export(merged)
-    tokenizer = copy.copy(adapter_tokenizer(registry, name, backbone))  # a shared, cached one
-    # Plain `tokenizer(text, truncation=True)` then cuts where the adapter was trained to read up to.
-    tokenizer.model_max_length = manifest.max_length
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
-        merged.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-    return folder
 
 
 def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
