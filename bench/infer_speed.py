@@ -162,14 +162,14 @@ def run_heads(engine: Engine, inputs: dict[str, torch.Tensor], output: Any, task
     """Each task's head on its rows of an encoder output."""
     for task in set(tasks):
         rows = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=engine.device)
-        head = engine._tasks[task]
+        head = engine._encoders._adapters[task]
         head.stand_in.output = type(output)(**{k: v[rows] for k, v in output.items()})
         head.head(**{k: v[rows] for k, v in inputs.items()})
 
 
 def per_request_set_adapter(engine: Engine, stream: list[tuple[Any, str]]) -> None:
     """(a): switch the encoder's active adapter per request and run it alone, then its head."""
-    encoder = engine._encoder
+    encoder = engine._encoders.model
     with torch.inference_mode():
         for request in stream:
             rows = feature_rows(engine, [request])
@@ -185,7 +185,7 @@ def hand_wired_mixed(engine: Engine, stream: list[tuple[Any, str]], batch_size: 
             for batch in length_batches(engine, whole, batch_size):
                 inputs = pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device)
                 tasks = [task for _, task in batch]
-                run_heads(engine, inputs, engine._encoder(**inputs, adapter_names=tasks), tasks)
+                run_heads(engine, inputs, engine._encoders.model(**inputs, adapter_names=tasks), tasks)
 
 
 def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[Any, str]], batch_size: int) -> None:
@@ -226,7 +226,8 @@ def memory_with_adapters(project: Path, count: int) -> dict[str, Any]:
         if precision == "bf16":
             linear_weights_in_bf16(bare)
         backbone = parameter_bytes(bare)
-        loaded = parameter_bytes(engine._encoder) + sum(parameter_bytes(t.head) for t in engine._tasks.values())
+        loaded = parameter_bytes(engine._encoders.model) + sum(parameter_bytes(a.head)
+                                                               for a in engine._encoders._adapters.values())
         memory[precision] = {"backbone_mb": backbone / 2**20, "engine_mb": loaded / 2**20,
                              "overhead": loaded / backbone - 1}
     return memory
@@ -288,9 +289,9 @@ def main() -> None:
         encoder_share = {key: statistics.mean(route.reading == "encoder" for call in routes[f"route {key}"]()
                                               for route in call) for key in routers}
         memory = memory_with_adapters(project, 10)
-        assert kept._fold_cache is not None
+        assert kept._encoders.fold_cache is not None
         memory["fold_cache_mb"] = sum(t.numel() * t.element_size() for adapter in kept.tasks
-                                      for t in kept._fold_cache.folded(adapter).values()) / 2**20
+                                      for t in kept._encoders.fold_cache.folded(adapter).values()) / 2**20
 
     names = {"a": "per-request set_adapter, batch 1", "b": "PEFT adapter_names, by hand",
              "c": f"mtlora Engine, default ({passes(engine)})", "c2": f"mtlora Engine, {passes(other)}",

@@ -53,7 +53,7 @@ def create_naive_app() -> Any:
     engine = Engine.from_config(os.environ["MTLORA_CONFIG"])
     # The seeds' forward: PEFT's own LoRA layers with the active adapter, nothing folded or cached.
     # Tokenising, the heads and decoding stay the engine's, so only the serving differs.
-    engine._folded = lambda adapter: contextlib.nullcontext()  # type: ignore[method-assign]
+    engine._encoders._folded = lambda adapter: contextlib.nullcontext()  # type: ignore[method-assign]
     lock = threading.Lock()
     app = FastAPI()
 
@@ -63,7 +63,7 @@ def create_naive_app() -> Any:
         if isinstance(item, dict) and "text_pair" in item:
             item = (item["text"], item["text_pair"])
         with lock:
-            engine._encoder.set_adapter(body["task"])
+            engine._encoders.model.set_adapter(body["task"])
             return {"result": engine.run_adapter(body["task"], [item])[0]}
 
     return app

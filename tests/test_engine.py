@@ -339,7 +339,7 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
         for key in ("probabilities", "score"):
             if key in exact:
                 assert rounded[key] == pytest.approx(exact[key], abs=0.02), (exact["task"], key)
-    dtypes = {name: p.dtype for name, p in engine._encoder.named_parameters()}
+    dtypes = {name: p.dtype for name, p in engine._encoders.model.named_parameters()}
     assert dtypes["base_model.model.encoder.layer.0.attention.self.query.base_layer.weight"] == torch.bfloat16
     assert dtypes["base_model.model.encoder.layer.0.attention.self.query.lora_A.sentiment.weight"] == torch.bfloat16
     assert dtypes["base_model.model.embeddings.word_embeddings.weight"] == torch.float32
@@ -404,7 +404,7 @@ def test_project_inference_settings_reach_the_engine(trained_project: Path) -> N
                                                                     "mixed_batches": False, "fold_cache": 2}})
     engine = Engine.from_config(project, tasks=["sentiment"])
     assert (engine.bf16, engine.batch_size, engine.mixed_batches) == (True, 4, False)
-    assert engine._fold_cache is not None and engine._fold_cache.adapters == 2
+    assert engine._encoders.fold_cache is not None and engine._encoders.fold_cache.adapters == 2
     assert not Engine.from_config(project, tasks=["sentiment"], precision="fp32").bf16  # an argument wins
     with pytest.raises(mtlora.ConfigError, match="fold_cache"):
         load_config(trained_project, overrides={"inference": {"fold_cache": -1}})
@@ -568,13 +568,13 @@ def test_lora_on_an_embedding_is_refused(tiny_project: Path) -> None:
 def test_an_adapter_saved_again_while_it_loads_is_not_half_loaded(trained_project: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Checked, then read: a retrain finishing in between must not pair one manifest with other weights."""
-    from mtlora.engine import engine as engine_module
+    from mtlora.engine import encoder as encoder_module
 
     project = load_config(trained_project)
     registry = mtlora.Registry(tmp_path / "adapters")
     shutil.copytree(project.registry / "sentiment", registry.path("sentiment"))
     engine = Engine(project.backbone, registry, [], precision="fp32")
-    real_load = engine_module.load_file
+    real_load = encoder_module.load_file
 
     def load_during_a_save(path: object) -> dict:
         loaded = real_load(path)
@@ -584,10 +584,10 @@ def test_an_adapter_saved_again_while_it_loads_is_not_half_loaded(trained_projec
             manifest)
         return loaded
 
-    monkeypatch.setattr(engine_module, "load_file", load_during_a_save)
+    monkeypatch.setattr(encoder_module, "load_file", load_during_a_save)
     with pytest.raises(mtlora.RegistryError, match="'sentiment' was saved again while it was being loaded"):
         engine.add("sentiment")
-    monkeypatch.setattr(engine_module, "load_file", real_load)
+    monkeypatch.setattr(encoder_module, "load_file", real_load)
     engine.add("sentiment")  # the new one, whole
     assert engine.manifest("sentiment").created_at == "retrained"
 

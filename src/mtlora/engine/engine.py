@@ -1,16 +1,9 @@
-"""One backbone in memory, many task adapters, and mixed-task batches in one encoder pass.
+"""One backbone in memory, many task adapters, and mixed-task batches in one call: the `Engine`.
 
-How a call with inputs of several tasks runs: on CPU the rows of every task are padded together into
-batches of similar length, and each pass gives each row its own adapter's LoRA (`folding.mixed_lora`:
-two thin GEMMs a layer for all adapters at once, no weights copied). On CUDA, or with a fold cache, each
-task's rows get passes of their own with its LoRA folded into the weights (`folding.folded_lora`).
-bench/infer_speed.py measures which is faster where.
-Either way each task's head then runs on its rows. A head is the task model transformers builds for
-the kind (so every architecture's own head code is reused), with its encoder swapped for a stand-in
-that hands over the rows already computed.
-
-Seq2seq adapters live on one shared encoder-decoder of their own (`seq2seq.py`); their rows in a call
-are answered there, in the same call.
+The engine loads and unloads adapters, reads and routes inputs, and hands each task's rows to the half
+that holds its adapter: encoder kinds share one encoder and run their rows in shared passes
+(`encoder.py`); seq2seq kinds share one encoder-decoder of their own (`seq2seq.py`). Both answer in
+the same call. Reading an input is `inputs.py`'s.
 
     >>> engine = Engine.from_config("examples/demo/mtlora.yaml")
     >>> engine.predict("my parcel never arrived")            # routed (semantic by default)
@@ -19,58 +12,23 @@ are answered there, in the same call.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from peft import LoraConfig, PeftModel
-from peft.tuners.lora import Linear as LoraLinear
-from peft.utils import SAFETENSORS_WEIGHTS_NAME
-from safetensors.torch import load_file
-from torch import nn
-from transformers import AutoConfig, AutoModel
-from transformers.utils import ModelOutput
 
-from mtlora.backbone import (
-    default_device,
-    linear_weights_in_bf16,
-    load_pretrained,
-    load_tokenizer,
-    name_pad_token,
-    quiet_loading,
-    resolve_backbone,
-    use_bf16,
-)
-from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
+from mtlora.backbone import default_device, load_tokenizer, use_bf16
+from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
 from mtlora.config import ROUTER_ADAPTER, Precision, ProjectConfig, RouterSettings, checked_inference, load_config
-from mtlora.engine.folding import (
-    FOLD_MIN_TOKENS,
-    FoldCache,
-    SharedAcrossRows,
-    check_plain_lora,
-    check_plain_lora_files,
-    folded_lora,
-    lora_layers,
-    mixed_lora,
-)
+from mtlora.engine.encoder import EncoderAdapters
 from mtlora.engine.inputs import NAMED_AND_ROUTED, Input, KnownTasks, engine_request, naming_input
 from mtlora.engine.job import Job
-from mtlora.engine.peft_adapters import delete_adapter, load_weights, undone_on_failure, with_adapter
 from mtlora.engine.seq2seq import Seq2SeqAdapters
-from mtlora.errors import (
-    AdapterNotFoundError,
-    AdapterNotServableError,
-    BaseModelMismatchError,
-    InputError,
-    RegistryError,
-    UnknownTaskError,
-)
+from mtlora.errors import AdapterNotFoundError, InputError, RegistryError, UnknownTaskError
 from mtlora.modeling import check_base, export_merged, kind_from_manifest
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class
@@ -80,34 +38,11 @@ from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Prediction, TaskKind
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
-PEFT_PREFIX = "base_model.model."
-NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
-logger = logging.getLogger(__name__)
-
-
-class _ComputedEncoder(nn.Module):
-    """Stands in for a task model's encoder and returns the rows the shared encoder already computed."""
-
-    def __init__(self, pooler: nn.Module | None = None) -> None:
-        super().__init__()
-        self.output: ModelOutput | None = None
-        # A checkpoint saved without a pooler (from BertForMaskedLM) leaves each adapter to train one of its
-        # own; the shared encoder's is then random, and this task pools with its own instead.
-        self.pooler = pooler
-
-    def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
-        assert self.output is not None, "the shared encoder runs before any head"
-        if self.pooler is None:
-            return self.output
-        return type(self.output)(**{**self.output, "pooler_output": self.pooler(self.output.last_hidden_state)})
-
 
 @dataclass
 class _Task:
     manifest: Manifest
-    kind: TaskKind
-    head: nn.Module | None = None  # encoder kinds; seq2seq adapters live in `Engine._seq2seq`
-    stand_in: _ComputedEncoder | None = None
+    kind: TaskKind  # its LoRA (and head) live in `Engine._encoders` or, for seq2seq kinds, `Engine._seq2seq`
 
 
 class Engine:
@@ -156,18 +91,6 @@ class Engine:
         self.device = torch.device(device) if device is not None else default_device()
         self.bf16 = use_bf16(inference.precision, self.device)
         self.batch_size = inference.batch_size
-        cuda = self.device.type == "cuda"
-        # Measured (bench/infer_speed.py): on CPU shared passes beat per-adapter folded ones, and cached folds
-        # beat both; on an H100 per-adapter passes beat shared ones, in bf16 and fp32.
-        mixed = inference.mixed_batches
-        self.mixed_batches = (not cuda and not inference.fold_cache) if mixed == "auto" else mixed
-        # A GPU waits on kernel launches and Python, not on a fold's few microseconds of memory traffic: it
-        # folds whatever a pass's tokens, and each adapter once per call, keeping the folds for the
-        # adapter's later passes and dropping them after its last (+25% against folding every pass, in an
-        # A/B on an H100). A CPU pays for a fold in memory traffic: a small pass runs unmerged
-        # (`FOLD_MIN_TOKENS`), and a fold goes into one scratch weight, so a pass never holds a folded copy.
-        self._fold_min_tokens = 0 if cuda else FOLD_MIN_TOKENS
-        self._fold_per_block = cuda
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()
         self.default_router = router_class(router or self.router_settings.strategy).name  # a typo fails here
@@ -175,22 +98,13 @@ class Engine:
         self._project_tasks = frozenset(project_tasks)
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
-        self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
-        self._folded_adapter: str | None = None
-        self._stacks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # for one call's shared passes
-        self._fold_cache = FoldCache(inference.fold_cache) if inference.fold_cache else None
+        self._encoders = EncoderAdapters(backbone, self.tokenizer, self.device, self.bf16, self.batch_size,
+                                         inference.mixed_batches, inference.fold_cache)
+        self.hidden_size = self._encoders.hidden_size
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, self.batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already
         # uses every core. Concurrent callers queue here; the server batches them into one call.
         self._lock = threading.RLock()
-        with quiet_loading():
-            base = load_pretrained(AutoModel, resolve_backbone(backbone))
-        self.hidden_size = int(base.config.hidden_size)
-        if self.bf16:
-            linear_weights_in_bf16(base)
-        self._encoder: nn.Module = base.to(self.device).eval()
-        self._shift_right: Callable[[torch.Tensor], torch.Tensor] | None = (
-            getattr(base, "_shift_right", None) if base.config.is_encoder_decoder else None)
         names = tasks if tasks is not None else [n for n in self.registry.names() if n != ROUTER_ADAPTER]
         for name in names:
             self.add(name)
@@ -207,6 +121,11 @@ class Engine:
         return cls(project.backbone, Registry(project.registry), tasks, **kwargs)
 
     # ---- adapters ---------------------------------------------------------------------------------
+
+    @property
+    def mixed_batches(self) -> bool:
+        """Whether a call's encoder rows share passes, each with its own LoRA, or run per adapter, folded."""
+        return self._encoders.mixed_batches
 
     @property
     def tasks(self) -> list[str]:
@@ -242,7 +161,7 @@ class Engine:
                 self.add(name)
                 return
             task, put_in = self._prepared(name)
-            self._unload(name, self._tasks[name])
+            self._unload(name)
             try:
                 put_in()
             except BaseException:
@@ -260,46 +179,26 @@ class Engine:
         check_base(manifest, self.backbone)
         kind = kind_from_manifest(manifest)
         if isinstance(kind, Seq2SeqTask):
-            task, put_in = _Task(manifest, kind), self._seq2seq.prepared(self.registry, name, kind)
+            put_in = self._seq2seq.prepared(self.registry, name, kind)
         else:
-            folder = self.registry.path(name)
-            config = LoraConfig.from_pretrained(str(folder))
-            state = load_file(folder / SAFETENSORS_WEIGHTS_NAME)
-            head, stand_in = self._build_head(kind, manifest, state)
-            base_prefix = head.base_model_prefix
-            encoder_state, head_state = _split_state(state, base_prefix, name)
-            check_plain_lora_files(name, config, encoder_state)
-            self._load_head(head, head_state, name)
-            task = _Task(manifest, kind, head, stand_in)
-
-            def put_in() -> None:
-                self._add_lora(name, config, encoder_state, base_prefix)
+            put_in = self._encoders.prepared(self.registry, name, kind, manifest)
         # The files were checked, then read: a save in between (a retrain finishing) would pair this
         # manifest with another adapter's weights. Each save writes a new creation time.
         if self.registry.manifest(name).created_at != manifest.created_at:
             raise RegistryError(f"adapter '{name}' was saved again while it was being loaded; load it again")
-        return task, put_in
+        return _Task(manifest, kind), put_in
 
     def remove(self, name: str) -> None:
         """Unload adapter `name`; the other adapters and the backbone stay as they are."""
         with self._lock:
-            task = self._task(name)
+            self._task(name)  # an unknown name is refused, listing the loaded tasks
             del self._tasks[name]
-            self._unload(name, task)
+            self._unload(name)
             self._seq2seq.release_if_unused()
 
-    def _unload(self, name: str, task: _Task) -> None:
+    def _unload(self, name: str) -> None:
         self._routers.clear()  # routers hold the task list they were built for
-        self._forget_folds()
-        if isinstance(task.kind, Seq2SeqTask):
-            self._seq2seq.remove(name)
-            return
-        self._drop_lora(name)
-
-    def _drop_lora(self, name: str) -> None:
-        assert isinstance(self._encoder, PeftModel)
-        if not delete_adapter(self._encoder, name):
-            self._encoder = self._encoder.unload()  # the last: the bare encoder serves on (semantic routing)
+        self._half(name).remove(name)
 
     def merge(self, name: str, folder: str | Path, overwrite: bool = False) -> Path:
         """Write task `name` as a plain transformers model with its LoRA merged in (`export_merged`)."""
@@ -309,51 +208,6 @@ class Engine:
         if name not in self._tasks:
             raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine")
         return self._tasks[name]
-
-    def _build_head(self, kind: TaskKind, manifest: Manifest,
-                    state: dict[str, torch.Tensor]) -> tuple[nn.Module, _ComputedEncoder]:
-        config = AutoConfig.from_pretrained(resolve_backbone(self.backbone), **manifest.head_kwargs())
-        name_pad_token(config, self.tokenizer)
-        with torch.device("meta"):
-            head = kind.auto_class.from_config(config, dtype=torch.float32)  # not the checkpoint's (load_pretrained)
-        prefix = head.base_model_prefix
-        own_pooler = any(_is_own_pooler(key, prefix) for key in state)
-        pooler = getattr(getattr(head, prefix), "pooler", None) if own_pooler else None
-        if isinstance(pooler, nn.Linear):  # ALBERT's: a bare layer, its activation elsewhere in the model
-            raise AdapterNotServableError(
-                f"adapter '{manifest.name}' trained a pooler of its own ({config.model_type}'s checkpoint has none), "
-                "which the engine cannot run for this model; load it alone with mtlora.load_predictor")
-        stand_in = _ComputedEncoder(pooler)
-        setattr(head, head.base_model_prefix, stand_in)
-        head.to_empty(device=self.device)
-        return head.eval(), stand_in
-
-    def _load_head(self, head: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-        missing, unexpected = head.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise BaseModelMismatchError(
-                f"adapter '{name}': its head does not fit the task model (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}); retrain it with this version of mtlora"
-            )
-
-    def _add_lora(self, name: str, config: LoraConfig, state: dict[str, torch.Tensor], base_prefix: str) -> None:
-        if not isinstance(config.target_modules, str):
-            # Full module paths of the task model ("bert.encoder...") name the same layers in the bare encoder.
-            config.target_modules = {m.removeprefix(base_prefix + ".") for m in config.target_modules}
-        config.modules_to_save = None  # heads live apart, in `_Task.head`
-        config.task_type = None
-        config.inference_mode = True
-        self._encoder = with_adapter(self._encoder, name, config)
-        self._forget_folds()
-        with undone_on_failure(lambda: self._drop_lora(name)):
-            check_plain_lora(self._encoder, name)
-            load_weights(self._encoder, name, state, name)
-        if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass
-            for layer in lora_layers(self._encoder):
-                if name in layer.lora_A:
-                    layer.lora_A[name].to(torch.bfloat16)
-                    layer.lora_B[name].to(torch.bfloat16)
-        self._encoder.eval()
 
     # ---- answering --------------------------------------------------------------------------------
 
@@ -424,7 +278,7 @@ class Engine:
         if reading not in ("encoder", "embeddings"):
             raise InputError(f"reading '{reading}' is not one of: encoder, embeddings (router.features: cascade "
                              "reads one, then the other)")
-        table = self._encoder.get_input_embeddings().weight
+        table = self._encoders.model.get_input_embeddings().weight
         if not texts:
             return torch.empty(0, table.shape[1] if reading == "embeddings" else self.hidden_size)
         if reading == "embeddings":
@@ -436,8 +290,7 @@ class Engine:
         with self._lock, torch.inference_mode(), autocast(self.device, self.bf16):
             for rows in length_sorted_batches(lengths, self.batch_size):
                 batch = pad_rows(self.tokenizer, [feature_row(tokens, i) for i in rows], self.device)
-                with self._folded(NO_ADAPTER):
-                    hidden = self._encoder_stack()(**batch).last_hidden_state.float()
+                hidden = self._encoders.bare_hidden_states(batch).float()
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 embeddings[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
@@ -480,7 +333,7 @@ class Engine:
             if route.task is not None:
                 groups[route.task].append(i)
         jobs = [self._job(name, [requests[i] for i in rows]) for name, rows in groups.items()]
-        self._forward([job for job in jobs if job.task not in self._seq2seq])
+        self._encoders.run([job for job in jobs if job.task in self._encoders])
         self._seq2seq.run([job for job in jobs if job.task in self._seq2seq])
         results: list[Prediction] = [_unroutable(route) for route in routes]
         for job, rows in zip(jobs, groups.values(), strict=True):
@@ -496,134 +349,13 @@ class Engine:
         task = self._task(name)
         examples = [task.kind.input_example(r.text, r.text_pair) for r in requests]
         manifest = task.manifest
-        if isinstance(task.kind, Seq2SeqTask):
+        if name in self._seq2seq:
             return self._seq2seq.job(name, examples, manifest.max_length)
-        encoded = task.kind.encode(self.tokenizer, examples, manifest.max_length, manifest.doc_stride,
-                                   with_targets=False)
-        return Job(name, examples, encoded)
+        return self._encoders.job(name, examples, manifest.max_length, manifest.doc_stride)
 
-    def _forward(self, jobs: list[Job]) -> None:
-        """Every feature row of every job through the encoder, then each job's rows through its head."""
-        rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
-        lengths = [jobs[j].lengths[f] for j, f in rows]
-        with torch.inference_mode(), autocast(self.device, self.bf16):
-            if self.mixed_batches:
-                self._stacks = {}  # each layer's adapters stacked once for all of the call's passes
-                try:
-                    for batch in length_sorted_batches(lengths, self.batch_size):
-                        self._run_batch(jobs, [rows[i] for i in batch])
-                    return
-                except SharedAcrossRows as shared:
-                    logger.warning("%s feeds its adapted layers %s, which no row can adapt alone: from now on "
-                                   "each adapter's rows run in passes of their own (mixed_batches: false)",
-                                   self._encoder_stack().config.model_type, shared)
-                    self.mixed_batches = False
-                finally:
-                    self._stacks = None
-            for first, job in zip(_offsets(jobs), jobs, strict=True):
-                with self._folded(job.task):
-                    for batch in length_sorted_batches(job.lengths, self.batch_size):
-                        self._run_batch(jobs, [rows[first + i] for i in batch])
-
-    def _run_batch(self, jobs: list[Job], picked: list[tuple[int, int]]) -> None:
-        """Feature rows (job, feature) padded into one encoder pass, then each job's rows through its head."""
-        inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked], self.device)
-        encoded = self._encode(inputs, [jobs[j].task for j, _ in picked])
-        positions: dict[int, list[int]] = defaultdict(list)
-        for position, (j, _) in enumerate(picked):
-            positions[j].append(position)
-        for j, where in positions.items():
-            job, task = jobs[j], self._tasks[jobs[j].task]
-            assert task.head is not None and task.stand_in is not None
-            index = torch.tensor(where, device=self.device)
-            task.stand_in.output = _rows(encoded, index)
-            output = task.head(**{name: tensor[index] for name, tensor in inputs.items()})
-            features = [picked[p][1] for p in where]
-            store_outputs(task.kind, task.kind.outputs_of(output), features, job.lengths, job.results)
-            task.stand_in.output = None
-
-    def _encoder_stack(self) -> nn.Module:
-        """The part of the backbone that reads the input: all of an encoder, the encoder of an encoder-decoder."""
-        base = self._encoder.get_base_model() if isinstance(self._encoder, PeftModel) else self._encoder
-        return base.get_encoder() if base.config.is_encoder_decoder else base
-
-    def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
-        if self._shift_right is not None and "decoder_input_ids" not in inputs:
-            # T5's encoder kinds (T5ForSequenceClassification...) decode the input shifted right; T5Model,
-            # unlike BartModel, does not make that decoder input itself.
-            inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"]), "use_cache": False}
-        if isinstance(self._encoder, PeftModel) and len(set(adapters)) > 1:
-            with mixed_lora(self._layers(), adapters, self._stacks):
-                return self._encoder(**inputs)
-        with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights
-            return self._encoder(**inputs)
-
-    @contextlib.contextmanager
-    def _folded(self, adapter: str) -> Iterator[None]:
-        """Within the block the encoder runs with `adapter`'s LoRA folded in (`folding.py`). Inside a block
-        that already runs `adapter`, nothing more to do."""
-        if not isinstance(self._encoder, PeftModel) or self._folded_adapter == adapter:
-            yield
-            return
-        # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
-        if self._fold_cache and adapter != NO_ADAPTER:
-            kept = self._fold_cache.folded(adapter)
-        else:
-            kept = {} if self._fold_per_block else None
-        self._folded_adapter = adapter
-        try:
-            with folded_lora(self._layers(), adapter, kept, self._fold_min_tokens):
-                yield
-        finally:
-            self._folded_adapter = None
-
-    def _layers(self) -> list[LoraLinear]:
-        if self._lora_layers is None:
-            self._lora_layers = lora_layers(self._encoder)
-        return self._lora_layers
-
-    def _forget_folds(self) -> None:
-        """Adapters came or went: the LoRA layers may have changed, and with them any folded weights."""
-        self._lora_layers = None
-        if self._fold_cache is not None:
-            self._fold_cache.clear()
-
-
-def _split_state(state: dict[str, torch.Tensor], base_prefix: str,
-                 name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """PEFT task-model keys -> (LoRA keys for a PEFT-wrapped bare encoder, head keys for the task model)."""
-    encoder, head = {}, {}
-    for key, tensor in state.items():
-        inner = key.removeprefix(PEFT_PREFIX)
-        if inner.startswith(base_prefix + ".") and not _is_own_pooler(key, base_prefix):
-            if "lora_" not in inner:
-                raise AdapterNotServableError(
-                    f"adapter '{name}' retrains encoder weights ({inner}) that other tasks share, so it cannot "
-                    "join a multi-adapter engine; load it alone with mtlora.load_predictor"
-                )
-            encoder[PEFT_PREFIX + inner.removeprefix(base_prefix + ".")] = tensor
-        else:
-            head[inner] = tensor
-    return encoder, head
-
-
-def _is_own_pooler(key: str, base_prefix: str) -> bool:
-    """A weight of the backbone's pooler trained in full with the adapter (the checkpoint had none), not
-    LoRA on one, nor a pooler of the head's own (DeBERTa's)."""
-    return key.removeprefix(PEFT_PREFIX).startswith(f"{base_prefix}.pooler.") and "lora_" not in key
-
-
-def _offsets(jobs: list[Job]) -> list[int]:
-    """Where each job's feature rows start in the engine's flat list of rows."""
-    starts, total = [], 0
-    for job in jobs:
-        starts.append(total)
-        total += len(job.encoded)
-    return starts
-
-
-def _rows(output: ModelOutput, index: torch.Tensor) -> ModelOutput:
-    return type(output)(**{k: v[index] for k, v in output.items() if isinstance(v, torch.Tensor)})
+    def _half(self, name: str) -> EncoderAdapters | Seq2SeqAdapters:
+        """The half of the engine that holds adapter `name`."""
+        return self._seq2seq if name in self._seq2seq else self._encoders
 
 
 def _unroutable(route: Route) -> Prediction:
