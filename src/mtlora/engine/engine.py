@@ -32,7 +32,7 @@ from mtlora.errors import AdapterNotFoundError, InputError, RegistryError, Unkno
 from mtlora.modeling import check_base, export_merged, kind_from_manifest
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Request, Route, Router, build_router, router_class
-from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
+from mtlora.routing.base import ANSWERED_BY, BY_SHAPE, SHAPE_NAMES
 from mtlora.routing.explicit import ExplicitRouter
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
 from mtlora.tasks import Prediction, TaskKind
@@ -253,10 +253,10 @@ class Engine:
                     # Two texts, or a question with its context, already say which kind of task the caller
                     # means. A plain text fits every text task, so its shape says nothing: the router still
                     # judges whether it belongs to the one text task loaded.
-                    routes[i] = Route(candidates[i][0], "shape", 1.0, {candidates[i][0]: 1.0},
+                    routes[i] = Route(candidates[i][0], BY_SHAPE, 1.0, {candidates[i][0]: 1.0},
                                       f"the only task that takes {SHAPE_NAMES[request.shape]}")
                 elif not candidates[i]:
-                    routes[i] = Route(None, "shape", 0.0, reason=f"no loaded task takes {SHAPE_NAMES[request.shape]}")
+                    routes[i] = Route(None, BY_SHAPE, 0.0, reason=f"no loaded task takes {SHAPE_NAMES[request.shape]}")
             open_rows = [i for i, r in enumerate(routes) if r is None]
             if open_rows:
                 chosen = self._router(router or self.default_router)
