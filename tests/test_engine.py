@@ -384,7 +384,7 @@ def test_auto_shares_passes_on_cpu_unless_folds_are_cached(trained_project: Path
 
 
 @pytest.mark.parametrize(("setting", "value", "message"), [
-    ("mixed_batches", "yes", "mixed_batches: should be true, false or 'auto'; got 'yes'"),
+    ("mixed_batches", "sometimes", "mixed_batches: should be true, false or 'auto'; got 'sometimes'"),
     ("mixed_batches", 1, "mixed_batches: should be true, false or 'auto'; got 1"),
     ("precision", "bf61", "precision: Input should be 'auto', 'fp32' or 'bf16'"),
     ("fold_cache", -1, "fold_cache: Input should be greater than or equal to 0"),  # a FoldCache(-1) kept none
