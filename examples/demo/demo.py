@@ -28,7 +28,8 @@ EXAMPLES = {
                 "you billed my card twice for the same order"],
 }
 
-console = Console()
+# Piped (make demo > log, CI), rich would lay the tables out in 80 columns and cut the routing table's cells.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def main() -> None:
