@@ -261,7 +261,8 @@ def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained
     untrained = run("serve", tiny_project)  # it would answer every input "unroutable" and call itself ready
     assert untrained.exit_code == 2 and "no adapters in" in untrained.output
     queue = run("serve", trained_project, "--max-queue", "10", "--max-inputs", "20")
-    assert queue.exit_code == 2 and "a request of that many inputs could never be queued" in queue.output
+    assert queue.exit_code == 2 and ("--max-queue (10) is below --max-inputs (20): a request of that many inputs "
+                                     "could never be queued; raise --max-queue or lower --max-inputs") in queue.output
     monkeypatch.setenv("MTLORA_ADMIN_TOKEN", "s3cret")
     workers = run("serve", trained_project, "--workers", "2")
     assert workers.exit_code == 2 and "each worker holds an engine of its own" in workers.output

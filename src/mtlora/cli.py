@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -278,6 +279,12 @@ def _server_option(name: str, **limits: Any) -> Any:
     return typer.Option(help=f"{description[:1].upper()}{description[1:]}.", **limits)
 
 
+def _as_options(message: str, settings: type[BaseModel]) -> str:
+    """A settings model's message with its field names written as the command's options (max_queue: --max-queue)."""
+    return re.sub(r"\b(" + "|".join(settings.model_fields) + r")\b",
+                  lambda name: "--" + name[0].replace("_", "-"), message)
+
+
 @app.command()
 @reports_errors
 def serve(
@@ -305,8 +312,8 @@ def serve(
         settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                   max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
     except ValidationError as exc:  # the options' own limits passed: a rule between them
-        raise typer.BadParameter(exc.errors()[0]["msg"].removeprefix("Value error, "), param_hint="--max-queue") \
-            from None
+        raise typer.BadParameter(_as_options(exc.errors()[0]["msg"].removeprefix("Value error, "), ServerSettings),
+                                 param_hint="--max-queue") from None
     if workers > 1 and os.environ.get(ADMIN_TOKEN_ENV):
         raise typer.BadParameter(f"each worker holds an engine of its own, so loading or unloading an adapter over "
                                  f"HTTP would change one of {workers}; serve one worker to manage adapters at run "
