@@ -97,6 +97,16 @@ def test_the_holdout_is_offered_only_where_it_would_help() -> None:
     assert seen_in_training_warning(3, 10, "test").endswith("read test from rows the training data lacks")
 
 
+def test_a_label_holding_a_bar_stays_in_its_column_of_the_summary() -> None:
+    from mtlora.evaluation.report import markdown_summary
+
+    report = TaskReport(task="t", kind="classification", split="validation", examples=2, primary_metric="accuracy",
+                        metrics={"lora": {"accuracy": 1.0, "f1[yes|maybe]": 1.0}},
+                        parameters={"lora": {"trainable": 10, "total": 100}})
+    header = next(line for line in markdown_summary([report]).splitlines() if line.startswith("| variant |"))
+    assert header == "| variant | accuracy | f1[yes\\|maybe] |"
+
+
 def report_of(task: str, split: str = "validation") -> TaskReport:
     return TaskReport(task=task, kind="generation", split=split, examples=2, primary_metric="rougeL",
                       metrics={"lora": {"rougeL": 50.0}}, parameters={"lora": {"trainable": 10, "total": 100}})
