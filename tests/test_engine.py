@@ -250,6 +250,17 @@ def test_a_predictor_takes_the_inputs_the_engine_takes(trained_project: Path) ->
         qa.predict_batch([42])  # type: ignore[list-item]
     with pytest.raises(InputError, match="names task 'sentiment', but this predictor answers 'paraphrase' only"):
         paraphrase.predict_batch([{"text": pair[0], "text_pair": pair[1], "task": "sentiment"}])
+    # What the engine refuses for a task, its predictor refuses alike; two texts to QA are question and context.
+    with pytest.raises(InputError) as refused:
+        paraphrase.predict_batch([question])
+    with pytest.raises(InputError) as refused_by_engine:
+        engine.predict(question, task="paraphrase")
+    assert str(refused.value) == ("task 'paraphrase' (pair_classification) takes a text pair, but a question with a "
+                                  "context was given (give it a text pair)")
+    assert str(refused_by_engine.value) == str(refused.value)[:-1] + ", or name a task that takes a question with a " \
+                                                                     "context: qa)"
+    with pytest.raises(InputError, match=r"^context is empty"):
+        qa.predict("who sat on the mat", " ")
 
 
 def test_the_predict_verb_takes_a_task_per_input(trained_project: Path) -> None:

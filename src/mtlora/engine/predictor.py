@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -13,6 +14,7 @@ from mtlora.engine.inputs import Input, read_input, require_texts
 from mtlora.errors import InputError
 from mtlora.modeling import adapter_tokenizer, load_adapter_model
 from mtlora.registry import Registry
+from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
 from mtlora.tasks import Example, Prediction, TaskKind
 
 # The engine's forms of an input, and a [text, text_pair] list (a JSON pair) too: one task, nothing to route.
@@ -51,10 +53,16 @@ class TaskPredictor:
         """An input as the engine reads it for this task; a `<task>` prefix is the text's own, as nothing is
         routed, and a `{text, task}` dict may name only this task."""
         pair = tuple(item) if isinstance(item, list) and len(item) == 2 else item
-        request = require_texts(read_input(pair))
+        request = read_input(pair)
         if request.task is not None and request.task != self.manifest.name:
             raise InputError(f"the input names task '{request.task}', but this predictor answers "
                              f"'{self.manifest.name}' only")
+        if self.kind.input_shape not in ANSWERED_BY[request.shape]:
+            wanted, given = SHAPE_NAMES[self.kind.input_shape], SHAPE_NAMES[request.shape]
+            raise InputError(f"task '{self.manifest.name}' ({self.kind.name}) takes {wanted}, but {given} was given "
+                             f"(give it {wanted})")
+        # Two texts are a question and its context to a QA task, and are named so in its messages.
+        request = require_texts(replace(request, shape=self.kind.input_shape if request.text_pair else "text"))
         return self.kind.input_example(request.text, request.text_pair)
 
 
