@@ -25,7 +25,7 @@ from mtlora.backbone import default_device, load_tokenizer, use_bf16
 from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
 from mtlora.config import ROUTER_ADAPTER, Precision, ProjectConfig, RouterSettings, checked_inference, load_config
 from mtlora.engine.encoder import EncoderAdapters
-from mtlora.engine.inputs import NAMED_AND_ROUTED, Input, KnownTasks, engine_request, naming_input
+from mtlora.engine.inputs import NAMED_AND_ROUTED, Input, KnownTasks, engine_request, naming_input, wrong_shape
 from mtlora.engine.job import Job
 from mtlora.engine.seq2seq import Seq2SeqAdapters
 from mtlora.errors import AdapterNotFoundError, InputError, RegistryError, UnknownTaskError
@@ -316,10 +316,7 @@ class Engine:
                              "to route an input, use router='learned' (CLI: --router learned)")
         task = self._task(request.task or "")
         if request.task not in candidates:
-            wanted, given = SHAPE_NAMES[task.kind.input_shape], SHAPE_NAMES[request.shape]
-            others = f", or name a task that takes {given}: {', '.join(candidates)}" if candidates else ""
-            raise InputError(f"task '{request.task}' ({task.kind.name}) takes {wanted}, but {given} was given "
-                             f"(give it {wanted}{others})")
+            raise wrong_shape(request.task or "", task.kind, request.shape, candidates)
         return Route(request.task, ExplicitRouter.name, 1.0, {request.task or "": 1.0})
 
     def _router(self, name: str) -> Router:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import InputError, UnknownTaskError, likely_meant, train_hint
 from mtlora.routing import Request, split_prefix
+from mtlora.routing.base import SHAPE_NAMES
 from mtlora.routing.explicit import prefix_name
 from mtlora.tasks import TaskKind
 from mtlora.tasks.base import require_text
@@ -131,3 +132,11 @@ def naming_input(index: int, count: int) -> Iterator[None]:
         if count > 1:
             error.args = (f"inputs[{index}]: {error}",)  # the same error, its listing and fix kept
         raise
+
+
+def wrong_shape(task: str, kind: TaskKind, shape: str, others: Sequence[str] = ()) -> InputError:
+    """A task given an input of a shape it does not take, with the tasks loaded beside it that take that shape."""
+    wanted, given = SHAPE_NAMES[kind.input_shape], SHAPE_NAMES[shape]
+    alternatives = f", or name a task that takes {given}: {', '.join(others)}" if others else ""
+    return InputError(f"task '{task}' ({kind.name}) takes {wanted}, but {given} was given (give it {wanted}"
+                      f"{alternatives})")

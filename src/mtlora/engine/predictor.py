@@ -10,11 +10,11 @@ from transformers import PreTrainedTokenizerBase
 
 from mtlora.backbone import default_device, use_bf16
 from mtlora.config import Precision
-from mtlora.engine.inputs import Input, read_input, require_texts
+from mtlora.engine.inputs import Input, read_input, require_texts, wrong_shape
 from mtlora.errors import InputError
 from mtlora.modeling import adapter_tokenizer, load_adapter_model
 from mtlora.registry import Registry
-from mtlora.routing.base import ANSWERED_BY, SHAPE_NAMES
+from mtlora.routing.base import ANSWERED_BY
 from mtlora.tasks import Example, Prediction, TaskKind
 
 # The engine's forms of an input, and a [text, text_pair] list (a JSON pair) too: one task, nothing to route.
@@ -58,9 +58,7 @@ class TaskPredictor:
             raise InputError(f"the input names task '{request.task}', but this predictor answers "
                              f"'{self.manifest.name}' only")
         if self.kind.input_shape not in ANSWERED_BY[request.shape]:
-            wanted, given = SHAPE_NAMES[self.kind.input_shape], SHAPE_NAMES[request.shape]
-            raise InputError(f"task '{self.manifest.name}' ({self.kind.name}) takes {wanted}, but {given} was given "
-                             f"(give it {wanted})")
+            raise wrong_shape(self.manifest.name, self.kind, request.shape)
         # Two texts are a question and its context to a QA task, and are named so in its messages.
         request = require_texts(replace(request, shape=self.kind.input_shape if request.text_pair else "text"))
         return self.kind.input_example(request.text, request.text_pair)
