@@ -357,16 +357,25 @@ def test_bf16_engine_answers_like_fp32(trained_project: Path, mixed_batches: boo
     assert dtypes["base_model.model.encoder.layer.0.output.LayerNorm.weight"] == torch.float32
 
 
-def test_folded_and_unmerged_lora_answer_alike(trained_project: Path) -> None:
+def test_folded_and_unmerged_lora_answer_alike(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Passes of few tokens run LoRA unmerged, larger ones fold it into the weights: pass by pass, or (on
     CUDA) once per adapter for all of its passes in a call. One row a pass, so each adapter has two."""
+    from mtlora.engine import folding
+
+    folds: list[int] = []
+    fold = folding._FoldedForward._fold
+    monkeypatch.setattr(folding._FoldedForward, "_fold", lambda self, *a, **k: folds.append(1) or fold(self, *a, **k))
     engine = Engine.from_config(trained_project, precision="fp32", mixed_batches=False, batch_size=1)
     tasks, items = [task for task, _ in MIXED], [item for _, item in MIXED]
-    answers = {}
+    answers, folded = {}, {}
     for way, (min_tokens, per_block) in {"unmerged": (10**9, False), "folded per pass": (0, False),
                                          "folded per adapter": (0, True)}.items():
-        engine._fold_min_tokens, engine._fold_per_block = min_tokens, per_block
+        engine._encoders._fold_min_tokens, engine._encoders._fold_per_block = min_tokens, per_block
+        folds.clear()
         answers[way] = engine.predict_batch(items, task=tasks)
+        folded[way] = len(folds)
+    # The ways differ in what they fold (a test that set settings nothing read compared a way with itself).
+    assert folded["unmerged"] == 0 < folded["folded per adapter"] < folded["folded per pass"]
     for way in ("folded per pass", "folded per adapter"):
         for a, b in zip(answers[way], answers["unmerged"], strict=True):
             assert a["task"] == b["task"]
