@@ -25,13 +25,14 @@ def with_adapter(model: nn.Module, name: str, config: LoraConfig) -> PeftModel:
     return get_peft_model(model, config, adapter_name=name)
 
 
-def load_weights(model: PeftModel, name: str, state: dict[str, torch.Tensor], adapter: str,
-                 backbone: str = "backbone") -> None:
-    """Adapter `name`'s trained weights into `model`. A weight with no place there means the adapter was
-    trained on another backbone (PEFT would only warn); `adapter` is the name the error gives it."""
-    result = set_peft_model_state_dict(model, state, adapter_name=name)
+def load_weights(model: PeftModel, peft_name: str, state: dict[str, torch.Tensor], adapter: str,
+                 model_called: str = "backbone") -> None:
+    """Adapter `adapter`'s trained weights into `model`, where PEFT knows it as `peft_name`. A weight with no
+    place there means the adapter was trained on another backbone (PEFT would only warn); the error calls
+    the model `model_called`."""
+    result = set_peft_model_state_dict(model, state, adapter_name=peft_name)
     if result.unexpected_keys:
-        raise BaseModelMismatchError(f"adapter '{adapter}' has weights the {backbone} has no place for: "
+        raise BaseModelMismatchError(f"adapter '{adapter}' has weights the {model_called} has no place for: "
                                      f"{result.unexpected_keys[:3]}")
 
 

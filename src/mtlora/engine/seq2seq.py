@@ -114,7 +114,7 @@ class Seq2SeqAdapters:
             self._retired.append(peft_name)  # the last: PEFT keeps it until another joins
 
     def _drop_new(self, peft_name: str) -> None:
-        """Take out an adapter that failed to go in, and the model with it if it was the first."""
+        """Take out an adapter that failed to go in, and the model with it if no adapter is left."""
         self._drop(peft_name)
         self.release_if_unused()
 
