@@ -227,14 +227,14 @@ def shown_input(example: Example) -> str:
     return " / ".join(str(example[role]) for role in SHOWN_ROLES if role in example)
 
 
-# What an example is asked, as against what it should answer; a multitask example's part is part of it.
-INPUT_ROLES = ("task", "text", "text_pair", "question", "context")
+# What an example is asked, as against what it should answer.
+INPUT_ROLES = ("text", "text_pair", "question", "context")
 
 
 def input_key(example: Example) -> tuple[str | None, ...]:
     """An example's input, to tell whether two examples ask the same thing (RACE asks several questions
-    of one article; a sample may repeat a row)."""
-    return tuple(None if example.get(role) is None else str(example[role]) for role in INPUT_ROLES)
+    of one article; a sample may repeat a row). A multitask example's part is part of what it asks."""
+    return tuple(None if example.get(role) is None else str(example[role]) for role in ("task", *INPUT_ROLES))
 
 
 def routing_text(example: Example) -> str:

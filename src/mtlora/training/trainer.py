@@ -41,12 +41,12 @@ from mtlora.errors import TrainingInterrupted
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
 from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
 from mtlora.tasks import Example
+from mtlora.tasks.base import INPUT_ROLES
 from mtlora.training.sampler import ShuffledLengthBatches
 from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
 
 EXAMPLE_INPUTS_KEPT = 64
 EXAMPLE_CHARS_KEPT = 500
-INPUT_KEYS = ("text", "text_pair", "question", "context")
 
 
 @dataclass
@@ -450,4 +450,4 @@ def _example_inputs(train: list[Example], seed: int) -> list[dict[str, str]]:
     """A seeded sample of training inputs, kept for semantic routing (no labels; long texts such as QA
     contexts and articles shortened, since routing embeds at most the first 128 tokens)."""
     picked = random.Random(seed).sample(train, min(EXAMPLE_INPUTS_KEPT, len(train)))
-    return [{k: e[k][:EXAMPLE_CHARS_KEPT] for k in INPUT_KEYS if k in e} for e in picked]
+    return [{k: e[k][:EXAMPLE_CHARS_KEPT] for k in INPUT_ROLES if k in e} for e in picked]
