@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from transformers import BatchEncoding
 
 from mtlora.backbone import load_tokenizer
+from mtlora.errors import MtloraError
 from mtlora.tasks.base import Encoded
 from mtlora.tasks.extractive_qa import MAX_ANSWER_TOKENS, ExtractiveQATask
 from mtlora.tasks.regression import RegressionTask
@@ -43,6 +46,29 @@ def test_qa_windows_overlap_by_the_stride_and_target_the_answer_where_they_hold_
         assert CONTEXT[offsets[start][0]:offsets[end][1]] == "paris"
     assert holding >= 1
 
+
+
+class FirstWindowsOnly:
+    """A tokenizer as tokenizers 0.23.2 behaves (huggingface/tokenizers#2091): a long context's later
+    windows are dropped."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BatchEncoding:
+        tokens = self.tokenizer(*args, **kwargs)
+        return BatchEncoding({key: value[:2] for key, value in tokens.items()}, encoding=tokens.encodings[:2])
+
+
+def test_a_tokenizer_that_drops_later_windows_is_refused_before_it_cuts_contexts(tiny_bert: Path) -> None:
+    example = {"question": QUESTION, "context": CONTEXT, "answers": [{"text": "password",
+                                                                      "answer_start": CONTEXT.index("password")}]}
+    broken = FirstWindowsOnly(load_tokenizer(str(tiny_bert)))
+    with pytest.raises(MtloraError, match=r"drops the windows of a long context .* pip install -U 'tokenizers!="):
+        ExtractiveQATask().encode(broken, [example], 24, 6, with_targets=True)
 
 def qa_outputs(encoded: Encoded, scores: dict[tuple[int, int, int], float]) -> list[dict[str, np.ndarray]]:
     """Logits that give span (start, end) of window w the score start + end logit = `scores`."""

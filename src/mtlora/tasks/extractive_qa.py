@@ -6,6 +6,7 @@ each window scores candidate spans and the best span over all windows of a quest
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from scipy.special import softmax
 from transformers import AutoModelForQuestionAnswering
 
-from mtlora.errors import DataError, InputError
+from mtlora.errors import DataError, InputError, MtloraError
 from mtlora.metrics import squad_metrics
 from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
 
@@ -120,6 +121,7 @@ class ExtractiveQATask(TaskKind):
     ) -> Encoded:
         # The question comes first and the context is windowed after it (right-padding tokenizers, as
         # BERT-style ones are; the span decoding reads token positions from the left).
+        _check_windows_reach_the_end(tokenizer)
         questions, question_cut = _questions_that_fit(tokenizer, examples, max_length, doc_stride)
         tokens = tokenizer(
             questions,
@@ -185,6 +187,26 @@ class ExtractiveQATask(TaskKind):
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         return squad_metrics([p["answer"] for p in predictions],
                              [[a["text"] for a in e["answers"]] for e in examples])
+
+
+@functools.cache
+def _check_windows_reach_the_end(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a tokenizer whose windows stop short of the context's end. tokenizers 0.23.1 and 0.23.2 stop
+    tokenizing at `max_length` and so return too few windows (huggingface/tokenizers#2091): training
+    would never see answers past them, and predictions would never find them. Asked once per tokenizer."""
+    context = " ".join(["a"] * 40)
+    tokens = tokenizer("a", context, truncation="only_second", max_length=16, stride=2,
+                       return_overflowing_tokens=True, return_offsets_mapping=True)
+    last = len(tokens["input_ids"]) - 1
+    reached = max((end for (_, end), sequence in zip(tokens["offset_mapping"][last], tokens.sequence_ids(last),
+                                                     strict=True) if sequence == 1), default=0)
+    if reached < len(context):
+        import tokenizers
+
+        raise MtloraError(
+            f"tokenizers {tokenizers.__version__} drops the windows of a long context past the first few "
+            "(huggingface/tokenizers#2091), so extractive_qa would miss every answer in them: "
+            "pip install -U 'tokenizers!=0.23.1,!=0.23.2'")
 
 
 def _questions_that_fit(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
