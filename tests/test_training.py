@@ -189,6 +189,31 @@ def test_resume_after_interruption_ends_with_the_same_weights(
     assert split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-4)
 
 
+
+def test_the_last_step_is_logged_whatever_the_cadence(tiny_bert: Path, tmp_path: Path) -> None:
+    """The whole-run loss is read from the logged losses, so they must reach the last step."""
+    import yaml
+    from conftest import write_tiny_project
+
+    project = write_tiny_project(tmp_path, tiny_bert)
+    raw = yaml.safe_load(project.read_text())
+    raw["defaults"]["training"].update(log_every=1000, checkpoint_every=1000)
+    project.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (outcome,) = mtlora.train(project, "sentiment", baseline=False, **QUIET)
+    assert [step for step, _ in outcome.losses] == [outcome.steps]
+    assert outcome.train_loss == pytest.approx(outcome.losses[0][1], rel=1e-6)
+
+
+@pytest.mark.parametrize(("logged", "resumed_at", "expected"), [
+    ([(2, 1.0), (4, 0.5), (5, 0.2)], 0, (2 * 1.0 + 2 * 0.5 + 0.2) / 5),
+    # Resumed from a checkpoint of step 3 whose last log was step 2: the log of step 4 covers step 4 only.
+    ([(2, 1.0), (4, 0.5), (6, 0.2)], 3, (2 * 1.0 + 0.5 + 2 * 0.2) / 5),
+    ([], 0, 0.7),
+])
+def test_whole_run_loss_weights_each_log_by_the_steps_it_covers(
+        logged: list[tuple[int, float]], resumed_at: int, expected: float) -> None:
+    assert trainer_module.whole_run_loss(logged, resumed_at, unlogged=0.7) == pytest.approx(expected)
+
 def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, monkeypatch) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
@@ -292,7 +317,8 @@ def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path, tmp_
         "app(sys.argv[1:], standalone_mode=False)\n"
         "print('group open' if torch.distributed.is_initialized() else 'group closed')\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # On a machine with one GPU two NCCL processes would share it, which NCCL refuses: this is the CPU path.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
                "train", str(tiny_project), "--task", "sentiment", "--no-baseline"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

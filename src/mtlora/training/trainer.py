@@ -120,7 +120,7 @@ def train_task(
         args=args,
         train_dataset=train_set,
         data_collator=kind.collator(tokenizer),
-        callbacks=[stopper, clock, _ThisRunsCadence()],
+        callbacks=[stopper, clock, _ThisRunsCadence(), _LogTheLastStep()],
     )
     if not progress:
         trainer.remove_callback(PrinterCallback)
@@ -144,8 +144,8 @@ def train_task(
         time_s=clock.elapsed(),
         steps=trainer.state.global_step,
         samples_per_s=float(result.metrics.get("train_samples_per_second", 0.0)),
-        train_loss=whole_run_loss(float(result.metrics.get("train_loss", float("nan"))), losses,
-                                  _checkpoint_step(resume), trainer.state.global_step),
+        train_loss=whole_run_loss(losses, _checkpoint_step(resume),
+                                  unlogged=float(result.metrics.get("train_loss", float("nan")))),
         resumed_from=resume,
         losses=losses,
         model=built.model,
@@ -319,6 +319,7 @@ class _StopOnSignal(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if self.requested:
             control.should_save = True
+            control.should_log = True  # the checkpoint's loss record then reaches its last step
             control.should_training_stop = True
 
 
@@ -348,6 +349,15 @@ class _ThisRunsCadence(TrainerCallback):
             hf_logger.removeFilter(not_mismatch)
 
 
+class _LogTheLastStep(TrainerCallback):
+    """The loss is logged every `log_every` steps, and at the last step too: the loss curve and
+    `whole_run_loss` then cover every step of the run."""
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 class _RunClock(TrainerCallback):
     """Training time over the whole run, across resumes: each checkpoint records the time spent until it."""
 
@@ -367,16 +377,17 @@ class _RunClock(TrainerCallback):
             (folder / self.FILE).write_text(json.dumps({"elapsed_s": self.elapsed()}))
 
 
-def whole_run_loss(this_call: float, logged: list[tuple[int, float]], resumed_at: int, final_step: int) -> float:
-    """The mean training loss of every step. After a resume the Trainer's figure (`this_call`) covers only
-    the steps since `resumed_at`; the steps before count by the losses logged for them."""
-    before = [(step, loss) for step, loss in logged if step <= resumed_at]
-    if not resumed_at or not before or final_step <= resumed_at:
-        return this_call
-    weighted, previous = 0.0, 0
-    for step, loss in before:  # each logged loss is the mean of the steps since the previous log
-        weighted, previous = weighted + loss * (step - previous), step
-    return (weighted / previous * resumed_at + this_call * (final_step - resumed_at)) / final_step
+def whole_run_loss(logged: list[tuple[int, float]], resumed_at: int, unlogged: float) -> float:
+    """The mean training loss of every step, from the losses logged: each is the mean of the steps since
+    the log before it, or since the checkpoint a run resumed from. Not the Trainer's `train_loss`, which
+    after a resume covers only that call's steps, and which transformers before 5.19 divides by every
+    step of the run. `unlogged` answers for a run that logged no loss at all."""
+    total, counted, previous = 0.0, 0, 0
+    for step, loss in logged:
+        if previous < resumed_at < step:  # steps the checkpoint holds beyond its last log were never logged
+            previous = resumed_at
+        total, counted, previous = total + loss * (step - previous), counted + step - previous, step
+    return total / counted if counted else unlogged
 
 
 def _checkpoint_step(checkpoint: str | None) -> int:
