@@ -56,6 +56,19 @@ def test_the_routing_table_shows_the_share_routed_by_shape(tiny_project: Path, m
                     ["keywords", "", "8", "0.750", "0.125", "0.250", "", "0.50"]]
 
 
+def test_evaluate_router_all_asks_for_the_routers_that_choose_a_task(tiny_project: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """'all' evaluates what the API evaluates by default: not the explicit router, which in a mix of inputs
+    naming no task could only answer "unroutable" (or the default task) for each."""
+    asked: list[object] = []
+    monkeypatch.setattr(mtlora.api, "evaluate_routers", lambda config, routers, **kwargs: asked.append(routers) or [])
+    shown = run("evaluate", tiny_project, "--router", "all")
+    assert shown.exit_code == 0, shown.output
+    assert asked == [None]
+    assert "'all': those that choose a task themselves, keywords, semantic, learned" in " ".join(
+        run("evaluate", "--help").output.split())
+
+
 def test_ctrl_c_outside_training_exits_130_without_a_traceback(tiny_project: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args, **kwargs):

@@ -13,13 +13,13 @@ import torch
 import yaml
 
 import mtlora
-from mtlora import Engine, load_config
+from mtlora import Engine, load_config, routing
 from mtlora.backbone import load_tokenizer
 from mtlora.config import RouterSettings
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
 from mtlora.evaluation import RoutingReport, evaluate_routing, routing_mix, write_routing_reports
 from mtlora.registry import Registry
-from mtlora.routing import KeywordRouter, Request, Route, split_prefix, train_router
+from mtlora.routing import ExplicitRouter, KeywordRouter, Request, Route, split_prefix, train_router
 from mtlora.routing.base import BY_SHAPE
 from mtlora.routing.semantic import SemanticRouter
 from mtlora.routing.token_head import HEAD_C, TokenRouterHead, mean_token_embeddings, token_embedding_table
@@ -122,6 +122,18 @@ def test_router_evaluation_skips_an_untrained_learned_router_and_says_why(traine
     with pytest.raises(RegistryError, match=r"no router to evaluate \(learned: "):  # and no report to write
         mtlora.evaluate_routers(project, ["learned"], write=False, log=said.append)
     assert not [line for line in said if "skipping" in line], said  # the error says why, once
+
+
+def test_router_evaluation_leaves_out_by_default_a_router_that_only_follows_named_tasks(
+        trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The explicit router answers an input naming no task with the default task or "unroutable": its row in
+    a mix of unnamed inputs measured nothing. Its class says so (`chooses_task`), not its name."""
+    reports = mtlora.evaluate_routers(trained_project, write=False, log=lambda _: None)
+    assert [r.router for r in reports] == ["keywords", "semantic"]  # and learned, once trained
+    assert routing.choosing_routers() == ["keywords", "semantic", "learned"]
+    follower = type("Follower", (ExplicitRouter,), {"name": "follower"})
+    monkeypatch.setitem(routing.ROUTERS, "follower", follower)
+    assert routing.choosing_routers() == ["keywords", "semantic", "learned"]
 
 
 def test_router_evaluation_needs_the_split_from_some_task(trained_project: Path) -> None:

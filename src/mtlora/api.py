@@ -28,7 +28,7 @@ from mtlora.evaluation import (
 )
 from mtlora.modeling import check_base, export_merged
 from mtlora.registry import Manifest, Registry
-from mtlora.routing import ROUTERS, Route
+from mtlora.routing import Route
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
 from mtlora.training import TrainOutcome, train_task
@@ -114,13 +114,13 @@ def evaluate_routers(
     write: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[RoutingReport]:
-    """Routing accuracy of each router (default: every one) on a mix of every task's `split` inputs; writes
-    reports/routing.*"""
+    """Routing accuracy of each router (default: every one that chooses a task itself, `Router.chooses_task`)
+    on a mix of every task's `split` inputs; writes reports/routing.*"""
     project = as_config(config)
     check_split(split)
     registry = Registry(project.registry)
     available, skipped = [], {}
-    for name in list(ROUTERS) if routers is None else routers:
+    for name in routing.choosing_routers() if routers is None else routers:
         if missing := routing.router_class(name).missing(registry, project.router):
             skipped[name] = missing
         else:

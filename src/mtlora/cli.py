@@ -133,7 +133,8 @@ def evaluate(
     router: Annotated[
         list[str] | None,
         typer.Option("--router", "-r", metavar="NAME",
-                     help="Evaluate routing with this router instead (repeat; 'all': every one)."),
+                     help="Evaluate routing with this router instead (repeat; 'all': those that choose a "
+                          f"task themselves, {', '.join(routing.choosing_routers())})."),
     ] = None,
 ) -> None:
     """Score each adapter against its head-only baseline and the untrained base; write reports.
@@ -143,7 +144,7 @@ def evaluate(
         if task is not None:
             raise typer.BadParameter("routing is evaluated on a mix of every task's inputs; leave out --task "
                                      "with --router", param_hint="--task")
-        names = list(routing.ROUTERS) if "all" in router else router
+        names = None if "all" in router else router  # None: the API's default, the routers that choose
         _print_routing(api.evaluate_routers(config, names, split=split, log=say))
         say(f"Reports written to {api.as_config(config).reports}/routing.md")
         return

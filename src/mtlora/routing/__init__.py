@@ -21,6 +21,12 @@ ROUTERS: dict[str, type[Router]] = {
 }
 
 
+def choosing_routers() -> list[str]:
+    """The routers that choose a task for an input themselves (`Router.chooses_task`): not those that only
+    follow the task an input names."""
+    return [name for name, router in ROUTERS.items() if router.chooses_task]
+
+
 def router_class(name: str) -> type[Router]:
     if name not in ROUTERS:
         raise UnknownTaskError("router", name, list(ROUTERS))
@@ -33,4 +39,5 @@ def build_router(name: str, engine: Engine, settings: RouterSettings) -> Router:
 
 
 __all__ = ["ROUTERS", "ROUTER_ADAPTER", "ExplicitRouter", "KeywordRouter", "LearnedRouter", "Request", "Route",
-           "Router", "SemanticRouter", "build_router", "router_class", "split_prefix", "train_router"]
+           "Router", "SemanticRouter", "build_router", "choosing_routers", "router_class", "split_prefix",
+           "train_router"]

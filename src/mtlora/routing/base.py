@@ -51,6 +51,9 @@ class Route:
 
 class Router(ABC):
     name: ClassVar[str]
+    # Picks a task for an input that names none. A router that only follows a name answers every unnamed
+    # input with the default task or "unroutable": a routing evaluation of it measures nothing.
+    chooses_task: ClassVar[bool] = True
     reads_features: ClassVar[bool] = False  # reads what `router.features` names (encoder or token embeddings)
     score_meaning: ClassVar[str] = "score"  # what a task's score is, for a person reading the scores
 

@@ -31,6 +31,7 @@ def prefix_name(text: str) -> str | None:
 
 class ExplicitRouter(Router):
     name = "explicit"
+    chooses_task = False
     score_meaning = "named (1)"
 
     def __init__(self, default_task: str | None = None):
