@@ -446,6 +446,20 @@ def test_prefixes() -> None:
     assert split_prefix("note: great", ["sentiment"]) == (None, "note: great")
 
 
+def test_the_explicit_router_sends_a_request_naming_a_task_to_it_as_the_engine_does() -> None:
+    """The engine routes a named request itself; asked directly, the router answered "no task named"."""
+    router = ExplicitRouter(default_task="support")
+    requests = [Request("great film", task="sentiment"), Request("a", "b", "pair", task="sentiment"),
+                Request("where is my refund")]
+    named, wrong_shape, unnamed = router.route(requests, [["sentiment", "support"], ["paraphrase"],
+                                                          ["sentiment", "support"]])
+    assert named == Route("sentiment", "explicit", 1.0, {"sentiment": 1.0})
+    assert wrong_shape.task is None and wrong_shape.reason == (
+        "the named task 'sentiment' is not loaded or does not take a text pair (the tasks that do: paraphrase)")
+    assert (unnamed.task, unnamed.reason) == ("support", "no task named (name one: the task argument, or a <task> "
+                                                         "or task: prefix on the text); fell back to the default task")
+
+
 @pytest.mark.parametrize("features", ["encoder", "embeddings", "cascade"])
 def test_a_learned_router_trained_without_a_loaded_task_says_so(
         routed_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, features: str) -> None:

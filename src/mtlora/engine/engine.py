@@ -317,7 +317,7 @@ class Engine:
         task = self._task(request.task or "")
         if request.task not in candidates:
             raise wrong_shape(request.task or "", task.kind, request.shape, candidates)
-        return Route(request.task, ExplicitRouter.name, 1.0, {request.task or "": 1.0})
+        return ExplicitRouter.named(request.task or "")
 
     def _router(self, name: str) -> Router:
         if name not in self._routers:

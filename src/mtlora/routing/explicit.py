@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mtlora.routing.base import Request, Route, Router, decide
+from mtlora.routing.base import SHAPE_NAMES, Request, Route, Router, decide
 
 if TYPE_CHECKING:
     from mtlora.config import RouterSettings
@@ -41,7 +41,24 @@ class ExplicitRouter(Router):
     def build(cls, engine: Engine, settings: RouterSettings) -> ExplicitRouter:
         return cls(settings.default_task)
 
+    @classmethod
+    def named(cls, task: str) -> Route:
+        """The route of a request that names `task`, a task that takes its input."""
+        return Route(task, cls.name, 1.0, {task: 1.0})
+
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
-        """The requests that name no task (the engine routes a named one itself): the default task, or none."""
-        unnamed = "no task named (name one: the task argument, or a <task> or task: prefix on the text)"
-        return [decide(self.name, {}, 1.0, self.default_task, fits, "task", reason=unnamed) for fits in candidates]
+        """A request that names a task goes to it, as the engine sends one (which never asks a router); one
+        that names none, to the default task, or none."""
+        return [self._route(request, fits) for request, fits in zip(requests, candidates, strict=True)]
+
+    def _route(self, request: Request, fits: list[str]) -> Route:
+        if request.task is None:
+            unnamed = "no task named (name one: the task argument, or a <task> or task: prefix on the text)"
+            return decide(self.name, {}, 1.0, self.default_task, fits, "task", reason=unnamed)
+        if request.task in fits:
+            return self.named(request.task)
+        # The engine refuses such a request; a router answers every request, so this one is unroutable, and
+        # not sent to the default task, which is not what the caller named.
+        return Route(None, self.name, 0.0, reason=f"the named task '{request.task}' is not loaded or does not take "
+                                                  f"{SHAPE_NAMES[request.shape]} (the tasks that do: "
+                                                  f"{', '.join(fits) or 'none'})")
