@@ -121,6 +121,21 @@ def test_the_router_strategy_is_checked_against_the_routers_there_are(tmp_path: 
     assert config.with_router(strategy="mine").router.strategy == "mine"
 
 
+def test_the_project_files_schema_lists_the_routers_there_are(monkeypatch) -> None:
+    """Editors complete and check `router.strategy` from the schema: it lost its names when the hand-kept
+    Literal went, and must not bring the hand-kept list back."""
+    from mtlora.config import ProjectConfig
+    from mtlora.routing import ROUTERS, KeywordRouter
+
+    def strategy() -> dict:
+        return ProjectConfig.model_json_schema()["$defs"]["RouterSettings"]["properties"]["strategy"]
+
+    assert strategy() == {"default": "semantic", "enum": ["explicit", "keywords", "semantic", "learned"],
+                          "title": "Strategy", "type": "string"}
+    monkeypatch.setitem(ROUTERS, "mine", KeywordRouter)
+    assert strategy()["enum"] == ["explicit", "keywords", "semantic", "learned", "mine"]
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
 def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="not allowed"):

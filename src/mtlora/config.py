@@ -373,10 +373,18 @@ class TaskConfig(_Strict):
         return self
 
 
+def _router_names() -> list[str]:
+    from mtlora.routing import ROUTERS  # the routers import this module
+
+    return list(ROUTERS)
+
+
 class RouterSettings(_Strict):
     """How the engine picks an adapter when the caller does not name one."""
 
-    strategy: str = "semantic"
+    # Checked against routing.ROUTERS, not a Literal, so that a router is added in one place; its names
+    # still reach the JSON schema, for editors that complete and check the project file.
+    strategy: str = Field("semantic", json_schema_extra=lambda schema: schema.update(enum=_router_names()))
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
     min_similarity: Annotated[float | Literal["auto"], _value_or_auto(
         lambda v: type(v) in (int, float) and -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
@@ -406,10 +414,8 @@ class RouterSettings(_Strict):
     @field_validator("strategy")
     @classmethod
     def _known_router(cls, strategy: str) -> str:
-        from mtlora.routing import ROUTERS  # the routers import this module
-
-        if strategy not in ROUTERS:
-            raise ValueError(f"unknown router '{strategy}'; valid routers: {', '.join(ROUTERS)}")
+        if strategy not in (routers := _router_names()):
+            raise ValueError(f"unknown router '{strategy}'; valid routers: {', '.join(routers)}")
         return strategy
 
 
