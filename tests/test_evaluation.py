@@ -10,6 +10,7 @@ import yaml
 
 import mtlora
 from mtlora import load_config
+from mtlora.data import TaskData
 from mtlora.evaluation import RoutingReport, TaskReport, write_reports, write_routing_reports
 from mtlora.evaluation.report import confusion_figure
 from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics
@@ -210,7 +211,8 @@ def test_an_adapter_is_scored_only_with_the_kind_and_labels_it_was_trained_with(
         _check_trained_as_configured(project.task("sentiment"), reordered, data, log=lambda _: None)
 
 
-def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project: Path) -> None:
+def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(mtlora.RegistryError, match="no task of the project is trained yet"):
         mtlora.evaluate(tiny_project, log=lambda _: None)
     mtlora.train(tiny_project, "sentiment", baseline=False, progress=False, log=lambda _: None)
@@ -219,8 +221,12 @@ def test_evaluating_every_task_skips_the_untrained_ones_and_says_so(tiny_project
     assert [r.task for r in reports] == ["sentiment"]
     assert "not trained yet, so not evaluated: support, paraphrase, similarity, qa" in said[0], said
     assert (load_config(tiny_project).reports / "tasks" / "validation" / "sentiment.json").is_file()
-    mtlora.evaluate(tiny_project, "sentiment", split="train", log=lambda _: None)  # beside validation's, not over it
+    # Every training input is a training input: the train split is not counted, and its report says so.
+    monkeypatch.setattr(TaskData, "inputs_seen_in_training", lambda *args: pytest.fail("counted on train"))
+    (train,) = mtlora.evaluate(tiny_project, "sentiment", split="train", log=lambda _: None)  # beside validation's
     reports = load_config(tiny_project).reports
+    assert train.seen_in_training is None
+    assert json.loads((reports / "tasks" / "train" / "sentiment.json").read_text())["seen_in_training"] is None
     assert (reports / "tasks" / "validation" / "sentiment.json").is_file()
     assert (reports / "tasks" / "train" / "sentiment_confusion.png").is_file()
     summary = (reports / "summary.md").read_text()

@@ -42,7 +42,8 @@ class TaskReport:
     labels: list[str] | None = None
     confusion: list[list[int]] | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
-    seen_in_training: int = 0  # examples whose input a training example also has
+    # Examples whose input a training example also has; None on the train split, where every one has.
+    seen_in_training: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,8 +64,8 @@ def evaluate_task(
     if not examples:  # not declared: a declared source without rows fails as it is read
         hint = {"validation": "set data.validation (or data.holdout)", "test": "set data.test"}.get(split, "")
         raise DataError(f"task '{task.name}'", f"has no {split} data", f"{hint} in the project file" if hint else None)
-    seen = data.inputs_seen_in_training(split)
-    if seen and split != "train":
+    seen = None if split == "train" else data.inputs_seen_in_training(split)
+    if seen:
         log(f"[{task.name}] warning: {seen_in_training_warning(seen, len(examples), split)}")
     tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
     bf16 = use_bf16(project.inference.precision, default_device())  # scored as the engine serves it

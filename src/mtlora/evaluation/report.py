@@ -110,6 +110,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
     for r in reports:
         names = sorted({m for metrics in r.metrics.values() for m in metrics})
         lines += [f"### {r.task} ({r.split}, {r.examples} examples)", ""]
+        # An older report of the train split still counts its every input as seen: nothing to tell.
         if r.seen_in_training and r.split != "train":
             lines += [f"**{r.seen_in_training} of these {r.examples} inputs are also training inputs**: the scores "
                       "tell what the adapter remembers as much as what it learned.", ""]
