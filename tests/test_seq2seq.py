@@ -22,6 +22,7 @@ from mtlora.engine import Engine
 from mtlora.errors import ConfigError, DataError
 from mtlora.evaluation import routing_mix
 from mtlora.registry import Registry
+from mtlora.tasks import mcq_generation
 from mtlora.tasks.mcq_generation import MCQ, MCQGenerationTask, parse_mcq
 from mtlora.training import TrainingInterrupted, train_task
 from mtlora.training import trainer as trainer_module
@@ -292,9 +293,12 @@ def test_a_letter_in_parentheses_inside_an_option_stays_in_its_text() -> None:
         is None
 
 
-def test_mcq_rouge_scores_the_content_not_the_scaffold(tmp_path: Path, warm_start_bert: Path) -> None:
-    """Every output shares `question:`, `options:`, `(a)`, `answer:`: on those alone an empty MCQ scored 38."""
+def test_mcq_rouge_scores_the_content_not_the_scaffold(tmp_path: Path, warm_start_bert: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output shares `question:`, `options:`, `(a)`, `answer:`: on those alone an empty MCQ scored 38.
+    The metrics read the MCQ as `decode` parsed it (here `scored`), and parse no output again."""
     kind = MCQGenerationTask.from_config(load_config(write_seq2seq_project(tmp_path, warm_start_bert)).task("mcq"))
+    monkeypatch.setattr(mcq_generation, "parse_mcq", lambda *args: pytest.fail("metrics parsed an output again"))
     gold = MCQ("who sat on the mat?", ["the cat", "the dog"], answer=1)
     examples = [{"text": "the dog sat on the mat", "mcq": gold}]
 

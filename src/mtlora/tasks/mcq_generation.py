@@ -139,11 +139,6 @@ class MCQGenerationTask(Seq2SeqTask):
                         f"{LETTERS[0]}-{LETTERS[len(options) - 1]}, an index 0-{len(options) - 1}, "
                         "or the text of one of the options")
 
-    def _content(self, text: str) -> str:
-        """What an output says, without the scaffold: the parsed MCQ's, or the text with the scaffold cut out."""
-        mcq = parse_mcq(text, self.num_options)
-        return _SCAFFOLD.sub(" ", text) if mcq is None else mcq.content()
-
     def target(self, example: Example) -> str:
         return example["mcq"].format()
 
@@ -171,6 +166,15 @@ class MCQGenerationTask(Seq2SeqTask):
         return {
             "valid_mcq_share": sum(p["mcq"] is not None for p in predictions) / len(predictions),
             "question_rougeL": rouge(questions, [e["mcq"].question for e in examples])["rougeL"],
-            "rougeL": rouge([self._content(text) for text in texts], [e["mcq"].content() for e in examples])["rougeL"],
+            "rougeL": rouge([_content(p) for p in predictions], [e["mcq"].content() for e in examples])["rougeL"],
             **degenerate_shares(texts, [e["text"] for e in examples]),
         }
+
+
+def _content(prediction: Prediction) -> str:
+    """What an output says, without the scaffold: its MCQ's, as `decode` parsed it, or the text with the
+    scaffold cut out."""
+    mcq = prediction["mcq"]
+    if mcq is None:
+        return _SCAFFOLD.sub(" ", prediction["text"])
+    return MCQ(mcq["question"], mcq["options"], LETTERS.index(mcq["answer"])).content()
