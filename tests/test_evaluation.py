@@ -13,7 +13,7 @@ from mtlora import load_config
 from mtlora.data import TaskData
 from mtlora.evaluation import RoutingReport, TaskReport, write_reports, write_routing_reports
 from mtlora.evaluation.report import confusion_figure
-from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics
+from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics, undefined_correlation
 
 
 def test_classification_metrics() -> None:
@@ -35,6 +35,36 @@ def test_regression_metrics() -> None:
     metrics = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 2.5, 2.9, 4.2])
     assert metrics["pearson"] == pytest.approx(0.97, abs=0.01)
     assert metrics["spearman"] == pytest.approx(1.0)
+
+
+def test_correlations_of_scores_that_never_vary_are_undefined_and_say_why() -> None:
+    assert undefined_correlation([1.0, 2.0, 3.0], [1.0, 2.5, 2.9]) is None
+    assert undefined_correlation([1.0, 2.0, 3.0], [2.5, 2.5, 2.5]) == "every prediction is 2.5"
+    assert undefined_correlation([3.0, 3.0], [1.0, 2.0]) == "every gold score is 3"
+    assert undefined_correlation([3.0], [1.0]) == "fewer than two examples"
+    assert regression_metrics([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == {"pearson": 0.0, "spearman": 0.0, "mse": 2 / 3}
+
+
+def test_an_undefined_correlation_is_a_warning_in_the_log_and_the_reports(tiny_project: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regression adapter that answers one score for every input (a collapsed head) scored pearson 0.0, which
+    read as measured: tables keep the 0, and the log, the task's report and the summary say it is undefined."""
+    from conftest import trained_briefly
+
+    from mtlora.tasks.regression import RegressionTask
+
+    trained_briefly(tiny_project, ["similarity"])
+    monkeypatch.setattr(RegressionTask, "decode", lambda self, outputs, encoded, examples:
+                        [{"score": 2.5, "truncated": False} for _ in examples])
+    said: list[str] = []
+    (report,) = mtlora.evaluate(tiny_project, "similarity", log=said.append)
+    note = "pearson and spearman are undefined (every prediction is 2.5); reported as 0"
+    assert report.metrics["lora"]["pearson"] == report.metrics["base"]["spearman"] == 0.0
+    assert report.caveats == {"base": [note], "lora": [note]}
+    assert f"[similarity] warning: LoRA adapter: {note}" in said, said
+    folder = load_config(tiny_project).reports
+    assert json.loads((folder / "tasks" / "validation" / "similarity.json").read_text())["caveats"]["lora"] == [note]
+    assert f"**LoRA adapter**: {note}.\n" in (folder / "summary.md").read_text()
 
 
 def test_squad_metrics_follow_the_official_normalization() -> None:

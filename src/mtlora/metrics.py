@@ -38,10 +38,22 @@ def confusion(gold: Sequence[int], predicted: Sequence[int], n_labels: int) -> l
     return confusion_matrix(gold, predicted, labels=list(range(n_labels))).tolist()
 
 
+def undefined_correlation(gold: Sequence[float], predicted: Sequence[float]) -> str | None:
+    """Why Pearson and Spearman correlations of `predicted` with `gold` are undefined, or None where they are not."""
+    if len(gold) < 2:
+        return "fewer than two examples"
+    if np.ptp(predicted) == 0:
+        return f"every prediction is {predicted[0]:.4g}"
+    if np.ptp(gold) == 0:
+        return f"every gold score is {gold[0]:.4g}"
+    return None
+
+
 def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
+    """Pearson, Spearman and MSE. Where the correlations are undefined (`undefined_correlation`) they are 0, so
+    that tables and JSON stay numeric (no NaN); evaluation says so beside them (`RegressionTask.caveats`)."""
     gold_array, predicted_array = np.asarray(gold, dtype=float), np.asarray(predicted, dtype=float)
-    if len(gold_array) < 2 or np.ptp(predicted_array) == 0 or np.ptp(gold_array) == 0:
-        # Correlation is undefined for constant inputs; report 0 rather than NaN.
+    if undefined_correlation(gold_array, predicted_array) is not None:
         pearson = spearman = 0.0
     else:
         pearson = float(stats.pearsonr(gold_array, predicted_array)[0])

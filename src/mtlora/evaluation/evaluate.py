@@ -44,6 +44,8 @@ class TaskReport:
     samples: list[dict[str, Any]] = field(default_factory=list)
     # Examples whose input a training example also has; None on the train split, where every one has.
     seen_in_training: int | None = None
+    # variant -> what its metrics report without having measured it (`TaskKind.caveats`)
+    caveats: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +92,11 @@ def evaluate_task(
     parameters["base"] = {"trainable": 0, "total": manifest.parameters.total}
 
     metrics = {variant: kind.metrics(p, examples) for variant, p in predictions.items()}
+    caveats = {variant: notes for variant in VARIANTS
+               if variant in predictions and (notes := kind.caveats(predictions[variant], examples))}
+    for variant, notes in caveats.items():
+        for note in notes:
+            log(f"[{task.name}] warning: {VARIANTS[variant]}: {note}")
     report = TaskReport(
         task=task.name,
         kind=task.kind,
@@ -102,6 +109,7 @@ def evaluate_task(
         confusion=kind.confusion(predictions["lora"], examples),
         samples=_samples(kind, examples, predictions),
         seen_in_training=seen,
+        caveats=caveats,
     )
     registry.record_metrics(task.name, manifest, split, report.metrics)
     return report

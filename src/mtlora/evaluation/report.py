@@ -114,6 +114,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         if r.seen_in_training and r.split != "train":
             lines += [f"**{r.seen_in_training} of these {r.examples} inputs are also training inputs**: the scores "
                       "tell what the adapter remembers as much as what it learned.", ""]
+        for variant, notes in r.caveats.items():
+            lines += [f"**{VARIANTS[variant]}**: {'; '.join(notes)}.", ""]
         lines += ["| variant | " + " | ".join(map(sample_cell, names)) + " |", "|---|" + "---:|" * len(names)]
         for variant, metrics in r.metrics.items():
             lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")

@@ -186,6 +186,11 @@ class TaskKind(ABC):
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         """Compare predictions with the examples' targets."""
 
+    def caveats(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[str]:
+        """What `metrics` reports for these predictions without having measured it (a correlation of constant
+        scores), for the evaluation log and report to say beside the numbers."""
+        return []
+
     def confusion(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[list[int]] | None:
         """Gold x predicted counts, for kinds with a fixed label set."""
         return None

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mtlora.errors import AdapterNotServableError, DataError
-from mtlora.metrics import regression_metrics
+from mtlora.metrics import regression_metrics, undefined_correlation
 from mtlora.tasks.base import Encoded, Example, Prediction
 from mtlora.tasks.sequence import SequenceTask
 
@@ -92,6 +92,10 @@ class RegressionTask(SequenceTask):
 
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         return regression_metrics([e["label"] for e in examples], [p["score"] for p in predictions])
+
+    def caveats(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[str]:
+        why = undefined_correlation([e["label"] for e in examples], [p["score"] for p in predictions])
+        return [] if why is None else [f"pearson and spearman are undefined ({why}); reported as 0"]
 
     def expected_text(self, example: Example) -> str:
         return f"{example['label']:.2f}"
