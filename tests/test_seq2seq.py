@@ -19,6 +19,8 @@ from test_training import QUIET, final_adapter_state, stop_at_step
 import mtlora
 from mtlora import load_config
 from mtlora.engine import Engine
+from mtlora.engine.job import Job
+from mtlora.engine.seq2seq import Seq2SeqAdapters
 from mtlora.errors import ConfigError, DataError
 from mtlora.evaluation import routing_mix
 from mtlora.registry import Registry
@@ -196,6 +198,18 @@ def test_engine_adds_and_removes_seq2seq_adapters(trained_seq2seq_project: Path)
     engine.remove("mcq")
     assert engine.tasks == ["summarize", "triage"]
     assert engine.predict("great film", task="summarize")["text"] == before
+
+
+def test_seq2seq_jobs_do_not_count_the_tokens_only_the_encoder_half_batches_by(
+        trained_seq2seq_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every job counted its feature rows' tokens on creation; generation pads and batches its rows itself."""
+    engine = Engine.from_config(trained_seq2seq_project, tasks=["summarize"], precision="fp32")
+    ran: list[Job] = []
+    run = Seq2SeqAdapters.run
+    monkeypatch.setattr(Seq2SeqAdapters, "run", lambda self, jobs: (ran.extend(jobs), run(self, jobs))[1])
+    assert engine.predict_batch(TEXTS, task="summarize")
+    assert len(ran) == 1 and "lengths" not in vars(ran[0])
+    assert ran[0].lengths == [len(ids) for ids in ran[0].encoded.features["input_ids"]]  # counted when asked
 
 
 def test_the_only_seq2seq_adapter_reloads_and_comes_back_after_removal(trained_seq2seq_project: Path) -> None:
