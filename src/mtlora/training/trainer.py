@@ -36,12 +36,12 @@ import mtlora
 from mtlora import atomic
 from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
-from mtlora.data import load_task_data
+from mtlora.data import TaskData, load_task_data
 from mtlora.errors import TrainingInterrupted
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
 from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
 from mtlora.tasks import Example
-from mtlora.tasks.base import INPUT_ROLES
+from mtlora.tasks.base import INPUT_ROLES, Encoded
 from mtlora.training.sampler import ShuffledLengthBatches
 from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
 
@@ -68,6 +68,19 @@ class TrainOutcome:
     data_signature: str = ""  # of the training examples (`TaskData.train_signature`)
 
 
+@dataclass
+class _Run:
+    """What one training run works on, made ready before its Trainer exists."""
+
+    data: TaskData
+    data_signature: str  # of the training examples (`TaskData.train_signature`)
+    tokenizer: PreTrainedTokenizerBase
+    built: TaskModel
+    encoded: Encoded
+    train_set: datasets.Dataset
+    saved_rank: int | None
+
+
 def train_task(
     project: ProjectConfig,
     task: TaskConfig,
@@ -85,6 +98,27 @@ def train_task(
     unless `fresh` is set or the settings changed.
     """
     registry = Registry(project.registry)
+    run = _set_up(project, task, method)
+    run_dir = registry.run_path(task.name, method)
+    args = _training_arguments(task.training, run_dir, progress)
+    # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
+    # touches the run folder, the registry and the console; the others wait for it.
+    main_process = args.process_index == 0
+    log = log if main_process else _silent
+    _warn_of_cut_inputs(task, run, log)
+    with args.main_process_first(local=False):
+        if main_process:
+            _prepare_run_dir(run_dir, _run_signature(project, task, method, run.built, run.data_signature), fresh, log)
+    outcome = _fit(task, method, run, args, run_dir, progress, log)
+    if main_process:
+        _store(registry, project, task, run, outcome, log)
+        _remove_run_dir(run_dir)
+    args.distributed_state.wait_for_everyone()
+    return outcome
+
+
+def _set_up(project: ProjectConfig, task: TaskConfig, method: Method) -> _Run:
+    """The task's data, tokenizer and model, and its training examples encoded."""
     # Every declared split is read, though training uses one: a bad validation or test file fails now,
     # not at `evaluate` after the training it would have voided.
     data = load_task_data(project, task)
@@ -97,35 +131,26 @@ def train_task(
         check_truncatable(built.model, saved_rank)  # type: ignore[arg-type]  # before hours of training
     settings = task.training
     encoded = kind.encode(tokenizer, data.train, settings.max_length, settings.doc_stride, with_targets=True)
-    train_set = datasets.Dataset.from_dict(encoded.features)
+    return _Run(data=data, data_signature=data_signature, tokenizer=tokenizer, built=built, encoded=encoded,
+                train_set=datasets.Dataset.from_dict(encoded.features), saved_rank=saved_rank)
 
-    run_dir = registry.run_path(task.name, method)
-    args = _training_arguments(settings, run_dir, progress)
-    # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
-    # touches the run folder, the registry and the console; the others wait for it.
-    main_process = args.process_index == 0
-    log = log if main_process else _silent
-    if cut := sum(encoded.truncated):  # e.g. a long prompt can leave no room for the message itself
-        log(f"[{task.name}] {cut} of {len(data.train)} training inputs ({cut / len(data.train):.1%}) reach "
-            f"max_length {settings.max_length} tokens and are cut there; raise training.max_length to keep them whole")
-    with args.main_process_first(local=False):
-        if main_process:
-            _prepare_run_dir(run_dir, _run_signature(project, task, method, built, data_signature), fresh, log)
+
+def _warn_of_cut_inputs(task: TaskConfig, run: _Run, log: Callable[[str], None]) -> None:
+    if cut := sum(run.encoded.truncated):  # e.g. a long prompt can leave no room for the message itself
+        total, max_length = len(run.data.train), task.training.max_length
+        log(f"[{task.name}] {cut} of {total} training inputs ({cut / total:.1%}) reach "
+            f"max_length {max_length} tokens and are cut there; raise training.max_length to keep them whole")
+
+
+def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, run_dir: Path, progress: bool,
+         log: Callable[[str], None]) -> TrainOutcome:
+    """Train from the run folder's latest checkpoint, if any. Ctrl-C saves a checkpoint and raises
+    `TrainingInterrupted`."""
     resume = get_last_checkpoint(str(run_dir))
     stopper, clock = _StopOnSignal(), _RunClock(resume)
-    lengths = [len(ids) for ids in encoded.features["input_ids"]]
-    trainer = _LengthBatchedTrainer(
-        lengths,
-        model=built.model,
-        args=args,
-        train_dataset=train_set,
-        data_collator=kind.collator(tokenizer),
-        callbacks=[stopper, clock, _ThisRunsCadence(), _LogTheLastStep()],
-    )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
-    log(f"[{task.name}] training {method}: {len(data.train)} examples, "
-        f"{_describe_parameters(built)}, precision {'bf16' if args.bf16 else 'fp32'}")
+    trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LogTheLastStep()], progress)
+    log(f"[{task.name}] training {method}: {len(run.data.train)} examples, "
+        f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}")
     with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
         result = trainer.train(resume_from_checkpoint=resume)
     if stopper.requested:
@@ -133,33 +158,54 @@ def train_task(
             f"[{task.name}] interrupted at step {trainer.state.global_step}; checkpoint saved in {run_dir}. "
             "Run the same command again to resume."
         )
+    outcome = _outcome(task, method, run, trainer, result.metrics, clock, resume)
+    if outcome.warning:
+        log(f"[{task.name}] warning: {outcome.warning}")
+    return outcome
+
+
+def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback], progress: bool) -> Trainer:
+    trainer = _LengthBatchedTrainer(
+        [len(ids) for ids in run.encoded.features["input_ids"]],
+        model=run.built.model,
+        args=args,
+        train_dataset=run.train_set,
+        data_collator=run.data.kind.collator(run.tokenizer),
+        callbacks=callbacks,
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _outcome(task: TaskConfig, method: Method, run: _Run, trainer: Trainer, metrics: dict[str, float],
+             clock: _RunClock, resume: str | None) -> TrainOutcome:
+    """The finished run's record, with its model in eval mode."""
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    built.model.eval()
-    trainable, total = count_trainable(built.model), built.base_parameters
-    outcome = TrainOutcome(
+    run.built.model.eval()
+    trainable, total = count_trainable(run.built.model), run.built.base_parameters
+    return TrainOutcome(
         task=task.name,
         method=method,
         trainable=trainable,
         total=total,
         time_s=clock.elapsed(),
         steps=trainer.state.global_step,
-        samples_per_s=float(result.metrics.get("train_samples_per_second", 0.0)),
+        samples_per_s=float(metrics.get("train_samples_per_second", 0.0)),
         train_loss=whole_run_loss(losses, _checkpoint_step(resume),
-                                  unlogged=float(result.metrics.get("train_loss", float("nan")))),
+                                  unlogged=float(metrics.get("train_loss", float("nan")))),
         resumed_from=resume,
         losses=losses,
-        model=built.model,
-        data_signature=data_signature,
+        model=run.built.model,
+        warning=loss_warning(losses),
+        data_signature=run.data_signature,
     )
-    outcome.warning = loss_warning(outcome.losses)
-    if outcome.warning:
-        log(f"[{task.name}] warning: {outcome.warning}")
-    if main_process:
-        _store(registry, project, task, built, outcome, data.train, tokenizer, saved_rank, log)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        atomic.remove_empty(run_dir.parent, run_dir.parent.parent)  # the task's runs, then `.runs`
-    args.distributed_state.wait_for_everyone()
-    return outcome
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    """The run's checkpoints, of no more use once its result is stored, and the folders that leaves empty."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    atomic.remove_empty(run_dir.parent, run_dir.parent.parent)  # the task's runs, then `.runs`
 
 
 def _training_arguments(settings: TrainSettings, run_dir: Path, progress: bool) -> TrainingArguments:
@@ -189,18 +235,17 @@ def _training_arguments(settings: TrainSettings, run_dir: Path, progress: bool) 
     )
 
 
-def _store(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel, outcome: TrainOutcome,
-           train: list[Example], tokenizer: PreTrainedTokenizerBase, saved_rank: int | None,
+def _store(registry: Registry, project: ProjectConfig, task: TaskConfig, run: _Run, outcome: TrainOutcome,
            log: Callable[[str], None]) -> None:
-    """A LoRA adapter goes to the registry (cut to `saved_rank`), a head-only model to the task's
+    """A LoRA adapter goes to the registry (cut to the saved rank), a head-only model to the task's
     baseline; a full fine-tune is kept in memory only."""
     if outcome.method == "lora":
-        outcome.truncation = truncate_rank(built.model, saved_rank)  # type: ignore[arg-type]
+        outcome.truncation = truncate_rank(run.built.model, run.saved_rank)  # type: ignore[arg-type]
         if outcome.truncation:
             log(f"[{task.name}] {outcome.truncation.describe()}")
-        outcome.saved_to = _save_adapter(registry, project, task, built, outcome, train, tokenizer)
+        outcome.saved_to = _save_adapter(registry, project, task, run.built, outcome, run.data.train, run.tokenizer)
     elif outcome.method == "head_only":
-        outcome.saved_to = _save_head_baseline(registry, project, task, built, outcome)
+        outcome.saved_to = _save_head_baseline(registry, project, task, run.built, outcome)
 
 
 def loss_warning(losses: list[tuple[int, float]]) -> str | None:
