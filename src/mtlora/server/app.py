@@ -69,23 +69,129 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     """The app; `engine_factory` runs at start-up (in the lifespan), not at import."""
     settings = settings or ServerSettings()
     metrics = Metrics()
-    state: dict[str, Any] = {"routing": 0}  # route calls waiting on the engine
-    bodies: dict[str, type[BaseModel]] = {}  # each endpoint's request model, by path (filled once routes exist)
+    started: dict[str, Any] = {}  # the engine and its micro-batcher, once the lifespan has made them
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state["engine"] = await asyncio.to_thread(engine_factory)
-        state["batcher"] = MicroBatcher(state["engine"], settings, metrics)
-        state["batcher"].start()
+        started["engine"] = await asyncio.to_thread(engine_factory)
+        started["batcher"] = MicroBatcher(started["engine"], settings, metrics)
+        started["batcher"].start()
         yield
-        await state["batcher"].stop()  # in-flight and queued inputs are answered first
-
-    app = FastAPI(title="mtlora", summary="Multi-task LoRA adapters behind one endpoint", lifespan=lifespan)
+        await started["batcher"].stop()  # in-flight and queued inputs are answered first
 
     def engine() -> Engine:
-        return state["engine"]
+        return started["engine"]
 
+    def batcher() -> MicroBatcher:
+        return started["batcher"]
+
+    def ready() -> bool:
+        return "engine" in started and batcher().running
+
+    app = FastAPI(title="mtlora", summary="Multi-task LoRA adapters behind one endpoint", lifespan=lifespan)
     app.add_middleware(_MeasureAndLimit, settings=settings, metrics=metrics, routes=app.routes)
+    # On the app itself, not through APIRouters: FastAPI 0.16x keeps an included router as one entry of
+    # `app.routes`, hiding its routes' paths from `_MeasureAndLimit` and their request models from
+    # `_answer_errors_as_json`.
+    _add_page_and_health(app, engine, ready, metrics)
+    _add_answers(app, engine, batcher, settings, metrics)
+    _add_adapters_admin(app, engine)
+    _answer_errors_as_json(app, metrics, lambda: started.get("engine"))
+    return app
+
+
+def _add_page_and_health(app: FastAPI, engine: Callable[[], Engine], ready: Callable[[], bool],
+                         metrics: Metrics) -> None:
+    """The try-it page, the liveness and readiness probes, and the Prometheus metrics."""
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        is_ready = ready()
+        return JSONResponse({"ready": is_ready, "tasks": engine().tasks if is_ready else []}, 200 if is_ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[], MicroBatcher],
+                 settings: ServerSettings, metrics: Metrics) -> None:
+    """The tasks served, predictions (through the micro-batcher) and routing decisions."""
+    routing = 0  # route calls waiting on the engine
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        """The adapters loaded, each with its manifest (without stored example inputs)."""
+        return {"tasks": [engine().manifest(name).model_dump(mode="json", exclude={"example_inputs", "files"})
+                          for name in engine().tasks],
+                "router": engine().default_router, "routers": list(ROUTERS)}
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        """Answer one input or a list, with the named task or where the router sends each input."""
+        items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        _check_inputs(items, settings)
+        _check_names(engine(), body.task, body.router)
+        try:
+            results = await batcher().submit([engine_input(i) for i in items], [body.task] * len(items), body.router)
+        except QueueFull:
+            raise _overloaded(settings) from None
+        for result in results:
+            metrics.answers.labels(result["task"] or "unroutable").inc()
+            metrics.routes.labels(result["routed_by"], result.get("route_reading", "")).inc()
+        return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
+
+    @app.post("/v1/route")
+    async def route(body: RouteRequest) -> dict[str, Any]:
+        """Where an input would go, with the score of every candidate task."""
+        nonlocal routing
+        _check_inputs([body.input], settings, field="input")
+        _check_names(engine(), None, body.router)
+        request = engine().request(engine_input(body.input))
+        # Routes skip the batcher but wait on the same engine: they count against the same queue limit.
+        if routing >= settings.max_queue:
+            raise _overloaded(settings)
+        routing += 1
+        try:
+            (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
+        finally:
+            routing -= 1
+        return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
+                "scores": decision.scores, "reason": decision.reason, "reading": decision.reading}
+
+
+def _add_adapters_admin(app: FastAPI, engine: Callable[[], Engine]) -> None:
+    """Loading and unloading adapters at run time, behind the admin bearer token."""
+
+    @app.post("/v1/adapters/{name}")
+    async def load_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """Load (or reload) adapter `name` from the registry. Needs the admin bearer token."""
+        _check_admin(authorization)
+        name = _checked_adapter_name(name)
+        await asyncio.to_thread(engine().reload, name)
+        return {"loaded": name, "tasks": engine().tasks}
+
+    @app.delete("/v1/adapters/{name}")
+    async def unload_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        """Unload adapter `name`. Needs the admin bearer token."""
+        _check_admin(authorization)
+        await asyncio.to_thread(engine().remove, _checked_adapter_name(name))
+        return {"unloaded": name, "tasks": engine().tasks}
+
+
+def _answer_errors_as_json(app: FastAPI, metrics: Metrics, engine: Callable[[], Engine | None]) -> None:
+    """Every error, the app's own and FastAPI's, as `{"error": {"type", "message"}}` with its status.
+    Call it once the routes exist: a misspelt body field is told the valid ones of its endpoint."""
+    bodies = {route.path: route.body_field.field_info.annotation for route in app.routes
+              if isinstance(route, APIRoute) and route.body_field is not None}
 
     @app.exception_handler(HTTPProblem)
     async def on_problem(request: Request, problem: HTTPProblem) -> JSONResponse:
@@ -109,8 +215,8 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
     @app.exception_handler(MtloraError)
     async def on_mtlora_error(request: Request, error: MtloraError) -> JSONResponse:
         problem = _as_problem(error)
-        if "engine" in state:  # where the server keeps its files is none of a client's business
-            problem.message = problem.message.replace(str(engine().registry.root), "<registry>")
+        if (served := engine()) is not None:  # where the server keeps its files is none of a client's business
+            problem.message = problem.message.replace(str(served.registry.root), "<registry>")
         return _problem(problem, metrics)
 
     @app.exception_handler(Exception)
@@ -119,83 +225,6 @@ def create_app(engine_factory: Callable[[], Engine], settings: ServerSettings | 
         # JSON like every other error; Starlette still raises it on, so the server log has the traceback.
         return _problem(HTTPProblem(500, "internal_error", f"the server failed to answer ({type(error).__name__}); "
                                                            "its log has the details"), metrics)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        ready = "engine" in state and state["batcher"].running
-        return JSONResponse({"ready": ready, "tasks": engine().tasks if ready else []}, 200 if ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/tasks")
-    async def tasks() -> dict[str, Any]:
-        """The adapters loaded, each with its manifest (without stored example inputs)."""
-        return {"tasks": [engine().manifest(name).model_dump(mode="json", exclude={"example_inputs", "files"})
-                          for name in engine().tasks],
-                "router": engine().default_router, "routers": list(ROUTERS)}
-
-    @app.post("/v1/predict")
-    async def predict(body: PredictRequest) -> dict[str, Any]:
-        """Answer one input or a list, with the named task or where the router sends each input."""
-        items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
-        _check_inputs(items, settings)
-        _check_names(engine(), body.task, body.router)
-        try:
-            results = await state["batcher"].submit([engine_input(i) for i in items], [body.task] * len(items),
-                                                    body.router)
-        except QueueFull:
-            raise _overloaded(settings) from None
-        for result in results:
-            metrics.answers.labels(result["task"] or "unroutable").inc()
-            metrics.routes.labels(result["routed_by"], result.get("route_reading", "")).inc()
-        return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
-
-    @app.post("/v1/route")
-    async def route(body: RouteRequest) -> dict[str, Any]:
-        """Where an input would go, with the score of every candidate task."""
-        _check_inputs([body.input], settings, field="input")
-        _check_names(engine(), None, body.router)
-        request = engine().request(engine_input(body.input))
-        # Routes skip the batcher but wait on the same engine: they count against the same queue limit.
-        if state["routing"] >= settings.max_queue:
-            raise _overloaded(settings)
-        state["routing"] += 1
-        try:
-            (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
-        finally:
-            state["routing"] -= 1
-        return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
-                "scores": decision.scores, "reason": decision.reason, "reading": decision.reading}
-
-    @app.post("/v1/adapters/{name}")
-    async def load_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        """Load (or reload) adapter `name` from the registry. Needs the admin bearer token."""
-        _check_admin(authorization)
-        name = _checked_adapter_name(name)
-        await asyncio.to_thread(engine().reload, name)
-        return {"loaded": name, "tasks": engine().tasks}
-
-    @app.delete("/v1/adapters/{name}")
-    async def unload_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        """Unload adapter `name`. Needs the admin bearer token."""
-        _check_admin(authorization)
-        await asyncio.to_thread(engine().remove, _checked_adapter_name(name))
-        return {"unloaded": name, "tasks": engine().tasks}
-
-    # A misspelt body field is told the valid ones: each body endpoint's model, as FastAPI read it.
-    bodies.update({route.path: route.body_field.field_info.annotation for route in app.routes
-                   if isinstance(route, APIRoute) and route.body_field is not None})
-    return app
 
 
 class _MeasureAndLimit:
