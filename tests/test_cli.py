@@ -318,3 +318,27 @@ def test_serve_flags_reach_the_server_settings(trained_project: Path, monkeypatc
     assert refused.exit_code == 2 and "--max-inputs" in refused.output and len(started) == 2
     assert (started[1].max_inputs, started[1].max_text_chars, started[1].max_body_bytes,
             started[1].max_batch) == (3, 100, 4096, 8)
+
+
+def test_each_command_reads_the_project_file_once(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project file is read and validated once, and that config is what the command passes on."""
+    import uvicorn
+
+    reads: list[Path] = []
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path))
+        return load_config(path, *args, **kwargs)
+
+    monkeypatch.setattr(mtlora.api, "load_config", counted)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    for variable in ("MTLORA_SERVER_SETTINGS", "MTLORA_CONFIG"):  # `serve` sets them; restored after the test
+        monkeypatch.setenv(variable, "")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    for command in (["adapters", "list", trained_project], ["serve", trained_project, "--port", port],
+                    ["adapters", "remove", trained_project, "no_such_adapter", "--yes"]):
+        reads.clear()
+        runner.invoke(app, [str(a) for a in command])
+        assert reads == [trained_project], (command, reads)

@@ -100,7 +100,8 @@ def train(
 ) -> None:
     """Train one LoRA adapter per task and store it in the registry (resumes an interrupted run)."""
     try:
-        outcomes = api.train(config, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
+        project = api.as_config(config)
+        outcomes = api.train(project, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
     finally:
         leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -112,7 +113,7 @@ def train(
         table.add_row(o.task, o.method, str(o.steps), f"{o.time_s:.1f}s", f"{o.samples_per_s:.1f}",
                       f"{o.train_loss:.4f}", f"{o.trainable:,} ({share_of(o.trainable, o.total)})")
     console.print(table)
-    say(f"Adapters saved in {api.as_config(config).registry}")
+    say(f"Adapters saved in {project.registry}")
 
 
 def leave_process_group() -> None:
@@ -140,15 +141,16 @@ def evaluate(
     """Score each adapter against its head-only baseline and the untrained base; write reports.
 
     With --router: routing accuracy on a mix of every task's inputs of the split instead."""
+    if router and task is not None:
+        raise typer.BadParameter("routing is evaluated on a mix of every task's inputs; leave out --task "
+                                 "with --router", param_hint="--task")
+    project = api.as_config(config)
     if router:
-        if task is not None:
-            raise typer.BadParameter("routing is evaluated on a mix of every task's inputs; leave out --task "
-                                     "with --router", param_hint="--task")
         names = None if "all" in router else router  # None: the API's default, the routers that choose
-        _print_routing(api.evaluate_routers(config, names, split=split, log=say))
-        say(f"Reports written to {api.as_config(config).reports}/routing.md")
+        _print_routing(api.evaluate_routers(project, names, split=split, log=say))
+        say(f"Reports written to {project.reports}/routing.md")
         return
-    reports = api.evaluate(config, task, split=split, log=say)
+    reports = api.evaluate(project, task, split=split, log=say)
     table = Table(title=f"Evaluation ({split})")
     for column in ("task", "metric", *VARIANTS.values(), "LoRA params", "stored"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
@@ -160,7 +162,7 @@ def evaluate(
     console.print(table)
     for r in reports:
         _print_samples(r)
-    say(f"Reports written to {api.as_config(config).reports}/summary.md")
+    say(f"Reports written to {project.reports}/summary.md")
 
 
 def _print_samples(report: TaskReport) -> None:
@@ -306,9 +308,9 @@ def serve(
     # What would fail in the server fails here, before it starts: a broken project file, no adapters,
     # a damaged adapter or one of another base, a default router that cannot run, settings that
     # contradict each other, a taken port.
-    api.require_adapters(config)
-    api.verify_adapters(config)
-    api.require_router(config)
+    project = api.require_adapters(config)
+    api.verify_adapters(project)
+    api.require_router(project)
     try:
         settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                   max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
@@ -343,11 +345,12 @@ def _check_port_free(host: str, port: int) -> None:
 @reports_errors
 def adapters_list(config: ConfigArg) -> None:
     """The adapters stored in the project's registry, with their main metric."""
-    manifests, head = api.list_adapters(config), api.router_head(config)
+    project = api.as_config(config)
+    manifests, head = api.list_adapters(project), api.router_head(project)
     if not manifests and head is None:
-        say(f"No adapters in {api.as_config(config).registry} yet; run `mtlora train {config}`.")
+        say(f"No adapters in {project.registry} yet; run `mtlora train {config}`.")
         return
-    table = Table(title=f"Adapters in {api.as_config(config).registry}")
+    table = Table(title=f"Adapters in {project.registry}")
     for column in ("name", "kind", "labels", "trainable params", "stored", "validation"):
         table.add_column(column)
     for m in manifests:
@@ -382,12 +385,13 @@ def adapters_remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
 ) -> None:
     """Delete one adapter, and its head-only baseline, from the registry."""
-    registry = Registry(api.as_config(config).registry)
+    project = api.as_config(config)
+    registry = Registry(project.registry)
     if name not in registry:  # before any question; a damaged adapter, though, can be removed
         raise AdapterNotFoundError(str(registry.root), name, registry.names())
     if not yes:
         typer.confirm(f"Delete adapter '{name}' from {registry.root}?", abort=True)
-    api.remove_adapter(config, name)
+    api.remove_adapter(project, name)
     say(f"Removed adapter '{name}' from {registry.root}")
 
 
