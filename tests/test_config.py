@@ -136,6 +136,15 @@ def test_the_project_files_schema_lists_the_routers_there_are(monkeypatch) -> No
     assert strategy()["enum"] == ["explicit", "keywords", "semantic", "learned", "mine"]
 
 
+
+def test_the_project_files_schema_lists_the_task_kinds_there_are() -> None:
+    from mtlora.config import ProjectConfig
+    from mtlora.tasks import task_kind_names
+
+    kind = ProjectConfig.model_json_schema()["$defs"]["TaskConfig"]["properties"]["kind"]
+    assert kind["enum"] == task_kind_names() and "classification" in kind["enum"]
+    assert "kind" in ProjectConfig.model_json_schema()["$defs"]["TaskConfig"]["required"]
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
 def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="not allowed"):

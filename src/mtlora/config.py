@@ -325,9 +325,17 @@ class RoutingHints(_Strict):
         return patterns
 
 
+def _kind_names() -> list[str]:
+    from mtlora.tasks import task_kind_names  # the task kinds import this module
+
+    return task_kind_names()
+
+
 class TaskConfig(_Strict):
     name: str
-    kind: str
+    # Checked against the registered kinds, as router.strategy is against the routers, with the names in the
+    # JSON schema all the same.
+    kind: str = Field(json_schema_extra=lambda schema: schema.update(enum=_kind_names()))
     data: DataConfig | None = Field(None, description="required, except for a multitask adapter")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainSettings = Field(default_factory=TrainSettings)
@@ -343,10 +351,8 @@ class TaskConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from mtlora.tasks import task_kind_names
-
-        if kind not in task_kind_names():
-            raise ValueError(f"unknown task kind '{kind}'; valid kinds: {', '.join(task_kind_names())}")
+        if kind not in (kinds := _kind_names()):
+            raise ValueError(f"unknown task kind '{kind}'; valid kinds: {', '.join(kinds)}")
         return kind
 
     @model_validator(mode="after")
