@@ -204,15 +204,58 @@ def test_the_last_step_is_logged_whatever_the_cadence(tiny_bert: Path, tmp_path:
     assert outcome.train_loss == pytest.approx(outcome.losses[0][1], rel=1e-6)
 
 
-@pytest.mark.parametrize(("logged", "resumed_at", "expected"), [
-    ([(2, 1.0), (4, 0.5), (5, 0.2)], 0, (2 * 1.0 + 2 * 0.5 + 0.2) / 5),
-    # Resumed from a checkpoint of step 3 whose last log was step 2: the log of step 4 covers step 4 only.
-    ([(2, 1.0), (4, 0.5), (6, 0.2)], 3, (2 * 1.0 + 0.5 + 2 * 0.2) / 5),
-    ([], 0, 0.7),
+def test_each_logged_loss_records_the_steps_it_averages_across_resumes(tiny_bert: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """Logs every 2 steps, checkpoints every 3, crashes at steps 5 and 7: the log of step 4 averages step 4
+    alone (its run resumed at 3), which neither its step nor the log before it tells."""
+    import yaml
+    from conftest import write_tiny_project
+
+    project = write_tiny_project(tmp_path, tiny_bert)
+    raw = yaml.safe_load(project.read_text())
+    raw["defaults"]["training"].update(log_every=2, checkpoint_every=3)
+    project.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for step in (5, 7):
+        with monkeypatch.context() as patch:
+            patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(step, RuntimeError))
+            with pytest.raises(RuntimeError):
+                mtlora.train(project, "sentiment", baseline=False, **QUIET)
+    runs = Registry(load_config(project).registry).run_path("sentiment", "lora")
+    state = json.loads((Path(get_last_checkpoint(str(runs))) / "trainer_state.json").read_text())
+    assert [(e["step"], e["loss_steps"]) for e in state["log_history"] if "loss" in e] == [(2, 2), (4, 1), (6, 2)]
+
+
+@pytest.mark.parametrize(("logged", "expected"), [
+    ([{"step": 2, "loss": 1.0, "loss_steps": 2}, {"step": 4, "loss": 0.5, "loss_steps": 2},
+      {"step": 5, "loss": 0.2, "loss_steps": 1}], (2 * 1.0 + 2 * 0.5 + 0.2) / 5),
+    # Two resumes, at 3 and at 9 (checkpoints every 3, logs every 2): steps 3 and 9 were never logged.
+    ([{"step": 2, "loss": 1.0, "loss_steps": 2}, {"step": 4, "loss": 0.5, "loss_steps": 1},
+      {"step": 6, "loss": 0.4, "loss_steps": 2}, {"step": 8, "loss": 0.3, "loss_steps": 2},
+      {"step": 10, "loss": 0.2, "loss_steps": 1}], (2 * 1.0 + 0.5 + 2 * 0.4 + 2 * 0.3 + 0.2) / 8),
+    # A checkpoint of an mtlora that recorded no step counts: each log counts from the one before.
+    ([{"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5}], (2 * 1.0 + 2 * 0.5) / 4),
+    ([], 0.7),
 ])
-def test_whole_run_loss_weights_each_log_by_the_steps_it_covers(
-        logged: list[tuple[int, float]], resumed_at: int, expected: float) -> None:
-    assert trainer_module.whole_run_loss(logged, resumed_at, unlogged=0.7) == pytest.approx(expected)
+def test_whole_run_loss_weights_each_log_by_the_steps_it_averages(logged: list[dict], expected: float) -> None:
+    assert trainer_module.whole_run_loss(logged, unlogged=0.7) == pytest.approx(expected)
+
+
+def test_a_short_last_log_alone_does_not_make_training_look_diverged(tiny_bert: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """The last step's log may average one step: judged like a full one, one noisy step read as a
+    diverged run."""
+    import yaml
+    from conftest import write_tiny_project
+
+    project = write_tiny_project(tmp_path, tiny_bert)
+    raw = yaml.safe_load(project.read_text())
+    raw["defaults"]["training"].update(log_every=5)
+    project.write_text(yaml.safe_dump(raw, sort_keys=False))
+    judged: list[list[tuple[int, float]]] = []
+    monkeypatch.setattr(trainer_module, "loss_warning", lambda losses: judged.append(losses))
+    (outcome,) = mtlora.train(project, "sentiment", baseline=False, **QUIET)
+    assert outcome.steps % 5 != 0 and outcome.losses[-1][0] == outcome.steps  # a short last log exists
+    assert judged == [outcome.losses[:-1]]
 
 def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, monkeypatch) -> None:
     with monkeypatch.context() as patch:

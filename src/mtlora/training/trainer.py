@@ -148,7 +148,7 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     `TrainingInterrupted`."""
     resume = get_last_checkpoint(str(run_dir))
     stopper, clock = _StopOnSignal(), _RunClock(resume)
-    trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LogTheLastStep()], progress)
+    trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LossRecord()], progress)
     log(f"[{task.name}] training {method}: {len(run.data.train)} examples, "
         f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}")
     with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
@@ -181,7 +181,11 @@ def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback
 def _outcome(task: TaskConfig, method: Method, run: _Run, trainer: Trainer, metrics: dict[str, float],
              clock: _RunClock, resume: str | None) -> TrainOutcome:
     """The finished run's record, with its model in eval mode."""
-    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    losses = [(entry["step"], entry["loss"]) for entry in logged]
+    # A log of fewer steps than the cadence (the last step's, the first after a resume) is too noisy to judge by.
+    full = [(entry["step"], entry["loss"]) for entry in logged
+            if entry.get(_LossRecord.STEPS, task.training.log_every) >= task.training.log_every]
     run.built.model.eval()
     trainable, total = count_trainable(run.built.model), run.built.base_parameters
     return TrainOutcome(
@@ -192,12 +196,11 @@ def _outcome(task: TaskConfig, method: Method, run: _Run, trainer: Trainer, metr
         time_s=clock.elapsed(),
         steps=trainer.state.global_step,
         samples_per_s=float(metrics.get("train_samples_per_second", 0.0)),
-        train_loss=whole_run_loss(losses, _checkpoint_step(resume),
-                                  unlogged=float(metrics.get("train_loss", float("nan")))),
+        train_loss=whole_run_loss(logged, unlogged=float(metrics.get("train_loss", float("nan")))),
         resumed_from=resume,
         losses=losses,
         model=run.built.model,
-        warning=loss_warning(losses),
+        warning=loss_warning(full),
         data_signature=run.data_signature,
     )
 
@@ -394,13 +397,24 @@ class _ThisRunsCadence(TrainerCallback):
             hf_logger.removeFilter(not_mismatch)
 
 
-class _LogTheLastStep(TrainerCallback):
-    """The loss is logged every `log_every` steps, and at the last step too: the loss curve and
-    `whole_run_loss` then cover every step of the run."""
+class _LossRecord(TrainerCallback):
+    """Each logged loss records how many steps it averages, which after a resume neither its step nor the
+    log before it tells; and the last step's loss is logged too. `whole_run_loss` then covers every step."""
+
+    STEPS = "loss_steps"  # in each `log_history` entry that has a loss, kept in the checkpoints
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.since = state.global_step  # a resumed run's losses average the steps since its checkpoint
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step >= state.max_steps:
             control.should_log = True
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None,
+               **kwargs: Any) -> None:
+        if logs and "loss" in logs:  # the Trainer appended this entry to `log_history` just before
+            state.log_history[-1][self.STEPS] = state.global_step - self.since
+            self.since = state.global_step
 
 
 class _RunClock(TrainerCallback):
@@ -422,21 +436,16 @@ class _RunClock(TrainerCallback):
             (folder / self.FILE).write_text(json.dumps({"elapsed_s": self.elapsed()}))
 
 
-def whole_run_loss(logged: list[tuple[int, float]], resumed_at: int, unlogged: float) -> float:
-    """The mean training loss of every step, from the losses logged: each is the mean of the steps since
-    the log before it, or since the checkpoint a run resumed from. Not the Trainer's `train_loss`, which
-    after a resume covers only that call's steps, and which transformers before 5.19 divides by every
-    step of the run. `unlogged` answers for a run that logged no loss at all."""
+def whole_run_loss(logged: list[dict[str, Any]], unlogged: float) -> float:
+    """The mean training loss of every step, from the logged losses, each weighted by the steps it
+    averages. Not the Trainer's `train_loss`, which after a resume covers only that call's steps, and
+    which transformers before 5.19 divides by every step of the run. A checkpoint of an mtlora before
+    `loss_steps` counts from the log before; `unlogged` answers for a run that logged no loss at all."""
     total, counted, previous = 0.0, 0, 0
-    for step, loss in logged:
-        if previous < resumed_at < step:  # steps the checkpoint holds beyond its last log were never logged
-            previous = resumed_at
-        total, counted, previous = total + loss * (step - previous), counted + step - previous, step
+    for entry in logged:
+        steps = entry.get(_LossRecord.STEPS, entry["step"] - previous)
+        total, counted, previous = total + entry["loss"] * steps, counted + steps, entry["step"]
     return total / counted if counted else unlogged
-
-
-def _checkpoint_step(checkpoint: str | None) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel,
