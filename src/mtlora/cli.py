@@ -146,7 +146,9 @@ def evaluate(
                                  "with --router", param_hint="--task")
     project = api.as_config(config)
     if router:
-        names = None if "all" in router else router  # None: the API's default, the routers that choose
+        # 'all' adds the routers that choose a task themselves to any named beside it (explicit, say).
+        names = list(dict.fromkeys(name for given in router
+                                   for name in (routing.choosing_routers() if given == "all" else [given])))
         _print_routing(api.evaluate_routers(project, names, split=split, log=say))
         say(f"Reports written to {project.reports}/routing.md")
         return
