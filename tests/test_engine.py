@@ -739,3 +739,20 @@ def test_adapters_of_a_checkpoint_without_a_pooler_serve_with_their_own(tmp_path
     items, tasks = ["loved this great movie", ("the cat sat", "a cat sat")], ["sentiment", "paraphrase"]
     path = trained_briefly(write_tiny_project(tmp_path, folder), tasks)
     assert_answers_as_alone(Engine.from_config(path, precision="fp32"), path, items, tasks)
+
+
+def test_a_tokenizer_a_kind_refuses_stops_its_adapter_loading(trained_project: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A QA adapter on tokenizers 0.23.2 is refused when it loads (so `serve` does not start), not at each
+    request it would then fail."""
+    from mtlora.errors import MtloraError
+    from mtlora.tasks.extractive_qa import ExtractiveQATask
+
+    def refuse(self, tokenizer):
+        raise MtloraError("windows stop short")
+
+    monkeypatch.setattr(ExtractiveQATask, "check_tokenizer", refuse)
+    engine = Engine.from_config(trained_project, tasks=["sentiment"])
+    with pytest.raises(MtloraError, match="windows stop short"):
+        engine.add("qa")
+    assert engine.tasks == ["sentiment"]

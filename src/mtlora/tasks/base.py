@@ -186,6 +186,11 @@ class TaskKind(ABC):
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         """Compare predictions with the examples' targets."""
 
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Refuse a tokenizer this kind would give wrong answers with, when an adapter loads rather than at
+        its first input."""
+        del tokenizer  # any will do, unless a kind says otherwise
+
     def caveats(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[str]:
         """What `metrics` reports for these predictions without having measured it (a correlation of constant
         scores), for the evaluation log and report to say beside the numbers."""

@@ -111,6 +111,9 @@ class ExtractiveQATask(TaskKind):
             raise InputError("an extractive_qa task needs a question and a context to find the answer in")
         return {"question": require_text(text, "question"), "context": require_text(text_pair, "context")}
 
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        _check_windows_reach_the_end(tokenizer)
+
     def encode(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -121,7 +124,7 @@ class ExtractiveQATask(TaskKind):
     ) -> Encoded:
         # The question comes first and the context is windowed after it (right-padding tokenizers, as
         # BERT-style ones are; the span decoding reads token positions from the left).
-        _check_windows_reach_the_end(tokenizer)
+        self.check_tokenizer(tokenizer)
         questions, question_cut = _questions_that_fit(tokenizer, examples, max_length, doc_stride)
         tokens = tokenizer(
             questions,
@@ -204,8 +207,9 @@ def _check_windows_reach_the_end(tokenizer: PreTrainedTokenizerBase) -> None:
         import tokenizers
 
         raise MtloraError(
-            f"tokenizers {tokenizers.__version__} drops the windows of a long context past the first few "
-            "(huggingface/tokenizers#2091), so extractive_qa would miss every answer in them: "
+            f"the tokenizer's windows of a long context stop at character {reached} of {len(context)}, so "
+            "extractive_qa would miss every answer past them. tokenizers 0.23.1 and 0.23.2 do this "
+            f"(huggingface/tokenizers#2091), and this is tokenizers {tokenizers.__version__}: "
             "pip install -U 'tokenizers!=0.23.1,!=0.23.2'")
 
 
