@@ -6,7 +6,7 @@ each window scores candidate spans and the best span over all windows of a quest
 
 from __future__ import annotations
 
-import functools
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -192,11 +192,16 @@ class ExtractiveQATask(TaskKind):
                              [[a["text"] for a in e["answers"]] for e in examples])
 
 
-@functools.cache
+# Weak: a process that trains task after task must not keep each one's tokenizer alive for this.
+_WINDOWS_CHECKED: weakref.WeakSet[PreTrainedTokenizerBase] = weakref.WeakSet()
+
+
 def _check_windows_reach_the_end(tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse a tokenizer whose windows stop short of the context's end. tokenizers 0.23.1 and 0.23.2 stop
     tokenizing at `max_length` and so return too few windows (huggingface/tokenizers#2091): training
     would never see answers past them, and predictions would never find them. Asked once per tokenizer."""
+    if tokenizer in _WINDOWS_CHECKED:
+        return
     context = " ".join(["a"] * 40)
     tokens = tokenizer("a", context, truncation="only_second", max_length=16, stride=2,
                        return_overflowing_tokens=True, return_offsets_mapping=True)
@@ -211,6 +216,7 @@ def _check_windows_reach_the_end(tokenizer: PreTrainedTokenizerBase) -> None:
             "extractive_qa would miss every answer past them. tokenizers 0.23.1 and 0.23.2 do this "
             f"(huggingface/tokenizers#2091), and this is tokenizers {tokenizers.__version__}: "
             "pip install -U 'tokenizers!=0.23.1,!=0.23.2'")
+    _WINDOWS_CHECKED.add(tokenizer)
 
 
 def _questions_that_fit(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
