@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mtlora.errors import ConfigError, InputError, UnknownTaskError
 
@@ -200,6 +209,17 @@ def _value_or_auto(valid: Callable[[Any], bool], expected: str) -> BeforeValidat
     return BeforeValidator(check)
 
 
+def _registered(what: str, plural: str, names: Callable[[], list[str]]) -> Any:
+    """A name checked against a registry (routers, task kinds) rather than a Literal, so that an entry is
+    added in one place; the names still reach the JSON schema, for editors that complete and check the
+    project file. `names` is called late: the registries import this module."""
+    def check(name: str) -> str:
+        if name not in (known := names()):
+            raise ValueError(f"unknown {what} '{name}'; valid {plural}: {', '.join(known)}")
+        return name
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra=lambda schema: schema.update(enum=names()))]
+
+
 # The words pydantic reads as a boolean setting's value (the project file leaves yes/no/on/off as text).
 _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -326,16 +346,14 @@ class RoutingHints(_Strict):
 
 
 def _kind_names() -> list[str]:
-    from mtlora.tasks import task_kind_names  # the task kinds import this module
+    from mtlora.tasks import task_kind_names
 
     return task_kind_names()
 
 
 class TaskConfig(_Strict):
     name: str
-    # Checked against the registered kinds, as router.strategy is against the routers, with the names in the
-    # JSON schema all the same.
-    kind: str = Field(json_schema_extra=lambda schema: schema.update(enum=_kind_names()))
+    kind: _registered("task kind", "kinds", _kind_names)  # type: ignore[valid-type]
     data: DataConfig | None = Field(None, description="required, except for a multitask adapter")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainSettings = Field(default_factory=TrainSettings)
@@ -347,13 +365,6 @@ class TaskConfig(_Strict):
     @classmethod
     def _safe_name(cls, name: str) -> str:
         return validate_task_name(name)
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind not in (kinds := _kind_names()):
-            raise ValueError(f"unknown task kind '{kind}'; valid kinds: {', '.join(kinds)}")
-        return kind
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> TaskConfig:
@@ -380,7 +391,7 @@ class TaskConfig(_Strict):
 
 
 def _router_names() -> list[str]:
-    from mtlora.routing import ROUTERS  # the routers import this module
+    from mtlora.routing import ROUTERS
 
     return list(ROUTERS)
 
@@ -388,9 +399,7 @@ def _router_names() -> list[str]:
 class RouterSettings(_Strict):
     """How the engine picks an adapter when the caller does not name one."""
 
-    # Checked against routing.ROUTERS, not a Literal, so that a router is added in one place; its names
-    # still reach the JSON schema, for editors that complete and check the project file.
-    strategy: str = Field("semantic", json_schema_extra=lambda schema: schema.update(enum=_router_names()))
+    strategy: _registered("router", "routers", _router_names) = "semantic"  # type: ignore[valid-type]
     default_task: str | None = Field(None, description="answers inputs no router can place; else 'unroutable'")
     min_similarity: Annotated[float | Literal["auto"], _value_or_auto(
         lambda v: type(v) in (int, float) and -1 <= v <= 1, "a cosine similarity from -1 to 1")] = Field(
@@ -416,13 +425,6 @@ class RouterSettings(_Strict):
     examples_per_task: int = Field(1000, gt=0, description="learned: training inputs sampled per task")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, baseline=False))
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_router(cls, strategy: str) -> str:
-        if strategy not in (routers := _router_names()):
-            raise ValueError(f"unknown router '{strategy}'; valid routers: {', '.join(routers)}")
-        return strategy
 
 
 class InferenceSettings(_Strict):
