@@ -272,7 +272,8 @@ class TrainSettings(_Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     grad_accum: int = Field(1, gt=0)
     checkpoint_every: int = Field(200, gt=0, description="steps between resumable checkpoints")
-    log_every: int = Field(50, gt=0, description="steps between training-loss records (the training curves)")
+    log_every: int = Field(50, gt=0, description="steps between training-loss records (the training curves); "
+                                                 "the last step is recorded too")
     precision: Precision = Field(
         "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
