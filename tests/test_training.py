@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -346,31 +349,63 @@ def test_bf16_training_runs_where_the_hardware_allows(tiny_project: Path) -> Non
     assert all(tensor.dtype == torch.float32 for tensor in state.values())
 
 
-def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path, tmp_path: Path) -> None:
-    """The multi-GPU path, on CPU: two gloo processes share the batches, only the first writes, and each
-    closes its process group before exit (NCCL warns of a leak otherwise; gloo says nothing, so ask)."""
-    import os
-    import subprocess
-    import sys
-
+def _torchrun_train(project: Path, tmp_path: Path, before: str = "") -> subprocess.CompletedProcess:
+    """`mtlora train` of the sentiment task in two gloo processes under torchrun: the multi-GPU path, on CPU.
+    `before` runs in each process first. Each says at exit whether its process group is still open."""
     script = tmp_path / "train.py"
     script.write_text(
         "import sys, torch.distributed\n"
+        f"{before}\n"
         "from mtlora.cli import app\n"
-        "app(sys.argv[1:], standalone_mode=False)\n"
+        "code = app(sys.argv[1:], standalone_mode=False)\n"
         "print('group open' if torch.distributed.is_initialized() else 'group closed')\n"
+        "sys.exit(code)\n"
     )
     # On a machine with one GPU two NCCL processes would share it, which NCCL refuses: this is the CPU path.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-               "train", str(tiny_project), "--task", "sentiment", "--no-baseline"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+               "train", str(project), "--task", "sentiment", "--no-baseline"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path, tmp_path: Path) -> None:
+    """Two processes share the batches, only the first writes, and each closes its process group before
+    exit (NCCL warns of a leak otherwise; gloo says nothing, so ask)."""
+    done = _torchrun_train(tiny_project, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Trained") == 1
     assert done.stdout.count("group closed") == 2, done.stdout[-3000:]
     manifest = mtlora.show_adapter(tiny_project, "sentiment")
     assert manifest.training["steps"] == 24  # 16 examples x 12 epochs / (batch 4 x 2 processes)
     assert not (load_config(tiny_project).registry / ".runs" / "sentiment").exists()
+
+
+def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """A signal reaches each process at its own moment, maybe steps apart. Were each to act on its own, the
+    ones still training would wait forever in a collective that the stopped one never joins, and the first
+    process, which stores the adapter, could store it unfinished."""
+    second_process_signals_itself_at_step_5 = (
+        "import os, signal\n"
+        "from mtlora.training import trainer\n"
+        "on_step_end = trainer._StopOnSignal.on_step_end\n"
+        "def signalled(self, args, state, control, **kwargs):\n"
+        "    if args.process_index == 1 and state.global_step == 5:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return on_step_end(self, args, state, control, **kwargs)\n"
+        "trainer._StopOnSignal.on_step_end = signalled\n"
+    )
+    stopped = _torchrun_train(tiny_project, tmp_path, before=second_process_signals_itself_at_step_5)
+    assert stopped.returncode != 0
+    assert stopped.stderr.count("interrupted at step 5; checkpoint saved") == 2, stopped.stderr[-3000:]
+    assert stopped.stdout.count("group closed") == 2, stopped.stdout[-3000:]
+    assert not (load_config(tiny_project).registry / "sentiment").exists()
+
+    resumed = _torchrun_train(tiny_project, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(step 5)" in resumed.stdout, resumed.stdout[-3000:]
+    assert mtlora.show_adapter(tiny_project, "sentiment").training["steps"] == 24
 
 
 def test_length_batches_cover_every_row_once_in_shuffled_order() -> None:
@@ -416,7 +451,6 @@ def test_a_run_that_never_learned_says_so_and_its_manifest_keeps_it(tiny_project
 
 def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
     """`docker stop` and job schedulers send SIGTERM before they kill: the run saves its step and stops."""
-    import os
     import signal
 
     before = signal.getsignal(signal.SIGTERM)
@@ -425,3 +459,17 @@ def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     assert stopper.requested
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_process_told_to_stop_by_another_still_saves_on_its_own_signal() -> None:
+    """torchrun forwards a signal to every process: one that already agreed to stop on another's must take
+    its own as the first, not as the second Ctrl-C that aborts without a checkpoint."""
+    import signal
+
+    stopper = trainer_module._StopOnSignal()
+    stopper.requested = True  # as `on_step_end` sets it when another process heard a signal
+    with stopper.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stopper.heard
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

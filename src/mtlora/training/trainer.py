@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import torch
+import torch.distributed
 from torch import nn
 from transformers import (
     PreTrainedTokenizerBase,
@@ -343,12 +345,13 @@ class _StopOnSignal(TrainerCallback):
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.heard = False  # by this process
+        self.requested = False  # the run stops after this step: this process heard a signal, or another did
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.heard:
             raise KeyboardInterrupt
-        self.requested = True
+        self.heard = self.requested = True
         print("\nInterrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
 
     @contextlib.contextmanager
@@ -365,10 +368,21 @@ class _StopOnSignal(TrainerCallback):
                 signal.signal(number, handler)
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.world_size > 1:
+            # Under torchrun each process hears a signal at its own moment, maybe a step apart. They stop
+            # together, after the first step any of them heard it: one stopping alone would leave the others
+            # waiting forever in the next step's collectives.
+            self.requested = _in_any_process(self.requested, args.device)
         if self.requested:
             control.should_save = True
             control.should_log = True  # the checkpoint's loss record then reaches its last step
             control.should_training_stop = True
+
+
+def _in_any_process(flag: bool, device: torch.device) -> bool:
+    tensor = torch.tensor(int(flag), device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 class _ThisRunsCadence(TrainerCallback):
