@@ -44,10 +44,19 @@ adapters_app = typer.Typer(help="List, inspect and remove the adapters in a proj
                            no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
-# Markup off: tables and messages carry users' texts, labels and task names, where "[/quote]" or
-# "[race_mcq]" is text, not a style tag.
-console = Console(markup=False)
-errors = Console(stderr=True, markup=False)
+
+
+def _console(stderr: bool = False) -> Console:
+    # Markup off: tables and messages carry users' texts, labels and task names, where "[/quote]" or
+    # "[race_mcq]" is text, not a style tag. Into a file or a pipe rich would lay tables out for 80 columns,
+    # cutting cells ("pair_class…"): there each line is as wide as its content (COLUMNS still sets a width).
+    piped = not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, markup=False, width=PIPED_WIDTH if piped else None)
+
+
+PIPED_WIDTH = 1000
+console = _console()
+errors = _console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(metavar="PROJECT.yaml",
                                            help="The project file (YAML) describing backbone, registry and tasks.")]
