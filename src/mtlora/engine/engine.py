@@ -271,7 +271,7 @@ class Engine:
         known = self._known_tasks()
         requests = [engine_request(item, name, known) for item in inputs]
         with self._lock:
-            return self._answer(requests, [Route(name, ExplicitRouter.name, 1.0) for _ in requests])
+            return self._answer(requests, [ExplicitRouter.named(name) for _ in requests])
 
     def embed(self, texts: Sequence[str], reading: str = "encoder") -> torch.Tensor:
         """Mean-pooled, normalised embeddings of `texts`, (texts, hidden): of the backbone's last layer with
