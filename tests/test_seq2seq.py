@@ -25,6 +25,7 @@ from mtlora.errors import ConfigError, DataError
 from mtlora.evaluation import routing_mix
 from mtlora.registry import Registry
 from mtlora.tasks import mcq_generation
+from mtlora.tasks.base import Encoded
 from mtlora.tasks.mcq_generation import MCQ, MCQGenerationTask, parse_mcq
 from mtlora.training import TrainingInterrupted, train_task
 from mtlora.training import trainer as trainer_module
@@ -310,16 +311,16 @@ def test_a_letter_in_parentheses_inside_an_option_stays_in_its_text() -> None:
 def test_mcq_rouge_scores_the_content_not_the_scaffold(tmp_path: Path, warm_start_bert: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every output shares `question:`, `options:`, `(a)`, `answer:`: on those alone an empty MCQ scored 38.
-    The metrics read the MCQ as `decode` parsed it (here `scored`), and parse no output again."""
+    The metrics read the MCQ as `decode` parsed it, and parse no output again."""
     kind = MCQGenerationTask.from_config(load_config(write_seq2seq_project(tmp_path, warm_start_bert)).task("mcq"))
-    monkeypatch.setattr(mcq_generation, "parse_mcq", lambda *args: pytest.fail("metrics parsed an output again"))
     gold = MCQ("who sat on the mat?", ["the cat", "the dog"], answer=1)
     examples = [{"text": "the dog sat on the mat", "mcq": gold}]
 
     def scored(text: str) -> dict[str, float]:
-        mcq = parse_mcq(text, 2)
-        parsed = None if mcq is None else {"question": mcq.question, "options": mcq.options, "answer": "ab"[mcq.answer]}
-        return kind.metrics([{"text": text, "mcq": parsed}], examples)
+        predictions = kind.decode([{"text": text, "tokens": 10}], Encoded({}, [0], truncated=[False]), examples)
+        with monkeypatch.context() as patch:
+            patch.setattr(mcq_generation, "parse_mcq", lambda *args: pytest.fail("metrics parsed an output again"))
+            return kind.metrics(predictions, examples)
 
     assert scored(gold.format())["rougeL"] == 100.0
     assert scored("question: options: (a) (b) answer: a")["rougeL"] == 0.0  # the scaffold alone: not an MCQ
