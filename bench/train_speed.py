@@ -9,7 +9,7 @@ Each setup trains one epoch with identical LoRA and optimiser settings and the s
 dev accuracy. Prints a table and writes bench/results/train_speed.json.
 
     python bench/train_speed.py                       # 5,000 training sentences (about 10 min on 2 cores)
-    python bench/train_speed.py --train-size 20000    # the setting of the README's SST-2 numbers
+    python bench/train_speed.py --train-size 20000    # a longer run, closer to SST-2's 67k
 """
 
 from __future__ import annotations
