@@ -376,6 +376,13 @@ def test_prompt_templates_are_checked(tmp_path: Path, warm_start_bert: Path) -> 
     with pytest.raises(ConfigError, match=r"uses \['message'\]; it may use \{text\}"):
         load_config(project)
 
+    # Without {text} every example reads the same instruction: the model would learn nothing of its input.
+    raw["tasks"][0]["seq2seq"]["prompt"] = "Which team? "
+    project.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"leaves out \{text\}, so the model would never see the input; put "
+                                          r"\{text\} where the input goes, as in 'Which team\? \{text\}'"):
+        load_config(project)
+
     raw["tasks"][0]["seq2seq"] = {"task_token": "<two words>"}
     project.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="must be one word without spaces"):

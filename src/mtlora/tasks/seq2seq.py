@@ -167,16 +167,23 @@ class Seq2SeqTask(TaskKind):
 
 
 def check_template(template: str, roles: Sequence[str]) -> None:
-    """A template may only name the kind's input fields: `{text}` (and `{question}`... where a kind has them)."""
+    """A template names each of the kind's input fields, `{text}` (and `{question}`... where a kind has
+    them), and nothing else."""
+    literal_brace = "write a literal brace as {{ or }}"
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise ValueError(f"prompt template {template!r} is malformed: {exc} (write a literal brace as {{{{ or }}}})") \
-            from None
+        raise ValueError(f"prompt template {template!r} is malformed: {exc} ({literal_brace})") from None
+    fields = ", ".join("{" + r + "}" for r in roles)
     unknown = sorted(names - set(roles))
     if unknown or "" in names:
-        raise ValueError(f"prompt template {template!r} uses {unknown or ['{}']}; it may use "
-                         f"{', '.join('{' + r + '}' for r in roles)}")
+        raise ValueError(f"prompt template {template!r} uses {unknown or ['{}']}; it may use {fields} "
+                         f"({literal_brace})")
+    if missing := [role for role in roles if role not in names]:
+        # Every example would then read the same instruction, and the model learn nothing of its input.
+        raise ValueError(f"prompt template {template!r} leaves out {{{missing[0]}}}, so the model would never see "
+                         f"the input; put {fields} where the input goes, as in "
+                         f"{' '.join([template.strip(), *('{' + role + '}' for role in missing)])!r}")
 
 
 def target_ids(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str], max_length: int) -> list[list[int]]:
