@@ -56,6 +56,27 @@ def test_the_routing_table_shows_the_share_routed_by_shape(tiny_project: Path, m
                     ["keywords", "", "8", "0.750", "0.125", "0.250", "", "0.50"]]
 
 
+def test_the_evaluation_table_marks_metrics_that_run_to_100(tiny_project: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside accuracies, a ROUGE-L of 0.83 (near nothing) read as 83%: summary.md marked the scale, the
+    console did not."""
+    from mtlora.evaluation import TaskReport
+
+    def report(task: str, kind: str, metric: str, value: float) -> TaskReport:
+        return TaskReport(task=task, kind=kind, split="validation", examples=4, primary_metric=metric,
+                          metrics={"lora": {metric: value}}, parameters={"lora": {"trainable": 1, "total": 10,
+                                                                                  "stored": 1}})
+
+    reports = [report("summarize", "generation", "rougeL", 0.833), report("sentiment", "classification",
+                                                                         "accuracy", 0.787)]
+    monkeypatch.setattr(mtlora.api, "evaluate", lambda *args, **kwargs: reports)
+    shown = run("evaluate", tiny_project)
+    assert shown.exit_code == 0, shown.output
+    rows = [[cell.strip() for cell in line[1:-1].split(line[0])][:2] for line in shown.output.splitlines()
+            if line[:1] == "│"]
+    assert rows == [["summarize", "rougeL (0-100)"], ["sentiment", "accuracy"]]
+
+
 def test_evaluate_router_all_asks_for_the_routers_that_choose_a_task(tiny_project: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """'all' evaluates what the API evaluates by default: not the explicit router, which in a mix of inputs

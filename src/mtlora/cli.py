@@ -29,7 +29,14 @@ from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import AdapterNotFoundError, MtloraError, TrainingInterrupted
 from mtlora.evaluation import RoutingReport, TaskReport
 from mtlora.evaluation.evaluate import VARIANTS
-from mtlora.evaluation.report import ROUTING_COLUMNS, main_metric_values, routing_cells, sample_cell, sample_rows
+from mtlora.evaluation.report import (
+    ROUTING_COLUMNS,
+    main_metric_name,
+    main_metric_values,
+    routing_cells,
+    sample_cell,
+    sample_rows,
+)
 from mtlora.registry import Registry, share_of
 from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
 from mtlora.tasks import get_task_kind, task_kind_names
@@ -168,7 +175,7 @@ def evaluate(
     for r in reports:
         values = main_metric_values(r).values()
         lora = r.parameters["lora"]
-        table.add_row(r.task, r.primary_metric, *("–" if v is None else f"{v:.3f}" for v in values),
+        table.add_row(r.task, main_metric_name(r), *("–" if v is None else f"{v:.3f}" for v in values),
                       f"{lora['trainable']:,} ({share_of(lora['trainable'], lora['total'])})", f"{lora['stored']:,}")
     console.print(table)
     for r in reports:

@@ -92,16 +92,14 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
-        metric = r.primary_metric
         values = main_metric_values(r)
         gain = (values["lora"] - values["head_only"]) if None not in (values["lora"], values["head_only"]) else None
         best = max((v for v in values.values() if v is not None), default=None)  # every main metric: higher is better
         shown = {v: f"**{_fmt(value)}**" if value is not None and value == best else _fmt(value)
                  for v, value in values.items()}
-        scale = " (0-100)" if get_task_kind(r.kind).primary_metric_scale == 100 else ""
         params = r.parameters["lora"]
         lines.append(
-            f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {metric}{scale} | {shown['base']} "
+            f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {main_metric_name(r)} | {shown['base']} "
             f"| {shown['head_only']} | {shown['lora']} | {_fmt(gain, signed=True)} "
             f"| {params['trainable']:,} | {share_of(params['trainable'], params['total'])} "
             f"| {params.get('stored', params['trainable']):,} |"
@@ -123,6 +121,12 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
             lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{_stem(r)}_confusion.png`"]
         lines += ["", *_samples_table(r), ""]
     return "\n".join(lines)
+
+
+def main_metric_name(report: TaskReport) -> str:
+    """The main metric's name, marked where it runs to 100 (ROUGE, SQuAD's F1): beside accuracies, a
+    ROUGE-L of 0.8 would read as 80%."""
+    return report.primary_metric + (" (0-100)" if get_task_kind(report.kind).primary_metric_scale == 100 else "")
 
 
 def main_metric_values(report: TaskReport) -> dict[str, float | None]:
