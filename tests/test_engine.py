@@ -15,7 +15,7 @@ import yaml
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 import mtlora
-from mtlora import Engine, InputError, UnknownTaskError, load_config
+from mtlora import EmptyTextError, Engine, InputError, UnknownTaskError, load_config
 
 MIXED = [
     ("sentiment", "loved this great movie"),
@@ -203,15 +203,16 @@ def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
 def test_bad_inputs_are_explained(engine: Engine) -> None:
     with pytest.raises(InputError, match="text is empty"):
         engine.predict("   ", task="sentiment")
-    for empty in ("", "  ", "<support>  "):  # refused before routing, not routed to "unroutable"
-        with pytest.raises(InputError, match=r"^text is empty"):
+    # Refused before routing, not routed to "unroutable"; nor answered from the special tokens alone.
+    for empty in ("", "  ", "<support>  ", "\x00\x01", "\u200b\t"):
+        with pytest.raises(EmptyTextError, match=r"^text is empty"):
             engine.predict(empty)
     with pytest.raises(InputError, match=r"starts with <support>, but task 'sentiment' was named"):
         engine.predict("<support> refund please", task="sentiment")
     assert engine.predict("<support> refund please", task="support")["task"] == "support"
     with pytest.raises(InputError, match=r"^question is empty"):
         engine.predict({"question": " ", "context": "the cat sat"})
-    with pytest.raises(InputError, match=r"^inputs\[2\]: text_pair is empty"):
+    with pytest.raises(EmptyTextError, match=r"^inputs\[2\]: text_pair is empty"):
         engine.predict(["fine", "good", ("a", "")])
     with pytest.raises(InputError, match=r"^inputs\[1\]: task 'sentiment' \(classification\) takes a text, but a "
                                          r"text pair was given \(give it a text, or name a task that takes a text "

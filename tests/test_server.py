@@ -95,6 +95,10 @@ def test_metrics_label_requests_by_route_not_by_url(client: TestClient) -> None:
     ('{"task": "sentiment"}', 422, "invalid_request"),                          # missing field
     ('{"inputs": "hi", "colour": 1}', 422, "invalid_request"),                  # unknown field
     ('{"inputs": "   "}', 422, "empty_text"),
+    ('{"inputs": "\\u0000\\u0001"}', 422, "empty_text"),                        # control characters only
+    ('{"inputs": "<sentiment>  "}', 422, "empty_text"),                         # nothing after the task's prefix
+    ('{"inputs": "hi", "task": ""}', 422, "invalid_request"),
+    ('{"inputs": "hi", "router": ""}', 422, "invalid_request"),
     ('{"inputs": []}', 422, "invalid_request"),
     (json.dumps({"inputs": ["a"] * 9}), 413, "too_many_inputs"),
     (json.dumps({"inputs": "a" * 501}), 413, "text_too_long"),

@@ -4,7 +4,8 @@
     ├── ConfigError          a project file is invalid (lists every problem at once)
     ├── DataError            a data file or row is unusable (names file, line and field)
     ├── UnknownTaskError     a task or task kind that does not exist (lists what does)
-    ├── InputError           a prediction input has the wrong shape or is empty
+    ├── InputError           a prediction input has the wrong shape
+    │   └── EmptyTextError   or has no text to read
     ├── TrainingInterrupted  training stopped on Ctrl-C after a checkpoint (the same command resumes)
     └── RegistryError        adapter storage problems
         ├── AdapterNotFoundError
@@ -69,6 +70,10 @@ class UnknownTaskError(MtloraError, KeyError):
 
 class InputError(MtloraError, ValueError):
     pass
+
+
+class EmptyTextError(InputError):
+    """A text is empty, or holds nothing a tokenizer keeps (spaces, control characters)."""
 
 
 class TrainingInterrupted(MtloraError):

@@ -127,7 +127,7 @@ def naming_input(index: int, count: int) -> Iterator[None]:
     except InputError as error:
         if count == 1:
             raise
-        raise InputError(f"inputs[{index}]: {error}") from error
+        raise type(error)(f"inputs[{index}]: {error}") from error
     except UnknownTaskError as error:  # a prefix naming a task that is not loaded
         if count > 1:
             error.args = (f"inputs[{index}]: {error}",)  # the same error, its listing and fix kept

@@ -37,6 +37,7 @@ from mtlora.errors import (
     AdapterNotServableError,
     BaseModelMismatchError,
     CorruptAdapterError,
+    EmptyTextError,
     InputError,
     MtloraError,
     UnknownTaskError,
@@ -54,6 +55,7 @@ from mtlora.server.schemas import (
     texts_of,
 )
 from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
+from mtlora.tasks.base import has_text
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -322,7 +324,7 @@ def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inpu
     for i, item in enumerate(items):
         for name, text in texts_of(item).items():
             where = (f"{field}[{i}]" if len(items) > 1 else field) + (f".{name}" if name else "")
-            if not text.strip():
+            if not has_text(text):
                 raise HTTPProblem(422, "empty_text", f"{where}: the text is empty")
             if len(text) > settings.max_text_chars:
                 raise HTTPProblem(413, "text_too_long", f"{where}: {len(text)} characters; the limit is "
@@ -425,6 +427,8 @@ def _as_problem(error: MtloraError) -> HTTPProblem:
         return HTTPProblem(404, "not_found", str(error))
     if isinstance(error, CorruptAdapterError | BaseModelMismatchError | AdapterNotServableError):
         return HTTPProblem(409, "adapter_unusable", str(error))
+    if isinstance(error, EmptyTextError):  # one left once a task's prefix is cut off: "<summarize>"
+        return HTTPProblem(422, "empty_text", str(error))
     if isinstance(error, InputError):
         return HTTPProblem(422, "bad_input", str(error))
     # Snake case like every other error type: RegistryError -> registry_error.

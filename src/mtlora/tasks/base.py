@@ -19,7 +19,7 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from mtlora.batching import forward_features
-from mtlora.errors import DataError, InputError
+from mtlora.errors import DataError, EmptyTextError, InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -261,6 +261,12 @@ def integer_text(value: str) -> bool:
 def require_text(text: Any, what: str) -> str:
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InputError(f"{what} is empty: give some text to predict on")
+    if not has_text(text):
+        raise EmptyTextError(f"{what} is empty: give some text to predict on")
     return text
+
+
+def has_text(text: str) -> bool:
+    """Whether `text` holds a character a tokenizer keeps: not only spaces or control characters, which
+    leave a model nothing but its special tokens to answer from."""
+    return any(char.isprintable() and not char.isspace() for char in text)
