@@ -132,9 +132,17 @@ def test_unknown_label_lists_the_valid_ones(tmp_path: Path) -> None:
         load(tmp_path, "classification", name, **LABELS)
 
 
-def test_empty_text_is_refused(tmp_path: Path) -> None:
-    name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": "   ", "label": "neg"}])
-    with pytest.raises(DataError, match=r"train.jsonl:2: field 'text' is empty"):
+@pytest.mark.parametrize("text", ["   ", "\x00\u200b"])
+def test_empty_text_is_refused(tmp_path: Path, text: str) -> None:
+    name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": text, "label": "neg"}])
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'text' is empty \(give the row its text, or drop it\)"):
+        load(tmp_path, "classification", name, **LABELS)
+
+
+def test_a_number_where_text_belongs_is_refused_with_the_fix(tmp_path: Path) -> None:
+    name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": 5, "label": "neg"}])
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'text' must be text, got int \(write it in quotes, or "
+                                        r"map the role to a text field with data.fields.text\)"):
         load(tmp_path, "classification", name, **LABELS)
 
 

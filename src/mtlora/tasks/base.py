@@ -155,9 +155,10 @@ class TaskKind(ABC):
     def text_value(self, row: Row, role: str) -> str:
         value = self.value(row, role)
         if not isinstance(value, str):
-            raise DataError(row.where, f"field '{self.column(role)}' must be text, got {type(value).__name__}")
-        if not value.strip():
-            raise DataError(row.where, f"field '{self.column(role)}' is empty")
+            raise DataError(row.where, f"field '{self.column(role)}' must be text, got {type(value).__name__}",
+                            f"write it in quotes, or map the role to a text field with data.fields.{role}")
+        if not has_text(value):
+            raise DataError(row.where, f"field '{self.column(role)}' is empty", "give the row its text, or drop it")
         return value
 
     # ---- model ------------------------------------------------------------------------------------
