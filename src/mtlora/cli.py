@@ -56,12 +56,12 @@ app.add_typer(adapters_app, name="adapters")
 def _console(stderr: bool = False) -> Console:
     # Markup off: tables and messages carry users' texts, labels and task names, where "[/quote]" or
     # "[race_mcq]" is text, not a style tag. Into a file or a pipe rich would lay tables out for 80 columns,
-    # cutting cells ("pair_class…"): there each line is as wide as its content (COLUMNS still sets a width).
+    # cutting cells ("pair_class…"): there they get the width of a wide log line (COLUMNS still sets one).
     piped = not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ
     return Console(stderr=stderr, markup=False, width=PIPED_WIDTH if piped else None)
 
 
-PIPED_WIDTH = 1000
+PIPED_WIDTH = 200
 console = _console()
 errors = _console(stderr=True)
 
