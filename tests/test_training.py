@@ -135,6 +135,7 @@ def test_manifest_records_what_a_user_needs(trained_project: Path) -> None:
     assert manifest.training["steps"] > 0 and manifest.training["time_s"] > 0
     assert "adapter_model.safetensors" in manifest.files and "adapter_config.json" in manifest.files
     assert manifest.created_at and manifest.example_inputs
+    assert manifest.modules_to_save == ["classifier"]  # PEFT extends the list it is given, in place
 
 
 def final_adapter_state(project: Path, name: str) -> dict[str, torch.Tensor]:

@@ -79,7 +79,7 @@ def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSe
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
-            modules_to_save=head or None,
+            modules_to_save=list(head) or None,  # a copy: PEFT extends the list in place (with its defaults)
             trainable_token_indices=added or None,
         )
         model = get_peft_model(model, config)
