@@ -7,16 +7,18 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification, TrainerControl
 from transformers.trainer_utils import get_last_checkpoint
 
 import mtlora
@@ -450,27 +452,58 @@ def test_a_run_that_never_learned_says_so_and_its_manifest_keeps_it(tiny_project
     assert warning and "the loss did not fall" in warning
 
 
+ONE_PROCESS = SimpleNamespace(world_size=1, device=torch.device("cpu"))
+TWO_PROCESSES = SimpleNamespace(world_size=2, device=torch.device("cpu"))
+
+
 def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
     """`docker stop` and job schedulers send SIGTERM before they kill: the run saves its step and stops."""
-    import signal
-
     before = signal.getsignal(signal.SIGTERM)
+    stopper, control = trainer_module._StopOnSignal(), TrainerControl()
+    with stopper.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        stopper.on_step_end(ONE_PROCESS, None, control)
+    assert stopper.requested and control.should_save and control.should_training_stop
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_sigterm_changes_nothing_and_a_second_ctrl_c_aborts() -> None:
+    """A scheduler that signals every process of a torchrun job reaches each worker twice (directly and
+    through the launcher): that must not abort the checkpoint the first one asked for."""
     stopper = trainer_module._StopOnSignal()
     with stopper.installed():
         os.kill(os.getpid(), signal.SIGTERM)
-    assert stopper.requested
-    assert signal.getsignal(signal.SIGTERM) is before
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_a_process_told_to_stop_by_another_still_saves_on_its_own_signal() -> None:
     """torchrun forwards a signal to every process: one that already agreed to stop on another's must take
     its own as the first, not as the second Ctrl-C that aborts without a checkpoint."""
-    import signal
-
     stopper = trainer_module._StopOnSignal()
     stopper.requested = True  # as `on_step_end` sets it when another process heard a signal
     with stopper.installed():
         os.kill(os.getpid(), signal.SIGINT)
-        assert stopper.heard
+        assert stopper.heard == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_during_the_processes_agreement_stops_the_run_one_step_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal handled while the stop flag is being reduced across processes is too late for that step's
+    agreement, and must count at the next one, not be overwritten by it."""
+    calls = []
+
+    def all_reduce(tensor: torch.Tensor, op: Any) -> None:  # one process: its own flag is the maximum
+        calls.append(int(tensor))
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(trainer_module.torch.distributed, "all_reduce", all_reduce)
+    stopper, control = trainer_module._StopOnSignal(), TrainerControl()
+    with stopper.installed():
+        stopper.on_step_end(TWO_PROCESSES, None, control)
+        assert stopper.heard == signal.SIGINT and not control.should_training_stop
+        stopper.on_step_end(TWO_PROCESSES, None, control)
+    assert calls == [0, 1] and stopper.requested and control.should_save and control.should_training_stop

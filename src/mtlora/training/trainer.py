@@ -340,19 +340,22 @@ class _LengthBatchedTrainer(Trainer):
 
 class _StopOnSignal(TrainerCallback):
     """First Ctrl-C (or SIGTERM, which `docker stop` and job schedulers send before killing): save a
-    checkpoint at the end of the current step and stop. A second Ctrl-C: stop now."""
+    checkpoint at the end of the current step and stop. A second Ctrl-C: stop now. A second SIGTERM
+    changes nothing: a scheduler that signals every process of a torchrun job reaches each worker twice,
+    directly and through the launcher, and kills what is left when its grace period ends anyway."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.heard = False  # by this process
-        self.requested = False  # the run stops after this step: this process heard a signal, or another did
+        self.heard: int | None = None  # the first signal this process received
+        self.requested = False  # the run stops after this step: agreed in `on_step_end`, alike in every process
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.heard:
+        if self.heard is None:
+            self.heard = signum
+            print("\nInterrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.heard = self.requested = True
-        print("\nInterrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -368,11 +371,12 @@ class _StopOnSignal(TrainerCallback):
                 signal.signal(number, handler)
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if args.world_size > 1:
-            # Under torchrun each process hears a signal at its own moment, maybe a step apart. They stop
-            # together, after the first step any of them heard it: one stopping alone would leave the others
-            # waiting forever in the next step's collectives.
-            self.requested = _in_any_process(self.requested, args.device)
+        heard = self.heard is not None
+        # Under torchrun each process hears a signal at its own moment, maybe a step apart. They stop
+        # together, after the first step any of them had heard it by: one stopping alone would leave the
+        # others waiting forever in the next step's collectives. Only the agreed value decides, so that a
+        # signal landing during the reduce is sent at the next step rather than overwritten.
+        self.requested = self.requested or (_in_any_process(heard, args.device) if args.world_size > 1 else heard)
         if self.requested:
             control.should_save = True
             control.should_log = True  # the checkpoint's loss record then reaches its last step
