@@ -97,6 +97,7 @@ def test_metrics_label_requests_by_route_not_by_url(client: TestClient) -> None:
     ('{"inputs": "   "}', 422, "empty_text"),
     ('{"inputs": "\\u0000\\u0001"}', 422, "empty_text"),                        # control characters only
     ('{"inputs": "<sentiment>  "}', 422, "empty_text"),                         # nothing after the task's prefix
+    ('{"inputs": "a\\ud800b"}', 422, "bad_input"),                               # half a surrogate pair: not text
     ('{"inputs": "hi", "task": ""}', 422, "invalid_request"),
     ('{"inputs": "hi", "router": ""}', 422, "invalid_request"),
     ('{"inputs": []}', 422, "invalid_request"),

@@ -8,6 +8,7 @@ the seq2seq kinds apart, since they run on a backbone of their own.
 from __future__ import annotations
 
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -264,10 +265,21 @@ def require_text(text: Any, what: str) -> str:
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
     if not has_text(text):
         raise EmptyTextError(f"{what} is empty: give some text to predict on")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # JSON may escape one ("\ud800"); tokenizers fail on it
+        raise InputError(f"{what} holds {text[error.start]!r} at character {error.start}, half of a UTF-16 "
+                         "surrogate pair, which is not text on its own: send valid Unicode") from None
     return text
 
 
+# Spaces, line and paragraph separators, control and format (zero-width) characters.
+_NOT_TEXT = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+
+
 def has_text(text: str) -> bool:
-    """Whether `text` holds a character a tokenizer keeps: not only spaces or control characters, which
-    leave a model nothing but its special tokens to answer from."""
-    return any(char.isprintable() and not char.isspace() for char in text)
+    """Whether `text` holds more than spaces and control or format characters, which would leave a model
+    nothing but its special tokens to answer from. Unassigned and private-use characters count as text:
+    a tokenizer keeps them (as its unknown token), and an emoji newer than this Python's Unicode tables is
+    unassigned here."""
+    return any(unicodedata.category(char) not in _NOT_TEXT for char in text)
