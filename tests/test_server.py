@@ -98,8 +98,8 @@ def test_metrics_label_requests_by_route_not_by_url(client: TestClient) -> None:
     ('{"inputs": "\\u0000\\u0001"}', 422, "empty_text"),                        # control characters only
     ('{"inputs": "<sentiment>  "}', 422, "empty_text"),                         # nothing after the task's prefix
     ('{"inputs": "a\\ud800b"}', 422, "bad_input"),                               # half a surrogate pair: not text
-    ('{"inputs": "hi", "task": ""}', 422, "invalid_request"),
-    ('{"inputs": "hi", "router": ""}', 422, "invalid_request"),
+    ('{"inputs": "hi", "task": " "}', 422, "bad_input"),
+    ('{"inputs": "hi", "router": ""}', 422, "bad_input"),
     ('{"inputs": []}', 422, "invalid_request"),
     (json.dumps({"inputs": ["a"] * 9}), 413, "too_many_inputs"),
     (json.dumps({"inputs": "a" * 501}), 413, "text_too_long"),
@@ -139,6 +139,15 @@ def test_invalid_bodies_are_explained_by_the_shape_the_client_meant(client: Test
                                                                      content_type: str, headline: str) -> None:
     response = client.post("/v1/predict", content=body, headers={"content-type": content_type})
     assert error_of(response)["message"].startswith(headline), response.text
+
+
+def test_an_empty_task_or_router_name_is_told_the_names_it_may_take(client: TestClient) -> None:
+    task = client.post("/v1/predict", json={"inputs": "hi", "task": ""})
+    assert error_of(task)["message"].startswith("task is empty: name a loaded task (paraphrase, "), task.text
+    assert error_of(task)["message"].endswith("or leave task out to route each input")
+    router = client.post("/v1/route", json={"input": "hi", "router": " "})
+    assert error_of(router)["message"] == ("router is empty: name one of explicit, keywords, semantic, learned, or "
+                                           "leave router out for the project's default"), router.text
 
 
 def test_route_names_its_input_field_in_errors(client: TestClient) -> None:

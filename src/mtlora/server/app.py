@@ -391,6 +391,12 @@ def _overloaded(settings: ServerSettings) -> HTTPProblem:
 
 
 def _check_names(engine: Engine, task: str | None, router: str | None) -> None:
+    if task is not None and not task.strip():
+        raise InputError(f"task is empty: name a loaded task ({', '.join(engine.tasks)}), or leave task out to "
+                         "route each input")
+    if router is not None and not router.strip():
+        raise InputError(f"router is empty: name one of {', '.join(ROUTERS)}, or leave router out for the "
+                         "project's default")
     if task is not None and router is not None:
         raise InputError(NAMED_AND_ROUTED.format(task=task, router=router))
     if task is not None and task not in engine.tasks:

@@ -27,13 +27,13 @@ HTTPInput = str | TextInput | QAInput  # the JSON forms; `engine_input` gives th
 
 class PredictRequest(_Strict):
     inputs: HTTPInput | list[HTTPInput] = Field(description="one input, or a list answered in order")
-    task: str | None = Field(None, min_length=1, description="the adapter to answer with; omitted: route each input")
-    router: str | None = Field(None, min_length=1, description=f"{', '.join(ROUTERS)} (default: project's)")
+    task: str | None = Field(None, description="the adapter to answer with; omitted: route each input")
+    router: str | None = Field(None, description=f"{', '.join(ROUTERS)} (default: project's)")
 
 
 class RouteRequest(_Strict):
     input: HTTPInput
-    router: str | None = Field(None, min_length=1)
+    router: str | None = None
 
 
 # The shapes of one input, by the names the validator gives them in an error's location.
