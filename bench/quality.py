@@ -323,7 +323,8 @@ def _verdict(task: str, score: float) -> str:
 
 
 def _unit(row: dict[str, Any], value: float) -> float:
-    return value / get_task_kind(row["kind"]).primary_metric_scale
+    kind = get_task_kind(row["kind"])
+    return value / kind.metric_scale(kind.primary_metric)
 
 
 def _mb(value: float | None) -> str:

@@ -19,6 +19,7 @@ from mtlora import cli, load_config
 from mtlora.cli import app
 from mtlora.evaluation import RoutingReport
 from mtlora.routing.token_head import TokenRouterHead
+from mtlora.tasks import get_task_kind
 
 runner = CliRunner()
 
@@ -207,9 +208,9 @@ def test_adapters_list_shows_each_kinds_primary_metric() -> None:
     from mtlora.cli import _main_metric
 
     squad = {"lora": {"exact_match": 1.0, "f1": 5.259}, "head_only": {"exact_match": 0.0, "f1": 8.5}}
-    assert _main_metric(squad, "f1") == "f1 5.259"  # QA stores exact_match first
-    assert _main_metric({"lora": {"pearson": 0.5}}, "spearman") == "pearson 0.500"
-    assert _main_metric({}, "accuracy") == "not evaluated yet"
+    assert _main_metric(squad, get_task_kind("extractive_qa")) == "f1 (0-100) 5.259"  # QA stores exact_match first
+    assert _main_metric({"lora": {"spearman": 0.5}}, get_task_kind("regression")) == "spearman 0.500"
+    assert _main_metric({}, get_task_kind("classification")) == "not evaluated yet"
 
 
 def test_help_and_kinds() -> None:

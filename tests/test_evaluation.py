@@ -109,6 +109,8 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in summary.splitlines()
             if line.startswith("| ") and " | validation | " in line}
     assert rows["qa"][4] == "f1 (0-100)" and rows["sentiment"][4] == "accuracy"
+    # Every metric in percent is marked in the all-metrics tables too: an EM of 3.000 is not three questions.
+    assert "| variant | exact_match (0-100) | f1 (0-100) |" in summary
     for task, cells in rows.items():  # only the best of base, head-only and LoRA is bold
         values = [float(c.strip("*")) if c != "–" else None for c in cells[5:8]]
         best = max(v for v in values if v is not None)

@@ -283,3 +283,16 @@ def test_a_users_own_kind_registers_with_plain_report_forms_and_one_lacking_a_me
         assert "incomplete_test" not in _KINDS
     finally:
         _KINDS.pop("toxicity_test", None)
+
+
+def test_each_kind_says_which_of_its_metrics_run_to_100() -> None:
+    """Tables mark those: beside accuracies, a ROUGE-L of 0.8 (near nothing) reads as 80%."""
+    from mtlora.tasks import get_task_kind
+
+    marked = {(kind, metric): get_task_kind(kind).metric_label(metric) for kind, metric in [
+        ("extractive_qa", "exact_match"), ("classification", "f1"), ("generation", "rougeLsum"),
+        ("generation", "copy_share"), ("mcq_generation", "question_rougeL"), ("mcq_generation", "valid_mcq_share"),
+        ("multitask", "summarize/rougeL"), ("multitask", "race/valid_mcq_share"), ("multitask", "mean_primary")]}
+    assert [key for key, label in marked.items() if label.endswith(" (0-100)")] == [
+        ("extractive_qa", "exact_match"), ("generation", "rougeLsum"), ("mcq_generation", "question_rougeL"),
+        ("multitask", "summarize/rougeL")]

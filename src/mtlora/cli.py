@@ -39,7 +39,7 @@ from mtlora.evaluation.report import (
 )
 from mtlora.registry import Registry, share_of
 from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
-from mtlora.tasks import get_task_kind, task_kind_names
+from mtlora.tasks import TaskKind, get_task_kind, task_kind_names
 
 app = typer.Typer(
     help="Multi-task LoRA adapters on one shared backbone: train, evaluate, predict, manage adapters.",
@@ -374,7 +374,7 @@ def adapters_list(config: ConfigArg) -> None:
     for m in manifests:
         # `evaluate` scores tasks; the router's score is its routing, which `evaluate --router` reports.
         metric = "see evaluate --router" if m.name == ROUTER_ADAPTER else \
-            _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind).primary_metric)
+            _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind))
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
                       f"{m.parameters.trainable:,} ({m.parameters.share})", f"{m.parameters.stored:,}", metric)
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
@@ -421,7 +421,7 @@ def kinds() -> None:
         table.add_column(column, no_wrap=column == "kind")
     for name in task_kind_names():
         kind = get_task_kind(name)
-        table.add_row(name, ", ".join(kind.roles), kind.primary_metric, kind.description)
+        table.add_row(name, ", ".join(kind.roles), kind.metric_label(kind.primary_metric), kind.description)
     console.print(table)
 
 
@@ -435,9 +435,9 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _main_metric(variants: dict[str, dict[str, float]], primary: str) -> str:
+def _main_metric(variants: dict[str, dict[str, float]], kind: type[TaskKind]) -> str:
     lora = variants.get("lora", {})
     if not lora:  # training keeps no score: `evaluate` makes it
         return "not evaluated yet"
-    name = primary if primary in lora else next(iter(lora))
-    return f"{name} {lora[name]:.3f}"
+    name = kind.primary_metric if kind.primary_metric in lora else next(iter(lora))
+    return f"{kind.metric_label(name)} {lora[name]:.3f}"

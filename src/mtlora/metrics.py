@@ -98,6 +98,9 @@ def squad_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]
     return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
 
 
+ROUGE_METRICS = frozenset({"rouge1", "rouge2", "rougeL", "rougeLsum"})  # what `rouge` returns, in percent
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """ROUGE-1/2/L F-measure in percent (Google's `rouge-score`, with stemming, as summarization papers report).
 
@@ -108,7 +111,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     """
     from rouge_score import rouge_scorer
 
-    names = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    names = sorted(ROUGE_METRICS)
     if not predictions:
         return dict.fromkeys(names, 0.0)
     scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)

@@ -114,7 +114,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
                       "tell what the adapter remembers as much as what it learned.", ""]
         for variant, notes in r.caveats.items():
             lines += [f"**{VARIANTS[variant]}**: {'; '.join(notes)}.", ""]
-        lines += ["| variant | " + " | ".join(map(sample_cell, names)) + " |", "|---|" + "---:|" * len(names)]
+        labels = [sample_cell(get_task_kind(r.kind).metric_label(n)) for n in names]
+        lines += ["| variant | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(names)]
         for variant, metrics in r.metrics.items():
             lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")
         if r.confusion is not None:
@@ -124,9 +125,8 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
 
 
 def main_metric_name(report: TaskReport) -> str:
-    """The main metric's name, marked where it runs to 100 (ROUGE, SQuAD's F1): beside accuracies, a
-    ROUGE-L of 0.8 would read as 80%."""
-    return report.primary_metric + (" (0-100)" if get_task_kind(report.kind).primary_metric_scale == 100 else "")
+    """The main metric's name, marked where it runs to 100."""
+    return get_task_kind(report.kind).metric_label(report.primary_metric)
 
 
 def main_metric_values(report: TaskReport) -> dict[str, float | None]:

@@ -54,8 +54,8 @@ class TaskKind(ABC):
     auto_class: ClassVar[Any]
     peft_task_type: ClassVar[str | None]  # None: the generic PeftModel
     primary_metric: ClassVar[str]
-    # Where the primary metric's best score lies: 100 for scores reported in percent (ROUGE, SQuAD EM/F1).
-    primary_metric_scale: ClassVar[float] = 1.0
+    # Metrics reported in percent, from 0 to 100 (ROUGE, SQuAD's EM and F1); the others run to 1.
+    percent_metrics: ClassVar[frozenset[str]] = frozenset()
     categorical: ClassVar[bool] = False
     # Model outputs the task reads (in this order) after a forward pass.
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
@@ -69,6 +69,17 @@ class TaskKind(ABC):
     mixes_tasks: ClassVar[bool] = False
     # Whether a kind that mixes tasks can take this kind's task as one of them.
     mixable: ClassVar[bool] = False
+
+    @classmethod
+    def metric_scale(cls, metric: str) -> float:
+        """Where `metric`'s best score lies: 100 for a metric in percent, else 1."""
+        return 100.0 if metric in cls.percent_metrics else 1.0
+
+    @classmethod
+    def metric_label(cls, metric: str) -> str:
+        """`metric` as a table shows it: marked where it runs to 100, since beside accuracies a ROUGE-L of
+        0.8 (near nothing) reads as 80%."""
+        return metric + (" (0-100)" if cls.metric_scale(metric) == 100 else "")
 
     def __init__(
         self,

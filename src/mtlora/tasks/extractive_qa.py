@@ -38,7 +38,7 @@ class ExtractiveQATask(TaskKind):
     # model would never see which tokens are the question. The plain PeftModel passes every input on.
     peft_task_type = None
     primary_metric = "f1"
-    primary_metric_scale = 100.0
+    percent_metrics = frozenset({"f1", "exact_match"})
     output_names = ("start_logits", "end_logits")
     token_level = True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mtlora.metrics import degenerate_shares, rouge
+from mtlora.metrics import ROUGE_METRICS, degenerate_shares, rouge
 from mtlora.tasks.base import Encoded, Example, Prediction
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
@@ -22,7 +22,7 @@ class GenerationTask(Seq2SeqTask):
     description = "text -> text (seq2seq: summaries, questions)"
     roles = ("text", "target")
     primary_metric = "rougeL"
-    primary_metric_scale = 100.0
+    percent_metrics = ROUGE_METRICS
 
     def parse(self, rows: Sequence[Row]) -> list[Example]:
         return [{"text": self.text_value(row, "text"), "target": self.text_value(row, "target"), "where": row.where}

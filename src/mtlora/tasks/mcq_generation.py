@@ -93,6 +93,7 @@ class MCQGenerationTask(Seq2SeqTask):
     description = "passage -> question, options and answer (seq2seq)"
     roles = ("text", "question", "options", "answer")
     primary_metric = "valid_mcq_share"
+    percent_metrics = frozenset({"rougeL", "question_rougeL"})
     unused_settings: ClassVar[dict[str, str]] = {}
 
     @property

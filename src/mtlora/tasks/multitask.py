@@ -20,6 +20,8 @@ from torch import nn
 from mtlora.config import Seq2SeqSettings
 from mtlora.errors import InputError
 from mtlora.tasks.base import Encoded, Example, Prediction, require_text
+from mtlora.tasks.generation import GenerationTask
+from mtlora.tasks.mcq_generation import MCQGenerationTask
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 if TYPE_CHECKING:
@@ -36,6 +38,14 @@ class MultitaskTask(Seq2SeqTask):
     primary_metric = "mean_primary"
     mixes_tasks = True
     mixable = False
+    # A part's metric, `part/metric`, is on its kind's scale. The kinds a multitask adapter mixes name their
+    # metrics apart, so the name alone says which runs to 100.
+    _PART_PERCENT_METRICS = GenerationTask.percent_metrics | MCQGenerationTask.percent_metrics
+
+    @classmethod
+    def metric_scale(cls, metric: str) -> float:
+        part, _, name = metric.rpartition("/")
+        return 100.0 if part and name in cls._PART_PERCENT_METRICS else 1.0
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -162,7 +172,7 @@ class MultitaskTask(Seq2SeqTask):
             scores = kind.metrics([predictions[i] for i in index], [examples[i] for i in index])
             metrics.update({f"{name}/{metric}": value for metric, value in scores.items()})
             main = scores[kind.primary_metric]
-            mains.append(main / kind.primary_metric_scale)
+            mains.append(main / kind.metric_scale(kind.primary_metric))
         metrics["mean_primary"] = sum(mains) / len(mains) if mains else 0.0
         return metrics
 
