@@ -368,6 +368,23 @@ def test_dream_and_mcq_rows_are_read_and_bad_rows_are_named(tmp_path: Path, warm
         mtlora.data.load_task_data(load_config(project), load_config(project).task("mcq"), ("train",))
 
 
+def test_a_stored_adapter_whose_prompt_this_version_refuses_is_named_with_the_fix() -> None:
+    """An adapter trained before the prompt had to use {text} never saw its input: it fails to load with
+    its name and what to do, not a bare ValueError from inside the kind."""
+    from types import SimpleNamespace
+
+    from mtlora.errors import RegistryError
+    from mtlora.modeling import kind_from_manifest
+
+    stored = SimpleNamespace(name="summarize", kind="generation", labels=None, fields={}, label_map={},
+                             kind_options={"prompt": "Summarize this."})
+    with pytest.raises(RegistryError, match=r"^adapter 'summarize' was trained with settings this version of mtlora "
+                                            r"refuses: prompt template 'Summarize this.' leaves out \{text\}.*; "
+                                            r"retrain it with the setting fixed \(`mtlora train PROJECT.yaml "
+                                            r"--task summarize`\)$"):
+        kind_from_manifest(stored)
+
+
 def test_prompt_templates_are_checked(tmp_path: Path, warm_start_bert: Path) -> None:
     project = write_seq2seq_project(tmp_path, warm_start_bert)
     raw = yaml.safe_load(project.read_text())

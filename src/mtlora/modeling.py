@@ -25,7 +25,7 @@ from mtlora.backbone import (
     resize_input_embeddings,
 )
 from mtlora.config import LoraSettings
-from mtlora.errors import BaseModelMismatchError, ConfigError, InputError
+from mtlora.errors import BaseModelMismatchError, ConfigError, InputError, RegistryError, train_hint
 from mtlora.registry import Manifest, Registry
 from mtlora.tasks import TaskKind, get_task_kind
 
@@ -123,8 +123,12 @@ def count_trainable(model: nn.Module) -> int:
 
 
 def kind_from_manifest(manifest: Manifest) -> TaskKind:
-    return get_task_kind(manifest.kind)(labels=manifest.labels, fields=manifest.fields,
-                                        label_map=manifest.label_map, options=manifest.kind_options)
+    try:
+        return get_task_kind(manifest.kind)(labels=manifest.labels, fields=manifest.fields,
+                                            label_map=manifest.label_map, options=manifest.kind_options)
+    except ValueError as error:  # a setting an older version stored, which this one refuses
+        raise RegistryError(f"adapter '{manifest.name}' was trained with settings this version of mtlora refuses: "
+                            f"{error}; retrain it with the setting fixed (`{train_hint(manifest.name)}`)") from None
 
 
 def check_base(manifest: Manifest, backbone: str) -> None:
