@@ -572,3 +572,11 @@ def test_a_router_adapter_trained_before_the_cascade_says_both_ways_on(routed_pr
         Engine.from_config(project, precision="fp32").predict("a great film", router="learned")
     adapter_alone = project.with_router(features="encoder")
     assert Engine.from_config(adapter_alone, precision="fp32").predict("a great film", router="learned")["task"]
+
+
+def test_route_takes_inputs_as_predict_does(routed_project: Path) -> None:
+    engine = Engine.from_config(load_config(routed_project), precision="fp32")
+    items: list = ["a great film", ("the dog sat", "a dog sat"), {"question": "who sat", "context": "the cat sat"}]
+    assert engine.route(items, "learned") == engine.route([engine.request(item) for item in items], "learned")
+    with pytest.raises(mtlora.EmptyTextError, match=r"^inputs\[1\]: text is empty"):
+        engine.route(["fine", " "])

@@ -207,7 +207,7 @@ def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = 
     """Where each input would go, with the score of every candidate task."""
     engine = load_engine(config)
     items = inputs if isinstance(inputs, list) else [inputs]
-    return engine.route([engine.request(item) for item in items], router)
+    return engine.route(items, router)
 
 
 def list_adapters(config: ConfigLike) -> list[Manifest]:

@@ -238,8 +238,10 @@ class Engine:
             routes = self.route(requests, router)
             return self._answer(requests, routes)
 
-    def route(self, requests: Sequence[Request], router: str | None = None) -> list[Route]:
-        """Where each request goes: its named task, else the router's choice among the tasks that fit."""
+    def route(self, requests: Sequence[Request | Input], router: str | None = None) -> list[Route]:
+        """Where each request goes: its named task, else the router's choice among the tasks that fit.
+        Inputs are taken as `predict` takes them, or as `request` made them."""
+        requests = [self._as_request(item, i, len(requests)) for i, item in enumerate(requests)]
         with self._lock:
             candidates = [self._candidates(r) for r in requests]
             routes: list[Route | None] = [None] * len(requests)
@@ -307,6 +309,12 @@ class Engine:
     def _known_tasks(self) -> KnownTasks:
         return KnownTasks({name: task.kind for name, task in self._tasks.items()}, self.registry,
                           self._project_tasks)
+
+    def _as_request(self, item: Request | Input, index: int, count: int) -> Request:
+        if isinstance(item, Request):
+            return item
+        with naming_input(index, count):
+            return self.request(item)
 
     def _candidates(self, request: Request) -> list[str]:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]
