@@ -368,7 +368,7 @@ def test_each_command_reads_the_project_file_once(trained_project: Path, monkeyp
         assert reads == [trained_project], (command, reads)
 
 
-@pytest.mark.parametrize(("columns", "width"), [(None, cli.PIPED_WIDTH), ("60", 60)])
+@pytest.mark.parametrize(("columns", "width"), [(None, cli.PIPED_WIDTH), ("60", 60), ("", cli.PIPED_WIDTH)])
 def test_output_into_a_pipe_is_not_cut_to_80_columns(columns: str | None, width: int) -> None:
     """Tables redirected to a file or piped on would otherwise cut their cells short ("pair_class…")."""
     import os
@@ -376,7 +376,7 @@ def test_output_into_a_pipe_is_not_cut_to_80_columns(columns: str | None, width:
     import sys
 
     env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
-    if columns:
+    if columns is not None:
         env["COLUMNS"] = columns
     shown = subprocess.run([sys.executable, "-c", "from mtlora import cli; print(cli.console.width, cli.errors.width)"],
                            env=env, capture_output=True, text=True, check=True)

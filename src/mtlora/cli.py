@@ -51,17 +51,19 @@ adapters_app = typer.Typer(help="List, inspect and remove the adapters in a proj
                            no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
 
+PIPED_WIDTH = 200  # columns of output into a file or a pipe
 
 
 def _console(stderr: bool = False) -> Console:
     # Markup off: tables and messages carry users' texts, labels and task names, where "[/quote]" or
     # "[race_mcq]" is text, not a style tag. Into a file or a pipe rich would lay tables out for 80 columns,
     # cutting cells ("pair_class…"): there they get the width of a wide log line (COLUMNS still sets one).
-    piped = not (sys.stderr if stderr else sys.stdout).isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, markup=False, width=PIPED_WIDTH if piped else None)
+    stream = sys.stderr if stderr else sys.stdout
+    piped = stream is None or not stream.isatty()
+    columns_given = os.environ.get("COLUMNS", "").strip().isdigit()
+    return Console(stderr=stderr, markup=False, width=PIPED_WIDTH if piped and not columns_given else None)
 
 
-PIPED_WIDTH = 200
 console = _console()
 errors = _console(stderr=True)
 
