@@ -376,7 +376,8 @@ class _StopOnSignal(TrainerCallback):
         # together, after the first step any of them had heard it by: one stopping alone would leave the
         # others waiting forever in the next step's collectives. Only the agreed value decides, so that a
         # signal landing during the reduce is sent at the next step rather than overwritten.
-        self.requested = self.requested or (_in_any_process(heard, args.device) if args.world_size > 1 else heard)
+        agreed = _in_any_process(heard, args.device) if args.world_size > 1 else heard  # every process calls it
+        self.requested = self.requested or agreed
         if self.requested:
             control.should_save = True
             control.should_log = True  # the checkpoint's loss record then reaches its last step
