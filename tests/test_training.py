@@ -401,8 +401,9 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
     )
     stopped = _torchrun_train(tiny_project, tmp_path, before=second_process_signals_itself_at_step_5)
     assert stopped.returncode != 0
+    # Both stop at step 5. (torchrun then ends the other worker as soon as one exits with 130, so whether
+    # each gets as far as closing its process group is a race: not asserted here.)
     assert stopped.stderr.count("interrupted at step 5; checkpoint saved") == 2, stopped.stderr[-3000:]
-    assert stopped.stdout.count("group closed") == 2, stopped.stdout[-3000:]
     assert not (load_config(tiny_project).registry / "sentiment").exists()
 
     resumed = _torchrun_train(tiny_project, tmp_path)
