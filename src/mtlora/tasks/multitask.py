@@ -20,8 +20,6 @@ from torch import nn
 from mtlora.config import Seq2SeqSettings
 from mtlora.errors import InputError
 from mtlora.tasks.base import Encoded, Example, Prediction, require_text
-from mtlora.tasks.generation import GenerationTask
-from mtlora.tasks.mcq_generation import MCQGenerationTask
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 if TYPE_CHECKING:
@@ -38,14 +36,15 @@ class MultitaskTask(Seq2SeqTask):
     primary_metric = "mean_primary"
     mixes_tasks = True
     mixable = False
-    # A part's metric, `part/metric`, is on its kind's scale. The kinds a multitask adapter mixes name their
-    # metrics apart, so the name alone says which runs to 100.
-    _PART_PERCENT_METRICS = GenerationTask.percent_metrics | MCQGenerationTask.percent_metrics
-
     @classmethod
     def metric_scale(cls, metric: str) -> float:
+        """A part's metric, `part/metric`, is on its kind's scale. The kinds a multitask adapter can mix name
+        their metrics apart, so the name alone says which runs to 100."""
+        from mtlora.tasks import get_task_kind, task_kind_names
+
         part, _, name = metric.rpartition("/")
-        return 100.0 if part and name in cls._PART_PERCENT_METRICS else 1.0
+        mixable = [get_task_kind(kind) for kind in task_kind_names() if get_task_kind(kind).mixable]
+        return max((kind.metric_scale(name) for kind in mixable), default=1.0) if part else 1.0
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
