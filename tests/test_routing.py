@@ -80,6 +80,30 @@ def test_learned_router_is_an_adapter_in_the_registry(routed_project: Path) -> N
         engine.predict("a great film", task="router")
 
 
+def test_removing_the_router_removes_every_part_of_it(routed_project: Path, tmp_path: Path) -> None:
+    """The adapter, its head over token embeddings and the inputs they trained on: a head left behind would
+    still be listed, and would still route for `router.features: embeddings`."""
+    from typer.testing import CliRunner
+
+    from mtlora.cli import app
+
+    folder = tmp_path / "project"
+    shutil.copytree(routed_project.parent, folder)
+    project = folder / routed_project.name
+    registry = Registry(load_config(project).registry)
+    parts = [registry.path("router"), TokenRouterHead.folder(registry), registry.root / ".router-data"]
+    assert all(part.is_dir() for part in parts)
+    asked = CliRunner().invoke(app, ["adapters", "remove", str(project), "router"], input="n\n")
+    assert asked.exit_code == 1 and all(part.is_dir() for part in parts)
+    assert "the learned router (router, .routers/embeddings, .router-data)" in asked.output
+    removed = CliRunner().invoke(app, ["adapters", "remove", str(project), "router", "--yes"])
+    assert removed.exit_code == 0, removed.output
+    assert not any(part.exists() for part in parts) and not (registry.root / ".routers").exists()
+    assert "sentiment" in registry and TokenRouterHead.saved_info(registry) is None
+    again = CliRunner().invoke(app, ["adapters", "remove", str(project), "router", "--yes"])
+    assert again.exit_code == 2 and "No adapter 'router'" in again.output
+
+
 def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) -> None:
     project = load_config(trained_project, overrides={"router": {"min_similarity": 0.9999}})
     result = Engine.from_config(project, precision="fp32").predict("paris is a city on a river", router="semantic")

@@ -29,6 +29,7 @@ from mtlora.evaluation import (
 from mtlora.modeling import check_base, export_merged
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Route
+from mtlora.routing.learned import remove_router
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
 from mtlora.training import TrainOutcome, train_task
@@ -226,8 +227,13 @@ def merge(config: ConfigLike, task: str, folder: str | Path, *, overwrite: bool 
 
 
 def remove_adapter(config: ConfigLike, name: str) -> None:
-    """Delete adapter `name` (and its head-only baseline) from the project's registry."""
-    Registry(as_config(config).registry).remove(name)
+    """Delete adapter `name` (and its head-only baseline) from the project's registry. The learned
+    router's name deletes all it is made of: the adapter, its head over token embeddings, its inputs."""
+    registry = Registry(as_config(config).registry)
+    if name == ROUTER_ADAPTER:
+        remove_router(registry)
+    else:
+        registry.remove(name)
 
 
 def show_adapter(config: ConfigLike, name: str) -> Manifest:

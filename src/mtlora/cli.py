@@ -38,6 +38,7 @@ from mtlora.evaluation.report import (
     sample_rows,
 )
 from mtlora.registry import Registry, share_of
+from mtlora.routing.learned import stored_router
 from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, ServerSettings
 from mtlora.tasks import TaskKind, get_task_kind, task_kind_names
 
@@ -404,15 +405,21 @@ def adapters_remove(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter (task) name.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
 ) -> None:
-    """Delete one adapter, and its head-only baseline, from the registry."""
+    """Delete one adapter, and its head-only baseline, from the registry; `router` deletes every part of
+    the learned router."""
     project = api.as_config(config)
     registry = Registry(project.registry)
-    if name not in registry:  # before any question; a damaged adapter, though, can be removed
+    # What goes, told before any question; a damaged adapter, though, can be removed.
+    if name == ROUTER_ADAPTER and (parts := stored_router(registry)):
+        what = f"the learned router ({', '.join(str(part.relative_to(registry.root)) for part in parts)})"
+    elif name in registry:
+        what = f"adapter '{name}'"
+    else:
         raise AdapterNotFoundError(str(registry.root), name, registry.names())
     if not yes:
-        typer.confirm(f"Delete adapter '{name}' from {registry.root}?", abort=True)
+        typer.confirm(f"Delete {what} from {registry.root}?", abort=True)
     api.remove_adapter(project, name)
-    say(f"Removed adapter '{name}' from {registry.root}")
+    say(f"Removed {what} from {registry.root}")
 
 
 @app.command()

@@ -17,11 +17,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mtlora import atomic
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, TaskConfig
 from mtlora.data import load_task_data
-from mtlora.errors import RegistryError
+from mtlora.errors import AdapterNotFoundError, RegistryError
 from mtlora.registry import Registry
 from mtlora.routing.base import ANSWERED_BY, Request, Route, Router, cascaded, decide
 from mtlora.routing.token_head import TokenRouterHead, check_router_tasks
@@ -143,7 +145,7 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     check_router_tasks([task.name for task in tasks])  # before any file is written
     settings = project.router
     # Absolute: the router task's data paths would otherwise be read relative to the project's data_dir.
-    folder = (project.registry / ".router-data").resolve()
+    folder = training_inputs_folder(Registry(project.registry)).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(settings.training.seed)
     splits: dict[str, list[dict[str, str]]] = {"train": [], "validation": []}
@@ -170,6 +172,32 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
     if settings.features == "cascade":  # after the adapter: an interrupted run leaves the two as they were
         _train_head(project, splits, log)
     return outcome
+
+
+def training_inputs_folder(registry: Registry) -> Path:
+    """Where `train_router` writes the task-labelled inputs it trains the router on."""
+    return registry.root / ".router-data"
+
+
+def stored_router(registry: Registry) -> list[Path]:
+    """The parts of a learned router that `train_router` stored in `registry`, of: the router adapter,
+    its head over token embeddings, and the inputs they trained on."""
+    adapter = [registry.path(ROUTER_ADAPTER)] if ROUTER_ADAPTER in registry else []
+    return adapter + [folder for folder in (TokenRouterHead.folder(registry), training_inputs_folder(registry))
+                      if folder.is_dir()]
+
+
+def remove_router(registry: Registry) -> None:
+    """Delete every part of the learned router, so that none is left to route with or to list."""
+    parts = stored_router(registry)
+    if not parts:
+        raise AdapterNotFoundError(str(registry.root), ROUTER_ADAPTER, registry.names())
+    if ROUTER_ADAPTER in registry:
+        registry.remove(ROUTER_ADAPTER)
+    for folder in parts:
+        if folder.is_dir():  # the adapter's is gone already
+            atomic.remove_folder(folder, registry.staging, registry.swapping)
+    atomic.remove_empty(TokenRouterHead.folder(registry).parent)
 
 
 def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],
