@@ -132,10 +132,12 @@ def test_unknown_label_lists_the_valid_ones(tmp_path: Path) -> None:
         load(tmp_path, "classification", name, **LABELS)
 
 
-@pytest.mark.parametrize("text", ["   ", "\x00\u200b"])
-def test_empty_text_is_refused(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize(("text", "holding"), [("   ", ""), ("\x00\u200b", ", holding only control"),
+                                              ("\ufffd\u0301", ", holding only control")])
+def test_empty_text_is_refused(tmp_path: Path, text: str, holding: str) -> None:
     name = jsonl(tmp_path, [{"text": "good", "label": "pos"}, {"text": text, "label": "neg"}])
-    with pytest.raises(DataError, match=r"train.jsonl:2: field 'text' is empty \(give the row its text, or drop it\)"):
+    expected = rf"train.jsonl:2: field 'text' is empty{holding}.* \(give the row its text, or drop it\)"
+    with pytest.raises(DataError, match=expected):
         load(tmp_path, "classification", name, **LABELS)
 
 

@@ -204,12 +204,12 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
     with pytest.raises(InputError, match="text is empty"):
         engine.predict("   ", task="sentiment")
     # Refused before routing, not routed to "unroutable"; nor answered from the special tokens alone.
-    for empty in ("", "  ", "<support>  ", "\x00\x01", "\u200b\t\u3000"):
+    for empty in ("", "  ", "<support>  ", "\x00\x01", "\u200b\t\u3000", "\ufffd\ufffd", "\u0301", " \u20dd"):
         with pytest.raises(EmptyTextError, match=r"^text is empty"):
             engine.predict(empty)
     # Text, though this Python may not know the character (an emoji of Unicode 15, U+1FAE8) or no one
     # assigned it (private use): the tokenizer keeps each as its unknown token.
-    for text in ("\U0001fae8", "\uf8ff", "你好", "क्\u200dष"):
+    for text in ("\U0001fae8", "\uf8ff", "你好", "क्\u200dष", "e\u0301"):
         assert engine.predict(text, task="sentiment")["task"] == "sentiment"
     with pytest.raises(InputError, match=r"^text holds '\\ud800' at character 1, half of a UTF-16 surrogate pair"):
         engine.predict("a\ud800b", task="sentiment")

@@ -96,6 +96,7 @@ def test_metrics_label_requests_by_route_not_by_url(client: TestClient) -> None:
     ('{"inputs": "hi", "colour": 1}', 422, "invalid_request"),                  # unknown field
     ('{"inputs": "   "}', 422, "empty_text"),
     ('{"inputs": "\\u0000\\u0001"}', 422, "empty_text"),                        # control characters only
+    ('{"inputs": "\\ufffd\\u0301"}', 422, "empty_text"),                        # U+FFFD and a lone combining mark
     ('{"inputs": "<sentiment>  "}', 422, "empty_text"),                         # nothing after the task's prefix
     ('{"inputs": "a\\ud800b"}', 422, "bad_input"),                               # half a surrogate pair: not text
     ('{"inputs": "hi", "task": " "}', 422, "bad_input"),

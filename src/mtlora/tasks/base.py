@@ -170,7 +170,8 @@ class TaskKind(ABC):
             raise DataError(row.where, f"field '{self.column(role)}' must be text, got {type(value).__name__}",
                             f"write it in quotes, or map the role to a text field with data.fields.{role}")
         if not has_text(value):
-            raise DataError(row.where, f"field '{self.column(role)}' is empty", "give the row its text, or drop it")
+            raise DataError(row.where, f"field '{self.column(role)}' is empty{no_text_in(value)}",
+                            "give the row its text, or drop it")
         return value
 
     # ---- model ------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def require_text(text: Any, what: str) -> str:
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
     if not has_text(text):
-        raise EmptyTextError(f"{what} is empty: give some text to predict on")
+        raise EmptyTextError(f"{what} is empty{no_text_in(text)}: give some text to predict on")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:  # JSON may escape one ("\ud800"); tokenizers fail on it
@@ -284,13 +285,20 @@ def require_text(text: Any, what: str) -> str:
     return text
 
 
-# Spaces, line and paragraph separators, control and format (zero-width) characters.
-_NOT_TEXT = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+# Spaces, line and paragraph separators, control and format (zero-width) characters, and combining marks,
+# which mark no letter on their own (BERT's uncased tokenizer drops them).
+_NOT_TEXT = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for bytes it could not read; BERT's tokenizer drops it
+
+
+def no_text_in(text: str) -> str:
+    """What a text without text holds, for an error message: nothing to say of one blank to the eye."""
+    return ", holding only control or format characters, lone combining marks or U+FFFD" if text.strip() else ""
 
 
 def has_text(text: str) -> bool:
-    """Whether `text` holds more than spaces and control or format characters, which would leave a model
-    nothing but its special tokens to answer from. Unassigned and private-use characters count as text:
-    a tokenizer keeps them (as its unknown token), and an emoji newer than this Python's Unicode tables is
-    unassigned here."""
-    return any(unicodedata.category(char) not in _NOT_TEXT for char in text)
+    """Whether `text` holds more than spaces, control or format characters, lone combining marks and
+    U+FFFD, which would leave a model nothing but its special tokens to answer from. Unassigned and
+    private-use characters count as text: a tokenizer keeps them (as its unknown token), and an emoji newer
+    than this Python's Unicode tables is unassigned here."""
+    return any(unicodedata.category(char) not in _NOT_TEXT and char != REPLACEMENT_CHARACTER for char in text)
