@@ -296,6 +296,44 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
     assert any("settings or the training data changed" in m for m in messages), messages
 
 
+def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_again(tiny_project: Path,
+                                                                                      monkeypatch) -> None:
+    """`mtlora train` run again, as after an interruption: what finished before is kept, the interrupted
+    run resumes, and anything whose settings or data changed trains again."""
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"epochs": 2}}})
+    first = mtlora.train(config, "sentiment", **QUIET)
+    registry = Registry(config.registry)
+    folders = (registry.path("sentiment"), registry.baseline_path("sentiment"))
+    stored = {path: path.read_bytes() for folder in folders for path in folder.rglob("*") if path.is_file()}
+    trained: list[str] = []
+    original = mtlora.api.train_task
+
+    def counted(project, task, method, **kwargs):
+        trained.append(method)
+        return original(project, task, method, **kwargs)
+
+    monkeypatch.setattr(mtlora.api, "train_task", counted)
+    messages: list[str] = []
+    kept = mtlora.train(config, "sentiment", progress=False, log=messages.append)
+    assert trained == [] and [o.method for o in kept] == ["lora", "head_only"] and all(o.kept for o in kept)
+    assert [(o.steps, o.train_loss, o.trainable) for o in kept] == [(o.steps, o.train_loss, o.trainable) for o in first]
+    assert sum("is up to date" in m and "--fresh trains it again" in m for m in messages) == 2, messages
+    assert {path: path.read_bytes() for path in stored} == stored
+    # An interrupted retraining resumes rather than keeping the result it was replacing.
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(2, None))
+        with pytest.raises(TrainingInterrupted):
+            mtlora.train(config, "sentiment", baseline=False, fresh=True, **QUIET)
+    messages.clear()
+    mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
+    assert trained == ["lora", "lora"] and any("Resuming from" in m for m in messages), messages
+    # A changed setting of the adapter trains both again (the baseline trains with the task's settings too).
+    changed = load_config(tiny_project, overrides={"defaults": {"training": {"epochs": 2, "lr": 1e-2}}})
+    assert not any(o.kept for o in mtlora.train(changed, "sentiment", **QUIET))
+    assert trained == ["lora", "lora", "lora", "head_only"]
+    assert not any(o.kept for o in mtlora.train(changed, "sentiment", fresh=True, **QUIET))
+
+
 def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_project: Path, monkeypatch) -> None:
     # The tiny project checkpoints every 3 steps and logs every step.
     with monkeypatch.context() as patch:

@@ -1,7 +1,8 @@
 """The main job: train the demo adapters, evaluate them against their baselines, route and predict.
 
-Run with `make demo` (sets up .venv first) or `python examples/demo/demo.py`. Re-running reuses nothing
-but interrupted checkpoints: each run retrains, so the numbers you see are this machine's.
+Run with `make demo` (sets up .venv first) or `python examples/demo/demo.py`. Re-running resumes an
+interrupted training and keeps the adapters an earlier run finished (training is seeded, so training them
+again would give them again); delete examples/demo/adapters to train everything on this machine again.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from mtlora.routing import Route
 from mtlora.routing.learned import remove_router
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
-from mtlora.training import TrainOutcome, train_task
+from mtlora.training import TrainOutcome, stored_result, train_task
 
 ConfigLike = ProjectConfig | str | os.PathLike[str]
 
@@ -53,7 +53,8 @@ def train(
     """Train the LoRA adapter of every task (or of `task`) and store it in the registry.
 
     Each task's head-only baseline is trained too when its `training.baseline` is on (or `baseline=True`).
-    An interrupted run resumes from its latest checkpoint unless `fresh=True`. The outcomes carry no
+    An interrupted run resumes from its latest checkpoint, and a stored result trained with the task's
+    present settings and data is kept (`kept` in its outcome), unless `fresh=True`. The outcomes carry no
     model (`training.train_task` returns one): each is let go once stored, so that training many tasks
     holds one model at a time, on the GPU where there is one.
     """
@@ -63,6 +64,11 @@ def train(
         wanted = task_config.training.baseline if baseline is None else baseline
         methods = ["lora", "head_only"] if wanted and get_task_kind(task_config.kind).has_head else ["lora"]
         for method in methods:
+            if not fresh and (kept := stored_result(project, task_config, method)):
+                log(f"[{task_config.name}] {method} is up to date (trained with these settings and training data); "
+                    "kept. --fresh trains it again")
+                outcomes.append(kept)
+                continue
             outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log)
             outcomes.append(dataclasses.replace(outcome, model=None))
             del outcome

@@ -111,13 +111,16 @@ def say(message: str) -> None:
 def train(
     config: ConfigArg,
     task: TaskOption = None,
-    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints of an interrupted run and start over.")] = False,
+    fresh: Annotated[bool, typer.Option(
+        help="Train every task again: ignore checkpoints of an interrupted run, and adapters already "
+             "trained with the present settings and data.")] = False,
     baseline: Annotated[
         bool | None,
         typer.Option("--baseline/--no-baseline", help="Also train the head-only baseline (default: per task)."),
     ] = None,
 ) -> None:
-    """Train one LoRA adapter per task and store it in the registry (resumes an interrupted run)."""
+    """Train one LoRA adapter per task and store it in the registry (resumes an interrupted run; keeps
+    an adapter trained with the present settings and data)."""
     try:
         project = api.as_config(config)
         outcomes = api.train(project, task, fresh=fresh, baseline=baseline, progress=sys.stderr.isatty(), log=say)
@@ -129,8 +132,9 @@ def train(
     for column in ("task", "method", "steps", "time", "samples/s", "loss", "trainable params"):
         table.add_column(column, justify="left" if column in ("task", "method") else "right")
     for o in outcomes:
-        table.add_row(o.task, o.method, str(o.steps), f"{o.time_s:.1f}s", f"{o.samples_per_s:.1f}",
-                      f"{o.train_loss:.4f}", f"{o.trainable:,} ({share_of(o.trainable, o.total)})")
+        time = "kept, up to date" if o.kept else f"{o.time_s:.1f}s"
+        table.add_row(o.task, o.method, str(o.steps), time, f"{o.samples_per_s:.1f}", f"{o.train_loss:.4f}",
+                      f"{o.trainable:,} ({share_of(o.trainable, o.total)})")
     console.print(table)
     say(f"Adapters saved in {project.registry}")
 

@@ -36,10 +36,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 import mtlora
 from mtlora import atomic
-from mtlora.backbone import default_device, load_tokenizer, no_save_progress_bars, use_bf16
+from mtlora.backbone import default_device, fingerprint_backbone, load_tokenizer, no_save_progress_bars, use_bf16
 from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
-from mtlora.errors import TrainingInterrupted
+from mtlora.errors import MtloraError, TrainingInterrupted
 from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
 from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
 from mtlora.tasks import Example
@@ -68,6 +68,8 @@ class TrainOutcome:
     truncation: RankTruncation | None = None  # the adapter was saved at a lower rank than it trained at
     warning: str | None = None  # e.g. the loss went back up: the stored model may be no better than chance
     data_signature: str = ""  # of the training examples (`TaskData.train_signature`)
+    run_signature: str = ""  # of everything that decides the result (`_run_signature`)
+    kept: bool = False  # not trained: the stored result was up to date (`stored_result`)
 
 
 @dataclass
@@ -108,10 +110,12 @@ def train_task(
     main_process = args.process_index == 0
     log = log if main_process else _silent
     _warn_of_cut_inputs(task, run, log)
+    signature = _run_signature(project, task, method, run.built.fingerprint, run.data_signature)
     with args.main_process_first(local=False):
         if main_process:
-            _prepare_run_dir(run_dir, _run_signature(project, task, method, run.built, run.data_signature), fresh, log)
+            _prepare_run_dir(run_dir, signature, fresh, log)
     outcome = _fit(task, method, run, args, run_dir, progress, log)
+    outcome.run_signature = signature
     if main_process:
         _store(registry, project, task, run, outcome, log)
         _remove_run_dir(run_dir)
@@ -283,12 +287,47 @@ def _describe_parameters(built: TaskModel) -> str:
     return f"{trainable:,} trainable parameters, {share_of(trainable, total)} of the {total:,} full fine-tuning trains"
 
 
-def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, built: TaskModel, data: str) -> str:
-    """What a checkpoint must have been trained with to be resumed: same task settings, training
-    examples, base and method."""
+def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, base_fingerprint: str, data: str) -> str:
+    """What a checkpoint must have been trained with to be resumed, and a stored result to be kept: same
+    task settings, training examples, base, method and mtlora."""
     parts = [_what_trains(project.task(name)) for name in (task.mixture.tasks if task.mixture else [])]
-    payload = {"task": _what_trains(task), "parts": parts, "data": data, "method": method, "base": built.fingerprint}
+    payload = {"task": _what_trains(task), "parts": parts, "data": data, "method": method, "base": base_fingerprint,
+               "mtlora": mtlora.__version__}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> TrainOutcome | None:
+    """The result of training `task` with `method` that the registry holds, when training it again would
+    give the same (training is seeded): it was trained with the settings, training examples and base the
+    task has now, by this mtlora, and no later run of it was interrupted (that one resumes instead).
+    None otherwise, or when its files do not check out."""
+    registry = Registry(project.registry)
+    run_dir = registry.run_path(task.name, method)
+    if run_dir.is_dir() and get_last_checkpoint(str(run_dir)):
+        return None
+    try:
+        if method == "lora":
+            manifest = registry.verified(task.name)
+            record, trainable, total = manifest.training, manifest.parameters.trainable, manifest.parameters.total
+            saved_to = registry.path(task.name)
+        elif method == "head_only":
+            saved_to = registry.baseline_path(task.name)
+            record = json.loads((saved_to / "baseline.json").read_text(encoding="utf-8"))
+            trainable, total = record["trainable"], record["total"]
+        else:
+            return None
+    except (MtloraError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not record.get("run_signature") or record.get("method") != method:
+        return None
+    data = load_task_data(project, task, splits=("train",)).train_signature()
+    if record["run_signature"] != _run_signature(project, task, method, fingerprint_backbone(project.backbone), data):
+        return None
+    return TrainOutcome(task=task.name, method=method, trainable=trainable, total=total, time_s=record["time_s"],
+                        steps=record["steps"], samples_per_s=record["samples_per_s"], train_loss=record["train_loss"],
+                        resumed_from=None, losses=[tuple(point) for point in record["losses"]], saved_to=saved_to,
+                        warning=record["warning"], data_signature=data, run_signature=record["run_signature"],
+                        kept=True)
 
 
 def _what_trains(task: TaskConfig) -> dict[str, Any]:
@@ -519,6 +558,7 @@ def _training_record(project: ProjectConfig, task: TaskConfig, outcome: TrainOut
     return {
         "method": outcome.method,
         "data_signature": outcome.data_signature,
+        "run_signature": outcome.run_signature,
         "time_s": round(outcome.time_s, 2),
         "steps": outcome.steps,
         "samples_per_s": round(outcome.samples_per_s, 2),
