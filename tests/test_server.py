@@ -161,6 +161,9 @@ def test_route_names_its_input_field_in_errors(client: TestClient) -> None:
                                           "router", plural.text
     prefix_only = client.post("/v1/route", json={"input": "<support>"})
     assert error_of(prefix_only)["message"].startswith("text is empty"), prefix_only.text
+    # The same error, of the same type, when it is one of several inputs.
+    in_a_list = error_of(client.post("/v1/predict", json={"inputs": ["fine", "<support>"]}))
+    assert in_a_list["type"] == "empty_text" and in_a_list["message"].startswith("inputs[1]: text is empty"), in_a_list
 
 
 def test_a_chunked_body_is_held_to_the_size_limit(client: TestClient) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtlora.engine import Engine
-from mtlora.errors import InputError
+from mtlora.engine.inputs import naming_input
 from mtlora.server.metrics import Metrics
 from mtlora.server.settings import ServerSettings
 
@@ -66,10 +66,9 @@ class MicroBatcher:
         self.metrics.queue_depth.set(self.queue.qsize())
         answers = await asyncio.gather(*(entry.future for entry in pending), return_exceptions=True)
         for index, answer in enumerate(answers):
-            if isinstance(answer, InputError) and len(answers) > 1:  # say which of the request's inputs
-                raise InputError(f"inputs[{index}]: {answer}") from answer
             if isinstance(answer, BaseException):
-                raise answer
+                with naming_input(index, len(answers)):  # say which of the request's inputs
+                    raise answer
         return answers
 
     async def _run(self) -> None:
