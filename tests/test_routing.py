@@ -104,6 +104,13 @@ def test_removing_the_router_removes_every_part_of_it(routed_project: Path, tmp_
     assert again.exit_code == 2 and "No adapter 'router'" in again.output
 
 
+def test_route_in_python_gives_one_route_for_one_input_as_predict_does(trained_project: Path) -> None:
+    one = mtlora.route(trained_project, "where is my refund", router="keywords")
+    assert isinstance(one, Route) and one.task == "support"
+    listed = mtlora.route(trained_project, ["where is my refund", "a great film"], router="keywords")
+    assert [route.task for route in listed] == ["support", "sentiment"]
+
+
 def test_semantic_threshold_leaves_far_inputs_unroutable(trained_project: Path) -> None:
     project = load_config(trained_project, overrides={"router": {"min_similarity": 0.9999}})
     result = Engine.from_config(project, precision="fp32").predict("paris is a city on a river", router="semantic")

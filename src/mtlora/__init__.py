@@ -3,7 +3,9 @@
     >>> import mtlora
     >>> mtlora.train("examples/demo/mtlora.yaml")
     >>> mtlora.evaluate("examples/demo/mtlora.yaml")
-    >>> mtlora.predict("examples/demo/mtlora.yaml", "a warm, funny film")   # routed to an adapter
+    >>> mtlora.predict("examples/demo/mtlora.yaml", "my parcel never arrived")   # routed to an adapter
+    >>> mtlora.predict("examples/demo/mtlora.yaml", "a warm, funny film", task="sentiment")
+    >>> mtlora.route("examples/demo/mtlora.yaml", "my parcel never arrived")     # where it goes, and why
 """
 
 from importlib.metadata import PackageNotFoundError, version

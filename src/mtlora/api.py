@@ -210,11 +210,12 @@ def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | Sequ
     return load_engine(config, needed).predict(inputs, task, router)
 
 
-def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = None) -> list[Route]:
-    """Where each input would go, with the score of every candidate task."""
+def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = None) -> Route | list[Route]:
+    """Where an input would go, or each of a list, with the score of every candidate task."""
     engine = load_engine(config)
-    items = inputs if isinstance(inputs, list) else [inputs]
-    return engine.route(items, router)
+    if isinstance(inputs, list):
+        return engine.route(inputs, router)
+    return engine.route([inputs], router)[0]
 
 
 def list_adapters(config: ConfigLike) -> list[Manifest]:

@@ -238,7 +238,7 @@ def route(
         "--router", "-r", help=f"{', '.join(routing.ROUTERS)} (default: the project's).")] = None,
 ) -> None:
     """Show where an input would go, and the scores the router gave its candidate tasks."""
-    (decision,) = api.route(config, _input(text, text_pair, context), router)
+    (decision,) = api.route(config, [_input(text, text_pair, context)], router)
     read = f", read: {decision.reading}" if decision.reading else ""
     say(f"-> {decision.task or 'unroutable'} (router: {decision.router}{read}, confidence {decision.confidence:.3f})")
     if decision.reason:
