@@ -156,6 +156,14 @@ def test_repeated_task_names_are_refused(tmp_path: Path) -> None:
         load_config(write(tmp_path, {"tasks": [task(), task()]}))
 
 
+def test_a_misspelt_default_task_is_told_the_one_meant(tmp_path: Path) -> None:
+    """A check of the whole project names its setting itself, without a location before it."""
+    config = {"tasks": [task(), task("support")], "router": {"default_task": "suport"}}
+    with pytest.raises(ConfigError, match=r"mtlora.yaml: router.default_task 'suport' is not a task. Did you mean "
+                                          r"'support'\? Tasks: sentiment, support$"):
+        load_config(write(tmp_path, config))
+
+
 def test_kind_specific_settings_are_checked(tmp_path: Path) -> None:
     regression = {"name": "sts", "kind": "regression",
                   "data": {"train": "t.jsonl", "labels": ["a", "b"]}}
@@ -349,3 +357,11 @@ def test_a_null_mapping_or_an_empty_label_name_is_refused(tmp_path: Path, data: 
     broken["data"].update(data)
     with pytest.raises(ConfigError, match=rf"tasks\[0\] \(sentiment\)\.{expected}"):
         load_config(write(tmp_path, {"tasks": [broken]}))
+
+
+def test_a_hub_id_that_cannot_be_loaded_is_one_problem_with_its_fix() -> None:
+    from mtlora.backbone import resolve_backbone
+
+    with pytest.raises(ConfigError, match=r"^backbone 'nobody/no-such-model': cannot be loaded: .+ \(a hub id needs "
+                                          r"the network or a copy in the hub cache; else give a model folder"):
+        resolve_backbone("nobody/no-such-model")

@@ -52,7 +52,9 @@ def test_jsonl_csv_and_tsv_give_the_same_examples(tmp_path: Path) -> None:
 
 def test_glue_tsv_with_bare_quotes_needs_quoting_none(tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_text('sentence\tlabel\n"a film\t1\nfine" again\t0\nok\t1\n')
-    with pytest.raises(DataError, match=r"train.tsv:2: a quoted field goes on past its closing quote .*quoting: none"):
+    # The tab the csv module names is written \t, not as blank space.
+    expected = r"train.tsv:2: a quoted field goes on past its closing quote \('\\t' expected after '\"'\) .*none"
+    with pytest.raises(DataError, match=expected):
         load(tmp_path, "classification", "train.tsv", fields={"text": "sentence"}, **LABELS)
     (tmp_path / "late.tsv").write_text('sentence\tlabel\n"a film\t1\nfine"\t0\nok\t1\n')  # closes at a tab
     with pytest.raises(DataError, match=r"late.tsv:2: a quoted field spans tabs or lines \(set quoting: none"):
@@ -167,8 +169,11 @@ def test_answer_not_in_its_context_is_refused(tmp_path: Path) -> None:
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="file not found"):
+    with pytest.raises(DataError, match=rf"absent.jsonl: file not found \(paths are relative to data_dir {tmp_path}; "
+                                        r"set data_dir in the project file, or \$MTLORA_DATA_DIR, to the folder"):
         load(tmp_path, "classification", "absent.jsonl", **LABELS)
+    with pytest.raises(DataError, match=r"absent.jsonl: file not found$"):  # no data_dir to blame
+        load(tmp_path, "classification", str(tmp_path / "absent.jsonl"), **LABELS)
     (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": oops}\n')
     with pytest.raises(DataError, match=r"broken.jsonl:2: not valid JSON: Expecting value at column 10$"):
         load(tmp_path, "classification", "broken.jsonl", **LABELS)

@@ -51,9 +51,8 @@ def _checked_backbone(backbone: str) -> str:
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0]
         raise ConfigError(f"backbone '{backbone}'", [
-            f"cannot be loaded: {reason}",
-            "a hub id needs the network or a copy in the hub cache; else give a model folder, or 'embedded'",
-        ]) from None
+            f"cannot be loaded: {reason} (a hub id needs the network or a copy in the hub cache; else give a "
+            "model folder, or 'embedded')"]) from None
     return backbone
 
 

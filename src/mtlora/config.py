@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from mtlora.errors import ConfigError, InputError, UnknownTaskError
+from mtlora.errors import ConfigError, InputError, UnknownTaskError, did_you_mean
 
 EMBEDDED_BACKBONE = "embedded"
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -477,7 +477,8 @@ class ProjectConfig(_Strict):
                 _check_mixture(task.name, task.mixture, {t.name: t for t in self.tasks})
         default = self.router.default_task
         if default is not None and default not in names:
-            raise ValueError(f"router.default_task '{default}' is not a task; tasks: {', '.join(names)}")
+            raise ValueError(f"router.default_task '{default}' is not a task.{did_you_mean(default, names)} "
+                             f"Tasks: {', '.join(names)}")
         return self
 
     def task(self, name: str) -> TaskConfig:
@@ -705,13 +706,13 @@ def _describe(error: Any, raw: dict[str, Any], root: type[BaseModel] | None = No
                     parts[-1] += f" ({name})"
         elif item not in ("function-after", "function-before") and not str(item).startswith("function-"):
             parts.append(str(item))
-    where = ".".join(parts) or "top level"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         section = _section_at(loc[:-1], root or ProjectConfig)
         valid = f"valid here: {', '.join(section.model_fields)}" if section is not None else "see the README"
         message = f"unknown setting (check the spelling; {valid})"
-    return f"{where}: {message}"
+    # A check of the whole project names the settings it is about itself.
+    return f"{'.'.join(parts)}: {message}" if parts else message
 
 
 def _section_at(loc: list[Any], root: type[BaseModel]) -> type[BaseModel] | None:

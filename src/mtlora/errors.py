@@ -31,6 +31,12 @@ def likely_meant(name: object, options: Iterable[str], cutoff: float = 0.6) -> s
     return close[0] if close else None
 
 
+def did_you_mean(name: object, options: Iterable[str]) -> str:
+    """" Did you mean 'x'?" for a misspelt `name`, to end a sentence with; "" when no option is close."""
+    meant = likely_meant(name, options)
+    return f" Did you mean '{meant}'?" if meant else ""
+
+
 class MtloraError(Exception):
     """Base class of every error mtlora raises on purpose."""
 
@@ -60,8 +66,7 @@ class UnknownTaskError(MtloraError, KeyError):
         self.name = name
         self.available = sorted(available)
         listing = ", ".join(self.available) if self.available else "none"
-        meant = likely_meant(name, self.available)
-        guess = f" Did you mean '{meant}'?" if meant else ""
+        guess = did_you_mean(name, self.available)
         super().__init__(f"No {what} '{name}'{where}.{guess} Available: {listing}" + (f" ({fix})" if fix else ""))
 
     def __str__(self) -> str:  # KeyError would quote the message

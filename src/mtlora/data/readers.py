@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtlora.config import SourceConfig
+from mtlora.config import DATA_DIR_ENV, SourceConfig
 from mtlora.errors import DataError
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "tsv"}
@@ -101,7 +101,10 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
     if path.is_dir():
         raise DataError(str(path), "is a directory, not a file", "name a file in it: data paths name one file each")
     if not path.is_file():
-        raise DataError(str(path), "file not found", f"paths are relative to data_dir {data_dir}")
+        fix = None if Path(source.path).is_absolute() else (
+            f"paths are relative to data_dir {data_dir}; set data_dir in the project file, or ${DATA_DIR_ENV}, to "
+            "the folder that holds the data")
+        raise DataError(str(path), "file not found", fix)
     fmt = source_format(source, path)
     if source.articles is not None and fmt not in ("squad", "json"):  # a .json file may turn out to be SQuAD
         raise DataError(str(path), NOT_SQUAD_ARTICLES)
@@ -327,7 +330,9 @@ def _malformed(path: Path, line: int, error: csv.Error, fmt: str) -> DataError:
         return DataError(f"{path}:{line}", f"not readable as {fmt.upper()}: {error}")
     fix = ("write a quote inside a quoted text twice (\"\"), or leave the text unquoted" if fmt == "csv"
            else "GLUE-style TSVs hold bare quotes: set quoting: none")
-    return DataError(f"{path}:{line}", f"a quoted field goes on past its closing quote ({error})", fix)
+    # The csv module's message holds the delimiter itself: a tab would print as blank space.
+    expected = str(error).replace("\t", "\\t")
+    return DataError(f"{path}:{line}", f"a quoted field goes on past its closing quote ({expected})", fix)
 
 
 def _width_hint(too_few: bool, quoted: bool) -> str:
