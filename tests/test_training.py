@@ -319,6 +319,17 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     assert [(o.steps, o.train_loss, o.trainable) for o in kept] == [(o.steps, o.train_loss, o.trainable) for o in first]
     assert sum("is up to date" in m and "--fresh trains it again" in m for m in messages) == 2, messages
     assert {path: path.read_bytes() for path in stored} == stored
+    # Routing hints change no training step: the adapter is kept, and its manifest takes the new ones.
+    hinted = config.model_copy(deep=True)
+    hinted.task("sentiment").routing.keywords.append("cinema")
+    assert all(o.kept for o in mtlora.train(hinted, "sentiment", **QUIET)) and trained == []
+    assert "cinema" in registry.manifest("sentiment").routing["keywords"]
+    # A damaged baseline is trained again, not kept (nor left for evaluate to fail on).
+    baseline_weights = next(registry.baseline_path("sentiment").glob("*.safetensors"))
+    baseline_weights.write_bytes(baseline_weights.read_bytes()[:-8])
+    mtlora.train(config, "sentiment", **QUIET)
+    assert trained == ["head_only"]
+    trained.clear()
     # An interrupted retraining resumes rather than keeping the result it was replacing.
     with monkeypatch.context() as patch:
         patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(2, None))
@@ -332,6 +343,25 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     assert not any(o.kept for o in mtlora.train(changed, "sentiment", **QUIET))
     assert trained == ["lora", "lora", "lora", "head_only"]
     assert not any(o.kept for o in mtlora.train(changed, "sentiment", fresh=True, **QUIET))
+
+
+def test_a_changed_config_or_tokenizer_of_the_backbone_changes_what_a_kept_result_must_match(
+        tiny_bert: Path, tmp_path: Path) -> None:
+    """Adapters stay usable across them (the weights' fingerprint), but a kept result must have been
+    trained with them."""
+    from mtlora.backbone import fingerprint_backbone, fingerprint_backbone_setup
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_bert, folder)
+    weights, setup = fingerprint_backbone(str(folder)), fingerprint_backbone_setup(str(folder))
+    for changed in ("config.json", "tokenizer_config.json"):
+        settings = json.loads((folder / changed).read_text())
+        (folder / changed).write_text(json.dumps({**settings, "mtlora_test": changed}))
+        fingerprint_backbone_setup.cache_clear()
+        assert fingerprint_backbone_setup(str(folder)) != setup, changed
+        setup = fingerprint_backbone_setup(str(folder))
+    fingerprint_backbone.cache_clear()
+    assert fingerprint_backbone(str(folder)) == weights
 
 
 def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_project: Path, monkeypatch) -> None:

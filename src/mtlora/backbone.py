@@ -182,6 +182,22 @@ def fingerprint_backbone(backbone: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+# Weights (fingerprinted apart) and other large model formats that training never reads.
+_NOT_SET_UP_FILES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt", ".pth", ".gguf")
+
+
+@functools.lru_cache(maxsize=8)
+def fingerprint_backbone_setup(backbone: str) -> str:
+    """sha256 over the backbone folder's files other than weights (its config and tokenizer), which
+    `fingerprint_backbone` leaves out so that adapters stay usable across them, but which training reads."""
+    folder = _local_folder(resolve_backbone(backbone))
+    digest = hashlib.sha256()
+    for file in sorted(path for path in folder.iterdir() if path.is_file() and path.suffix not in _NOT_SET_UP_FILES):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return "sha256:" + digest.hexdigest()
+
+
 def check_trained_on(what: str, base_model: str, base_fingerprint: str, backbone: str) -> None:
     """Refuse to use `what` (an adapter, a router head) on a backbone other than the one it was trained on."""
     fingerprint = fingerprint_backbone(backbone)

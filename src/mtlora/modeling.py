@@ -39,6 +39,7 @@ warnings.filterwarnings("ignore", message="Version v4.12.0 introduces a better w
 
 Method = Literal["lora", "head_only", "full"]
 BASELINE_FILE = "head.safetensors"
+BASELINE_RECORD = "baseline.json"  # beside it: how it was trained
 TOKENIZER_FILE = "tokenizer_config.json"  # present in an adapter folder that carries its own tokenizer
 
 

@@ -16,6 +16,7 @@ from mtlora.data import TaskData, load_task_data
 from mtlora.engine import predict_examples
 from mtlora.errors import DataError, RegistryError, train_hint
 from mtlora.modeling import (
+    BASELINE_RECORD,
     adapter_tokenizer,
     load_adapter_model,
     load_baseline_model,
@@ -80,7 +81,7 @@ def evaluate_task(
     predictions = {"lora": run(model)}
     counts = manifest.parameters
     parameters = {"lora": {"trainable": counts.trainable, "total": counts.total, "stored": counts.stored}}
-    recorded = registry.baseline_path(task.name) / "baseline.json"
+    recorded = registry.baseline_path(task.name) / BASELINE_RECORD
     record = json.loads(recorded.read_text()) if recorded.is_file() else {}
     if unlike := _baseline_unlike_adapter(record, manifest):
         log(f"[{task.name}] head-only baseline left out: it was trained on {unlike} than the adapter; "

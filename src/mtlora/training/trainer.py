@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import signal
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import peft
 import torch
 import torch.distributed
+import transformers
 from torch import nn
 from transformers import (
     PreTrainedTokenizerBase,
@@ -36,18 +39,35 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 import mtlora
 from mtlora import atomic
-from mtlora.backbone import default_device, fingerprint_backbone, load_tokenizer, no_save_progress_bars, use_bf16
+from mtlora.backbone import (
+    default_device,
+    fingerprint_backbone,
+    fingerprint_backbone_setup,
+    load_tokenizer,
+    no_save_progress_bars,
+    use_bf16,
+)
 from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
 from mtlora.errors import MtloraError, TrainingInterrupted
-from mtlora.modeling import Method, TaskModel, build_task_model, count_trainable, save_baseline
+from mtlora.modeling import (
+    BASELINE_FILE,
+    BASELINE_RECORD,
+    Method,
+    TaskModel,
+    build_task_model,
+    count_trainable,
+    save_baseline,
+)
 from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
+from mtlora.registry.store import sha256_file
 from mtlora.tasks import Example
 from mtlora.tasks.base import INPUT_ROLES, Encoded
 from mtlora.training.sampler import ShuffledLengthBatches
 from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
 
 EXAMPLE_INPUTS_KEPT = 64
+RUN_MARKER = "run.json"  # in a run folder: the signature of the run its checkpoints belong to
 EXAMPLE_CHARS_KEPT = 500
 
 
@@ -110,7 +130,7 @@ def train_task(
     main_process = args.process_index == 0
     log = log if main_process else _silent
     _warn_of_cut_inputs(task, run, log)
-    signature = _run_signature(project, task, method, run.built.fingerprint, run.data_signature)
+    signature = _run_signature(project, task, method, run.data_signature, args.bf16, args.world_size)
     with args.main_process_first(local=False):
         if main_process:
             _prepare_run_dir(run_dir, signature, fresh, log)
@@ -287,12 +307,16 @@ def _describe_parameters(built: TaskModel) -> str:
     return f"{trainable:,} trainable parameters, {share_of(trainable, total)} of the {total:,} full fine-tuning trains"
 
 
-def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, base_fingerprint: str, data: str) -> str:
+def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, data: str, bf16: bool,
+                   processes: int) -> str:
     """What a checkpoint must have been trained with to be resumed, and a stored result to be kept: same
-    task settings, training examples, base, method and mtlora."""
+    task settings, training examples, base (weights, config and tokenizer), method, precision, number of
+    processes, and versions of mtlora and the libraries that train."""
     parts = [_what_trains(project.task(name)) for name in (task.mixture.tasks if task.mixture else [])]
-    payload = {"task": _what_trains(task), "parts": parts, "data": data, "method": method, "base": base_fingerprint,
-               "mtlora": mtlora.__version__}
+    payload = {"task": _what_trains(task), "parts": parts, "data": data, "method": method,
+               "base": fingerprint_backbone(project.backbone), "setup": fingerprint_backbone_setup(project.backbone),
+               "bf16": bf16, "processes": processes,
+               "versions": [mtlora.__version__, torch.__version__, transformers.__version__, peft.__version__]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -302,9 +326,6 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
     task has now, by this mtlora, and no later run of it was interrupted (that one resumes instead).
     None otherwise, or when its files do not check out."""
     registry = Registry(project.registry)
-    run_dir = registry.run_path(task.name, method)
-    if run_dir.is_dir() and get_last_checkpoint(str(run_dir)):
-        return None
     try:
         if method == "lora":
             manifest = registry.verified(task.name)
@@ -312,8 +333,10 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
             saved_to = registry.path(task.name)
         elif method == "head_only":
             saved_to = registry.baseline_path(task.name)
-            record = json.loads((saved_to / "baseline.json").read_text(encoding="utf-8"))
+            record = json.loads((saved_to / BASELINE_RECORD).read_text(encoding="utf-8"))
             trainable, total = record["trainable"], record["total"]
+            if sha256_file(saved_to / BASELINE_FILE) != record.get("weights_sha256"):
+                return None
         else:
             return None
     except (MtloraError, OSError, ValueError, KeyError, TypeError):
@@ -321,7 +344,12 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
     if not record.get("run_signature") or record.get("method") != method:
         return None
     data = load_task_data(project, task, splits=("train",)).train_signature()
-    if record["run_signature"] != _run_signature(project, task, method, fingerprint_backbone(project.backbone), data):
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the Trainer will count them
+    signature = _run_signature(project, task, method, data, use_bf16(task.training.precision, default_device()),
+                               processes)
+    run_dir = registry.run_path(task.name, method)
+    if record["run_signature"] != signature or (_run_signature_in(run_dir / RUN_MARKER) == signature
+                                                and get_last_checkpoint(str(run_dir))):
         return None
     return TrainOutcome(task=task.name, method=method, trainable=trainable, total=total, time_s=record["time_s"],
                         steps=record["steps"], samples_per_s=record["samples_per_s"], train_loss=record["train_loss"],
@@ -341,7 +369,7 @@ def _what_trains(task: TaskConfig) -> dict[str, Any]:
 
 def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
     """Keep the checkpoints of an interrupted run with the same settings and data; clear anything else."""
-    marker = run_dir / "run.json"
+    marker = run_dir / RUN_MARKER
     if run_dir.is_dir():
         previous = _run_signature_in(marker)
         checkpoint = get_last_checkpoint(str(run_dir))
@@ -550,7 +578,8 @@ def _save_head_baseline(registry: Registry, project: ProjectConfig, task: TaskCo
         save_baseline(built.model, built.head_modules, folder)
         record = {"trainable": outcome.trainable, "total": outcome.total,
                   "base_fingerprint": built.fingerprint, **_training_record(project, task, outcome)}
-        (folder / "baseline.json").write_text(json.dumps(record, indent=2))
+        record["weights_sha256"] = sha256_file(folder / BASELINE_FILE)
+        (folder / BASELINE_RECORD).write_text(json.dumps(record, indent=2))
     return target
 
 
