@@ -93,12 +93,16 @@ def test_removing_the_router_removes_every_part_of_it(routed_project: Path, tmp_
     registry = Registry(load_config(project).registry)
     parts = [registry.path("router"), TokenRouterHead.folder(registry), registry.root / ".router-data"]
     assert all(part.is_dir() for part in parts)
+    interrupted = registry.run_path("router", "lora") / "checkpoint-2"  # as an interrupted retraining leaves it
+    interrupted.mkdir(parents=True)
+    parts.append(interrupted.parent.parent)
     asked = CliRunner().invoke(app, ["adapters", "remove", str(project), "router"], input="n\n")
     assert asked.exit_code == 1 and all(part.is_dir() for part in parts)
-    assert "the learned router (router, .routers/embeddings, .router-data)" in asked.output
+    assert "the learned router (router, .routers/embeddings, .router-data, .runs/router)" in asked.output
     removed = CliRunner().invoke(app, ["adapters", "remove", str(project), "router", "--yes"])
     assert removed.exit_code == 0, removed.output
-    assert not any(part.exists() for part in parts) and not (registry.root / ".routers").exists()
+    assert not any(part.exists() for part in parts)
+    assert not (registry.root / ".routers").exists() and not (registry.root / ".runs").exists()
     assert "sentiment" in registry and TokenRouterHead.saved_info(registry) is None
     again = CliRunner().invoke(app, ["adapters", "remove", str(project), "router", "--yes"])
     assert again.exit_code == 2 and "No adapter 'router'" in again.output

@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -101,9 +102,11 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
     if path.is_dir():
         raise DataError(str(path), "is a directory, not a file", "name a file in it: data paths name one file each")
     if not path.is_file():
+        # $MTLORA_DATA_DIR, where set, overrides the project file's data_dir.
+        where = f"${DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else \
+            f"data_dir in the project file, or ${DATA_DIR_ENV},"
         fix = None if Path(source.path).is_absolute() else (
-            f"paths are relative to data_dir {data_dir}; set data_dir in the project file, or ${DATA_DIR_ENV}, to "
-            "the folder that holds the data")
+            f"paths are relative to data_dir {data_dir}; set {where} to the folder that holds the data")
         raise DataError(str(path), "file not found", fix)
     fmt = source_format(source, path)
     if source.articles is not None and fmt not in ("squad", "json"):  # a .json file may turn out to be SQuAD

@@ -181,10 +181,11 @@ def training_inputs_folder(registry: Registry) -> Path:
 
 def stored_router(registry: Registry) -> list[Path]:
     """The parts of a learned router that `train_router` stored in `registry`, of: the router adapter,
-    its head over token embeddings, and the inputs they trained on."""
+    its head over token embeddings, the inputs they trained on, and an interrupted training's checkpoints."""
     adapter = [registry.path(ROUTER_ADAPTER)] if ROUTER_ADAPTER in registry else []
-    return adapter + [folder for folder in (TokenRouterHead.folder(registry), training_inputs_folder(registry))
-                      if folder.is_dir()]
+    others = (TokenRouterHead.folder(registry), training_inputs_folder(registry),
+              registry.run_path(ROUTER_ADAPTER, "lora").parent)
+    return adapter + [folder for folder in others if folder.is_dir()]
 
 
 def remove_router(registry: Registry) -> None:
@@ -197,7 +198,7 @@ def remove_router(registry: Registry) -> None:
     for folder in parts:
         if folder.is_dir():  # the adapter's is gone already
             atomic.remove_folder(folder, registry.staging, registry.swapping)
-    atomic.remove_empty(TokenRouterHead.folder(registry).parent)
+    atomic.remove_empty(TokenRouterHead.folder(registry).parent, registry.root / ".runs")
 
 
 def _train_head(project: ProjectConfig, splits: dict[str, list[dict[str, str]]],
