@@ -345,8 +345,11 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
         return None
     data = load_task_data(project, task, splits=("train",)).train_signature()
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the Trainer will count them
-    signature = _run_signature(project, task, method, data, use_bf16(task.training.precision, default_device()),
-                               processes)
+    try:
+        signature = _run_signature(project, task, method, data, use_bf16(task.training.precision, default_device()),
+                                   processes)
+    except OSError:  # a hub backbone whose files are not in the local cache yet: training fetches them
+        return None
     run_dir = registry.run_path(task.name, method)
     if record["run_signature"] != signature or (_run_signature_in(run_dir / RUN_MARKER) == signature
                                                 and get_last_checkpoint(str(run_dir))):
