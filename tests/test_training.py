@@ -324,6 +324,12 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     hinted.task("sentiment").routing.keywords.append("cinema")
     assert all(o.kept for o in mtlora.train(hinted, "sentiment", **QUIET)) and trained == []
     assert "cinema" in registry.manifest("sentiment").routing["keywords"]
+    # A bad validation file fails now, as it does when training, not later at `evaluate`.
+    missing = config.model_copy(deep=True)
+    missing.task("sentiment").data.validation = missing.task("sentiment").data.validation.model_copy(
+        update={"path": "absent.jsonl"})
+    with pytest.raises(mtlora.DataError, match=r"absent\.jsonl: file not found"):
+        mtlora.train(missing, "sentiment", **QUIET)
     # A damaged baseline is trained again, not kept (nor left for evaluate to fail on).
     baseline_weights = next(registry.baseline_path("sentiment").glob("*.safetensors"))
     baseline_weights.write_bytes(baseline_weights.read_bytes()[:-8])

@@ -343,7 +343,8 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
         return None
     if not record.get("run_signature") or record.get("method") != method:
         return None
-    data = load_task_data(project, task, splits=("train",)).train_signature()
+    # Every split, as training reads them: a bad validation or test file fails now, kept or not.
+    data = load_task_data(project, task).train_signature()
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the Trainer will count them
     try:
         signature = _run_signature(project, task, method, data, use_bf16(task.training.precision, default_device()),
