@@ -80,6 +80,27 @@ def test_learned_router_is_an_adapter_in_the_registry(routed_project: Path) -> N
         engine.predict("a great film", task="router")
 
 
+def test_training_the_router_again_keeps_its_adapter_and_fits_its_head_again(routed_project: Path,
+                                                                             tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mtlora.cli import app
+
+    folder = tmp_path / "project"
+    shutil.copytree(routed_project.parent, folder)
+    project = folder / routed_project.name
+    registry = Registry(load_config(project).registry)
+    adapter = {path: path.read_bytes() for path in registry.path("router").rglob("*") if path.is_file()}
+    head = TokenRouterHead.folder(registry) / "router.json"
+    head.unlink()  # the head is fit again whatever: it comes back
+    again = CliRunner().invoke(app, ["train-router", str(project)])
+    assert again.exit_code == 0, again.output
+    assert "[router] lora is up to date" in again.output and "Router adapter up to date, kept" in again.output
+    assert {path: path.read_bytes() for path in adapter} == adapter and head.is_file()
+    changed = load_config(project, overrides={"router": {"training": {"lr": 1e-2}}})
+    assert not train_router(changed, progress=False, log=lambda _: None).kept
+
+
 def test_removing_the_router_removes_every_part_of_it(routed_project: Path, tmp_path: Path) -> None:
     """The adapter, its head over token embeddings and the inputs they trained on: a head left behind would
     still be listed, and would still route for `router.features: embeddings`."""

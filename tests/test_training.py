@@ -306,13 +306,13 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     folders = (registry.path("sentiment"), registry.baseline_path("sentiment"))
     stored = {path: path.read_bytes() for folder in folders for path in folder.rglob("*") if path.is_file()}
     trained: list[str] = []
-    original = mtlora.api.train_task
+    original = trainer_module._fit
 
-    def counted(project, task, method, **kwargs):
+    def counted(task, method, *args, **kwargs):
         trained.append(method)
-        return original(project, task, method, **kwargs)
+        return original(task, method, *args, **kwargs)
 
-    monkeypatch.setattr(mtlora.api, "train_task", counted)
+    monkeypatch.setattr(trainer_module, "_fit", counted)
     messages: list[str] = []
     kept = mtlora.train(config, "sentiment", progress=False, log=messages.append)
     assert trained == [] and [o.method for o in kept] == ["lora", "head_only"] and all(o.kept for o in kept)

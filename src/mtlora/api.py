@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from mtlora import routing
-from mtlora.config import ROUTER_ADAPTER, ProjectConfig, TaskConfig, load_config
+from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.inputs import Input
@@ -32,7 +32,7 @@ from mtlora.routing import Route
 from mtlora.routing.learned import remove_router
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
-from mtlora.training import TrainOutcome, stored_result, train_task
+from mtlora.training import TrainOutcome, train_task
 
 ConfigLike = ProjectConfig | str | os.PathLike[str]
 
@@ -64,27 +64,11 @@ def train(
         wanted = task_config.training.baseline if baseline is None else baseline
         methods = ["lora", "head_only"] if wanted and get_task_kind(task_config.kind).has_head else ["lora"]
         for method in methods:
-            if not fresh and (kept := stored_result(project, task_config, method)):
-                if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch: the first process
-                    log(f"[{task_config.name}] {method} is up to date (trained with these settings and training "
-                        "data); kept. --fresh trains it again")
-                    if method == "lora":
-                        _keep_routing_hints(project, task_config)
-                outcomes.append(kept)
-                continue
-            outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log)
+            outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log, keep=True)
             outcomes.append(dataclasses.replace(outcome, model=None))
             del outcome
             _release_memory()
     return outcomes
-
-
-def _keep_routing_hints(project: ProjectConfig, task: TaskConfig) -> None:
-    """A kept adapter's manifest takes the task's routing hints, which change no training step (so they
-    did not stop it being kept) but route for an engine built from the registry alone."""
-    registry, hints = Registry(project.registry), task.routing.model_dump(mode="json")
-    if registry.manifest(task.name).routing != hints:
-        registry.update(task.name, routing=hints)
 
 
 def _release_memory() -> None:

@@ -215,7 +215,9 @@ def _print_routing(reports: list[RoutingReport]) -> None:
 @reports_errors
 def train_router(
     config: ConfigArg,
-    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints of an interrupted run and start over.")] = False,
+    fresh: Annotated[bool, typer.Option(
+        help="Train the router again: ignore checkpoints of an interrupted run, and a router adapter already "
+             "trained on the same inputs with the same settings.")] = False,
 ) -> None:
     """Train the learned router: one more adapter that classifies inputs by task, and a linear head over
     the backbone's token embeddings (router.features encoder or embeddings: only the one it reads)."""
@@ -223,6 +225,9 @@ def train_router(
         outcome = api.train_router(config, fresh=fresh, progress=sys.stderr.isatty(), log=say)
     finally:
         leave_process_group()
+    if outcome.kept:
+        say(f"Router adapter up to date, kept: {outcome.saved_to}")
+        return
     steps = f" ({outcome.steps} steps)" if outcome.steps else ""
     say(f"Router trained in {outcome.time_s:.1f}s{steps}; saved to {outcome.saved_to}")
 

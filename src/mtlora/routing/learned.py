@@ -136,7 +136,9 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
                  log: Callable[[str], None] = print) -> TrainOutcome:
     """Sample each task's training inputs, label them with the task name, and train what
     `router.features` reads: the router adapter (encoder), its head over token embeddings (embeddings), or
-    both from the same inputs (cascade). With both, the adapter's outcome is returned."""
+    both from the same inputs (cascade). With both, the adapter's outcome is returned. A router adapter
+    trained on the same inputs with the same settings is kept (`train_task`'s `keep`); the head, which fits in
+    seconds, is fit again."""
     from mtlora.training import train_task
 
     # A multitask adapter answers its parts' inputs only when they name it by a task token: a router
@@ -168,7 +170,7 @@ def train_router(project: ProjectConfig, *, fresh: bool = False, progress: bool 
         "lora": settings.lora.model_dump(), "training": {**settings.training.model_dump(), "baseline": False},
     })
     log(f"[router] {len(splits['train'])} training inputs from {len(tasks)} tasks")
-    outcome = train_task(project, router_task, "lora", fresh=fresh, progress=progress, log=log)
+    outcome = train_task(project, router_task, "lora", fresh=fresh, progress=progress, log=log, keep=True)
     if settings.features == "cascade":  # after the adapter: an interrupted run leaves the two as they were
         _train_head(project, splits, log)
     return outcome

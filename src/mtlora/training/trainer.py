@@ -113,14 +113,19 @@ def train_task(
     fresh: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    keep: bool = False,
 ) -> TrainOutcome:
     """Train `task` with `method` and store the result.
 
     `lora` goes to the registry as a PEFT adapter with its manifest; `head_only` is stored as the task's
     baseline; `full` is returned in memory only (benchmarks compare against it).
     A run interrupted by Ctrl-C or a crash resumes from its latest checkpoint when called again,
-    unless `fresh` is set or the settings changed.
+    unless `fresh` is set or the settings changed. With `keep` (and not `fresh`), a stored result that
+    is up to date (`stored_result`) is returned instead of training: run again after an interruption, a
+    training trains only what it had not stored yet.
     """
+    if keep and not fresh and (kept := _kept(project, task, method, log)):
+        return kept
     registry = Registry(project.registry)
     run = _set_up(project, task, method)
     run_dir = registry.run_path(task.name, method)
@@ -141,6 +146,25 @@ def train_task(
         _remove_run_dir(run_dir)
     args.distributed_state.wait_for_everyone()
     return outcome
+
+
+def _kept(project: ProjectConfig, task: TaskConfig, method: Method, log: Callable[[str], None]) -> TrainOutcome | None:
+    """The result the registry holds, when it is up to date (`stored_result`), said once."""
+    kept = stored_result(project, task, method)
+    if kept is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun: the first process
+        log(f"[{task.name}] {method} is up to date (trained with these settings and training data); kept. "
+            "--fresh trains it again")
+        if method == "lora":
+            _take_routing_hints(Registry(project.registry), task)
+    return kept
+
+
+def _take_routing_hints(registry: Registry, task: TaskConfig) -> None:
+    """A kept adapter's manifest takes the task's routing hints, which change no training step (so they
+    did not stop it being kept) but route for an engine built from the registry alone."""
+    hints = task.routing.model_dump(mode="json")
+    if registry.manifest(task.name).routing != hints:
+        registry.update(task.name, routing=hints)
 
 
 def _set_up(project: ProjectConfig, task: TaskConfig, method: Method) -> _Run:
@@ -364,10 +388,11 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
 
 def _what_trains(task: TaskConfig) -> dict[str, Any]:
     """The task's settings less those that cannot change a training step: routing hints, the evaluation
-    splits and batch size, whether a baseline follows, and how often to checkpoint and log (a resumed run
-    takes the new cadence: `_ThisRunsCadence`). (The training examples are in `data`.)"""
+    splits and batch size, whether a baseline follows, how often to checkpoint and log (a resumed run
+    takes the new cadence: `_ThisRunsCadence`), and where the training file is (the training examples
+    themselves are in `data`: a project copied or its data moved is the same run)."""
     return task.model_dump(mode="json", exclude={
-        "routing": True, "data": {"validation", "test"},
+        "routing": True, "data": {"validation": True, "test": True, "train": {"path"}},
         "training": {"eval_batch_size", "baseline", "checkpoint_every", "log_every"}})
 
 
