@@ -168,6 +168,14 @@ def test_answer_not_in_its_context_is_refused(tmp_path: Path) -> None:
         load(tmp_path, "extractive_qa", name)
 
 
+def test_a_missing_file_read_from_mtlora_data_dir_names_that_to_set(tmp_path: Path, monkeypatch) -> None:
+    """$MTLORA_DATA_DIR overrides the project file's data_dir: the hint names only what decides."""
+    monkeypatch.setenv("MTLORA_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match=r"absent.jsonl: file not found \(paths are relative to data_dir .+; set "
+                                        r"\$MTLORA_DATA_DIR to the folder that holds the data\)$"):
+        load(tmp_path, "classification", "absent.jsonl", **LABELS)
+
+
 def test_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=rf"absent.jsonl: file not found \(paths are relative to data_dir {tmp_path}; "
                                         r"set data_dir in the project file, or \$MTLORA_DATA_DIR, to the folder"):

@@ -336,6 +336,12 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     mtlora.train(config, "sentiment", **QUIET)
     assert trained == ["head_only"]
     trained.clear()
+    # So is a damaged adapter (its files no longer match the manifest's checksums).
+    adapter_weights = registry.path("sentiment") / "adapter_model.safetensors"
+    adapter_weights.write_bytes(adapter_weights.read_bytes()[:-8])
+    assert not any(o.kept for o in mtlora.train(config, "sentiment", baseline=False, **QUIET))
+    assert trained == ["lora"] and "sentiment" in registry and registry.verified("sentiment")
+    trained.clear()
     # An interrupted retraining resumes rather than keeping the result it was replacing.
     with monkeypatch.context() as patch:
         patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(2, None))

@@ -67,8 +67,8 @@ from mtlora.training.sampler import ShuffledLengthBatches
 from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
 
 EXAMPLE_INPUTS_KEPT = 64
-RUN_MARKER = "run.json"  # in a run folder: the signature of the run its checkpoints belong to
 EXAMPLE_CHARS_KEPT = 500
+RUN_MARKER = "run.json"  # in a run folder: the signature of the run its checkpoints belong to
 
 
 @dataclass
@@ -346,9 +346,9 @@ def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, data: 
 
 def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> TrainOutcome | None:
     """The result of training `task` with `method` that the registry holds, when training it again would
-    give the same (training is seeded): it was trained with the settings, training examples and base the
-    task has now, by this mtlora, and no later run of it was interrupted (that one resumes instead).
-    None otherwise, or when its files do not check out."""
+    give the same (training is seeded): its run signature (`_run_signature`) is the one the task would
+    train with now, and no later run of it was interrupted (that one resumes instead). None otherwise, or
+    when its files do not check out."""
     registry = Registry(project.registry)
     try:
         if method == "lora":
