@@ -46,7 +46,7 @@ from transformers import AutoModel
 import mtlora
 from mtlora import Engine
 from mtlora.backbone import linear_weights_in_bf16, load_pretrained, quiet_loading, resolve_backbone
-from mtlora.batching import feature_row, length_sorted_batches, pad_rows
+from mtlora.batching import feature_row, length_sorted_batches, pad_rows, pass_cost_tokens
 from mtlora.config import ROUTER_ADAPTER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,12 +150,14 @@ def feature_rows(engine: Engine, chunk: list[tuple[Any, str]]) -> list[tuple[dic
     return rows
 
 
-def length_batches(engine: Engine, chunk: list[tuple[Any, str]], size: int) -> list[list[tuple[dict, str]]]:
-    """A chunk's rows in batches of similar length, cut where the engine cuts, so (b) and (d) pad no more
-    than (c) does."""
+def length_batches(engine: Engine, chunk: list[tuple[Any, str]], size: int,
+                   pass_cost: int | None = None) -> list[list[tuple[dict, str]]]:
+    """A chunk's rows in batches of similar length, cut where the engine cuts (on its device, unless
+    `pass_cost` is given), so (b) and (d) pad no more than (c) does."""
     rows = feature_rows(engine, chunk)
     lengths = [len(row["input_ids"]) for row, _ in rows]
-    return [[rows[i] for i in batch] for batch in length_sorted_batches(lengths, size)]
+    cost = pass_cost_tokens(engine.device) if pass_cost is None else pass_cost
+    return [[rows[i] for i in batch] for batch in length_sorted_batches(lengths, size, cost)]
 
 
 def run_heads(engine: Engine, inputs: dict[str, torch.Tensor], output: Any, tasks: list[str]) -> None:
@@ -188,11 +190,12 @@ def hand_wired_mixed(engine: Engine, stream: list[tuple[Any, str]], batch_size: 
                 run_heads(engine, inputs, engine._encoders.model(**inputs, adapter_names=tasks), tasks)
 
 
-def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[Any, str]], batch_size: int) -> None:
+def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[Any, str]], batch_size: int,
+                   pass_cost: int | None = None) -> None:
     """(d): the same rows in the same batches through the bare backbone, no adapters, no heads."""
     with torch.inference_mode():
         for whole in batches(stream, batch_size):
-            for batch in length_batches(engine, whole, batch_size):
+            for batch in length_batches(engine, whole, batch_size, pass_cost):
                 model(**pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device))
 
 

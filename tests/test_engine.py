@@ -107,6 +107,41 @@ def test_adapters_come_and_go_at_run_time(trained_project: Path, fold_cache: int
     assert_same(engine.predict("loved this great movie", task="sentiment"), first)
 
 
+def test_shared_passes_read_stacks_the_adapters_weights_view_as_adapters_come_and_go(trained_project: Path) -> None:
+    """Each layer's LoRA lives in one stack that the adapters' weights are views of (no second copy, none
+    made per call), made again as adapters come, go or are reloaded: a mixed call then still answers
+    each input as its task alone does."""
+    engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32",
+                                mixed_batches=True)
+    encoders = engine._encoders
+
+    def check_stacks(names: set[str]) -> None:
+        assert encoders._stacks
+        for layer, stack in encoders._stacks.items():
+            assert set(stack.names) == names & set(layer.lora_A)
+            for name in stack.names:
+                for weight, buffer in ((layer.lora_A[name].weight, stack.lora_a),
+                                       (layer.lora_B[name].weight, stack.lora_b)):
+                    assert weight.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+
+    def check_answers(left_out: str = "") -> None:
+        rest = [(task, item) for task, item in MIXED if task != left_out]
+        assert_answers_as_alone(engine, trained_project, [item for _, item in rest], [task for task, _ in rest])
+
+    check_stacks({"sentiment", "support"})
+    for task in ("qa", "paraphrase", "similarity"):
+        engine.add(task)
+    everything = {task for task, _ in MIXED}
+    check_stacks(everything)
+    check_answers()
+    engine.reload("support")
+    check_stacks(everything)
+    check_answers()
+    engine.remove("sentiment")
+    check_stacks(everything - {"sentiment"})
+    check_answers(left_out="sentiment")
+
+
 def test_a_reload_swaps_an_adapter_in_place_and_a_damaged_one_leaves_the_loaded_one_serving(
         trained_project: Path, tmp_path: Path) -> None:
     registry = tmp_path / "adapters"
@@ -403,8 +438,9 @@ def test_fold_cache_keeps_the_most_recently_used_adapters() -> None:
     assert cache.folded("c") == {}
 
 
-def test_auto_shares_passes_on_cpu_unless_folds_are_cached(trained_project: Path) -> None:
-    """What bench/infer_speed.py measured faster on a CPU: shared passes, or cached folds when kept."""
+def test_auto_shares_passes_unless_folds_are_cached(trained_project: Path) -> None:
+    """What bench/infer_speed.py measured faster on a CPU and on an H100: shared passes, or cached folds
+    when kept."""
     assert Engine.from_config(trained_project, tasks=["sentiment"], device="cpu").mixed_batches is True
     kept = Engine.from_config(trained_project, tasks=["sentiment"], device="cpu", fold_cache=2)
     assert kept.mixed_batches is False
@@ -446,6 +482,18 @@ def test_batches_do_not_pad_short_rows_to_long_ones() -> None:
     assert length_sorted_batches([10] * 5, batch_size=2) == [[0, 1], [2, 3], [4]]
     # A handful of short rows: one pass costs less than the padding a second one would save.
     assert length_sorted_batches([30, 20, 14, 12], batch_size=32) == [[0, 1, 2, 3]]
+
+
+def test_on_cuda_rows_of_any_lengths_take_the_fewest_passes() -> None:
+    """A pass on a GPU costs the host far more than padding costs the device: as few passes as
+    `batch_size` allows, whatever the rows' lengths (the least padding among those)."""
+    from mtlora.batching import length_sorted_batches, pass_cost_tokens
+
+    lengths = [40, 256, 35, 250, 38, 120, 12]
+    cost = pass_cost_tokens(torch.device("cuda"))
+    assert length_sorted_batches(lengths, 32, cost) == [[1, 3, 5, 0, 4, 2, 6]]
+    assert length_sorted_batches(lengths, 3, cost) == [[1, 3], [5, 0], [4, 2, 6]]
+    assert len(length_sorted_batches(lengths, 32)) == 3  # on a CPU padding 12 tokens to 256 costs more
 
 
 def test_batches_are_the_cheapest_cut_of_the_sorted_rows() -> None:
@@ -517,7 +565,7 @@ def test_mixed_lora_gives_each_row_what_its_adapter_gives_alone(tiny_bert: Path,
     without any: each row as its adapter computes it alone."""
     from peft import LoraConfig, get_peft_model
 
-    from mtlora.engine.folding import lora_layers, mixed_lora
+    from mtlora.engine.folding import lora_layers, mixed_lora, stack_lora
 
     torch.manual_seed(0)
     gpt2 = architecture == "gpt2"
@@ -531,7 +579,8 @@ def test_mixed_lora_gives_each_row_what_its_adapter_gives_alone(tiny_bert: Path,
     inputs = {"input_ids": torch.randint(5, 60, (len(rows), 7)),
               "attention_mask": torch.ones(len(rows), 7, dtype=torch.long)}
     with torch.inference_mode():
-        with mixed_lora(lora_layers(model), rows):
+        layers = lora_layers(model)
+        with mixed_lora(layers, rows, stack_lora(layers)):
             mixed = model(**inputs).last_hidden_state
         alone = {}
         for adapter in ("one", "two"):

@@ -41,7 +41,7 @@ def padded_batches(model: nn.Module, tokenizer: PreTrainedTokenizerBase, feature
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in features["input_ids"]]
     with torch.inference_mode(), autocast(device, bf16):
-        for index in length_sorted_batches(lengths, batch_size):
+        for index in length_sorted_batches(lengths, batch_size, pass_cost_tokens(device)):
             batch = pad_rows(tokenizer, [feature_row(features, i) for i in index], device)
             yield index, batch, {name: [values[i] for i in index] for name, values in row_kwargs.items()}
 
@@ -52,15 +52,27 @@ def padded_batches(model: nn.Module, tokenizer: PreTrainedTokenizerBase, feature
 # stream 10-16% faster in fp32 and 11-18% in bf16. 256 scored 4% higher than 128 in bf16 in one run and
 # the same in the next, and 4-6% lower in fp32, so one value serves both.
 PASS_COST_TOKENS = 128
+# On an H100 a pass of MiniLM costs the host 5-10 ms of Python and launches while the device spends about
+# a microsecond per padded token: padding is all but free there, so a call takes the fewest passes that
+# `batch_size` allows. In A/Bs on an H100 (bench/batch_cuts.py) the bare encoder ran 56-76% faster for it,
+# the engine 24-26% with per-adapter passes and 84-90% with shared ones.
+PASS_COST_TOKENS_CUDA = 10_000
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def pass_cost_tokens(device: torch.device) -> int:
+    """What one more encoder pass costs on `device`, in padded tokens (for `length_sorted_batches`)."""
+    return PASS_COST_TOKENS_CUDA if device.type == "cuda" else PASS_COST_TOKENS
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int,
+                          pass_cost: int = PASS_COST_TOKENS) -> list[list[int]]:
     """Row indices in batches of similar length, at most `batch_size` each, longest first.
 
     Where the batches end is chosen to pad least plus pay least for passes: each batch costs its rows
-    times its longest row, plus `PASS_COST_TOKENS`. So a short text does not pad to a long QA window,
-    and a handful of rows of mixed lengths is not split into passes that each cost more to start than
-    the padding they save. Exact, by dynamic programming over the sorted rows (O(rows * batch_size)).
+    times its longest row, plus `pass_cost` (see `pass_cost_tokens`). So a short text does not pad to a
+    long QA window, and a handful of rows of mixed lengths is not split into passes that each cost more
+    to start than the padding they save. Exact, by dynamic programming over the sorted rows
+    (O(rows * batch_size)).
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     longest = [lengths[row] for row in order]
@@ -68,7 +80,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     start = [0] * (len(order) + 1)  # where the last batch of that batching starts
     for end in range(1, len(order) + 1):
         for first in range(max(0, end - batch_size), end):
-            candidate = cost[first] + (end - first) * longest[first] + PASS_COST_TOKENS
+            candidate = cost[first] + (end - first) * longest[first] + pass_cost
             if candidate <= cost[end]:  # on a tie the later start: full batches first, the remainder last
                 cost[end], start[end] = candidate, first
     batches, end = [], len(order)
@@ -87,7 +99,8 @@ def pad_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, list]]
     """Feature rows padded into one batch of model inputs on `device` (targets and extras left out)."""
     names = [n for n in tokenizer.model_input_names if n in rows[0]]
     batch = tokenizer.pad([{n: row[n] for n in names} for row in rows], return_tensors="pt")
-    return {name: tensor.to(device) for name, tensor in batch.items()}
+    # Not blocking: on CUDA a blocking copy first waits for the device to finish all it was given.
+    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
 
 
 def store_outputs(kind: TaskKind, outputs: dict[str, torch.Tensor], rows: Sequence[int], lengths: Sequence[int],

@@ -438,8 +438,7 @@ class InferenceSettings(_Strict):
     mixed_batches: Annotated[bool | Literal["auto"], _bool_or_auto()] = Field(
         "auto", description="true: the rows of every adapter in a call share each pass, each row with its own "
                             "LoRA; false: one pass per adapter with its LoRA folded into the weights; auto: "
-                            "shared passes on CPU unless fold_cache is set, per-adapter passes on CUDA (each "
-                            "measured faster where it is chosen)")
+                            "shared passes unless fold_cache is set (measured faster on CPU and CUDA)")
     fold_cache: int = Field(
         0, ge=0, description="adapters whose folded weights stay in memory between calls. Each "
                              "costs one copy of the adapted weights and saves folding them on every call")

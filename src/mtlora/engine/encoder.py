@@ -4,11 +4,11 @@ A head is the task model transformers builds for the kind (so every architecture
 reused), with its encoder swapped for a stand-in that hands over the rows the shared encoder already
 computed.
 
-How a call with inputs of several tasks runs: on CPU the rows of every task are padded together into
+How a call with inputs of several tasks runs: the rows of every task are padded together into
 batches of similar length, and each pass gives each row its own adapter's LoRA (`folding.mixed_lora`:
-two thin GEMMs a layer for all adapters at once, no weights copied). On CUDA, or with a fold cache, each
-task's rows get passes of their own with its LoRA folded into the weights (`folding.folded_lora`).
-bench/infer_speed.py measures which is faster where.
+two thin GEMMs a layer for all adapters at once, from stacks the adapters' weights are views of, so
+nothing is copied). With a fold cache (or `mixed_batches: false`), each task's rows get passes of their
+own with its LoRA folded into the weights (`folding.folded_lora`). bench/infer_speed.py measures both.
 """
 
 from __future__ import annotations
@@ -30,16 +30,25 @@ from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from mtlora.backbone import linear_weights_in_bf16, load_pretrained, name_pad_token, quiet_loading, resolve_backbone
-from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, store_outputs
+from mtlora.batching import (
+    autocast,
+    feature_row,
+    length_sorted_batches,
+    pad_rows,
+    pass_cost_tokens,
+    store_outputs,
+)
 from mtlora.engine.folding import (
     FOLD_MIN_TOKENS,
     FoldCache,
     SharedAcrossRows,
+    StackedLora,
     check_plain_lora,
     check_plain_lora_files,
     folded_lora,
     lora_layers,
     mixed_lora,
+    stack_lora,
 )
 from mtlora.engine.job import Job
 from mtlora.engine.peft_adapters import delete_adapter, load_weights, undone_on_failure, with_adapter
@@ -69,6 +78,10 @@ class _ComputedEncoder(nn.Module):
         return type(self.output)(**{**self.output, "pooler_output": self.pooler(self.output.last_hidden_state)})
 
 
+# A head's outputs on a pass's rows of one job, still on the device: (job, kind, outputs, the job's feature rows).
+_HeadOutput = tuple[Job, TaskKind, dict[str, torch.Tensor], list[int]]
+
+
 @dataclass
 class _Adapter:
     kind: TaskKind
@@ -83,10 +96,12 @@ class EncoderAdapters:
                  batch_size: int, mixed_batches: bool | Literal["auto"], fold_cache: int):
         self.backbone, self.tokenizer, self.device, self.bf16 = backbone, tokenizer, device, bf16
         self.batch_size = batch_size
+        self.pass_cost = pass_cost_tokens(device)
         cuda = device.type == "cuda"
-        # Measured (bench/infer_speed.py): on CPU shared passes beat per-adapter folded ones, and cached folds
-        # beat both; on an H100 per-adapter passes beat shared ones, in bf16 and fp32.
-        self.mixed_batches = (not cuda and not fold_cache) if mixed_batches == "auto" else mixed_batches
+        # Measured (bench/infer_speed.py, bench/batch_cuts.py): shared passes beat per-adapter folded ones
+        # on CPU, and on an H100 by 26-39% once a call there takes the fewest passes (`pass_cost_tokens`);
+        # cached folds are faster still on CPU, for their memory.
+        self.mixed_batches = not fold_cache if mixed_batches == "auto" else mixed_batches
         # A GPU waits on kernel launches and Python, not on a fold's few microseconds of memory traffic: it
         # folds whatever a pass's tokens, and each adapter once per call, keeping the folds for the
         # adapter's later passes and dropping them after its last (+25% against folding every pass, in an
@@ -98,7 +113,8 @@ class EncoderAdapters:
         self._adapters: dict[str, _Adapter] = {}
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
         self._folded_adapter: str | None = None
-        self._stacks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # for one call's shared passes
+        # Each layer's LoRA in one stack, which the adapters' weights view: made when adapters come or go.
+        self._stacks: dict[LoraLinear, StackedLora] = {}
         with quiet_loading():
             base = load_pretrained(AutoModel, resolve_backbone(backbone))
         self.hidden_size = int(base.config.hidden_size)
@@ -135,6 +151,7 @@ class EncoderAdapters:
         del self._adapters[name]
         self._forget_folds()
         self._drop_lora(name)
+        self._restack()
 
     def _build_head(self, kind: TaskKind, manifest: Manifest,
                     state: dict[str, torch.Tensor]) -> tuple[nn.Module, _ComputedEncoder]:
@@ -172,6 +189,7 @@ class EncoderAdapters:
                     layer.lora_A[name].to(torch.bfloat16)
                     layer.lora_B[name].to(torch.bfloat16)
         self.model.eval()
+        self._restack()
 
     def _drop_lora(self, name: str) -> None:
         assert isinstance(self.model, PeftModel)
@@ -185,48 +203,61 @@ class EncoderAdapters:
         return Job(name, examples, kind.encode(self.tokenizer, examples, max_length, doc_stride, with_targets=False))
 
     def run(self, jobs: list[Job]) -> None:
-        """Every feature row of every job through the encoder, then each job's rows through its head."""
-        rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
-        lengths = [jobs[j].lengths[f] for j, f in rows]
+        """Every feature row of every job through the encoder, then each job's rows through its head.
+
+        The heads' outputs come to the host after the call's last pass: on CUDA a copy to the host waits
+        for the device to finish all it was given, so copying after each pass would keep the host from
+        queueing the next pass while the device runs this one.
+        """
         with torch.inference_mode(), autocast(self.device, self.bf16):
-            if self.mixed_batches:
-                self._stacks = {}  # each layer's adapters stacked once for all of the call's passes
-                try:
-                    for batch in length_sorted_batches(lengths, self.batch_size):
-                        self._run_batch(jobs, [rows[i] for i in batch])
-                    return
-                except SharedAcrossRows as shared:
-                    logger.warning("%s feeds its adapted layers %s, which no row can adapt alone: from now on "
-                                   "each adapter's rows run in passes of their own (mixed_batches: false)",
-                                   self._encoder_stack().config.model_type, shared)
-                    self.mixed_batches = False
-                finally:
-                    self._stacks = None
-            for first, job in zip(_offsets(jobs), jobs, strict=True):
-                with self._folded(job.task):
-                    for batch in length_sorted_batches(job.lengths, self.batch_size):
-                        self._run_batch(jobs, [rows[first + i] for i in batch])
+            outputs = self._run_passes(jobs)
+        for job, kind, output, features in outputs:
+            store_outputs(kind, output, features, job.lengths, job.results)
+
+    def _run_passes(self, jobs: list[Job]) -> list[_HeadOutput]:
+        rows = [(j, f) for j, job in enumerate(jobs) for f in range(len(job.encoded))]
+        if self.mixed_batches:
+            lengths = [jobs[j].lengths[f] for j, f in rows]
+            try:
+                return [output for batch in length_sorted_batches(lengths, self.batch_size, self.pass_cost)
+                        for output in self._run_batch(jobs, [rows[i] for i in batch])]
+            except SharedAcrossRows as shared:
+                logger.warning("%s feeds its adapted layers %s, which no row can adapt alone: from now on "
+                               "each adapter's rows run in passes of their own (mixed_batches: false)",
+                               self._encoder_stack().config.model_type, shared)
+                self.mixed_batches = False
+        outputs = []
+        for first, job in zip(_offsets(jobs), jobs, strict=True):
+            with self._folded(job.task):
+                for batch in length_sorted_batches(job.lengths, self.batch_size, self.pass_cost):
+                    outputs += self._run_batch(jobs, [rows[first + i] for i in batch])
+        return outputs
 
     def bare_hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The last hidden states of the part of the backbone that reads the input, with every adapter off."""
         with self._folded(NO_ADAPTER):
             return self._encoder_stack()(**batch).last_hidden_state
 
-    def _run_batch(self, jobs: list[Job], picked: list[tuple[int, int]]) -> None:
+    def _run_batch(self, jobs: list[Job], picked: list[tuple[int, int]]) -> list[_HeadOutput]:
         """Feature rows (job, feature) padded into one encoder pass, then each job's rows through its head."""
         inputs = pad_rows(self.tokenizer, [feature_row(jobs[j].encoded.features, f) for j, f in picked], self.device)
         encoded = self._encode(inputs, [jobs[j].task for j, _ in picked])
         positions: dict[int, list[int]] = defaultdict(list)
         for position, (j, _) in enumerate(picked):
             positions[j].append(position)
+        outputs = []
         for j, where in positions.items():
             job, adapter = jobs[j], self._adapters[jobs[j].task]
-            index = torch.tensor(where, device=self.device)
-            adapter.stand_in.output = _rows(encoded, index)
-            output = adapter.head(**{name: tensor[index] for name, tensor in inputs.items()})
-            features = [picked[p][1] for p in where]
-            store_outputs(adapter.kind, adapter.kind.outputs_of(output), features, job.lengths, job.results)
+            if len(where) == len(picked):  # the pass is this job's alone (per-adapter passes): nothing to pick
+                head_inputs, adapter.stand_in.output = inputs, _rows(encoded)
+            else:
+                index = torch.tensor(where).to(self.device, non_blocking=True)
+                head_inputs = {name: tensor[index] for name, tensor in inputs.items()}
+                adapter.stand_in.output = _rows(encoded, index)
+            output = adapter.kind.outputs_of(adapter.head(**head_inputs))
             adapter.stand_in.output = None
+            outputs.append((job, adapter.kind, output, [picked[p][1] for p in where]))
+        return outputs
 
     def _encoder_stack(self) -> nn.Module:
         """The part of the backbone that reads the input: all of an encoder, the encoder of an encoder-decoder."""
@@ -262,6 +293,10 @@ class EncoderAdapters:
                 yield
         finally:
             self._folded_adapter = None
+
+    def _restack(self) -> None:
+        """Every adapter's LoRA into its layers' stacks (`folding.stack_lora`), the old stacks let go."""
+        self._stacks = stack_lora(self._layers()) if isinstance(self.model, PeftModel) else {}
 
     def _layers(self) -> list[LoraLinear]:
         if self._lora_layers is None:
@@ -317,5 +352,7 @@ def _offsets(jobs: list[Job]) -> list[int]:
     return starts
 
 
-def _rows(output: ModelOutput, index: torch.Tensor) -> ModelOutput:
-    return type(output)(**{k: v[index] for k, v in output.items() if isinstance(v, torch.Tensor)})
+def _rows(output: ModelOutput, index: torch.Tensor | None = None) -> ModelOutput:
+    """The output's tensors, of the rows at `index` (every row without one)."""
+    return type(output)(**{k: v if index is None else v[index] for k, v in output.items()
+                           if isinstance(v, torch.Tensor)})

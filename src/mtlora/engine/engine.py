@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from mtlora.backbone import default_device, load_tokenizer, use_bf16
-from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows
+from mtlora.batching import autocast, feature_row, length_sorted_batches, pad_rows, pass_cost_tokens
 from mtlora.config import ROUTER_ADAPTER, Precision, ProjectConfig, RouterSettings, checked_inference, load_config
 from mtlora.engine.encoder import EncoderAdapters
 from mtlora.engine.inputs import NAMED_AND_ROUTED, Input, KnownTasks, engine_request, naming_input, wrong_shape
@@ -58,7 +58,7 @@ class Engine:
         batch_size: feature rows per encoder pass.
         mixed_batches: the rows of every adapter in a call share each pass, each row with its own LoRA
             (True), or each adapter gets passes of its own with its LoRA folded into the weights (False).
-            "auto": shared passes on CPU unless `fold_cache` is set, per-adapter passes on CUDA.
+            "auto": shared passes unless `fold_cache` is set.
         fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
         routing_hints: each task's routing hints (keywords, patterns, priority, examples) as its project
             file gives them now (`from_config` passes them); a task left out routes by the hints stored
@@ -291,7 +291,7 @@ class Engine:
         lengths = [len(ids) for ids in tokens["input_ids"]]
         embeddings = torch.empty(len(texts), self.hidden_size)
         with self._lock, torch.inference_mode(), autocast(self.device, self.bf16):
-            for rows in length_sorted_batches(lengths, self.batch_size):
+            for rows in length_sorted_batches(lengths, self.batch_size, pass_cost_tokens(self.device)):
                 batch = pad_rows(self.tokenizer, [feature_row(tokens, i) for i in rows], self.device)
                 hidden = self._encoders.bare_hidden_states(batch).float()
                 mask = batch["attention_mask"].unsqueeze(-1).float()

@@ -25,6 +25,7 @@ import contextlib
 import functools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -105,40 +106,83 @@ def folded_lora(layers: Sequence[lora.Linear], adapter: str, folded: dict[int, t
             del layer.forward
 
 
+@dataclass(frozen=True)
+class StackedLora:
+    """One layer's adapters with their LoRA matrices in one buffer each: the A matrices one above the
+    other, the B matrices side by side, in the dtype of the weight they meet. The adapters' own weights
+    are views of these buffers (`stack_lora`), so a stack is no second copy of them."""
+
+    names: tuple[str, ...]
+    lora_a: torch.Tensor  # (total rank, in features)
+    lora_b: torch.Tensor  # (out features, total rank)
+    blocks: tuple[tuple[int, int], ...]  # each adapter's rows of lora_a, columns of lora_b
+    scalings: tuple[float, ...]
+
+
+def stack_lora(layers: Sequence[lora.Linear]) -> dict[lora.Linear, StackedLora]:
+    """Each layer's adapters moved into one stack (`StackedLora`), which their weights then view: a shared
+    pass reads every adapter's LoRA in two thin GEMMs a layer without stacking anything. Stacking MiniLM's
+    layers costs more than a short pass's thin GEMMs (about 2 ms; on CUDA, where the host's launches are
+    the cost, some 370 kernels for four adapters), so it happens when adapters come or go; and holding
+    the stacks costs no memory.
+
+    Call it again whenever a weight may have been given storage of its own (moved, cast, a new adapter):
+    a stack made earlier then no longer sees it."""
+    return {layer: _stacked(layer) for layer in layers
+            if layer.lora_A and isinstance(layer.get_base_layer(), nn.Linear)}
+
+
+def _stacked(layer: lora.Linear) -> StackedLora:
+    names = tuple(layer.lora_A)
+    dtype = layer.get_base_layer().weight.dtype
+    with torch.no_grad():
+        lora_a = torch.cat([layer.lora_A[name].weight for name in names]).to(dtype)
+        lora_b = torch.cat([layer.lora_B[name].weight for name in names], dim=1).to(dtype)
+    blocks, start = [], 0
+    for name in names:
+        stop = start + layer.lora_A[name].weight.shape[0]
+        layer.lora_A[name].weight.data = lora_a[start:stop]
+        layer.lora_B[name].weight.data = lora_b[:, start:stop]
+        blocks.append((start, stop))
+        start = stop
+    return StackedLora(names, lora_a, lora_b, tuple(blocks), tuple(float(layer.scaling[name]) for name in names))
+
+
 @contextlib.contextmanager
 def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
-               stacks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None) -> Iterator[None]:
+               stacks: dict[lora.Linear, StackedLora]) -> Iterator[None]:
     """Within the block, one pass computes row i of the batch with adapter `adapters[i]`'s LoRA (an
     adapter a layer does not have, such as PEFT's "__base__", leaves that row's base weights alone).
 
-    Each layer runs its base product on every row, then the LoRA of every adapter present at once: the
-    A matrices stacked into one thin GEMM, each row's product masked to its own adapter's rank block,
-    and the B matrices (times their scaling) side by side in a second one, added in place. Two thin
-    GEMMs a layer whatever the number of adapters, where PEFT's `adapter_names` gathers and scatters
-    each adapter's rows in every layer; and no base weight is folded or copied.
-
-    Stacking a layer's adapters costs more than its thin GEMMs on a short pass (all of MiniLM's: about
-    2 ms), so `stacks`, when given, keeps them by layer and adapters for the caller's later passes.
+    Each layer runs its base product on every row, then the LoRA of every adapter present at once from
+    the layer's stack (`stacks`, from `stack_lora`; a layer missing there is stacked now): the A
+    matrices in one thin GEMM, each row's product masked to its own adapter's rank block and scaled by
+    its scaling, then the B matrices in a second one, added in place. Two thin GEMMs a layer whatever
+    the number of adapters, where PEFT's `adapter_names` gathers and scatters each adapter's rows in
+    every layer; and no base weight is folded or copied.
     """
-    stacks = {} if stacks is None else stacks
-    names = list(dict.fromkeys(adapters))
-    masks: dict[tuple[str, ...], torch.Tensor] = {}  # by the adapters a layer has: layers mostly share one
-    for position, layer in enumerate(layers):
-        present = tuple(name for name in names if name in layer.lora_A)
+    names = set(adapters)
+    masks: dict[tuple, torch.Tensor] = {}  # by the stack's part a layer reads: layers mostly share one
+    for layer in layers:
+        present = [position for position, name in enumerate(layer.lora_A) if name in names]
         if present and not isinstance(layer.get_base_layer(), nn.Linear):
             # GPT-2's Conv1D holds its weight transposed: PEFT computes it, row by row.
             layer.forward = functools.partial(lora.Linear.forward, layer, adapter_names=list(adapters))
             continue
-        if present and (position, present) not in stacks:
-            stacks[position, present] = _stacked_lora(layer, present)
-        if present and present not in masks:
-            ranks = torch.tensor([layer.lora_A[name].weight.shape[0] for name in present])
-            block_owner = torch.arange(len(present)).repeat_interleave(ranks)
-            row_owner = torch.tensor([present.index(name) if name in present else -1 for name in adapters])
-            weight = layer.get_base_layer().weight
-            masks[present] = (row_owner[:, None] == block_owner[None, :]).to(weight.device, weight.dtype)
-        # An instance attribute shadows the class's forward.
-        layer.forward = _MixedForward(layer.get_base_layer(), stacks.get((position, present)), masks.get(present))
+        if not present:
+            layer.forward = layer.get_base_layer().__call__  # an instance attribute shadows the class's forward
+            continue
+        stack = stacks.get(layer)
+        if stack is None or stack.names != tuple(layer.lora_A):
+            stack = stacks[layer] = _stacked(layer)
+        # The stack's columns from the first adapter of the pass to its last: a view, however many others.
+        first, last = min(present), max(present)
+        start, stop = stack.blocks[first][0], stack.blocks[last][1]
+        key = (stack.names[first:last + 1], stack.blocks[first:last + 1], stack.scalings[first:last + 1])
+        if key not in masks:
+            masks[key] = _row_mask(stack, first, last, adapters)
+        layer.forward = _MixedForward(layer.get_base_layer(), stack.lora_a[start:stop], stack.lora_b[:, start:stop],
+                                      masks[key])
     try:
         yield
     finally:
@@ -146,12 +190,15 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
             del layer.forward
 
 
-def _stacked_lora(layer: lora.Linear, adapters: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's A matrices of `adapters` one above the other, and their B matrices times their scaling
-    side by side, in the dtype of the weight they meet (bf16 when the engine holds its linear weights in bf16)."""
-    dtype = layer.get_base_layer().weight.dtype
-    return (torch.cat([layer.lora_A[name].weight for name in adapters]).to(dtype),
-            torch.cat([layer.lora_B[name].weight * layer.scaling[name] for name in adapters], dim=1).to(dtype))
+def _row_mask(stack: StackedLora, first: int, last: int, adapters: Sequence[str]) -> torch.Tensor:
+    """(rows, the stack's columns of adapters first..last): each row's own adapter's block holds that
+    adapter's scaling, every other column 0."""
+    ranks = torch.tensor([stop - start for start, stop in stack.blocks[first:last + 1]])
+    column_owner = torch.arange(first, last + 1).repeat_interleave(ranks)
+    column_scaling = torch.tensor(stack.scalings[first:last + 1]).repeat_interleave(ranks)
+    row_owner = torch.tensor([stack.names.index(name) if name in stack.names else -1 for name in adapters])
+    mask = (row_owner[:, None] == column_owner[None, :]) * column_scaling[None, :]
+    return mask.to(stack.lora_a.device, stack.lora_a.dtype, non_blocking=True)
 
 
 class FoldCache:
@@ -216,19 +263,16 @@ class _FoldedForward:
 
 
 class _MixedForward:
-    def __init__(self, base: nn.Linear, stacked: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None):
-        self.base, self.stacked, self.mask = base, stacked, mask
+    def __init__(self, base: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor, mask: torch.Tensor):
+        self.base, self.lora_a, self.lora_b, self.mask = base, lora_a, lora_b, mask
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         base = self.base
-        if self.stacked is None or self.mask is None:  # no adapter of the pass is on this layer
-            return base(x)
         if len(x) != len(self.mask):
             raise SharedAcrossRows(f"an input of shape {tuple(x.shape)} in a pass of {len(self.mask)} rows")
-        lora_a, lora_b = self.stacked
         rows = x.reshape(-1, x.shape[-1])  # (batch * tokens, features); a pooler's input has no token axis
         result = functional.linear(rows, base.weight, base.bias)
-        projected = functional.linear(rows, lora_a).view(len(x), -1, len(lora_a))
+        projected = functional.linear(rows, self.lora_a).view(len(x), -1, len(self.lora_a))
         projected.mul_(self.mask[:, None, :])
-        result.addmm_(projected.view(len(rows), -1), lora_b.t())
+        result.addmm_(projected.view(len(rows), -1), self.lora_b.t())
         return result.view(*x.shape[:-1], -1)
