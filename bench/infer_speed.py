@@ -2,10 +2,10 @@
 
     (a) per-request `set_adapter`, batch size 1 (how the seed scripts serve several adapters)
     (b) PEFT `adapter_names` mixed batches, wired by hand (encoder pass + each task's head)
-    (c) mtlora's Engine with its defaults: tokenise, encoder passes, heads, decode to answers. On CPU
-        the rows of every adapter share each pass (`mixed_batches`, each row its own LoRA), on CUDA each
-        adapter gets passes of its own with its LoRA folded in; c2: the other of the two; c3:
-        per-adapter passes with every adapter's folded weights kept between calls (`fold_cache`)
+    (c) mtlora's Engine with its defaults: tokenise, encoder passes, heads, decode to answers. The
+        rows of every adapter share each pass (`mixed_batches`, each row its own LoRA); c2: each adapter
+        gets passes of its own with its LoRA folded in; c3: per-adapter passes with every adapter's
+        folded weights kept between calls (`fold_cache`)
     (d) the plain backbone with no adapters on the same batches (the limit)
 
 Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), and runs the

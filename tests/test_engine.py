@@ -142,6 +142,46 @@ def test_shared_passes_read_stacks_the_adapters_weights_view_as_adapters_come_an
     check_answers(left_out="sentiment")
 
 
+def test_a_weight_given_storage_of_its_own_is_stacked_again(trained_project: Path) -> None:
+    """Shared passes read the stacks, folded ones the adapters' weights: a weight that stops viewing its
+    stack (given storage of its own, here with other values) is noticed at the next call, and both
+    answer alike."""
+    engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32",
+                                mixed_batches=True)
+    items, tasks = ["loved this great movie", "where is my refund"], ["sentiment", "support"]
+    before = engine.predict(items, task=tasks)
+    for layer in engine._encoders._layers():
+        weight = layer.lora_B["sentiment"].weight
+        weight.data = weight.data * -10
+    shared = engine.predict(items, task=tasks)
+    engine._encoders.mixed_batches = False
+    for got, expected in zip(shared, engine.predict(items, task=tasks), strict=True):
+        assert_same(got, expected)
+    assert shared[0]["confidence"] != pytest.approx(before[0]["confidence"], abs=1e-4)
+
+
+def test_an_add_that_fails_while_stacking_leaves_the_engine_as_it_was(
+        trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtlora.engine.encoder as encoder
+
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32", mixed_batches=True)
+    stack_lora = encoder.stack_lora
+    calls = iter([RuntimeError("out of memory"), None, None])
+
+    def failing_once(layers: list) -> dict:
+        if (error := next(calls, None)) is not None:
+            raise error
+        return stack_lora(layers)
+
+    monkeypatch.setattr(encoder, "stack_lora", failing_once)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.add("support")
+    assert engine.tasks == ["sentiment"]
+    engine.add("support")
+    assert_answers_as_alone(engine, trained_project, ["loved this great movie", "where is my refund"],
+                            ["sentiment", "support"])
+
+
 def test_a_reload_swaps_an_adapter_in_place_and_a_damaged_one_leaves_the_loaded_one_serving(
         trained_project: Path, tmp_path: Path) -> None:
     registry = tmp_path / "adapters"
@@ -484,9 +524,10 @@ def test_batches_do_not_pad_short_rows_to_long_ones() -> None:
     assert length_sorted_batches([30, 20, 14, 12], batch_size=32) == [[0, 1, 2, 3]]
 
 
-def test_on_cuda_rows_of_any_lengths_take_the_fewest_passes() -> None:
-    """A pass on a GPU costs the host far more than padding costs the device: as few passes as
-    `batch_size` allows, whatever the rows' lengths (the least padding among those)."""
+def test_on_cuda_rows_share_passes_unless_padding_costs_more_than_a_pass() -> None:
+    """A pass on a GPU costs the host far more than padding costs the device: rows of very different
+    lengths share passes (the least padding among the fewest passes), unless one pass would pad more
+    than a pass costs."""
     from mtlora.batching import length_sorted_batches, pass_cost_tokens
 
     lengths = [40, 256, 35, 250, 38, 120, 12]
@@ -494,6 +535,7 @@ def test_on_cuda_rows_of_any_lengths_take_the_fewest_passes() -> None:
     assert length_sorted_batches(lengths, 32, cost) == [[1, 3, 5, 0, 4, 2, 6]]
     assert length_sorted_batches(lengths, 3, cost) == [[1, 3], [5, 0], [4, 2, 6]]
     assert len(length_sorted_batches(lengths, 32)) == 3  # on a CPU padding 12 tokens to 256 costs more
+    assert length_sorted_batches([384] + [12] * 31, 32, cost) == [[0], list(range(1, 32))]
 
 
 def test_batches_are_the_cheapest_cut_of_the_sorted_rows() -> None:
@@ -561,8 +603,10 @@ def test_folded_lora_computes_what_peft_computes(tiny_bert: Path, architecture: 
 
 @pytest.mark.parametrize("architecture", ["bert", "gpt2"], ids=["bert", "conv1d-left-to-peft"])
 def test_mixed_lora_gives_each_row_what_its_adapter_gives_alone(tiny_bert: Path, architecture: str) -> None:
-    """One pass with rows of several adapters (of different ranks, one of them on fewer layers) and a row
-    without any: each row as its adapter computes it alone."""
+    """Passes with rows of several adapters (of different ranks and scalings, one with a rank and scaling
+    of its own on some layers, one on fewer layers) and a row without any: each row as its adapter
+    computes it alone. The first pass skips a wide adapter that sits between its own in the stacks
+    (its blocks are gathered); the second reads the stacks' columns as they are."""
     from peft import LoraConfig, get_peft_model
 
     from mtlora.engine.folding import lora_layers, mixed_lora, stack_lora
@@ -570,26 +614,29 @@ def test_mixed_lora_gives_each_row_what_its_adapter_gives_alone(tiny_bert: Path,
     torch.manual_seed(0)
     gpt2 = architecture == "gpt2"
     # Random B as well as A: PEFT's default zero B would make every adapter the base model.
-    one = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, fan_in_fan_out=gpt2)
+    one = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, fan_in_fan_out=gpt2,
+                     **({} if gpt2 else {"rank_pattern": {"key": 2}, "alpha_pattern": {"value": 16}}))
+    wide = LoraConfig(r=16, lora_alpha=4, target_modules="all-linear", init_lora_weights=False, fan_in_fan_out=gpt2)
     two = LoraConfig(r=2, lora_alpha=8, target_modules=["c_attn"] if gpt2 else ["query", "value"],
                      init_lora_weights=False, fan_in_fan_out=gpt2)
     model = get_peft_model(tiny_model(architecture, tiny_bert), one, adapter_name="one").eval()
+    model.add_adapter("wide", wide)
     model.add_adapter("two", two)
-    rows = ["one", "two", "__base__", "one", "two"]
-    inputs = {"input_ids": torch.randint(5, 60, (len(rows), 7)),
-              "attention_mask": torch.ones(len(rows), 7, dtype=torch.long)}
+    layers = lora_layers(model)
+    stacks = stack_lora(layers)
+    alone = {}
+    inputs = {"input_ids": torch.randint(5, 60, (5, 7)), "attention_mask": torch.ones(5, 7, dtype=torch.long)}
     with torch.inference_mode():
-        layers = lora_layers(model)
-        with mixed_lora(layers, rows, stack_lora(layers)):
-            mixed = model(**inputs).last_hidden_state
-        alone = {}
-        for adapter in ("one", "two"):
+        for adapter in ("one", "wide", "two"):
             model.set_adapter(adapter)
             alone[adapter] = model(**inputs).last_hidden_state
         with model.disable_adapter():
             alone["__base__"] = model(**inputs).last_hidden_state
-    for i, adapter in enumerate(rows):
-        torch.testing.assert_close(mixed[i], alone[adapter][i], rtol=1e-5, atol=1e-5)
+        for rows in (["one", "two", "__base__", "one", "two"], ["wide", "one", "two", "wide", "__base__"]):
+            with mixed_lora(layers, rows, stacks):
+                mixed = model(**inputs).last_hidden_state
+            for i, adapter in enumerate(rows):
+                torch.testing.assert_close(mixed[i], alone[adapter][i], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(alone["one"], alone["two"], atol=1e-3)  # the adapters do differ
 
 

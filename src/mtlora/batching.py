@@ -53,9 +53,11 @@ def padded_batches(model: nn.Module, tokenizer: PreTrainedTokenizerBase, feature
 # the same in the next, and 4-6% lower in fp32, so one value serves both.
 PASS_COST_TOKENS = 128
 # On an H100 a pass of MiniLM costs the host 5-10 ms of Python and launches while the device spends about
-# a microsecond per padded token: padding is all but free there, so a call takes the fewest passes that
-# `batch_size` allows. In A/Bs on an H100 (bench/batch_cuts.py) the bare encoder ran 56-76% faster for it,
-# the engine 24-26% with per-adapter passes and 84-90% with shared ones.
+# a microsecond per padded token: padding is all but free there, so rows share a pass unless it would pad
+# more than this (each call of bench/infer_speed.py's stream then takes the fewest passes `batch_size`
+# allows). In A/Bs on an H100 (bench/batch_cuts.py) the bare encoder ran 56-76% faster for it, the engine
+# 24-26% with per-adapter passes and 84-90% with shared ones. Measured on MiniLM only: a larger backbone
+# spends more per token and might want less.
 PASS_COST_TOKENS_CUDA = 10_000
 
 
@@ -99,8 +101,10 @@ def pad_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, list]]
     """Feature rows padded into one batch of model inputs on `device` (targets and extras left out)."""
     names = [n for n in tokenizer.model_input_names if n in rows[0]]
     batch = tokenizer.pad([{n: row[n] for n in names} for row in rows], return_tensors="pt")
-    # Not blocking: on CUDA a blocking copy first waits for the device to finish all it was given.
-    return {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
+    # On CUDA a blocking copy first waits for the device to finish all it was given, so the host could not
+    # queue this pass while the last one runs.
+    cuda = torch.device(device).type == "cuda"
+    return {name: tensor.to(device, non_blocking=cuda) for name, tensor in batch.items()}
 
 
 def store_outputs(kind: TaskKind, outputs: dict[str, torch.Tensor], rows: Sequence[int], lengths: Sequence[int],

@@ -42,9 +42,10 @@ from mtlora.engine.folding import (
     FOLD_MIN_TOKENS,
     FoldCache,
     SharedAcrossRows,
-    StackedLora,
+    Stacks,
     check_plain_lora,
     check_plain_lora_files,
+    current_stacks,
     folded_lora,
     lora_layers,
     mixed_lora,
@@ -99,8 +100,8 @@ class EncoderAdapters:
         self.pass_cost = pass_cost_tokens(device)
         cuda = device.type == "cuda"
         # Measured (bench/infer_speed.py, bench/batch_cuts.py): shared passes beat per-adapter folded ones
-        # on CPU, and on an H100 by 26-39% once a call there takes the fewest passes (`pass_cost_tokens`);
-        # cached folds are faster still on CPU, for their memory.
+        # on CPU, and on an H100 by 26-39% once rows there share a pass unless it would pad more than a
+        # pass costs (`pass_cost_tokens`); cached folds are faster still on CPU, for their memory.
         self.mixed_batches = not fold_cache if mixed_batches == "auto" else mixed_batches
         # A GPU waits on kernel launches and Python, not on a fold's few microseconds of memory traffic: it
         # folds whatever a pass's tokens, and each adapter once per call, keeping the folds for the
@@ -114,7 +115,7 @@ class EncoderAdapters:
         self._lora_layers: list[LoraLinear] | None = None  # found again after adapters come or go
         self._folded_adapter: str | None = None
         # Each layer's LoRA in one stack, which the adapters' weights view: made when adapters come or go.
-        self._stacks: dict[LoraLinear, StackedLora] = {}
+        self._stacks: Stacks = {}
         with quiet_loading():
             base = load_pretrained(AutoModel, resolve_backbone(backbone))
         self.hidden_size = int(base.config.hidden_size)
@@ -180,15 +181,20 @@ class EncoderAdapters:
         config.inference_mode = True
         self.model = with_adapter(self.model, name, config)
         self._forget_folds()
-        with undone_on_failure(lambda: self._drop_lora(name)):
+        with undone_on_failure(lambda: self._undo_add(name)):
             check_plain_lora(self.model, name)
             load_weights(self.model, name, state, name)
-        if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass
-            for layer in lora_layers(self.model):
-                if name in layer.lora_A:
-                    layer.lora_A[name].to(torch.bfloat16)
-                    layer.lora_B[name].to(torch.bfloat16)
-        self.model.eval()
+            if self.bf16:  # in the dtype of the linear weights they fold into, not cast again on every pass
+                for layer in lora_layers(self.model):
+                    if name in layer.lora_A:
+                        layer.lora_A[name].to(torch.bfloat16)
+                        layer.lora_B[name].to(torch.bfloat16)
+            self.model.eval()
+            self._restack()
+
+    def _undo_add(self, name: str) -> None:
+        self._drop_lora(name)
+        self._forget_folds()
         self._restack()
 
     def _drop_lora(self, name: str) -> None:
@@ -209,6 +215,8 @@ class EncoderAdapters:
         for the device to finish all it was given, so copying after each pass would keep the host from
         queueing the next pass while the device runs this one.
         """
+        if self.mixed_batches and isinstance(self.model, PeftModel):
+            self._stacks = current_stacks(self._layers(), self._stacks)
         with torch.inference_mode(), autocast(self.device, self.bf16):
             outputs = self._run_passes(jobs)
         for job, kind, output, features in outputs:
@@ -251,7 +259,7 @@ class EncoderAdapters:
             if len(where) == len(picked):  # the pass is this job's alone (per-adapter passes): nothing to pick
                 head_inputs, adapter.stand_in.output = inputs, _rows(encoded)
             else:
-                index = torch.tensor(where).to(self.device, non_blocking=True)
+                index = torch.tensor(where).to(self.device, non_blocking=self.device.type == "cuda")
                 head_inputs = {name: tensor[index] for name, tensor in inputs.items()}
                 adapter.stand_in.output = _rows(encoded, index)
             output = adapter.kind.outputs_of(adapter.head(**head_inputs))

@@ -1,5 +1,6 @@
 """The engine's own LoRA forward for a pass: folded into the weights when every row uses one adapter
-(`folded_lora`), stacked when rows use several (`mixed_lora`). Neither touches the stored weights.
+(`folded_lora`), stacked when rows use several (`mixed_lora`). Neither changes a stored weight: the
+stacks (`stack_lora`) hold the adapters' LoRA matrices, which their weights then view, as they were.
 
 Unmerged LoRA runs three GEMMs per layer (W·x, A·x, B·(A·x)); on a CPU the two thin ones cost far
 more than their FLOPs (+6-15% fp32, +30-90% bf16 on MiniLM's layers). When every row of a batch uses the
@@ -117,52 +118,76 @@ class StackedLora:
     lora_b: torch.Tensor  # (out features, total rank)
     blocks: tuple[tuple[int, int], ...]  # each adapter's rows of lora_a, columns of lora_b
     scalings: tuple[float, ...]
+    views: tuple[tuple[int, int], ...]  # where each adapter's A and B weights start, while they view the stack
+
+    def viewed_by(self, layer: lora.Linear) -> bool:
+        """Whether the layer's adapters are this stack's, each weight still a view of it (nothing gave it
+        storage of its own since)."""
+        return self.names == tuple(layer.lora_A) and all(
+            (layer.lora_A[name].weight.data_ptr(), layer.lora_B[name].weight.data_ptr()) == view
+            for name, view in zip(self.names, self.views, strict=True))
 
 
-def stack_lora(layers: Sequence[lora.Linear]) -> dict[lora.Linear, StackedLora]:
+Stacks = dict[lora.Linear, StackedLora]  # by layer
+
+
+def stack_lora(layers: Sequence[lora.Linear]) -> Stacks:
     """Each layer's adapters moved into one stack (`StackedLora`), which their weights then view: a shared
     pass reads every adapter's LoRA in two thin GEMMs a layer without stacking anything. Stacking MiniLM's
     layers costs more than a short pass's thin GEMMs (about 2 ms; on CUDA, where the host's launches are
     the cost, some 370 kernels for four adapters), so it happens when adapters come or go; and holding
-    the stacks costs no memory.
+    the stacks costs no memory."""
+    with torch.no_grad():
+        return {layer: _stacked(layer) for layer in layers if _stackable(layer)}
 
-    Call it again whenever a weight may have been given storage of its own (moved, cast, a new adapter):
-    a stack made earlier then no longer sees it."""
-    return {layer: _stacked(layer) for layer in layers
-            if layer.lora_A and isinstance(layer.get_base_layer(), nn.Linear)}
+
+def current_stacks(layers: Sequence[lora.Linear], stacks: Stacks) -> Stacks:
+    """`stacks` when every layer's adapters still view them; else the layers stacked again. A few hundred
+    pointer comparisons: cheap enough to check once per call."""
+    stackable = [layer for layer in layers if _stackable(layer)]
+    if len(stackable) == len(stacks) and all(layer in stacks and stacks[layer].viewed_by(layer)
+                                             for layer in stackable):
+        return stacks
+    return stack_lora(layers)
+
+
+def _stackable(layer: lora.Linear) -> bool:
+    # Not GPT-2's Conv1D, which `mixed_lora` leaves to PEFT.
+    return bool(layer.lora_A) and isinstance(layer.get_base_layer(), nn.Linear)
 
 
 def _stacked(layer: lora.Linear) -> StackedLora:
     names = tuple(layer.lora_A)
     dtype = layer.get_base_layer().weight.dtype
-    with torch.no_grad():
-        lora_a = torch.cat([layer.lora_A[name].weight for name in names]).to(dtype)
-        lora_b = torch.cat([layer.lora_B[name].weight for name in names], dim=1).to(dtype)
-    blocks, start = [], 0
+    lora_a = torch.cat([layer.lora_A[name].weight for name in names]).to(dtype)
+    lora_b = torch.cat([layer.lora_B[name].weight for name in names], dim=1).to(dtype)
+    blocks, views, start = [], [], 0
     for name in names:
         stop = start + layer.lora_A[name].weight.shape[0]
         layer.lora_A[name].weight.data = lora_a[start:stop]
         layer.lora_B[name].weight.data = lora_b[:, start:stop]
         blocks.append((start, stop))
+        views.append((layer.lora_A[name].weight.data_ptr(), layer.lora_B[name].weight.data_ptr()))
         start = stop
-    return StackedLora(names, lora_a, lora_b, tuple(blocks), tuple(float(layer.scaling[name]) for name in names))
+    return StackedLora(names, lora_a, lora_b, tuple(blocks), tuple(float(layer.scaling[name]) for name in names),
+                       tuple(views))
 
 
 @contextlib.contextmanager
 def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
-               stacks: dict[lora.Linear, StackedLora]) -> Iterator[None]:
+               stacks: Stacks) -> Iterator[None]:
     """Within the block, one pass computes row i of the batch with adapter `adapters[i]`'s LoRA (an
     adapter a layer does not have, such as PEFT's "__base__", leaves that row's base weights alone).
 
     Each layer runs its base product on every row, then the LoRA of every adapter present at once from
-    the layer's stack (`stacks`, from `stack_lora`; a layer missing there is stacked now): the A
-    matrices in one thin GEMM, each row's product masked to its own adapter's rank block and scaled by
-    its scaling, then the B matrices in a second one, added in place. Two thin GEMMs a layer whatever
-    the number of adapters, where PEFT's `adapter_names` gathers and scatters each adapter's rows in
-    every layer; and no base weight is folded or copied.
+    the layer's stack (`stacks`, current as `current_stacks` makes them): the A matrices in one thin
+    GEMM, each row's product masked to its own adapter's rank block and scaled by its scaling, then the
+    B matrices in a second one, added in place. Two thin GEMMs a layer whatever the number of adapters,
+    where PEFT's `adapter_names` gathers and scatters each adapter's rows in every layer; and no base
+    weight is folded or copied.
     """
     names = set(adapters)
-    masks: dict[tuple, torch.Tensor] = {}  # by the stack's part a layer reads: layers mostly share one
+    masks: dict[tuple, torch.Tensor] = {}  # by the adapters' blocks a layer reads: layers mostly share one
     for layer in layers:
         present = [position for position, name in enumerate(layer.lora_A) if name in names]
         if present and not isinstance(layer.get_base_layer(), nn.Linear):
@@ -172,17 +197,12 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
         if not present:
             layer.forward = layer.get_base_layer().__call__  # an instance attribute shadows the class's forward
             continue
-        stack = stacks.get(layer)
-        if stack is None or stack.names != tuple(layer.lora_A):
-            stack = stacks[layer] = _stacked(layer)
-        # The stack's columns from the first adapter of the pass to its last: a view, however many others.
-        first, last = min(present), max(present)
-        start, stop = stack.blocks[first][0], stack.blocks[last][1]
-        key = (stack.names[first:last + 1], stack.blocks[first:last + 1], stack.scalings[first:last + 1])
+        stack = stacks[layer]
+        read, lora_a, lora_b = _read_blocks(stack, present)
+        key = tuple((stack.names[p], stack.blocks[p], stack.scalings[p]) for p in read)
         if key not in masks:
-            masks[key] = _row_mask(stack, first, last, adapters)
-        layer.forward = _MixedForward(layer.get_base_layer(), stack.lora_a[start:stop], stack.lora_b[:, start:stop],
-                                      masks[key])
+            masks[key] = _row_mask(stack, read, adapters)
+        layer.forward = _MixedForward(layer.get_base_layer(), lora_a, lora_b, masks[key])
     try:
         yield
     finally:
@@ -190,15 +210,31 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
             del layer.forward
 
 
-def _row_mask(stack: StackedLora, first: int, last: int, adapters: Sequence[str]) -> torch.Tensor:
-    """(rows, the stack's columns of adapters first..last): each row's own adapter's block holds that
+def _read_blocks(stack: StackedLora, present: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Which adapters' blocks a pass with the adapters at `present` reads, and those blocks of A and B.
+
+    The stack's columns from the pass's first adapter to its last are a view, free to take, but their
+    thin GEMMs also compute the adapters between that the pass does not use (masked to 0): when those
+    would more than double the work, the pass's own blocks are gathered instead (a copy of each)."""
+    first, last = present[0], present[-1]
+    span = stack.blocks[last][1] - stack.blocks[first][0]
+    if span <= 2 * sum(stack.blocks[p][1] - stack.blocks[p][0] for p in present):
+        start, stop = stack.blocks[first][0], stack.blocks[last][1]
+        return list(range(first, last + 1)), stack.lora_a[start:stop], stack.lora_b[:, start:stop]
+    return (present, torch.cat([stack.lora_a[slice(*stack.blocks[p])] for p in present]),
+            torch.cat([stack.lora_b[:, slice(*stack.blocks[p])] for p in present], dim=1))
+
+
+def _row_mask(stack: StackedLora, read: list[int], adapters: Sequence[str]) -> torch.Tensor:
+    """(rows, the columns of the adapters' blocks at `read`): each row's own adapter's block holds that
     adapter's scaling, every other column 0."""
-    ranks = torch.tensor([stop - start for start, stop in stack.blocks[first:last + 1]])
-    column_owner = torch.arange(first, last + 1).repeat_interleave(ranks)
-    column_scaling = torch.tensor(stack.scalings[first:last + 1]).repeat_interleave(ranks)
+    ranks = torch.tensor([stack.blocks[p][1] - stack.blocks[p][0] for p in read])
+    column_owner = torch.tensor(read).repeat_interleave(ranks)
+    column_scaling = torch.tensor([stack.scalings[p] for p in read]).repeat_interleave(ranks)
     row_owner = torch.tensor([stack.names.index(name) if name in stack.names else -1 for name in adapters])
     mask = (row_owner[:, None] == column_owner[None, :]) * column_scaling[None, :]
-    return mask.to(stack.lora_a.device, stack.lora_a.dtype, non_blocking=True)
+    device = stack.lora_a.device
+    return mask.to(device, stack.lora_a.dtype, non_blocking=device.type == "cuda")
 
 
 class FoldCache:
