@@ -124,10 +124,13 @@ def train_task(
     is up to date (`stored_result`) is returned instead of training: run again after an interruption, a
     training trains only what it had not stored yet.
     """
-    if keep and not fresh and (kept := _kept(project, task, method, log)):
+    # Every declared split is read, though training uses one: a bad validation or test file fails now,
+    # not at `evaluate` after the training it would have voided (and so when the result is kept, too).
+    data = load_task_data(project, task)
+    if keep and not fresh and (kept := _kept(project, task, method, data, log)):
         return kept
     registry = Registry(project.registry)
-    run = _set_up(project, task, method)
+    run = _set_up(project, task, method, data)
     run_dir = registry.run_path(task.name, method)
     args = _training_arguments(task.training, run_dir, progress)
     # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
@@ -148,9 +151,10 @@ def train_task(
     return outcome
 
 
-def _kept(project: ProjectConfig, task: TaskConfig, method: Method, log: Callable[[str], None]) -> TrainOutcome | None:
+def _kept(project: ProjectConfig, task: TaskConfig, method: Method, data: TaskData,
+          log: Callable[[str], None]) -> TrainOutcome | None:
     """The result the registry holds, when it is up to date (`stored_result`), said once."""
-    kept = stored_result(project, task, method)
+    kept = stored_result(project, task, method, data)
     if kept is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun: the first process
         log(f"[{task.name}] {method} is up to date (trained with these settings and training data); kept. "
             "--fresh trains it again")
@@ -167,11 +171,8 @@ def _take_routing_hints(registry: Registry, task: TaskConfig) -> None:
         registry.update(task.name, routing=hints)
 
 
-def _set_up(project: ProjectConfig, task: TaskConfig, method: Method) -> _Run:
-    """The task's data, tokenizer and model, and its training examples encoded."""
-    # Every declared split is read, though training uses one: a bad validation or test file fails now,
-    # not at `evaluate` after the training it would have voided.
-    data = load_task_data(project, task)
+def _set_up(project: ProjectConfig, task: TaskConfig, method: Method, data: TaskData) -> _Run:
+    """The task's tokenizer and model, and its training examples encoded."""
     data_signature = data.train_signature()
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
@@ -344,11 +345,12 @@ def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, data: 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> TrainOutcome | None:
+def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
+                  data: TaskData | None = None) -> TrainOutcome | None:
     """The result of training `task` with `method` that the registry holds, when training it again would
     give the same (training is seeded): its run signature (`_run_signature`) is the one the task would
     train with now, and no later run of it was interrupted (that one resumes instead). None otherwise, or
-    when its files do not check out."""
+    when its files do not check out. `data`: the task's data, when the caller has read it already."""
     registry = Registry(project.registry)
     try:
         if method == "lora":
@@ -367,12 +369,11 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
         return None
     if not record.get("run_signature") or record.get("method") != method:
         return None
-    # Every split, as training reads them: a bad validation or test file fails now, kept or not.
-    data = load_task_data(project, task).train_signature()
+    data_signature = (load_task_data(project, task) if data is None else data).train_signature()
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the Trainer will count them
+    bf16 = use_bf16(task.training.precision, default_device())
     try:
-        signature = _run_signature(project, task, method, data, use_bf16(task.training.precision, default_device()),
-                                   processes)
+        signature = _run_signature(project, task, method, data_signature, bf16, processes)
     except OSError:  # a hub backbone whose files are not in the local cache yet: training fetches them
         return None
     run_dir = registry.run_path(task.name, method)
@@ -382,7 +383,7 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method) -> T
     return TrainOutcome(task=task.name, method=method, trainable=trainable, total=total, time_s=record["time_s"],
                         steps=record["steps"], samples_per_s=record["samples_per_s"], train_loss=record["train_loss"],
                         resumed_from=None, losses=[tuple(point) for point in record["losses"]], saved_to=saved_to,
-                        warning=record["warning"], data_signature=data, run_signature=record["run_signature"],
+                        warning=record["warning"], data_signature=data_signature, run_signature=record["run_signature"],
                         kept=True)
 
 
