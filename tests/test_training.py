@@ -319,6 +319,11 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     assert [(o.steps, o.train_loss, o.trainable) for o in kept] == [(o.steps, o.train_loss, o.trainable) for o in first]
     assert sum("is up to date" in m and "--fresh trains it again" in m for m in messages) == 2, messages
     assert {path: path.read_bytes() for path in stored} == stored
+    # A run that left no checkpoint (a crash before the first) leaves nothing behind once the result is kept.
+    leftover = registry.run_path("sentiment", "lora")
+    leftover.mkdir(parents=True)
+    (leftover / "run.json").write_text("{}")
+    assert all(o.kept for o in mtlora.train(config, "sentiment", **QUIET)) and not leftover.exists()
     # Routing hints change no training step: the adapter is kept, and its manifest takes the new ones.
     hinted = config.model_copy(deep=True)
     hinted.task("sentiment").routing.keywords.append("cinema")

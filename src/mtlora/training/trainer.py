@@ -158,8 +158,11 @@ def _kept(project: ProjectConfig, task: TaskConfig, method: Method, data: TaskDa
     if kept is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun: the first process
         log(f"[{task.name}] {method} is up to date (trained with these settings and training data); kept. "
             "--fresh trains it again")
+        registry = Registry(project.registry)
         if method == "lora":
-            _take_routing_hints(Registry(project.registry), task)
+            _take_routing_hints(registry, task)
+        # What a run left there (no checkpoint, or one of other settings: neither is resumed) is of no use.
+        _remove_run_dir(registry.run_path(task.name, method))
     return kept
 
 
