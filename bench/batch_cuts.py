@@ -57,7 +57,6 @@ def main() -> None:
                 built._encoders.pass_cost = pass_cost
             return built
 
-        device_cost = pass_cost_tokens(engine().device)
         cpu_cut = f"cut at {PASS_COST_TOKENS}"
         engines = {"shared": engine(mixed_batches=True),
                    f"shared, {cpu_cut}": engine(PASS_COST_TOKENS, mixed_batches=True),
@@ -65,6 +64,7 @@ def main() -> None:
                    f"per-adapter, {cpu_cut}": engine(PASS_COST_TOKENS, mixed_batches=False),
                    "fold_cache=4": engine(fold_cache=4)}
         first = engines["shared"]
+        device_cost = pass_cost_tokens(first.device)
         with quiet_loading():
             backbone = load_pretrained(AutoModel, resolve_backbone("embedded")).to(first.device).eval()
         if first.bf16:

@@ -101,10 +101,14 @@ def pad_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, list]]
     """Feature rows padded into one batch of model inputs on `device` (targets and extras left out)."""
     names = [n for n in tokenizer.model_input_names if n in rows[0]]
     batch = tokenizer.pad([{n: row[n] for n in names} for row in rows], return_tensors="pt")
-    # On CUDA a blocking copy first waits for the device to finish all it was given, so the host could not
-    # queue this pass while the last one runs.
-    cuda = torch.device(device).type == "cuda"
-    return {name: tensor.to(device, non_blocking=cuda) for name, tensor in batch.items()}
+    return {name: to_device(tensor, device) for name, tensor in batch.items()}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor made for one pass, on `device`. Not blocking on CUDA, where a blocking copy first
+    waits for the device to finish all it was given, so the host could not queue this pass while the last
+    one runs (elsewhere blocking: on MPS a non-blocking copy can free its temporary source too early)."""
+    return tensor.to(device, dtype, non_blocking=torch.device(device).type == "cuda")
 
 
 def store_outputs(kind: TaskKind, outputs: dict[str, torch.Tensor], rows: Sequence[int], lengths: Sequence[int],

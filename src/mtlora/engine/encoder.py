@@ -37,6 +37,7 @@ from mtlora.batching import (
     pad_rows,
     pass_cost_tokens,
     store_outputs,
+    to_device,
 )
 from mtlora.engine.folding import (
     FOLD_MIN_TOKENS,
@@ -259,7 +260,7 @@ class EncoderAdapters:
             if len(where) == len(picked):  # the pass is this job's alone (per-adapter passes): nothing to pick
                 head_inputs, adapter.stand_in.output = inputs, _rows(encoded)
             else:
-                index = torch.tensor(where).to(self.device, non_blocking=self.device.type == "cuda")
+                index = to_device(torch.tensor(where), self.device)
                 head_inputs = {name: tensor[index] for name, tensor in inputs.items()}
                 adapter.stand_in.output = _rows(encoded, index)
             output = adapter.kind.outputs_of(adapter.head(**head_inputs))

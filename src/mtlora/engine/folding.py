@@ -35,6 +35,7 @@ from peft.tuners.lora import layer as lora
 from torch import nn
 from torch.nn import functional
 
+from mtlora.batching import to_device
 from mtlora.errors import AdapterNotServableError
 
 # Where folding MiniLM's adapted weights starts to cost less than running them unmerged: about 200-250
@@ -240,8 +241,7 @@ def _row_mask(stack: StackedLora, read: list[int], adapters: Sequence[str]) -> t
     column_scaling = torch.tensor([stack.scalings[p] for p in read]).repeat_interleave(ranks)
     row_owner = torch.tensor([stack.names.index(name) if name in stack.names else -1 for name in adapters])
     mask = (row_owner[:, None] == column_owner[None, :]) * column_scaling[None, :]
-    device = stack.lora_a.device
-    return mask.to(device, stack.lora_a.dtype, non_blocking=device.type == "cuda")
+    return to_device(mask, stack.lora_a.device, stack.lora_a.dtype)
 
 
 class FoldCache:
