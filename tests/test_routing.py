@@ -362,11 +362,22 @@ def test_calibrated_threshold_lets_most_of_a_tasks_own_inputs_through() -> None:
     router = SemanticRouter(None, RouterSettings())  # type: ignore[arg-type]  # calibration reads only the bank
     bank, new_inputs = near(0, 200), near(0, 1000)
     threshold = router._calibrate(bank)
-    scores = torch.topk(new_inputs @ bank.T, 3, dim=1).values.mean(dim=1)
+    scores = torch.tensor(router._scores(new_inputs, bank))  # a new input is scored as routing scores it
     assert 0.95 <= float((scores >= threshold).float().mean()) <= 0.999  # about CALIBRATED_SHARE
     far = torch.topk(near(1, 50) @ bank.T, 3, dim=1).values.mean(dim=1)
     assert bool((far < threshold).all())
     assert router._calibrate(bank[:20]) == -1.0  # too few examples to calibrate: any best match routes
+
+
+def test_semantic_scores_of_a_call_are_each_inputs_own() -> None:
+    """A call's inputs are scored against a bank together; each gets the mean of its own nearest examples."""
+    generator = torch.Generator().manual_seed(1)
+    inputs, bank = torch.randn(5, 8, generator=generator), torch.randn(7, 8, generator=generator)
+    alone = [float(torch.topk(bank @ row, 3).values.mean()) for row in inputs]
+    assert SemanticRouter._scores(inputs, bank) == pytest.approx(alone, abs=1e-6)
+    assert SemanticRouter._scores(inputs, bank[:2]) == pytest.approx(  # fewer examples than TOP_K: all of them
+        [float((bank[:2] @ row).mean()) for row in inputs], abs=1e-6)
+    assert SemanticRouter._scores(inputs, torch.empty(0)) is None
 
 
 def test_keyword_priority_breaks_ties() -> None:

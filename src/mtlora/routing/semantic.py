@@ -62,19 +62,25 @@ class SemanticRouter(Router):
 
     def _route(self, reading: str, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         embeddings = self.engine.embed([r.text for r in requests], reading)  # (requests, hidden)
+        # A task's scores for the whole call at once: four tensor ops per task and request took a third of
+        # the route's host time.
+        task_scores = {task: self._scores(embeddings, self.bank(task, reading))
+                       for task in dict.fromkeys(task for fits in candidates for task in fits)}
         routes = []
-        for embedding, fits in zip(embeddings, candidates, strict=True):
-            scores = {}
-            for task in fits:
-                bank = self.bank(task, reading)  # (examples, hidden)
-                if len(bank):
-                    nearest = torch.topk(bank @ embedding, min(TOP_K, len(bank))).values
-                    scores[task] = float(nearest.mean())
+        for row, fits in enumerate(candidates):
+            scores = {task: task_scores[task][row] for task in fits if task_scores[task] is not None}
             best = max(scores, key=scores.__getitem__, default=None)
             threshold = self.threshold_for(best, reading) if best is not None else 1.0
             routes.append(decide(self.name, scores, threshold, self.settings.default_task, fits, "similarity",
                                  reading=reading))
         return routes
+
+    @staticmethod
+    def _scores(embeddings: torch.Tensor, bank: torch.Tensor) -> list[float] | None:
+        """Each embedding's mean similarity to its `TOP_K` nearest examples in `bank` (None: no examples)."""
+        if not len(bank):
+            return None
+        return torch.topk(embeddings @ bank.T, min(TOP_K, len(bank)), dim=1).values.mean(dim=1).tolist()
 
     def _sure(self, route: Route) -> bool:
         """Whether a route read from token embeddings stands: a task won on similarity (a route that fell
