@@ -479,9 +479,12 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
 ) -> None:
     """A signal reaches each process at its own moment, maybe steps apart. Were each to act on its own, the
     ones still training would wait forever in a collective that the stopped one never joins, and the first
-    process, which stores the adapter, could store it unfinished."""
+    process, which stores the adapter, could store it unfinished.
+
+    And the interrupted run's traceback must not keep the DistributedDataParallel wrapper past the close of
+    the process group: its reducer would then destroy the group holding the GIL, and hang (1 run in 20)."""
     second_process_signals_itself_at_step_5 = (
-        "import os, signal\n"
+        "import gc, os, signal, torch\n"
         "from mtlora.training import trainer\n"
         "on_step_end = trainer._StopOnSignal.on_step_end\n"
         "def signalled(self, args, state, control, **kwargs):\n"
@@ -489,9 +492,18 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "    return on_step_end(self, args, state, control, **kwargs)\n"
         "trainer._StopOnSignal.on_step_end = signalled\n"
+        "fit = trainer._fit\n"
+        "def counted(*args, **kwargs):\n"
+        "    try:\n"
+        "        return fit(*args, **kwargs)\n"
+        "    finally:\n"
+        "        wrappers = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())\n"
+        "        print(f'{wrappers} wrappers left', flush=True)\n"
+        "trainer._fit = counted\n"
     )
     stopped = _torchrun_train(tiny_project, tmp_path, before=second_process_signals_itself_at_step_5)
     assert stopped.returncode != 0
+    assert stopped.stdout.count("0 wrappers left") == 2, stopped.stdout[-3000:]
     # Both stop at step 5. (torchrun then ends the other worker as soon as one exits with 130, so whether
     # each gets as far as closing its process group is a race: not asserted here.)
     assert stopped.stderr.count("interrupted at step 5; checkpoint saved") == 2, stopped.stderr[-3000:]

@@ -206,7 +206,10 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     log(f"[{task.name}] training {method}: {len(run.data.train)} examples, "
         f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}")
     with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
-        result = trainer.train(resume_from_checkpoint=resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        finally:
+            _drop_distributed_wrapper(trainer)
     if stopper.requested:
         raise TrainingInterrupted(
             f"[{task.name}] interrupted at step {trainer.state.global_step}; checkpoint saved in {run_dir}. "
@@ -216,6 +219,17 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     if outcome.warning:
         log(f"[{task.name}] warning: {outcome.warning}")
     return outcome
+
+
+def _drop_distributed_wrapper(trainer: Trainer) -> None:
+    """Let go of the DistributedDataParallel wrapper a torchrun process trains through, while the process
+    group is open. Freed later (with the traceback of an interrupted run, after `train` closed the group),
+    its reducer would drop the group's last reference and destroy it holding the GIL, joining gloo's
+    threads, one of which may be waiting for the GIL to free a finished collective's tensors: the
+    process would hang at exit (1 interrupted two-process run in 20 here)."""
+    if trainer.args.world_size > 1:
+        trainer.model_wrapped = trainer.model
+        trainer.accelerator.free_memory()  # its references to the wrapper, and a collection for any cycle
 
 
 def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback], progress: bool) -> Trainer:
