@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -474,6 +475,34 @@ def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path, tmp_
     assert not (load_config(tiny_project).registry / ".runs" / "sentiment").exists()
 
 
+def _second_process_signals_itself_at_step_5(times: int) -> str:
+    """What each torchrun process runs first: the second sends itself `times` SIGINTs at step 5, and each says
+    how many DistributedDataParallel wrappers are still alive once `_fit` returned or raised."""
+    return (
+        "import gc, os, signal, torch\n"
+        "from mtlora.training import trainer\n"
+        "on_step_end = trainer._StopOnSignal.on_step_end\n"
+        "def signalled(self, args, state, control, **kwargs):\n"
+        "    if args.process_index == 1 and state.global_step == 5:\n"
+        f"        for _ in range({times}):\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return on_step_end(self, args, state, control, **kwargs)\n"
+        "trainer._StopOnSignal.on_step_end = signalled\n"
+        "fit = trainer._fit\n"
+        "def counted(*args, **kwargs):\n"
+        "    try:\n"
+        "        return fit(*args, **kwargs)\n"
+        "    finally:\n"
+        "        wrappers = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())\n"
+        "        print(f'process {os.environ[\"RANK\"]}: {wrappers} wrappers left', flush=True)\n"
+        "trainer._fit = counted\n"
+    )
+
+
+def _wrappers_left(stdout: str) -> dict[str, int]:
+    return {rank: int(count) for rank, count in re.findall(r"^process (\d): (\d+) wrappers left$", stdout, re.M)}
+
+
 def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
     tiny_project: Path, tmp_path: Path
 ) -> None:
@@ -483,27 +512,9 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
 
     And the interrupted run's traceback must not keep the DistributedDataParallel wrapper past the close of
     the process group: its reducer would then destroy the group holding the GIL, and hang (1 run in 20)."""
-    second_process_signals_itself_at_step_5 = (
-        "import gc, os, signal, torch\n"
-        "from mtlora.training import trainer\n"
-        "on_step_end = trainer._StopOnSignal.on_step_end\n"
-        "def signalled(self, args, state, control, **kwargs):\n"
-        "    if args.process_index == 1 and state.global_step == 5:\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "    return on_step_end(self, args, state, control, **kwargs)\n"
-        "trainer._StopOnSignal.on_step_end = signalled\n"
-        "fit = trainer._fit\n"
-        "def counted(*args, **kwargs):\n"
-        "    try:\n"
-        "        return fit(*args, **kwargs)\n"
-        "    finally:\n"
-        "        wrappers = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())\n"
-        "        print(f'{wrappers} wrappers left', flush=True)\n"
-        "trainer._fit = counted\n"
-    )
-    stopped = _torchrun_train(tiny_project, tmp_path, before=second_process_signals_itself_at_step_5)
+    stopped = _torchrun_train(tiny_project, tmp_path, before=_second_process_signals_itself_at_step_5(1))
     assert stopped.returncode != 0
-    assert stopped.stdout.count("0 wrappers left") == 2, stopped.stdout[-3000:]
+    assert _wrappers_left(stopped.stdout) == {"0": 0, "1": 0}, stopped.stdout[-3000:]
     # Both stop at step 5. (torchrun then ends the other worker as soon as one exits with 130, so whether
     # each gets as far as closing its process group is a race: not asserted here.)
     assert stopped.stderr.count("interrupted at step 5; checkpoint saved") == 2, stopped.stderr[-3000:]
@@ -513,6 +524,17 @@ def test_a_signal_to_one_torchrun_process_stops_every_process_at_the_same_step(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(step 5)" in resumed.stdout, resumed.stdout[-3000:]
     assert mtlora.show_adapter(tiny_project, "sentiment").training["steps"] == 24
+
+
+def test_a_second_ctrl_c_under_torchrun_leaves_no_wrapper_past_the_process_group(
+    tiny_project: Path, tmp_path: Path
+) -> None:
+    """A second Ctrl-C stops training at once, with a KeyboardInterrupt out of the Trainer, whose frames in its
+    traceback hold the DistributedDataParallel wrapper: they are cleared. (The other process then loses its
+    peer, and torchrun may end it before it reports: only the signalled one is asked.)"""
+    stopped = _torchrun_train(tiny_project, tmp_path, before=_second_process_signals_itself_at_step_5(2))
+    assert stopped.returncode != 0
+    assert _wrappers_left(stopped.stdout).get("1") == 0, stopped.stdout[-3000:]
 
 
 def test_length_batches_cover_every_row_once_in_shuffled_order() -> None:

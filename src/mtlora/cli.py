@@ -141,7 +141,9 @@ def train(
 
 def leave_process_group() -> None:
     """Under torchrun / accelerate launch the Trainer opens a process group that lives as long as this
-    command's process: close it before exit, which NCCL otherwise warns about on every rank."""
+    command's process: close it before exit, which NCCL otherwise warns about on every rank. Training has
+    let go of its DistributedDataParallel wrapper by then, which must not outlive the group
+    (`training.trainer._drop_distributed_wrapper`)."""
     import torch.distributed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():

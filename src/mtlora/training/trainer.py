@@ -17,6 +17,7 @@ import shutil
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,8 +209,10 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
         try:
             result = trainer.train(resume_from_checkpoint=resume)
-        finally:
-            _drop_distributed_wrapper(trainer)
+        except BaseException as error:  # a second Ctrl-C, a peer gone, any failure
+            _drop_distributed_wrapper(trainer, error)
+            raise
+        _drop_distributed_wrapper(trainer)
     if stopper.requested:
         raise TrainingInterrupted(
             f"[{task.name}] interrupted at step {trainer.state.global_step}; checkpoint saved in {run_dir}. "
@@ -221,13 +224,15 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     return outcome
 
 
-def _drop_distributed_wrapper(trainer: Trainer) -> None:
+def _drop_distributed_wrapper(trainer: Trainer, error: BaseException | None = None) -> None:
     """Let go of the DistributedDataParallel wrapper a torchrun process trains through, while the process
-    group is open. Freed later (with the traceback of an interrupted run, after `train` closed the group),
-    its reducer would drop the group's last reference and destroy it holding the GIL, joining gloo's
-    threads, one of which may be waiting for the GIL to free a finished collective's tensors: the
-    process would hang at exit (1 interrupted two-process run in 20 here)."""
+    group is open. Freed later, with the traceback of a stopped or failed run after the command closed the
+    group (`cli.leave_process_group`), its reducer would drop the group's last reference and destroy it
+    holding the GIL, joining gloo's threads, one of which may be waiting for the GIL to free a finished
+    collective's tensors: the process would hang at exit (1 interrupted two-process run in 20 here)."""
     if trainer.args.world_size > 1:
+        if error is not None:
+            traceback.clear_frames(error.__traceback__)  # Trainer.train's frames hold the wrapper as a local
         trainer.model_wrapped = trainer.model
         trainer.accelerator.free_memory()  # its references to the wrapper, and a collection for any cycle
 
