@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -378,6 +379,20 @@ def test_semantic_scores_of_a_call_are_each_inputs_own() -> None:
     assert SemanticRouter._scores(inputs, bank[:2]) == pytest.approx(  # fewer examples than TOP_K: all of them
         [float((bank[:2] @ row).mean()) for row in inputs], abs=1e-6)
     assert SemanticRouter._scores(inputs, torch.empty(0)) is None
+
+
+def test_semantic_route_scores_each_request_on_its_own_candidates() -> None:
+    """Scored a task at a time for the whole call, each request still gets scores for its own candidates
+    only, and a task without examples gets none."""
+    inputs = torch.eye(3)
+    banks = {"a": torch.tensor([[1.0, 0, 0]]), "b": torch.tensor([[0, 1.0, 0], [0.6, 0.8, 0]]), "c": torch.empty(0)}
+    engine = SimpleNamespace(embed=lambda texts, reading: inputs[: len(texts)])
+    router = SemanticRouter(engine, RouterSettings(min_similarity=0.5, features="embeddings"))  # type: ignore[arg-type]
+    router.bank = lambda task, reading: banks[task]  # type: ignore[method-assign]
+    first, second, third = router.route([Request("x"), Request("y"), Request("z")], [["a", "b"], ["b", "c"], ["c"]])
+    assert first.task == "a" and first.scores == pytest.approx({"a": 1.0, "b": 0.3})  # b: mean of its 2 examples
+    assert second.task == "b" and second.scores == pytest.approx({"b": 0.9})
+    assert third.task is None and third.scores == {}
 
 
 def test_keyword_priority_breaks_ties() -> None:
