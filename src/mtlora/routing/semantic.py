@@ -67,7 +67,7 @@ class SemanticRouter(Router):
         task_scores = {task: self._scores(embeddings, self.bank(task, reading))
                        for task in dict.fromkeys(task for fits in candidates for task in fits)}
         routes = []
-        for row, fits in enumerate(candidates):
+        for row, fits in zip(range(len(embeddings)), candidates, strict=True):
             scores = {task: task_scores[task][row] for task in fits if task_scores[task] is not None}
             best = max(scores, key=scores.__getitem__, default=None)
             threshold = self.threshold_for(best, reading) if best is not None else 1.0
