@@ -378,7 +378,6 @@ def test_semantic_scores_of_a_call_are_each_inputs_own() -> None:
     assert SemanticRouter._scores(inputs, bank) == pytest.approx(alone, abs=1e-6)
     assert SemanticRouter._scores(inputs, bank[:2]) == pytest.approx(  # fewer examples than TOP_K: all of them
         [float((bank[:2] @ row).mean()) for row in inputs], abs=1e-6)
-    assert SemanticRouter._scores(inputs, torch.empty(0)) is None
 
 
 def test_semantic_route_scores_each_request_on_its_own_candidates() -> None:

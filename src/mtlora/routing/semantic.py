@@ -64,11 +64,11 @@ class SemanticRouter(Router):
         embeddings = self.engine.embed([r.text for r in requests], reading)  # (requests, hidden)
         # A task's scores for the whole call at once: four tensor ops per task and request took a third of
         # the route's host time.
-        task_scores = {task: self._scores(embeddings, self.bank(task, reading))
-                       for task in dict.fromkeys(task for fits in candidates for task in fits)}
+        banks = {task: self.bank(task, reading) for task in dict.fromkeys(task for fits in candidates for task in fits)}
+        task_scores = {task: self._scores(embeddings, bank) for task, bank in banks.items() if len(bank)}
         routes = []
         for row, fits in zip(range(len(embeddings)), candidates, strict=True):
-            scores = {task: task_scores[task][row] for task in fits if task_scores[task] is not None}
+            scores = {task: task_scores[task][row] for task in fits if task in task_scores}
             best = max(scores, key=scores.__getitem__, default=None)
             threshold = self.threshold_for(best, reading) if best is not None else 1.0
             routes.append(decide(self.name, scores, threshold, self.settings.default_task, fits, "similarity",
@@ -76,10 +76,8 @@ class SemanticRouter(Router):
         return routes
 
     @staticmethod
-    def _scores(embeddings: torch.Tensor, bank: torch.Tensor) -> list[float] | None:
-        """Each embedding's mean similarity to its `TOP_K` nearest examples in `bank` (None: no examples)."""
-        if not len(bank):
-            return None
+    def _scores(embeddings: torch.Tensor, bank: torch.Tensor) -> list[float]:
+        """Each embedding's mean similarity to its `TOP_K` nearest examples in `bank` (one at least)."""
         return torch.topk(embeddings @ bank.T, min(TOP_K, len(bank)), dim=1).values.mean(dim=1).tolist()
 
     def _sure(self, route: Route) -> bool:
