@@ -80,9 +80,12 @@ def main() -> None:
         console.print(f"{shown}\n   -> [cyan]{prediction['task']}[/cyan] (routed by {prediction['routed_by']}, "
                       f"{prediction['route_confidence']:.2f}): [bold]{prediction['label']}[/bold] "
                       f"({prediction['confidence']:.2f})")
+    # The command beside this interpreter: `make demo` installs mtlora into .venv, which is not on PATH.
+    command = Path(sys.executable).with_name("mtlora")
+    command = command if command.exists() else Path("mtlora")
     console.print(f"\nDone in {time.perf_counter() - started:.0f}s. Adapters are in "
                   f"{mtlora.load_config(CONFIG).registry}; try "
-                  f"`mtlora predict {CONFIG} --router learned \"my parcel is late\"`.")
+                  f"`{command} predict {CONFIG} --router learned \"my parcel is late\"`.")
 
 
 def _fmt(value: float | None) -> str:
