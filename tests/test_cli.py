@@ -230,6 +230,7 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     assert re.search(r"\(router: semantic, read: (embeddings|encoder), confidence", semantic.output)
     # The score column says what the router's scores are.
     assert "rules matched" in routed.output and "cosine similarity" in semantic.output, semantic.output
+    assert re.search(r"│ support\s+│\s+[1-9] │", routed.output), routed.output  # a count, not 1.0000
 
     predicted = run("predict", trained_project, "where is my refund", "--router", "keywords", "--json")
     answer = json.loads(predicted.output)

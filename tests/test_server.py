@@ -47,6 +47,7 @@ def test_predict_one_and_many(client: TestClient) -> None:
 def test_route_tasks_health_and_metrics(client: TestClient) -> None:
     route = client.post("/v1/route", json={"input": "where is my refund", "router": "keywords"}).json()
     assert route["task"] == "support" and set(route["scores"]) >= {"support"} and route["reading"] is None
+    assert route["reason"] is None  # won on its score: nothing to explain
     semantic = client.post("/v1/route", json={"input": "where is my refund", "router": "semantic"}).json()
     assert semantic["router"] == "semantic" and semantic["reading"] in ("embeddings", "encoder")  # the cascade's
     tasks = client.get("/v1/tasks").json()

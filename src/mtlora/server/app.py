@@ -167,7 +167,7 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
         finally:
             routing -= 1
         return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
-                "scores": decision.scores, "reason": decision.reason, "reading": decision.reading}
+                "scores": decision.scores, "reason": decision.reason or None, "reading": decision.reading}
 
 
 def _add_adapters_admin(app: FastAPI, engine: Callable[[], Engine]) -> None:
