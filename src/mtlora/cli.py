@@ -179,7 +179,7 @@ def evaluate(
         return
     reports = api.evaluate(project, task, split=split, log=say)
     table = Table(title=f"Evaluation ({split})")
-    for column in ("task", "metric", *VARIANTS.values(), "LoRA params", "stored"):
+    for column in ("task", "metric", *VARIANTS.values(), "LoRA params", "saved params"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for r in reports:
         values = main_metric_values(r).values()
@@ -383,7 +383,7 @@ def adapters_list(config: ConfigArg) -> None:
         say(f"No adapters in {project.registry} yet; run `mtlora train {config}`.")
         return
     table = Table(title=f"Adapters in {project.registry}")
-    for column in ("name", "kind", "labels", "trainable params", "stored", "validation"):
+    for column in ("name", "kind", "labels", "trainable params", "saved params", "validation"):
         table.add_column(column)
     for m in manifests:
         # `evaluate` scores tasks; the router's score is its routing, which `evaluate --router` reports.
