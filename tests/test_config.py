@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,14 @@ def test_a_hub_id_that_cannot_be_loaded_is_one_problem_with_its_fix() -> None:
     with pytest.raises(ConfigError, match=r"^backbone 'nobody/no-such-model': cannot be loaded: .+ \(a hub id needs "
                                           r"the network or a copy in the hub cache; else give a model folder"):
         resolve_backbone("nobody/no-such-model")
+
+
+def test_the_project_files_the_readme_shows_load(tmp_path: Path) -> None:
+    """The README's examples are what a new user copies first: each whole project file in it must load."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    projects = [block for block in re.findall(r"```yaml\n(.*?)```", readme, re.S) if block.startswith("backbone:")]
+    assert len(projects) >= 2  # the smallest project and the fuller one
+    for number, block in enumerate(projects):
+        path = tmp_path / f"project{number}.yaml"
+        path.write_text(block, encoding="utf-8")
+        assert load_config(path).tasks, block
