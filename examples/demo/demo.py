@@ -7,6 +7,7 @@ again would give them again); delete examples/demo/adapters to train everything 
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -81,11 +82,11 @@ def main() -> None:
                       f"{prediction['route_confidence']:.2f}): [bold]{prediction['label']}[/bold] "
                       f"({prediction['confidence']:.2f})")
     # The command beside this interpreter: `make demo` installs mtlora into .venv, which is not on PATH.
-    command = Path(sys.executable).with_name("mtlora")
-    command = command if command.exists() else Path("mtlora")
+    beside = Path(sys.executable).with_name("mtlora")
+    command = shlex.join([str(beside) if beside.exists() else "mtlora", "predict", str(CONFIG), "--router", "learned",
+                          "my parcel is late"])
     console.print(f"\nDone in {time.perf_counter() - started:.0f}s. Adapters are in "
-                  f"{mtlora.load_config(CONFIG).registry}; try "
-                  f"`{command} predict {CONFIG} --router learned \"my parcel is late\"`.")
+                  f"{mtlora.load_config(CONFIG).registry}; try `{command}`.")
 
 
 def _fmt(value: float | None) -> str:

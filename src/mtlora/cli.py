@@ -256,7 +256,7 @@ def route(
     meaning = routing.ROUTERS[decision.router].score_meaning if decision.router in routing.ROUTERS else "score"
     table.add_column(meaning, justify="right")
     for name, score in sorted(decision.scores.items(), key=lambda item: -item[1]):
-        table.add_row(name, f"{score:.4g}")  # a keyword count reads 2, not 2.0000
+        table.add_row(name, f"{score:.0f}" if float(score).is_integer() else f"{score:.4f}")  # a count reads 2
     if decision.scores:
         console.print(table)
 

@@ -88,7 +88,7 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
         "Metrics marked (0-100) are percentages, the others run from 0 to 1 (Pearson from -1).",
         "",
         "| task | kind | split | n | metric | base | head-only | LoRA | LoRA gain over head-only "
-        "| LoRA trainable params | % of full fine-tuning | LoRA params stored |",
+        "| LoRA trainable params | % of full fine-tuning | LoRA params saved |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
