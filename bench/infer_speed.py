@@ -5,8 +5,10 @@
     (c) mtlora's Engine with its defaults: tokenise, encoder passes, heads, decode to answers. The
         rows of every adapter share each pass (`mixed_batches`, each row its own LoRA); c2: each adapter
         gets passes of its own with its LoRA folded in; c3: per-adapter passes with every adapter's
-        folded weights kept between calls (`fold_cache`)
-    (d) the plain backbone with no adapters on the same batches (the limit)
+        folded weights kept between calls (`fold_cache`); c4 (CUDA only): the default with its passes
+        launched eagerly (`cuda_graphs: false`)
+    (d) the plain backbone with no adapters on the same batches (the limit); d2 (CUDA only): the same
+        passes replayed from CUDA graphs, as the engine replays its own
 
 Every setup gets the stream in arrival order, 32 requests at a time (batch 1 for (a)), and runs the
 same token rows: the engine's tokenising, inside the timing, with a QA context longer than its window
@@ -26,6 +28,7 @@ they are trained).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -48,6 +51,8 @@ from mtlora import Engine
 from mtlora.backbone import linear_weights_in_bf16, load_pretrained, quiet_loading, resolve_backbone
 from mtlora.batching import feature_row, length_sorted_batches, pad_rows, pass_cost_tokens
 from mtlora.config import ROUTER_ADAPTER
+from mtlora.engine.encoder import NO_ADAPTER
+from mtlora.engine.graphs import PassGraphs, cuda_graph_capture, pad_values
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -191,12 +196,18 @@ def hand_wired_mixed(engine: Engine, stream: list[tuple[Any, str]], batch_size: 
 
 
 def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[Any, str]], batch_size: int,
-                   pass_cost: int | None = None) -> None:
-    """(d): the same rows in the same batches through the bare backbone, no adapters, no heads."""
+                   pass_cost: int | None = None, graphs: PassGraphs | None = None) -> None:
+    """(d): the same rows in the same batches through the bare backbone, no adapters, no heads; (d2): each
+    pass replayed from the CUDA graphs the engine would make for the bare backbone (`graphs`)."""
     with torch.inference_mode():
         for whole in batches(stream, batch_size):
             for batch in length_batches(engine, whole, batch_size, pass_cost):
-                model(**pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device))
+                inputs = pad_rows(engine.tokenizer, [row for row, _ in batch], engine.device)
+                if graphs is None:
+                    model(**inputs)
+                else:
+                    graphs.prepare(inputs)
+                    graphs.run(inputs, [NO_ADAPTER] * len(batch))
 
 
 def passes(engine: Engine) -> str:
@@ -234,6 +245,25 @@ def memory_with_adapters(project: Path, count: int) -> dict[str, Any]:
         memory[precision] = {"backbone_mb": backbone / 2**20, "engine_mb": loaded / 2**20,
                              "overhead": loaded / backbone - 1}
     return memory
+
+
+def cuda_graph_memory(serve: Callable[[bool], Engine]) -> dict[str, float]:
+    """GPU memory (MB) an engine holds once it has served the stream (`serve(cuda_graphs)` builds one and
+    serves it), with its passes as CUDA graphs and without: the graphs' static inputs, outputs and pool."""
+    held = {}
+    for graphs in (False, True):
+        gc.collect()
+        torch.cuda.empty_cache()
+        allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        engine = serve(graphs)
+        torch.cuda.synchronize()
+        gc.collect()
+        torch.cuda.empty_cache()  # what the engine does not hold goes back, but a graph's pool stays reserved
+        key = "graphs" if graphs else "eager"
+        held[key] = (torch.cuda.memory_allocated() - allocated) / 2**20
+        held[f"{key}_reserved"] = (torch.cuda.memory_reserved() - reserved) / 2**20
+        del engine
+    return held
 
 
 def main() -> None:
@@ -276,6 +306,14 @@ def main() -> None:
                for key, serving in (("c", engine), ("c2", other), ("c3", kept))},
             "d": lambda: autocasting(engine, lambda: plain_backbone(backbone, engine, stream, size)),
         }
+        if engine.device.type == "cuda":  # the engine replays its passes as CUDA graphs: each side of that, eager too
+            eager = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size, cuda_graphs=False)
+            bare_graphs = PassGraphs(backbone, backbone.config, [], {}, size, pad_values(engine.tokenizer),
+                                     cuda_graph_capture())
+            setups["c4"] = lambda: [eager.predict_batch(items[i:i + size], task=tasks[i:i + size])
+                                    for i in range(0, len(items), size)]
+            setups["d2"] = lambda: autocasting(engine, lambda: plain_backbone(backbone, engine, stream, size,
+                                                                              graphs=bare_graphs))
         # Routed as the engine routes in a server: the same 32 requests a call answers, in the same turns.
         unrouted = [engine.request(item) for item in items]
         reading = {features: Engine.from_config(project, precision=args.precision, batch_size=args.batch_size,
@@ -291,6 +329,16 @@ def main() -> None:
         routing = {name: seconds.pop(f"route {name}") for name in routers}
         encoder_share = {key: statistics.mean(route.reading == "encoder" for call in routes[f"route {key}"]()
                                               for route in call) for key in routers}
+        graphs = engine._encoders._graphs
+        captured = {"engine_graphs": len(graphs._graphs) if graphs is not None else 0,
+                    "engine_graphs_on": engine._encoders.cuda_graphs}
+        if engine.device.type == "cuda":
+            def serve(graphs: bool) -> Engine:
+                fresh = Engine.from_config(project, precision=args.precision, batch_size=size, cuda_graphs=graphs)
+                for i in range(0, len(items), size):
+                    fresh.predict_batch(items[i:i + size], task=tasks[i:i + size])
+                return fresh
+            captured["engine_mb"] = cuda_graph_memory(serve)
         memory = memory_with_adapters(project, 10)
         assert kept._encoders.fold_cache is not None
         memory["fold_cache_mb"] = sum(t.numel() * t.element_size() for adapter in kept.tasks
@@ -299,8 +347,9 @@ def main() -> None:
     names = {"a": "per-request set_adapter, batch 1", "b": "PEFT adapter_names, by hand",
              "c": f"mtlora Engine, default ({passes(engine)})", "c2": f"mtlora Engine, {passes(other)}",
              "c3": f"mtlora Engine, fold_cache={len(TASKS)}",
-             "d": "plain backbone (limit)"}
-    results = {k: {"setup": names[k], "requests_per_s": len(stream) / seconds[k]} for k in names}
+             "c4": "mtlora Engine, default, cuda_graphs off",
+             "d": "plain backbone (limit)", "d2": "plain backbone as CUDA graphs"}
+    results = {k: {"setup": names[k], "requests_per_s": len(stream) / seconds[k]} for k in names if k in seconds}
     print(f"\n{len(stream)} mixed requests ({', '.join(sorted(set(tasks)))}), batch {args.batch_size}, "
           f"precision {'bf16' if engine.bf16 else 'fp32'}")
     print(f"{'setup':<50} {'requests/s':>11} {'vs (d)':>7} {'vs (a)':>7}")
@@ -318,6 +367,11 @@ def main() -> None:
               f"{memory['lora']['target_modules']}), {precision}: "
               f"{held['engine_mb']:.1f} MB vs backbone {held['backbone_mb']:.1f} MB (+{100 * held['overhead']:.1f}%)")
     print(f"fold cache of (c3), {len(TASKS)} adapters: {memory['fold_cache_mb']:.1f} MB")
+    if engine.device.type == "cuda":
+        print(f"CUDA graphs of (c): {captured['engine_graphs']} captured, on: {captured['engine_graphs_on']}; "
+              f"an engine that served the stream holds {captured['engine_mb']['graphs']:.1f} MB of GPU memory "
+              f"({captured['engine_mb']['graphs_reserved']:.1f} MB reserved) with graphs, "
+              f"{captured['engine_mb']['eager']:.1f} MB ({captured['engine_mb']['eager_reserved']:.1f} MB) without")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
@@ -328,6 +382,7 @@ def main() -> None:
         "routing_share_of_answering": {k: v / seconds["c"] for k, v in routing.items()},
         "routing_encoder_share": encoder_share,
         "memory": memory,
+        "cuda_graphs": captured if engine.device.type == "cuda" else None,
         "machine": machine(),
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,34 @@ MIXED = [
 ]
 
 
+def replayed_by_calling(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict]:
+    """A stand-in for a CUDA graph's capture off CUDA: each replay runs `forward` on the static inputs and
+    writes into the static outputs, as a replay does."""
+    outputs = forward()
+
+    def replay() -> None:
+        for name, tensor in forward().items():
+            outputs[name].copy_(tensor)
+    return replay, outputs
+
+
+def graphed(engine: Engine) -> Engine:
+    """`engine` with its shared passes run the way it runs them as CUDA graphs (`replayed_by_calling`)."""
+    engine._encoders.cuda_graphs = True
+    engine._encoders.graph_capture = lambda: replayed_by_calling
+    return engine
+
+
 # Passes of 3 rows: a call's shared passes each hold other adapters, and reuse the layers' stacks.
 @pytest.fixture(scope="module", params=[{"mixed_batches": True}, {"mixed_batches": True, "batch_size": 3},
-                                        {"mixed_batches": False}, {"mixed_batches": False, "fold_cache": 8}],
-                ids=["one-mixed-pass", "shared-passes-of-3", "folded-per-adapter", "folds-kept-between-calls"])
+                                        {"mixed_batches": False}, {"mixed_batches": False, "fold_cache": 8},
+                                        {"mixed_batches": True, "batch_size": 3, "graphs": True}],
+                ids=["one-mixed-pass", "shared-passes-of-3", "folded-per-adapter", "folds-kept-between-calls",
+                     "graphed-passes-of-3"])
 def engine(trained_project: Path, request: pytest.FixtureRequest) -> Engine:
-    return Engine.from_config(trained_project, precision="fp32", **request.param)
+    settings = dict(request.param)
+    made = Engine.from_config(trained_project, precision="fp32", **{k: v for k, v in settings.items() if k != "graphs"})
+    return graphed(made) if settings.get("graphs") else made
 
 
 def assert_same(actual: dict, expected: dict) -> None:
@@ -89,9 +112,12 @@ def test_input_shape_narrows_the_candidates(engine: Engine) -> None:
     assert engine.predict("a refund for the movie", router="keywords")["task"] in ("sentiment", "support")
 
 
-@pytest.mark.parametrize("fold_cache", [0, 4])
-def test_adapters_come_and_go_at_run_time(trained_project: Path, fold_cache: int) -> None:
+@pytest.mark.parametrize(("fold_cache", "graphs"), [(0, False), (4, False), (0, True)],
+                         ids=["shared-passes", "folds-kept", "graphed"])
+def test_adapters_come_and_go_at_run_time(trained_project: Path, fold_cache: int, graphs: bool) -> None:
     engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32", fold_cache=fold_cache)
+    if graphs:
+        graphed(engine)
     before = engine.embed(["the cat sat on the mat"])
     first = engine.predict("loved this great movie", task="sentiment")
     engine.add("support")
@@ -185,6 +211,58 @@ def test_an_add_that_fails_while_stacking_leaves_the_engine_as_it_was(
     engine.add("support")
     assert_answers_as_alone(engine, trained_project, ["loved this great movie", "where is my refund"],
                             ["sentiment", "support"])
+
+
+def test_one_graph_per_padded_length_serves_every_mix_of_adapters(trained_project: Path) -> None:
+    eager = Engine.from_config(trained_project, precision="fp32", batch_size=4)
+    engine = graphed(Engine.from_config(trained_project, precision="fp32", batch_size=4))
+    items, tasks = [item for _, item in MIXED], [task for task, _ in MIXED]
+    for expected, result in zip(eager.predict(items, task=tasks), engine.predict(items, task=tasks), strict=True):
+        assert_same(result, expected)
+    graphs = engine._encoders._graphs
+    assert graphs is not None and [length for length, _ in graphs._graphs] == [32]
+    # A pass of fewer rows leaves the last pass's rows in the graph's spare rows: they change nothing.
+    for task, item in reversed(MIXED):
+        assert_same(engine.predict(item, task=task), eager.predict(item, task=task))
+    torch.testing.assert_close(engine.embed(["the cat sat on the mat", "paris"]),
+                               eager.embed(["the cat sat on the mat", "paris"]), rtol=0, atol=1e-6)
+    assert engine._encoders._graphs is graphs and len(graphs._graphs) == 1
+
+
+def perturbed(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict]:
+    """A capture whose replays give other numbers than the eager pass (as a graph that froze a decision
+    the model makes on the host from the data would)."""
+    replay, outputs = replayed_by_calling(forward)
+    return lambda: (replay(), outputs["last_hidden_state"].add_(1.0)), outputs
+
+
+def failing(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict]:
+    raise RuntimeError("operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("capture", [failing, perturbed], ids=["capture-fails", "replay-differs"])
+def test_graphs_that_cannot_serve_leave_the_engine_answering_eagerly(
+        trained_project: Path, capture: Callable, caplog: pytest.LogCaptureFixture) -> None:
+    eager = Engine.from_config(trained_project, precision="fp32")
+    engine = Engine.from_config(trained_project, precision="fp32")
+    engine._encoders.cuda_graphs, engine._encoders.graph_capture = True, lambda: capture
+    items, tasks = [item for _, item in MIXED], [task for task, _ in MIXED]
+    with caplog.at_level("WARNING", logger="mtlora.engine.encoder"):
+        results = engine.predict(items, task=tasks)
+    assert "CUDA graphs are off for this engine" in caplog.text and not engine._encoders.cuda_graphs
+    for expected, result in zip(eager.predict(items, task=tasks), results, strict=True):
+        assert_same(result, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_on_cuda_shared_passes_replay_as_graphs_and_answer_as_eager_passes(trained_project: Path) -> None:
+    eager = Engine.from_config(trained_project, precision="fp32", cuda_graphs=False)
+    engine = Engine.from_config(trained_project, precision="fp32")
+    items, tasks = [item for _, item in MIXED], [task for task, _ in MIXED]
+    for _ in range(2):  # the first call captures, the second replays what it captured
+        for expected, result in zip(eager.predict(items, task=tasks), engine.predict(items, task=tasks), strict=True):
+            assert_same(result, expected)
+    assert engine._encoders._graphs is not None and engine._encoders._graphs._graphs
 
 
 def test_adapters_added_under_a_callers_inference_mode_can_go_again(trained_project: Path) -> None:

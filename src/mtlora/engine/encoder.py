@@ -9,6 +9,7 @@ batches of similar length, and each pass gives each row its own adapter's LoRA (
 two thin GEMMs a layer for all adapters at once, from stacks the adapters' weights are views of, so
 nothing is copied). With a fold cache (or `mixed_batches: false`), each task's rows get passes of their
 own with its LoRA folded into the weights (`folding.folded_lora`). bench/infer_speed.py measures both.
+On CUDA, shared passes replay as CUDA graphs (`graphs.py`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from mtlora.engine.folding import (
     mixed_lora,
     stack_lora,
 )
+from mtlora.engine.graphs import Capture, PassGraphs, cuda_graph_capture, pad_values
 from mtlora.engine.job import Job
 from mtlora.engine.peft_adapters import delete_adapter, load_weights, undone_on_failure, with_adapter
 from mtlora.errors import AdapterNotServableError, BaseModelMismatchError
@@ -95,7 +97,7 @@ class EncoderAdapters:
     """The encoder adapters of an engine: LoRA on the shared encoder, each with its task's head."""
 
     def __init__(self, backbone: str, tokenizer: PreTrainedTokenizerBase, device: torch.device, bf16: bool,
-                 batch_size: int, mixed_batches: bool | Literal["auto"], fold_cache: int):
+                 batch_size: int, mixed_batches: bool | Literal["auto"], fold_cache: int, cuda_graphs: bool = True):
         self.backbone, self.tokenizer, self.device, self.bf16 = backbone, tokenizer, device, bf16
         self.batch_size = batch_size
         self.pass_cost = pass_cost_tokens(device)
@@ -125,6 +127,10 @@ class EncoderAdapters:
         self.model: nn.Module = base.to(device).eval()  # PEFT-wrapped while it holds adapters
         self._shift_right: Callable[[torch.Tensor], torch.Tensor] | None = (
             getattr(base, "_shift_right", None) if base.config.is_encoder_decoder else None)
+        # Shared passes replayed as CUDA graphs (`graphs.py`): made for the adapters loaded, again when they change.
+        self.cuda_graphs = cuda_graphs and cuda and not base.config.is_encoder_decoder
+        self.graph_capture: Callable[[], Capture] = cuda_graph_capture
+        self._graphs: PassGraphs | None = None
 
     def __contains__(self, name: object) -> bool:
         return name in self._adapters
@@ -244,6 +250,9 @@ class EncoderAdapters:
 
     def bare_hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The last hidden states of the part of the backbone that reads the input, with every adapter off."""
+        graphs = self._pass_graphs(batch)
+        if graphs is not None:
+            return graphs.run(batch, [NO_ADAPTER] * len(batch["input_ids"])).last_hidden_state
         with self._folded(NO_ADAPTER):
             return self._encoder_stack()(**batch).last_hidden_state
 
@@ -278,11 +287,37 @@ class EncoderAdapters:
             # T5's encoder kinds (T5ForSequenceClassification...) decode the input shifted right; T5Model,
             # unlike BartModel, does not make that decoder input itself.
             inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"]), "use_cache": False}
+        graphs = self._pass_graphs(inputs) if self.mixed_batches else None
+        if graphs is not None:
+            return graphs.run(inputs, adapters)
         if isinstance(self.model, PeftModel) and len(set(adapters)) > 1:
             with mixed_lora(self._layers(), adapters, self._stacks):
                 return self.model(**inputs)
         with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights
             return self.model(**inputs)
+
+    def _pass_graphs(self, inputs: dict[str, torch.Tensor]) -> PassGraphs | None:
+        """The CUDA graphs that run a pass of `inputs`, for the adapters loaded now; None where a pass
+        runs eagerly (not CUDA, graphs off or failed, or a pass no graph fits)."""
+        if not self.cuda_graphs:
+            return None
+        layers = self._layers() if isinstance(self.model, PeftModel) else []
+        stacks = self._stacks if layers else {}
+        if self._graphs is None or self._graphs.stacks is not stacks:
+            if not PassGraphs.servable(layers, stacks):
+                return None
+            self._graphs = PassGraphs(self.model, self._encoder_stack().config, layers, stacks, self.batch_size,
+                                      pad_values(self.tokenizer), self.graph_capture())
+        if not self._graphs.fits(inputs):
+            return None
+        try:
+            self._graphs.prepare(inputs)
+        except Exception as failure:  # a capture can fail in many ways; eager passes still answer correctly
+            logger.warning("CUDA graphs are off for this engine: capturing a pass failed (%s: %s)",
+                           type(failure).__name__, failure)
+            self.cuda_graphs, self._graphs = False, None
+            return None
+        return self._graphs
 
     @contextlib.contextmanager
     def _folded(self, adapter: str) -> Iterator[None]:
@@ -313,8 +348,9 @@ class EncoderAdapters:
         return self._lora_layers
 
     def _forget_folds(self) -> None:
-        """Adapters came or went: the LoRA layers may have changed, and with them any folded weights."""
+        """Adapters came or went: the LoRA layers may have changed, and with them any folded weights and graphs."""
         self._lora_layers = None
+        self._graphs = None
         if self.fold_cache is not None:
             self.fold_cache.clear()
 

@@ -60,6 +60,7 @@ class Engine:
             (True), or each adapter gets passes of its own with its LoRA folded into the weights (False).
             "auto": shared passes unless `fold_cache` is set.
         fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
+        cuda_graphs: on CUDA, shared passes of an encoder run as CUDA graphs (`engine/graphs.py`).
         routing_hints: each task's routing hints (keywords, patterns, priority, examples) as its project
             file gives them now (`from_config` passes them); a task left out routes by the hints stored
             in its manifest when it was trained.
@@ -80,12 +81,13 @@ class Engine:
         batch_size: int = 32,
         mixed_batches: bool | Literal["auto"] = "auto",
         fold_cache: int = 0,
+        cuda_graphs: bool = True,
         routing_hints: Mapping[str, Mapping[str, Any]] | None = None,
         project_tasks: Sequence[str] = (),
     ):
         # The project file checks these; a caller in Python gets the same answer, not a silent default.
         inference = checked_inference(precision=precision, batch_size=batch_size, mixed_batches=mixed_batches,
-                                      fold_cache=fold_cache)
+                                      fold_cache=fold_cache, cuda_graphs=cuda_graphs)
         self.backbone = backbone
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.device = torch.device(device) if device is not None else default_device()
@@ -99,7 +101,7 @@ class Engine:
         self._routers: dict[str, Router] = {}
         self._tasks: dict[str, _Task] = {}
         self._encoders = EncoderAdapters(backbone, self.tokenizer, self.device, self.bf16, self.batch_size,
-                                         inference.mixed_batches, inference.fold_cache)
+                                         inference.mixed_batches, inference.fold_cache, inference.cuda_graphs)
         self.hidden_size = self._encoders.hidden_size
         self._seq2seq = Seq2SeqAdapters(backbone, self.device, self.bf16, self.batch_size)
         # One call at a time: the heads' stand-ins hold per-call state, and one batched pass already

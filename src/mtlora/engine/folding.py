@@ -208,7 +208,7 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
         key = tuple((stack.names[p], stack.blocks[p], stack.scalings[p]) for p in read)
         if key not in masks:
             masks[key] = _row_mask(stack, read, adapters)
-        layer.forward = _MixedForward(layer.get_base_layer(), lora_a, lora_b, masks[key])
+        layer.forward = RowMaskedForward(layer.get_base_layer(), lora_a, lora_b, masks[key])
     try:
         yield
     finally:
@@ -305,7 +305,10 @@ class _FoldedForward:
         return torch.addmm(weight, lora_b, lora_a, alpha=self.layer.scaling[self.adapter], out=out)
 
 
-class _MixedForward:
+class RowMaskedForward:
+    """A layer's base product on every row plus the LoRA of the adapters in `lora_a`/`lora_b`, each row's
+    rank columns scaled by its row of `mask` (its own adapter's scaling, 0 for the others)."""
+
     def __init__(self, base: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor, mask: torch.Tensor):
         self.base, self.lora_a, self.lora_b, self.mask = base, lora_a, lora_b, mask
 

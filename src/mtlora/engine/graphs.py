@@ -1,0 +1,213 @@
+"""The engine's shared encoder passes replayed as CUDA graphs.
+
+On a GPU a small encoder's pass waits on the host, not the device: MiniLM's eager pass launches some
+300 kernels, and a shared pass's LoRA (`folding.mixed_lora`) four more per adapted layer, so the engine
+served 0.65x the bare encoder's requests on an H200 (bench/infer_speed.py). A CUDA graph replays a
+captured pass's kernels at the cost of one launch.
+
+A graph fixes its shapes and the tensors it reads, so each graph here serves passes of up to
+`batch_size` rows padded to one length (a multiple of `LENGTH_STEP` tokens): a few graphs serve every
+length. Which adapter each row uses is one of its inputs (an index per row, -1 for none), from which
+the graph computes the rows' masks itself: every adapted layer runs every adapter in its stack on every
+row, each row's LoRA masked to its own adapter's block (as `mixed_lora` does for the adapters a pass
+reads), so one graph serves every mix of adapters. A graph's spare rows keep what the last pass left
+there; their outputs are never read.
+
+A graph is kept only if its first replay gives what the eager pass gives on the same rows: a backbone
+whose forward decides something on the host from the data, which a graph would freeze, fails that
+check, and the engine runs eagerly from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from peft.tuners.lora import layer as lora
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import ModelOutput
+
+from mtlora.engine.folding import RowMaskedForward, StackedLora, Stacks
+
+LENGTH_STEP = 32  # tokens: a pass is padded up to a multiple, so that a few graphs serve every length
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, torch.Tensor]
+# Captures a pass (a function of static inputs) and gives back what replays it, with the static outputs
+# each replay writes into.
+Capture = Callable[[Callable[[], Outputs]], tuple[Callable[[], None], Outputs]]
+
+
+class GraphMismatch(RuntimeError):
+    """A captured pass's replay differs from the eager pass on the same rows."""
+
+
+def cuda_graph_capture() -> Capture:
+    """Captures as CUDA graphs that share one memory pool (they never run at the same time)."""
+    pool = torch.cuda.graph_pool_handle()
+    return lambda forward: _cuda_capture(forward, pool)
+
+
+def _cuda_capture(forward: Callable[[], Outputs], pool: tuple[int, int]) -> tuple[Callable[[], None], Outputs]:
+    """`forward` captured as a CUDA graph, after warm-up runs on a side stream (PyTorch's recipe)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = forward()
+    return graph.replay, outputs
+
+
+@dataclass
+class _Graph:
+    inputs: dict[str, torch.Tensor]  # (batch_size, length) each
+    adapters: torch.Tensor  # (batch_size,) each row's adapter index, -1 for none
+    replay: Callable[[], None]
+    outputs: Outputs
+
+
+class PassGraphs:
+    """The graphs of one encoder with one set of stacks: made as passes of new lengths come, until the
+    adapters change (the engine then makes a new `PassGraphs`)."""
+
+    def __init__(self, model: nn.Module, config: PretrainedConfig, layers: Sequence[lora.Linear], stacks: Stacks,
+                 batch_size: int, pad_values: dict[str, int], capture: Capture):
+        self.model, self.config, self.stacks, self.batch_size = model, config, stacks, batch_size
+        self.pad_values, self._capture = pad_values, capture
+        self._layers = [layer for layer in layers if layer.lora_A]
+        names = sorted({name for stack in stacks.values() for name in stack.names})
+        self.index = {name: position for position, name in enumerate(names)}
+        # Layers mostly hold the same adapters at the same ranks: one mask serves them all.
+        signatures = {layer: (stack.names, stack.blocks, stack.scalings) for layer, stack in stacks.items()}
+        distinct: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer, signature in signatures.items():
+            if signature not in distinct:
+                distinct[signature] = _columns(stacks[layer], self.index)
+        self._columns = {layer: distinct[signature] for layer, signature in signatures.items()}
+        self._graphs: dict[tuple[int, tuple[str, ...]], _Graph] = {}
+        self.max_length = int(getattr(config, "max_position_embeddings", 0) or 0)
+        self._output_type: type[ModelOutput] | None = None
+
+    @staticmethod
+    def servable(layers: Sequence[lora.Linear], stacks: Stacks) -> bool:
+        """Whether every adapted layer's LoRA is in a stack (not GPT-2's Conv1D, which PEFT computes)."""
+        return all(layer in stacks for layer in layers if layer.lora_A)
+
+    def fits(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """Whether a graph can run the pass: rows no more than the graphs hold, inputs it knows how to pad,
+        and a padded length the model can read."""
+        rows, length = inputs["input_ids"].shape
+        return rows <= self.batch_size and {"input_ids", "attention_mask"} <= set(inputs) <= set(self.pad_values) and (
+            not self.max_length or _padded(length) <= self.max_length)
+
+    def prepare(self, inputs: dict[str, torch.Tensor]) -> None:
+        """The graph for passes shaped as `inputs` (as `fits` allows) captured, if it is not yet."""
+        key = _key(inputs)
+        if key not in self._graphs:
+            self._graphs[key] = self._captured(*key)
+
+    def run(self, inputs: dict[str, torch.Tensor], adapters: Sequence[str]) -> ModelOutput:
+        """The pass's outputs for `inputs` (its graph `prepare`d), row i with adapter `adapters[i]` (a name
+        no layer has, such as PEFT's "__base__", for the base weights)."""
+        rows, length = inputs["input_ids"].shape
+        graph = self._graphs[_key(inputs)]
+        for name, tensor in inputs.items():
+            static = graph.inputs[name][:rows]
+            static[:, length:].fill_(self.pad_values[name])
+            static[:, :length].copy_(tensor)
+        row_adapters = torch.tensor([self.index.get(name, -1) for name in adapters])
+        graph.adapters[:rows].copy_(row_adapters, non_blocking=True)
+        graph.replay()
+        assert self._output_type is not None
+        # Copies, not views: the next replay writes over the static outputs while heads may still read these.
+        return self._output_type(**{name: (tensor[:rows, :length] if tensor.dim() == 3 else tensor[:rows]).clone()
+                                    for name, tensor in graph.outputs.items()})
+
+    def _captured(self, length: int, names: tuple[str, ...]) -> _Graph:
+        device = next(self.model.parameters()).device
+        inputs = {name: torch.full((self.batch_size, length), self.pad_values[name], dtype=torch.long, device=device)
+                  for name in names}
+        inputs["attention_mask"][:, 0] = 1  # spare rows attend to one token, so their softmax stays finite
+        adapters = torch.full((self.batch_size,), -1, dtype=torch.long, device=device)
+
+        def forward() -> Outputs:
+            # The mask made here, on the device: a 2D mask makes the model check on the host whether any
+            # token is padding, which a graph cannot capture.
+            mask = _attention_mask(self.config, inputs["attention_mask"])
+            with _every_adapter(self._layers, self.stacks, self._columns, adapters):
+                return _tensors(self.model(**{**inputs, "attention_mask": mask}))
+
+        with _every_adapter(self._layers, self.stacks, self._columns, adapters):
+            eager = self.model(**inputs)
+        self._output_type = type(eager)
+        replay, outputs = self._capture(forward)
+        replay()
+        for name, expected in _tensors(eager).items():
+            if not torch.allclose(outputs[name].float(), expected.float(), rtol=1e-2, atol=1e-2):
+                raise GraphMismatch(f"the replayed pass's {name} differs from the eager pass's")
+        return _Graph(inputs, adapters, replay, outputs)
+
+
+def pad_values(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """What each model input a graph takes is padded with, as the tokenizer pads."""
+    return {"input_ids": int(tokenizer.pad_token_id), "attention_mask": 0,
+            "token_type_ids": int(tokenizer.pad_token_type_id)}
+
+
+def _key(inputs: dict[str, torch.Tensor]) -> tuple[int, tuple[str, ...]]:
+    return _padded(inputs["input_ids"].shape[1]), tuple(sorted(inputs))
+
+
+def _padded(length: int) -> int:
+    return -(-length // LENGTH_STEP) * LENGTH_STEP
+
+
+def _tensors(output: ModelOutput) -> Outputs:
+    return {name: value for name, value in output.items() if isinstance(value, torch.Tensor)}
+
+
+def _attention_mask(config: PretrainedConfig, mask: torch.Tensor) -> torch.Tensor:
+    """The model's own 4D attention mask for a 2D padding mask, built without asking whether any row pads."""
+    shape_only = torch.empty(*mask.shape, 0, device=mask.device)  # the mask reads only the batch's shape and dtype
+    built = create_bidirectional_mask(config=config, inputs_embeds=shape_only, attention_mask=mask,
+                                      allow_is_bidirectional_skip=False)
+    assert built is not None
+    return built
+
+
+def _columns(stack: StackedLora, index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which adapter (by `index`) owns each of the stack's rank columns, and that adapter's scaling."""
+    ranks = torch.tensor([stop - start for start, stop in stack.blocks])
+    owner = torch.tensor([index[name] for name in stack.names]).repeat_interleave(ranks)
+    scaling = torch.tensor(stack.scalings).repeat_interleave(ranks)
+    device = stack.lora_a.device
+    return owner.to(device), scaling.to(device, stack.lora_a.dtype)
+
+
+@contextlib.contextmanager
+def _every_adapter(layers: Sequence[lora.Linear], stacks: Stacks,
+                   columns: dict[lora.Linear, tuple[torch.Tensor, torch.Tensor]],
+                   row_adapters: torch.Tensor) -> Iterator[None]:
+    """Within the block each adapted layer runs its whole stack on every row, row i's LoRA masked to the
+    block of adapter `row_adapters[i]`: masks computed on the device, one per distinct set of columns."""
+    masks: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        stack = stacks[layer]
+        owner, scaling = columns[layer]
+        if id(owner) not in masks:
+            masks[id(owner)] = (row_adapters[:, None] == owner[None, :]) * scaling[None, :]
+        layer.forward = RowMaskedForward(layer.get_base_layer(), stack.lora_a, stack.lora_b, masks[id(owner)])
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
