@@ -1,7 +1,7 @@
 """The engine's shared encoder passes replayed as CUDA graphs.
 
 On a GPU a small encoder's pass waits on the host, not the device: MiniLM's eager pass launches some
-300 kernels, and a shared pass's LoRA (`folding.mixed_lora`) four more per adapted layer, so the engine
+300 kernels, and a shared pass's LoRA (`folding.mixed_lora`) three more per adapted layer, so the engine
 served 0.65x the bare encoder's requests on an H200 (bench/infer_speed.py). A CUDA graph replays a
 captured pass's kernels at the cost of one launch.
 
