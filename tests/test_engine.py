@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 import mtlora
 from mtlora import EmptyTextError, Engine, InputError, UnknownTaskError, load_config
+from mtlora.batching import pad_rows
 
 MIXED = [
     ("sentiment", "loved this great movie"),
@@ -42,10 +43,16 @@ def replayed_by_calling(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple
     return replay, outputs
 
 
-def graphed(engine: Engine) -> Engine:
-    """`engine` with its shared passes run the way it runs them as CUDA graphs (`replayed_by_calling`)."""
+def graphed(engine: Engine, captures: list[int] | None = None) -> Engine:
+    """`engine` with its shared passes run the way it runs them as CUDA graphs (`replayed_by_calling`),
+    each capture's padded length appended to `captures`."""
+    def capture(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict]:
+        replay, outputs = replayed_by_calling(forward)
+        if captures is not None:
+            captures.append(outputs["last_hidden_state"].shape[1])
+        return replay, outputs
     engine._encoders.cuda_graphs = True
-    engine._encoders.graph_capture = lambda: replayed_by_calling
+    engine._encoders.graph_capture = lambda: capture
     return engine
 
 
@@ -168,12 +175,15 @@ def test_shared_passes_read_stacks_the_adapters_weights_view_as_adapters_come_an
     check_answers(left_out="sentiment")
 
 
-def test_a_weight_given_storage_of_its_own_is_stacked_again(trained_project: Path) -> None:
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphed"])
+def test_a_weight_given_storage_of_its_own_is_stacked_again(trained_project: Path, graphs: bool) -> None:
     """Shared passes read the stacks, folded ones the adapters' weights: a weight that stops viewing its
     stack (given storage of its own, here with other values) is noticed at the next call, and both
-    answer alike."""
+    answer alike (graphs read the stacks they were captured with: new stacks, new graphs)."""
     engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32",
                                 mixed_batches=True)
+    if graphs:
+        graphed(engine)
     items, tasks = ["loved this great movie", "where is my refund"], ["sentiment", "support"]
     before = engine.predict(items, task=tasks)
     for layer in engine._encoders._layers():
@@ -215,18 +225,39 @@ def test_an_add_that_fails_while_stacking_leaves_the_engine_as_it_was(
 
 def test_one_graph_per_padded_length_serves_every_mix_of_adapters(trained_project: Path) -> None:
     eager = Engine.from_config(trained_project, precision="fp32", batch_size=4)
-    engine = graphed(Engine.from_config(trained_project, precision="fp32", batch_size=4))
+    captures: list[int] = []
+    engine = graphed(Engine.from_config(trained_project, precision="fp32", batch_size=4), captures)
     items, tasks = [item for _, item in MIXED], [task for task, _ in MIXED]
     for expected, result in zip(eager.predict(items, task=tasks), engine.predict(items, task=tasks), strict=True):
         assert_same(result, expected)
-    graphs = engine._encoders._graphs
-    assert graphs is not None and [length for length, _ in graphs._graphs] == [32]
+    assert captures == [32]
     # A pass of fewer rows leaves the last pass's rows in the graph's spare rows: they change nothing.
     for task, item in reversed(MIXED):
         assert_same(engine.predict(item, task=task), eager.predict(item, task=task))
     torch.testing.assert_close(engine.embed(["the cat sat on the mat", "paris"]),
                                eager.embed(["the cat sat on the mat", "paris"]), rtol=0, atol=1e-6)
-    assert engine._encoders._graphs is graphs and len(graphs._graphs) == 1
+    long_text = " ".join(["paris"] * 40)  # past the adapters' 32 tokens: only routing reads it whole
+    torch.testing.assert_close(engine.embed([long_text]), eager.embed([long_text]), rtol=0, atol=1e-6)
+    assert len(engine.tokenizer(long_text)["input_ids"]) == 42 and captures == [32, 64]
+
+
+def test_a_pass_keeps_its_outputs_when_the_next_replays_its_graph(trained_project: Path) -> None:
+    encoders = graphed(Engine.from_config(trained_project, precision="fp32"))._encoders
+    first, second = (pad_rows(encoders.tokenizer, [encoders.tokenizer(text)], encoders.device)
+                     for text in ("loved this great movie", "where is my refund"))
+    with torch.inference_mode():
+        kept = encoders._encode(first, ["sentiment"])
+        values = kept.last_hidden_state.clone()
+        encoders._encode(second, ["support"])
+    assert torch.equal(kept.last_hidden_state, values)
+
+
+def test_an_engine_without_adapters_captures_each_length_once(trained_project: Path) -> None:
+    captures: list[int] = []
+    engine = graphed(Engine.from_config(trained_project, tasks=[], precision="fp32"), captures)
+    embeddings = [engine.embed(["the cat sat on the mat", "paris"]) for _ in range(3)]
+    assert captures == [32]
+    assert all(torch.equal(embedding, embeddings[0]) for embedding in embeddings)
 
 
 def perturbed(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict]:
@@ -237,6 +268,7 @@ def perturbed(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[
 
 
 def failing(forward: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[], None], dict]:
+    forward()  # part way through the capture
     raise RuntimeError("operation not permitted when stream is capturing")
 
 

@@ -443,8 +443,9 @@ class InferenceSettings(_Strict):
         0, ge=0, description="adapters whose folded weights stay in memory between calls. Each "
                              "costs one copy of the adapted weights and saves folding them on every call")
     cuda_graphs: bool = Field(
-        True, description="on CUDA, shared passes of an encoder run as CUDA graphs, which replay a pass's "
-                          "kernels in one launch (a graph per padded length; off: every pass launches eagerly)")
+        True, description="on CUDA, an encoder's shared passes run as CUDA graphs, which replay a pass's "
+                          "kernels in one launch (a graph per padded length, which holds GPU memory; off: every "
+                          "pass launches eagerly)")
 
 
 def checked_inference(**settings: Any) -> InferenceSettings:

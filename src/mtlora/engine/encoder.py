@@ -53,7 +53,7 @@ from mtlora.engine.folding import (
     mixed_lora,
     stack_lora,
 )
-from mtlora.engine.graphs import Capture, PassGraphs, cuda_graph_capture, pad_values
+from mtlora.engine.graphs import Capture, GraphMismatch, PassGraphs, cuda_graph_capture, pad_values
 from mtlora.engine.job import Job
 from mtlora.engine.peft_adapters import delete_adapter, load_weights, undone_on_failure, with_adapter
 from mtlora.errors import AdapterNotServableError, BaseModelMismatchError
@@ -61,6 +61,9 @@ from mtlora.registry import Manifest, Registry
 from mtlora.tasks import Example, TaskKind
 
 PEFT_PREFIX = "base_model.model."
+# How far a graph's first outputs may be from the eager pass's, relative to their norm: in fp32 the two
+# differ in rounding only; in bf16 by about 1% where padding and row count change the kernels' sums.
+GRAPH_TOLERANCE, GRAPH_TOLERANCE_BF16 = 1e-3, 5e-2
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
 logger = logging.getLogger(__name__)
 
@@ -250,11 +253,10 @@ class EncoderAdapters:
 
     def bare_hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The last hidden states of the part of the backbone that reads the input, with every adapter off."""
-        graphs = self._pass_graphs(batch)
-        if graphs is not None:
-            return graphs.run(batch, [NO_ADAPTER] * len(batch["input_ids"])).last_hidden_state
-        with self._folded(NO_ADAPTER):
-            return self._encoder_stack()(**batch).last_hidden_state
+        def eager() -> ModelOutput:
+            with self._folded(NO_ADAPTER):
+                return self._encoder_stack()(**batch)
+        return self._replayed_or(eager, batch, [NO_ADAPTER] * len(batch["input_ids"])).last_hidden_state
 
     def _run_batch(self, jobs: list[Job], picked: list[tuple[int, int]]) -> list[_HeadOutput]:
         """Feature rows (job, feature) padded into one encoder pass, then each job's rows through its head."""
@@ -287,37 +289,56 @@ class EncoderAdapters:
             # T5's encoder kinds (T5ForSequenceClassification...) decode the input shifted right; T5Model,
             # unlike BartModel, does not make that decoder input itself.
             inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"]), "use_cache": False}
-        graphs = self._pass_graphs(inputs) if self.mixed_batches else None
-        if graphs is not None:
-            return graphs.run(inputs, adapters)
+        return self._replayed_or(lambda: self._eager_encode(inputs, adapters), inputs, adapters)
+
+    def _eager_encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if isinstance(self.model, PeftModel) and len(set(adapters)) > 1:
             with mixed_lora(self._layers(), adapters, self._stacks):
                 return self.model(**inputs)
         with self._folded(adapters[0]):  # NO_ADAPTER is in no layer: base weights
             return self.model(**inputs)
 
+    def _replayed_or(self, eager: Callable[[], ModelOutput], inputs: dict[str, torch.Tensor],
+                     adapters: list[str]) -> ModelOutput:
+        """A pass's outputs, replayed from a CUDA graph where one serves it, else `eager()`."""
+        graphs = self._pass_graphs(inputs)
+        if graphs is None:
+            return eager()
+        try:
+            return graphs.run(inputs, adapters, eager)
+        except GraphMismatch as mismatch:
+            self._graphs_off(mismatch)
+            return eager()
+
     def _pass_graphs(self, inputs: dict[str, torch.Tensor]) -> PassGraphs | None:
-        """The CUDA graphs that run a pass of `inputs`, for the adapters loaded now; None where a pass
-        runs eagerly (not CUDA, graphs off or failed, or a pass no graph fits)."""
-        if not self.cuda_graphs:
+        """The CUDA graphs that run a pass of `inputs`, for the adapters loaded now; None where a pass runs
+        eagerly: not CUDA, graphs off or failed, per-adapter passes (`mixed_batches: false`, whose folds
+        a graph would not see), or a pass no graph fits."""
+        if not (self.cuda_graphs and self.mixed_batches):
             return None
         layers = self._layers() if isinstance(self.model, PeftModel) else []
-        stacks = self._stacks if layers else {}
-        if self._graphs is None or self._graphs.stacks is not stacks:
-            if not PassGraphs.servable(layers, stacks):
+        if self._graphs is None or self._graphs.stacks is not self._stacks:
+            if not PassGraphs.servable(layers, self._stacks):
                 return None
-            self._graphs = PassGraphs(self.model, self._encoder_stack().config, layers, stacks, self.batch_size,
-                                      pad_values(self.tokenizer), self.graph_capture())
+            self._graphs = PassGraphs(self.model, self._encoder_stack().config, layers, self._stacks, self.batch_size,
+                                      pad_values(self.tokenizer), self.graph_capture(),
+                                      tolerance=GRAPH_TOLERANCE_BF16 if self.bf16 else GRAPH_TOLERANCE)
         if not self._graphs.fits(inputs):
             return None
         try:
             self._graphs.prepare(inputs)
-        except Exception as failure:  # a capture can fail in many ways; eager passes still answer correctly
-            logger.warning("CUDA graphs are off for this engine: capturing a pass failed (%s: %s)",
-                           type(failure).__name__, failure)
+        except SharedAcrossRows:
+            # DeBERTa: no pass can give rows adapters of their own; `_run_passes` says so and runs per adapter.
             self.cuda_graphs, self._graphs = False, None
             return None
+        except Exception as failure:  # a capture can fail in many ways; eager passes still answer correctly
+            self._graphs_off(f"capturing a pass failed ({type(failure).__name__}: {failure})")
+            return None
         return self._graphs
+
+    def _graphs_off(self, reason: object) -> None:
+        logger.warning("CUDA graphs are off for this engine: %s; its passes run eagerly from now on", reason)
+        self.cuda_graphs, self._graphs = False, None
 
     @contextlib.contextmanager
     def _folded(self, adapter: str) -> Iterator[None]:

@@ -60,7 +60,7 @@ class Engine:
             (True), or each adapter gets passes of its own with its LoRA folded into the weights (False).
             "auto": shared passes unless `fold_cache` is set.
         fold_cache: adapters whose folded weights stay in memory between calls (per-adapter passes only).
-        cuda_graphs: on CUDA, shared passes of an encoder run as CUDA graphs (`engine/graphs.py`).
+        cuda_graphs: on CUDA, an encoder's shared passes run as CUDA graphs (`engine/graphs.py`).
         routing_hints: each task's routing hints (keywords, patterns, priority, examples) as its project
             file gives them now (`from_config` passes them); a task left out routes by the hints stored
             in its manifest when it was trained.
