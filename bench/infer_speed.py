@@ -206,7 +206,6 @@ def plain_backbone(model: torch.nn.Module, engine: Engine, stream: list[tuple[An
                 if graphs is None:
                     model(**inputs)
                 else:
-                    graphs.prepare(inputs)
                     graphs.run(inputs, [NO_ADAPTER] * len(batch), eager=lambda inputs=inputs: model(**inputs))
 
 

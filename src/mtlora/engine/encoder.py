@@ -61,8 +61,10 @@ from mtlora.registry import Manifest, Registry
 from mtlora.tasks import Example, TaskKind
 
 PEFT_PREFIX = "base_model.model."
-# How far a graph's first outputs may be from the eager pass's, relative to their norm: in fp32 the two
-# differ in rounding only; in bf16 by about 1% where padding and row count change the kernels' sums.
+# How far each row of a graph's first outputs may be from the eager pass's, relative to its norm: in fp32
+# the two differ in rounding only; in bf16 by up to a few percent, where padding and the row count change
+# the kernels' sums (1.1% at most for MiniLM on this project's CPU). One row given another adapter's LoRA,
+# even a weak one (scaled by 0.1), was 7% off.
 GRAPH_TOLERANCE, GRAPH_TOLERANCE_BF16 = 1e-3, 5e-2
 NO_ADAPTER = "__base__"  # PEFT's name for "this row without any LoRA"
 logger = logging.getLogger(__name__)
@@ -306,8 +308,15 @@ class EncoderAdapters:
             return eager()
         try:
             return graphs.run(inputs, adapters, eager)
+        except SharedAcrossRows:
+            # DeBERTa: no pass can give rows adapters of their own; `_run_passes` says so and runs per adapter.
+            self.cuda_graphs, self._graphs = False, None
+            return eager()
         except GraphMismatch as mismatch:
-            self._graphs_off(mismatch)
+            self._graphs_off(f"{mismatch}. The eager pass answers")
+            return mismatch.eager
+        except Exception as failure:  # a capture or replay can fail in many ways; an eager pass still answers
+            self._graphs_off(f"a pass failed as a CUDA graph ({type(failure).__name__}: {failure})")
             return eager()
 
     def _pass_graphs(self, inputs: dict[str, torch.Tensor]) -> PassGraphs | None:
@@ -323,21 +332,11 @@ class EncoderAdapters:
             self._graphs = PassGraphs(self.model, self._encoder_stack().config, layers, self._stacks, self.batch_size,
                                       pad_values(self.tokenizer), self.graph_capture(),
                                       tolerance=GRAPH_TOLERANCE_BF16 if self.bf16 else GRAPH_TOLERANCE)
-        if not self._graphs.fits(inputs):
-            return None
-        try:
-            self._graphs.prepare(inputs)
-        except SharedAcrossRows:
-            # DeBERTa: no pass can give rows adapters of their own; `_run_passes` says so and runs per adapter.
-            self.cuda_graphs, self._graphs = False, None
-            return None
-        except Exception as failure:  # a capture can fail in many ways; eager passes still answer correctly
-            self._graphs_off(f"capturing a pass failed ({type(failure).__name__}: {failure})")
-            return None
-        return self._graphs
+        return self._graphs if self._graphs.fits(inputs) else None
 
-    def _graphs_off(self, reason: object) -> None:
-        logger.warning("CUDA graphs are off for this engine: %s; its passes run eagerly from now on", reason)
+    def _graphs_off(self, reason: str) -> None:
+        logger.warning("CUDA graphs are off for this engine: %s; its passes run eagerly from now on, as "
+                       "with inference.cuda_graphs: false, which skips the attempt", reason)
         self.cuda_graphs, self._graphs = False, None
 
     @contextlib.contextmanager

@@ -15,10 +15,10 @@ there; their outputs are never read. So a replay computes `batch_size` rows and 
 whatever the pass holds: on a GPU that costs less than the launches it saves.
 
 A capture waits for the device and empties PyTorch's cache of free GPU memory (`torch.cuda.graph`
-does): the first pass of each length after adapters come or go pays for one. Each graph's first pass is
-also run eagerly, the engine's own way, on the pass's real rows and adapters; a graph whose replay
-differs (a backbone whose forward decides something on the host from the data, which a graph freezes)
-turns the graphs off, and the engine runs eagerly from then on.
+does): the first pass of each length after adapters come or go pays for one. A graph's first pass with
+adapters, and its first without, are also run eagerly, the engine's own way, on the pass's real rows
+(`PassGraphs.run`): where a row differs (a backbone whose forward decides something on the host from
+the data, which a graph freezes; a mask gone wrong), the engine turns its graphs off and runs eagerly.
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ Capture = Callable[[Callable[[], Outputs]], tuple[Callable[[], None], Outputs]]
 
 
 class GraphMismatch(RuntimeError):
-    """A graph's first replay differs from the eager pass on the same rows."""
+    """A graph's replay differs from the eager pass on the same rows (`eager`: that pass's outputs)."""
+
+    def __init__(self, message: str, eager: ModelOutput):
+        super().__init__(message)
+        self.eager = eager
 
 
 def cuda_graph_capture() -> Capture:
@@ -81,11 +85,12 @@ class PassGraphs:
     adapters change (the engine then makes a new `PassGraphs`)."""
 
     def __init__(self, model: nn.Module, config: PretrainedConfig, layers: Sequence[lora.Linear], stacks: Stacks,
-                 batch_size: int, pad_values: dict[str, int], capture: Capture, tolerance: float):
-        """`tolerance`: how far, relative to its norm, a graph's first outputs may be from the eager pass's
-        (in bf16 the padding and the row count change the kernels' sums a little)."""
+                 batch_size: int, padding: dict[str, int], capture: Capture, tolerance: float):
+        """`padding`: what each input is padded with (`pad_values`); `tolerance`: how far, relative to
+        its norm, each row of a graph's first outputs may be from the eager pass's (in bf16 the padding and
+        the row count change the kernels' sums a little)."""
         self.model, self.config, self.stacks, self.batch_size = model, config, stacks, batch_size
-        self.pad_values, self._capture, self.tolerance = pad_values, capture, tolerance
+        self.padding, self._capture, self.tolerance = padding, capture, tolerance
         self._layers = [layer for layer in layers if layer.lora_A]
         names = sorted({name for stack in stacks.values() for name in stack.names})
         self.index = {name: position for position, name in enumerate(names)}
@@ -110,32 +115,31 @@ class PassGraphs:
         """Whether a graph can run the pass: rows no more than the graphs hold, inputs it knows how to pad,
         and a padded length the model can read."""
         rows, length = inputs["input_ids"].shape
-        return rows <= self.batch_size and {"input_ids", "attention_mask"} <= set(inputs) <= set(self.pad_values) and (
+        return rows <= self.batch_size and {"input_ids", "attention_mask"} <= set(inputs) <= set(self.padding) and (
             not self.max_length or _padded(length) <= self.max_length)
-
-    def prepare(self, inputs: dict[str, torch.Tensor]) -> None:
-        """The graph for passes shaped as `inputs` (as `fits` allows) captured, if it is not yet."""
-        key = _key(inputs)
-        if key not in self._graphs:
-            self._graphs[key] = self._captured(*key)
 
     def run(self, inputs: dict[str, torch.Tensor], adapters: Sequence[str],
             eager: Callable[[], ModelOutput]) -> ModelOutput:
-        """The pass's outputs for `inputs` (its graph `prepare`d), row i with adapter `adapters[i]` (a name
-        no layer has, such as PEFT's "__base__", for the base weights). A graph's first pass is checked
-        against `eager()`, the same pass run eagerly: `GraphMismatch` where they differ."""
+        """The pass's outputs for `inputs` (a pass `fits`), row i with adapter `adapters[i]` (a name no
+        layer has, such as PEFT's "__base__", for the base weights); its graph captured first if it is
+        new. A graph's first pass with adapters, and its first without, are checked against `eager()`,
+        the same pass run eagerly: `GraphMismatch` where they differ."""
         key = _key(inputs)
+        if key not in self._graphs:
+            self._graphs[key] = self._captured(*key)
         replayed = self._replayed(self._graphs[key], inputs, adapters)
-        if key not in self._checked:
+        # Rows without an adapter leave every mask 0: a pass of only those would not check the LoRA.
+        checked = (key, any(name in self.index for name in adapters))
+        if checked not in self._checked:
             _check(replayed, eager(), self.tolerance)
-            self._checked.add(key)
+            self._checked.add(checked)
         return replayed
 
     def _replayed(self, graph: _Graph, inputs: dict[str, torch.Tensor], adapters: Sequence[str]) -> ModelOutput:
         rows, length = inputs["input_ids"].shape
         for name, tensor in inputs.items():
             static = graph.inputs[name][:rows]
-            static[:, length:].fill_(self.pad_values[name])
+            static[:, length:].fill_(self.padding[name])
             static[:, :length].copy_(tensor)
         row_adapters = torch.tensor([self.index.get(name, -1) for name in adapters])
         graph.adapters[:rows].copy_(row_adapters, non_blocking=True)
@@ -147,7 +151,7 @@ class PassGraphs:
 
     def _captured(self, length: int, names: tuple[str, ...]) -> _Graph:
         device = next(self.model.parameters()).device
-        inputs = {name: torch.full((self.batch_size, length), self.pad_values[name], dtype=torch.long, device=device)
+        inputs = {name: torch.full((self.batch_size, length), self.padding[name], dtype=torch.long, device=device)
                   for name in names}
         inputs["attention_mask"][:, 0] = 1  # spare rows attend to one token, so their softmax stays finite
         adapters = torch.full((self.batch_size,), -1, dtype=torch.long, device=device)
@@ -176,12 +180,15 @@ def _key(inputs: dict[str, torch.Tensor]) -> tuple[int, tuple[str, ...]]:
 
 
 def _check(replayed: ModelOutput, eager: ModelOutput, tolerance: float) -> None:
+    """`GraphMismatch` unless each row of each output is within `tolerance` of the eager one, relative to
+    its norm: per row, so that one row given the wrong LoRA is not diluted among the others."""
     for name, expected in _tensors(eager).items():
-        expected = expected.float()
-        gap = float((replayed[name].float() - expected).norm() / expected.norm().clamp_min(1e-12))
+        expected = expected.float().flatten(1)
+        gaps = (replayed[name].float().flatten(1) - expected).norm(dim=1) / expected.norm(dim=1).clamp_min(1e-12)
+        gap = float(gaps.max())
         if not gap <= tolerance:
-            raise GraphMismatch(f"a replayed pass's {name} is {gap:.3g} of its norm from the eager pass's "
-                                f"(at most {tolerance:g} allowed)")
+            raise GraphMismatch(f"a row of a replayed pass's {name} is {gap:.3g} of its norm from the eager "
+                                f"pass's (at most {tolerance:g} allowed)", eager)
 
 
 def _padded(length: int) -> int:
