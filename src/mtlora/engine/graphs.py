@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft.tuners.lora import layer as lora
@@ -58,7 +59,7 @@ def cuda_graph_capture() -> Capture:
     return lambda forward: _cuda_capture(forward, pool)
 
 
-def _cuda_capture(forward: Callable[[], Outputs], pool: tuple[int, int]) -> tuple[Callable[[], None], Outputs]:
+def _cuda_capture(forward: Callable[[], Outputs], pool: Any) -> tuple[Callable[[], None], Outputs]:
     """`forward` captured as a CUDA graph, after warm-up runs on a side stream (PyTorch's recipe)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -102,7 +103,7 @@ class PassGraphs:
                 distinct[signature] = _columns(stacks[layer], self.index)
         self._columns = {layer: distinct[signature] for layer, signature in signatures.items()}
         self._graphs: dict[tuple[int, tuple[str, ...]], _Graph] = {}
-        self._checked: set[tuple[int, tuple[str, ...]]] = set()
+        self._checked: set[tuple[tuple[int, tuple[str, ...]], bool]] = set()  # (graph, with adapters)
         self.max_length = int(getattr(config, "max_position_embeddings", 0) or 0)
         self._output_type: type[ModelOutput] | None = None
 
