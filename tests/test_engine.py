@@ -622,7 +622,8 @@ def test_auto_shares_passes_unless_folds_are_cached(trained_project: Path) -> No
     ("mixed_batches", 1, "mixed_batches: should be true, false or 'auto'; got 1"),
     ("precision", "bf61", "precision: Input should be 'auto', 'fp32' or 'bf16'"),
     ("fold_cache", -1, "fold_cache: Input should be greater than or equal to 0"),  # a FoldCache(-1) kept none
-    ("batch_size", 0, "batch_size: Input should be greater than 0")])
+    ("batch_size", 0, "batch_size: Input should be greater than 0"),
+    ("cuda_graphs", "maybe", "cuda_graphs: Input should be a valid boolean, unable to interpret input")])
 def test_engine_settings_are_checked_in_python_too(trained_project: Path, setting: str, value: object,
                                                     message: str) -> None:
     """As the project file's `inference` section is checked, with its messages."""
