@@ -51,7 +51,7 @@ from mtlora import Engine
 from mtlora.backbone import linear_weights_in_bf16, load_pretrained, quiet_loading, resolve_backbone
 from mtlora.batching import feature_row, length_sorted_batches, pad_rows, pass_cost_tokens
 from mtlora.config import ROUTER_ADAPTER
-from mtlora.engine.encoder import GRAPH_TOLERANCE_BF16, NO_ADAPTER
+from mtlora.engine.encoder import GRAPH_TOLERANCE, GRAPH_TOLERANCE_BF16, NO_ADAPTER
 from mtlora.engine.graphs import PassGraphs, cuda_graph_capture, pad_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -308,7 +308,8 @@ def main() -> None:
         if engine.device.type == "cuda":  # the engine replays its passes as CUDA graphs: each side of that, eager too
             eager = Engine.from_config(project, precision=args.precision, batch_size=args.batch_size, cuda_graphs=False)
             bare_graphs = PassGraphs(backbone, backbone.config, [], {}, size, pad_values(engine.tokenizer),
-                                     cuda_graph_capture(), tolerance=GRAPH_TOLERANCE_BF16)
+                                     cuda_graph_capture(),
+                                     tolerance=GRAPH_TOLERANCE_BF16 if engine.bf16 else GRAPH_TOLERANCE)
             setups["c4"] = lambda: [eager.predict_batch(items[i:i + size], task=tasks[i:i + size])
                                     for i in range(0, len(items), size)]
             setups["d2"] = lambda: autocasting(engine, lambda: plain_backbone(backbone, engine, stream, size,
