@@ -368,6 +368,22 @@ def test_a_hub_id_that_cannot_be_loaded_is_one_problem_with_its_fix() -> None:
         resolve_backbone("nobody/no-such-model")
 
 
+def test_a_backbone_folder_without_a_model_says_what_is_missing(tmp_path: Path, tiny_bert: Path) -> None:
+    """transformers failed on such folders with a traceback that advised installing sentencepiece."""
+    import shutil
+
+    from mtlora.backbone import resolve_backbone
+
+    parent = tmp_path / "models"
+    shutil.copytree(tiny_bert, parent / "bert")
+    with pytest.raises(ConfigError, match=rf"no config.json in this folder.*the model may be in {parent / 'bert'}"):
+        resolve_backbone(str(parent))
+    for weights in (parent / "bert").glob("model*.safetensors*"):
+        weights.unlink()
+    with pytest.raises(ConfigError, match=r"no model weights in this folder \(none of model.safetensors"):
+        resolve_backbone(str(parent / "bert"))
+
+
 def test_the_project_files_the_readme_shows_load(tmp_path: Path) -> None:
     """The README's examples are what a new user copies first: each whole project file in it must load."""
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")

@@ -60,6 +60,52 @@ def test_training_inputs_cut_at_max_length_are_counted(tiny_project: Path) -> No
     assert cut and cut[0].startswith("[sentiment] 16 of 16 training inputs (100.0%)"), said
 
 
+def test_a_length_past_the_backbones_positions_or_a_later_tasks_bad_data_stops_train_before_any_task(
+        tiny_project: Path) -> None:
+    """Both used to surface late: the length at the first input that long (in training, or when serving),
+    the data of the last task after every task before it had trained."""
+    import yaml
+
+    from mtlora.errors import ConfigError, DataError
+
+    config = yaml.safe_load(tiny_project.read_text())
+    config["tasks"][1]["training"] = {"max_length": 129}  # the tiny BERT has 128 positions
+    tiny_project.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"^tasks\.support\.training\.max_length: 129 tokens, but backbone .+ reads "
+                                          r"at most 128 \(its position embeddings\); set max_length: 128 or less"):
+        mtlora.train(tiny_project, **QUIET)
+    config["tasks"][1]["training"] = {}
+    config["tasks"][-1]["data"]["train"] = "missing.jsonl"
+    tiny_project.write_text(yaml.safe_dump(config))
+    with pytest.raises(DataError, match=r"missing\.jsonl"):
+        mtlora.train(tiny_project, **QUIET)
+    assert Registry(tiny_project.parent / "adapters").names() == []
+
+
+def test_lora_target_modules_naming_no_layer_list_the_backbones_own(tiny_project: Path) -> None:
+    from mtlora.errors import ConfigError
+
+    config = load_config(tiny_project)
+    task = config.task("sentiment")
+    task = task.model_copy(update={"lora": task.lora.model_copy(update={"target_modules": ["q_proj", "v_proj"]})})
+    with pytest.raises(ConfigError, match=r"^lora\.target_modules \['q_proj', 'v_proj'\]: no layer of backbone .+ "
+                                          r"linear layers are named dense, key, query, value: name some of them"):
+        train_task(config, task, "lora", **QUIET)
+
+
+def test_readable_tokens_follow_each_familys_positions() -> None:
+    from transformers import BertConfig, DebertaV2Config, EncoderDecoderConfig, RobertaConfig, T5Config
+
+    from mtlora.backbone import readable_tokens
+
+    bert = BertConfig(max_position_embeddings=128)
+    assert readable_tokens(bert) == 128
+    assert readable_tokens(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert readable_tokens(EncoderDecoderConfig.from_encoder_decoder_configs(bert, BertConfig())) == 128
+    assert readable_tokens(T5Config()) is None  # relative positions read any length
+    assert readable_tokens(DebertaV2Config(position_biased_input=False)) is None
+
+
 def test_train_lets_each_model_go_once_stored(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training many tasks must hold one model at a time: on a GPU the models would otherwise fill it."""
     made: list[weakref.ref] = []

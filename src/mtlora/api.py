@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig
 
 from mtlora import routing
+from mtlora.backbone import resolve_backbone
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
-from mtlora.data import check_split
+from mtlora.data import check_split, load_task_data
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.inputs import Input
 from mtlora.errors import AdapterNotFoundError, RegistryError, train_hint
@@ -32,7 +34,7 @@ from mtlora.routing import Route
 from mtlora.routing.learned import remove_router
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
-from mtlora.training import TrainOutcome, train_task
+from mtlora.training import TrainOutcome, check_max_length, train_task
 
 ConfigLike = ProjectConfig | str | os.PathLike[str]
 
@@ -59,12 +61,20 @@ def train(
     holds one model at a time, on the GPU where there is one.
     """
     project = as_config(config)
+    tasks = project.select(task)
+    # Every task's data and length read before the first trains: a wrong path or column in the last task
+    # would otherwise surface after hours spent on the others.
+    backbone = AutoConfig.from_pretrained(resolve_backbone(project.backbone))
+    for task_config in tasks:
+        check_max_length(task_config, project.backbone, backbone)
+    data = {task_config.name: load_task_data(project, task_config) for task_config in tasks}
     outcomes = []
-    for task_config in project.select(task):
+    for task_config in tasks:
         wanted = task_config.training.baseline if baseline is None else baseline
         methods = ["lora", "head_only"] if wanted and get_task_kind(task_config.kind).has_head else ["lora"]
         for method in methods:
-            outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log, keep=True)
+            outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log, keep=True,
+                                 data=data[task_config.name])
             outcomes.append(dataclasses.replace(outcome, model=None))
             del outcome
             _release_memory()

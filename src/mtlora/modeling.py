@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.error import NoMatchingPeftModuleError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -83,7 +84,14 @@ def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSe
             modules_to_save=list(head) or None,  # a copy: PEFT extends the list in place (with its defaults)
             trainable_token_indices=added or None,
         )
-        model = get_peft_model(model, config)
+        try:
+            model = get_peft_model(model, config)
+        except NoMatchingPeftModuleError:
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, nn.Linear) and not _in_modules(f"{name}.weight", head)})
+            raise ConfigError(f"lora.target_modules {lora.target_modules}", [
+                f"no layer of backbone '{backbone}' has such a name; its linear layers are named "
+                f"{', '.join(linear)}: name some of them, or give all-linear"]) from None
     elif method == "head_only":
         for name, parameter in model.named_parameters():
             parameter.requires_grad = _in_modules(name, head)

@@ -30,6 +30,7 @@ import torch.distributed
 import transformers
 from torch import nn
 from transformers import (
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
@@ -46,11 +47,12 @@ from mtlora.backbone import (
     fingerprint_backbone_setup,
     load_tokenizer,
     no_save_progress_bars,
+    readable_tokens,
     use_bf16,
 )
 from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
-from mtlora.errors import MtloraError, TrainingInterrupted
+from mtlora.errors import ConfigError, MtloraError, TrainingInterrupted
 from mtlora.modeling import (
     BASELINE_FILE,
     BASELINE_RECORD,
@@ -115,6 +117,7 @@ def train_task(
     progress: bool = True,
     log: Callable[[str], None] = print,
     keep: bool = False,
+    data: TaskData | None = None,
 ) -> TrainOutcome:
     """Train `task` with `method` and store the result.
 
@@ -123,11 +126,11 @@ def train_task(
     A run interrupted by Ctrl-C or a crash resumes from its latest checkpoint when called again,
     unless `fresh` is set or the settings changed. With `keep` (and not `fresh`), a stored result that
     is up to date (`stored_result`) is returned instead of training: run again after an interruption, a
-    training trains only what it had not stored yet.
+    training trains only what it had not stored yet. `data`: the task's data, read already.
     """
     # Every declared split is read, though training uses one: a bad validation or test file fails now,
     # not at `evaluate` after the training it would have voided (and so when the result is kept, too).
-    data = load_task_data(project, task)
+    data = load_task_data(project, task) if data is None else data
     if keep and not fresh and (kept := _kept(project, task, method, data, log)):
         return kept
     registry = Registry(project.registry)
@@ -181,6 +184,7 @@ def _set_up(project: ProjectConfig, task: TaskConfig, method: Method, data: Task
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
     built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
+    check_max_length(task, project.backbone, built.model.config)
     saved_rank = kind.saved_rank if task.lora.saved_rank == "auto" else task.lora.saved_rank
     if method == "lora":
         check_truncatable(built.model, saved_rank)  # type: ignore[arg-type]  # before hours of training
@@ -188,6 +192,17 @@ def _set_up(project: ProjectConfig, task: TaskConfig, method: Method, data: Task
     encoded = kind.encode(tokenizer, data.train, settings.max_length, settings.doc_stride, with_targets=True)
     return _Run(data=data, data_signature=data_signature, tokenizer=tokenizer, built=built, encoded=encoded,
                 train_set=datasets.Dataset.from_dict(encoded.features), saved_rank=saved_rank)
+
+
+def check_max_length(task: TaskConfig, backbone: str, config: PretrainedConfig) -> None:
+    """Refuse a `training.max_length` longer than the backbone reads: training and inference would
+    fail on the first input that long (a tensor size mismatch deep in the model), or never meet one
+    in training and fail when serving."""
+    limit = readable_tokens(config)
+    if limit is not None and task.training.max_length > limit:
+        raise ConfigError(f"tasks.{task.name}.training.max_length", [
+            f"{task.training.max_length} tokens, but backbone '{backbone}' reads at most {limit} (its position "
+            f"embeddings); set max_length: {limit} or less (extractive QA windows longer contexts)"])
 
 
 def _warn_of_cut_inputs(task: TaskConfig, run: _Run, log: Callable[[str], None]) -> None:
