@@ -137,6 +137,13 @@ def test_train_evaluate_predict_and_list(tiny_project: Path) -> None:
     assert "sentiment, support" in head_row and f"{2 * (hidden + 1)}" in head_row and "accuracy 1.000" in head_row
     shown = run("adapters", "show", tiny_project, "sentiment")
     assert json.loads(shown.output)["labels"] == ["negative", "positive"]
+    shutil.copytree(registry.path("sentiment"), registry.root / "broken")
+    (registry.root / "broken" / "manifest.json").write_text("{")
+    listed = run("adapters", "list", tiny_project)  # the listing that diagnoses a damaged adapter hides no other
+    assert listed.exit_code == 0, listed.output
+    assert "sentiment" in listed.output and re.search(r"broken\s+│ damaged", listed.output), listed.output
+    assert "damaged: " in listed.output and "manifest.json" in listed.output
+    shutil.rmtree(registry.root / "broken")
 
     kept = runner.invoke(app, ["adapters", "remove", str(tiny_project), "sentiment"], input="n\n")
     assert kept.exit_code == 1 and "sentiment" in registry  # asked, and told no
@@ -271,6 +278,10 @@ def test_route_predict_without_task_evaluate_routers_and_merge(trained_project: 
     refused = run("merge", trained_project, "sentiment", tmp_path / "notes", "--overwrite")
     assert refused.exit_code == 2 and "holds no saved model" in refused.output
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    under_a_file = run("merge", trained_project, "sentiment", tmp_path / "notes" / "todo.txt" / "merged")
+    assert under_a_file.exit_code == 2, under_a_file.output  # a traceback of FileExistsError before
+    assert f"error: {tmp_path / 'notes' / 'todo.txt'}: " in under_a_file.output
+    assert "(check the path and its permissions)" in under_a_file.output
 
     both = run("predict", trained_project, "hello", "--task", "sentiment", "--router", "learned")
     assert both.exit_code == 2 and "task 'sentiment' and router 'learned' were both given" in both.output

@@ -159,13 +159,15 @@ def test_a_backbone_stored_in_fp16_trains_and_serves_in_fp32(tmp_path: Path, tin
         assert ours["confidence"] == pytest.approx(theirs["confidence"], abs=1e-5)
 
 
-def test_adapter_loads_with_plain_peft(trained_project: Path) -> None:
+@pytest.mark.parametrize("task", ["sentiment", "similarity"])  # 2 labels, and a regression's one output
+def test_adapter_loads_with_plain_peft_as_the_readme_shows(trained_project: Path, task: str) -> None:
     config = load_config(trained_project)
-    manifest = mtlora.show_adapter(config, "sentiment")
-    base = AutoModelForSequenceClassification.from_pretrained(config.backbone, num_labels=len(manifest.labels))
-    ours = mtlora.load_predictor(config, "sentiment")
-    model = PeftModel.from_pretrained(base, config.registry / "sentiment").to(ours.device).eval()
-    batch = ours.tokenizer(INPUTS["sentiment"], padding=True, return_tensors="pt").to(ours.device)
+    manifest = json.loads((config.registry / task / "manifest.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(config.backbone, **manifest["model_kwargs"])
+    ours = mtlora.load_predictor(config, task)
+    model = PeftModel.from_pretrained(base, config.registry / task).to(ours.device).eval()
+    columns = [list(column) for column in zip(*INPUTS[task], strict=True)] if task == "similarity" else [INPUTS[task]]
+    batch = ours.tokenizer(*columns, padding=True, return_tensors="pt").to(ours.device)
     with torch.inference_mode():
         torch.testing.assert_close(model(**batch).logits, ours.model(**batch).logits, rtol=0, atol=1e-6)
 

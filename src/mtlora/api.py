@@ -18,7 +18,7 @@ from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
 from mtlora.data import check_split, load_task_data
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.inputs import Input
-from mtlora.errors import AdapterNotFoundError, RegistryError, train_hint
+from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError, train_hint
 from mtlora.evaluation import (
     RoutingReport,
     TaskReport,
@@ -109,6 +109,8 @@ def evaluate(
             raise RegistryError(f"no task of the project is trained yet: train them first (`{train_hint()}`)")
         log(f"not trained yet, so not evaluated: {', '.join(untrained)} (`{train_hint('NAME')}`)")
         tasks = [t for t in tasks if t.name not in untrained]
+    if write:  # a file where the folder goes fails now, not after the first evaluation
+        Path(project.reports).mkdir(parents=True, exist_ok=True)
     reports = []
     for t in tasks:
         reports.append(evaluate_task(project, t, split, log=log))
@@ -141,6 +143,8 @@ def evaluate_routers(
         raise RegistryError(f"no router to evaluate ({'; '.join(f'{n}: {why}' for n, why in skipped.items())})")
     for name, missing in skipped.items():  # said once: in the error above when no router is left, else here
         log(f"[routing] skipping '{name}': {missing}")
+    if write:
+        Path(project.reports).mkdir(parents=True, exist_ok=True)
     # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
     engine = Engine.from_config(project, [t.name for t in project.tasks])
     reports = evaluate_routing(engine, routing_mix(project, split, per_task, log=log), available, split, log=log)
@@ -225,6 +229,19 @@ def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = 
 
 def list_adapters(config: ConfigLike) -> list[Manifest]:
     return list(Registry(as_config(config).registry).manifests())
+
+
+def adapter_listing(config: ConfigLike) -> tuple[list[Manifest], dict[str, str]]:
+    """The manifests of the registry's adapters, and why each of the others cannot be read (by name): one
+    damaged adapter does not hide the rest from the listing that diagnoses it."""
+    registry = Registry(as_config(config).registry)
+    manifests, damaged = [], {}
+    for name in registry.names():
+        try:
+            manifests.append(registry.manifest(name))
+        except CorruptAdapterError as error:
+            damaged[name] = str(error)
+    return manifests, damaged
 
 
 def router_head(config: ConfigLike) -> HeadInfo | None:

@@ -98,6 +98,12 @@ def reports_errors(command: F) -> F:
         except MtloraError as error:
             errors.print(Text.assemble(("error:", "bold red"), f" {error}"), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        except OSError as error:  # a path given that cannot be written or read: a file where a folder goes...
+            if error.strerror is None or error.filename is None:
+                raise  # not about a path: a bug to see whole
+            errors.print(Text.assemble(("error:", "bold red"), f" {error.filename}: {error.strerror.lower()} "
+                                       "(check the path and its permissions)"), highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -378,8 +384,8 @@ def _check_port_free(host: str, port: int) -> None:
 def adapters_list(config: ConfigArg) -> None:
     """The adapters stored in the project's registry, with their main metric."""
     project = api.as_config(config)
-    manifests, head = api.list_adapters(project), api.router_head(project)
-    if not manifests and head is None:
+    (manifests, damaged), head = api.adapter_listing(project), api.router_head(project)
+    if not manifests and not damaged and head is None:
         say(f"No adapters in {project.registry} yet; run `mtlora train {config}`.")
         return
     table = Table(title=f"Adapters in {project.registry}")
@@ -391,11 +397,15 @@ def adapters_list(config: ConfigArg) -> None:
             _main_metric(m.metrics.get("validation", {}), get_task_kind(m.kind))
         table.add_row(m.name, m.kind, ", ".join(m.labels or []) or "-",
                       f"{m.parameters.trainable:,} ({m.parameters.share})", f"{m.parameters.stored:,}", metric)
+    for name in damaged:
+        table.add_row(name, Text("damaged", style="red"), "-", "-", "-", "-")
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
         accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
         table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",
                       f"{head.parameters:,}", accuracy)
     console.print(table)
+    for reason in damaged.values():
+        errors.print(Text.assemble(("damaged:", "bold red"), f" {reason}"), highlight=False, soft_wrap=True)
 
 
 @adapters_app.command("show")

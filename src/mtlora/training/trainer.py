@@ -231,7 +231,7 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     if stopper.requested:
         raise TrainingInterrupted(
             f"[{task.name}] interrupted at step {trainer.state.global_step}; checkpoint saved in {run_dir}. "
-            "Run the same command again to resume."
+            "Run the same command again, without --fresh (fresh=True in Python), to resume."
         )
     outcome = _outcome(task, method, run, trainer, result.metrics, clock, resume)
     if outcome.warning:
