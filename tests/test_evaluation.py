@@ -164,6 +164,35 @@ def test_a_task_named_like_a_project_wide_report_or_another_split_keeps_its_own(
     assert json.loads((tmp_path / "routing.json").read_text())[0]["router"] == "keywords"
 
 
+def routing_row(router: str, accuracy: float, examples: int = 2) -> RoutingReport:
+    return RoutingReport(router=router, features=None, split="validation", examples=examples, accuracy=accuracy,
+                         unroutable=0.0, shape_share=0.0, per_task={"a": accuracy}, labels=["a", "(unroutable)"],
+                         confusion=[[2, 0]], ms_per_input=0.1)
+
+
+def test_a_later_routing_run_keeps_the_other_routers_of_the_same_mix_but_not_a_gone_one(tmp_path: Path) -> None:
+    """`evaluate --router keywords` after `--router all` left a table of keywords alone (and the others'
+    plots beside it); a removed learned router's row and plot stayed."""
+    write_routing_reports([routing_row("keywords", 0.5), routing_row("semantic", 0.7), routing_row("learned", 0.9)],
+                          tmp_path)
+    write_routing_reports([routing_row("keywords", 0.6)], tmp_path, gone=["learned"])
+    rows = json.loads((tmp_path / "routing.json").read_text())
+    assert [(r["router"], r["accuracy"]) for r in rows] == [("keywords", 0.6), ("semantic", 0.7)]
+    assert "**0.700**" in (tmp_path / "routing.md").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["routing_keywords_confusion.png",
+                                                              "routing_semantic_confusion.png"]
+    write_routing_reports([routing_row("keywords", 0.6, examples=3)], tmp_path)  # another mix: not comparable
+    assert [r["router"] for r in json.loads((tmp_path / "routing.json").read_text())] == ["keywords"]
+
+
+def test_the_summary_leaves_out_the_reports_of_adapters_no_longer_in_the_registry(tmp_path: Path) -> None:
+    write_reports([report_of("kept"), report_of("removed")], tmp_path)
+    write_reports([report_of("kept")], tmp_path, adapters=["kept"])
+    assert [r["task"] for r in json.loads((tmp_path / "summary.json").read_text())] == ["kept"]
+    assert "removed" not in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "tasks" / "validation" / "removed.json").is_file()  # its files stay
+
+
 def test_reports_an_earlier_version_wrote_move_to_their_place_and_stay_in_the_summary(tmp_path: Path) -> None:
     earlier = {"sentiment.json": report_of("sentiment"), "sentiment.test.json": report_of("sentiment", "test"),
                    "tasks/qa.json": report_of("qa"), "tasks/qa.test.json": report_of("qa", "test")}

@@ -115,7 +115,7 @@ def evaluate(
     for t in tasks:
         reports.append(evaluate_task(project, t, split, log=log))
         if write:  # task by task: an error in a later task keeps the reports already made
-            write_reports(reports[-1:], Path(project.reports))
+            write_reports(reports[-1:], Path(project.reports), registry.names())
     return reports
 
 
@@ -149,7 +149,9 @@ def evaluate_routers(
     engine = Engine.from_config(project, [t.name for t in project.tasks])
     reports = evaluate_routing(engine, routing_mix(project, split, per_task, log=log), available, split, log=log)
     if write and reports:
-        write_routing_reports(reports, Path(project.reports))
+        gone = [name for name in routing.choosing_routers() if name not in available
+                and routing.router_class(name).missing(registry, project.router)]
+        write_routing_reports(reports, Path(project.reports), gone)
     return reports
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 TASKS = "tasks"  # the reports' subfolder of per-task files
 
 
-def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
+def write_reports(reports: Sequence[TaskReport], folder: Path, adapters: Collection[str] | None = None) -> list[Path]:
     """Write `tasks/<split>/<task>.json`, `tasks/<split>/<task>_confusion.png` (labelled tasks) and
     `summary.md` / `summary.json`.
 
-    A report replaces the previous one of its task and split; the summary lists every report there is.
+    A report replaces the previous one of its task and split; the summary lists every report there is, of
+    the tasks in `adapters` when given (the registry's: a removed adapter's files stay, out of the summary).
     Task files have a folder of their own: beside summary.* and routing.*, a task named `summary` or
     `routing` would overwrite them, or be overwritten; and one per split, since a task name may hold a dot.
     """
@@ -43,6 +44,7 @@ def write_reports(reports: Sequence[TaskReport], folder: Path) -> list[Path]:
             written.append(plot_confusion(report.labels, report.confusion, title, path))
     everything = sorted((TaskReport(**_load(path)) for path in (folder / TASKS).glob("*/*.json")),
                         key=lambda r: (r.task, SPLITS.index(r.split) if r.split in SPLITS else len(SPLITS)))
+    everything = [r for r in everything if adapters is None or r.task in adapters]
     atomic.write_json(folder / "summary.json", [r.to_dict() for r in everything])
     atomic.write_text(folder / "summary.md", markdown_summary(everything))
     return [*written, folder / "summary.md", folder / "summary.json"]
@@ -218,8 +220,13 @@ def _mix_name(split: str) -> str:
     return "A mix" if split == "train" else "A held-out mix"
 
 
-def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> list[Path]:
-    """`routing.json`, `routing.md` and one `routing_<router>_confusion.png` per router."""
+def write_routing_reports(reports: Sequence[RoutingReport], folder: Path, gone: Collection[str] = ()) -> list[Path]:
+    """`routing.json`, `routing.md` and one `routing_<router>_confusion.png` per router.
+
+    The routers of an earlier run on the same mix (split, tasks and inputs) that this run did not evaluate
+    again stay in the table, as task reports stay in the summary, but for those `gone` (a learned router
+    since removed); the plots of routers the table no longer holds go."""
+    reports = [r for r in _with_earlier_routers(reports, folder / "routing.json") if r.router not in gone]
     written = [folder / "routing.json", folder / "routing.md"]
     atomic.write_json(written[0], [r.to_dict() for r in reports])
     tasks = reports[0].labels[:-1] if reports else []
@@ -247,4 +254,21 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path) -> lis
               "`routing_<router>_confusion.png`. ms / input leaves out the router's one-time setup: it routes one "
               "input of each task, untimed, first.", ""]
     atomic.write_text(written[1], "\n".join(lines))
+    for plot in folder.glob("routing_*_confusion.png"):
+        if plot not in written:
+            plot.unlink()
     return written
+
+
+def _with_earlier_routers(reports: Sequence[RoutingReport], path: Path) -> list[RoutingReport]:
+    """`reports`, after the rows of `path` (an earlier routing.json) for other routers on the same mix."""
+    if not reports or not path.is_file():
+        return list(reports)
+    mix = (reports[0].split, reports[0].labels, reports[0].examples)
+    try:
+        earlier = [RoutingReport(**row) for row in _load(path)]
+    except (ValueError, TypeError):  # not a routing report of this version: replaced, as before
+        return list(reports)
+    fresh = {r.router: r for r in reports}
+    kept = [fresh.pop(r.router, r) for r in earlier if (r.split, r.labels, r.examples) == mix]  # in their places
+    return [*kept, *fresh.values()]
