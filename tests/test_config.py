@@ -194,8 +194,9 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     assert str(missing.value) == f"{tmp_path / 'nope.yaml'}: file not found"  # one problem is no list
     path = tmp_path / "bad.yaml"
     path.write_text("tasks: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as bad:
         load_config(path)
+    assert f'in "{path}", line 1' in str(bad.value) and "<unicode string>" not in str(bad.value)
     # PyYAML keeps the last of two same keys in silence: a task's second training: block dropped its first.
     path.write_text("tasks:\n  - name: a\n    kind: classification\n    training: {epochs: 2}\n"
                     "    data: {train: t.jsonl}\n    training: {lr: 0.1}\n")

@@ -221,6 +221,24 @@ def test_a_short_row_and_a_null_label_are_named_for_what_they_are(tmp_path: Path
         load(tmp_path, "classification", name, **LABELS)
 
 
+def test_a_file_of_another_delimiter_says_which_format_to_set(tmp_path: Path) -> None:
+    """A TSV read as CSV was "a field is missing on this line" at line 1, its tabs never mentioned."""
+    (tmp_path / "tabs.csv").write_text("text\tlabel\ngood\tpos\n")
+    with pytest.raises(DataError, match=r"tabs.csv:1: the header line reads as one CSV field \(the file looks "
+                                        r"tab-separated: set format: tsv\)"):
+        load(tmp_path, "classification", "tabs.csv", **LABELS)
+    (tmp_path / "commas.tsv").write_text("good,pos\nbad,neg\n")
+    with pytest.raises(DataError, match=r"commas.tsv:1: expected 2 TSV fields .*found 1 \(the file looks "
+                                        r"comma-separated: set format: csv\)"):
+        load(tmp_path, "classification", {"path": "commas.tsv", "columns": ["text", "label"]}, **LABELS)
+    (tmp_path / "semicolons.csv").write_text("text;label\ngood;pos\n")
+    with pytest.raises(DataError, match=r"semicolon-separated, which mtlora does not read"):
+        load(tmp_path, "classification", "semicolons.csv", **LABELS)
+    (tmp_path / "late.tsv").write_text("text\tlabel\ngood\tpos\nbad, so bad\n")  # one row, not the file
+    with pytest.raises(DataError, match=r"late.tsv:3: expected 2 TSV fields .*found 1 \(a field is missing"):
+        load(tmp_path, "classification", "late.tsv", **LABELS)
+
+
 def test_a_repeated_column_name_is_refused(tmp_path: Path) -> None:
     """A row read as a dict keeps only the last of two same-named columns: the first would vanish."""
     (tmp_path / "train.csv").write_text("text,text,label\na,b,pos\nc,d,neg\n")

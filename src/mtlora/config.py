@@ -543,8 +543,8 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     path = Path(path)
     try:
         raw = yaml.load(_project_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    except yaml.YAMLError as exc:  # read from a string, its marks name "<unicode string>", not the file
+        raise ConfigError(str(path), [f"not valid YAML: {str(exc).replace('<unicode string>', str(path))}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), ["the file must hold a mapping with at least a 'tasks' list"])
     raw = _deep_merge(raw, overrides or {})

@@ -282,6 +282,8 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
             header = [name.strip() for name in header]  # "text, label", as hand-written CSVs space them
             header_where = f"{path}:{header_line}"
             line = reader.line_num + 1
+        if header_where != str(path) and (hint := _other_delimiter(header, fmt)):
+            raise DataError(header_where, f"the header line reads as one {fmt.upper()} field", hint)
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:  # a dict row would keep only the last of them
             raise DataError(header_where,
@@ -300,7 +302,9 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                     raise DataError(
                         where,
                         f"expected {width} {fmt.upper()} fields ({', '.join(header)}), found {len(fields)}",
-                        _width_hint(len(fields) < width, quoting == csv.QUOTE_MINIMAL),
+                        # The first row, when it does not split, tells of the file's delimiter, not of one row.
+                        (not rows and _other_delimiter(fields, fmt))
+                        or _width_hint(len(fields) < width, quoting == csv.QUOTE_MINIMAL),
                     )
                 if fmt == "tsv" and source.quoting == "minimal" and any("\t" in f or "\n" in f for f in fields):
                     # A quote opened inside GLUE-style text swallows tabs and lines until the next quote.
@@ -336,6 +340,19 @@ def _malformed(path: Path, line: int, error: csv.Error, fmt: str) -> DataError:
     # The csv module's message holds the delimiter itself: a tab would print as blank space.
     expected = str(error).replace("\t", "\\t")
     return DataError(f"{path}:{line}", f"a quoted field goes on past its closing quote ({expected})", fix)
+
+
+def _other_delimiter(fields: list[str], fmt: str) -> str | None:
+    """What to set when a line that split into one field holds another format's delimiter."""
+    if len(fields) != 1:
+        return None
+    if fmt == "csv" and "\t" in fields[0]:
+        return "the file looks tab-separated: set format: tsv"
+    if fmt == "tsv" and "," in fields[0]:
+        return "the file looks comma-separated: set format: csv"
+    if ";" in fields[0]:
+        return "the file looks semicolon-separated, which mtlora does not read: save it with commas (CSV) or tabs (TSV)"
+    return None
 
 
 def _width_hint(too_few: bool, quoted: bool) -> str:
