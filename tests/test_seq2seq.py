@@ -62,6 +62,21 @@ def test_generation_trains_on_seq2seq_checkpoints(request, tmp_path: Path, backb
     assert isinstance(prediction["text"], str) and 1 <= prediction["generated_tokens"] <= 6  # max_new_tokens
 
 
+def test_decoding_past_a_warm_started_decoders_positions_is_refused_before_training(
+        tmp_path: Path, warm_start_bert: Path) -> None:
+    """Generation failed at the 128th token written (the tiny BERT's positions), after the training."""
+    from mtlora.errors import ConfigError
+
+    config = load_config(write_seq2seq_project(tmp_path, warm_start_bert))
+    task = config.task("summarize")
+    decoding = task.seq2seq.decoding.model_copy(update={"max_new_tokens": 128})
+    task = task.model_copy(update={"seq2seq": task.seq2seq.model_copy(update={"decoding": decoding})})
+    with pytest.raises(ConfigError, match=r"^tasks\.summarize\.seq2seq\.decoding\.max_new_tokens: 128 tokens, but "
+                                          r"the decoder of backbone .+ reads at most 128, its start token included; "
+                                          r"set max_new_tokens: 127 or less"):
+        train_task(config, task, "lora", **QUIET)
+
+
 def test_an_encoder_with_no_decoder_form_is_refused_for_seq2seq(tmp_path: Path, tiny_bert: Path) -> None:
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 

@@ -203,6 +203,16 @@ def check_max_length(task: TaskConfig, backbone: str, config: PretrainedConfig) 
         raise ConfigError(f"tasks.{task.name}.training.max_length", [
             f"{task.training.max_length} tokens, but backbone '{backbone}' reads at most {limit} (its position "
             f"embeddings); set max_length: {limit} or less (extractive QA windows longer contexts)"])
+    decoder = getattr(config, "decoder", None)  # an encoder-decoder warm-started from an encoder: BERT's positions
+    if task.seq2seq is None or not isinstance(decoder, PretrainedConfig) or not (limit := readable_tokens(decoder)):
+        return
+    # The decoder reads a start token before the target, or before each token it writes.
+    for setting, tokens in (("max_target_length", task.seq2seq.max_target_length),
+                            ("decoding.max_new_tokens", task.seq2seq.decoding.max_new_tokens)):
+        if tokens + 1 > limit:
+            raise ConfigError(f"tasks.{task.name}.seq2seq.{setting}", [
+                f"{tokens} tokens, but the decoder of backbone '{backbone}' reads at most {limit}, its start token "
+                f"included; set {setting.split('.')[-1]}: {limit - 1} or less"])
 
 
 def _warn_of_cut_inputs(task: TaskConfig, run: _Run, log: Callable[[str], None]) -> None:
