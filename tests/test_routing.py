@@ -234,8 +234,8 @@ class SlowToBuild:
     routers do (embedding their example bank, loading their adapter), and as long again on the first input
     it is unsure of, as a cascade builds its encoder banks; it routes a text to its first word."""
 
-    def __init__(self, setup: float) -> None:
-        self.setup = setup
+    def __init__(self, setup: float, tasks: tuple[str, ...] = ()) -> None:
+        self.setup, self.tasks = setup, list(tasks)
         self.built: set[tuple[str, bool]] = set()
 
     def request(self, item: str) -> str:
@@ -267,6 +267,19 @@ def test_only_routes_made_to_a_task_count_as_routed_by_shape() -> None:
     mix = [("a pair of texts", "paraphrase"), ("no task takes this shape", "qa")]
     report, = evaluate_routing(ByShape(setup=0), mix, ["keywords"], "validation", log=lambda _: None)
     assert (report.shape_share, report.unroutable) == (0.5, 0.5)
+
+
+def test_a_route_to_a_loaded_task_with_no_inputs_in_the_mix_counts_as_a_miss(tmp_path: Path) -> None:
+    """A task whose split is empty is left out of the mix but still loaded: a route to it failed the whole
+    evaluation ("ValueError: 'news' is not in list")."""
+    mix = [("sentiment great film", "sentiment"), ("support my refund", "support"), ("news stocks fell", "sentiment")]
+    engine = SlowToBuild(setup=0, tasks=("news", "sentiment", "support"))
+    report, = evaluate_routing(engine, mix, ["keywords"], "validation", log=lambda _: None)
+    assert report.accuracy == 2 / 3 and report.per_task == {"sentiment": 0.5, "support": 1.0}
+    assert report.labels == ["sentiment", "support", "news", "(unroutable)"]
+    assert report.confusion == [[1, 0, 1, 0], [0, 1, 0, 0]]
+    write_routing_reports([report], tmp_path)
+    assert "| sentiment | support |" in (tmp_path / "routing.md").read_text()
 
 
 def test_routing_reports_the_share_of_inputs_routed_by_their_shape(trained_project: Path, tmp_path: Path) -> None:

@@ -229,7 +229,7 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path, gone: 
     reports = [r for r in _with_earlier_routers(reports, folder / "routing.json") if r.router not in gone]
     written = [folder / "routing.json", folder / "routing.md"]
     atomic.write_json(written[0], [r.to_dict() for r in reports])
-    tasks = reports[0].labels[:-1] if reports else []
+    tasks = list(reports[0].per_task) if reports else []  # the mix's tasks: the confusion's rows
     split = reports[0].split if reports else ""
     lines = ["# Routing", "", f"{_mix_name(split)} of every task's inputs ({split}), "
              "pairs and QA given as plain text pairs; each router picks the task. A multitask task has no inputs "

@@ -82,6 +82,8 @@ def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int
 def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Sequence[str], split: str,
                      log: Callable[[str], None] = print) -> list[RoutingReport]:
     tasks = sorted({task for _, task in mix})
+    # Confusion columns: a route may go to a loaded task whose split had no inputs (left out of the mix).
+    columns = [*tasks, *sorted(set(engine.tasks) - set(tasks)), UNROUTABLE]
     requests = [engine.request(item) for item, _ in mix]
     reports = []
     for router in routers:
@@ -91,7 +93,6 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
         elapsed = time.perf_counter() - started
         chosen = [r.task or UNROUTABLE for r in routes]
         truth = [task for _, task in mix]
-        columns = [*tasks, UNROUTABLE]
         counts = confusion([columns.index(t) for t in truth], [columns.index(c) for c in chosen], len(columns))
         per_task = {t: _share(c == t for c, g in zip(chosen, truth, strict=True) if g == t) for t in tasks}
         reads = ROUTERS[router].reads_features
