@@ -195,10 +195,13 @@ def test_a_bad_input_gets_its_error_and_the_next_request_its_answer(client: Test
 
 def test_admin_endpoints_need_the_token(client: TestClient, monkeypatch) -> None:
     monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
-    assert error_of(client.delete("/v1/adapters/qa"))["type"] == "admin_disabled"
+    for call in (client.delete, client.post):  # unloading and (re)loading alike
+        assert error_of(call("/v1/adapters/qa"))["type"] == "admin_disabled"
     monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
-    assert client.delete("/v1/adapters/qa").status_code == 401
-    assert client.delete("/v1/adapters/qa", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    for call in (client.delete, client.post):
+        assert call("/v1/adapters/qa").status_code == 401
+        assert call("/v1/adapters/qa", headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert call("/v1/adapters/qa", headers={"Authorization": "Basic s3cret"}).status_code == 401  # the scheme too
     auth = {"Authorization": "bearer s3cret"}  # the scheme's name in any case
     assert client.delete("/v1/adapters/..%2Fsecrets", headers=auth).status_code in (400, 404)
     assert client.post("/v1/adapters/bad.name..x", headers=auth).status_code == 400
