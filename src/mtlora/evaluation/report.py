@@ -261,7 +261,8 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path, gone: 
 
 
 def _with_earlier_routers(reports: Sequence[RoutingReport], path: Path) -> list[RoutingReport]:
-    """`reports`, after the rows of `path` (an earlier routing.json) for other routers on the same mix."""
+    """`reports` with the rows of `path` (an earlier routing.json) for other routers on the same mix: earlier
+    routers in their places, a router evaluated again in its old place, new ones last."""
     if not reports or not path.is_file():
         return list(reports)
     mix = (reports[0].split, reports[0].labels, reports[0].examples)
