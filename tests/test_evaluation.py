@@ -13,7 +13,15 @@ from mtlora import load_config
 from mtlora.data import TaskData
 from mtlora.evaluation import RoutingReport, TaskReport, write_reports, write_routing_reports
 from mtlora.evaluation.report import confusion_figure
-from mtlora.metrics import classification_metrics, regression_metrics, rouge, squad_metrics, undefined_correlation
+from mtlora.metrics import (
+    classification_metrics,
+    degenerate_shares,
+    normalize_answer,
+    regression_metrics,
+    rouge,
+    squad_metrics,
+    undefined_correlation,
+)
 
 
 def test_classification_metrics() -> None:
@@ -31,10 +39,24 @@ def test_classification_metrics() -> None:
     assert classification_metrics([0, 1], [0, 2], labels=["a", "b", "c"])["macro_f1"] == pytest.approx(1 / 3)
 
 
+def test_weighted_f1_weighs_each_label_by_its_share_of_the_gold_labels() -> None:
+    """A perfect split scores 1.0 under any average: only an imperfect, imbalanced one tells them apart."""
+    metrics = classification_metrics([0, 0, 0, 0, 1, 1, 2], [0, 0, 1, 2, 1, 0, 2], labels=["a", "b", "c"])
+    f1 = {"a": 4 / 7, "b": 1 / 2, "c": 2 / 3}  # P 2/3 R 2/4; P 1/2 R 1/2; P 1/2 R 1
+    assert metrics["weighted_f1"] == pytest.approx((4 * f1["a"] + 2 * f1["b"] + 1 * f1["c"]) / 7)
+    assert metrics["macro_f1"] == pytest.approx(sum(f1.values()) / 3)
+    assert metrics["accuracy"] == pytest.approx(4 / 7)
+
+
 def test_regression_metrics() -> None:
     metrics = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 2.5, 2.9, 4.2])
     assert metrics["pearson"] == pytest.approx(0.97, abs=0.01)
     assert metrics["spearman"] == pytest.approx(1.0)
+
+
+def test_mse_squares_errors() -> None:
+    """Errors of 0 and 1 are their own squares: an absolute error would pass on them, not on 2 and 0.5."""
+    assert regression_metrics([1.0, 2.0, 3.0], [3.0, 2.5, 3.0])["mse"] == pytest.approx((2.0**2 + 0.5**2) / 3)
 
 
 def test_correlations_of_scores_that_never_vary_are_undefined_and_say_why() -> None:
@@ -81,6 +103,46 @@ def test_rouge_lsum_scores_a_generated_summary_sentence_by_sentence() -> None:
     scores = rouge([generated], [reference])
     assert scores["rougeLsum"] == pytest.approx(100.0)
     assert scores["rougeL"] < 80.0
+
+
+def test_squad_normalization_drops_case_punctuation_and_each_article_and_squeezes_space() -> None:
+    # Punctuation goes without leaving a space (the official script): "o'neill" is "oneill". Only whole
+    # words are articles: "another" and "theory" keep their letters.
+    assert normalize_answer("The  O'Neill,\tan apple; A theory -- another!") == "oneill apple theory another"
+    assert squad_metrics(["an  apple"], [["Apple."]])["exact_match"] == 100.0
+
+
+def test_squad_scores_each_question_against_its_best_reference() -> None:
+    """SQuAD lists several annotators' answers; the first, or their mean, would mark right answers wrong."""
+    metrics = squad_metrics(["denver broncos"], [["Broncos", "the Denver Broncos", "Denver"]])
+    assert metrics == {"exact_match": 100.0, "f1": 100.0}
+    partial = squad_metrics(["the denver team"], [["Carolina", "Denver Broncos", "Denver"]])
+    assert partial["exact_match"] == 0.0
+    assert partial["f1"] == pytest.approx(100.0 * 2 * (1 / 2) * 1 / (1 / 2 + 1))  # "denver": P 1/2, R 1
+
+
+def test_rouge_is_the_stemmed_f_measure() -> None:
+    """Papers report ROUGE's F-measure with Porter stemming: "cats"/"cat" and "running"/"run" match."""
+    # Stemmed: the cat were run / the cat was run quick today, 3 words shared: P 3/4, R 3/6.
+    scores = rouge(["the cats were running"], ["the cat was running quickly today"])
+    assert scores["rouge1"] == pytest.approx(100.0 * 2 * (3 / 4) * (3 / 6) / (3 / 4 + 3 / 6))
+    assert scores["rougeL"] == pytest.approx(60.0)
+
+
+def test_rouge_lsum_keeps_a_text_s_own_lines_as_its_sentences() -> None:
+    """CNN/DailyMail highlights come one per line; splitting them again after "dr." and "u.s." would
+    score the reordered halves of a line as sentences of their own (Lsum 100 here)."""
+    reference = "dr. smith met the u.s. team\nthe talks ended"
+    generated = "the u.s. team met dr. smith\nthe talks ended"
+    assert rouge([generated], [reference])["rougeLsum"] == pytest.approx(70.0)
+
+
+def test_degenerate_shares_count_empty_outputs_and_whole_word_copies() -> None:
+    outputs = ["", "The.", "cat SAT", "at sat", "sat cat", "a new idea"]
+    shares = degenerate_shares(outputs, ["the cat sat on the mat"] * len(outputs))
+    # Empty: "" and "The." (an article and a full stop). Copy: "cat SAT" only; "at sat" is inside the
+    # source's letters but not its words, and "sat cat" is out of order.
+    assert shares == {"empty_share": pytest.approx(2 / 6), "copy_share": pytest.approx(1 / 6)}
 
 
 def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) -> None:
