@@ -323,6 +323,28 @@ def test_a_letter_in_parentheses_inside_an_option_stays_in_its_text() -> None:
         is None
 
 
+def test_text_before_the_first_option_is_no_mcq() -> None:
+    """Options start at "(a)": words between "options:" and it belong to no option, so where the options
+    begin is a guess, and the output is malformed."""
+    assert parse_mcq("question: who? options: (a) x (b) y answer: a", 2) is not None
+    assert parse_mcq("question: who? options: maybe (a) x (b) y answer: a", 2) is None
+    assert parse_mcq("question: who? options: x y answer: a", 2) is None  # no "(a)" at all
+
+
+def test_question_rouge_scores_the_parsed_question_or_else_the_whole_output() -> None:
+    kind = MCQGenerationTask(options={"num_options": 2})
+    gold = MCQ("who sat on the mat?", ["the cat", "the dog"], answer=1)
+    examples = [{"text": "the dog sat on the mat", "mcq": gold}]
+
+    def question_rouge(text: str) -> float:
+        predictions = kind.decode([{"text": text, "tokens": 10}], Encoded({}, [0], truncated=[False]), examples)
+        return kind.metrics(predictions, examples)["question_rougeL"]
+
+    # Other options and answer: the question alone is right, which the whole line would hide.
+    assert question_rouge("question: who sat on the mat? options: (a) a bird (b) a fish answer: a") == 100.0
+    assert question_rouge("who sat on the mat?") == 100.0  # a bare question: not an MCQ, but a question
+
+
 def test_mcq_rouge_scores_the_content_not_the_scaffold(tmp_path: Path, warm_start_bert: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every output shares `question:`, `options:`, `(a)`, `answer:`: on those alone an empty MCQ scored 38.
