@@ -474,6 +474,25 @@ def test_labels_that_would_train_and_score_alike_are_refused_before_training(
     assert "triage" not in Registry(load_config(project).registry)
 
 
+def test_mean_primary_puts_each_part_s_main_metric_on_a_0_to_1_scale() -> None:
+    """ROUGE-L runs to 100, valid_mcq_share to 1: averaged as they are, ROUGE would outweigh the MCQs."""
+    from mtlora.tasks.generation import GenerationTask
+    from mtlora.tasks.multitask import MultitaskTask
+
+    kind = MultitaskTask.from_parts({"summarize": GenerationTask(options={"task_token": "<summarize>"}),
+                                     "mcq": MCQGenerationTask(options={"task_token": "<mcq>", "num_options": 2})}, {})
+    gold = MCQ("who sat on the mat?", ["the cat", "the dog"], answer=1)
+    examples = [{"text": "a good film", "target": "great film", "task": "summarize"},
+                {"text": "the dog sat on the mat", "mcq": gold, "task": "mcq"},
+                {"text": "the dog sat on the mat", "mcq": gold, "task": "mcq"}]
+    outputs = [{"text": "great film today", "tokens": 3}, {"text": gold.format(), "tokens": 9},
+               {"text": "no mcq here", "tokens": 3}]
+    metrics = kind.metrics(kind.decode(outputs, Encoded({}, [0, 1, 2], truncated=[False] * 3), examples), examples)
+    assert metrics["summarize/rougeL"] == pytest.approx(80.0)  # P 2/3, R 1
+    assert metrics["mcq/valid_mcq_share"] == 0.5
+    assert metrics["mean_primary"] == pytest.approx((0.8 + 0.5) / 2)
+
+
 def with_writer(project: Path, **mixture) -> Path:
     raw = yaml.safe_load(project.read_text())
     raw["tasks"].append({"name": "writer", "kind": "multitask",
