@@ -96,17 +96,40 @@ def test_fields_past_the_named_columns_are_refused_unless_dropping_them_was_aske
     assert [e["text"] for e in data.train] == ["good film", "bad"]
 
 
-def test_squad_json_is_flattened_and_split_by_article(tmp_path: Path) -> None:
+def squad_file(tmp_path: Path, *titles: str) -> str:
     def article(title: str) -> dict:
         context = f"{title} is a city."
         return {"title": title, "paragraphs": [{"context": context, "qas": [
             {"id": title, "question": f"what is {title}?",
              "answers": [{"text": "a city", "answer_start": len(title) + 4}]}
         ]}]}
-    (tmp_path / "dev.json").write_text(json.dumps({"data": [article("paris"), article("rome"), article("oslo")]}))
-    data = load(tmp_path, "extractive_qa", {"path": "dev.json", "articles": [1, 3]})
+    (tmp_path / "dev.json").write_text(json.dumps({"data": [article(title) for title in titles]}))
+    return "dev.json"
+
+
+def test_squad_json_is_flattened_and_split_by_article(tmp_path: Path) -> None:
+    data = load(tmp_path, "extractive_qa", {"path": squad_file(tmp_path, "paris", "rome", "oslo"), "articles": [1, 3]})
     assert [e["question"] for e in data.train] == ["what is rome?", "what is oslo?"]
     assert data.train[0]["answers"] == [{"text": "a city", "answer_start": 8}]
+
+
+def test_articles_past_the_end_of_the_file_say_how_many_it_has(tmp_path: Path) -> None:
+    """Not an IndexError from inside the reader: the user set the range, and needs the file's count to fix it."""
+    with pytest.raises(DataError, match=r"dev.json: articles \[1, 5\) asked for, but the file has 3$"):
+        load(tmp_path, "extractive_qa", {"path": squad_file(tmp_path, "paris", "rome", "oslo"), "articles": [1, 5]})
+
+
+def test_articles_on_a_file_that_is_not_squad_is_refused(tmp_path: Path) -> None:
+    """Ignored, it would train on every row where the user meant a slice (or validate on training rows)."""
+    rows = [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    (tmp_path / "train.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "records.json").write_text(json.dumps(rows))
+    for name in (jsonl(tmp_path, rows), "train.csv", "records.json"):
+        with pytest.raises(DataError, match=rf"{name}: 'articles' only applies to SQuAD JSON files"):
+            load(tmp_path, "classification", {"path": name, "articles": [0, 1]}, **LABELS)
+    # format: json says a SQuAD-shaped file holds plain records: articles cannot apply to those either.
+    with pytest.raises(DataError, match=r"dev.json: 'articles' only applies to SQuAD JSON files"):
+        load(tmp_path, "extractive_qa", {"path": squad_file(tmp_path, "paris"), "format": "json", "articles": [0, 1]})
 
 
 def test_missing_field_names_file_line_and_the_fields_present(tmp_path: Path) -> None:
@@ -155,6 +178,18 @@ def test_non_numeric_score_is_refused(tmp_path: Path) -> None:
                             {"text": "a", "text_pair": "b", "label": "high"}])
     with pytest.raises(DataError, match=r"train.jsonl:2: score 'high' in field 'label' is not a number"):
         load(tmp_path, "regression", name)
+
+
+@pytest.mark.parametrize(("cell", "json_value"), [("nan", "NaN"), ("inf", "Infinity"), ("-Infinity", "-Infinity"),
+                                                  ("1e999", "1e999")])
+def test_a_score_that_is_not_finite_is_refused_at_its_line(tmp_path: Path, cell: str, json_value: str) -> None:
+    """float() and Python's json read all of these: one NaN target makes every loss after it NaN."""
+    (tmp_path / "train.csv").write_text(f"text,text_pair,label\na,b,4.2\na,b,{cell}\n")
+    with pytest.raises(DataError, match=rf"train.csv:3: score '{cell}' in field 'label' is not finite"):
+        load(tmp_path, "regression", "train.csv")
+    (tmp_path / "train.jsonl").write_text(f'{{"text": "a", "text_pair": "b", "label": {json_value}}}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:1: score -?(nan|inf) in field 'label' is not finite"):
+        load(tmp_path, "regression", "train.jsonl")
 
 
 def test_answer_not_in_its_context_is_refused(tmp_path: Path) -> None:
@@ -302,6 +337,29 @@ def test_a_regression_scale_comes_from_the_training_rows_only(tmp_path: Path) ->
     data = load_task_data(config, task)
     scores = [e["label"] for e in data.train]
     assert data.kind.options["target_mean"] == pytest.approx(sum(scores) / len(scores))
+
+
+def test_joined_columns_are_stripped_before_the_space_between_them(tmp_path: Path) -> None:
+    (tmp_path / "test.csv").write_text('"3"," Stocks up ","Markets rallied\t"\n')
+    source = {"path": "test.csv", "columns": ["label", "title", "description"],
+              "join": {"text": ["title", "description"]}}
+    data = load(tmp_path, "classification", source, labels=["1", "3"])
+    assert data.train[0]["text"] == "Stocks up Markets rallied"  # not " Stocks up  Markets rallied\t"
+
+
+def test_a_limit_keeps_a_seeded_sample_in_file_order(tmp_path: Path) -> None:
+    """The same seed reads the same rows (a rerun compares like with like), another seed others."""
+    from mtlora.config import SourceConfig
+    from mtlora.data.readers import read_rows
+
+    source = SourceConfig(path=jsonl(tmp_path, [{"n": n} for n in range(20)]), limit=6)
+
+    def kept(seed: int) -> list[int]:
+        return [row.values["n"] for row in read_rows(source, tmp_path, seed)]
+
+    assert kept(0) == sorted(kept(0)) and len(set(kept(0))) == 6
+    assert kept(0) == kept(0) and kept(1) == sorted(kept(1))
+    assert kept(1) != kept(0)
 
 
 def test_a_source_joins_columns_and_recodes_values_strictly(tmp_path: Path) -> None:
