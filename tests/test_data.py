@@ -339,6 +339,19 @@ def test_a_regression_scale_comes_from_the_training_rows_only(tmp_path: Path) ->
     assert data.kind.options["target_mean"] == pytest.approx(sum(scores) / len(scores))
 
 
+def test_scores_that_never_vary_scale_by_one_and_score_a_defined_zero(tmp_path: Path) -> None:
+    """Their spread is 0 (in floats, 3.7's mean is off by its last bit, a spread of 4e-16): standardising by it
+    would divide by zero or blow float noise up to whole targets. Pearson is undefined, reported as 0."""
+    rows = [{"text": f"a {i}", "text_pair": f"b {i}", "label": 3.7} for i in range(7)]
+    data = load(tmp_path, "regression", jsonl(tmp_path, rows))
+    assert data.kind.options["target_std"] == 1.0
+    assert [data.kind.target(e) for e in data.train] == pytest.approx([0.0] * 7, abs=1e-9)
+    predictions = [{"score": 3.0 + i / 10} for i in range(7)]
+    assert data.kind.metrics(predictions, data.train)["pearson"] == 0.0
+    assert data.kind.caveats(predictions, data.train) == [
+        "pearson and spearman are undefined (every gold score is 3.7); reported as 0"]
+
+
 def test_joined_columns_are_stripped_before_the_space_between_them(tmp_path: Path) -> None:
     (tmp_path / "test.csv").write_text('"3"," Stocks up ","Markets rallied\t"\n')
     source = {"path": "test.csv", "columns": ["label", "title", "description"],

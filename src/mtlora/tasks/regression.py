@@ -51,7 +51,9 @@ class RegressionTask(SequenceTask):
         if "target_mean" not in self.options and train:  # kept from training in the manifest
             scores = np.array([e["label"] for e in train])
             self.options["target_mean"] = float(scores.mean())
-            self.options["target_std"] = float(scores.std()) or 1.0
+            # Scores that never vary have no spread to scale by; asked whether std() is 0 instead, 3.7's mean,
+            # off in its last bit, gave 4e-16, and float noise became targets of -1.
+            self.options["target_std"] = float(scores.std()) if np.ptp(scores) > 0 else 1.0
 
     @property
     def _scale(self) -> tuple[float, float]:
