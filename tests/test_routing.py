@@ -433,6 +433,22 @@ def test_keywords_are_found_in_either_text_of_a_pair() -> None:
     assert routes[0].task == "similarity"
 
 
+def test_keyword_patterns_route_and_every_rule_ignores_case() -> None:
+    """Texts come as users type them: a keyword or pattern given in lower case still matches "REFUND"."""
+    router = KeywordRouter({"orders": {"keywords": ["refund"], "patterns": [r"order #\d+"]},
+                            "films": {"keywords": ["Movie"]}})
+    texts = ["where is ORDER #123", "a REFUND please", "what a movie", "order #x", "no rule here"]
+    routes = router.route([Request(t) for t in texts], [["orders", "films"]] * len(texts))
+    assert [r.task for r in routes] == ["orders", "orders", "films", None, None]
+
+
+def test_keyword_confidence_is_the_winners_share_of_the_matches() -> None:
+    router = KeywordRouter({"a": {"keywords": ["order", "refund"]}, "b": {"keywords": ["order"]}, "c": {}})
+    routes = router.route([Request("my order refund"), Request("a refund")], [["a", "b", "c"]] * 2)
+    assert [(r.task, r.confidence, r.scores) for r in routes] == [
+        ("a", pytest.approx(2 / 3), {"a": 2.0, "b": 1.0}), ("a", 1.0, {"a": 1.0})]
+
+
 def test_routing_hints_come_from_the_project_file_without_retraining(routed_project: Path) -> None:
     engine = Engine.from_config(routed_project, tasks=["sentiment", "support"], precision="fp32")
     assert engine.predict("lovely weather", router="keywords")["task"] is None
