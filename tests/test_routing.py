@@ -449,6 +449,64 @@ def test_keyword_confidence_is_the_winners_share_of_the_matches() -> None:
         ("a", pytest.approx(2 / 3), {"a": 2.0, "b": 1.0}), ("a", 1.0, {"a": 1.0})]
 
 
+def test_a_score_exactly_at_the_threshold_routes() -> None:
+    """The threshold is the least score that routes: min_similarity 1.0 still takes an identical input."""
+    engine = SimpleNamespace(embed=lambda texts, reading: torch.eye(3)[: len(texts)])
+    router = SemanticRouter(engine, RouterSettings(min_similarity=1.0, features="embeddings"))  # type: ignore[arg-type]
+    router.bank = lambda task, reading: torch.tensor([[1.0, 0, 0]])  # type: ignore[method-assign]
+    at, below = router.route([Request("x"), Request("y")], [["a"], ["a"]])
+    assert (at.task, at.confidence, at.reason) == ("a", 1.0, "")
+    assert below.task is None and "below the threshold 1.00" in below.reason
+
+
+def semantic_with_thresholds(settings: RouterSettings, thresholds: dict[tuple[str, str], float]) -> SemanticRouter:
+    """A semantic router whose calibrated thresholds per (task, reading) are given, with no engine to read."""
+    engine = SimpleNamespace(manifest=lambda task: SimpleNamespace(created_at="then"))
+    router = SemanticRouter(engine, settings)  # type: ignore[arg-type]
+    router._thresholds = {(task, "then", reading): value for (task, reading), value in thresholds.items()}
+    return router
+
+
+def test_a_lone_candidate_is_sure_on_token_embeddings_by_its_lead_over_its_own_threshold() -> None:
+    """With no other task to lead, a text that only shares a task's words may belong to none: the cascade
+    keeps its token-embedding route only by the margin over that task's threshold on token embeddings."""
+    router = semantic_with_thresholds(RouterSettings(cascade_margin=0.5),
+                                      {("a", "embeddings"): 0.25, ("a", "encoder"): -1.0})
+    lone = [Route("a", "semantic", score, {"a": score}) for score in (0.75, 0.74)]
+    assert [router._sure(route) for route in lone] == [True, False]
+    fixed = SemanticRouter(None, RouterSettings(min_similarity=0.25, cascade_margin=0.5))  # type: ignore[arg-type]
+    assert [fixed._sure(route) for route in lone] == [True, False]
+    # Beside another task, the lead over it is what counts, whatever the threshold.
+    assert router._sure(Route("a", "semantic", 0.75, {"a": 0.75, "b": 0.5})) is False
+
+
+def test_calibrated_thresholds_are_kept_per_task_reading_and_adapter_version() -> None:
+    """Similarities on token embeddings and on the encoder differ in scale, and a retrained adapter has
+    other examples: a threshold calibrated for one must not serve another."""
+    generator = torch.Generator().manual_seed(2)
+    spread = torch.randn(60, 8, generator=generator)
+    banks = {"encoder": torch.nn.functional.normalize(spread, dim=-1),
+             "embeddings": torch.nn.functional.normalize(torch.ones(60, 8) + 0.05 * spread, dim=-1)}
+    version = SimpleNamespace(created_at="first")
+    router = SemanticRouter(SimpleNamespace(manifest=lambda task: version), RouterSettings())  # type: ignore[arg-type]
+    scale = {"first": 1.0, "retrained": 0.5}
+    router.bank = lambda task, reading: banks[reading] * scale[version.created_at]  # type: ignore[method-assign]
+    on_encoder, on_embeddings = router.threshold_for("a", "encoder"), router.threshold_for("a", "embeddings")
+    assert (on_encoder, on_embeddings) == (router._calibrate(banks["encoder"]), router._calibrate(banks["embeddings"]))
+    assert on_embeddings > on_encoder + 0.3
+    version.created_at = "retrained"
+    assert router.threshold_for("a", "encoder") == pytest.approx(on_encoder / 4)
+
+
+def test_calibration_starts_at_its_minimum_number_of_examples() -> None:
+    from mtlora.routing.semantic import MIN_CALIBRATION_EXAMPLES
+
+    bank = torch.nn.functional.normalize(torch.ones(MIN_CALIBRATION_EXAMPLES, 4)
+                                         + 0.1 * torch.randn(MIN_CALIBRATION_EXAMPLES, 4), dim=-1)
+    router = SemanticRouter(None, RouterSettings())  # type: ignore[arg-type]
+    assert router._calibrate(bank) > 0.5 and router._calibrate(bank[1:]) == -1.0
+
+
 def test_routing_hints_come_from_the_project_file_without_retraining(routed_project: Path) -> None:
     engine = Engine.from_config(routed_project, tasks=["sentiment", "support"], precision="fp32")
     assert engine.predict("lovely weather", router="keywords")["task"] is None
