@@ -269,6 +269,30 @@ def test_only_routes_made_to_a_task_count_as_routed_by_shape() -> None:
     assert (report.shape_share, report.unroutable) == (0.5, 0.5)
 
 
+class TakesItsTime(SlowToBuild):
+    """An engine whose every routing call takes `setup` seconds, set up or not."""
+
+    def route(self, requests: list[str], router: str) -> list[Route]:
+        time.sleep(self.setup)
+        return [Route(text.split()[0], router, 1.0) for text in requests]
+
+
+def test_routing_time_is_in_milliseconds_per_input() -> None:
+    mix = [("sentiment a great film", "sentiment"), ("support my refund", "support")] * 2
+    report, = evaluate_routing(TakesItsTime(setup=0.1), mix, ["keywords"], "validation", log=lambda _: None)
+    assert 25 <= report.ms_per_input < 100  # 100 ms over 4 inputs
+
+
+def test_a_qa_input_comes_into_the_routing_mix_as_its_question_then_its_context(tiny_project: Path) -> None:
+    """A router reads an input's first text (the question of a QA input, as `Engine.request` takes a pair)."""
+    project = load_config(tiny_project)
+    qa = project.model_copy(update={"tasks": [project.task("qa")]})
+    mix = routing_mix(qa, log=lambda _: None)
+    from conftest import QA
+
+    assert sorted(item for item, _ in mix) == sorted((question, context) for question, context, _ in QA * 2)
+
+
 def test_a_route_to_a_loaded_task_with_no_inputs_in_the_mix_counts_as_a_miss(tmp_path: Path) -> None:
     """A task whose split is empty is left out of the mix but still loaded: a route to it failed the whole
     evaluation ("ValueError: 'news' is not in list")."""
