@@ -162,6 +162,9 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
     assert set(reports["similarity"].metrics["lora"]) >= {"pearson", "spearman"}
     assert set(reports["qa"].metrics["lora"]) >= {"exact_match", "f1"}
     assert reports["sentiment"].confusion is not None and sum(map(sum, reports["sentiment"].confusion)) == 16
+    # The plot titled "LoRA adapter" counts the adapter's answers, every one right, not a baseline's.
+    assert reports["sentiment"].confusion == [[8, 0], [0, 8]]
+    assert reports["sentiment"].metrics["base"]["accuracy"] < 1.0
 
     folder = load_config(trained_project).reports
     summary = (folder / "summary.md").read_text()
@@ -200,6 +203,36 @@ def test_a_label_holding_a_bar_stays_in_its_column_of_the_summary() -> None:
                         parameters={"lora": {"trainable": 10, "total": 100}})
     header = next(line for line in markdown_summary([report]).splitlines() if line.startswith("| variant |"))
     assert header == "| variant | accuracy | f1[yes\\|maybe] |"
+
+
+def test_a_summary_row_shows_the_signed_gain_and_the_trainable_and_stored_parameters() -> None:
+    from mtlora.evaluation.report import markdown_summary
+
+    def row(task: str, head_only: float, lora: float, counts: dict[str, int]) -> TaskReport:
+        return TaskReport(task=task, kind="classification", split="validation", examples=2, primary_metric="accuracy",
+                          metrics={"base": {"accuracy": 0.5}, "head_only": {"accuracy": head_only},
+                                   "lora": {"accuracy": lora}},
+                          parameters={"lora": counts, "head_only": {"trainable": 7, "total": 100}})
+
+    reports = [row("worse", 0.875, 0.75, {"trainable": 1_234_567, "total": 100_000_000, "stored": 34_567}),
+               row("better", 0.75, 0.875, {"trainable": 4_321, "total": 100_000})]  # from before saved ranks
+    cells = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")
+             for line in markdown_summary(reports).splitlines() if " | validation | " in line}
+    assert cells["worse"][5:] == ["0.500", "**0.875**", "0.750", "-0.125", "1,234,567", "1.23%", "34,567"]
+    assert cells["better"][5:] == ["0.500", "0.750", "**0.875**", "+0.125", "4,321", "4.32%", "4,321"]
+
+
+def test_a_sample_is_cut_to_120_characters_in_the_summary() -> None:
+    from mtlora.evaluation.report import markdown_summary, sample_cell
+
+    fits, long = "a" * 120, "b" * 121
+    assert (sample_cell(fits), sample_cell(long)) == (fits, "b" * 119 + "…")
+    report = TaskReport(task="t", kind="classification", split="validation", examples=2, primary_metric="accuracy",
+                        metrics={"lora": {"accuracy": 1.0}}, parameters={"lora": {"trainable": 10, "total": 100}},
+                        samples=[{"text": fits, "expected": "x", "lora": "x"}, {"text": long, "expected": "x",
+                                                                                "lora": "x"}])
+    summary = markdown_summary([report])
+    assert f"| {fits} | x | x |" in summary and f"| {'b' * 119}… | x | x |" in summary
 
 
 def report_of(task: str, split: str = "validation") -> TaskReport:
