@@ -330,6 +330,19 @@ def test_a_reload_swaps_an_adapter_in_place_and_a_damaged_one_leaves_the_loaded_
     assert_same(engine.predict("loved this great movie", task="sentiment"), first)
 
 
+def test_an_adapter_trained_on_another_backbone_is_refused_by_the_engine(trained_project: Path,
+                                                                          other_tiny_bert: Path) -> None:
+    """Of the same shape, it would load and answer with weights it was never trained against."""
+    registry = load_config(trained_project).registry
+    with pytest.raises(mtlora.BaseModelMismatchError, match="'sentiment' was trained on base model"):
+        Engine(str(other_tiny_bert), registry, ["sentiment"], precision="fp32")
+    engine = Engine(str(other_tiny_bert), registry, [], precision="fp32")
+    for load in (engine.add, engine.reload):
+        with pytest.raises(mtlora.BaseModelMismatchError, match="but the backbone given is"):
+            load("sentiment")
+    assert engine.tasks == []
+
+
 @pytest.mark.parametrize("fold_cache", [0, 2])
 def test_a_reload_of_other_weights_answers_with_them(trained_project: Path, tmp_path: Path, fold_cache: int) -> None:
     """A retrained adapter, reloaded, answers as a fresh engine does: no fold of the old weights is kept."""
