@@ -104,6 +104,29 @@ def test_a_save_cut_between_its_renames_is_recovered_by_the_next_reader(registry
     assert registry_copy.verified("sentiment") == before
 
 
+def test_a_save_whose_new_folder_fails_to_move_in_leaves_the_old_one_to_come_back(
+        registry_copy: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old folder is already aside when the new one's rename fails (a full disk, say): it must be
+    kept where the next reader puts it back, and the new one, never complete in place, be gone."""
+    before = registry_copy.verified("sentiment")
+    rename = os.rename
+
+    def failing_to_move_in(source: str | Path, destination: str | Path) -> None:
+        if ".new-" in Path(source).name:
+            raise OSError("no space left on device")
+        rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", failing_to_move_in)
+    with pytest.raises(OSError, match="no space left"):
+        registry_copy.save("sentiment", lambda folder: shutil.copytree(registry_copy.path("support"), folder,
+                                                                        dirs_exist_ok=True),
+                           before.model_copy(update={"created_at": "the new one"}))
+    monkeypatch.undo()
+    assert [p.name.split("-")[0] for p in registry_copy.staging.iterdir()] == ["sentiment.old"]
+    assert registry_copy.verified("sentiment") == before
+    assert not any(registry_copy.staging.glob("*"))
+
+
 def test_a_reader_waits_out_a_live_save_instead_of_undoing_it(registry_copy: Registry, tmp_path: Path) -> None:
     """Between a save's two renames the adapter's folder is gone, as after a crash there: a reader must
     not put the old one back then, or the save's second rename fails and the new adapter is lost."""
