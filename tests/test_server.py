@@ -241,6 +241,45 @@ def test_full_queue_answers_503_and_stays_healthy(trained_project: Path) -> None
     assert (healthy, later) == (200, 200)
 
 
+def test_a_request_that_just_fits_a_partly_full_queue_is_queued_and_one_input_more_is_503(
+        trained_project: Path) -> None:
+    """All of a request's inputs are queued or none: at the bound it fits, one over it is told to retry (not
+    a 500 from a queue that filled half way), and the queue-depth gauge counts what waits."""
+    import httpx
+
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+    app = create_app(lambda: engine, ServerSettings(max_queue=3, max_inputs=2, max_batch=1, max_wait_ms=0))
+
+    def inputs(count: int) -> dict:
+        return {"inputs": ["great film"] * count, "task": "sentiment"}
+
+    async def run() -> tuple[list[int], httpx.Response, list[str]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+
+                async def depth() -> str:
+                    return next(line for line in (await http.get("/metrics")).text.splitlines()
+                                if line.startswith("mtlora_queue_depth "))
+
+                with engine._lock:  # the engine busy: the worker holds one input, the rest wait in the queue
+                    taken = asyncio.ensure_future(http.post("/v1/predict", json=inputs(1)))
+                    await asyncio.sleep(0.3)
+                    waiting = asyncio.ensure_future(http.post("/v1/predict", json=inputs(2)))
+                    await asyncio.sleep(0.3)
+                    depths = [await depth()]
+                    over = await http.post("/v1/predict", json=inputs(2))  # 2 queued + 2 > 3
+                    fitting = asyncio.ensure_future(http.post("/v1/predict", json=inputs(1)))  # 2 + 1 = 3
+                    await asyncio.sleep(0.3)
+                    depths.append(await depth())
+                return [(await call).status_code for call in (taken, waiting, fitting)], over, depths
+
+    answered, over, depths = asyncio.run(run())
+    assert answered == [200, 200, 200]
+    assert over.status_code == 503 and over.headers["Retry-After"] == "1" and error_of(over)["type"] == "overloaded"
+    assert depths == ["mtlora_queue_depth 2.0", "mtlora_queue_depth 3.0"]
+
+
 def test_a_queue_smaller_than_one_request_is_refused() -> None:
     """A request of max_inputs inputs could never be queued: it would get 503 "retry" for ever."""
     with pytest.raises(ValidationError) as caught:
