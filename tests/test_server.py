@@ -280,6 +280,32 @@ def test_a_request_that_just_fits_a_partly_full_queue_is_queued_and_one_input_mo
     assert depths == ["mtlora_queue_depth 2.0", "mtlora_queue_depth 3.0"]
 
 
+def test_the_batching_window_gathers_inputs_that_come_within_max_wait_ms() -> None:
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    calls: list[list[str]] = []
+
+    class Echo:
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            calls.append(items)
+            return [{"echo": item} for item in items]
+
+    async def run() -> None:
+        batcher = MicroBatcher(Echo(), ServerSettings(max_wait_ms=400, max_batch=8), Metrics())  # type: ignore[arg-type]
+        batcher.start()
+        submitted = [asyncio.create_task(batcher.submit(["first"], ["t"], None))]
+        await asyncio.sleep(0.1)  # within the first input's window
+        submitted.append(asyncio.create_task(batcher.submit(["second"], ["t"], None)))
+        await asyncio.sleep(0.6)  # past it: the next input opens a window of its own
+        submitted.append(asyncio.create_task(batcher.submit(["third"], ["t"], None)))
+        await asyncio.wait_for(asyncio.gather(*submitted), 5)
+        await batcher.stop()
+
+    asyncio.run(run())
+    assert calls == [["first", "second"], ["third"]]
+
+
 def test_a_queue_smaller_than_one_request_is_refused() -> None:
     """A request of max_inputs inputs could never be queued: it would get 503 "retry" for ever."""
     with pytest.raises(ValidationError) as caught:
