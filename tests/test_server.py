@@ -306,6 +306,18 @@ def test_the_batching_window_gathers_inputs_that_come_within_max_wait_ms() -> No
     assert calls == [["first", "second"], ["third"]]
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_the_size_limits_take_a_text_or_body_exactly_at_the_limit(client: TestClient, chunked: bool) -> None:
+    headers = {"content-type": "application/json"}
+    text = "great film " * 45 + "a" * 5  # 500 characters: the fixture's limit
+    assert client.post("/v1/predict", json={"inputs": text, "task": "sentiment"}).status_code == 200
+    body = json.dumps({"inputs": "where is my refund", "task": "support"}).encode()
+    at_limit = body + b" " * (20_000 - len(body))  # the fixture's limit, in trailing white space JSON allows
+    for content, status in ((at_limit, 200), (at_limit + b" ", 413)):
+        response = client.post("/v1/predict", content=iter([content]) if chunked else content, headers=headers)
+        assert response.status_code == status, (len(content), response.text)
+
+
 def test_a_queue_smaller_than_one_request_is_refused() -> None:
     """A request of max_inputs inputs could never be queued: it would get 503 "retry" for ever."""
     with pytest.raises(ValidationError) as caught:
