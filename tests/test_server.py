@@ -318,6 +318,32 @@ def test_the_size_limits_take_a_text_or_body_exactly_at_the_limit(client: TestCl
         assert response.status_code == status, (len(content), response.text)
 
 
+def test_readyz_is_503_until_the_engine_serves_and_once_the_batcher_has_stopped(trained_project: Path) -> None:
+    """A load balancer sends traffic only where /readyz says 200; /healthz is alive all along."""
+    import httpx
+
+    app = create_app(lambda: Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32"))
+
+    async def readyz(http: httpx.AsyncClient) -> tuple[int, dict]:
+        response = await http.get("/readyz")
+        return response.status_code, response.json()
+
+    async def run() -> list[tuple[int, dict]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            seen = [await readyz(http)]  # no lifespan yet: no engine
+            async with app.router.lifespan_context(app):
+                seen.append(await readyz(http))
+            seen.append(await readyz(http))
+            assert (await http.get("/healthz")).status_code == 200
+        return seen
+
+    before, serving, after = asyncio.run(run())
+    assert before == (503, {"ready": False, "tasks": []})
+    assert serving == (200, {"ready": True, "tasks": ["sentiment", "support"]})
+    assert after == (503, {"ready": False, "tasks": []})
+
+
 def test_a_queue_smaller_than_one_request_is_refused() -> None:
     """A request of max_inputs inputs could never be queued: it would get 503 "retry" for ever."""
     with pytest.raises(ValidationError) as caught:
