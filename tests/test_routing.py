@@ -525,8 +525,8 @@ def test_calibrated_thresholds_are_kept_per_task_reading_and_adapter_version() -
 def test_calibration_starts_at_its_minimum_number_of_examples() -> None:
     from mtlora.routing.semantic import MIN_CALIBRATION_EXAMPLES
 
-    bank = torch.nn.functional.normalize(torch.ones(MIN_CALIBRATION_EXAMPLES, 4)
-                                         + 0.1 * torch.randn(MIN_CALIBRATION_EXAMPLES, 4), dim=-1)
+    noise = torch.randn(MIN_CALIBRATION_EXAMPLES, 4, generator=torch.Generator().manual_seed(0))
+    bank = torch.nn.functional.normalize(torch.ones(MIN_CALIBRATION_EXAMPLES, 4) + 0.1 * noise, dim=-1)
     router = SemanticRouter(None, RouterSettings())  # type: ignore[arg-type]
     assert router._calibrate(bank) > 0.5 and router._calibrate(bank[1:]) == -1.0
 
