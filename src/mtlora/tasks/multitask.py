@@ -36,6 +36,7 @@ class MultitaskTask(Seq2SeqTask):
     primary_metric = "mean_primary"
     mixes_tasks = True
     mixable = False
+
     @classmethod
     def metric_scale(cls, metric: str) -> float:
         """A part's metric, `part/metric`, is on its kind's scale. The kinds a multitask adapter can mix name
