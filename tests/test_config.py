@@ -146,7 +146,7 @@ def test_the_project_files_schema_lists_the_task_kinds_there_are() -> None:
     assert kind["enum"] == task_kind_names() and "classification" in kind["enum"]
     assert "kind" in ProjectConfig.model_json_schema()["$defs"]["TaskConfig"]["required"]
 
-@pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", ""])
+@pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", "", "a..b"])
 def test_task_names_that_could_escape_the_registry_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="not allowed"):
         load_config(write(tmp_path, {"tasks": [task(name)]}))
@@ -394,3 +394,71 @@ def test_the_project_files_the_readme_shows_load(tmp_path: Path) -> None:
         path = tmp_path / f"project{number}.yaml"
         path.write_text(block, encoding="utf-8")
         assert load_config(path).tasks, block
+
+
+def _qa(articles: list[int]) -> dict:
+    return {"name": "qa", "kind": "extractive_qa", "data": {"train": {"path": "dev.json", "articles": articles}}}
+
+
+@pytest.mark.parametrize(("good", "bad", "problem"), [
+    (task(training={"max_length": 8}), task(training={"max_length": 7}),
+     r"training\.max_length: Input should be greater than or equal to 8"),
+    # transformers reads a warmup of 1 or more as a number of steps: 1.0 would warm up for one step, silently.
+    (task(training={"warmup_ratio": 0.99}), task(training={"warmup_ratio": 1.0}),
+     r"training\.warmup_ratio: Input should be less than 1"),
+    ({**task(), "data": {"train": "t.jsonl", "holdout": 0.49}},
+     {**task(), "data": {"train": "t.jsonl", "holdout": 0.5}},
+     r"data\.holdout: Input should be less than 0\.5"),
+    # [2, 2) keeps no article: a split that reads as given and trains or scores on nothing.
+    (_qa([1, 2]), _qa([2, 2]), r"data\.train: articles \[2, 2\]: start must be below end"),
+    (task("a" * 64), task("a" * 65), "is not allowed: use 1-64 letters"),
+])
+def test_a_setting_at_its_bound_is_taken_and_one_past_it_refused(tmp_path: Path, good: dict, bad: dict,
+                                                                 problem: str) -> None:
+    load_config(write(tmp_path, {"tasks": [good]}))
+    with pytest.raises(ConfigError, match=problem):
+        load_config(write(tmp_path, {"tasks": [bad]}))
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    # Two classes of one name: ids would no longer map back to the label a user wrote.
+    ({"data": {"train": "t.jsonl", "labels": ["neg", "pos", "neg"]}}, r"labels repeat a name: \['neg', 'pos', 'neg'\]"),
+    ({"data": {"train": "t.jsonl", "fields": {"question": "q"}}},
+     r"data\.fields has role\(s\) \['question'\] that a classification task does not use; its roles: text"),
+    ({"data": None}, r"'data' is required: give at least data\.train"),
+    ({"name": "router"}, r"'router' is the learned router's adapter name; rename that task"),
+])
+def test_a_task_that_could_not_train_as_written_is_refused(tmp_path: Path, changes: dict, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_config(write(tmp_path, {"tasks": [{**task(), **changes}]}))
+
+
+def test_a_mixture_whose_parts_share_a_task_token_or_that_samples_below_size_is_refused(tmp_path: Path) -> None:
+    def part(name: str, token: str) -> dict:
+        return {"name": name, "kind": "generation", "data": {"train": "t.jsonl"}, "seq2seq": {"task_token": token}}
+
+    writer = {"name": "writer", "kind": "multitask", "mixture": {"tasks": ["summaries", "headlines"]}}
+    # The token is how the one adapter tells its tasks apart: shared, the two would be one task to it.
+    with pytest.raises(ConfigError, match=r"multitask 'writer': 'headlines' and 'summaries' share the task token <s>"):
+        load_config(write(tmp_path, {"tasks": [part("summaries", "<s>"), part("headlines", "<s>"), writer]}))
+    tasks = [part("summaries", "<s>"), part("headlines", "<h>"), writer]
+    load_config(write(tmp_path, {"tasks": tasks}))
+    writer["mixture"]["temperature"] = 0.5
+    with pytest.raises(ConfigError, match=r"mixture\.temperature: Input should be greater than or equal to 1"):
+        load_config(write(tmp_path, {"tasks": tasks}))
+
+
+def test_a_prompt_given_twice_as_text_and_as_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "prompt.txt").write_text("summarize: {text}")
+    summaries = {"name": "summaries", "kind": "generation", "data": {"train": "t.jsonl"},
+                 "seq2seq": {"prompt": "short: {text}", "prompt_file": "prompt.txt"}}
+    with pytest.raises(ConfigError, match=r"give either 'prompt' \(the template\) or 'prompt_file', not both"):
+        load_config(write(tmp_path, {"tasks": [summaries]}))
+
+
+def test_a_hub_id_stays_a_hub_id_and_a_folder_beside_the_file_becomes_its_path(tmp_path: Path) -> None:
+    """Only a backbone that names an existing folder is a path: a hub id made absolute would be looked for on disk."""
+    assert load_config(write(tmp_path, {"backbone": "org/model", "tasks": [task()]})).backbone == "org/model"
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    config = load_config(write(tmp_path, {"backbone": "org/model", "tasks": [task()]}))
+    assert config.backbone == str((tmp_path / "org" / "model").resolve())
