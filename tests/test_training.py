@@ -604,6 +604,35 @@ def test_length_batches_cover_every_row_once_in_shuffled_order() -> None:
     assert list(sampler) != order
 
 
+def test_a_short_last_batch_comes_last_and_the_seed_decides_the_order() -> None:
+    """A short batch anywhere but last would shift every later batch boundary of the DataLoader, mixing
+    rows of unlike lengths; and a seed that did not change the order would make `training.seed` a no-op."""
+    from mtlora.training.sampler import ShuffledLengthBatches
+
+    lengths = list(range(25))  # one mega-batch: runs [24..15], [14..5] and the short [4..0]
+    orders = []
+    for seed in range(6):
+        order = list(ShuffledLengthBatches(lengths, batch_size=10, seed=seed))
+        assert sorted(order) == list(range(25))
+        assert sorted(order[-5:]) == [0, 1, 2, 3, 4], (seed, order)
+        assert {tuple(sorted(order[i:i + 10])) for i in (0, 10)} == {tuple(range(5, 15)), tuple(range(15, 25))}
+        orders.append(order)
+    assert len({tuple(order) for order in orders}) > 1
+    many = [length % 37 for length in range(200)]
+    assert list(ShuffledLengthBatches(many, 10, seed=0)) != list(ShuffledLengthBatches(many, 10, seed=1))
+
+
+def test_the_loss_warnings_judge_four_logs_for_divergence_and_eight_for_a_stall() -> None:
+    from mtlora.training.trainer import loss_warning
+
+    # Four logs are enough to see a fall and a climb back to 95% of the start.
+    assert "training diverged" in loss_warning([(1, 1.0), (2, 0.5), (3, 0.6), (4, 0.95)])
+    assert loss_warning([(1, 1.0), (2, 0.5), (3, 0.6)]) is None
+    # Under eight logs a quarter is one log: too noisy to call a run stalled on.
+    short = [(i, loss) for i, loss in enumerate([0.7, 0.65, 0.6, 0.62, 0.6, 0.66, 0.72], 1)]
+    assert loss_warning(short) is None
+    assert "the loss did not fall" in loss_warning([*short, (8, 0.72)])
+
 def test_a_run_that_diverged_or_never_learned_is_reported() -> None:
     from mtlora.training.trainer import loss_warning
 
