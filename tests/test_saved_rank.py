@@ -18,7 +18,7 @@ from mtlora import load_config
 from mtlora.cli import app
 from mtlora.errors import ConfigError
 from mtlora.training import train_task
-from mtlora.training.saved_rank import truncate_rank
+from mtlora.training.saved_rank import check_truncatable, truncate_rank
 
 TEXTS = ["loved this great movie", "terrible boring film", "the cat sat on the mat"]
 
@@ -56,7 +56,12 @@ def test_each_update_becomes_its_best_lower_rank_approximation(tiny_bert: Path) 
     before = deltas(model)
     truncation = truncate_rank(model, 2)
     assert truncation is not None and truncation.saved_rank == 2 and truncation.trained_rank == 4
-    assert 0 < truncation.lowest_layer_energy_kept <= truncation.energy_kept < 1
+    # Every layer has the same scaling: the energy shares of the deltas are those of the factors.
+    spectra = [torch.linalg.svdvals(delta.double()) ** 2 for delta in before.values()]
+    assert truncation.energy_kept == pytest.approx(
+        sum(s[:2].sum().item() for s in spectra) / sum(s.sum().item() for s in spectra), rel=1e-6)
+    assert truncation.lowest_layer_energy_kept == pytest.approx(
+        min(s[:2].sum().item() / s.sum().item() for s in spectra), rel=1e-6)
     for name, delta in deltas(model).items():
         u, s, vh = torch.linalg.svd(before[name].double())
         best = (u[:, :2] * s[:2]) @ vh[:2]
@@ -85,6 +90,18 @@ def test_nothing_changes_unless_the_saved_rank_is_lower(tiny_bert: Path) -> None
     for name, delta in deltas(model).items():
         assert torch.equal(delta, before[name])
 
+
+def test_an_adapter_that_learned_nothing_reports_all_of_its_energy_kept(tiny_bert: Path) -> None:
+    """PEFT starts B at zero, so an adapter trained at a tiny rate is near it: cutting it loses nothing,
+    and the manifest must not say it lost everything (nor divide by zero)."""
+    model = lora_model(tiny_bert)
+    for layer in model.modules():
+        if type(layer) is lora.Linear:
+            torch.nn.init.zeros_(layer.lora_B["default"].weight)
+    truncation = truncate_rank(model, 2)
+    assert truncation is not None
+    assert (truncation.energy_kept, truncation.lowest_layer_energy_kept) == (1.0, 1.0)
+    assert "kept 100.0% of the update's energy (lowest layer 100.0%)" in truncation.describe()
 
 def test_training_saves_at_the_saved_rank_and_serves_what_it_saved(tiny_project: Path) -> None:
     config = load_config(tiny_project, overrides={"defaults": {"lora": {"saved_rank": 2}}})
@@ -140,3 +157,9 @@ def test_what_cannot_be_cut_is_refused_before_training(tiny_project: Path, tiny_
     dora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query"], use_dora=True))
     with pytest.raises(ConfigError, match="LoRA variant"):
         truncate_rank(dora, 2)
+    # Saved at the rank it trains at, nothing is cut: such an adapter trains (r: 4 meets saved_rank auto's 4).
+    check_truncatable(dora, 4)
+    embedded = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
+                              LoraConfig(r=4, lora_alpha=8, target_modules=["query", "word_embeddings"]))
+    check_truncatable(embedded, 4)
+    assert truncate_rank(embedded, 4) is None
