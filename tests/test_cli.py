@@ -42,6 +42,21 @@ def test_an_interrupted_train_exits_130_and_the_next_one_resumes(tiny_project: P
     assert resumed.exit_code == 0 and "Resuming from" in resumed.output, resumed.output
 
 
+def test_train_again_keeps_what_is_up_to_date_and_fresh_trains_it_again(tiny_project: Path) -> None:
+    """--fresh is the way out of a kept result (a changed library, say) and --no-baseline of a baseline's
+    training time: each flag has to reach the training."""
+    raw = yaml.safe_load(tiny_project.read_text())
+    raw["defaults"]["training"]["max_steps"] = 2
+    tiny_project.write_text(yaml.safe_dump(raw, sort_keys=False))
+    first = run("train", tiny_project, "--task", "sentiment", "--no-baseline")
+    assert first.exit_code == 0 and "kept, up to date" not in first.output, first.output
+    assert "head_only" not in first.output
+    again = run("train", tiny_project, "--task", "sentiment", "--no-baseline")
+    assert again.exit_code == 0 and "kept, up to date" in again.output, again.output
+    fresh = run("train", tiny_project, "--task", "sentiment", "--no-baseline", "--fresh")
+    assert fresh.exit_code == 0 and "kept, up to date" not in fresh.output, fresh.output
+    assert "is up to date" not in fresh.output
+
 def test_the_routing_table_shows_the_share_routed_by_shape(tiny_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inputs that only one task takes go to it before any router runs, and count in its accuracy."""
     report = RoutingReport(router="keywords", features=None, split="validation", examples=8, accuracy=0.75,
