@@ -462,3 +462,17 @@ def test_a_hub_id_stays_a_hub_id_and_a_folder_beside_the_file_becomes_its_path(t
     (tmp_path / "org" / "model").mkdir(parents=True)
     config = load_config(write(tmp_path, {"backbone": "org/model", "tasks": [task()]}))
     assert config.backbone == str((tmp_path / "org" / "model").resolve())
+
+
+def test_a_section_left_empty_under_defaults_is_named_there_once(tmp_path: Path) -> None:
+    """`training:` with nothing under it was merged into every task as null and reported in each, at
+    places the file does not have; a section that may be null (seq2seq) is still taken as null."""
+    path = tmp_path / "mtlora.yaml"
+    path.write_text("defaults:\n  training:\n  seq2seq:\ntasks:\n"
+                    + "".join(f"  - {{name: {name}, kind: classification, data: {{train: t.jsonl}}}}\n"
+                              for name in ("a", "b")))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["defaults.training"], caught.value.problems
+    path.write_text(path.read_text().replace("  training:\n", ""))
+    assert load_config(path).tasks[1].seq2seq is None

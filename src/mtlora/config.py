@@ -672,7 +672,9 @@ def _checked_defaults(defaults: dict[str, Any]) -> tuple[dict[str, Any], list[st
                             f"{', '.join(TaskConfig.model_fields)})")
             continue
         section = _settings_class(field.annotation)
-        if section is not None and value is not None:
+        # A section left empty (`training:` with nothing under it) is null: checked here too, unless the
+        # task may take null (seq2seq), so that it is named once under defaults rather than in every task.
+        if section is not None and (value is not None or type(None) not in get_args(field.annotation)):
             try:
                 section.model_validate(value)
             except ValidationError as exc:
