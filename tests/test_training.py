@@ -82,6 +82,14 @@ def test_a_length_past_the_backbones_positions_or_a_later_tasks_bad_data_stops_t
     assert Registry(tiny_project.parent / "adapters").names() == []
 
 
+def test_a_max_length_of_exactly_the_backbones_positions_is_taken(tiny_project: Path) -> None:
+    """max_length: 512 on a 512-position BERT is the usual setting: only a length past them is refused."""
+    from transformers import AutoConfig
+
+    config = load_config(tiny_project, overrides={"defaults": {"training": {"max_length": 128}}})
+    trainer_module.check_max_length(config.task("sentiment"), config.backbone,
+                                    AutoConfig.from_pretrained(config.backbone))
+
 def test_lora_target_modules_naming_no_layer_list_the_backbones_own(tiny_project: Path) -> None:
     from mtlora.errors import ConfigError
 
@@ -621,6 +629,25 @@ def test_a_short_last_batch_comes_last_and_the_seed_decides_the_order() -> None:
     many = [length % 37 for length in range(200)]
     assert list(ShuffledLengthBatches(many, 10, seed=0)) != list(ShuffledLengthBatches(many, 10, seed=1))
 
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_the_trainer_groups_lengths_by_optimizer_step_and_orders_them_by_the_training_seed(seed: int) -> None:
+    """A run of similar lengths per optimizer step (every micro-batch of a gradient accumulation), and
+    `training.seed` deciding the data order as it decides the initial weights."""
+    args = trainer_module._training_arguments(
+        trainer_module.TrainSettings(batch_size=4, grad_accum=3, seed=seed), Path("unused"), progress=False)
+    fake = SimpleNamespace(args=args, lengths=list(range(30)))
+    sampler = trainer_module._LengthBatchedTrainer._get_train_sampler(fake)
+    assert (sampler.batch_size, sampler.seed, sampler.lengths) == (12, seed, list(range(30)))
+
+def test_the_inputs_kept_for_routing_are_a_seeded_sample_without_labels() -> None:
+    """Semantic routing calibrates its thresholds on them: an unseeded sample would route differently
+    after each retraining of an unchanged task."""
+    train = [{"text": f"input {i} " + "x" * (600 if i == 0 else 0), "label": "pos"} for i in range(200)]
+    kept = trainer_module._example_inputs(train, seed=3)
+    assert kept == trainer_module._example_inputs(train, seed=3) != trainer_module._example_inputs(train, seed=4)
+    assert len(kept) == trainer_module.EXAMPLE_INPUTS_KEPT and all(set(e) == {"text"} for e in kept)
+    assert max(len(e["text"]) for e in trainer_module._example_inputs(train[:10], seed=3)) == 500
 
 def test_the_loss_warnings_judge_four_logs_for_divergence_and_eight_for_a_stall() -> None:
     from mtlora.training.trainer import loss_warning
