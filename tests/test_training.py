@@ -253,6 +253,14 @@ def test_resume_after_interruption_ends_with_the_same_weights(
 
 
 
+def test_the_run_clock_carries_the_time_spent_before_a_resume(tmp_path: Path) -> None:
+    """The manifest's training time is the whole run's: a resumed run counting from zero under-reports it."""
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / trainer_module._RunClock.FILE).write_text(json.dumps({"elapsed_s": 1000.0}))
+    assert 1000.0 <= trainer_module._RunClock(str(checkpoint)).elapsed() < 1010.0
+    assert trainer_module._RunClock(None).elapsed() < 10.0
+
 def test_the_last_step_is_logged_whatever_the_cadence(tiny_bert: Path, tmp_path: Path) -> None:
     """The whole-run loss is read from the logged losses, so they must reach the last step."""
     import yaml
