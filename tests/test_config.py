@@ -473,6 +473,16 @@ def test_a_section_left_empty_under_defaults_is_named_there_once(tmp_path: Path)
                               for name in ("a", "b")))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert [p.split(":")[0] for p in caught.value.problems] == ["defaults.training"], caught.value.problems
+    assert caught.value.problems == ["defaults.training: is empty: put its settings under it, indented, or delete "
+                                     "the line"]
     path.write_text(path.read_text().replace("  training:\n", ""))
     assert load_config(path).tasks[1].seq2seq is None
+
+
+def test_a_task_section_left_empty_says_so_instead_of_asking_for_a_dictionary(tmp_path: Path) -> None:
+    path = tmp_path / "mtlora.yaml"
+    path.write_text("tasks:\n  - name: a\n    kind: classification\n    data: {train: t.jsonl}\n    lora:\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == ["tasks[0] (a).lora: is empty: put its settings under it, indented, or delete "
+                                     "the line"]

@@ -716,6 +716,9 @@ def _describe(error: Any, raw: dict[str, Any], root: type[BaseModel] | None = No
         section = _section_at(loc[:-1], root or ProjectConfig)
         valid = f"valid here: {', '.join(section.model_fields)}" if section is not None else "see the README"
         message = f"unknown setting (check the spelling; {valid})"
+    elif error["type"] in ("model_type", "dict_type") and error.get("input") is None:
+        # YAML reads a section with nothing under it as null; pydantic would say "not a valid dictionary".
+        message = "is empty: put its settings under it, indented, or delete the line"
     # A check of the whole project names the settings it is about itself.
     return f"{'.'.join(parts)}: {message}" if parts else message
 
