@@ -296,3 +296,21 @@ def test_each_kind_says_which_of_its_metrics_run_to_100() -> None:
     assert [key for key, label in marked.items() if label.endswith(" (0-100)")] == [
         ("extractive_qa", "exact_match"), ("generation", "rougeLsum"), ("mcq_generation", "question_rougeL"),
         ("multitask", "summarize/rougeL")]
+
+
+def test_a_text_that_exactly_fills_max_length_is_not_called_truncated(tiny_bert: Path) -> None:
+    """Truncation returns `max_length` tokens for a text that fits them exactly and for one cut to them: only
+    the second lost words, and a caller told `truncated` of the first would shorten a text for nothing."""
+    from mtlora.tasks.classification import ClassificationTask
+    from mtlora.tasks.generation import GenerationTask
+    from mtlora.tasks.pair_classification import PairClassificationTask
+
+    tokenizer = load_tokenizer(str(tiny_bert))
+    cases = [(ClassificationTask(labels=["a", "b"]), {"text": "cat " * 6}, {"text": "cat " * 7}),  # [CLS] 6 [SEP]
+             (PairClassificationTask(labels=["a", "b"]), {"text": "cat " * 2, "text_pair": "dog " * 3},
+              {"text": "cat " * 2, "text_pair": "dog " * 4}),
+             (GenerationTask(), {"text": "cat " * 6}, {"text": "cat " * 7})]
+    for kind, fits, cut in cases:
+        encoded = kind.encode(tokenizer, [fits, cut], 8, 0, with_targets=False)
+        assert [len(ids) for ids in encoded.features["input_ids"]] == [8, 8], kind.name
+        assert encoded.truncated == [False, True], kind.name

@@ -242,6 +242,20 @@ class TaskKind(ABC):
         return ", ".join(f"{key} {value}" for key, value in prediction.items())
 
 
+def truncated_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pairs: Sequence[str] | None,
+                   input_ids: Sequence[Sequence[int]], max_length: int, **kwargs: Any) -> list[bool]:
+    """Which rows truncation cut to `max_length`. A row of exactly `max_length` tokens may be a text that fits
+    them exactly, so those rows are tokenised again to one token more: only a cut one grows past it."""
+    full = [i for i, ids in enumerate(input_ids) if len(ids) >= max_length]
+    cut = [False] * len(input_ids)
+    if full:
+        again = tokenizer([texts[i] for i in full], [pairs[i] for i in full] if pairs is not None else None,
+                          truncation=True, max_length=max_length + 1, **kwargs)["input_ids"]
+        for i, ids in zip(full, again, strict=True):
+            cut[i] = len(ids) > max_length
+    return cut
+
+
 # What a sample table shows of an input (a QA context is too long to read there).
 SHOWN_ROLES = ("text", "text_pair", "question")
 

@@ -23,7 +23,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 from mtlora.batching import padded_batches
 from mtlora.config import Seq2SeqSettings
 from mtlora.errors import InputError
-from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text
+from mtlora.tasks.base import Encoded, Example, Prediction, TaskKind, require_text, truncated_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -123,13 +123,14 @@ class Seq2SeqTask(TaskKind):
         doc_stride: int,
         with_targets: bool,
     ) -> Encoded:
-        tokens = tokenizer([self.source(e) for e in examples], truncation=True, max_length=max_length,
-                           return_token_type_ids=False)
+        sources = [self.source(e) for e in examples]
+        tokens = tokenizer(sources, truncation=True, max_length=max_length, return_token_type_ids=False)
         features: dict[str, list[Any]] = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
         if with_targets:
             features["labels"] = target_ids(tokenizer, [self.target(e) for e in examples],
                                             self.settings.max_target_length)
-        truncated = [len(ids) >= max_length for ids in tokens["input_ids"]]
+        truncated = truncated_rows(tokenizer, sources, None, tokens["input_ids"], max_length,
+                                   return_token_type_ids=False)
         return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], Any]:

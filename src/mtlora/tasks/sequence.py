@@ -9,7 +9,7 @@ from peft import TaskType
 from transformers import AutoModelForSequenceClassification
 
 from mtlora.errors import DataError, InputError
-from mtlora.tasks.base import Encoded, Example, TaskKind, integer_text, require_text
+from mtlora.tasks.base import Encoded, Example, TaskKind, integer_text, require_text, truncated_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -52,7 +52,7 @@ class SequenceTask(TaskKind):
         features: dict[str, list[Any]] = dict(tokens)
         if with_targets:
             features["labels"] = [self.target(e) for e in examples]
-        truncated = [len(ids) >= max_length for ids in tokens["input_ids"]]
+        truncated = truncated_rows(tokenizer, texts, pairs, tokens["input_ids"], max_length)
         return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated)
 
     def target(self, example: Example) -> Any:
