@@ -48,6 +48,30 @@ def test_qa_windows_overlap_by_the_stride_and_target_the_answer_where_they_hold_
 
 
 
+def test_qa_targets_cover_the_answer_exactly_at_a_windows_edges_and_inside_a_word(tiny_bert: Path) -> None:
+    """An answer that starts on a window's first context token or ends on its last is in that window, and
+    one that is part of a word ("cat" of "cats": cat ##s) takes its own token, not its neighbour."""
+    tokenizer = load_tokenizer(str(tiny_bert))
+    kind = ExtractiveQATask()
+
+    def target(context: str, start: int, end: int, feature: int) -> str:
+        example = {"question": QUESTION, "context": context,
+                   "answers": [{"text": context[start:end], "answer_start": start}]}
+        encoded = kind.encode(tokenizer, [example], 24, 6, with_targets=True)
+        first, last = encoded.features["start_positions"][feature], encoded.features["end_positions"][feature]
+        offsets = encoded.extras[feature]["offsets"]
+        return context[offsets[first][0]:offsets[last][1]] if (first, last) != (0, 0) else ""
+
+    encoded = kind.encode(tokenizer, [{"question": QUESTION, "context": CONTEXT}], 24, 6, with_targets=False)
+    for feature, extra in enumerate(encoded.extras[:3]):
+        spans = [o for o in extra["offsets"] if o is not None]
+        for start, end in (spans[0], spans[-1], (spans[0][0], spans[-1][1])):
+            assert target(CONTEXT, start, end, feature) == CONTEXT[start:end], (feature, start, end)
+    cats = "the cats sat on the mat"
+    assert target(cats, 4, 7, 0) == "cat"  # cat|s: the ##s token starts where the answer ends
+    assert target(cats, 7, 8, 0) == "s"  # the cat token ends where the answer starts
+
+
 class FirstWindowsOnly:
     """A tokenizer as tokenizers 0.23.2 behaves (huggingface/tokenizers#2091): a long context's later
     windows are dropped."""
