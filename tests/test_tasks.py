@@ -72,6 +72,20 @@ def test_qa_targets_cover_the_answer_exactly_at_a_windows_edges_and_inside_a_wor
     assert target(cats, 7, 8, 0) == "s"  # the cat token ends where the answer starts
 
 
+def test_a_question_that_exactly_fills_a_windows_room_is_kept_whole_and_one_word_more_is_cut(tiny_bert: Path) -> None:
+    """Each window gives the question max_length less the stride, [CLS] [SEP] [SEP] and one context token
+    more than the stride: 24 - 6 - 3 - 1 = 14 tokens here. A question that fits is not called truncated."""
+    from mtlora.tasks.extractive_qa import _questions_that_fit
+
+    tokenizer = load_tokenizer(str(tiny_bert))
+    words = ["what", "is", "the", "capital", "of", "france", "paris", "city"] * 2
+    fits, over = " ".join(words[:14]), " ".join(words[:15])
+    questions, cut = _questions_that_fit(tokenizer, [{"question": fits}, {"question": " " + over}], 24, 6)
+    assert questions == [fits, fits] and cut == [False, True]
+    examples = [{"question": q, "context": CONTEXT} for q in (fits, over)]
+    assert ExtractiveQATask().encode(tokenizer, examples, 24, 6, with_targets=False).truncated == [False, True]
+
+
 class FirstWindowsOnly:
     """A tokenizer as tokenizers 0.23.2 behaves (huggingface/tokenizers#2091): a long context's later
     windows are dropped."""
