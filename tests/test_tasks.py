@@ -352,3 +352,14 @@ def test_a_text_that_exactly_fills_max_length_is_not_called_truncated(tiny_bert:
         encoded = kind.encode(tokenizer, [fits, cut], 8, 0, with_targets=False)
         assert [len(ids) for ids in encoded.features["input_ids"]] == [8, 8], kind.name
         assert encoded.truncated == [False, True], kind.name
+
+
+def test_qa_answers_given_as_text_are_found_in_the_context_from_its_first_character(tmp_path: Path) -> None:
+    from test_data import jsonl, load
+
+    rows = [{"question": "who?", "context": "the cat sat on the mat", "answers": answers}
+            for answers in ("the cat", ["the mat", "the cat"], {"text": ["the cat"]})]
+    parsed = [e["answers"] for e in load(tmp_path, "extractive_qa", jsonl(tmp_path, rows)).train]
+    assert parsed == [[{"text": "the cat", "answer_start": 0}],
+                      [{"text": "the mat", "answer_start": 15}, {"text": "the cat", "answer_start": 0}],
+                      [{"text": "the cat", "answer_start": 0}]]
