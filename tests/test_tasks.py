@@ -363,3 +363,18 @@ def test_qa_answers_given_as_text_are_found_in_the_context_from_its_first_charac
     assert parsed == [[{"text": "the cat", "answer_start": 0}],
                       [{"text": "the mat", "answer_start": 15}, {"text": "the cat", "answer_start": 0}],
                       [{"text": "the cat", "answer_start": 0}]]
+
+
+def test_with_a_label_map_numbers_are_names_to_map_not_ids_and_one_label_is_no_classifier(tmp_path: Path) -> None:
+    """A label_map says how the data names the labels: a number it does not map is unknown, not an id."""
+    from test_data import jsonl, load
+
+    from mtlora import ConfigError, DataError
+
+    rows = [{"text": "a", "label": "n"}, {"text": "b", "label": 1}]
+    with pytest.raises(DataError, match=r"train.jsonl:2: unknown label 1"):
+        load(tmp_path, "classification", jsonl(tmp_path, rows), labels=["neg", "pos"],
+             label_map={"n": "neg", "p": "pos"})
+    for kind in ("classification", "pair_classification"):
+        with pytest.raises(ConfigError, match=f"a {kind} task needs at least 2 labels"):
+            load(tmp_path, kind, jsonl(tmp_path, rows), labels=["neg"])
