@@ -474,6 +474,36 @@ def test_labels_that_would_train_and_score_alike_are_refused_before_training(
     assert "triage" not in Registry(load_config(project).registry)
 
 
+def test_a_label_of_exactly_max_target_length_tokens_is_scored_whole(tiny_bert: Path) -> None:
+    from mtlora.backbone import load_tokenizer
+    from mtlora.tasks.instruction_classification import InstructionClassificationTask
+
+    tokenizer = load_tokenizer(str(tiny_bert))
+    kind = InstructionClassificationTask(labels=["refund", "login"], options={"max_target_length": 3})
+    sep = tokenizer.sep_token_id  # [CLS] refund [SEP]: 3 tokens, the decoder starting from [CLS] itself
+    assert kind.label_targets(tokenizer) == [[tokenizer.convert_tokens_to_ids(label), sep] for label in kind.labels]
+
+
+def test_adapters_share_a_generation_pass_only_when_they_answer_alike() -> None:
+    """Rows of one `generate` (or scoring pass) get one set of decoding settings and one label set: adapters
+    that differ in either must not share one."""
+    from mtlora.tasks.generation import GenerationTask
+    from mtlora.tasks.instruction_classification import InstructionClassificationTask
+
+    def triage(labels: list[str]) -> InstructionClassificationTask:
+        return InstructionClassificationTask(labels=labels)
+
+    assert triage(["refund", "login"]).batch_key() == triage(["refund", "login"]).batch_key()
+    assert triage(["refund", "login"]).batch_key() != triage(["refund", "other"]).batch_key()
+    greedy = GenerationTask(options={"decoding": {"max_new_tokens": 6}})
+    beams = GenerationTask(options={"decoding": {"max_new_tokens": 6, "num_beams": 4, "length_penalty": 2.0,
+                                                 "no_repeat_ngram_size": 3}})
+    assert greedy.batch_key() != beams.batch_key() != GenerationTask().batch_key()
+    assert greedy.generation_kwargs() == {"max_new_tokens": 6, "num_beams": 1, "do_sample": False}
+    assert beams.generation_kwargs() == {"max_new_tokens": 6, "num_beams": 4, "do_sample": False,
+                                         "no_repeat_ngram_size": 3, "length_penalty": 2.0, "early_stopping": True}
+
+
 def test_mean_primary_puts_each_part_s_main_metric_on_a_0_to_1_scale() -> None:
     """ROUGE-L runs to 100, valid_mcq_share to 1: averaged as they are, ROUGE would outweigh the MCQs."""
     from mtlora.tasks.generation import GenerationTask
