@@ -544,6 +544,20 @@ def test_unroutable_input_is_not_a_guess(engine: Engine) -> None:
     assert "no keyword matched" in result["reason"]
 
 
+def test_the_only_text_task_still_has_to_win_its_route_and_a_question_is_never_read_for_a_task(
+        trained_project: Path) -> None:
+    """A plain text fits every text task, so being the one loaded says nothing of it; a question may begin
+    with what looks like a task token and is still the QA task's question."""
+    engine = Engine.from_config(trained_project, ["sentiment", "qa"], precision="fp32")
+    result = engine.predict("the river of paris", router="keywords")
+    assert result["task"] is None and result["unroutable"] is True
+    question = {"question": "<sentiment> who sat on the mat", "context": "the cat sat on the mat"}
+    assert engine.predict(question)["task"] == "qa"
+    qa = mtlora.load_predictor(trained_project, "qa")
+    with pytest.raises(InputError, match=r"^question is empty"):  # two texts to a QA task: question, context
+        qa.predict_batch([(" ", "the cat sat on the mat")])
+
+
 def test_engine_loads_with_the_learned_router_absent(trained_project: Path) -> None:
     engine = Engine.from_config(trained_project, precision="fp32")
     with pytest.raises(mtlora.RegistryError, match="train-router"):
