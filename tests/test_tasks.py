@@ -378,3 +378,19 @@ def test_with_a_label_map_numbers_are_names_to_map_not_ids_and_one_label_is_no_c
     for kind in ("classification", "pair_classification"):
         with pytest.raises(ConfigError, match=f"a {kind} task needs at least 2 labels"):
             load(tmp_path, kind, jsonl(tmp_path, rows), labels=["neg"])
+
+
+def test_a_label_comes_back_with_its_id_its_probability_and_every_labels_probability_by_name() -> None:
+    """The engine and a predictor share this decode, so comparing them cannot see a label answered by its
+    neighbour's name or probabilities filed under the wrong labels."""
+    from mtlora.tasks.classification import ClassificationTask
+
+    kind = ClassificationTask(labels=["billing", "account", "shipping"])
+    logits = np.log(np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], dtype=np.float32))
+    encoded = Encoded(features={}, example_index=[0, 1], truncated=[False, True])
+    first, second = kind.decode([{"logits": row} for row in logits], encoded, [{}, {}])
+    assert (first["label"], first["label_id"], first["truncated"]) == ("account", 1, False)
+    assert first["confidence"] == pytest.approx(0.7)
+    assert first["probabilities"] == pytest.approx({"billing": 0.2, "account": 0.7, "shipping": 0.1})
+    assert (second["label"], second["label_id"], second["confidence"], second["truncated"]) == \
+        ("shipping", 2, pytest.approx(0.6), True)
