@@ -504,6 +504,15 @@ def test_adapters_share_a_generation_pass_only_when_they_answer_alike() -> None:
                                          "no_repeat_ngram_size": 3, "length_penalty": 2.0, "early_stopping": True}
 
 
+def test_each_generated_text_keeps_its_own_token_count_and_truncated_flag() -> None:
+    from mtlora.tasks.generation import GenerationTask
+
+    outputs = [{"text": "a short one", "tokens": 4}, {"text": "cut", "tokens": 2}]
+    predictions = GenerationTask().decode(outputs, Encoded({}, [0, 1], truncated=[False, True]), [{}, {}])
+    assert predictions == [{"text": "a short one", "generated_tokens": 4, "truncated": False},
+                           {"text": "cut", "generated_tokens": 2, "truncated": True}]
+
+
 def test_mean_primary_puts_each_part_s_main_metric_on_a_0_to_1_scale() -> None:
     """ROUGE-L runs to 100, valid_mcq_share to 1: averaged as they are, ROUGE would outweigh the MCQs."""
     from mtlora.tasks.generation import GenerationTask
