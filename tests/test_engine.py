@@ -373,6 +373,9 @@ def test_merged_export_gives_the_adapter_outputs(engine: Engine, trained_project
     with torch.inference_mode():
         torch.testing.assert_close(merged(**batch).logits, predictor.model(**batch).logits, rtol=0, atol=1e-5)
     assert AutoTokenizer.from_pretrained(folder).model_max_length == predictor.manifest.max_length
+    # A plain transformers user reads the class names from the config: they must be the logits' order.
+    assert merged.config.id2label == {0: "negative", 1: "positive"}
+    assert merged.config.label2id == {"negative": 0, "positive": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["sentiment-merged"]  # no staging folder left beside it
 
 
