@@ -56,8 +56,9 @@ def test_training_inputs_cut_at_max_length_are_counted(tiny_project: Path) -> No
     task = task.model_copy(update={"training": task.training.model_copy(update={"max_length": 4, "max_steps": 1})})
     said: list[str] = []
     train_task(config, task, "lora", progress=False, log=said.append)
-    cut = [line for line in said if "reach max_length 4 tokens and are cut there" in line]
-    assert cut and cut[0].startswith("[sentiment] 16 of 16 training inputs (100.0%)"), said
+    cut = [line for line in said if "run past max_length 4 tokens and are cut to it" in line]
+    # "wonderful film", twice, fills the 4 tokens exactly ([CLS] wonderful film [SEP]): not cut.
+    assert cut and cut[0].startswith("[sentiment] 14 of 16 training inputs (87.5%)"), said
 
 
 def test_a_length_past_the_backbones_positions_or_a_later_tasks_bad_data_stops_train_before_any_task(

@@ -218,8 +218,8 @@ def check_max_length(task: TaskConfig, backbone: str, config: PretrainedConfig) 
 def _warn_of_cut_inputs(task: TaskConfig, run: _Run, log: Callable[[str], None]) -> None:
     if cut := sum(run.encoded.truncated):  # e.g. a long prompt can leave no room for the message itself
         total, max_length = len(run.data.train), task.training.max_length
-        log(f"[{task.name}] {cut} of {total} training inputs ({cut / total:.1%}) reach "
-            f"max_length {max_length} tokens and are cut there; raise training.max_length to keep them whole")
+        log(f"[{task.name}] {cut} of {total} training inputs ({cut / total:.1%}) run "
+            f"past max_length {max_length} tokens and are cut to it; raise training.max_length to keep them whole")
 
 
 def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, run_dir: Path, progress: bool,
