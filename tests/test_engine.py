@@ -343,6 +343,48 @@ def test_an_adapter_trained_on_another_backbone_is_refused_by_the_engine(trained
     assert engine.tasks == []
 
 
+def test_a_reload_that_fails_putting_its_lora_in_unlists_the_task_and_it_can_be_added_again(
+        trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old LoRA is out by then: listed still, the task would be routed to and fail in every call."""
+    engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32")
+    first = engine.predict("loved this great movie", task="sentiment")
+    prepared = engine._encoders.prepared
+
+    def failing_to_put_in(*args: object, **kwargs: object) -> Callable[[], None]:
+        prepared(*args, **kwargs)
+
+        def put_in() -> None:
+            raise RuntimeError("out of memory")
+        return put_in
+
+    monkeypatch.setattr(engine._encoders, "prepared", failing_to_put_in)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.reload("sentiment")
+    assert engine.tasks == ["support"]
+    monkeypatch.undo()
+    engine.add("sentiment")
+    assert_same(engine.predict("loved this great movie", task="sentiment"), first)
+
+
+def test_adding_a_loaded_adapter_changes_nothing_and_routers_follow_adds_and_removes(trained_project: Path) -> None:
+    """A router keeps the task list it was built with: one kept across an add or a remove would never
+    route to the new task, or would route to one gone."""
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+    refund = "where is my refund"
+    assert engine.predict(refund, router="keywords")["task"] != "support"
+    engine.reload("support")  # not loaded: a reload loads it
+    assert engine.tasks == ["sentiment", "support"]
+    assert engine.predict(refund, router="keywords")["task"] == "support"
+    engine.remove("support")
+    assert engine.predict(refund, router="keywords")["task"] != "support"
+    engine.add("support")
+    engine.add("support")
+    assert engine.tasks == ["sentiment", "support"]
+    assert engine.predict(refund, router="keywords")["task"] == "support"
+    with pytest.raises(UnknownTaskError, match=r"No task 'nope' loaded in the engine\. Available: sentiment, support"):
+        engine.remove("nope")
+
+
 @pytest.mark.parametrize("fold_cache", [0, 2])
 def test_a_reload_of_other_weights_answers_with_them(trained_project: Path, tmp_path: Path, fold_cache: int) -> None:
     """A retrained adapter, reloaded, answers as a fresh engine does: no fold of the old weights is kept."""
