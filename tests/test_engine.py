@@ -484,6 +484,8 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
         engine.predict({"question": " ", "context": "the cat sat"})
     with pytest.raises(EmptyTextError, match=r"^inputs\[2\]: text_pair is empty"):
         engine.predict(["fine", "good", ("a", "")])
+    with pytest.raises(EmptyTextError, match=r"^text_pair is empty"):  # not read as one text, "a"
+        engine.predict({"text": "a", "text_pair": ""}, task="paraphrase")
     with pytest.raises(InputError, match=r"^inputs\[1\]: task 'sentiment' \(classification\) takes a text, but a "
                                          r"text pair was given \(give it a text, or name a task that takes a text "
                                          r"pair: paraphrase, qa, similarity\)"):

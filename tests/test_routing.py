@@ -550,7 +550,8 @@ def test_a_prefix_naming_a_trained_task_that_is_not_loaded_is_refused(trained_pr
     """Routed as text with its prefix, `<sentiment> ...` went to support, the one text task loaded."""
     engine = Engine.from_config(trained_project, tasks=["support", "paraphrase"], precision="fp32")
     for text in ("<sentiment> a great film", "sentiment: a great film"):
-        with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentiment' loaded in the engine .*Available: "
+        # One input's error is not numbered: "inputs[0]: " would point into a list the caller never gave.
+        with pytest.raises(mtlora.UnknownTaskError, match=r"^No task 'sentiment' loaded in the engine .*Available: "
                                                           r"paraphrase, support \(load it: Engine.add\('sentiment'\)"):
             engine.predict(text)
     with pytest.raises(mtlora.UnknownTaskError, match=r"^inputs\[1\]: No task 'sentiment' loaded"):
@@ -574,8 +575,10 @@ def test_a_prefix_naming_an_untrained_project_task_or_misspelling_a_loaded_one_i
     with pytest.raises(mtlora.UnknownTaskError, match=r"No task 'sentimnet' .*no task has that name\)\. Did you "
                                                       r"mean 'sentiment'\? Available: "):
         engine.predict("<sentimnet> a great film")
-    # `name:` may begin a text, and a `<tag>` far from every task's name is text too.
-    for text in ("sentimnet: a great film", "<b> a great film", "<sentimnet>a great film"):  # the last: markup
+    # `name:` may begin a text, and a `<tag>` far from every task's name is text too: `<sent>` shares only
+    # a part of 'sentiment' (a looser cutoff refused it as a typo).
+    for text in ("sentimnet: a great film", "<b> a great film", "<sent> a great film",
+                 "<sentimnet>a great film"):  # the last: markup
         engine.predict(text, router="keywords")  # routed, not refused
 
 
