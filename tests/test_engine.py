@@ -502,6 +502,18 @@ def test_bad_inputs_are_explained(engine: Engine) -> None:
         engine.predict_batch(["a", "b"], task=["sentiment"] * 3)
 
 
+def test_a_dict_naming_one_task_while_the_call_names_another_is_refused(engine: Engine) -> None:
+    """The call's task won without a word, though a `<task>` prefix that disagrees is refused, and so is
+    such a dict given to a predictor."""
+    with pytest.raises(InputError, match=r"^the input names task 'support', but task 'sentiment' was named: "
+                                         r"drop one of them"):
+        engine.predict({"text": "refund please", "task": "support"}, task="sentiment")
+    with pytest.raises(InputError, match=r"^inputs\[1\]: the input names task 'support'"):
+        engine.predict(["fine", {"text": "refund please", "task": "support"}], task=["sentiment", "sentiment"])
+    assert engine.predict({"text": "refund please", "task": "support"}, task="support")["task"] == "support"
+    assert engine.predict({"text": "refund please", "task": "support"})["task"] == "support"
+
+
 def test_a_predictor_takes_the_inputs_the_engine_takes(trained_project: Path) -> None:
     """One task's predictor reads an input as the engine does: a {question, context} dict, a {text,
     text_pair} dict, a JSON [text, text_pair] list."""

@@ -42,8 +42,8 @@ class KnownTasks:
 
 
 def read_input(item: object, task: str | None = None) -> Request:
-    """An input's texts and shape, and the task the caller (or a `{text, task}` dict) names; a prefix of
-    the text stays in it. `item` is what a caller passed: anything but an `Input` is refused."""
+    """An input's texts and shape, and the task the caller or a `{text, task}` dict names (both must agree);
+    a prefix of the text stays in it. `item` is what a caller passed: anything but an `Input` is refused."""
     if isinstance(item, str):
         return Request(item, None, "text", task)
     if isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, str) for t in item):
@@ -51,8 +51,11 @@ def read_input(item: object, task: str | None = None) -> Request:
     if isinstance(item, dict) and {"question", "context"} <= item.keys():
         return Request(item["question"], item["context"], "qa", task)
     if isinstance(item, dict) and "text" in item:
+        named = item.get("task")
+        if task and named and named != task:  # as a `<task>` prefix that disagrees is: neither silently wins
+            raise InputError(f"the input names task '{named}', but task '{task}' was named: drop one of them")
         return read_input(item["text"] if item.get("text_pair") is None else (item["text"], item["text_pair"]),
-                          task or item.get("task"))
+                          task or named)
     raise InputError(f"an input is a text, a (text, text_pair) tuple or a {{question, context}} dict; "
                      f"got {type(item).__name__}: {item!r:.80}")
 
