@@ -385,6 +385,27 @@ def test_adding_a_loaded_adapter_changes_nothing_and_routers_follow_adds_and_rem
         engine.remove("nope")
 
 
+def test_deleting_the_active_adapter_activates_another_first_and_the_last_one_left_is_kept(tiny_bert: Path) -> None:
+    """PEFT would switch itself, warning at every LoRA layer on each remove; and it cannot delete its last
+    adapter, which is all that would be left but those the caller is deleting too (`gone`)."""
+    import warnings
+
+    from peft import LoraConfig
+
+    from mtlora.engine.peft_adapters import delete_adapter, with_adapter
+
+    model = AutoModel.from_pretrained(tiny_bert)
+    for name in ("a", "b", "c"):
+        model = with_adapter(model, name, LoraConfig(r=2, target_modules=["query", "value"]))
+    model.set_adapter("a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert delete_adapter(model, "a")
+    assert model.active_adapters == ["b"] and list(model.peft_config) == ["b", "c"]
+    assert not delete_adapter(model, "b", gone={"c"})
+    assert list(model.peft_config) == ["b", "c"]
+
+
 @pytest.mark.parametrize("fold_cache", [0, 2])
 def test_a_reload_of_other_weights_answers_with_them(trained_project: Path, tmp_path: Path, fold_cache: int) -> None:
     """A retrained adapter, reloaded, answers as a fresh engine does: no fold of the old weights is kept."""
