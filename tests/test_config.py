@@ -367,6 +367,10 @@ def test_a_hub_id_that_cannot_be_loaded_is_one_problem_with_its_fix() -> None:
     with pytest.raises(ConfigError, match=r"^backbone 'nobody/no-such-model': cannot be loaded: .+ \(a hub id needs "
                                           r"the network or a copy in the hub cache; else give a model folder"):
         resolve_backbone("nobody/no-such-model")
+    # A path (or more slashes than `owner/name`) is no hub id: asking the hub would blame the network.
+    for folder in ("./models/bert", "/models/bert", "~/bert", "models/bert/v2"):
+        with pytest.raises(ConfigError, match=rf"^backbone '{re.escape(folder)}': no such folder; give a model folder"):
+            resolve_backbone(folder)
 
 
 def test_a_backbone_folder_without_a_model_says_what_is_missing(tmp_path: Path, tiny_bert: Path) -> None:
