@@ -102,6 +102,17 @@ def test_training_the_router_again_keeps_its_adapter_and_fits_its_head_again(rou
     assert not train_router(changed, progress=False, log=lambda _: None).kept
 
 
+def test_a_registry_holding_only_the_router_has_no_adapters_to_serve(routed_project: Path, tmp_path: Path) -> None:
+    """The router's adapter is no task: an engine over it alone would answer every input "unroutable"."""
+    from mtlora import api
+
+    registry = tmp_path / "adapters"
+    shutil.copytree(load_config(routed_project).registry / "router", registry / "router")
+    project = load_config(routed_project, overrides={"registry": str(registry)})
+    with pytest.raises(RegistryError, match=rf"^no adapters in {registry} yet: train them first"):
+        api.load_engine(project)
+
+
 def test_removing_the_router_removes_every_part_of_it(routed_project: Path, tmp_path: Path) -> None:
     """The adapter, its head over token embeddings and the inputs they trained on: a head left behind would
     still be listed, and would still route for `router.features: embeddings`."""
