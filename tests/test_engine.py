@@ -385,6 +385,22 @@ def test_adding_a_loaded_adapter_changes_nothing_and_routers_follow_adds_and_rem
         engine.remove("nope")
 
 
+def test_adapter_weights_with_no_place_in_the_backbone_are_refused_not_dropped(tiny_bert: Path) -> None:
+    """PEFT only warns of them: the adapter, trained on another backbone, would answer without them."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from mtlora.engine.peft_adapters import load_weights, with_adapter
+    from mtlora.errors import BaseModelMismatchError
+
+    model = with_adapter(AutoModel.from_pretrained(tiny_bert), "one", LoraConfig(r=2, target_modules=["query"]))
+    state = get_peft_model_state_dict(model, adapter_name="one")
+    load_weights(model, "one", state, "sentiment")
+    stray = {**state, "base_model.model.encoder.layer.9.attention.self.query.lora_A.weight": torch.zeros(2, 32)}
+    with pytest.raises(BaseModelMismatchError, match=r"^adapter 'sentiment' has weights the backbone has no place "
+                                                     r"for: \['base_model.model.encoder.layer.9"):
+        load_weights(model, "one", stray, "sentiment")
+
+
 def test_deleting_the_active_adapter_activates_another_first_and_the_last_one_left_is_kept(tiny_bert: Path) -> None:
     """PEFT would switch itself, warning at every LoRA layer on each remove; and it cannot delete its last
     adapter, which is all that would be left but those the caller is deleting too (`gone`)."""
@@ -395,15 +411,15 @@ def test_deleting_the_active_adapter_activates_another_first_and_the_last_one_le
     from mtlora.engine.peft_adapters import delete_adapter, with_adapter
 
     model = AutoModel.from_pretrained(tiny_bert)
-    for name in ("a", "b", "c"):
+    for name in ("one", "two", "three"):
         model = with_adapter(model, name, LoraConfig(r=2, target_modules=["query", "value"]))
-    model.set_adapter("a")
+    model.set_adapter("one")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert delete_adapter(model, "a")
-    assert model.active_adapters == ["b"] and list(model.peft_config) == ["b", "c"]
-    assert not delete_adapter(model, "b", gone={"c"})
-    assert list(model.peft_config) == ["b", "c"]
+        assert delete_adapter(model, "one")
+    assert model.active_adapters == ["two"] and list(model.peft_config) == ["two", "three"]
+    assert not delete_adapter(model, "two", gone={"three"})
+    assert list(model.peft_config) == ["two", "three"]
 
 
 @pytest.mark.parametrize("fold_cache", [0, 2])
