@@ -669,3 +669,21 @@ def test_encoder_kinds_on_t5_answer_in_the_engine_as_alone(tmp_path: Path, tiny_
     path = trained_briefly(write_tiny_project(tmp_path, tiny_t5), tasks)
     engine = Engine.from_config(path, precision="fp32", mixed_batches=mixed_batches)
     assert_answers_as_alone(engine, path, items, tasks)
+
+
+def test_task_tokens_may_take_the_last_free_rows_and_one_more_is_refused_with_nothing_written() -> None:
+    """Every engine holds SPARE_TOKEN_ROWS rows for all its adapters' task tokens together: an adapter that
+    needs exactly the rows left is served, one that needs more is refused before any row is overwritten."""
+    from types import SimpleNamespace
+
+    from mtlora.errors import AdapterNotServableError
+
+    embedding = torch.nn.Embedding(10, 2)
+    original = embedding.weight.detach().clone()
+    engine = SimpleNamespace(model=SimpleNamespace(get_input_embeddings=lambda: embedding), _free_rows=[7, 8, 9])
+    with pytest.raises(AdapterNotServableError, match="needs 4 task-token rows and 3 of the engine's 64 are free"):
+        Seq2SeqAdapters._place_tokens(engine, "wide", [1, 2, 3, 4], torch.ones(4, 2))  # type: ignore[arg-type]
+    assert engine._free_rows == [7, 8, 9] and torch.equal(embedding.weight, original)
+    rows = Seq2SeqAdapters._place_tokens(engine, "fits", [1, 2, 3], torch.arange(6.0).view(3, 2))  # type: ignore[arg-type]
+    assert sorted(rows.values()) == [7, 8, 9] and engine._free_rows == []
+    assert [embedding.weight[rows[token]].tolist() for token in (1, 2, 3)] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
