@@ -297,6 +297,24 @@ def test_each_logged_loss_records_the_steps_it_averages_across_resumes(tiny_bert
     assert [(e["step"], e["loss_steps"]) for e in state["log_history"] if "loss" in e] == [(2, 2), (4, 1), (6, 2)]
 
 
+def test_an_interrupted_run_keeps_only_its_last_two_checkpoints(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    """A long run checkpoints many times, each checkpoint with its optimizer state: kept all, they would fill
+    the disk. A run resumes from its last."""
+    import yaml
+    from conftest import write_tiny_project
+
+    project = write_tiny_project(tmp_path, tiny_bert)
+    raw = yaml.safe_load(project.read_text())
+    raw["defaults"]["training"].update(checkpoint_every=1)
+    project.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
+        with pytest.raises(RuntimeError):
+            mtlora.train(project, "sentiment", baseline=False, **QUIET)
+    runs = Registry(load_config(project).registry).run_path("sentiment", "lora")
+    assert sorted(path.name for path in runs.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
 @pytest.mark.parametrize(("logged", "expected"), [
     ([{"step": 2, "loss": 1.0, "loss_steps": 2}, {"step": 4, "loss": 0.5, "loss_steps": 2},
       {"step": 5, "loss": 0.2, "loss_steps": 1}], (2 * 1.0 + 2 * 0.5 + 0.2) / 5),
