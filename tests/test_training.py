@@ -254,6 +254,33 @@ def test_resume_after_interruption_ends_with_the_same_weights(
 
 
 
+def test_a_run_stopped_at_its_last_step_resumes_to_the_same_end(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    """max_steps 6 at 4 steps an epoch, Ctrl-C at step 6: resumed from that step's checkpoint, the Trainer
+    trained a 7th step (it resumes into the partial epoch and checks max_steps only after a step)."""
+    import yaml
+    from conftest import write_tiny_project
+
+    runs = []
+    for name in ("straight", "resumed"):
+        project = write_tiny_project(tmp_path / name, tiny_bert)
+        raw = yaml.safe_load(project.read_text())
+        raw["defaults"]["training"].update(max_steps=6)  # checkpoint_every is 3
+        project.write_text(yaml.safe_dump(raw, sort_keys=False))
+        messages: list[str] = []
+        if name == "resumed":
+            with monkeypatch.context() as patch:
+                patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(6, None))
+                with pytest.raises(TrainingInterrupted):
+                    mtlora.train(project, "sentiment", baseline=False, **QUIET)
+        (outcome,) = mtlora.train(project, "sentiment", baseline=False, progress=False, log=messages.append)
+        runs.append((outcome.steps, final_adapter_state(project, "sentiment"), messages))
+    (steps, expected, _), (resumed_steps, actual, messages) = runs
+    assert steps == resumed_steps == 6
+    assert any("Resuming from" in m and "(step 3)" in m for m in messages), messages
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
 def test_the_run_clock_carries_the_time_spent_before_a_resume(tmp_path: Path) -> None:
     """The manifest's training time is the whole run's: a resumed run counting from zero under-reports it."""
     checkpoint = tmp_path / "checkpoint-4"

@@ -37,6 +37,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 import mtlora
@@ -226,7 +227,7 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
          log: Callable[[str], None]) -> TrainOutcome:
     """Train from the run folder's latest checkpoint, if any. Ctrl-C saves a checkpoint and raises
     `TrainingInterrupted`."""
-    resume = get_last_checkpoint(str(run_dir))
+    resume = _resume_point(run_dir)
     stopper, clock = _StopOnSignal(), _RunClock(resume)
     trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LossRecord()], progress)
     log(f"[{task.name}] training {method}: {len(run.data.train)} examples, "
@@ -444,12 +445,33 @@ def _what_trains(task: TaskConfig) -> dict[str, Any]:
         "training": {"eval_batch_size", "baseline", "checkpoint_every", "log_every"}})
 
 
+def _resume_point(run_dir: Path) -> str | None:
+    """The checkpoint to resume from: the latest, unless it was written at the run's last step (a Ctrl-C
+    there, or a crash after that step's checkpoint). Resumed from that one, the Trainer steps once more
+    before it looks at max_steps, when the last epoch is partial; resumed from the one before, the run
+    ends where it would have, on the same weights. A run with no earlier checkpoint starts over."""
+    steps = {int(path.name.rsplit("-", 1)[1]): path for path in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if path.name.rsplit("-", 1)[1].isdigit() and path.is_dir()}
+    checkpoints = [steps[step] for step in sorted(steps)]
+    if checkpoints and _at_its_last_step(checkpoints[-1]):
+        checkpoints.pop()
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def _at_its_last_step(checkpoint: Path) -> bool:
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+        return 0 < state["max_steps"] <= state["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # left for the Trainer to judge, as before
+
+
 def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
     """Keep the checkpoints of an interrupted run with the same settings and data; clear anything else."""
     marker = run_dir / RUN_MARKER
     if run_dir.is_dir():
         previous = _run_signature_in(marker)
-        checkpoint = get_last_checkpoint(str(run_dir))
+        checkpoint = _resume_point(run_dir)
         if checkpoint and not fresh and previous == signature:
             step = checkpoint.rsplit("-", 1)[-1]
             log(f"Resuming from {checkpoint} (step {step}); pass --fresh to start over.")
