@@ -687,3 +687,29 @@ def test_task_tokens_may_take_the_last_free_rows_and_one_more_is_refused_with_no
     rows = Seq2SeqAdapters._place_tokens(engine, "fits", [1, 2, 3], torch.arange(6.0).view(3, 2))  # type: ignore[arg-type]
     assert sorted(rows.values()) == [7, 8, 9] and engine._free_rows == []
     assert [embedding.weight[rows[token]].tolist() for token in (1, 2, 3)] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_a_text_starting_with_a_task_token_goes_to_the_adapter_it_belongs_to() -> None:
+    """`<q>` is the token of task `quiz`, not a task's name: routed as text, a router sent "<q> passage"
+    to another task, which read the token as a word. The task's own adapter comes before a multitask
+    adapter that also reads the token; where two of the same standing read it, the router judges."""
+    from types import SimpleNamespace
+
+    from mtlora.tasks import get_task_kind
+    from mtlora.tasks.multitask import MultitaskTask
+
+    quiz = get_task_kind("generation")(options={"task_token": "<q>"})
+    kinds = {"support": get_task_kind("classification")(labels=["a", "b"]), "quiz": quiz,
+             "writer": MultitaskTask.from_parts({"quiz": quiz}, {}),
+             "quiz2": get_task_kind("generation")(options={"task_token": "<q>"})}
+    engine = SimpleNamespace(_tasks={name: SimpleNamespace(kind=kind) for name, kind in kinds.items()})
+
+    def marked(text: str, candidates: list[str]) -> str | None:
+        route = Engine._marked_by_token(engine, text, candidates)  # type: ignore[arg-type]
+        return route and f"{route.task} ({route.router}: {route.reason})"
+
+    assert marked("<q> a passage", ["support", "quiz", "writer"]) == \
+        "quiz (explicit: the text starts with its task token)"
+    assert marked("<q> a passage", ["support", "writer"]) == "writer (explicit: the text starts with its task token)"
+    assert marked("a passage <q>", ["support", "quiz", "writer"]) is None
+    assert marked("<q> a passage", ["support", "quiz", "quiz2"]) is None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,6 +254,9 @@ class Engine:
                     continue
                 # A task may take only some texts of its shape (a multitask adapter: those with its tokens).
                 candidates[i] = [name for name in candidates[i] if self._tasks[name].kind.routable(request.text)]
+                if (marked := self._marked_by_token(request.text, candidates[i])) is not None:
+                    routes[i] = marked
+                    continue
                 if len(candidates[i]) == 1 and request.shape != "text":
                     # Two texts, or a question with its context, already say which kind of task the caller
                     # means. A plain text fits every text task, so its shape says nothing: the router still
@@ -320,6 +323,15 @@ class Engine:
 
     def _candidates(self, request: Request) -> list[str]:
         return [name for name in self.tasks if self._tasks[name].kind.input_shape in ANSWERED_BY[request.shape]]
+
+    def _marked_by_token(self, text: str, candidates: list[str]) -> Route | None:
+        """A text that starts with a task token (`<mcq>`) goes to the adapter whose token it is, as a
+        `<task>` prefix would: the task's own adapter before a multitask adapter that also reads it."""
+        marked = [name for name in candidates if self._tasks[name].kind.starts_with_own_token(text)]
+        own = [name for name in marked if not self._tasks[name].kind.mixes_tasks] or marked
+        if len(own) != 1:
+            return None  # no token, or one several adapters of the same standing read: the router judges
+        return replace(ExplicitRouter.named(own[0]), reason="the text starts with its task token")
 
     def _explicit(self, request: Request, candidates: list[str]) -> Route:
         if request.task == ROUTER_ADAPTER:  # the learned router calls `run_adapter`, which routes nothing

@@ -133,6 +133,10 @@ class TaskKind(ABC):
         """Whether a router may send this input text here (its shape already fits)."""
         return True
 
+    def starts_with_own_token(self, text: str) -> bool:
+        """Whether `text` starts with one of this kind's task tokens (seq2seq kinds may have them)."""
+        return False
+
     def reads_its_own_prefix(self, text: str) -> bool:
         """Whether a `<name>` at the start of `text` is this kind's own input (a multitask adapter's task
         token), where the engine would read it as the name of another task."""

@@ -103,6 +103,9 @@ class MultitaskTask(Seq2SeqTask):
         return self._part_named_by(text) is not None
 
     def reads_its_own_prefix(self, text: str) -> bool:
+        return self.starts_with_own_token(text)
+
+    def starts_with_own_token(self, text: str) -> bool:
         return self._part_named_by(text) is not None
 
     def _part_named_by(self, text: str) -> str | None:

@@ -92,6 +92,9 @@ class Seq2SeqTask(TaskKind):
         # A caller may write the task token the kind puts in front itself: it is not read twice.
         return {"text": require_text(rest, "text") if (rest := self.after_task_token(text)) is not None else text}
 
+    def starts_with_own_token(self, text: str) -> bool:
+        return self.after_task_token(text) is not None
+
     def after_task_token(self, text: str) -> str | None:
         """`text` after this task's token, or None when it does not start with it."""
         token = self.settings.task_token
