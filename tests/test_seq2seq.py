@@ -713,3 +713,18 @@ def test_a_text_starting_with_a_task_token_goes_to_the_adapter_it_belongs_to() -
     assert marked("<q> a passage", ["support", "writer"]) == "writer (explicit: the text starts with its task token)"
     assert marked("a passage <q>", ["support", "quiz", "writer"]) is None
     assert marked("<q> a passage", ["support", "quiz", "quiz2"]) is None
+
+
+def test_a_loaded_adapters_task_token_is_not_refused_as_a_typo_of_another_tasks_name() -> None:
+    """`<quiz>` is trivia's token, a letter off task quiz2's name: refused as a misspelt `<quiz2>`, the text
+    never reached the adapter whose token it is."""
+    from mtlora.engine.inputs import KnownTasks, engine_request
+    from mtlora.errors import UnknownTaskError
+    from mtlora.tasks import get_task_kind
+
+    quiz2 = get_task_kind("classification")(labels=["a", "b"])
+    trivia = get_task_kind("generation")(options={"task_token": "<quiz>"})
+    request = engine_request("<quiz> a passage", None, KnownTasks({"quiz2": quiz2, "trivia": trivia}, [], []))
+    assert (request.task, request.text) == (None, "<quiz> a passage")  # left whole, for the token's route
+    with pytest.raises(UnknownTaskError, match="Did you mean 'quiz2'"):  # with no adapter of that token, a typo
+        engine_request("<quiz> a passage", None, KnownTasks({"quiz2": quiz2}, [], []))

@@ -95,11 +95,11 @@ def _refuse_a_prefix_naming_no_loaded_task(text: str, known: KnownTasks) -> None
     """Refuse a text whose `<name>` / `name:` prefix names a task the engine has not loaded: routed as
     text, prefix and all, it would be answered by another task. That is a task trained but not loaded,
     a task of the project file not trained yet, or a `<name>` a letter or two off a loaded task's name
-    (a typo; `name:` is left alone, as "Summary: ..." may well begin a text). Not where a loaded task
-    reads the prefix as its own (a multitask adapter's task token)."""
+    (a typo; `name:` is left alone, as "Summary: ..." may well begin a text). Not where the prefix is a
+    loaded adapter's task token: the engine sends the text to that adapter."""
     name = prefix_name(text)
     if name is None or name in known.loaded or name == ROUTER_ADAPTER \
-            or any(kind.reads_its_own_prefix(text) for kind in known.loaded.values()):
+            or any(kind.starts_with_own_token(text) for kind in known.loaded.values()):
         return
     tasks = known.tasks
     if name in known.stored:

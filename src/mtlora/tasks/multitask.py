@@ -100,7 +100,7 @@ class MultitaskTask(Seq2SeqTask):
 
     def routable(self, text: str) -> bool:
         # Without one of its task tokens the adapter cannot tell which of its tasks to do.
-        return self._part_named_by(text) is not None
+        return self.starts_with_own_token(text)
 
     def reads_its_own_prefix(self, text: str) -> bool:
         return self.starts_with_own_token(text)
