@@ -1106,7 +1106,7 @@ def test_a_tokenizer_a_kind_refuses_stops_its_adapter_loading(trained_project: P
     from mtlora.errors import MtloraError
     from mtlora.tasks.extractive_qa import ExtractiveQATask
 
-    def refuse(self, tokenizer):
+    def refuse(self, tokenizer, where):
         raise MtloraError("windows stop short")
 
     monkeypatch.setattr(ExtractiveQATask, "check_tokenizer", refuse)

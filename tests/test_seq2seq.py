@@ -462,8 +462,8 @@ def test_labels_that_would_train_and_score_alike_are_refused_before_training(
     raw = yaml.safe_load(project.read_text())
     raw["tasks"][0]["seq2seq"]["max_target_length"] = 2  # [CLS] refund [SEP] cut to [CLS] [SEP]: both alike
     project.write_text(yaml.safe_dump(raw))
-    with pytest.raises(DataError, match=r"data.labels: label 'refund' takes 3 target tokens, more than "
-                                        r"seq2seq.max_target_length 2.*\(set seq2seq.max_target_length to 3"):
+    with pytest.raises(DataError, match=r"^tasks\.triage\.data\.labels: label 'refund' takes 3 target tokens, "
+                                        r"more than seq2seq.max_target_length 2.*\(set seq2seq.max_target_length to 3"):
         mtlora.train(project, "triage", **QUIET)
     raw["tasks"][0]["seq2seq"]["max_target_length"] = 4
     raw["tasks"][0]["data"]["labels"] = ["refund", "REFUND"]  # an uncased tokenizer reads both alike
@@ -472,6 +472,23 @@ def test_labels_that_would_train_and_score_alike_are_refused_before_training(
     with pytest.raises(DataError, match=r"labels 'refund' and 'REFUND' are the same tokens to this tokenizer"):
         mtlora.train(project, "triage", **QUIET)
     assert "triage" not in Registry(load_config(project).registry)
+
+
+def test_labels_too_long_for_their_targets_are_named_by_task_before_any_task_trains(
+        tmp_path: Path, warm_start_bert: Path) -> None:
+    """The check ran when the task's turn came (after every task before it had trained) and named no task:
+    `data.labels: ...` in a project of several. A multitask adapter names the part whose labels they are."""
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    raw = yaml.safe_load(project.read_text())
+    triage = raw["tasks"].pop(0)
+    triage["seq2seq"].update(max_target_length=2, task_token="<triage>")
+    raw["tasks"].append(triage)
+    raw["tasks"].append({"name": "writer", "kind": "multitask", "mixture": {"tasks": ["summarize", "triage"]}})
+    project.write_text(yaml.safe_dump(raw))
+    for task in (None, "writer"):
+        with pytest.raises(DataError, match=r"^tasks\.triage\.data\.labels: label 'refund' takes 3 target tokens"):
+            mtlora.train(project, task, **QUIET)
+    assert Registry(load_config(project).registry).names() == []
 
 
 def test_a_label_of_exactly_max_target_length_tokens_is_scored_whole(tiny_bert: Path) -> None:

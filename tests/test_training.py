@@ -67,7 +67,7 @@ def test_a_length_past_the_backbones_positions_or_a_later_tasks_bad_data_stops_t
     the data of the last task after every task before it had trained."""
     import yaml
 
-    from mtlora.errors import ConfigError, DataError
+    from mtlora.errors import ConfigError, DataError, TaskProblems
 
     config = yaml.safe_load(tiny_project.read_text())
     config["tasks"][1]["training"] = {"max_length": 129}  # the tiny BERT has 128 positions
@@ -80,6 +80,15 @@ def test_a_length_past_the_backbones_positions_or_a_later_tasks_bad_data_stops_t
     tiny_project.write_text(yaml.safe_dump(config))
     with pytest.raises(DataError, match=r"missing\.jsonl"):
         mtlora.train(tiny_project, **QUIET)
+    # Several tasks' problems come at once, each under its task: not one per run.
+    config["tasks"][1]["training"] = {"max_length": 129}
+    tiny_project.write_text(yaml.safe_dump(config))
+    last = config["tasks"][-1]["name"]
+    with pytest.raises(TaskProblems, match=rf"^2 tasks cannot train, so none was trained:\n"
+                                           rf"  - support: tasks\.support\.training\.max_length: 129 tokens.*\n"
+                                           rf"  - {last}: .*missing\.jsonl") as caught:
+        mtlora.train(tiny_project, **QUIET)
+    assert list(caught.value.problems) == ["support", last]
     assert Registry(tiny_project.parent / "adapters").names() == []
 
 

@@ -42,6 +42,7 @@ from mtlora.errors import (
     InputError,
     MtloraError,
     RegistryError,
+    TaskProblems,
     TrainingInterrupted,
     UnknownTaskError,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "TaskConfig",
     "TaskKind",
     "TaskPredictor",
+    "TaskProblems",
     "TaskReport",
     "TrainOutcome",
     "TrainingInterrupted",

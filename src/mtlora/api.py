@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig
 
 from mtlora import routing
-from mtlora.backbone import resolve_backbone
 from mtlora.config import ROUTER_ADAPTER, ProjectConfig, load_config
-from mtlora.data import check_split, load_task_data
+from mtlora.data import check_split
 from mtlora.engine import Engine, TaskPredictor
 from mtlora.engine.inputs import Input
 from mtlora.errors import AdapterNotFoundError, CorruptAdapterError, RegistryError, train_hint
@@ -34,7 +32,7 @@ from mtlora.routing import Route
 from mtlora.routing.learned import remove_router
 from mtlora.routing.token_head import HeadInfo, TokenRouterHead
 from mtlora.tasks import Prediction, get_task_kind
-from mtlora.training import TrainOutcome, check_max_length, train_task
+from mtlora.training import TrainOutcome, ready_data, train_task
 
 ConfigLike = ProjectConfig | str | os.PathLike[str]
 
@@ -62,12 +60,7 @@ def train(
     """
     project = as_config(config)
     tasks = project.select(task)
-    # Every task's data and length read before the first trains: a wrong path or column in the last task
-    # would otherwise surface after hours spent on the others.
-    backbone = AutoConfig.from_pretrained(resolve_backbone(project.backbone))
-    for task_config in tasks:
-        check_max_length(task_config, project.backbone, backbone)
-    data = {task_config.name: load_task_data(project, task_config) for task_config in tasks}
+    data = ready_data(project, tasks)
     outcomes = []
     for task_config in tasks:
         wanted = task_config.training.baseline if baseline is None else baseline

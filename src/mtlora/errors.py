@@ -3,6 +3,7 @@
     MtloraError
     ├── ConfigError          a project file is invalid (lists every problem at once)
     ├── DataError            a data file or row is unusable (names file, line and field)
+    ├── TaskProblems         several tasks of a run cannot train (each one's problem, before any trains)
     ├── UnknownTaskError     a task or task kind that does not exist (lists what does)
     ├── InputError           a prediction input has the wrong shape
     │   └── EmptyTextError   or has no text to read
@@ -59,6 +60,16 @@ class DataError(MtloraError):
         if fix:
             text += f" ({fix})"
         super().__init__(text)
+
+
+class TaskProblems(MtloraError):
+    """Several tasks' problems at once, found before any of them trains: fixing one to meet the next, a
+    run at a time, costs a user as many runs as there are problems."""
+
+    def __init__(self, problems: dict[str, MtloraError]):
+        self.problems = problems
+        lines = "\n".join(f"  - {task}: {problem}" for task, problem in problems.items())
+        super().__init__(f"{len(problems)} tasks cannot train, so none was trained:\n{lines}")
 
 
 class UnknownTaskError(MtloraError, KeyError):

@@ -180,7 +180,7 @@ class Engine:
         manifest = self.registry.verified(name)
         check_base(manifest, self.backbone)
         kind = kind_from_manifest(manifest)
-        kind.check_tokenizer(self.tokenizer)
+        kind.check_tokenizer(self.tokenizer, f"tasks.{name}")
         if isinstance(kind, Seq2SeqTask):
             put_in = self._seq2seq.prepared(self.registry, name, kind)
         else:

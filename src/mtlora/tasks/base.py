@@ -204,10 +204,12 @@ class TaskKind(ABC):
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, float]:
         """Compare predictions with the examples' targets."""
 
-    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Refuse a tokenizer this kind would give wrong answers with, when an adapter loads rather than at
-        its first input."""
-        del tokenizer  # any will do, unless a kind says otherwise
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+        """Refuse a tokenizer (as `prepare_tokenizer` makes it) that this kind would train or answer wrongly
+        with, or that makes its settings unusable (labels longer than their targets' limit): before any task
+        trains, and when an adapter loads rather than at its first input. `where` names the task's place in
+        the project file (`tasks.NAME`), which the kind itself does not know."""
+        del tokenizer, where  # any will do, unless a kind says otherwise
 
     def caveats(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> list[str]:
         """What `metrics` reports for these predictions without having measured it (a correlation of constant

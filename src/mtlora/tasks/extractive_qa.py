@@ -111,7 +111,7 @@ class ExtractiveQATask(TaskKind):
             raise InputError("an extractive_qa task needs a question and a context to find the answer in")
         return {"question": require_text(text, "question"), "context": require_text(text_pair, "context")}
 
-    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
         _check_windows_reach_the_end(tokenizer)
 
     def encode(
@@ -124,7 +124,7 @@ class ExtractiveQATask(TaskKind):
     ) -> Encoded:
         # The question comes first and the context is windowed after it (right-padding tokenizers, as
         # BERT-style ones are; the span decoding reads token positions from the left).
-        self.check_tokenizer(tokenizer)
+        _check_windows_reach_the_end(tokenizer)
         questions, question_cut = _questions_that_fit(tokenizer, examples, max_length, doc_stride)
         tokens = tokenizer(
             questions,

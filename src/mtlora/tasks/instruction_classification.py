@@ -57,6 +57,9 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
         self.label_targets(tokenizer)  # before training on targets that cannot tell the labels apart
         return super().encode(tokenizer, examples, max_length, doc_stride, with_targets)
 
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+        self._label_targets[tokenizer] = self._checked_label_targets(tokenizer, f"{where}.data.labels")
+
     def label_targets(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
         """Each label's target ids, as it is trained and scored: whole, and unlike every other label's.
         Checked once per tokenizer, not on every batch that scores the labels."""
@@ -64,19 +67,19 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
             self._label_targets[tokenizer] = self._checked_label_targets(tokenizer)
         return self._label_targets[tokenizer]
 
-    def _checked_label_targets(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    def _checked_label_targets(self, tokenizer: PreTrainedTokenizerBase, where: str = "data.labels") -> list[list[int]]:
         assert self.labels is not None
         limit = self.settings.max_target_length
         whole = tokenizer(list(self.labels))["input_ids"]
         if (longest := max(len(ids) for ids in whole)) > limit:
             label = self.labels[[len(ids) for ids in whole].index(longest)]
-            raise DataError("data.labels", f"label {label!r} takes {longest} target tokens, more than "
+            raise DataError(where, f"label {label!r} takes {longest} target tokens, more than "
                             f"seq2seq.max_target_length {limit}, which would cut it",
                             f"set seq2seq.max_target_length to {longest} or more")
         seen: dict[tuple[int, ...], str] = {}
         for label, ids in zip(self.labels, whole, strict=True):
             if (other := seen.setdefault(tuple(ids), label)) != label:
-                raise DataError("data.labels", f"labels {other!r} and {label!r} are the same tokens to this "
+                raise DataError(where, f"labels {other!r} and {label!r} are the same tokens to this "
                                 "tokenizer, so no score can tell them apart", "make them differ in more than case")
         return target_ids(tokenizer, self.labels, limit)
 

@@ -125,6 +125,10 @@ class MultitaskTask(Seq2SeqTask):
             tokenizer = kind.prepare_tokenizer(tokenizer)
         return tokenizer
 
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
+        for name, kind in self.parts.items():  # each part is a task of the project, with its own settings
+            kind.check_tokenizer(tokenizer, f"tasks.{name}")
+
     def encode(self, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
                doc_stride: int, with_targets: bool) -> Encoded:
         """Each part encodes its own examples; features keep the examples' order and remember their part."""

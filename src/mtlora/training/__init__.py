@@ -1,5 +1,5 @@
 """Training task adapters (and the baselines they are compared with)."""
 
-from mtlora.training.trainer import TrainingInterrupted, TrainOutcome, check_max_length, stored_result, train_task
+from mtlora.training.trainer import TrainingInterrupted, TrainOutcome, ready_data, stored_result, train_task
 
-__all__ = ["TrainOutcome", "TrainingInterrupted", "check_max_length", "stored_result", "train_task"]
+__all__ = ["TrainOutcome", "TrainingInterrupted", "ready_data", "stored_result", "train_task"]

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +30,7 @@ import torch.distributed
 import transformers
 from torch import nn
 from transformers import (
+    AutoConfig,
     PretrainedConfig,
     PreTrainedTokenizerBase,
     PrinterCallback,
@@ -49,11 +50,12 @@ from mtlora.backbone import (
     load_tokenizer,
     no_save_progress_bars,
     readable_tokens,
+    resolve_backbone,
     use_bf16,
 )
 from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
-from mtlora.errors import ConfigError, MtloraError, TrainingInterrupted
+from mtlora.errors import ConfigError, DataError, MtloraError, TaskProblems, TrainingInterrupted
 from mtlora.modeling import (
     BASELINE_FILE,
     BASELINE_RECORD,
@@ -193,6 +195,30 @@ def _set_up(project: ProjectConfig, task: TaskConfig, method: Method, data: Task
     encoded = kind.encode(tokenizer, data.train, settings.max_length, settings.doc_stride, with_targets=True)
     return _Run(data=data, data_signature=data_signature, tokenizer=tokenizer, built=built, encoded=encoded,
                 train_set=datasets.Dataset.from_dict(encoded.features), saved_rank=saved_rank)
+
+
+def ready_data(project: ProjectConfig, tasks: Sequence[TaskConfig]) -> dict[str, TaskData]:
+    """Every task's data, read and checked against the backbone before the first task trains: a wrong
+    path, column or setting in the last task would otherwise surface after hours spent on the others. The
+    problems of every task are reported together (`TaskProblems`), where a run would meet one at a time."""
+    backbone = AutoConfig.from_pretrained(resolve_backbone(project.backbone))
+    data: dict[str, TaskData] = {}
+    problems: dict[str, MtloraError] = {}
+    for task in tasks:
+        try:
+            check_max_length(task, project.backbone, backbone)
+            data[task.name] = load_task_data(project, task)
+            kind = data[task.name].kind
+            kind.check_tokenizer(kind.prepare_tokenizer(load_tokenizer(project.backbone)), f"tasks.{task.name}")
+        except (ConfigError, DataError) as problem:
+            # A multitask adapter meets its parts' problems again, which their own tasks already name.
+            if str(problem) not in map(str, problems.values()):
+                problems[task.name] = problem
+    if len(problems) == 1:
+        raise next(iter(problems.values()))
+    if problems:
+        raise TaskProblems(problems)
+    return data
 
 
 def check_max_length(task: TaskConfig, backbone: str, config: PretrainedConfig) -> None:
