@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -139,6 +140,19 @@ def test_missing_field_names_file_line_and_the_fields_present(tmp_path: Path) ->
     message = str(caught.value)
     assert f"{tmp_path / name}:2" in message
     assert "missing field 'text'" in message and "fields present: txt, label" in message
+
+
+def test_a_column_no_row_of_a_csv_has_is_told_at_its_header(tmp_path: Path) -> None:
+    """It was told at the first row parsed: with `limit`, a sampled row's line (`train.csv:439`), and the
+    header, where the fix goes, went unnamed."""
+    (tmp_path / "train.csv").write_text("\nutterance,label\n" + "".join(f"text {i},pos\n" for i in range(50)))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'train.csv'))}:2: no column 'text' \(the "
+                                        r"classification role 'text'\); columns: utterance, label \(map the role "
+                                        r"to a column with data\.fields\.text\)$"):
+        load(tmp_path, "classification", {"path": "train.csv", "limit": 5}, **LABELS)
+    # Columns named in the project file, for a file without a header, are the whole file's too.
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'train.csv'))}: no column 'text'"):
+        load(tmp_path, "classification", {"path": "train.csv", "columns": ["utterance", "label"]}, **LABELS)
 
 
 def test_spaces_around_a_label_or_a_header_name_are_not_part_of_it(tmp_path: Path) -> None:

@@ -35,6 +35,15 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 class Row:
     values: dict[str, Any]
     where: str
+    # Where a source that gives every row the same columns names them (a CSV's header line): a column
+    # none of its rows has is told there, not at whichever row is read first (a sampled one, with limit).
+    columns_where: str | None = None
+
+    def missing_field(self, column: str, about: str, fix: str) -> DataError:
+        present = ", ".join(map(str, self.values))
+        if self.columns_where is not None:
+            return DataError(self.columns_where, f"no column '{column}' {about}; columns: {present}", fix)
+        return DataError(self.where, f"missing field '{column}' {about}; fields present: {present}", fix)
 
 
 def read_rows(source: SourceConfig, data_dir: Path, seed: int = 0, role: str = "train") -> list[Row]:
@@ -70,7 +79,7 @@ def _reshaped(row: Row, source: SourceConfig) -> Row:
             raise DataError(row.where, f"recode: value {raw!r} of field {column!r} is not one of "
                             f"{', '.join(codes)}", "list it under recode")
         values[column] = codes[str(raw)]
-    return Row(values, row.where)
+    return Row(values, row.where, row.columns_where)
 
 
 def source_format(source: SourceConfig, path: Path) -> str:
@@ -312,7 +321,7 @@ def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
                                     "set quoting: none for this TSV if its quotes are part of the text, as in GLUE; "
                                     "quoting: multiline if the file quotes fields that hold tabs or line breaks, "
                                     "as pandas and Excel do")
-                rows.append(Row(dict(zip(header, fields, strict=False)), where))
+                rows.append(Row(dict(zip(header, fields, strict=False)), where, header_where))
         except csv.Error as exc:  # raised by the reader, at the row that began on `line`
             raise _malformed(path, line, exc, fmt) from None
     return rows
@@ -373,4 +382,4 @@ def _read_hub(source: SourceConfig, role: str) -> list[Row]:
     except Exception as exc:  # datasets raises many types for network, name and split problems
         raise DataError(name, f"could not load from the datasets hub: {exc}",
                         "check the name, subset and split, and that you are online") from exc
-    return [Row(dict(record), f"{name} row {i}") for i, record in enumerate(dataset)]
+    return [Row(dict(record), f"{name} row {i}", name) for i, record in enumerate(dataset)]

@@ -160,12 +160,8 @@ class TaskKind(ABC):
         if column in row.values and row.values[column] is None:
             raise DataError(row.where, f"field '{column}' (the {self.name} role '{role}') is null", "give it a value")
         if column not in row.values:
-            present = ", ".join(str(k) for k in row.values)
-            raise DataError(
-                row.where,
-                f"missing field '{column}' (the {self.name} role '{role}'); fields present: {present}",
-                f"map the role to a column with data.fields.{role}",
-            )
+            raise row.missing_field(column, f"(the {self.name} role '{role}')",
+                                    f"map the role to a column with data.fields.{role}")
         return row.values[column]
 
     def text_value(self, row: Row, role: str) -> str:
