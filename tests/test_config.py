@@ -428,8 +428,13 @@ def test_a_setting_at_its_bound_is_taken_and_one_past_it_refused(tmp_path: Path,
     # Two classes of one name: ids would no longer map back to the label a user wrote.
     ({"data": {"train": "t.jsonl", "labels": ["neg", "pos", "neg"]}}, r"labels repeat a name: \['neg', 'pos', 'neg'\]"),
     ({"data": {"train": "t.jsonl", "fields": {"question": "q"}}},
-     r"data\.fields has role\(s\) \['question'\] that a classification task does not use; its roles: text"),
+     r"data\.fields has role\(s\) \['question'\] that kind classification does not use; its roles: text"),
     ({"data": None}, r"'data' is required: give at least data\.train"),
+    # Both at once: the role used to be told only once the prompt was mended.
+    ({"kind": "instruction_classification", "data": {"train": "t.jsonl", "fields": {"ticket": "utterance"}},
+      "seq2seq": {"prompt": "team for {ticket}?"}},
+     r"prompt template 'team for \{ticket\}\?' uses \['ticket'\].*; and data\.fields has role\(s\) \['ticket'\] "
+     r"that kind instruction_classification does not use; its roles: text"),
     ({"name": "router"}, r"'router' is the learned router's adapter name; rename that task"),
 ])
 def test_a_task_that_could_not_train_as_written_is_refused(tmp_path: Path, changes: dict, problem: str) -> None:

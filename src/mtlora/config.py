@@ -379,15 +379,17 @@ class TaskConfig(_Strict):
         if (self.data is None) != kind.mixes_tasks:
             raise ValueError(f"a {self.kind} adapter takes its tasks' data: remove 'data'" if self.data is not None
                              else "'data' is required: give at least data.train")
-        kind.check_config(self)
-        if self.data is None:
-            return self
-        unknown = sorted(set(self.data.fields) - set(kind.roles))
-        if unknown:
-            raise ValueError(
-                f"data.fields has role(s) {unknown} that a {self.kind} task does not use; "
-                f"its roles: {', '.join(kind.roles)}"
-            )
+        # Both told at once: a wrong role met only once the prompt is mended costs the user another run.
+        problems = []
+        try:
+            kind.check_config(self)
+        except ValueError as problem:
+            problems.append(str(problem))
+        if self.data is not None and (unknown := sorted(set(self.data.fields) - set(kind.roles))):
+            problems.append(f"data.fields has role(s) {unknown} that kind {self.kind} does not use; "
+                            f"its roles: {', '.join(kind.roles)}")
+        if problems:
+            raise ValueError("; and ".join(problems))
         return self
 
 
