@@ -588,6 +588,19 @@ def test_a_multitask_adapter_learns_a_mix_told_apart_by_task_tokens(tmp_path: Pa
     engine = Engine.from_config(project, tasks=["writer"], precision="fp32")
     assert engine.predict("<summarize> great good movie", task="writer")["text"] == summary["text"]
 
+    # Its export holds each part's decoding beside the one generation_config.json.
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+
+    folder = mtlora.merge(project, "writer", tmp_path / "merged")
+    decoding = {part: GenerationConfig.from_pretrained(folder, f"{part}_generation_config.json")
+                for part in ("summarize", "mcq")}
+    assert (decoding["summarize"].max_new_tokens, decoding["mcq"].max_new_tokens) == (6, 24)
+    model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    encoded = tokenizer(["<summarize> great good movie"], return_tensors="pt", return_token_type_ids=False)
+    with torch.inference_mode():
+        written = model.generate(**encoded, generation_config=decoding["summarize"])[0]
+    assert tokenizer.decode(written, skip_special_tokens=True).strip() == summary["text"]
+
     # With the part's own adapter loaded too, <summarize> is also a task name: naming the multitask
     # adapter keeps it its task token; naming no task sends the text to the part's adapter, which reads
     # a task token written by the caller as if it had not been.

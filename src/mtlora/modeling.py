@@ -181,6 +181,8 @@ def export_merged(registry: Registry, backbone: str, name: str, folder: str | Pa
     with atomic.staged_folder(folder, folder.parent / ".mtlora-staging") as staging, no_save_progress_bars():
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        for name, text in kind.export_files(merged).items():
+            (staging / name).write_text(text)
     return folder
 
 

@@ -145,6 +145,10 @@ class TaskKind(ABC):
     def prepare_export(self, model: nn.Module) -> None:  # noqa: B027 - optional: most kinds need nothing
         """Give a merged export what a plain transformers user of it needs besides the weights."""
 
+    def export_files(self, model: nn.Module) -> dict[str, str]:
+        """Files, by name, that a merged export holds beside the model's own (most kinds need none)."""
+        return {}
+
     def fit(self, train: Sequence[Example]) -> None:  # noqa: B027 - optional: most kinds take nothing
         """Fix what the kind takes from the training examples (a regression's target scale), once they
         are split from any holdout."""

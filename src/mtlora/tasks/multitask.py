@@ -10,6 +10,7 @@ A user's input names its part by starting with the part's task token: `"<summari
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -124,6 +125,16 @@ class MultitaskTask(Seq2SeqTask):
         for kind in self.parts.values():
             tokenizer = kind.prepare_tokenizer(tokenizer)
         return tokenizer
+
+    def export_files(self, model: nn.Module) -> dict[str, str]:
+        """Each part's decoding (a summary's beams, an MCQ's length), which the one generation_config.json
+        cannot hold, beside it: `GenerationConfig.from_pretrained(folder, "summarize_generation_config.json")`."""
+        files = {}
+        for name, kind in self.parts.items():
+            config = copy.deepcopy(model.generation_config)
+            config.update(**kind.generation_kwargs())
+            files[f"{name}_generation_config.json"] = config.to_json_string(use_diff=True)
+        return files
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, where: str) -> None:
         for name, kind in self.parts.items():  # each part is a task of the project, with its own settings
