@@ -431,3 +431,30 @@ def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> Non
     said.clear()
     mtlora.evaluate(tiny_project, "sentiment", log=said.append)
     assert any("warning: the adapter was trained on other examples than" in line for line in said), said
+
+
+def test_the_summary_leaves_out_a_report_of_an_adapter_trained_again_since(tiny_project: Path) -> None:
+    """A report scored an adapter that training has since replaced: the summary showed its scores beside the
+    others' as the scores of the adapter there now (which `adapters list` called "not evaluated yet")."""
+    quiet = {"progress": False, "log": lambda _: None}
+    silent = {"log": quiet["log"]}
+    config = yaml.safe_load(tiny_project.read_text())
+    config["tasks"] = [task for task in config["tasks"] if task["name"] in ("sentiment", "support")]
+    config["defaults"]["training"] |= {"max_steps": 3, "baseline": False}
+    tiny_project.write_text(yaml.safe_dump(config))
+    mtlora.train(tiny_project, **quiet)
+    mtlora.evaluate(tiny_project, **silent)
+    reports = load_config(tiny_project).reports
+    config["tasks"][1]["training"] = {"max_steps": 2}  # support again, as another adapter
+    tiny_project.write_text(yaml.safe_dump(config))
+    mtlora.train(tiny_project, "support", **quiet)
+    mtlora.evaluate(tiny_project, "sentiment", **silent)
+    assert [r["task"] for r in json.loads((reports / "summary.json").read_text())] == ["sentiment"]
+    summary = (reports / "summary.md").read_text()
+    assert "| support |" not in summary and "### support" not in summary
+    assert "Left out: support (validation), scored before the adapter was trained again" in summary
+    # Scored again, it is back; and evaluation's own manifest rewrite does not make a report stale.
+    mtlora.evaluate(tiny_project, "support", **silent)
+    mtlora.evaluate(tiny_project, "sentiment", **silent)
+    assert [r["task"] for r in json.loads((reports / "summary.json").read_text())] == ["sentiment", "support"]
+    assert "Left out" not in (reports / "summary.md").read_text()

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 from mtlora import atomic
 from mtlora.data.splits import SPLITS
-from mtlora.evaluation.evaluate import VARIANTS, TaskReport
+from mtlora.errors import MtloraError
+from mtlora.evaluation.evaluate import VARIANTS, TaskReport, adapter_version
 from mtlora.evaluation.routing import RoutingReport
-from mtlora.registry import share_of
+from mtlora.registry import Registry, share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
 
@@ -27,7 +28,9 @@ def write_reports(reports: Sequence[TaskReport], folder: Path, adapters: Collect
     `summary.md` / `summary.json`.
 
     A report replaces the previous one of its task and split; the summary lists every report there is, of
-    the tasks in `adapters` when given (the registry's: a removed adapter's files stay, out of the summary).
+    the tasks in `adapters` when given (the registry's: a removed adapter's files stay, out of the summary),
+    but for those of an adapter trained again since it was scored, which summary.md names instead: their
+    scores are another model's.
     Task files have a folder of their own: beside summary.* and routing.*, a task named `summary` or
     `routing` would overwrite them, or be overwritten; and one per split, since a task name may hold a dot.
     """
@@ -45,9 +48,26 @@ def write_reports(reports: Sequence[TaskReport], folder: Path, adapters: Collect
     everything = sorted((TaskReport(**_load(path)) for path in (folder / TASKS).glob("*/*.json")),
                         key=lambda r: (r.task, SPLITS.index(r.split) if r.split in SPLITS else len(SPLITS)))
     everything = [r for r in everything if adapters is None or r.task in adapters]
-    atomic.write_json(folder / "summary.json", [r.to_dict() for r in everything])
-    atomic.write_text(folder / "summary.md", markdown_summary(everything))
+    retrained = [r for r in everything if _retrained_since(r)]
+    current = [r for r in everything if r not in retrained]
+    atomic.write_json(folder / "summary.json", [r.to_dict() for r in current])
+    atomic.write_text(folder / "summary.md", markdown_summary(current, retrained))
     return [*written, folder / "summary.md", folder / "summary.json"]
+
+
+def _retrained_since(report: TaskReport) -> bool:
+    """Whether the registry now holds another version of the adapter `report` scored (reports of earlier
+    versions, which do not say which adapter they scored, and of adapters since removed, count as current:
+    `write_reports`' `adapters` leaves out the removed)."""
+    if not report.adapter:
+        return False
+    registry = Registry(Path(report.adapter["registry"]))
+    if report.task not in registry:
+        return False
+    try:
+        return adapter_version(registry.manifest(report.task)) != report.adapter["version"]
+    except MtloraError:  # unreadable now: loading it says why; the report is what there is
+        return False
 
 
 def _stem(report: TaskReport) -> str:
@@ -79,7 +99,8 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def markdown_summary(reports: Sequence[TaskReport]) -> str:
+def markdown_summary(reports: Sequence[TaskReport], retrained: Sequence[TaskReport] = ()) -> str:
+    """The summary of `reports`; `retrained`: reports left out since their adapter was trained again."""
     lines = [
         "# Evaluation",
         "",
@@ -106,6 +127,10 @@ def markdown_summary(reports: Sequence[TaskReport]) -> str:
             f"| {params['trainable']:,} | {share_of(params['trainable'], params['total'])} "
             f"| {params.get('stored', params['trainable']):,} |"
         )
+    if retrained:
+        left_out = ", ".join(f"{r.task} ({r.split})" for r in retrained)
+        lines += ["", f"Left out: {left_out}, scored before the adapter was trained again; "
+                  "`mtlora evaluate PROJECT.yaml --task NAME` scores the one the registry holds now."]
     lines += ["", "## All metrics", ""]
     for r in reports:
         names = sorted({m for metrics in r.metrics.values() for m in metrics})
