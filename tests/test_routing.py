@@ -252,6 +252,9 @@ class SlowToBuild:
     def request(self, item: str) -> str:
         return item
 
+    def routing_hints(self, task: str) -> dict[str, list[str]]:
+        return {"keywords": [task]}
+
     def route(self, requests: list[str], router: str) -> list[Route]:
         for part in {(router, False), *((router, True) for text in requests if "unsure" in text)} - self.built:
             time.sleep(self.setup)
@@ -786,3 +789,20 @@ def test_route_takes_inputs_as_predict_does(routed_project: Path) -> None:
     assert engine.route(items, "learned") == engine.route([engine.request(item) for item in items], "learned")
     with pytest.raises(mtlora.EmptyTextError, match=r"^inputs\[1\]: text is empty"):
         engine.route(["fine", " "])
+
+
+def test_a_keywords_row_without_any_rule_to_match_says_so(trained_project: Path, tmp_path: Path) -> None:
+    """With no task's keywords or patterns, the keywords router left every input unroutable and its row read
+    0.000 as if it had judged them all wrong: routing.md and the log now say it had nothing to match."""
+    project = load_config(trained_project)
+    bare = project.model_copy(update={
+        "reports": tmp_path / "reports",
+        "tasks": [t.model_copy(update={"routing": t.routing.model_copy(update={"keywords": [], "patterns": []})})
+                  for t in project.tasks]})
+    said: list[str] = []
+    (report,) = mtlora.evaluate_routers(bare, ["keywords"], log=said.append)
+    assert report.unroutable == 1.0 and "no task has routing keywords or patterns" in report.note
+    assert any("warning: keywords: no task has routing keywords" in line for line in said), said
+    assert "**keywords**: no task has routing keywords or patterns" in (tmp_path / "reports" / "routing.md").read_text()
+    (report,) = mtlora.evaluate_routers(project, ["keywords"], write=False, log=lambda _: None)
+    assert report.note is None  # the project's own hints: rules to match

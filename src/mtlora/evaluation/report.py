@@ -271,13 +271,14 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path, gone: 
         path = folder / f"routing_{r.router}_confusion.png"
         written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
                                       columns=r.labels))
+    lines += [line for r in reports if r.note for line in ("", f"**{r.router}**: {r.note}.")]
     lines += ["", "By shape: the share of inputs routed by their shape before the router ran (a pair or a "
               "question with its context that only one task takes); accuracy and the per-task columns include "
               "them, alike for every router. Encoder pass: the share of inputs whose route read the encoder (a "
               "pass of its own); with `router.features: cascade`, those the token embeddings left unsure. Columns "
               "after the first eight are the accuracy on each task's inputs; confusion matrices: "
-              "`routing_<router>_confusion.png`. ms / input leaves out the router's one-time setup: it routes one "
-              "input of each task, untimed, first.", ""]
+              "`routing_<router>_confusion.png`. ms / input leaves out the router's one-time setup: it routes the "
+              "whole mix once, untimed, first.", ""]
     atomic.write_text(written[1], "\n".join(lines))
     for plot in folder.glob("routing_*_confusion.png"):
         if plot not in written:

@@ -35,6 +35,8 @@ class RoutingReport:
     confusion: list[list[int]]
     ms_per_input: float
     encoder_share: float | None = None  # inputs whose route read the encoder (cost a pass), of routers that read
+    # What the numbers measured, where it is not the router's skill (a keywords router with no rules to match).
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +89,12 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
     requests = [engine.request(item) for item, _ in mix]
     reports = []
     for router in routers:
+        note = None
+        if router == "keywords" and not any(engine.routing_hints(t).get(rule) for t in engine.tasks
+                                            for rule in ("keywords", "patterns")):
+            note = ("no task has routing keywords or patterns (a task's `routing:` hints), so this router left "
+                    "every input to the default task or unroutable: its row measures no rules")
+            log(f"[routing] warning: keywords: {note}")
         _warm_up(engine, requests, router)
         started = time.perf_counter()
         routes = engine.route(requests, router)
@@ -105,6 +113,7 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
             per_task=per_task, labels=columns,
             confusion=counts[:len(tasks)], ms_per_input=1000 * elapsed / max(1, len(mix)),
             encoder_share=_share(r.reading == "encoder" for r in routes) if reads else None,
+            note=note,
         )
         log(f"[routing] {router}: accuracy {report.accuracy:.3f} on {len(mix)} {split} inputs")
         reports.append(report)
