@@ -282,7 +282,7 @@ def test_a_later_routing_run_keeps_the_other_routers_of_the_same_mix_but_not_a_g
 
 def test_the_summary_leaves_out_the_reports_of_adapters_no_longer_in_the_registry(tmp_path: Path) -> None:
     write_reports([report_of("kept"), report_of("removed")], tmp_path)
-    write_reports([report_of("kept")], tmp_path, adapters=["kept"])
+    write_reports([report_of("kept")], tmp_path, adapters={"kept": None})
     assert [r["task"] for r in json.loads((tmp_path / "summary.json").read_text())] == ["kept"]
     assert "removed" not in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "tasks" / "validation" / "removed.json").is_file()  # its files stay

@@ -108,7 +108,7 @@ def evaluate(
     for t in tasks:
         reports.append(evaluate_task(project, t, split, log=log))
         if write:  # task by task: an error in a later task keeps the reports already made
-            write_reports(reports[-1:], Path(project.reports), registry.names())
+            write_reports(reports[-1:], Path(project.reports), registry.versions())
     return reports
 
 

@@ -267,7 +267,7 @@ class Engine:
                     routes[i] = Route(None, BY_SHAPE, 0.0, reason=f"no loaded task takes {SHAPE_NAMES[request.shape]}")
             open_rows = [i for i, r in enumerate(routes) if r is None]
             if open_rows:
-                chosen = self._router(router or self.default_router)
+                chosen = self.router(router or self.default_router)
                 decided = chosen.route([requests[i] for i in open_rows], [candidates[i] for i in open_rows])
                 for i, route in zip(open_rows, decided, strict=True):
                     routes[i] = route
@@ -342,7 +342,8 @@ class Engine:
             raise wrong_shape(request.task or "", task.kind, request.shape, candidates)
         return ExplicitRouter.named(request.task or "")
 
-    def _router(self, name: str) -> Router:
+    def router(self, name: str) -> Router:
+        """Router `name`, built for the adapters loaded now (and kept until they change)."""
         if name not in self._routers:
             self._routers[name] = build_router(name, self, self.router_settings)
         return self._routers[name]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -49,10 +47,10 @@ class TaskReport:
     seen_in_training: int | None = None
     # variant -> what its metrics report without having measured it (`TaskKind.caveats`)
     caveats: dict[str, list[str]] = field(default_factory=dict)
-    # Which adapter was scored: its registry and `adapter_version`, so that a summary built later can tell a
+    # Which save of the adapter was scored (`Manifest.version`), so that a summary built later can tell a
     # report of an adapter trained again since (the same name, other weights) from one of the adapter there
     # now. None in reports of earlier versions.
-    adapter: dict[str, str] | None = None
+    adapter_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,17 +115,10 @@ def evaluate_task(
         samples=_samples(kind, examples, predictions),
         seen_in_training=seen,
         caveats=caveats,
-        adapter={"registry": str(Path(project.registry).resolve()), "version": adapter_version(manifest)},
+        adapter_version=manifest.version,
     )
     registry.record_metrics(task.name, manifest, split, report.metrics)
     return report
-
-
-def adapter_version(manifest: Manifest) -> str:
-    """One saved version of an adapter: what `Registry.record_metrics` tells versions apart by (the time it
-    was saved and its files' checksums), which evaluation's own manifest rewrites leave alone."""
-    saved = json.dumps([manifest.created_at, sorted(manifest.files.items())])
-    return hashlib.sha256(saved.encode()).hexdigest()[:16]
 
 
 def seen_in_training_warning(seen: int, examples: int, split: str) -> str:

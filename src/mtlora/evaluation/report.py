@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mtlora import atomic
 from mtlora.data.splits import SPLITS
-from mtlora.errors import MtloraError
-from mtlora.evaluation.evaluate import VARIANTS, TaskReport, adapter_version
+from mtlora.evaluation.evaluate import VARIANTS, TaskReport
 from mtlora.evaluation.routing import RoutingReport
-from mtlora.registry import Registry, share_of
+from mtlora.registry import share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
 
@@ -23,14 +22,15 @@ if TYPE_CHECKING:
 TASKS = "tasks"  # the reports' subfolder of per-task files
 
 
-def write_reports(reports: Sequence[TaskReport], folder: Path, adapters: Collection[str] | None = None) -> list[Path]:
+def write_reports(reports: Sequence[TaskReport], folder: Path,
+                  adapters: Mapping[str, str | None] | None = None) -> list[Path]:
     """Write `tasks/<split>/<task>.json`, `tasks/<split>/<task>_confusion.png` (labelled tasks) and
     `summary.md` / `summary.json`.
 
     A report replaces the previous one of its task and split; the summary lists every report there is, of
-    the tasks in `adapters` when given (the registry's: a removed adapter's files stay, out of the summary),
-    but for those of an adapter trained again since it was scored, which summary.md names instead: their
-    scores are another model's.
+    the tasks in `adapters` when given (the registry's, each with its `Manifest.version`: a removed adapter's
+    files stay, out of the summary), but for those of an adapter trained again since it was scored, which
+    summary.md names instead: their scores are another model's.
     Task files have a folder of their own: beside summary.* and routing.*, a task named `summary` or
     `routing` would overwrite them, or be overwritten; and one per split, since a task name may hold a dot.
     """
@@ -48,26 +48,17 @@ def write_reports(reports: Sequence[TaskReport], folder: Path, adapters: Collect
     everything = sorted((TaskReport(**_load(path)) for path in (folder / TASKS).glob("*/*.json")),
                         key=lambda r: (r.task, SPLITS.index(r.split) if r.split in SPLITS else len(SPLITS)))
     everything = [r for r in everything if adapters is None or r.task in adapters]
-    retrained = [r for r in everything if _retrained_since(r)]
+    retrained = [r for r in everything if adapters is not None and _retrained_since(r, adapters[r.task])]
     current = [r for r in everything if r not in retrained]
     atomic.write_json(folder / "summary.json", [r.to_dict() for r in current])
     atomic.write_text(folder / "summary.md", markdown_summary(current, retrained))
     return [*written, folder / "summary.md", folder / "summary.json"]
 
 
-def _retrained_since(report: TaskReport) -> bool:
-    """Whether the registry now holds another version of the adapter `report` scored (reports of earlier
-    versions, which do not say which adapter they scored, and of adapters since removed, count as current:
-    `write_reports`' `adapters` leaves out the removed)."""
-    if not report.adapter:
-        return False
-    registry = Registry(Path(report.adapter["registry"]))
-    if report.task not in registry:
-        return False
-    try:
-        return adapter_version(registry.manifest(report.task)) != report.adapter["version"]
-    except MtloraError:  # unreadable now: loading it says why; the report is what there is
-        return False
+def _retrained_since(report: TaskReport, version: str | None) -> bool:
+    """Whether `version`, the registry's adapter now, is another save than the one `report` scored (a report
+    of an earlier mtlora, which does not say, and an adapter unreadable now count as current)."""
+    return None not in (report.adapter_version, version) and version != report.adapter_version
 
 
 def _stem(report: TaskReport) -> str:

@@ -89,12 +89,8 @@ def evaluate_routing(engine: Engine, mix: Sequence[tuple[Any, str]], routers: Se
     requests = [engine.request(item) for item, _ in mix]
     reports = []
     for router in routers:
-        note = None
-        if router == "keywords" and not any(engine.routing_hints(t).get(rule) for t in engine.tasks
-                                            for rule in ("keywords", "patterns")):
-            note = ("no task has routing keywords or patterns (a task's `routing:` hints), so this router left "
-                    "every input to the default task or unroutable: its row measures no rules")
-            log(f"[routing] warning: keywords: {note}")
+        if note := engine.router(router).unmeasured():
+            log(f"[routing] warning: {router}: {note}")
         _warm_up(engine, requests, router)
         started = time.perf_counter()
         routes = engine.route(requests, router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +65,13 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     mtlora_version: str = ""
+
+    @property
+    def version(self) -> str:
+        """This save of the adapter, by its time and its files' checksums: the manifest's own rewrites (metrics
+        recorded, routing hints taken) keep it, and a save of other weights under the same name changes it."""
+        saved = json.dumps([self.created_at, sorted(self.files.items())])
+        return hashlib.sha256(saved.encode()).hexdigest()[:16]
 
     def head_kwargs(self) -> dict[str, Any]:
         """`model_kwargs` with JSON's string keys turned back into the int keys transformers expects."""

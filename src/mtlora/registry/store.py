@@ -116,6 +116,16 @@ class Registry:
                 )
         return manifest
 
+    def versions(self) -> dict[str, str | None]:
+        """Each adapter's `Manifest.version` by name; None for one whose manifest cannot be read now."""
+        versions: dict[str, str | None] = {}
+        for name in self.names():
+            try:
+                versions[name] = self.manifest(name).version
+            except RegistryError:  # loading it says why; a listing is no place to fail
+                versions[name] = None
+        return versions
+
     def manifests(self) -> Iterator[Manifest]:
         for name in self.names():
             yield self.manifest(name)
@@ -149,7 +159,7 @@ class Registry:
         what other evaluations recorded meanwhile; refuse if the adapter has been saved again since."""
         with self.swapping():
             manifest = self._read_manifest(name)
-            if (manifest.created_at, manifest.files) != (evaluated.created_at, evaluated.files):
+            if manifest.version != evaluated.version:
                 raise RegistryError(f"adapter '{name}' was saved again (retrained?) while it was evaluated; its "
                                     "new version keeps its own record: evaluate it again")
             return self._rewrite(name, manifest.model_copy(update={"metrics": {**manifest.metrics, split: metrics}}))

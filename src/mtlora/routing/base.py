@@ -77,6 +77,10 @@ class Router(ABC):
         """What this router still needs before it can route (None: nothing), for callers that skip it."""
         return None
 
+    def unmeasured(self) -> str | None:
+        """Why an evaluation of this router, as built, would measure no skill of it (None: it would)."""
+        return None
+
 
 def decide(router: str, scores: dict[str, float], threshold: float, default_task: str | None,
            candidates: list[str], what: str, reason: str | None = None, reading: str | None = None) -> Route:

@@ -30,6 +30,12 @@ class KeywordRouter(Router):
     def build(cls, engine: Engine, settings: RouterSettings) -> KeywordRouter:
         return cls({task: engine.routing_hints(task) for task in engine.tasks}, settings.default_task)
 
+    def unmeasured(self) -> str | None:
+        if any(self.rules.values()):
+            return None
+        return ("no task has routing keywords or patterns (a task's `routing:` hints), so this router left every "
+                "input to the default task or unroutable: its row measures no rules")
+
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         routes = []
         for request, fits in zip(requests, candidates, strict=True):
