@@ -259,10 +259,10 @@ def test_a_task_named_like_a_project_wide_report_or_another_split_keeps_its_own(
     assert json.loads((tmp_path / "routing.json").read_text())[0]["router"] == "keywords"
 
 
-def routing_row(router: str, accuracy: float, examples: int = 2) -> RoutingReport:
+def routing_row(router: str, accuracy: float, examples: int = 2, version: str = "1") -> RoutingReport:
     return RoutingReport(router=router, features=None, split="validation", examples=examples, accuracy=accuracy,
                          unroutable=0.0, shape_share=0.0, per_task={"a": accuracy}, labels=["a", "(unroutable)"],
-                         confusion=[[2, 0]], ms_per_input=0.1)
+                         confusion=[[2, 0]], ms_per_input=0.1, adapters={"a": version})
 
 
 def test_a_later_routing_run_keeps_the_other_routers_of_the_same_mix_but_not_a_gone_one(tmp_path: Path) -> None:
@@ -277,6 +277,10 @@ def test_a_later_routing_run_keeps_the_other_routers_of_the_same_mix_but_not_a_g
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["routing_keywords_confusion.png",
                                                               "routing_semantic_confusion.png"]
     write_routing_reports([routing_row("keywords", 0.6, examples=3)], tmp_path)  # another mix: not comparable
+    assert [r["router"] for r in json.loads((tmp_path / "routing.json").read_text())] == ["keywords"]
+    # The same mix, routed among another save of an adapter: the earlier rows measured the one before.
+    write_routing_reports([routing_row("semantic", 0.7, examples=3)], tmp_path)
+    write_routing_reports([routing_row("keywords", 0.6, examples=3, version="2")], tmp_path)
     assert [r["router"] for r in json.loads((tmp_path / "routing.json").read_text())] == ["keywords"]
 
 

@@ -238,6 +238,15 @@ def test_router_evaluation_routes_among_the_projects_tasks_only(trained_project:
     assert semantic.labels == ["sentiment", "support", "(unroutable)"]
     assert (semantic.features, keywords.features) == ("cascade", None)  # what each router read
     assert semantic.encoder_share is not None and keywords.encoder_share is None
+    versions = Registry(project.registry).versions()
+    assert semantic.adapters == {name: versions[name] for name in ("sentiment", "support")}
+    # A task the project lists but no adapter has yet (or no longer) is left out, and said so: it failed
+    # the whole evaluation ("No adapter ..."), and a routing.md from before could not be brought up to date.
+    three = two.model_copy(update={"tasks": [*two.tasks, project.task("sentiment").model_copy(update={"name": "new"})]})
+    said: list[str] = []
+    keywords, = mtlora.evaluate_routers(three, ["keywords"], write=False, log=said.append)
+    assert keywords.labels == ["sentiment", "support", "(unroutable)"] and loaded[-1] == ["sentiment", "support"]
+    assert any("not trained yet, so left out of the mix: new" in line for line in said), said
 
 
 class SlowToBuild:

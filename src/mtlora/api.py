@@ -136,11 +136,20 @@ def evaluate_routers(
         raise RegistryError(f"no router to evaluate ({'; '.join(f'{n}: {why}' for n, why in skipped.items())})")
     for name, missing in skipped.items():  # said once: in the error above when no router is left, else here
         log(f"[routing] skipping '{name}': {missing}")
+    # Only the project's trained adapters: the registry may hold others, which the mix has no inputs for.
+    trained = [t.name for t in project.tasks if t.name in registry]
+    if not trained:
+        raise RegistryError(f"no task of the project is trained yet: train them first (`{train_hint()}`)")
+    if untrained := [t.name for t in project.tasks if t.name not in trained]:
+        log(f"[routing] not trained yet, so left out of the mix: {', '.join(untrained)} (`{train_hint('NAME')}`)")
     if write:
         Path(project.reports).mkdir(parents=True, exist_ok=True)
-    # Only the project's adapters: the registry may hold others, which the held-out mix has no inputs for.
-    engine = Engine.from_config(project, [t.name for t in project.tasks])
-    reports = evaluate_routing(engine, routing_mix(project, split, per_task, log=log), available, split, log=log)
+    engine = Engine.from_config(project, trained)
+    mix = routing_mix(project, split, per_task, log=log, tasks=trained)
+    versions = registry.versions()
+    adapters = {name: versions[name] for name in [*trained, ROUTER_ADAPTER] if name in versions}
+    reports = [dataclasses.replace(report, adapters=adapters)
+               for report in evaluate_routing(engine, mix, available, split, log=log)]
     if write and reports:
         gone = [name for name in routing.choosing_routers() if name not in available
                 and routing.router_class(name).missing(registry, project.router)]

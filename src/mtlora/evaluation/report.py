@@ -239,9 +239,9 @@ def _mix_name(split: str) -> str:
 def write_routing_reports(reports: Sequence[RoutingReport], folder: Path, gone: Collection[str] = ()) -> list[Path]:
     """`routing.json`, `routing.md` and one `routing_<router>_confusion.png` per router.
 
-    The routers of an earlier run on the same mix (split, tasks and inputs) that this run did not evaluate
-    again stay in the table, as task reports stay in the summary, but for those `gone` (a learned router
-    since removed); the plots of routers the table no longer holds go."""
+    The routers of an earlier run on the same mix (split, tasks and inputs) and adapters (the same saves)
+    that this run did not evaluate again stay in the table, as task reports stay in the summary, but for
+    those `gone` (a learned router since removed); the plots of routers the table no longer holds go."""
     reports = [r for r in _with_earlier_routers(reports, folder / "routing.json") if r.router not in gone]
     written = [folder / "routing.json", folder / "routing.md"]
     atomic.write_json(written[0], [r.to_dict() for r in reports])
@@ -282,11 +282,12 @@ def _with_earlier_routers(reports: Sequence[RoutingReport], path: Path) -> list[
     routers in their places, a router evaluated again in its old place, new ones last."""
     if not reports or not path.is_file():
         return list(reports)
-    mix = (reports[0].split, reports[0].labels, reports[0].examples)
+    mix = (reports[0].split, reports[0].labels, reports[0].examples, reports[0].adapters)
     try:
         earlier = [RoutingReport(**row) for row in _load(path)]
     except (ValueError, TypeError):  # not a routing report of this version: replaced, as before
         return list(reports)
     fresh = {r.router: r for r in reports}
-    kept = [fresh.pop(r.router, r) for r in earlier if (r.split, r.labels, r.examples) == mix]  # in their places
+    kept = [fresh.pop(r.router, r) for r in earlier  # in their places
+            if (r.split, r.labels, r.examples, r.adapters) == mix]
     return [*kept, *fresh.values()]

@@ -37,6 +37,9 @@ class RoutingReport:
     encoder_share: float | None = None  # inputs whose route read the encoder (cost a pass), of routers that read
     # What the numbers measured, where it is not the router's skill (a keywords router with no rules to match).
     note: str | None = None
+    # The saves of the adapters routed among (`Manifest.version` by name): an earlier run's rows are kept
+    # beside a later run's only where these are the same (the semantic router reads the adapters' manifests).
+    adapters: dict[str, str | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,22 +49,23 @@ class RoutingReport:
         return "" if self.encoder_share is None else f"{self.encoder_share:.3f}"
 
 
-def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200,
-                seed: int = 0, log: Callable[[str], None] = print) -> list[tuple[Any, str]]:
-    """Up to `per_task` inputs of each task with the task they belong to. Pairs and QA come as plain
-    (text, text) tuples, so only the router, not the input's form, tells them apart. A task without
-    the split is left out, and said so.
+def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200, seed: int = 0,
+                log: Callable[[str], None] = print, tasks: Sequence[str] | None = None) -> list[tuple[Any, str]]:
+    """Up to `per_task` inputs of each task (of `tasks`, by default the project's) with the task they belong
+    to. Pairs and QA come as plain (text, text) tuples, so only the router, not the input's form, tells them
+    apart. A task without the split is left out, and said so.
 
     A multitask task is left out too: its inputs are its parts', which a router sends to the parts; the
     multitask adapter answers only inputs that name it by a task token, so no router could choose it."""
     rng = random.Random(seed)
     mix = []
     without = []
-    mixtures = [task.name for task in project.tasks if task.mixture is not None]
+    chosen = [task for task in project.tasks if tasks is None or task.name in tasks]
+    mixtures = [task.name for task in chosen if task.mixture is not None]
     if mixtures:
         log(f"[routing] multitask {', '.join(mixtures)} left out of the mix: a router sends their inputs to "
             "their parts; task tokens reach the multitask adapter")
-    for task in (task for task in project.tasks if task.mixture is None):
+    for task in (task for task in chosen if task.mixture is None):
         examples = load_task_data(project, task, splits=(split,)).split(split)
         if not examples:
             without.append(task.name)
