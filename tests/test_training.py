@@ -479,9 +479,8 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     # reading the task's data once, before either: finding the stored result stale does not read it again.
     reads: list[str] = []
     read = trainer_module.load_task_data
-    for module in (trainer_module, mtlora.api):
-        monkeypatch.setattr(module, "load_task_data", lambda project, task: reads.append(task.name) or read(
-            project, task))
+    monkeypatch.setattr(trainer_module, "load_task_data", lambda project, task: reads.append(task.name) or read(
+        project, task))
     changed = load_config(tiny_project, overrides={"defaults": {"training": {"epochs": 2, "lr": 1e-2}}})
     assert not any(o.kept for o in mtlora.train(changed, "sentiment", **QUIET))
     assert trained == ["lora", "lora", "lora", "head_only"]
