@@ -462,3 +462,19 @@ def test_the_summary_leaves_out_a_report_of_an_adapter_trained_again_since(tiny_
     mtlora.evaluate(tiny_project, "sentiment", **silent)
     assert [r["task"] for r in json.loads((reports / "summary.json").read_text())] == ["sentiment", "support"]
     assert "Left out" not in (reports / "summary.md").read_text()
+
+
+def test_evaluating_a_split_some_tasks_lack_scores_the_tasks_that_have_it(trained_project: Path) -> None:
+    """`evaluate --split test` stopped at the first task without test data, before the tasks that have it."""
+    project = load_config(trained_project)
+    sentiment = project.task("sentiment")
+    test_data = sentiment.data.model_copy(update={"test": sentiment.data.validation})
+    tested = sentiment.model_copy(update={"data": test_data})
+    project = project.model_copy(update={"tasks": [t if t.name != "sentiment" else tested for t in project.tasks]})
+    said: list[str] = []
+    reports = mtlora.evaluate(project, split="test", write=False, log=said.append)
+    assert [r.task for r in reports] == ["sentiment"]
+    others = [t.name for t in project.tasks if t.name != "sentiment"]
+    assert f"no test data, so not evaluated: {', '.join(others)}" in said
+    with pytest.raises(mtlora.DataError, match=r"task .support.: has no test data \(set data\.test in the project"):
+        mtlora.evaluate(project, "support", split="test", write=False, log=said.append)

@@ -102,6 +102,10 @@ def evaluate(
             raise RegistryError(f"no task of the project is trained yet: train them first (`{train_hint()}`)")
         log(f"not trained yet, so not evaluated: {', '.join(untrained)} (`{train_hint('NAME')}`)")
         tasks = [t for t in tasks if t.name not in untrained]
+    without = [t.name for t in tasks if not project.has_split(t, split)]
+    if task is None and without and len(without) < len(tasks):  # else evaluating says which setting to add
+        log(f"no {split} data, so not evaluated: {', '.join(without)}")
+        tasks = [t for t in tasks if t.name not in without]
     if write:  # a file where the folder goes fails now, not after the first evaluation
         Path(project.reports).mkdir(parents=True, exist_ok=True)
     reports = []

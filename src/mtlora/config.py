@@ -495,6 +495,15 @@ class ProjectConfig(_Strict):
     def select(self, name: str | None) -> list[TaskConfig]:
         return self.tasks if name is None else [self.task(name)]
 
+    def has_split(self, task: TaskConfig, split: str) -> bool:
+        """Whether `task` has `split` data: its own, or a multitask adapter's parts'."""
+        if task.mixture is not None:
+            return any(self.has_split(self.task(part), split) for part in task.mixture.tasks)
+        assert task.data is not None, "validated: a task without a mixture has data"
+        declared = {"train": task.data.train, "validation": task.data.validation or task.data.holdout,
+                    "test": task.data.test}
+        return declared.get(split) is not None
+
     def with_router(self, **settings: Any) -> ProjectConfig:
         """This project with some router settings changed (`features="embeddings"`, say), checked as in a file."""
         changed = {**self.router.model_dump(), **settings}
