@@ -7,7 +7,7 @@ import gc
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 
@@ -26,7 +26,7 @@ from mtlora.evaluation import (
     write_reports,
     write_routing_reports,
 )
-from mtlora.modeling import check_base, export_merged
+from mtlora.modeling import Method, check_base, export_merged
 from mtlora.registry import Manifest, Registry
 from mtlora.routing import Route
 from mtlora.routing.learned import remove_router
@@ -64,7 +64,8 @@ def train(
     outcomes = []
     for task_config in tasks:
         wanted = task_config.training.baseline if baseline is None else baseline
-        methods = ["lora", "head_only"] if wanted and get_task_kind(task_config.kind).has_head else ["lora"]
+        with_head = wanted and get_task_kind(task_config.kind).has_head
+        methods: list[Method] = ["lora", "head_only"] if with_head else ["lora"]
         for method in methods:
             outcome = train_task(project, task_config, method, fresh=fresh, progress=progress, log=log, keep=True,
                                  data=data[task_config.name])
@@ -214,6 +215,12 @@ def load_predictor(config: ConfigLike, task: str) -> TaskPredictor:
     return TaskPredictor(Registry(project.registry), task, project.backbone, precision=project.inference.precision)
 
 
+@overload
+def predict(config: ConfigLike, inputs: Input, *, task: str | Sequence[str | None] | None = None,
+            router: str | None = None) -> Prediction: ...
+@overload
+def predict(config: ConfigLike, inputs: list[Input], *, task: str | Sequence[str | None] | None = None,
+            router: str | None = None) -> list[Prediction]: ...
 def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | Sequence[str | None] | None = None,
             router: str | None = None) -> Prediction | list[Prediction]:
     """Answer one input or a list: with the adapter of `task` (one for all inputs, or one per input), or
@@ -223,10 +230,15 @@ def predict(config: ConfigLike, inputs: Input | list[Input], *, task: str | Sequ
     `load_engine(...)` for many calls.
     """
     named = [task] if isinstance(task, str) else list(task or [])
-    needed = None if not named or None in named else list(dict.fromkeys(named))
+    # No None among the names in the second branch: the condition has just ruled it out.
+    needed = None if not named or None in named else cast(list[str], list(dict.fromkeys(named)))
     return load_engine(config, needed).predict(inputs, task, router)
 
 
+@overload
+def route(config: ConfigLike, inputs: Input, router: str | None = None) -> Route: ...
+@overload
+def route(config: ConfigLike, inputs: list[Input], router: str | None = None) -> list[Route]: ...
 def route(config: ConfigLike, inputs: Input | list[Input], router: str | None = None) -> Route | list[Route]:
     """Where an input would go, or each of a list, with the score of every candidate task."""
     engine = load_engine(config)

@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 import yaml
 from pydantic import (
@@ -34,6 +34,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -217,7 +218,9 @@ def _registered(what: str, plural: str, names: Callable[[], list[str]]) -> Any:
         if name not in (known := names()):
             raise ValueError(f"unknown {what} '{name}'; valid {plural}: {', '.join(known)}")
         return name
-    return Annotated[str, AfterValidator(check), Field(json_schema_extra=lambda schema: schema.update(enum=names()))]
+    # JsonDict's values are JsonValue, whose list is invariant: list[str] is not a list[JsonValue] to mypy.
+    return Annotated[str, AfterValidator(check),
+                     Field(json_schema_extra=lambda schema: schema.update(enum=cast(JsonValue, names())))]
 
 
 # The words pydantic reads as a boolean setting's value (the project file leaves yes/no/on/off as text).
@@ -226,7 +229,8 @@ _BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": F
 
 def _bool_or_auto() -> BeforeValidator:
     """A boolean or 'auto', which takes yes/no/on/off as a plain boolean setting does."""
-    check = _value_or_auto(lambda v: isinstance(v, bool), "true, false").func
+    # BeforeValidator.func is typed as any of pydantic's validator signatures; _value_or_auto's takes the value only.
+    check = cast(Callable[[Any], Any], _value_or_auto(lambda v: isinstance(v, bool), "true, false").func)
     return BeforeValidator(lambda value: check(_BOOLEAN_WORDS.get(value.lower(), value)
                                                if isinstance(value, str) else value))
 

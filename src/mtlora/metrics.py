@@ -38,7 +38,7 @@ def confusion(gold: Sequence[int], predicted: Sequence[int], n_labels: int) -> l
     return confusion_matrix(gold, predicted, labels=list(range(n_labels))).tolist()
 
 
-def undefined_correlation(gold: Sequence[float], predicted: Sequence[float]) -> str | None:
+def undefined_correlation(gold: Sequence[float] | np.ndarray, predicted: Sequence[float] | np.ndarray) -> str | None:
     """Why Pearson and Spearman correlations of `predicted` with `gold` are undefined, or None where they are not."""
     if len(gold) < 2:
         return "fewer than two examples"

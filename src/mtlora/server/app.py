@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -192,8 +192,9 @@ def _add_adapters_admin(app: FastAPI, engine: Callable[[], Engine]) -> None:
 def _answer_errors_as_json(app: FastAPI, metrics: Metrics, engine: Callable[[], Engine | None]) -> None:
     """Every error, the app's own and FastAPI's, as `{"error": {"type", "message"}}` with its status.
     Call it once the routes exist: a misspelt body field is told the valid ones of its endpoint."""
-    bodies = {route.path: route.body_field.field_info.annotation for route in app.routes
-              if isinstance(route, APIRoute) and route.body_field is not None}
+    # FastAPI types an annotation as any type form; each endpoint's body here is a request model.
+    bodies = {route.path: cast("type[BaseModel] | None", route.body_field.field_info.annotation)
+              for route in app.routes if isinstance(route, APIRoute) and route.body_field is not None}
 
     @app.exception_handler(HTTPProblem)
     async def on_problem(request: Request, problem: HTTPProblem) -> JSONResponse:

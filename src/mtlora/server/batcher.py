@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from mtlora.engine import Engine
 from mtlora.engine.inputs import naming_input
@@ -69,7 +69,7 @@ class MicroBatcher:
             if isinstance(answer, BaseException):
                 with naming_input(index, len(answers)):  # say which of the request's inputs
                     raise answer
-        return answers
+        return cast(list[dict], answers)  # every exception among them was raised above
 
     async def _run(self) -> None:
         while True:
