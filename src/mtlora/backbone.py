@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -197,7 +197,7 @@ def _fresh_modules(model: nn.Module, missing: set[str]) -> list[str]:
 
 def resize_input_embeddings(model: PreTrainedModel, tokens: int) -> None:
     """Room for tokens added to the tokenizer (task tokens); never shrinks (T5 keeps spare rows)."""
-    if model.get_input_embeddings().num_embeddings >= tokens:
+    if cast(nn.Embedding, model.get_input_embeddings()).num_embeddings >= tokens:
         return
     # An EncoderDecoderModel cannot resize itself; task tokens only ever appear in the encoder's input.
     owner = model.get_encoder() if isinstance(model, EncoderDecoderModel) else model

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mtlora import atomic
 from mtlora.backbone import (
@@ -61,7 +61,7 @@ def build_task_model(backbone: str, kind: TaskKind, method: Method, lora: LoraSe
     embedding rows are made and trained, and saved with the adapter.
     """
     loaded = load_task_model(backbone, kind.auto_class, seed, **kind.model_kwargs())
-    model = loaded.model
+    model: PreTrainedModel | PeftModel = loaded.model
     if kind.has_head and not isinstance(getattr(model, model.base_model_prefix, None), nn.Module):
         # T5ForQuestionAnswering holds the encoder and decoder itself: nothing tells head from backbone.
         raise ConfigError(f"backbone '{backbone}'", [

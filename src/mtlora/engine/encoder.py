@@ -19,7 +19,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -27,7 +27,7 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from mtlora.backbone import linear_weights_in_bf16, load_pretrained, name_pad_token, quiet_loading, resolve_backbone
@@ -84,7 +84,9 @@ class _ComputedEncoder(nn.Module):
         assert self.output is not None, "the shared encoder runs before any head"
         if self.pooler is None:
             return self.output
-        return type(self.output)(**{**self.output, "pooler_output": self.pooler(self.output.last_hidden_state)})
+        # A ModelOutput subclass declares its fields; the base class, all mypy is told here, has none.
+        hidden = self.output.last_hidden_state  # type: ignore[attr-defined]
+        return type(self.output)(**{**self.output, "pooler_output": self.pooler(hidden)})
 
 
 # A head's outputs on a pass's rows of one job, still on the device: (job, kind, outputs, the job's feature rows).
@@ -149,7 +151,7 @@ class EncoderAdapters:
         config = LoraConfig.from_pretrained(str(folder))
         state = load_file(folder / SAFETENSORS_WEIGHTS_NAME)
         head, stand_in = self._build_head(kind, manifest, state)
-        base_prefix = head.base_model_prefix
+        base_prefix = cast(str, head.base_model_prefix)  # a transformers model's class attribute
         encoder_state, head_state = _split_state(state, base_prefix, name)
         check_plain_lora_files(name, config, encoder_state)
         _load_head(head, head_state, name)
@@ -187,7 +189,9 @@ class EncoderAdapters:
     def _add_lora(self, name: str, config: LoraConfig, state: dict[str, torch.Tensor], base_prefix: str) -> None:
         if not isinstance(config.target_modules, str):
             # Full module paths of the task model ("bert.encoder...") name the same layers in the bare encoder.
-            config.target_modules = {m.removeprefix(base_prefix + ".") for m in config.target_modules}
+            # PEFT annotates a list or None, and holds a set once the config is made.
+            config.target_modules = {  # type: ignore[assignment]
+                m.removeprefix(base_prefix + ".") for m in config.target_modules}  # type: ignore[union-attr]
         config.modules_to_save = None  # heads live apart, in `_Adapter.head`
         config.task_type = None
         config.inference_mode = True
@@ -258,7 +262,8 @@ class EncoderAdapters:
         def eager() -> ModelOutput:
             with self._folded(NO_ADAPTER):
                 return self._encoder_stack()(**batch)
-        return self._replayed_or(eager, batch, [NO_ADAPTER] * len(batch["input_ids"])).last_hidden_state
+        return self._replayed_or(  # type: ignore[attr-defined]  # the base ModelOutput declares no fields
+            eager, batch, [NO_ADAPTER] * len(batch["input_ids"])).last_hidden_state
 
     def _run_batch(self, jobs: list[Job], picked: list[tuple[int, int]]) -> list[_HeadOutput]:
         """Feature rows (job, feature) padded into one encoder pass, then each job's rows through its head."""
@@ -281,16 +286,19 @@ class EncoderAdapters:
             outputs.append((job, adapter.kind, output, [picked[p][1] for p in where]))
         return outputs
 
-    def _encoder_stack(self) -> nn.Module:
+    def _encoder_stack(self) -> PreTrainedModel:
         """The part of the backbone that reads the input: all of an encoder, the encoder of an encoder-decoder."""
-        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        # A transformers model, bare or in PEFT's wrapper: `self.model` is typed as the nn.Module both are.
+        base = cast(PreTrainedModel, self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model)
         return base.get_encoder() if base.config.is_encoder_decoder else base
 
     def _encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
         if self._shift_right is not None and "decoder_input_ids" not in inputs:
             # T5's encoder kinds (T5ForSequenceClassification...) decode the input shifted right; T5Model,
             # unlike BartModel, does not make that decoder input itself.
-            inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"]), "use_cache": False}
+            # The forward's keywords, of which use_cache is not a tensor.
+            inputs = {**inputs, "decoder_input_ids": self._shift_right(inputs["input_ids"]),
+                      "use_cache": False}  # type: ignore[dict-item]
         return self._replayed_or(lambda: self._eager_encode(inputs, adapters), inputs, adapters)
 
     def _eager_encode(self, inputs: dict[str, torch.Tensor], adapters: list[str]) -> ModelOutput:
@@ -347,6 +355,7 @@ class EncoderAdapters:
             yield
             return
         # Rows without an adapter (semantic routing) have nothing to fold: they take no place in the cache.
+        kept: dict[int, torch.Tensor] | None
         if self.fold_cache and adapter != NO_ADAPTER:
             kept = self.fold_cache.folded(adapter)
         else:

@@ -243,13 +243,13 @@ class Engine:
     def route(self, requests: Sequence[Request | Input], router: str | None = None) -> list[Route]:
         """Where each request goes: its named task, else the router's choice among the tasks that fit.
         Inputs are taken as `predict` takes them, or as `request` made them."""
-        requests = [self._as_request(item, i, len(requests)) for i, item in enumerate(requests)]
+        asked = [self._as_request(item, i, len(requests)) for i, item in enumerate(requests)]
         with self._lock:
-            candidates = [self._candidates(r) for r in requests]
-            routes: list[Route | None] = [None] * len(requests)
-            for i, request in enumerate(requests):
+            candidates = [self._candidates(r) for r in asked]
+            routes: list[Route | None] = [None] * len(asked)
+            for i, request in enumerate(asked):
                 if request.task is not None:
-                    with naming_input(i, len(requests)):
+                    with naming_input(i, len(asked)):
                         routes[i] = self._explicit(request, candidates[i])
                     continue
                 # A task may take only some texts of its shape (a multitask adapter: those with its tokens).
@@ -268,7 +268,7 @@ class Engine:
             open_rows = [i for i, r in enumerate(routes) if r is None]
             if open_rows:
                 chosen = self.router(router or self.default_router)
-                decided = chosen.route([requests[i] for i in open_rows], [candidates[i] for i in open_rows])
+                decided = chosen.route([asked[i] for i in open_rows], [candidates[i] for i in open_rows])
                 for i, route in zip(open_rows, decided, strict=True):
                     routes[i] = route
             return [r for r in routes if r is not None]
@@ -286,7 +286,7 @@ class Engine:
         if reading not in ("encoder", "embeddings"):
             raise InputError(f"reading '{reading}' is not one of: encoder, embeddings (router.features: cascade "
                              "reads one, then the other)")
-        table = self._encoders.model.get_input_embeddings().weight
+        table = self._encoders.model.get_input_embeddings().weight  # type: ignore[operator]  # a transformers model
         if not texts:
             return torch.empty(0, table.shape[1] if reading == "embeddings" else self.hidden_size)
         if reading == "embeddings":

@@ -27,7 +27,7 @@ import functools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig
@@ -100,7 +100,8 @@ def folded_lora(layers: Sequence[lora.Linear], adapter: str, folded: dict[int, t
     scratch: dict[torch.dtype, torch.Tensor] = {}
     for position, layer in enumerate(layers):
         # An instance attribute shadows the class's forward.
-        layer.forward = _FoldedForward(layer, adapter, folded, position, min_tokens, scratch)
+        layer.forward = _FoldedForward(  # type: ignore[method-assign]
+            layer, adapter, folded, position, min_tokens, scratch)
     try:
         yield
     finally:
@@ -128,7 +129,8 @@ class StackedLora:
         # on every call, and on a GPU the host's time is what a call costs (about 1 ms for ten adapters).
         a, b = layer.lora_A._modules, layer.lora_B._modules
         return tuple(a) == self.names and all(
-            (a[name]._parameters["weight"].data_ptr(), b[name]._parameters["weight"].data_ptr()) == view
+            (a[name]._parameters["weight"].data_ptr(),  # type: ignore[union-attr]  # LoRA's Linears have weights
+             b[name]._parameters["weight"].data_ptr()) == view  # type: ignore[union-attr]
             for name, view in zip(self.names, self.views, strict=True))
 
 
@@ -164,16 +166,21 @@ def _stackable(layer: lora.Linear) -> bool:
 
 def _stacked(layer: lora.Linear) -> StackedLora:
     names = tuple(layer.lora_A)
-    dtype = layer.get_base_layer().weight.dtype
-    lora_a = torch.cat([layer.lora_A[name].weight for name in names]).to(dtype)
-    lora_b = torch.cat([layer.lora_B[name].weight for name in names], dim=1).to(dtype)
+    # ModuleDict's items and a Module's attributes are untyped to mypy: PEFT's lora_A/lora_B hold nn.Linear
+    # layers, on an nn.Linear base (`_stackable`).
+    weights_a = [cast(torch.Tensor, layer.lora_A[name].weight) for name in names]
+    weights_b = [cast(torch.Tensor, layer.lora_B[name].weight) for name in names]
+    dtype = cast(nn.Linear, layer.get_base_layer()).weight.dtype
+    lora_a = torch.cat(weights_a).to(dtype)
+    lora_b = torch.cat(weights_b, dim=1).to(dtype)
     blocks, views, start = [], [], 0
     for name in names:
-        stop = start + layer.lora_A[name].weight.shape[0]
+        stop = start + cast(torch.Tensor, layer.lora_A[name].weight).shape[0]
         layer.lora_A[name].weight.data = lora_a[start:stop]
         layer.lora_B[name].weight.data = lora_b[:, start:stop]
         blocks.append((start, stop))
-        views.append((layer.lora_A[name].weight.data_ptr(), layer.lora_B[name].weight.data_ptr()))
+        views.append((layer.lora_A[name].weight.data_ptr(),  # type: ignore[operator]
+                      layer.lora_B[name].weight.data_ptr()))  # type: ignore[operator]
         start = stop
     return StackedLora(names, lora_a, lora_b, tuple(blocks), tuple(float(layer.scaling[name]) for name in names),
                        tuple(views))
@@ -198,17 +205,21 @@ def mixed_lora(layers: Sequence[lora.Linear], adapters: Sequence[str],
         present = [position for position, name in enumerate(layer.lora_A) if name in names]
         if present and not isinstance(layer.get_base_layer(), nn.Linear):
             # GPT-2's Conv1D holds its weight transposed: PEFT computes it, row by row.
-            layer.forward = functools.partial(lora.Linear.forward, layer, adapter_names=list(adapters))
+            layer.forward = functools.partial(  # type: ignore[method-assign]
+                lora.Linear.forward, layer, adapter_names=list(adapters))
             continue
         if not present:
-            layer.forward = layer.get_base_layer().__call__  # an instance attribute shadows the class's forward
+            # An instance attribute shadows the class's forward.
+            layer.forward = layer.get_base_layer().__call__  # type: ignore[method-assign]
             continue
         stack = stacks[layer]
         read, lora_a, lora_b = _read_blocks(stack, present)
         key = tuple((stack.names[p], stack.blocks[p], stack.scalings[p]) for p in read)
         if key not in masks:
             masks[key] = _row_mask(stack, read, adapters)
-        layer.forward = RowMaskedForward(layer.get_base_layer(), lora_a, lora_b, masks[key])
+        # A base other than nn.Linear (Conv1D) went to PEFT above.
+        layer.forward = RowMaskedForward(  # type: ignore[method-assign]
+            cast(nn.Linear, layer.get_base_layer()), lora_a, lora_b, masks[key])
     try:
         yield
     finally:
@@ -298,7 +309,8 @@ class _FoldedForward:
 
     def _lora_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # In the dtype of the weight they meet: bf16 when the engine holds its linear weights in bf16.
-        return self.layer.lora_A[self.adapter].weight.to(dtype), self.layer.lora_B[self.adapter].weight.to(dtype)
+        return (self.layer.lora_A[self.adapter].weight.to(dtype),  # type: ignore[return-value]  # LoRA's Linears
+                self.layer.lora_B[self.adapter].weight.to(dtype))
 
     def _fold(self, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         lora_a, lora_b = self._lora_weights(weight.dtype)

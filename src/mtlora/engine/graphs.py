@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft.tuners.lora import layer as lora
@@ -230,7 +230,9 @@ def _every_adapter(layers: Sequence[lora.Linear], stacks: Stacks,
         owner, scaling = columns[layer]
         if id(owner) not in masks:
             masks[id(owner)] = (row_adapters[:, None] == owner[None, :]) * scaling[None, :]
-        layer.forward = RowMaskedForward(layer.get_base_layer(), stack.lora_a, stack.lora_b, masks[id(owner)])
+        # A stacked layer's base is an nn.Linear (folding's `_stackable`).
+        layer.forward = RowMaskedForward(  # type: ignore[method-assign]
+            cast(nn.Linear, layer.get_base_layer()), stack.lora_a, stack.lora_b, masks[id(owner)])
     try:
         yield
     finally:

@@ -11,6 +11,7 @@ import contextlib
 import re
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from mtlora.config import ROUTER_ADAPTER
 from mtlora.errors import InputError, UnknownTaskError, likely_meant, train_hint
@@ -27,12 +28,18 @@ TASK_TOKEN = re.compile(r"\s*<[^<>\s]+>(\s|$)")
 NAMED_AND_ROUTED = "task '{task}' and router '{router}' were both given: name the task, or route, not both"
 
 
+class NameSet(Protocol):
+    """What `name in names` needs; a Registry answers it for names only, so it is not a Container[str]."""
+
+    def __contains__(self, name: str, /) -> bool: ...
+
+
 @dataclass(frozen=True)
 class KnownTasks:
     """What an engine knows of task names, to tell what a text's prefix names."""
 
     loaded: Mapping[str, TaskKind]  # the adapters loaded, the learned router's among them once it runs
-    stored: Container[str]  # the registry's adapters
+    stored: NameSet  # the registry's adapters
     project: Container[str]  # the project file's tasks, trained or not
 
     @property

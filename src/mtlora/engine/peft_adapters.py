@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Container, Iterator
+from typing import TYPE_CHECKING, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
 
 from mtlora.errors import BaseModelMismatchError
 
@@ -30,7 +34,8 @@ def load_weights(model: PeftModel, peft_name: str, state: dict[str, torch.Tensor
     """Adapter `adapter`'s trained weights into `model`, where PEFT knows it as `peft_name`. A weight with no
     place there means the adapter was trained on another backbone (PEFT would only warn); the error calls
     the model `model_called`."""
-    result = set_peft_model_state_dict(model, state, adapter_name=peft_name)
+    # PEFT annotates its return as a bare namedtuple: it is load_state_dict's missing and unexpected keys.
+    result = cast("_IncompatibleKeys", set_peft_model_state_dict(model, state, adapter_name=peft_name))
     if result.unexpected_keys:
         raise BaseModelMismatchError(f"adapter '{adapter}' has weights the {model_called} has no place for: "
                                      f"{result.unexpected_keys[:3]}")

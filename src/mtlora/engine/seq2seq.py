@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -159,7 +159,7 @@ class Seq2SeqAdapters:
 
     def _shared_model(self) -> torch.nn.Module:
         model = load_task_model(self.backbone, AutoModelForSeq2SeqLM, seed=0).model
-        first = model.get_input_embeddings().num_embeddings
+        first = cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings
         self._free_rows = list(range(first + SPARE_TOKEN_ROWS - 1, first - 1, -1))  # popped lowest first
         resize_input_embeddings(model, first + SPARE_TOKEN_ROWS)
         output = model.get_output_embeddings()
@@ -167,7 +167,7 @@ class Seq2SeqAdapters:
             # The output vocabulary grew with the input (T5 and BART tie or resize both): the spare rows
             # are never an answer, as they are not in a standalone adapter's model.
             model.generation_config.suppress_tokens = list(range(first, first + SPARE_TOKEN_ROWS))
-        return model.to(self.device).eval()
+        return model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' `to` wrapper drops torch's types
 
     def _place_tokens(self, name: str, token_ids: list[int], values: torch.Tensor | None) -> dict[int, int]:
         if not token_ids:
