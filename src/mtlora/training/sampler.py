@@ -37,7 +37,8 @@ class ShuffledLengthBatches(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         shuffled = torch.randperm(len(self.lengths), generator=generator).tolist()
         mega = MEGA_BATCH_BATCHES * self.batch_size
-        full, partial = [], []
+        full: list[list[int]] = []
+        partial: list[list[int]] = []
         for start in range(0, len(shuffled), mega):
             rows = sorted(shuffled[start:start + mega], key=self.lengths.__getitem__, reverse=True)
             for first in range(0, len(rows), self.batch_size):

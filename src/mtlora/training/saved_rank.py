@@ -11,9 +11,10 @@ plain rank-k PEFT adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import layer as lora
 from torch import nn
 
@@ -37,7 +38,7 @@ def truncate_rank(model: PeftModel, rank: int | None, adapter: str = "default") 
 
     Nothing changes (None) when `rank` is None or not below the adapter's rank. The scaling (alpha / r)
     is kept, so alpha shrinks with r."""
-    config = model.peft_config[adapter]
+    config = cast(LoraConfig, model.peft_config[adapter])  # PEFT types any method's config; this one is LoRA
     if rank is None or rank >= config.r:
         return None
     check_truncatable(model, rank, adapter)
@@ -45,7 +46,8 @@ def truncate_rank(model: PeftModel, rank: int | None, adapter: str = "default") 
     for layer in model.modules():
         if not isinstance(layer, lora.Linear) or adapter not in layer.lora_A:
             continue
-        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        # lora_A and lora_B hold nn.Linear layers, typed as the ModuleDict's plain Modules.
+        a, b = cast(torch.Tensor, layer.lora_A[adapter].weight), cast(torch.Tensor, layer.lora_B[adapter].weight)
         # The SVD of B·A from the r×r core of the factors' QR decompositions: exact, and cheap for a wide layer.
         q_b, r_b = torch.linalg.qr(b.double())
         q_a, r_a = torch.linalg.qr(a.double().T)
@@ -60,14 +62,15 @@ def truncate_rank(model: PeftModel, rank: int | None, adapter: str = "default") 
         lowest = min(lowest, (s[:rank] ** 2).sum().item() / energy) if energy > 0 else lowest
     truncation = RankTruncation(trained_rank=config.r, saved_rank=rank,
                                 energy_kept=kept / total if total > 0 else 1.0, lowest_layer_energy_kept=lowest)
-    config.lora_alpha, config.r = config.lora_alpha * rank / config.r, rank
+    # A fractional alpha keeps the scaling exact; PEFT annotates an int but computes with any number.
+    config.lora_alpha, config.r = config.lora_alpha * rank / config.r, rank  # type: ignore[assignment]
     return truncation
 
 
 def check_truncatable(model: PeftModel, rank: int | None, adapter: str = "default") -> None:
     """Refuse, before any training, an adapter `truncate_rank` could not cut to `rank`: LoRA variants, and
     layers other than linear ones (an embedding named in target_modules)."""
-    config = model.peft_config[adapter]
+    config = cast(LoraConfig, model.peft_config[adapter])  # PEFT types any method's config; this one is LoRA
     if rank is None or rank >= config.r:
         return
     problems = [name for name, layer in model.named_modules()

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import datasets
 import peft
@@ -187,7 +187,7 @@ def _set_up(project: ProjectConfig, task: TaskConfig, method: Method, data: Task
     kind = data.kind
     tokenizer = kind.prepare_tokenizer(load_tokenizer(project.backbone))
     built = build_task_model(project.backbone, kind, method, task.lora, task.training.seed, tokenizer)
-    check_max_length(task, project.backbone, built.model.config)
+    check_max_length(task, project.backbone, cast(PretrainedConfig, built.model.config))
     saved_rank = kind.saved_rank if task.lora.saved_rank == "auto" else task.lora.saved_rank
     if method == "lora":
         check_truncatable(built.model, saved_rank)  # type: ignore[arg-type]  # before hours of training
@@ -285,7 +285,7 @@ def _drop_distributed_wrapper(trainer: Trainer, error: BaseException | None = No
     if trainer.args.world_size > 1:
         if error is not None:
             traceback.clear_frames(error.__traceback__)  # Trainer.train's frames hold the wrapper as a local
-        trainer.model_wrapped = trainer.model
+        trainer.model_wrapped = trainer.model  # type: ignore[assignment]  # set: the run trained it
         trainer.accelerator.free_memory()  # its references to the wrapper, and a collection for any cycle
 
 
@@ -306,7 +306,8 @@ def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback
 def _outcome(task: TaskConfig, method: Method, run: _Run, trainer: Trainer, metrics: dict[str, float],
              clock: _RunClock, resume: str | None) -> TrainOutcome:
     """The finished run's record, with its model in eval mode."""
-    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    # transformers types every logged value as a float; "step" is an int.
+    logged = cast(list[dict[str, Any]], [entry for entry in trainer.state.log_history if "loss" in entry])
     losses = [(entry["step"], entry["loss"]) for entry in logged]
     # A log of fewer steps than the cadence (the last step's, the first after a resume) is too noisy to judge by.
     full = [(entry["step"], entry["loss"]) for entry in logged
@@ -642,7 +643,8 @@ class _RunClock(TrainerCallback):
         return self.before + time.perf_counter() - self.started
 
     def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        # TrainingArguments fills in an output_dir left None; its annotation keeps the None.
+        folder = Path(cast(str, args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
             (folder / self.FILE).write_text(json.dumps({"elapsed_s": self.elapsed()}))
 
@@ -689,7 +691,7 @@ def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, 
     def save(folder: Path) -> None:
         # Task tokens' rows are saved by `trainable_token_indices`; PEFT would save the whole resized
         # embedding matrix too (tens of MB), which a base resized to the tokenizer's length does not need.
-        built.model.save_pretrained(folder, save_embedding_layers=False)
+        built.model.save_pretrained(folder, save_embedding_layers=False)  # type: ignore[operator]  # a PeftModel
         if own_tokenizer:
             tokenizer.save_pretrained(folder)
 
