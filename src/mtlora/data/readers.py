@@ -18,7 +18,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from mtlora.config import DATA_DIR_ENV, SourceConfig
 from mtlora.errors import DataError
@@ -114,7 +114,7 @@ def _read_file(source: SourceConfig, data_dir: Path) -> list[Row]:
         # $MTLORA_DATA_DIR, where set, overrides the project file's data_dir.
         where = f"${DATA_DIR_ENV}" if os.environ.get(DATA_DIR_ENV) else \
             f"data_dir in the project file, or ${DATA_DIR_ENV},"
-        fix = None if Path(source.path).is_absolute() else (
+        fix = None if Path(cast(str, source.path)).is_absolute() else (  # _file_path has checked it is set
             f"paths are relative to data_dir {data_dir}; set {where} to the folder that holds the data")
         raise DataError(str(path), "file not found", fix)
     fmt = source_format(source, path)
@@ -278,7 +278,8 @@ def _read_dream(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
 
 def _read_delimited(path: Path, source: SourceConfig, fmt: str) -> list[Row]:
     delimiter = "\t" if fmt == "tsv" else ","
-    quoting = csv.QUOTE_NONE if source.quoting == "none" else csv.QUOTE_MINIMAL
+    # csv.reader takes the constants' literal values: the conditional would widen them to int.
+    quoting: Literal[0, 3] = csv.QUOTE_NONE if source.quoting == "none" else csv.QUOTE_MINIMAL
     rows: list[Row] = []
     with path.open(encoding=_encoding(source), newline="") as handle:
         # strict: text after a closing quote (a stray quote that opened a field running over rows) is an error.

@@ -61,6 +61,8 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
     """
     if task.mixture is not None:
         return _mixture_data(project, task, splits)
+    # A task without a mixture has data: TaskConfig's validator refuses one that lacks either.
+    assert task.data is not None
     kind = get_task_kind(task.kind).from_config(task)
     seed = task.training.seed
 

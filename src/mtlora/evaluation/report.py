@@ -107,7 +107,8 @@ def markdown_summary(reports: Sequence[TaskReport], retrained: Sequence[TaskRepo
     ]
     for r in reports:
         values = main_metric_values(r)
-        gain = (values["lora"] - values["head_only"]) if None not in (values["lora"], values["head_only"]) else None
+        lora, head_only = values["lora"], values["head_only"]
+        gain = (lora - head_only) if lora is not None and head_only is not None else None
         best = max((v for v in values.values() if v is not None), default=None)  # every main metric: higher is better
         shown = {v: f"**{_fmt(value)}**" if value is not None and value == best else _fmt(value)
                  for v, value in values.items()}

@@ -60,7 +60,7 @@ class LabelScores:
 class ClassificationTask(LabelScores, SequenceTask):
     name = "classification"
     description = "one text -> one label"
-    roles = ("text", "label")
+    roles: ClassVar[tuple[str, ...]] = ("text", "label")
     input_shape = "text"
     primary_metric = "accuracy"
     categorical = True

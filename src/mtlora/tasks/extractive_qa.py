@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from scipy.special import softmax
@@ -160,14 +160,14 @@ class ExtractiveQATask(TaskKind):
         best: list[tuple[float, int, int] | None] = [None] * len(examples)
         scores: list[list[float]] = [[] for _ in examples]
         for feature, output in enumerate(outputs):
-            example = encoded.example_index[feature]
+            index = encoded.example_index[feature]  # of the example, whose dict the loop below names `example`
             offsets = encoded.extras[feature]["offsets"]
             for score, start_char, end_char in _candidate_spans(output["start_logits"], output["end_logits"],
                                                                 offsets):
-                scores[example].append(score)
-                current = best[example]
+                scores[index].append(score)
+                current = best[index]
                 if current is None or score > current[0]:
-                    best[example] = (score, start_char, end_char)
+                    best[index] = (score, start_char, end_char)
         predictions = []
         for example, candidate, candidate_scores, cut in zip(examples, best, scores, encoded.truncated, strict=True):
             if candidate is None:
@@ -245,10 +245,11 @@ def _questions_that_fit(tokenizer: PreTrainedTokenizerBase, examples: Sequence[E
 def _token_span(offsets: list[tuple[int, int] | None], start_char: int, end_char: int) -> tuple[int, int]:
     """Token positions of the answer in one window; (0, 0), the [CLS] token, when the window misses it."""
     context = [i for i, o in enumerate(offsets) if o is not None]
-    if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
+    spans = cast(list[tuple[int, int]], offsets)  # read only at `context`'s positions, which hold a span
+    if not context or spans[context[0]][0] > start_char or spans[context[-1]][1] < end_char:
         return 0, 0
-    start = next(i for i in context if offsets[i][1] > start_char)
-    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    start = next(i for i in context if spans[i][1] > start_char)
+    end = next(i for i in reversed(context) if spans[i][0] < end_char)
     return start, end
 
 

@@ -69,7 +69,7 @@ def parse_mcq(text: str, num_options: int) -> MCQ | None:
 def _options(text: str) -> list[str] | None:
     """The texts after (a), (b), (c), ... in turn, or None with text before "(a)". Only the letter due next
     starts an option, so "plant(s)" or "Both (A) and (B)" inside an option's text stay in it."""
-    markers = []
+    markers: list[re.Match[str]] = []
     for pattern in _OPTION_MARKERS:
         marker = pattern.search(text, markers[-1].end() if markers else 0)
         if marker is None:

@@ -14,7 +14,7 @@ import copy
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
@@ -24,7 +24,7 @@ from mtlora.tasks.base import Encoded, Example, Prediction, require_text
 from mtlora.tasks.seq2seq import Seq2SeqTask
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
 
     from mtlora.config import TaskConfig
     from mtlora.data.readers import Row
@@ -131,7 +131,7 @@ class MultitaskTask(Seq2SeqTask):
         cannot hold, beside it: `GenerationConfig.from_pretrained(folder, "summarize_generation_config.json")`."""
         files = {}
         for name, kind in self.parts.items():
-            config = copy.deepcopy(model.generation_config)
+            config = cast("GenerationConfig", copy.deepcopy(model.generation_config))  # a transformers model's
             config.update(**kind.generation_kwargs())
             files[f"{name}_generation_config.json"] = config.to_json_string(use_diff=True)
         return files

@@ -8,7 +8,7 @@ enough to saturate the pooler's tanh at LoRA learning rates, after which every i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ class RegressionTask(SequenceTask):
     def prepare_export(self, model: nn.Module) -> None:
         # The head learned standardised scores: its output layer, scaled, gives a plain transformers user
         # scores on the training scale, as the engine's decode does.
-        base = getattr(model, model.base_model_prefix, None)
+        base = getattr(model, cast(str, model.base_model_prefix), None)  # a transformers model's class attribute
         in_base = {id(m) for m in base.modules()} if isinstance(base, nn.Module) else set()
         outputs = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 1
                    and id(m) not in in_base]

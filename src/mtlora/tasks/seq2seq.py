@@ -13,7 +13,7 @@ import json
 import string
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from peft import TaskType
@@ -145,14 +145,15 @@ class Seq2SeqTask(TaskKind):
         results: list[dict[str, Any]] = [{} for _ in range(len(encoded))]
         for index, batch, rows_kwargs in padded_batches(model, tokenizer, encoded.features, batch_size, bf16,
                                                         **model_kwargs):
-            generated = model.generate(**batch, **self.generation_kwargs(), **rows_kwargs)
+            # A transformers model (or PEFT's), typed as the nn.Module it is: its methods are not known to mypy.
+            generated = model.generate(**batch, **self.generation_kwargs(), **rows_kwargs)  # type: ignore[operator]
             for row, ids in zip(index, generated, strict=True):
                 results[row] = {"text": decode_text(tokenizer, ids), "tokens": _generated_tokens(tokenizer, ids)}
         return results
 
     def prepare_export(self, model: nn.Module) -> None:
         # A plain `generate()` then decodes as the engine does, not with transformers' 20-token default.
-        model.generation_config.update(**self.generation_kwargs())
+        model.generation_config.update(**self.generation_kwargs())  # type: ignore[union-attr,operator]
 
     def batch_key(self) -> str:
         """Adapters whose rows can share a pass have equal keys: same kind, labels to score and decoding."""
@@ -202,7 +203,8 @@ def target_ids(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str], max_l
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+    # One sequence's ids decode to one str; transformers types a batch's list[str] too.
+    return cast(str, tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)).strip()
 
 
 def _generated_tokens(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> int:
