@@ -18,6 +18,7 @@ demo: $(BIN)/mtlora
 
 test: $(BIN)/mtlora
 	$(BIN)/ruff check src tests bench examples
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(BIN)/mtlora
