@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,9 @@ def test_evaluation_reports_lora_next_to_its_baselines(trained_project: Path) ->
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in summary.splitlines()
             if line.startswith("| ") and " | validation | " in line}
     assert rows["qa"][4] == "f1 (0-100)" and rows["sentiment"][4] == "accuracy"
+    # A 0-100 metric has one decimal, a 0-1 one three: an EM of 1.000 (1%) read as the whole.
+    assert all(re.fullmatch(r"\*{0,2}[-+]?\d+\.\d\*{0,2}", cell) for cell in rows["qa"][5:9] if cell != "–"), rows["qa"]
+    assert all(re.fullmatch(r"\*{0,2}[-+]?\d\.\d{3}\*{0,2}", c) for c in rows["sentiment"][5:9]), rows["sentiment"]
     # Every metric in percent is marked in the all-metrics tables too: an EM of 3.000 is not three questions.
     assert "| variant | exact_match (0-100) | f1 (0-100) |" in summary
     for task, cells in rows.items():  # only the best of base, head-only and LoRA is bold

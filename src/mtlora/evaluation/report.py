@@ -110,12 +110,13 @@ def markdown_summary(reports: Sequence[TaskReport], retrained: Sequence[TaskRepo
         lora, head_only = values["lora"], values["head_only"]
         gain = (lora - head_only) if lora is not None and head_only is not None else None
         best = max((v for v in values.values() if v is not None), default=None)  # every main metric: higher is better
-        shown = {v: f"**{_fmt(value)}**" if value is not None and value == best else _fmt(value)
-                 for v, value in values.items()}
+        scale = get_task_kind(r.kind).metric_scale(r.primary_metric)
+        shown = {v: f"**{cell}**" if value is not None and value == best else cell
+                 for v, value in values.items() for cell in [_fmt(value, scale=scale)]}
         params = r.parameters["lora"]
         lines.append(
             f"| {r.task} | {r.kind} | {r.split} | {r.examples} | {main_metric_name(r)} | {shown['base']} "
-            f"| {shown['head_only']} | {shown['lora']} | {_fmt(gain, signed=True)} "
+            f"| {shown['head_only']} | {shown['lora']} | {_fmt(gain, signed=True, scale=scale)} "
             f"| {params['trainable']:,} | {share_of(params['trainable'], params['total'])} "
             f"| {params.get('stored', params['trainable']):,} |"
         )
@@ -135,8 +136,10 @@ def markdown_summary(reports: Sequence[TaskReport], retrained: Sequence[TaskRepo
             lines += [f"**{VARIANTS[variant]}**: {'; '.join(notes)}.", ""]
         labels = [sample_cell(get_task_kind(r.kind).metric_label(n)) for n in names]
         lines += ["| variant | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(names)]
+        scales = [get_task_kind(r.kind).metric_scale(n) for n in names]
         for variant, metrics in r.metrics.items():
-            lines.append(f"| {VARIANTS[variant]} | " + " | ".join(_fmt(metrics.get(n)) for n in names) + " |")
+            cells = (_fmt(metrics.get(n), scale=scale) for n, scale in zip(names, scales, strict=True))
+            lines.append(f"| {VARIANTS[variant]} | " + " | ".join(cells) + " |")
         if r.confusion is not None:
             lines += ["", f"Confusion matrix (rows: gold, columns: predicted): `{_stem(r)}_confusion.png`"]
         lines += ["", *_samples_table(r), ""]
@@ -176,10 +179,13 @@ def sample_cell(value: object, width: int = 120) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _fmt(value: float | None, signed: bool = False) -> str:
+def _fmt(value: float | None, signed: bool = False, scale: float = 1.0) -> str:
+    """A metric as a table shows it: three decimals on a 0-1 scale; one on a 0-100 one, where 1.000 of an
+    exact match (1%) would read as the whole."""
     if value is None:
         return "–"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
+    decimals = 1 if scale == 100 else 3
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
 def plot_confusion(labels: Sequence[str], counts: Sequence[Sequence[int]], title: str, path: Path,
