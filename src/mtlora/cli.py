@@ -400,7 +400,9 @@ def adapters_list(config: ConfigArg) -> None:
     for name in damaged:
         table.add_row(name, Text("damaged", style="red"), "-", "-", "-", "-")
     if head is not None:  # not an adapter, but stored in the registry and trained like the router adapter
-        accuracy = "-" if head.validation_accuracy is None else f"accuracy {head.validation_accuracy:.3f}"
+        # Its own training's held-out share, not the routing of `evaluate --router`, which the column's name suggests.
+        accuracy = "-" if head.validation_accuracy is None else \
+            f"accuracy {head.validation_accuracy:.3f} on held-out router inputs"
         table.add_row("router (token embeddings)", "router head", ", ".join(head.labels), f"{head.parameters:,}",
                       f"{head.parameters:,}", accuracy)
     console.print(table)

@@ -42,7 +42,7 @@ def write_reports(reports: Sequence[TaskReport], folder: Path,
         written.append(path)
         if report.confusion is not None and report.labels is not None:
             accuracy = report.metrics["lora"].get("accuracy", 0.0)
-            title = f"{report.task}: LoRA adapter, {report.split} (accuracy {accuracy:.3f})"
+            title = f"{report.task}: LoRA adapter, {report.examples} {report.split} inputs (accuracy {accuracy:.3f})"
             path = folder / f"{_stem(report)}_confusion.png"
             written.append(plot_confusion(report.labels, report.confusion, title, path))
     everything = sorted((TaskReport(**_load(path)) for path in (folder / TASKS).glob("*/*.json")),
@@ -223,7 +223,7 @@ def confusion_figure(labels: Sequence[str], counts: Sequence[Sequence[int]], tit
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
         axes.text(col, row, str(value), ha="center", va="center", color="white" if value > threshold else "black")
-    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="inputs")
     figure.tight_layout()
     return figure
 
@@ -267,8 +267,8 @@ def write_routing_reports(reports: Sequence[RoutingReport], folder: Path, gone: 
             cells[accuracy] = f"**{cells[accuracy]}**"
         lines.append("| " + " | ".join([*cells, *(f"{r.per_task[t]:.3f}" for t in tasks)]) + " |")
         path = folder / f"routing_{r.router}_confusion.png"
-        written.append(plot_confusion(tasks, r.confusion, f"router '{r.router}' (accuracy {r.accuracy:.3f})", path,
-                                      columns=r.labels))
+        title = f"router '{r.router}', {r.examples} {r.split} inputs (accuracy {r.accuracy:.3f})"
+        written.append(plot_confusion(tasks, r.confusion, title, path, columns=r.labels))
     lines += [line for r in reports if r.note for line in ("", f"**{r.router}**: {r.note}.")]
     lines += ["", "By shape: the share of inputs routed by their shape before the router ran (a pair or a "
               "question with its context that only one task takes); accuracy and the per-task columns include "
