@@ -159,6 +159,23 @@ def test_a_manifest_rewrite_refuses_an_adapter_saved_again_since_it_was_read(reg
     assert registry_copy.manifest("sentiment").metrics == evaluated.metrics
 
 
+def test_an_adapters_version_is_its_save_and_an_unreadable_one_has_none(registry_copy: Registry) -> None:
+    """Reports tell a retrained adapter by its version: metrics recorded keep it, a save changes it, and one
+    damaged manifest leaves the others' versions readable (a listing is no place to fail)."""
+    before = registry_copy.versions()
+    evaluated = registry_copy.manifest("sentiment")
+    assert before["sentiment"] == evaluated.version
+    registry_copy.record_metrics("sentiment", evaluated, "test", {"accuracy": 0.5})
+    assert registry_copy.manifest("sentiment").version == evaluated.version
+    registry_copy.save("sentiment", lambda folder: shutil.copytree(registry_copy.path("sentiment"), folder,
+                                                                    dirs_exist_ok=True),
+                       evaluated.model_copy(update={"created_at": "retrained"}))
+    assert registry_copy.manifest("sentiment").version != evaluated.version
+    (registry_copy.path("support") / "manifest.json").write_text("{")
+    after = registry_copy.versions()
+    assert after["support"] is None and after["qa"] == before["qa"] and after["sentiment"] is not None
+
+
 def test_evaluations_of_two_splits_both_keep_their_metrics(registry_copy: Registry) -> None:
     """Each adds its split to the manifest as it is when it writes, not as it was when it started."""
     evaluated = registry_copy.manifest("sentiment")  # both evaluations start from this
