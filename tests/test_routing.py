@@ -19,6 +19,7 @@ from mtlora.backbone import load_tokenizer
 from mtlora.config import RouterSettings
 from mtlora.errors import BaseModelMismatchError, CorruptAdapterError, DataError, RegistryError
 from mtlora.evaluation import RoutingReport, evaluate_routing, routing_mix, write_routing_reports
+from mtlora.evaluation.routing import ROUTER_HEAD
 from mtlora.registry import Registry
 from mtlora.routing import ExplicitRouter, KeywordRouter, Request, Route, split_prefix, train_router
 from mtlora.routing.base import BY_SHAPE
@@ -815,3 +816,27 @@ def test_a_keywords_row_without_any_rule_to_match_says_so(trained_project: Path,
     assert "**keywords**: no task has routing keywords or patterns" in (tmp_path / "reports" / "routing.md").read_text()
     (report,) = mtlora.evaluate_routers(project, ["keywords"], write=False, log=lambda _: None)
     assert report.note is None  # the project's own hints: rules to match
+
+
+def test_routing_rows_of_before_go_when_the_routers_head_alone_is_fit_again(routed_project: Path,
+                                                                             tmp_path: Path) -> None:
+    """`train-router` with features: embeddings fits the head over token embeddings again and saves no
+    adapter: the learned router's row of before stayed in routing.md beside the new head, with its old
+    accuracy, since the rows were stamped with the adapters' saves alone."""
+    folder = tmp_path / "project"
+    shutil.copytree(routed_project.parent, folder)
+    project = load_config(folder / routed_project.name, overrides={
+        "router": {"features": "embeddings"}, "reports": str(tmp_path / "reports")})
+    registry = Registry(project.registry)
+
+    def rows() -> list[str]:
+        return [row["router"] for row in json.loads((tmp_path / "reports" / "routing.json").read_text())]
+
+    (learned,) = mtlora.evaluate_routers(project, ["learned"], log=lambda _: None)
+    head = TokenRouterHead.load(registry, project.backbone)
+    assert learned.adapters is not None and learned.adapters[ROUTER_HEAD] == head.info.head_sha256
+    mtlora.evaluate_routers(project, ["semantic"], log=lambda _: None)
+    assert rows() == ["learned", "semantic"]  # the same saves: the learned row of before stays
+    TokenRouterHead(head.weight, head.bias + 1.0, head.info).save(registry)  # a fit on other inputs
+    mtlora.evaluate_routers(project, ["semantic"], log=lambda _: None)
+    assert rows() == ["semantic"]

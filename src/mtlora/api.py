@@ -23,6 +23,7 @@ from mtlora.evaluation import (
     evaluate_routing,
     evaluate_task,
     routing_mix,
+    saves_routed_among,
     write_reports,
     write_routing_reports,
 )
@@ -151,8 +152,7 @@ def evaluate_routers(
         Path(project.reports).mkdir(parents=True, exist_ok=True)
     engine = Engine.from_config(project, trained)
     mix = routing_mix(project, split, per_task, log=log, tasks=trained)
-    versions = registry.versions()
-    adapters = {name: versions[name] for name in [*trained, ROUTER_ADAPTER] if name in versions}
+    adapters = saves_routed_among(registry, trained)
     reports = [dataclasses.replace(report, adapters=adapters)
                for report in evaluate_routing(engine, mix, available, split, log=log)]
     if write and reports:

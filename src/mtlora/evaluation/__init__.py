@@ -2,7 +2,7 @@
 
 from mtlora.evaluation.evaluate import TaskReport, evaluate_task
 from mtlora.evaluation.report import markdown_summary, write_reports, write_routing_reports
-from mtlora.evaluation.routing import RoutingReport, evaluate_routing, routing_mix
+from mtlora.evaluation.routing import RoutingReport, evaluate_routing, routing_mix, saves_routed_among
 
 __all__ = ["RoutingReport", "TaskReport", "evaluate_routing", "evaluate_task", "markdown_summary", "routing_mix",
-           "write_reports", "write_routing_reports"]
+           "saves_routed_among", "write_reports", "write_routing_reports"]

@@ -8,15 +8,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mtlora.config import ProjectConfig
+from mtlora.config import ROUTER_ADAPTER, ProjectConfig
 from mtlora.data import load_task_data
 from mtlora.engine import Engine
 from mtlora.errors import DataError
 from mtlora.metrics import confusion
+from mtlora.registry import Registry
 from mtlora.routing import ROUTERS
 from mtlora.routing.base import BY_SHAPE
+from mtlora.routing.token_head import TokenRouterHead
 
 UNROUTABLE = "(unroutable)"
+ROUTER_HEAD = ".routers/embeddings"
 
 
 @dataclass
@@ -37,8 +40,8 @@ class RoutingReport:
     encoder_share: float | None = None  # inputs whose route read the encoder (cost a pass), of routers that read
     # What the numbers measured, where it is not the router's skill (a keywords router with no rules to match).
     note: str | None = None
-    # The saves of the adapters routed among (`Manifest.version` by name): an earlier run's rows are kept
-    # beside a later run's only where these are the same (the semantic router reads the adapters' manifests).
+    # The saves routed among (`saves_routed_among`): an earlier run's rows are kept beside a later run's only
+    # where these are the same (the semantic router reads the adapters' manifests).
     adapters: dict[str, str | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,6 +50,17 @@ class RoutingReport:
     def encoder_pass_cell(self) -> str:
         """The encoder share as a table shows it: blank for routers that read nothing of the backbone."""
         return "" if self.encoder_share is None else f"{self.encoder_share:.3f}"
+
+
+def saves_routed_among(registry: Registry, tasks: Sequence[str]) -> dict[str, str | None]:
+    """The `Manifest.version` of each of `tasks`' adapters and of the learned router's, and the checksum of
+    the router's head over token embeddings (under `ROUTER_HEAD`: no task name starts with a dot), which
+    `train-router` with `router.features: embeddings` fits again leaving every adapter's save as it was."""
+    versions = registry.versions()
+    saves = {name: versions[name] for name in [*tasks, ROUTER_ADAPTER] if name in versions}
+    if (head := TokenRouterHead.saved_version(registry)) is not None:
+        saves[ROUTER_HEAD] = head
+    return saves
 
 
 def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200, seed: int = 0,

@@ -139,6 +139,16 @@ class TokenRouterHead:
             raise CorruptAdapterError(f"{info_file}: unreadable ({exc}); retrain the router") from None
 
     @classmethod
+    def saved_version(cls, registry: Registry) -> str | None:
+        """The saved head's checksum, which a fit on other inputs changes; None when there is no head or its
+        `router.json` is unreadable (a report's stamp is no place to fail)."""
+        try:
+            info = cls.saved_info(registry)
+        except CorruptAdapterError:
+            return None
+        return None if info is None else info.head_sha256
+
+    @classmethod
     def load(cls, registry: Registry, backbone: str) -> TokenRouterHead:
         folder = cls.folder(registry)
         info = cls.saved_info(registry)
