@@ -186,6 +186,18 @@ def test_invalid_utf8_is_a_4xx(client: TestClient) -> None:
     error_of(response)
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"inputs": "caf\xe9"}', "body is not UTF-8 text: byte 0xe9 at offset 15 (invalid continuation byte); send "
+                               "the JSON encoded as UTF-8"),
+    (b"[" * 5_000 + b"]" * 5_000, "body nests its JSON arrays or objects too deeply to parse"),
+])
+def test_an_unparsable_body_says_why(client: TestClient, body: bytes, message: str) -> None:
+    """Not FastAPI's bare "There was an error parsing the body", which leaves the client guessing."""
+    response = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and error_of(response)["type"] == "unreadable_body"
+    assert error_of(response)["message"].startswith(message), response.text
+
+
 def test_a_bad_input_gets_its_error_and_the_next_request_its_answer(client: TestClient) -> None:
     # Sharing a batch with a bad input is test_a_bad_input_costs_its_batch_a_few_engine_calls_not_one_per_input's.
     bad = client.post("/v1/predict", json={"inputs": "one text only", "task": "similarity"})

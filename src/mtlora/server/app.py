@@ -213,7 +213,8 @@ def _answer_errors_as_json(app: FastAPI, metrics: Metrics, engine: Callable[[], 
         # FastAPI's own 4xx (a body that is not UTF-8, an unknown path, a wrong method) in the same shape.
         kind = {400: "unreadable_body", 404: "no_such_endpoint", 405: "method_not_allowed"}.get(error.status_code,
                                                                                                 "http_error")
-        return _problem(HTTPProblem(error.status_code, kind, str(error.detail), dict(error.headers or {})), metrics)
+        message = _unreadable(error.__cause__) or str(error.detail)
+        return _problem(HTTPProblem(error.status_code, kind, message, dict(error.headers or {})), metrics)
 
     @app.exception_handler(MtloraError)
     async def on_mtlora_error(request: Request, error: MtloraError) -> JSONResponse:
@@ -357,6 +358,16 @@ def _validation_headline(errors: list[dict[str, Any]], content_type: str, body: 
     if unknown := next((e for e in closest if e["type"] == "extra_forbidden"), None):
         return _unknown_field(unknown["loc"], INPUT_SHAPES.get(str(unknown["loc"][-2]), body))
     return f"{where}: {closest[0]['msg']}"
+
+
+def _unreadable(cause: BaseException | None) -> str | None:
+    """What FastAPI's bare "There was an error parsing the body" (a 400) was about, where its cause says."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"body is not UTF-8 text: byte 0x{cause.object[cause.start]:02x} at offset {cause.start} "
+                f"({cause.reason}); send the JSON encoded as UTF-8")
+    if isinstance(cause, RecursionError):
+        return "body nests its JSON arrays or objects too deeply to parse; send inputs as a flat list"
+    return None
 
 
 def _unknown_field(loc: tuple, model: type[BaseModel] | None) -> str:
