@@ -66,6 +66,26 @@ def test_route_tasks_health_and_metrics(client: TestClient) -> None:
     assert "mtlora" in client.get("/").text
 
 
+def test_openapi_documents_the_errors_as_they_are_sent(client: TestClient) -> None:
+    """A client generated from /openapi.json must not expect FastAPI's `{"detail": [...]}`: every error
+    this app sends is `{"error": {"type", "message"}}`, for each status it can send."""
+    from mtlora.server.schemas import ErrorResponse
+
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    predict = spec["paths"]["/v1/predict"]["post"]["responses"]
+    assert {"400", "404", "413", "422", "503"} <= set(predict)
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if not status.startswith("2") and path != "/readyz":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
+    assert set(spec["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
+    invalid = client.post("/v1/predict", json={"inputs": 5})
+    assert invalid.status_code == 422 and ErrorResponse.model_validate(invalid.json()).error.details
+
+
 def test_metrics_count_each_request_by_endpoint_and_status(client: TestClient) -> None:
     def count(status: int) -> float:
         line = f'mtlora_requests_total{{endpoint="/v1/predict",status="{status}"}}'

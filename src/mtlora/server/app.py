@@ -49,7 +49,9 @@ from mtlora.server.metrics import Metrics
 from mtlora.server.schemas import (
     BODY_FIELDS,
     INPUT_SHAPES,
+    ErrorResponse,
     PredictRequest,
+    Readiness,
     RouteRequest,
     engine_input,
     texts_of,
@@ -114,7 +116,8 @@ def _add_page_and_health(app: FastAPI, engine: Callable[[], Engine], ready: Call
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={200: {"model": Readiness},
+                                   503: {"model": Readiness, "description": "not ready (starting or stopping)"}})
     async def readyz() -> JSONResponse:
         is_ready = ready()
         return JSONResponse({"ready": is_ready, "tasks": engine().tasks if is_ready else []}, 200 if is_ready else 503)
@@ -136,7 +139,7 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
                           for name in engine().tasks],
                 "router": engine().default_router, "routers": list(ROUTERS)}
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", responses=_errors(400, 404, 413, 422, 500, 503))
     async def predict(body: PredictRequest) -> dict[str, Any]:
         """Answer one input or a list, with the named task or where the router sends each input."""
         items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
@@ -151,7 +154,7 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
             metrics.routes.labels(result["routed_by"], result.get("route_reading", "")).inc()
         return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
 
-    @app.post("/v1/route")
+    @app.post("/v1/route", responses=_errors(400, 404, 413, 422, 500, 503))
     async def route(body: RouteRequest) -> dict[str, Any]:
         """Where an input would go, with the score of every candidate task."""
         nonlocal routing
@@ -173,7 +176,7 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
 def _add_adapters_admin(app: FastAPI, engine: Callable[[], Engine]) -> None:
     """Loading and unloading adapters at run time, behind the admin bearer token."""
 
-    @app.post("/v1/adapters/{name}")
+    @app.post("/v1/adapters/{name}", responses=_errors(400, 401, 403, 404, 409, 422, 500))
     async def load_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Load (or reload) adapter `name` from the registry. Needs the admin bearer token."""
         _check_admin(authorization)
@@ -181,7 +184,7 @@ def _add_adapters_admin(app: FastAPI, engine: Callable[[], Engine]) -> None:
         await asyncio.to_thread(engine().reload, name)
         return {"loaded": name, "tasks": engine().tasks}
 
-    @app.delete("/v1/adapters/{name}")
+    @app.delete("/v1/adapters/{name}", responses=_errors(400, 401, 403, 404, 422, 500))
     async def unload_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
         """Unload adapter `name`. Needs the admin bearer token."""
         _check_admin(authorization)
@@ -229,6 +232,26 @@ def _answer_errors_as_json(app: FastAPI, metrics: Metrics, engine: Callable[[], 
         # JSON like every other error; Starlette still raises it on, so the server log has the traceback.
         return _problem(HTTPProblem(500, "internal_error", f"the server failed to answer ({type(error).__name__}); "
                                                            "its log has the details"), metrics)
+
+
+_ERRORS = {
+    400: "an unreadable body (not UTF-8, nested too deeply), or an invalid adapter name",
+    401: "no admin bearer token",
+    403: "a wrong admin token, or adapter management off",
+    404: "an unknown task, router or adapter",
+    409: "an adapter that cannot be served (damaged, of another base model, not plain LoRA)",
+    413: "too many inputs, a text too long, or a body too large",
+    422: "a request that is not valid: a body that is not the endpoint's JSON, an input the task cannot take (empty "
+         "text, a shape it does not answer)",
+    500: "a fault of the server (a failing kernel, out of memory); its log has the details",
+    503: "the queue is full: retry after the Retry-After header's seconds",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """An endpoint's error answers for its OpenAPI schema, in the shape every error really has (not
+    FastAPI's default `{"detail": [...]}`, which this app never sends)."""
+    return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
 
 
 class _MeasureAndLimit:

@@ -60,3 +60,26 @@ def texts_of(item: HTTPInput) -> dict[str, str]:
     if isinstance(item, QAInput):
         return {"question": item.question, "context": item.context}
     return {"text": item.text} if item.text_pair is None else {"text": item.text, "text_pair": item.text_pair}
+
+
+class ErrorDetail(BaseModel):
+    where: str = Field(description="the body field complained of: `inputs[1].context`")
+    problem: str
+
+
+class Error(BaseModel):
+    type: str = Field(description="the kind of error, in snake case: invalid_request, empty_text, not_found, "
+                                  "text_too_long, overloaded, internal_error, ...")
+    message: str = Field(description="what is wrong, and how to fix it")
+    details: list[ErrorDetail] | None = Field(None, description="each complaint of the validator (invalid_request)")
+
+
+class ErrorResponse(BaseModel):
+    """Every error, FastAPI's own included: `{"error": {"type", "message"}}` with its status."""
+
+    error: Error
+
+
+class Readiness(BaseModel):
+    ready: bool
+    tasks: list[str] = Field(description="the adapters loaded; empty while not ready")
