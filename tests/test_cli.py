@@ -347,6 +347,20 @@ def test_serve_refuses_what_would_fail_in_the_server(tiny_project: Path, trained
         refused.output, refused.output
 
 
+def test_serve_refuses_an_endless_batching_wait_naming_its_flag(trained_project: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-wait-ms inf passed the flag's x>=0, then the server crashed at start-up with a pydantic traceback
+    (the settings travel to the worker as JSON, which writes inf as null); an endless wait would anyway hold
+    every request until --max-batch inputs came."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    endless = run("serve", trained_project, "--max-wait-ms", "inf")
+    assert endless.exit_code == 2, endless.output
+    assert re.search(r"Invalid value for '?--max-wait-ms'?: Input should be a finite number", endless.output), \
+        endless.output
+
+
 def test_serve_flags_reach_the_server_settings(trained_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every limit is a flag, and the flags' defaults are the server's own (one place decides them)."""
     import uvicorn

@@ -352,9 +352,12 @@ def serve(
     try:
         settings = ServerSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                   max_inputs=max_inputs, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes)
-    except ValidationError as exc:  # the options' own limits passed: a rule between them
-        raise typer.BadParameter(_as_options(exc.errors()[0]["msg"].removeprefix("Value error, "), ServerSettings),
-                                 param_hint="--max-queue") from None
+    except ValidationError as exc:  # the options' own limits passed: a rule between them, or a value (inf) they let by
+        error = exc.errors()[0]
+        # A field's own error names its option; the rule between max_queue and max_inputs names --max-queue.
+        option = _as_options(str(error["loc"][0]), ServerSettings) if error["loc"] else "--max-queue"
+        raise typer.BadParameter(_as_options(error["msg"].removeprefix("Value error, "), ServerSettings),
+                                 param_hint=option) from None
     if workers > 1 and os.environ.get(ADMIN_TOKEN_ENV):
         raise typer.BadParameter(f"each worker holds an engine of its own, so loading or unloading an adapter over "
                                  f"HTTP would change one of {workers}; serve one worker to manage adapters at run "

@@ -12,7 +12,9 @@ SETTINGS_ENV = "MTLORA_SERVER_SETTINGS"
 
 class ServerSettings(BaseModel):
     max_batch: int = Field(32, gt=0, description="inputs per engine call at most")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long a request waits for others to batch with")
+    # Finite: an endless wait would hold every request until max_batch inputs came (JSON also has no inf).
+    max_wait_ms: float = Field(5.0, ge=0, allow_inf_nan=False,
+                               description="how long a request waits for others to batch with")
     max_queue: int = Field(512, gt=0, description="queued inputs beyond which requests get 503")
     max_inputs: int = Field(64, gt=0, description="inputs in one request at most (413 beyond)")
     max_text_chars: int = Field(20_000, gt=0, description="characters in one text at most (413 beyond)")
