@@ -598,3 +598,67 @@ def test_every_error_type_is_snake_case() -> None:
 
     assert _as_problem(RegistryError("no learned router trained")).kind == "registry_error"
     assert _as_problem(DataError("f.jsonl:3", "bad")).kind == "data_error"
+
+
+def test_a_client_that_hangs_up_has_its_queued_inputs_dropped_and_counted_as_499() -> None:
+    """A client gone (a timeout, a closed tab) no longer costs the engine its inputs, and /metrics does not
+    count an answer nobody received as a 200; nor a body cut off half way as a 400 unreadable body."""
+    import threading
+    from types import SimpleNamespace
+
+    import httpx
+
+    calls: list[list] = []
+    gate = threading.Event()
+
+    class Gated:  # an engine busy until the gate opens
+        tasks, default_router, registry = ["t"], "keywords", SimpleNamespace(root="/registry")
+
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            gate.wait(10)
+            calls.append(list(items))
+            return [{"task": "t", "routed_by": "explicit", "echo": item} for item in items]
+
+    app = create_app(lambda: Gated(), ServerSettings(max_wait_ms=0))  # type: ignore[arg-type, return-value]
+
+    async def leaving(body: bytes, sent_whole: bool) -> None:
+        """A raw ASGI call whose client hangs up after sending `body` (the whole of it, or a part)."""
+        hang_up = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": not sent_whole}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await hang_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+                 "client": ("127.0.0.1", 1), "server": ("test", 80)}
+        call = asyncio.ensure_future(app(scope, receive, send))
+        await asyncio.sleep(0.2)  # its input queued behind the busy engine (or its body half sent)
+        hang_up.set()
+        await asyncio.wait_for(call, 5)
+
+    async def run() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                       base_url="http://test") as http:
+            busy = asyncio.ensure_future(http.post("/v1/predict", json={"inputs": "busy", "task": "t"}))
+            await asyncio.sleep(0.2)  # the engine holds "busy"
+            await leaving(json.dumps({"inputs": "gone", "task": "t"}).encode(), sent_whole=True)
+            await leaving(b'{"inputs": "cut', sent_whole=False)
+            gate.set()
+            assert (await busy).status_code == 200
+            await asyncio.sleep(0.2)
+            return (await http.get("/metrics")).text
+
+    metrics = asyncio.run(run())
+    assert calls == [["busy"]]  # "gone" was never run
+    assert 'mtlora_requests_total{endpoint="/v1/predict",status="499"} 2.0' in metrics
+    assert 'mtlora_errors_total{type="client_closed_request"} 2.0' in metrics
+    assert 'status="400"' not in metrics and 'unreadable_body' not in metrics

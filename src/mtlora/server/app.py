@@ -12,10 +12,10 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,6 +61,8 @@ from mtlora.server.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SETTINGS_ENV, Se
 from mtlora.tasks.base import has_text
 
 PAGE = Path(__file__).with_name("page.html")
+CLIENT_CLOSED = 499  # nginx's "client closed request": what /metrics counts for an answer nobody waited for
+T = TypeVar("T")
 
 
 class HTTPProblem(Exception):
@@ -140,13 +143,14 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
                 "router": engine().default_router, "routers": list(ROUTERS)}
 
     @app.post("/v1/predict", responses=_errors(400, 404, 413, 422, 500, 503))
-    async def predict(body: PredictRequest) -> dict[str, Any]:
+    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         """Answer one input or a list, with the named task or where the router sends each input."""
         items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
         _check_inputs(items, settings)
         _check_names(engine(), body.task, body.router)
         try:
-            results = await batcher().submit([engine_input(i) for i in items], [body.task] * len(items), body.router)
+            results = await _unless_client_leaves(request, batcher().submit(
+                [engine_input(i) for i in items], [body.task] * len(items), body.router))
         except QueueFull:
             raise _overloaded(settings) from None
         for result in results:
@@ -216,6 +220,9 @@ def _answer_errors_as_json(app: FastAPI, metrics: Metrics, engine: Callable[[], 
         # FastAPI's own 4xx (a body that is not UTF-8, an unknown path, a wrong method) in the same shape.
         kind = {400: "unreadable_body", 404: "no_such_endpoint", 405: "method_not_allowed"}.get(error.status_code,
                                                                                                 "http_error")
+        if isinstance(error.__cause__, ClientDisconnect):  # gone while sending its body: not a bad body
+            return _problem(HTTPProblem(CLIENT_CLOSED, "client_closed_request", "the client closed the connection "
+                                                                                "while sending its body"), metrics)
         message = _unreadable(error.__cause__) or str(error.detail)
         return _problem(HTTPProblem(error.status_code, kind, message, dict(error.headers or {})), metrics)
 
@@ -338,6 +345,32 @@ def create_app_from_env() -> FastAPI:
         raise RuntimeError(f"set {CONFIG_ENV} to the project file to serve")
     settings = ServerSettings.model_validate_json(os.environ.get(SETTINGS_ENV, "{}"))
     return create_app(lambda: load_engine(config), settings)
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the client hangs up first (a timeout, a closed tab): then `work` is cancelled,
+    its inputs still queued are dropped rather than run for nobody, and /metrics counts a 499."""
+    answer = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_hang_up(request))
+    try:
+        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request cancelled itself (the server stopping hard): so is its work
+        answer.cancel()
+        raise
+    finally:
+        left.cancel()
+    if not answer.done():
+        answer.cancel()
+        raise HTTPProblem(CLIENT_CLOSED, "client_closed_request", "the client closed the connection before its "
+                                                                   "answer was ready")
+    return answer.result()
+
+
+async def _hang_up(request: Request) -> None:
+    """Returns when the client disconnects. The body has been read: the server's next message is the
+    disconnect (uvicorn's and httpx's alike)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.Event().wait()  # another server's way: stop listening rather than spin
 
 
 def _check_inputs(items: list[Any], settings: ServerSettings, field: str = "inputs") -> None:

@@ -85,10 +85,12 @@ class MicroBatcher:
                 except TimeoutError:
                     break
                 self._take_waiting(batch)
-            self.metrics.batch_size.observe(len(batch))
             self.metrics.queue_depth.set(self.queue.qsize())
+            live = [entry for entry in batch if not entry.future.done()]  # a client that hung up cancelled its own
             try:
-                await asyncio.to_thread(self._answer, batch)
+                if live:
+                    self.metrics.batch_size.observe(len(live))
+                    await asyncio.to_thread(self._answer, live)
             finally:
                 for _ in batch:
                     self.queue.task_done()
