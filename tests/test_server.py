@@ -662,3 +662,19 @@ def test_a_client_that_hangs_up_has_its_queued_inputs_dropped_and_counted_as_499
     assert 'mtlora_requests_total{endpoint="/v1/predict",status="499"} 2.0' in metrics
     assert 'mtlora_errors_total{type="client_closed_request"} 2.0' in metrics
     assert 'status="400"' not in metrics and 'unreadable_body' not in metrics
+
+
+def test_readyz_is_503_once_every_adapter_is_unloaded(trained_project: Path, monkeypatch) -> None:
+    """`serve` refuses to start without an adapter (it would answer every input "unroutable" and call itself
+    ready); unloading the last one over HTTP must not leave the load balancer sending it traffic either."""
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    app = create_app(lambda: Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32"))
+    with TestClient(app) as http:
+        assert http.delete("/v1/adapters/sentiment", headers=auth).json()["tasks"] == []
+        empty = http.get("/readyz")
+        assert empty.status_code == 503 and empty.json()["ready"] is False, empty.text
+        assert empty.json()["reason"] == "no adapter is loaded: load one with POST /v1/adapters/{name}"
+        assert http.post("/v1/adapters/sentiment", headers=auth).status_code == 200
+        again = http.get("/readyz")
+        assert again.status_code == 200 and again.json() == {"ready": True, "tasks": ["sentiment"]}

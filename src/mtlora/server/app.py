@@ -120,10 +120,15 @@ def _add_page_and_health(app: FastAPI, engine: Callable[[], Engine], ready: Call
         return {"status": "ok"}
 
     @app.get("/readyz", responses={200: {"model": Readiness},
-                                   503: {"model": Readiness, "description": "not ready (starting or stopping)"}})
+                                   503: {"model": Readiness,
+                                         "description": "not ready: starting, stopping, or no adapter loaded"}})
     async def readyz() -> JSONResponse:
-        is_ready = ready()
-        return JSONResponse({"ready": is_ready, "tasks": engine().tasks if is_ready else []}, 200 if is_ready else 503)
+        if not ready():
+            return JSONResponse({"ready": False, "tasks": []}, 503)
+        if not (tasks := engine().tasks):  # all unloaded over HTTP: every input would be answered "unroutable"
+            return JSONResponse({"ready": False, "tasks": [], "reason": "no adapter is loaded: load one with "
+                                                                        "POST /v1/adapters/{name}"}, 503)
+        return JSONResponse({"ready": True, "tasks": tasks})
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

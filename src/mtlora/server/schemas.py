@@ -83,3 +83,4 @@ class ErrorResponse(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     tasks: list[str] = Field(description="the adapters loaded; empty while not ready")
+    reason: str | None = Field(None, description="why not, where it is not starting or stopping")
