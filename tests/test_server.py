@@ -678,3 +678,43 @@ def test_readyz_is_503_once_every_adapter_is_unloaded(trained_project: Path, mon
         assert http.post("/v1/adapters/sentiment", headers=auth).status_code == 200
         again = http.get("/readyz")
         assert again.status_code == 200 and again.json() == {"ready": True, "tasks": ["sentiment"]}
+
+
+def test_the_learned_router_is_read_again_once_retrained(trained_project: Path, tmp_path: Path, monkeypatch) -> None:
+    """POST /v1/adapters/router was refused ("loads by itself"), and the router adapter once loaded stayed
+    for the server's life: after `mtlora train-router` the server routed with the old one until restarted."""
+    import shutil
+
+    import yaml
+
+    import mtlora
+
+    shutil.copytree(trained_project.parent, tmp_path / "project")
+    path = tmp_path / "project" / trained_project.name
+
+    def train_router(steps: int) -> None:
+        config = yaml.safe_load(path.read_text())
+        config["router"] = {"features": "encoder", "training": {"max_steps": steps, "max_length": 32}}
+        path.write_text(yaml.safe_dump(config))
+        mtlora.train_router(path, progress=False, log=lambda _: None)
+
+    def scores_of(engine: Engine) -> dict[str, float]:
+        return engine.route(["a great film"], "learned")[0].scores
+
+    train_router(2)
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    app = create_app(lambda: Engine.from_config(path, tasks=["sentiment", "support"], precision="fp32"))
+    with TestClient(app) as http:
+        def served() -> dict[str, float]:
+            return http.post("/v1/route", json={"input": "a great film", "router": "learned"}).json()["scores"]
+
+        before = served()
+        train_router(6)
+        retrained = scores_of(Engine.from_config(path, tasks=["sentiment", "support"], precision="fp32"))
+        assert before != pytest.approx(retrained)  # the retrained router routes differently
+        reloaded = http.post("/v1/adapters/router", headers=auth)
+        assert reloaded.status_code == 200, reloaded.text
+        assert served() == pytest.approx(retrained)
+        unload = http.delete("/v1/adapters/router", headers=auth)
+        assert unload.status_code == 400 and "POST /v1/adapters/router reads it again" in error_of(unload)["message"]

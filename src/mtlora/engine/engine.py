@@ -31,7 +31,7 @@ from mtlora.engine.seq2seq import Seq2SeqAdapters
 from mtlora.errors import AdapterNotFoundError, InputError, RegistryError, UnknownTaskError
 from mtlora.modeling import check_base, export_merged, kind_from_manifest
 from mtlora.registry import Manifest, Registry
-from mtlora.routing import Request, Route, Router, build_router, router_class
+from mtlora.routing import LearnedRouter, Request, Route, Router, build_router, router_class
 from mtlora.routing.base import ANSWERED_BY, BY_SHAPE, SHAPE_NAMES
 from mtlora.routing.explicit import ExplicitRouter
 from mtlora.routing.token_head import ROUTING_MAX_TOKENS, mean_token_embeddings
@@ -170,6 +170,19 @@ class Engine:
                 del self._tasks[name]
                 raise
             self._tasks[name] = task
+
+    def reload_router(self) -> None:
+        """Read the learned router again from the registry, once `mtlora train-router` has retrained it: its
+        adapter in place (as `reload` reads a task's) and its head. Without this, a router built once kept
+        its adapter for the engine's life (`add` of a loaded adapter does nothing), and paired it with the
+        new head whenever a change of tasks rebuilt it."""
+        with self._lock:
+            in_use = LearnedRouter.name in self._routers
+            if ROUTER_ADAPTER in self._tasks:
+                self.reload(ROUTER_ADAPTER)
+            self._routers.pop(LearnedRouter.name, None)
+            if in_use:
+                self.router(LearnedRouter.name)  # a damaged one is told now, to whoever reloaded it
 
     def _prepared(self, name: str) -> tuple[_Task, Callable[[], None]]:
         """Adapter `name` read, checked and its head built, with the engine as it was; and the step that

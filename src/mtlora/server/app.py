@@ -187,8 +187,12 @@ def _add_adapters_admin(app: FastAPI, engine: Callable[[], Engine]) -> None:
 
     @app.post("/v1/adapters/{name}", responses=_errors(400, 401, 403, 404, 409, 422, 500))
     async def load_adapter(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        """Load (or reload) adapter `name` from the registry. Needs the admin bearer token."""
+        """Load (or reload) adapter `name` from the registry; `router` reads the learned router again, once
+        `mtlora train-router` has retrained it. Needs the admin bearer token."""
         _check_admin(authorization)
+        if name == ROUTER_ADAPTER:
+            await asyncio.to_thread(engine().reload_router)
+            return {"loaded": name, "tasks": engine().tasks}
         name = _checked_adapter_name(name)
         await asyncio.to_thread(engine().reload, name)
         return {"loaded": name, "tasks": engine().tasks}
@@ -497,7 +501,9 @@ def _checked_adapter_name(name: str) -> str:
     except ValueError as error:
         raise HTTPProblem(400, "invalid_name", str(error)) from None
     if name == ROUTER_ADAPTER:
-        raise HTTPProblem(400, "invalid_name", "the learned router loads by itself when a request uses it")
+        raise HTTPProblem(400, "invalid_name", f"'{ROUTER_ADAPTER}' is the learned router, not a task: it loads when a "
+                                               f"request uses it, and POST /v1/adapters/{ROUTER_ADAPTER} reads it "
+                                               "again once `mtlora train-router` has retrained it")
     return name
 
 
