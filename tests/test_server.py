@@ -572,6 +572,36 @@ def test_a_batch_is_answered_in_one_engine_call_per_router() -> None:
                                             key=str)
 
 
+def test_the_batch_size_histogram_counts_engine_calls() -> None:
+    """mtlora_batch_size is "inputs per engine call": a batch of three routers is three calls, and one split
+    around a bad input is as many as it took; it counted one per batch."""
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    class Echo:
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            if "boom" in items:
+                raise InputError("boom is not an input")
+            return [{"echo": item} for item in items]
+
+    metrics = Metrics()
+
+    async def run() -> None:
+        batcher = MicroBatcher(Echo(), ServerSettings(max_wait_ms=0, max_batch=16), metrics)  # type: ignore[arg-type]
+        asked = [("a", None), ("b", "keywords"), ("c", None), ("d", "semantic"), ("boom", "semantic")]
+        waiting = [asyncio.create_task(batcher.submit([text], [None], router)) for text, router in asked]
+        await asyncio.sleep(0)
+        batcher.start()
+        await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        await batcher.stop()
+
+    asyncio.run(run())
+    count = metrics.registry.get_sample_value("mtlora_batch_size_count")
+    total = metrics.registry.get_sample_value("mtlora_batch_size_sum")
+    # ["a", "c"], ["b"], and ["d", "boom"] failing then split into ["d"] and ["boom"]: five calls of 7 inputs.
+    assert (count, total) == (5.0, 7.0)
+
+
 def test_shutdown_answers_what_is_in_flight(trained_project: Path) -> None:
     import httpx
 

@@ -89,7 +89,6 @@ class MicroBatcher:
             live = [entry for entry in batch if not entry.future.done()]  # a client that hung up cancelled its own
             try:
                 if live:
-                    self.metrics.batch_size.observe(len(live))
                     await asyncio.to_thread(self._answer, live)
             finally:
                 for _ in batch:
@@ -112,6 +111,9 @@ class MicroBatcher:
         """One engine call for `entries`. One bad input must not fail its neighbours (nor, by escaping,
         stop the worker and leave every later request waiting): a failed call is split in halves until
         the inputs that fail stand alone, a few calls per bad input rather than one per input."""
+        # Observed per engine call, as its help says: a batch of several routers, or one split around a bad
+        # input, takes several.
+        self.metrics.batch_size.observe(len(entries))
         if len(entries) == 1:
             entry = entries[0]
             self._settle(entry, lambda: self.engine.predict_batch([entry.item], [entry.task], router)[0])
