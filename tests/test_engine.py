@@ -501,6 +501,26 @@ def test_concurrent_callers_get_their_own_answers(engine: Engine) -> None:
     assert not failures
 
 
+def test_listing_the_tasks_while_another_thread_removes_one(trained_project: Path) -> None:
+    """`tasks` and `manifests` are read without the lock (a server's event loop lists them while an admin's
+    `remove` runs in a worker thread): a removal between two names' reads must not fail the listing with
+    "dictionary changed size during iteration" (a 500), nor a listed task's manifest be an unknown task."""
+    engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32")
+    loaded = dict(engine._tasks)
+
+    class RemovedWhileRead(str):  # reading this name lets the other thread remove "support"
+        __hash__ = str.__hash__
+
+        def __ne__(self, other: object) -> bool:
+            engine._tasks.pop("support", None)
+            return str.__ne__(self, other)
+
+    for listing in (lambda: engine.tasks, lambda: list(engine.manifests())):
+        engine._tasks = {RemovedWhileRead("sentiment"): loaded["sentiment"], "support": loaded["support"]}
+        assert listing() == ["sentiment", "support"]  # as they were when the listing began
+    assert engine.manifests()["sentiment"] is loaded["sentiment"].manifest
+
+
 def test_bad_inputs_are_explained(engine: Engine) -> None:
     with pytest.raises(InputError, match="text is empty"):
         engine.predict("   ", task="sentiment")

@@ -132,10 +132,17 @@ class Engine:
     @property
     def tasks(self) -> list[str]:
         """The task adapters loaded (the learned router is not one of them)."""
-        return [name for name in self._tasks if name != ROUTER_ADAPTER]
+        # From a snapshot, taken whole under the GIL: callers read it without the lock (a server's event loop
+        # must not wait out an engine call), while an admin's `remove` may delete from it in another thread.
+        return [name for name in list(self._tasks) if name != ROUTER_ADAPTER]
 
     def manifest(self, task: str) -> Manifest:
         return self._task(task).manifest
+
+    def manifests(self) -> dict[str, Manifest]:
+        """Each loaded task's manifest by name, from one snapshot as `tasks` (a task listed and then removed
+        in another thread before its manifest was asked for would be an unknown task)."""
+        return {name: task.manifest for name, task in dict(self._tasks).items() if name != ROUTER_ADAPTER}
 
     def routing_hints(self, task: str) -> Mapping[str, Any]:
         """`task`'s routing hints: the project file's, else those its manifest kept from training."""
@@ -221,9 +228,9 @@ class Engine:
         return export_merged(self.registry, self.backbone, name, folder, overwrite)
 
     def _task(self, name: str) -> _Task:
-        if name not in self._tasks:
+        if (task := self._tasks.get(name)) is None:  # one read: a `remove` may run between two
             raise UnknownTaskError("task", name, self.tasks, where=" loaded in the engine")
-        return self._tasks[name]
+        return task
 
     # ---- answering --------------------------------------------------------------------------------
 
@@ -325,7 +332,7 @@ class Engine:
     # ---- internals --------------------------------------------------------------------------------
 
     def _known_tasks(self) -> KnownTasks:
-        return KnownTasks({name: task.kind for name, task in self._tasks.items()}, self.registry,
+        return KnownTasks({name: task.kind for name, task in dict(self._tasks).items()}, self.registry,  # as `tasks`
                           self._project_tasks)
 
     def _as_request(self, item: Request | Input, index: int, count: int) -> Request:

@@ -143,8 +143,8 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
         """The adapters loaded, each with its manifest (without stored example inputs)."""
-        return {"tasks": [engine().manifest(name).model_dump(mode="json", exclude={"example_inputs", "files"})
-                          for name in engine().tasks],
+        return {"tasks": [manifest.model_dump(mode="json", exclude={"example_inputs", "files"})
+                          for manifest in engine().manifests().values()],
                 "router": engine().default_router, "routers": list(ROUTERS)}
 
     @app.post("/v1/predict", responses=_errors(400, 404, 413, 422, 500, 503))
@@ -170,7 +170,7 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
         _check_inputs([body.input], settings, field="input")
         _check_names(engine(), None, body.router)
         request = engine().request(engine_input(body.input))
-        # Routes skip the batcher but wait on the same engine: they count against the same queue limit.
+        # Routes skip the batcher but wait on the same engine: at most `max_queue` of them wait, as inputs do.
         if routing >= settings.max_queue:
             raise _overloaded(settings)
         routing += 1
