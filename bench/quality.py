@@ -165,9 +165,11 @@ def main() -> None:
     result = {"benchmark": "quality", "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": machine(), "wall_s": 0.0, "tasks": [], "routing": []}
     if previous:
-        rerun = {"tasks": args.tasks or ["routing"], "date": result["date"]}
+        rerun = {"tasks": args.tasks or ["routing"], "date": result["date"], "machine": result["machine"]}
         if args.note:
             rerun["note"] = args.note
+        # The header describes the run whose rows the rerun keeps: its date and machine stay.
+        result.update({key: previous[key] for key in ("date", "machine", "device") if key in previous})
         result.update(tasks=previous["tasks"], routing=previous["routing"], wall_s=previous["wall_s"],
                       routing_wall_s=previous.get("routing_wall_s", 0.0),
                       routing_cascade=previous.get("routing_cascade", []),
@@ -203,9 +205,8 @@ def write_results(result: dict[str, Any], out: Path, suffix: str) -> None:
 def markdown(result: dict[str, Any], suffix: str) -> str:
     mode = "quick run: at most 2,000 training rows per task, two epochs" if result["quick"] else "full run"
     lines = [f"# Quality on real data ({mode})", "",
-             f"Embedded all-MiniLM-L6-v2 on {result.get('device', 'CPU')}, {result['date']}: "
-             f"{result['wall_s'] / 60:.1f} min for the tasks and {result.get('routing_wall_s', 0) / 60:.1f} min "
-             "for routing. Produced by `python bench/quality.py"
+             f"Embedded all-MiniLM-L6-v2 on {result.get('device', 'CPU')}, run of {result['date']}: "
+             f"{result['wall_s'] / 60:.1f} min for the tasks. Produced by `python bench/quality.py"
              f"{' --quick' if result['quick'] else ''}`; the numbers are in `bench/results/quality{suffix}.json`. "
              "Every method trains on the same rows for the same epochs; LoRA and head-only at lr 1e-3, full "
              f"fine-tuning at {FULL_FINE_TUNING_LR:g}.", "",
@@ -238,7 +239,8 @@ def markdown(result: dict[str, Any], suffix: str) -> str:
         lines += ["", f"Rerun on {rerun['date']}: {', '.join(rerun['tasks'])} (the other rows are from the run "
                       f"above; see the git log of bench/results/ for why). {rerun.get('note', '')}".rstrip()]
     lines += ["", f"Routing over a held-out mix of the six tasks' inputs (target for the learned router: "
-                  f"{ROUTING_TARGET}; pairs and QA sent as plain text pairs):", "",
+                  f"{ROUTING_TARGET}; pairs and QA sent as plain text pairs; "
+                  f"{result.get('routing_wall_s', 0) / 60:.1f} min, training the router included):", "",
               "| router | reads | accuracy | unroutable | encoder pass | ms / input | per task |",
               "|---|---|---:|---:|---:|---:|---|"]
     lines += [f"| {r['router']} | {r.get('features') or ''} | {r['accuracy']:.3f} | {r['unroutable']:.3f} | "
