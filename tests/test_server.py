@@ -55,6 +55,7 @@ def test_route_tasks_health_and_metrics(client: TestClient) -> None:
     assert "example_inputs" not in tasks["tasks"][0]
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["ready"] is True
+    assert client.head("/healthz").status_code == client.head("/readyz").status_code == 200  # probes that use HEAD
     assert client.post("/v1/predict", json={"inputs": "where is my refund", "task": "support"}).status_code == 200
     routed = client.post("/v1/predict", json={"inputs": "where is my refund", "router": "semantic"}).json()["result"]
     metrics = client.get("/metrics").text

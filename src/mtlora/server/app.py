@@ -130,6 +130,9 @@ def _add_page_and_health(app: FastAPI, engine: Callable[[], Engine], ready: Call
                                                                         "POST /v1/adapters/{name}"}, 503)
         return JSONResponse({"ready": True, "tasks": tasks})
 
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # some load balancers probe with HEAD
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
