@@ -554,6 +554,32 @@ def test_training_is_seeded(tiny_project: Path) -> None:
     assert not math.isnan(first.train_loss)
 
 
+@pytest.mark.parametrize("task", ["sentiment", "similarity"])
+def test_gradient_accumulation_trains_as_the_whole_batch_would(tiny_project: Path, task: str) -> None:
+    """batch_size 2 x grad_accum 2 takes the steps batch_size 4 takes (the sampler gives each optimizer step
+    the same rows): the same logged losses and, up to rounding, the same adapter. The Trainer took the
+    heads' mean losses for sums over `num_items_in_batch` and left them undivided: twice the loss, twice
+    the gradient, clipped more often. (Not QA: its loss also scores the padding positions, so it changes with
+    how a batch is padded; and its targets are not `labels`, which the Trainer counted, so it was spared.)"""
+    outcomes = []
+    for batch_size, accumulated in [(4, 1), (2, 2)]:
+        config = load_config(tiny_project, overrides={"defaults": {"training": {
+            "batch_size": batch_size, "grad_accum": accumulated, "max_steps": 12}}})
+        outcomes.append(train_task(config, config.task(task), "lora", **QUIET))
+    whole, accumulated_run = outcomes
+    assert whole.steps == accumulated_run.steps
+    assert [loss for _, loss in accumulated_run.losses] == pytest.approx([loss for _, loss in whole.losses],
+                                                                        rel=1e-4)
+    assert accumulated_run.train_loss == pytest.approx(whole.train_loss, rel=1e-4)
+    weights = []
+    for outcome in outcomes:
+        assert outcome.model is not None
+        weights.append({k: v for k, v in outcome.model.state_dict().items() if "lora_" in k or "modules_to_save" in k})
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
 def test_bf16_training_runs_where_the_hardware_allows(tiny_project: Path) -> None:
     """precision 'bf16' trains with autocast (on CPU too); the saved adapter keeps fp32 weights."""
     config = load_config(tiny_project, overrides={"defaults": {"training": {"precision": "bf16", "epochs": 2}}})

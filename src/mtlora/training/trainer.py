@@ -525,6 +525,13 @@ class _LengthBatchedTrainer(Trainer):
     def __init__(self, lengths: list[int], **kwargs: Any):
         super().__init__(**kwargs)
         self.lengths = lengths
+        # The Trainer takes a model whose forward has **kwargs (every transformers 5 head) to normalise its
+        # loss by `num_items_in_batch`, and then neither divides it by the gradient accumulation steps nor
+        # leaves it alone across processes (it multiplies it by their number). The heads mtlora trains
+        # (sequence classification, QA, T5, BART, encoder-decoder) ignore `num_items_in_batch` and return a
+        # mean: with grad_accum: k each step's gradient, and every logged loss, came out k times too large
+        # (and clipping at max_grad_norm bit k times as often). Told so, the Trainer averages the micro-batches.
+        self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset: Any = None) -> ShuffledLengthBatches:
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
