@@ -412,6 +412,28 @@ def test_a_baseline_trained_on_another_backbone_is_left_out(tiny_project: Path, 
     assert any("baseline left out: it was trained on another backbone" in line for line in said), said
 
 
+def test_a_baseline_trained_with_other_training_settings_is_left_out(tiny_project: Path) -> None:
+    """The adapter retrained for other epochs at another learning rate without its baseline: the old baseline
+    trained on the same rows, but comparing the two would credit LoRA (or blame it) for the settings."""
+    quiet = {"progress": False, "log": lambda _: None}
+    mtlora.train(tiny_project, "sentiment", **quiet)
+    # How often to checkpoint or log changes no training step: the baseline still compares.
+    tiny_project.write_text(tiny_project.read_text().replace("checkpoint_every: 3", "checkpoint_every: 5"))
+    mtlora.train(tiny_project, "sentiment", baseline=False, **quiet)
+    (report,) = mtlora.evaluate(tiny_project, "sentiment", log=lambda _: None)
+    assert set(report.metrics) == {"base", "head_only", "lora"}
+    text = tiny_project.read_text()
+    changed = text.replace("epochs: 12", "epochs: 6").replace("lr: 0.02", "lr: 0.01")
+    assert "epochs: 6\n" in changed and "lr: 0.01\n" in changed
+    tiny_project.write_text(changed)
+    mtlora.train(tiny_project, "sentiment", baseline=False, **quiet)
+    said: list[str] = []
+    (report,) = mtlora.evaluate(tiny_project, "sentiment", log=said.append)
+    assert set(report.metrics) == {"base", "lora"}
+    assert any("head-only baseline left out: it was trained on other training settings (epochs 12.0 against 6.0, "
+               "lr 0.02 against 0.01)" in line for line in said), said
+
+
 def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> None:
     """Retraining the adapter on other data without its baseline must not compare it with the old one."""
     quiet = {"progress": False, "log": lambda _: None}

@@ -263,6 +263,11 @@ class LoraSettings(_Strict):
     )
 
 
+# Training settings that change no training step: how evaluation batches, whether a baseline follows, and
+# how often a run checkpoints and logs. Two results trained with the rest alike trained alike.
+NOT_TRAINING_SETTINGS = frozenset({"eval_batch_size", "baseline", "checkpoint_every", "log_every"})
+
+
 class TrainSettings(_Strict):
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many steps (overrides epochs)")

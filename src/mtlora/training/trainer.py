@@ -53,7 +53,7 @@ from mtlora.backbone import (
     resolve_backbone,
     use_bf16,
 )
-from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
+from mtlora.config import NOT_TRAINING_SETTINGS, ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
 from mtlora.errors import ConfigError, DataError, MtloraError, TaskProblems, TrainingInterrupted
 from mtlora.modeling import (
@@ -469,7 +469,7 @@ def _what_trains(task: TaskConfig) -> dict[str, Any]:
     themselves are in `data`: a project copied or its data moved is the same run)."""
     return task.model_dump(mode="json", exclude={
         "routing": True, "data": {"validation": True, "test": True, "train": {"path"}},
-        "training": {"eval_batch_size", "baseline", "checkpoint_every", "log_every"}})
+        "training": set(NOT_TRAINING_SETTINGS)})
 
 
 def _resume_point(run_dir: Path) -> str | None:
