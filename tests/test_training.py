@@ -202,6 +202,7 @@ def test_manifest_records_what_a_user_needs(trained_project: Path) -> None:
     assert manifest.lora["r"] == 4
     assert 0 < manifest.parameters.trainable < manifest.parameters.total
     assert manifest.training["steps"] > 0 and manifest.training["time_s"] > 0
+    assert manifest.training["processes"] == 1 and manifest.training["effective_batch_size"] == 4
     assert "adapter_model.safetensors" in manifest.files and "adapter_config.json" in manifest.files
     assert manifest.created_at and manifest.example_inputs
     assert manifest.modules_to_save == ["classifier"]  # PEFT extends the list it is given, in place
@@ -568,6 +569,7 @@ def test_gradient_accumulation_trains_as_the_whole_batch_would(tiny_project: Pat
         outcomes.append(train_task(config, config.task(task), "lora", **QUIET))
     whole, accumulated_run = outcomes
     assert whole.steps == accumulated_run.steps
+    assert whole.processes == accumulated_run.processes == 1
     assert [loss for _, loss in accumulated_run.losses] == pytest.approx([loss for _, loss in whole.losses],
                                                                         rel=1e-4)
     assert accumulated_run.train_loss == pytest.approx(whole.train_loss, rel=1e-4)
@@ -617,6 +619,9 @@ def test_torchrun_with_two_processes_trains_one_adapter(tiny_project: Path, tmp_
     assert done.stdout.count("group closed") == 2, done.stdout[-3000:]
     manifest = mtlora.show_adapter(tiny_project, "sentiment")
     assert manifest.training["steps"] == 24  # 16 examples x 12 epochs / (batch 4 x 2 processes)
+    # batch_size is per process: the manifest says what each step took, which the settings alone do not.
+    assert manifest.training["processes"] == 2 and manifest.training["effective_batch_size"] == 8
+    assert "8 rows a step (batch_size 4 x 2 processes)" in done.stdout + done.stderr
     assert not (load_config(tiny_project).registry / ".runs" / "sentiment").exists()
 
 

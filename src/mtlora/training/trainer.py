@@ -96,6 +96,7 @@ class TrainOutcome:
     data_signature: str = ""  # of the training examples (`TaskData.train_signature`)
     run_signature: str = ""  # of everything that decides the result (`_run_signature`)
     kept: bool = False  # not trained: the stored result was up to date (`stored_result`)
+    processes: int = 1  # that trained it together (torchrun / accelerate launch), each on batch_size rows
 
 
 @dataclass
@@ -257,7 +258,7 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     stopper, clock = _StopOnSignal(), _RunClock(resume)
     trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LossRecord()], progress)
     log(f"[{task.name}] training {method}: {len(run.data.train)} examples, "
-        f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}")
+        f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}{_describe_batch(args)}")
     with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
         try:
             result = trainer.train(resume_from_checkpoint=resume)
@@ -328,7 +329,21 @@ def _outcome(task: TaskConfig, method: Method, run: _Run, trainer: Trainer, metr
         model=run.built.model,
         warning=loss_warning(full),
         data_signature=run.data_signature,
+        processes=trainer.args.world_size,
     )
+
+
+def _describe_batch(args: TrainingArguments) -> str:
+    """The rows of one optimizer step, where it is not `batch_size` alone."""
+    if args.gradient_accumulation_steps == 1 and args.world_size == 1:
+        return ""
+    parts = [f"batch_size {args.per_device_train_batch_size}"]
+    if args.gradient_accumulation_steps > 1:
+        parts.append(f"grad_accum {args.gradient_accumulation_steps}")
+    if args.world_size > 1:
+        parts.append(f"{args.world_size} processes")
+    rows = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return f", {rows} rows a step ({' x '.join(parts)})"
 
 
 def _remove_run_dir(run_dir: Path) -> None:
@@ -459,7 +474,7 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
                         steps=record["steps"], samples_per_s=record["samples_per_s"], train_loss=record["train_loss"],
                         resumed_from=None, losses=[tuple(point) for point in record["losses"]], saved_to=saved_to,
                         warning=record["warning"], data_signature=data_signature, run_signature=record["run_signature"],
-                        kept=True)
+                        kept=True, processes=record.get("processes", processes))
 
 
 def _what_trains(task: TaskConfig) -> dict[str, Any]:
@@ -730,6 +745,10 @@ def _training_record(project: ProjectConfig, task: TaskConfig, outcome: TrainOut
         "warning": outcome.warning,
         "saved_rank": dataclasses.asdict(outcome.truncation) if outcome.truncation else None,
         "settings": task.training.model_dump(mode="json"),
+        # batch_size is per process: several processes take that many rows each, so each step takes more
+        # rows (at the same lr) and an epoch fewer steps than the settings alone say.
+        "processes": outcome.processes,
+        "effective_batch_size": task.training.batch_size * task.training.grad_accum * outcome.processes,
     }
 
 
