@@ -640,6 +640,29 @@ def test_the_learned_router_leaves_a_multitask_task_to_its_parts(tmp_path: Path,
     assert said[0].startswith("[router] head over token embeddings fit on ") and " inputs from 3 tasks" in said[0]
 
 
+@pytest.mark.parametrize("temperature", [2.0, 4.0])
+def test_a_task_drawn_more_often_than_it_has_examples_repeats_each_alike(tmp_path: Path, warm_start_bert: Path,
+                                                                          temperature: float) -> None:
+    """Upsampled by the temperature, the small task's every example is drawn floor(k) or ceil(k) times:
+    drawn one by one with replacement, some were never trained on while others came up many times."""
+    from mtlora.data import load_task_data
+
+    project = with_writer(write_seq2seq_project(tmp_path, warm_start_bert), temperature=temperature)
+    config = load_config(project)
+    mcq = load_task_data(config, config.task("mcq")).train
+    writer = load_task_data(config, config.task("writer"))
+    drawn = [e for e in writer.train if e["task"] == "mcq"]
+    assert len(drawn) > len(mcq)  # upsampled
+
+    def key(example: dict) -> str:
+        return json.dumps({k: v for k, v in example.items() if k != "task"}, sort_keys=True, default=str)
+
+    counts = collections.Counter(key(e) for e in drawn)
+    assert set(counts) == {key(e) for e in mcq}
+    whole = len(drawn) // len(mcq)
+    assert set(counts.values()) <= {whole, whole + 1}, counts.values()
+
+
 def test_mix_shares_follow_the_temperature() -> None:
     from mtlora.data.splits import mix_shares
 

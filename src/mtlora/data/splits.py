@@ -102,7 +102,11 @@ def _mixture_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, .
     for name, data in parts.items():
         drawn = round(total * shares[name])
         pool = data.train
-        picked = rng.sample(pool, drawn) if drawn <= len(pool) else [rng.choice(pool) for _ in range(drawn)]
+        if drawn <= len(pool):
+            picked = rng.sample(pool, drawn)
+        else:  # every example as many whole times as fit, then a sample of the rest: none left out
+            whole, rest = divmod(drawn, len(pool))
+            picked = pool * whole + rng.sample(pool, rest)
         train += _tagged(picked, name)
         mix["tasks"][name] = {"examples": len(pool), "share": round(shares[name], 4), "drawn": drawn}
     rng.shuffle(train)
