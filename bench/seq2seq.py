@@ -21,6 +21,7 @@ from common import NO_CHECKPOINTS, limited
 from machine import machine
 
 import mtlora
+from mtlora import atomic
 from mtlora.config import ProjectConfig, load_config
 from mtlora.engine import Engine
 
@@ -38,9 +39,9 @@ SPEED_REQUESTS_PER_TASK = 12
 def project_for(args: argparse.Namespace) -> ProjectConfig:
     project = load_config(CONFIG)
     sizes = QUICK_SIZES if args.quick else SIZES
+    # Every task, also with --tasks: a multitask adapter reads its parts' data, sized by their own entries.
     tasks = [limited(t, train_rows, {split: scored_rows}, checkpoint_every=NO_CHECKPOINTS)
-             for t in project.tasks if not args.tasks or t.name in args.tasks
-             for split, train_rows, scored_rows in [sizes[t.name]]]
+             for t in project.tasks for split, train_rows, scored_rows in [sizes[t.name]]]
     return project.model_copy(update={"tasks": tasks, "registry": args.work / "adapters",
                                       "reports": args.work / "reports"})
 
@@ -83,7 +84,7 @@ def main() -> None:
     sizes = QUICK_SIZES if args.quick else SIZES
     started = time.perf_counter()
     rows = []
-    for task in project.tasks:
+    for task in [t for t in project.tasks if not args.tasks or t.name in args.tasks]:
         split = sizes[task.name][0]
         outcome = mtlora.train(project, task.name, fresh=True, progress=False)[0]
         report = mtlora.evaluate(project, task.name, split=split)[0]
@@ -91,15 +92,28 @@ def main() -> None:
                      "examples_seen": outcome.steps * task.training.batch_size, "train_s": round(outcome.time_s, 1),
                      "trainable": outcome.trainable, "total": outcome.total,
                      "metrics": report.metrics, "samples": report.samples[:3]})
-    generative = [t.name for t in project.tasks if t.kind in ("generation", "mcq_generation")]
+    generative = [t.name for t in project.tasks if t.kind in ("generation", "mcq_generation")
+                  and (not args.tasks or t.name in args.tasks)]
     speed = generation_speed(project, generative) if len(generative) > 1 else None
     result = {"quick": args.quick, "backbone": "embedded all-MiniLM-L6-v2 warm-started as BERT2BERT",
               "machine": machine(),
               "wall_s": round(time.perf_counter() - started, 1), "tasks": rows, "generation_speed": speed}
     out = ROOT / "bench" / "results" / f"seq2seq{'_quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.tasks and out.is_file():  # a rerun of some tasks: the other rows, and the speed unless measured, stay
+        result = _with_earlier_rows(json.loads(out.read_text()), result, args.tasks)
+    atomic.write_json(out, result)
     print(markdown(result))
     print(f"\nwrote {out}")
+
+
+def _with_earlier_rows(earlier: dict[str, Any], rerun: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    """`earlier`'s results with the rows of `tasks` replaced by `rerun`'s, and the rerun's date and machine
+    recorded beside them (the header's are the whole run's)."""
+    rows = {row["task"]: row for row in earlier["tasks"]} | {row["task"]: row for row in rerun["tasks"]}
+    return {**earlier, "tasks": list(rows.values()),
+            "generation_speed": rerun["generation_speed"] or earlier["generation_speed"],
+            "reruns": [*earlier.get("reruns", []), {"tasks": tasks, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                                    "machine": rerun["machine"], "wall_s": rerun["wall_s"]}]}
 
 
 PRIMARY = {"instruction_classification": ("accuracy", "macro_f1"), "generation": ("rouge1", "rouge2", "rougeL"),
