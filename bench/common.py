@@ -29,9 +29,11 @@ def limited(task: TaskConfig, train_rows: int | None = None, scored_rows: dict[s
     return task.model_copy(update={"data": task.data.model_copy(update=splits), "training": changed})
 
 
-def merged_rows(out: Path, rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
-    """The rows of the JSON at `out` whose `key` no row of this run has, then this run's rows."""
+def merged_rows(out: Path, rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
+                field: str = "rows") -> list[dict[str, Any]]:
+    """The rows under `field` of the JSON at `out`, each replaced in its place by this run's row of the same
+    `key`, then this run's other rows."""
     if not out.is_file():
         return rows
-    rerun = {key(row) for row in rows}
-    return [row for row in json.loads(out.read_text())["rows"] if key(row) not in rerun] + rows
+    return list(({key(row): row for row in json.loads(out.read_text())[field]} | {key(row): row for row in rows})
+                .values())

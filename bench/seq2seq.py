@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import NO_CHECKPOINTS, limited
+from common import NO_CHECKPOINTS, limited, merged_rows
 from machine import machine
 
 import mtlora
@@ -100,20 +100,15 @@ def main() -> None:
               "wall_s": round(time.perf_counter() - started, 1), "tasks": rows, "generation_speed": speed}
     out = ROOT / "bench" / "results" / f"seq2seq{'_quick' if args.quick else ''}.json"
     if args.tasks and out.is_file():  # a rerun of some tasks: the other rows, and the speed unless measured, stay
-        result = _with_earlier_rows(json.loads(out.read_text()), result, args.tasks)
+        earlier = json.loads(out.read_text())
+        rerun = {"tasks": args.tasks, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": result["machine"],
+                 "wall_s": result["wall_s"]}
+        result = {**earlier, "tasks": merged_rows(out, rows, key=lambda row: row["task"], field="tasks"),
+                  "generation_speed": speed or earlier["generation_speed"],
+                  "reruns": [*earlier.get("reruns", []), rerun]}
     atomic.write_json(out, result)
     print(markdown(result))
     print(f"\nwrote {out}")
-
-
-def _with_earlier_rows(earlier: dict[str, Any], rerun: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
-    """`earlier`'s results with the rows of `tasks` replaced by `rerun`'s, and the rerun's date and machine
-    recorded beside them (the header's are the whole run's)."""
-    rows = {row["task"]: row for row in earlier["tasks"]} | {row["task"]: row for row in rerun["tasks"]}
-    return {**earlier, "tasks": list(rows.values()),
-            "generation_speed": rerun["generation_speed"] or earlier["generation_speed"],
-            "reruns": [*earlier.get("reruns", []), {"tasks": tasks, "date": time.strftime("%Y-%m-%d %H:%M"),
-                                                    "machine": rerun["machine"], "wall_s": rerun["wall_s"]}]}
 
 
 PRIMARY = {"instruction_classification": ("accuracy", "macro_f1"), "generation": ("rouge1", "rouge2", "rougeL"),
