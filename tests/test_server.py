@@ -749,3 +749,15 @@ def test_the_learned_router_is_read_again_once_retrained(trained_project: Path, 
         assert served() == pytest.approx(retrained)
         unload = http.delete("/v1/adapters/router", headers=auth)
         assert unload.status_code == 400 and "POST /v1/adapters/router reads it again" in error_of(unload)["message"]
+
+
+def test_reading_again_a_learned_router_that_was_never_trained_says_so(trained_project: Path, monkeypatch) -> None:
+    """POST /v1/adapters/router answered 200 "loaded" on a registry without a learned router: nothing was read,
+    and the admin learned of it only when a request routed with it."""
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "s3cret")
+    app = create_app(lambda: Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32"))
+    with TestClient(app) as http:
+        response = http.post("/v1/adapters/router", headers={"Authorization": "Bearer s3cret"})
+        assert response.status_code == 400, response.text
+        assert "train it first with `mtlora train-router`" in error_of(response)["message"]
+        assert http.get("/readyz").json() == {"ready": True, "tasks": ["sentiment"]}  # still serving as before

@@ -182,14 +182,13 @@ class Engine:
         """Read the learned router again from the registry, once `mtlora train-router` has retrained it: its
         adapter in place (as `reload` reads a task's) and its head. Without this, a router built once kept
         its adapter for the engine's life (`add` of a loaded adapter does nothing), and paired it with the
-        new head whenever a change of tasks rebuilt it."""
+        new head whenever a change of tasks rebuilt it. Built at once, so that whoever reloads it is told of a
+        router that is damaged, or was never trained."""
         with self._lock:
-            in_use = LearnedRouter.name in self._routers
             if ROUTER_ADAPTER in self._tasks:
                 self.reload(ROUTER_ADAPTER)
             self._routers.pop(LearnedRouter.name, None)
-            if in_use:
-                self.router(LearnedRouter.name)  # a damaged one is told now, to whoever reloaded it
+            self.router(LearnedRouter.name)
 
     def _prepared(self, name: str) -> tuple[_Task, Callable[[], None]]:
         """Adapter `name` read, checked and its head built, with the engine as it was; and the step that
