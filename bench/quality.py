@@ -100,7 +100,7 @@ def train_and_score(project: ProjectConfig, task: TaskConfig, split: str) -> dic
     return {"task": task.name, "kind": task.kind, "split": split, "examples": report.examples,
             "train_rows": len(load_task_data(project, task, splits=("train",)).train),
             "epochs": task.training.epochs, "metric": report.primary_metric, "metrics": metrics,
-            **{key: {m: runs[m][key] for m in METHODS} for key in ("trainable", "time_s", "peak_mb", "losses")}}
+            **{key: {m: runs[m][key] for m in METHODS} for key in ("lr", "trainable", "time_s", "peak_mb", "losses")}}
 
 
 def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str) -> dict[str, Any]:
@@ -109,8 +109,8 @@ def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str)
     if method == "full":  # the usual full fine-tuning rate; LoRA's 1e-3 would wreck the pretrained weights
         task = task.model_copy(update={"training": task.training.model_copy(update={"lr": FULL_FINE_TUNING_LR})})
     outcome = train_task(project, task, method, fresh=True, progress=False, log=lambda _: None)
-    summary = {"trainable": outcome.trainable, "time_s": outcome.time_s, "peak_mb": peak_memory_mb(),
-               "losses": outcome.losses}
+    summary = {"lr": task.training.lr_for(method), "trainable": outcome.trainable, "time_s": outcome.time_s,
+               "peak_mb": peak_memory_mb(), "losses": outcome.losses}
     if method == "full":
         # Parsed with the training rows, as in training: a regression kind learns its target scale from them.
         # Scored at the inference precision, as evaluation scores the adapters.
@@ -208,8 +208,7 @@ def markdown(result: dict[str, Any], suffix: str) -> str:
              f"Embedded all-MiniLM-L6-v2 on {result.get('device', 'CPU')}, run of {result['date']}: "
              f"{result['wall_s'] / 60:.1f} min for the tasks. Produced by `python bench/quality.py"
              f"{' --quick' if result['quick'] else ''}`; the numbers are in `bench/results/quality{suffix}.json`. "
-             "Every method trains on the same rows for the same epochs; LoRA and head-only at lr 1e-3, full "
-             f"fine-tuning at {FULL_FINE_TUNING_LR:g}.", "",
+             f"Every method trains on the same rows for the same epochs; {_rates(result['tasks'])}.", "",
              "| task | train rows x epochs | scored on | metric | head-only | LoRA | full FT | LoRA - full | target |",
              "|---|---|---|---|---:|---:|---:|---:|---|"]
     for row in result["tasks"]:
@@ -258,6 +257,19 @@ def markdown(result: dict[str, Any], suffix: str) -> str:
 
 
 ANCHOR_TASKS = ("sst2", "mrpc", "qqp", "stsb", "squad")
+# Rows of runs before each method's rate was recorded: all of them trained the head-only baseline at LoRA's.
+RATES_BEFORE_RECORDED = {"lora": 1e-3, "head_only": 1e-3, "full": FULL_FINE_TUNING_LR}
+
+
+def _rates(rows: list[dict[str, Any]]) -> str:
+    """Each method's learning rate, as "LoRA 0.001, head-only 0.1 (sst2: 0.3), ..."."""
+    said = []
+    for method, name in (("lora", "LoRA"), ("head_only", "head-only"), ("full", "full fine-tuning")):
+        rates = {row["task"]: row.get("lr", RATES_BEFORE_RECORDED)[method] for row in rows}
+        usual = max(set(rates.values()), key=list(rates.values()).count)
+        others = ", ".join(f"{task}: {rate:g}" for task, rate in rates.items() if rate != usual)
+        said.append(f"{name} {usual:g}" + (f" ({others})" if others else ""))
+    return "learning rates: " + ", ".join(said)
 
 
 def plot_scores(result: dict[str, Any], path: Path) -> None:

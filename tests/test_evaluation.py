@@ -430,8 +430,8 @@ def test_a_baseline_trained_with_other_training_settings_is_left_out(tiny_projec
     said: list[str] = []
     (report,) = mtlora.evaluate(tiny_project, "sentiment", log=said.append)
     assert set(report.metrics) == {"base", "lora"}
-    assert any("head-only baseline left out: it was trained on other training settings (epochs 12.0 against 6.0, "
-               "lr 0.02 against 0.01)" in line for line in said), said
+    assert any("head-only baseline left out: it was trained on other training settings (epochs 12.0 against 6.0)"
+               in line for line in said), said
 
 
 def test_a_baseline_trained_on_other_data_is_left_out(tiny_project: Path) -> None:

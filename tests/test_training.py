@@ -476,17 +476,45 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     messages.clear()
     mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert trained == ["lora", "lora"] and any("Resuming from" in m for m in messages), messages
-    # A changed setting of the adapter trains both again (the baseline trains with the task's settings too),
-    # reading the task's data once, before either: finding the stored result stale does not read it again.
+    # A changed setting of both methods trains both again, reading the task's data once, before either:
+    # finding the stored result stale does not read it again.
     reads: list[str] = []
     read = trainer_module.load_task_data
     monkeypatch.setattr(trainer_module, "load_task_data", lambda project, task: reads.append(task.name) or read(
         project, task))
-    changed = load_config(tiny_project, overrides={"defaults": {"training": {"epochs": 2, "lr": 1e-2}}})
+    changed = load_config(tiny_project, overrides={"defaults": {"training": {"epochs": 3}}})
     assert not any(o.kept for o in mtlora.train(changed, "sentiment", **QUIET))
     assert trained == ["lora", "lora", "lora", "head_only"]
     assert reads == ["sentiment"]
     assert not any(o.kept for o in mtlora.train(changed, "sentiment", fresh=True, **QUIET))
+
+
+def test_each_method_trains_at_its_own_learning_rate_and_a_change_of_the_other_ones_keeps_its_result(
+        tiny_project: Path, monkeypatch) -> None:
+    """The head-only baseline trains at `baseline_lr` (a lone head needs a far higher rate than LoRA),
+    LoRA at `lr`: changing one rate trains only the method that reads it, and the two still compare."""
+    rates: list[tuple[str, float]] = []
+    arguments = trainer_module._training_arguments
+
+    def recorded(settings, method, *args):
+        made = arguments(settings, method, *args)
+        rates.append((method, made.learning_rate))
+        return made
+
+    monkeypatch.setattr(trainer_module, "_training_arguments", recorded)
+
+    def train(**rates_given: float) -> list[bool]:
+        config = load_config(tiny_project, overrides={"defaults": {"training": {"epochs": 2, **rates_given}}})
+        return [outcome.kept for outcome in mtlora.train(config, "sentiment", **QUIET)]
+
+    assert train(baseline_lr=0.3) == [False, False] and rates == [("lora", 0.02), ("head_only", 0.3)]
+    rates.clear()
+    assert train(baseline_lr=0.3, lr=0.01) == [False, True] and rates == [("lora", 0.01)]
+    rates.clear()
+    assert train(baseline_lr=0.2, lr=0.01) == [True, False] and rates == [("head_only", 0.2)]
+    said: list[str] = []
+    (report,) = mtlora.evaluate(tiny_project, "sentiment", log=said.append)
+    assert "head_only" in report.metrics, said
 
 
 def test_a_changed_config_or_tokenizer_of_the_backbone_changes_what_a_kept_result_must_match(

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from mtlora.backbone import default_device, use_bf16
-from mtlora.config import NOT_TRAINING_SETTINGS, ProjectConfig, TaskConfig
+from mtlora.config import LEARNING_RATES, NOT_TRAINING_SETTINGS, ProjectConfig, TaskConfig
 from mtlora.data import TaskData, load_task_data
 from mtlora.engine import predict_examples
 from mtlora.errors import DataError, RegistryError, train_hint
@@ -135,11 +135,12 @@ def _baseline_unlike_adapter(record: dict[str, Any], manifest: Manifest) -> str 
     if record.get("data_signature") not in (None, manifest.training.get("data_signature")):
         return "other data"
     # A baseline kept from an earlier run (the adapter retrained with --no-baseline) may have trained for
-    # other epochs, at another learning rate...: no like-for-like comparison with the adapter.
+    # other epochs, on other batches...: no like-for-like comparison with the adapter. Each trains at its
+    # own learning rate, so neither rate tells.
     ours, theirs = record.get("settings"), manifest.training.get("settings")
     if isinstance(ours, dict) and isinstance(theirs, dict):
         differ = sorted(key for key in ours.keys() | theirs.keys()
-                        if key not in NOT_TRAINING_SETTINGS and ours.get(key) != theirs.get(key))
+                        if key not in NOT_TRAINING_SETTINGS | LEARNING_RATES and ours.get(key) != theirs.get(key))
         if differ:
             said = ", ".join(f"{key} {ours.get(key)} against {theirs.get(key)}" for key in differ[:3])
             return f"other training settings ({said})"

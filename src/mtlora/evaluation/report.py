@@ -97,7 +97,8 @@ def markdown_summary(reports: Sequence[TaskReport], retrained: Sequence[TaskRepo
         "",
         "Each task's main metric for the base without adapter (encoder kinds: an untrained head; seq2seq kinds: "
         "the same prompt, no adapter), the head-only baseline "
-        "(backbone frozen, head trained the same way; seq2seq kinds have no head of their own, hence –) "
+        "(backbone frozen, head trained on the same rows at `training.baseline_lr`; seq2seq kinds have no head of "
+        "their own, hence –) "
         "and the LoRA adapter; the best of the three in bold. "
         "Metrics marked (0-100) are percentages, the others run from 0 to 1 (Pearson from -1).",
         "",

@@ -53,7 +53,7 @@ from mtlora.backbone import (
     resolve_backbone,
     use_bf16,
 )
-from mtlora.config import NOT_TRAINING_SETTINGS, ProjectConfig, TaskConfig, TrainSettings
+from mtlora.config import LEARNING_RATES, NOT_TRAINING_SETTINGS, ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
 from mtlora.errors import ConfigError, DataError, MtloraError, TaskProblems, TrainingInterrupted
 from mtlora.modeling import (
@@ -140,7 +140,7 @@ def train_task(
     registry = Registry(project.registry)
     run = _set_up(project, task, method, data)
     run_dir = registry.run_path(task.name, method)
-    args = _training_arguments(task.training, run_dir, progress)
+    args = _training_arguments(task.training, method, run_dir, progress)
     # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
     # touches the run folder, the registry and the console; the others wait for it.
     main_process = args.process_index == 0
@@ -352,7 +352,7 @@ def _remove_run_dir(run_dir: Path) -> None:
     atomic.remove_empty(run_dir.parent, run_dir.parent.parent)  # the task's runs, then `.runs`
 
 
-def _training_arguments(settings: TrainSettings, run_dir: Path, progress: bool) -> TrainingArguments:
+def _training_arguments(settings: TrainSettings, method: str, run_dir: Path, progress: bool) -> TrainingArguments:
     device = default_device()
     return TrainingArguments(
         output_dir=str(run_dir),
@@ -360,7 +360,7 @@ def _training_arguments(settings: TrainSettings, run_dir: Path, progress: bool) 
         gradient_accumulation_steps=settings.grad_accum,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
-        learning_rate=settings.lr,
+        learning_rate=settings.lr_for(method),
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,  # transformers 5 reads a value below 1 as a share of all steps
         lr_scheduler_type="linear",
@@ -427,8 +427,8 @@ def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, data: 
     """What a checkpoint must have been trained with to be resumed, and a stored result to be kept: same
     task settings, training examples, base (weights, config and tokenizer), method, precision, number of
     processes, and versions of mtlora and the libraries that train."""
-    parts = [_what_trains(project.task(name)) for name in (task.mixture.tasks if task.mixture else [])]
-    payload = {"task": _what_trains(task), "parts": parts, "data": data, "method": method,
+    parts = [_what_trains(project.task(name), method) for name in (task.mixture.tasks if task.mixture else [])]
+    payload = {"task": _what_trains(task, method), "parts": parts, "data": data, "method": method,
                "base": fingerprint_backbone(project.backbone), "setup": fingerprint_backbone_setup(project.backbone),
                "bf16": bf16, "processes": processes,
                "versions": [mtlora.__version__, torch.__version__, transformers.__version__, peft.__version__]}
@@ -477,14 +477,17 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
                         kept=True, processes=record.get("processes", processes))
 
 
-def _what_trains(task: TaskConfig) -> dict[str, Any]:
-    """The task's settings less those that cannot change a training step: routing hints, the evaluation
-    splits and batch size, whether a baseline follows, how often to checkpoint and log (a resumed run
-    takes the new cadence: `_ThisRunsCadence`), and where the training file is (the training examples
-    themselves are in `data`: a project copied or its data moved is the same run)."""
-    return task.model_dump(mode="json", exclude={
+def _what_trains(task: TaskConfig, method: str) -> dict[str, Any]:
+    """The task's settings less those that cannot change a training step of `method`: routing hints, the
+    evaluation splits and batch size, whether a baseline follows, how often to checkpoint and log (a
+    resumed run takes the new cadence: `_ThisRunsCadence`), the learning rate of the other method, and
+    where the training file is (the training examples themselves are in `data`: a project copied or its
+    data moved is the same run)."""
+    settings = task.model_dump(mode="json", exclude={
         "routing": True, "data": {"validation": True, "test": True, "train": {"path"}},
-        "training": set(NOT_TRAINING_SETTINGS)})
+        "training": set(NOT_TRAINING_SETTINGS | LEARNING_RATES)})
+    settings["training"]["lr"] = task.training.lr_for(method)
+    return settings
 
 
 def _resume_point(run_dir: Path) -> str | None:
