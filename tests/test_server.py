@@ -387,23 +387,39 @@ def test_a_queue_smaller_than_one_request_is_refused() -> None:
     assert ServerSettings(max_queue=9, max_inputs=9).max_queue == 9
 
 
-def test_route_calls_waiting_on_the_engine_count_against_the_queue(trained_project: Path) -> None:
+def test_route_calls_wait_in_the_queue_and_are_decided_in_one_engine_call(trained_project: Path,
+                                                                         monkeypatch) -> None:
+    """Each route call took an engine call of its own beside the batches, so 32 route clients held a
+    one-input prediction up for a second; they now queue with the inputs, bounded by `max_queue`, and
+    those waiting together are routed together."""
     import httpx
 
     engine = Engine.from_config(trained_project, tasks=["sentiment", "support"], precision="fp32")
-    app = create_app(lambda: engine, ServerSettings(max_queue=2, max_inputs=1))
+    calls: list[int] = []
+    route = engine.route
+    monkeypatch.setattr(engine, "route", lambda requests, router=None: calls.append(len(requests)) or route(
+        requests, router))
+    app = create_app(lambda: engine, ServerSettings(max_queue=3, max_inputs=1, max_wait_ms=0))
 
-    async def run() -> list[int]:
+    async def run() -> list[httpx.Response]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                with engine._lock:  # the engine busy: every route call waits
-                    calls = [asyncio.ensure_future(http.post("/v1/route", json={"input": "great film"}))
-                             for _ in range(3)]
-                    await asyncio.sleep(0.5)
-                return [(await call).status_code for call in calls]
+                def ask(text: str) -> asyncio.Future:
+                    return asyncio.ensure_future(http.post("/v1/route", json={"input": text, "router": "keywords"}))
 
-    assert sorted(asyncio.run(run())) == [200, 200, 503]
+                with engine._lock:  # the engine busy: the first call is taken and waits, the rest queue
+                    first = ask("great film")
+                    await asyncio.sleep(0.3)
+                    waiting = [ask(text) for text in ("a great movie", "my refund", "a film", "the refund")]
+                    await asyncio.sleep(0.3)
+                return [await call for call in (first, *waiting)]
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 503]
+    assert responses[4].json()["error"]["type"] == "overloaded"
+    assert [r.json()["task"] for r in responses[:4]] == ["sentiment", "sentiment", "support", "sentiment"]
+    assert calls == [1, 3]
 
 
 def test_concurrent_requests_are_batched_together(trained_project: Path) -> None:
@@ -571,6 +587,36 @@ def test_a_batch_is_answered_in_one_engine_call_per_router() -> None:
     assert [o[0]["router"] for o in outcomes] == [None, "keywords", None, "semantic", "keywords"]
     assert sorted(calls, key=str) == sorted([(["a", "c"], None), (["b", "e"], "keywords"), (["d"], "semantic")],
                                             key=str)
+
+
+def test_route_decisions_queued_with_predictions_are_made_in_a_call_of_their_own() -> None:
+    from mtlora.server.batcher import MicroBatcher
+    from mtlora.server.metrics import Metrics
+
+    calls: list[tuple[str, list, str | None]] = []
+
+    class Echo:
+        def predict_batch(self, items: list, tasks: list, router: str | None) -> list[dict]:
+            calls.append(("predict", items, router))
+            return [{"echo": item} for item in items]
+
+        def route(self, items: list, router: str | None = None) -> list[str]:
+            calls.append(("route", items, router))
+            return [f"route {item}" for item in items]
+
+    async def run() -> list:
+        batcher = MicroBatcher(Echo(), ServerSettings(max_wait_ms=0, max_batch=16), Metrics())  # type: ignore[arg-type]
+        asked = [("a", False), ("b", True), ("c", False), ("d", True)]
+        waiting = [asyncio.create_task(batcher.submit([text], [None], None, route_only=route_only))
+                   for text, route_only in asked]
+        await asyncio.sleep(0)
+        batcher.start()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        await batcher.stop()
+        return outcomes
+
+    assert asyncio.run(run()) == [[{"echo": "a"}], ["route b"], [{"echo": "c"}], ["route d"]]
+    assert sorted(calls) == [("predict", ["a", "c"], None), ("route", ["b", "d"], None)]
 
 
 def test_the_batch_size_histogram_counts_engine_calls() -> None:

@@ -140,8 +140,7 @@ def _add_page_and_health(app: FastAPI, engine: Callable[[], Engine], ready: Call
 
 def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[], MicroBatcher],
                  settings: ServerSettings, metrics: Metrics) -> None:
-    """The tasks served, predictions (through the micro-batcher) and routing decisions."""
-    routing = 0  # route calls waiting on the engine
+    """The tasks served, and predictions and routing decisions (both through the micro-batcher)."""
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
@@ -167,20 +166,16 @@ def _add_answers(app: FastAPI, engine: Callable[[], Engine], batcher: Callable[[
         return {"results": results} if isinstance(body.inputs, list) else {"result": results[0]}
 
     @app.post("/v1/route", responses=_errors(400, 404, 413, 422, 500, 503))
-    async def route(body: RouteRequest) -> dict[str, Any]:
+    async def route(body: RouteRequest, request: Request) -> dict[str, Any]:
         """Where an input would go, with the score of every candidate task."""
-        nonlocal routing
         _check_inputs([body.input], settings, field="input")
         _check_names(engine(), None, body.router)
-        request = engine().request(engine_input(body.input))
-        # Routes skip the batcher but wait on the same engine: at most `max_queue` of them wait, as inputs do.
-        if routing >= settings.max_queue:
-            raise _overloaded(settings)
-        routing += 1
+        asked = engine().request(engine_input(body.input))
         try:
-            (decision,) = await asyncio.to_thread(engine().route, [request], body.router)
-        finally:
-            routing -= 1
+            (decision,) = await _unless_client_leaves(request, batcher().submit(
+                [asked], [None], body.router, route_only=True))
+        except QueueFull:
+            raise _overloaded(settings) from None
         return {"task": decision.task, "router": decision.router, "confidence": decision.confidence,
                 "scores": decision.scores, "reason": decision.reason or None, "reading": decision.reading}
 

@@ -2,7 +2,8 @@
 
 Each request puts its inputs on a bounded queue and awaits their results. One worker takes the first
 waiting input, gathers more for up to `max_wait_ms` or until `max_batch`, and runs them as one mixed-task
-batch in a thread, so the event loop keeps accepting requests meanwhile.
+batch in a thread, so the event loop keeps accepting requests meanwhile. Routing decisions asked alone
+(`/v1/route`) wait in the same queue and are made together, one engine call for those of a batch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class _Pending:
     task: str | None
     router: str | None
     future: asyncio.Future = field(repr=False)
+    route_only: bool = False  # the routing decision is wanted, not the answer
 
 
 class MicroBatcher:
@@ -55,12 +57,15 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
-    async def submit(self, items: list[Any], tasks: list[str | None], router: str | None) -> list[dict]:
-        """Queue a request's inputs (all or none) and wait for their answers."""
+    async def submit(self, items: list[Any], tasks: list[str | None], router: str | None,
+                     route_only: bool = False) -> list[Any]:
+        """Queue a request's inputs (all or none) and wait for their answers, or with `route_only` for
+        their routing decisions (`Engine.route`)."""
         loop = asyncio.get_running_loop()
         if self.queue.qsize() + len(items) > self.settings.max_queue:
             raise QueueFull
-        pending = [_Pending(item, task, router, loop.create_future()) for item, task in zip(items, tasks, strict=True)]
+        pending = [_Pending(item, task, router, loop.create_future(), route_only)
+                   for item, task in zip(items, tasks, strict=True)]
         for entry in pending:
             self.queue.put_nowait(entry)
         self.metrics.queue_depth.set(self.queue.qsize())
@@ -69,7 +74,7 @@ class MicroBatcher:
             if isinstance(answer, BaseException):
                 with naming_input(index, len(answers)):  # say which of the request's inputs
                     raise answer
-        return cast(list[dict], answers)  # every exception among them was raised above
+        return cast(list[Any], answers)  # every exception among them was raised above
 
     async def _run(self) -> None:
         while True:
@@ -101,11 +106,17 @@ class MicroBatcher:
             batch.append(self.queue.get_nowait())
 
     def _answer(self, batch: list[_Pending]) -> None:
-        by_router: dict[str | None, list[_Pending]] = defaultdict(list)
+        by_call: dict[tuple[bool, str | None], list[_Pending]] = defaultdict(list)
         for entry in batch:
-            by_router[entry.router].append(entry)
-        for router, entries in by_router.items():
+            by_call[entry.route_only, entry.router].append(entry)
+        for (_, router), entries in by_call.items():
             self._answer_together(entries, router)
+
+    def _engine_call(self, entries: list[_Pending], router: str | None) -> list[Any]:
+        items = [entry.item for entry in entries]
+        if entries[0].route_only:
+            return self.engine.route(items, router)
+        return self.engine.predict_batch(items, [entry.task for entry in entries], router)
 
     def _answer_together(self, entries: list[_Pending], router: str | None) -> None:
         """One engine call for `entries`. One bad input must not fail its neighbours (nor, by escaping,
@@ -116,10 +127,10 @@ class MicroBatcher:
         self.metrics.batch_size.observe(len(entries))
         if len(entries) == 1:
             entry = entries[0]
-            self._settle(entry, lambda: self.engine.predict_batch([entry.item], [entry.task], router)[0])
+            self._settle(entry, lambda: self._engine_call([entry], router)[0])
             return
         try:
-            results = self.engine.predict_batch([e.item for e in entries], [e.task for e in entries], router)
+            results = self._engine_call(entries, router)
         except BaseException:  # a tokenizer's Rust panic is a BaseException
             results = None  # split below, outside the handler, so the error and its frames can go
         if results is None:
