@@ -18,6 +18,7 @@ from test_training import QUIET, final_adapter_state, stop_at_step
 
 import mtlora
 from mtlora import load_config
+from mtlora.config import TaskConfig
 from mtlora.engine import Engine
 from mtlora.engine.job import Job
 from mtlora.engine.seq2seq import Seq2SeqAdapters
@@ -661,6 +662,36 @@ def test_a_task_drawn_more_often_than_it_has_examples_repeats_each_alike(tmp_pat
     assert set(counts) == {key(e) for e in mcq}
     whole = len(drawn) // len(mcq)
     assert set(counts.values()) <= {whole, whole + 1}, counts.values()
+
+
+def test_a_task_drawn_less_often_than_it_has_examples_trains_on_others_in_each_epoch(
+        tmp_path: Path, warm_start_bert: Path) -> None:
+    """The mix is drawn for every epoch of the run at once and trained in one pass: over two epochs each
+    example of a downsampled task trains once or twice, where one epoch's draw, repeated, left the same
+    examples out of both. A run that stops at max_steps repeats one epoch's draw."""
+    from mtlora.data import load_task_data
+
+    project = load_config(with_writer(write_seq2seq_project(tmp_path, warm_start_bert), temperature=2.0))
+
+    def writer(**training: float) -> TaskConfig:
+        task = project.task("writer")
+        return task.model_copy(update={"training": task.training.model_copy(update=training)})
+
+    def key(example: dict) -> str:
+        return json.dumps({k: v for k, v in example.items() if k != "task"}, sort_keys=True, default=str)
+
+    pool = collections.Counter(key(e) for e in load_task_data(project, project.task("summarize")).train)
+    data = load_task_data(project, writer(epochs=2.0))
+    drawn = collections.Counter(key(e) for e in data.train if e["task"] == "summarize")
+    assert data.epochs_drawn == 2.0 and drawn.total() == 2 * 27  # 27 of its 32 examples an epoch
+    assert drawn.keys() == pool.keys() and all(pool[k] <= n <= 2 * pool[k] for k, n in drawn.items()), drawn
+    once = load_task_data(project, writer(epochs=2.0, max_steps=5))
+    assert once.epochs_drawn is None and len(once.train) == 27 + 13
+    assert once.train == load_task_data(project, writer(epochs=1.0)).train
+
+    outcome = train_task(project, writer(epochs=2.0, checkpoint_every=1000), "lora", progress=False,
+                         log=lambda _: None)
+    assert outcome.steps == len(data.train) // 4  # one pass over both epochs' draw, 4 rows a step
 
 
 def test_mix_shares_follow_the_temperature() -> None:

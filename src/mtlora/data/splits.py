@@ -28,6 +28,9 @@ class TaskData:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
+    # A multitask mixture draws every epoch of its run at once (`_mixture_data`): `train` holds this many
+    # epochs' examples, to be trained in one pass. None: `train` is read as is, for `training.epochs` passes.
+    epochs_drawn: float | None = None
 
     def split(self, name: str) -> list[Example]:
         check_split(name)
@@ -91,29 +94,37 @@ def load_task_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, 
 
 
 def _mixture_data(project: ProjectConfig, task: TaskConfig, splits: tuple[str, ...]) -> TaskData:
-    """Every part's data tagged with its part; training examples drawn in the mix (see `mix_shares`)."""
+    """Every part's data tagged with its part; training examples drawn in the mix (see `mix_shares`).
+
+    The draw covers every epoch of the run, trained in one pass: a part drawn less often than it has
+    examples trains on other ones in each epoch, where one epoch's draw repeated left the same ones out
+    of every epoch. A run that stops at `max_steps` draws one epoch, which it repeats."""
     assert task.mixture is not None
     parts = {name: load_task_data(project, project.task(name), splits) for name in task.mixture.tasks}
     shares = mix_shares({name: len(data.train) for name, data in parts.items()}, task.mixture.temperature)
     total = sum(len(data.train) for data in parts.values())
+    epochs = task.training.epochs if task.training.max_steps is None else None
     rng = random.Random(task.training.seed)
     train: list[Example] = []
     mix: dict[str, Any] = {"temperature": task.mixture.temperature, "tasks": {}}
     for name, data in parts.items():
         drawn = round(total * shares[name])
-        pool = data.train
-        if drawn <= len(pool):
-            picked = rng.sample(pool, drawn)
-        else:  # every example as many whole times as fit, then a sample of the rest: none left out
-            whole, rest = divmod(drawn, len(pool))
-            picked = pool * whole + rng.sample(pool, rest)
-        train += _tagged(picked, name)
-        mix["tasks"][name] = {"examples": len(pool), "share": round(shares[name], 4), "drawn": drawn}
+        train += _tagged(_drawn_evenly(data.train, round(drawn * (epochs or 1.0)), rng), name)
+        mix["tasks"][name] = {"examples": len(data.train), "share": round(shares[name], 4), "drawn": drawn}
     rng.shuffle(train)
     kind = MultitaskTask.from_parts({name: data.kind for name, data in parts.items()}, mix)  # type: ignore[misc]
     return TaskData(kind=kind, train=train,
                     validation=[e for name, data in parts.items() for e in _tagged(data.validation, name)],
-                    test=[e for name, data in parts.items() for e in _tagged(data.test, name)])
+                    test=[e for name, data in parts.items() for e in _tagged(data.test, name)], epochs_drawn=epochs)
+
+
+def _drawn_evenly(pool: list[Example], count: int, rng: random.Random) -> list[Example]:
+    """`count` examples of `pool`: a seeded sample, or where it asks for more than the pool holds, every
+    example as many whole times as fit and then a sample of the rest (none left out, none favoured)."""
+    if count <= len(pool):
+        return rng.sample(pool, count)
+    whole, rest = divmod(count, len(pool))
+    return pool * whole + rng.sample(pool, rest)
 
 
 def mix_shares(sizes: dict[str, int], temperature: float) -> dict[str, float]:

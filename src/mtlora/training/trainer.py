@@ -140,7 +140,9 @@ def train_task(
     registry = Registry(project.registry)
     run = _set_up(project, task, method, data)
     run_dir = registry.run_path(task.name, method)
-    args = _training_arguments(task.training, method, run_dir, progress)
+    # A mixture's data holds every epoch of the run already.
+    settings = task.training.model_copy(update={"epochs": 1.0}) if data.epochs_drawn else task.training
+    args = _training_arguments(settings, method, run_dir, progress)
     # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
     # touches the run folder, the registry and the console; the others wait for it.
     main_process = args.process_index == 0
@@ -257,7 +259,8 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
     resume = _resume_point(run_dir)
     stopper, clock = _StopOnSignal(), _RunClock(resume)
     trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LossRecord()], progress)
-    log(f"[{task.name}] training {method}: {len(run.data.train)} examples, "
+    drawn = f" (the mix of {run.data.epochs_drawn:g} epochs, in one pass)" if run.data.epochs_drawn else ""
+    log(f"[{task.name}] training {method}: {len(run.data.train)} examples{drawn}, "
         f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}{_describe_batch(args)}")
     with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
         try:
