@@ -822,7 +822,8 @@ def test_routing_rows_of_before_go_when_the_routers_head_alone_is_fit_again(rout
                                                                              tmp_path: Path) -> None:
     """`train-router` with features: embeddings fits the head over token embeddings again and saves no
     adapter: the learned router's row of before stayed in routing.md beside the new head, with its old
-    accuracy, since the rows were stamped with the adapters' saves alone."""
+    accuracy, since the rows were stamped with the adapters' saves alone. The other routers' rows stay:
+    they read neither the head nor the router's adapter (they went with every refit)."""
     folder = tmp_path / "project"
     shutil.copytree(routed_project.parent, folder)
     project = load_config(folder / routed_project.name, overrides={
@@ -840,3 +841,8 @@ def test_routing_rows_of_before_go_when_the_routers_head_alone_is_fit_again(rout
     TokenRouterHead(head.weight, head.bias + 1.0, head.info).save(registry)  # a fit on other inputs
     mtlora.evaluate_routers(project, ["semantic"], log=lambda _: None)
     assert rows() == ["semantic"]
+    # The semantic router reads no part of the learned router: its row stays beside the refit's.
+    mtlora.evaluate_routers(project, ["learned"], log=lambda _: None)
+    TokenRouterHead(head.weight, head.bias + 2.0, head.info).save(registry)
+    mtlora.evaluate_routers(project, ["learned"], log=lambda _: None)
+    assert rows() == ["semantic", "learned"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mtlora import atomic
 from mtlora.data.splits import SPLITS
 from mtlora.evaluation.evaluate import VARIANTS, TaskReport
-from mtlora.evaluation.routing import RoutingReport
+from mtlora.evaluation.routing import RoutingReport, saves_read
 from mtlora.registry import share_of
 from mtlora.tasks import get_task_kind
 from mtlora.tasks.base import shown_input
@@ -290,12 +290,13 @@ def _with_earlier_routers(reports: Sequence[RoutingReport], path: Path) -> list[
     routers in their places, a router evaluated again in its old place, new ones last."""
     if not reports or not path.is_file():
         return list(reports)
-    mix = (reports[0].split, reports[0].labels, reports[0].examples, reports[0].adapters)
+    mix, saves = (reports[0].split, reports[0].labels, reports[0].examples), reports[0].adapters
     try:
         earlier = [RoutingReport(**row) for row in _load(path)]
     except (ValueError, TypeError):  # not a routing report of this version: replaced, as before
         return list(reports)
     fresh = {r.router: r for r in reports}
     kept = [fresh.pop(r.router, r) for r in earlier  # in their places
-            if (r.split, r.labels, r.examples, r.adapters) == mix]
+            if (r.split, r.labels, r.examples) == mix
+            and saves_read(r.router, r.adapters) == saves_read(r.router, saves)]
     return [*kept, *fresh.values()]

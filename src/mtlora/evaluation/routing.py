@@ -40,8 +40,9 @@ class RoutingReport:
     encoder_share: float | None = None  # inputs whose route read the encoder (cost a pass), of routers that read
     # What the numbers measured, where it is not the router's skill (a keywords router with no rules to match).
     note: str | None = None
-    # The saves routed among (`saves_routed_among`): an earlier run's rows are kept beside a later run's only
-    # where these are the same (the semantic router reads the adapters' manifests).
+    # The saves routed among (`saves_routed_among`): an earlier run's row is kept beside a later run's only
+    # where those its router reads are the same (`saves_read`: the semantic router reads the adapters'
+    # manifests, the learned one its own adapter and head too).
     adapters: dict[str, str | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,6 +62,14 @@ def saves_routed_among(registry: Registry, tasks: Sequence[str]) -> dict[str, st
     if (head := TokenRouterHead.saved_version(registry)) is not None:
         saves[ROUTER_HEAD] = head
     return saves
+
+
+def saves_read(router: str, saves: dict[str, str | None] | None) -> dict[str, str | None] | None:
+    """Those of `saves` (`saves_routed_among`) that `router`'s decisions depend on: the learned router's
+    adapter and head only for the router that reads them (any router mtlora no longer knows: all)."""
+    if saves is None or getattr(ROUTERS.get(router), "reads_router_saves", True):
+        return saves
+    return {name: version for name, version in saves.items() if name not in (ROUTER_ADAPTER, ROUTER_HEAD)}
 
 
 def routing_mix(project: ProjectConfig, split: str = "validation", per_task: int = 200, seed: int = 0,

@@ -56,6 +56,7 @@ class Router(ABC):
     chooses_task: ClassVar[bool] = True
     reads_features: ClassVar[bool] = False  # reads what `router.features` names (encoder or token embeddings)
     score_meaning: ClassVar[str] = "score"  # what a task's score is, for a person reading the scores
+    reads_router_saves: ClassVar[bool] = False  # decides with what `mtlora train-router` saves (adapter, head)
 
     @classmethod
     def adapters_loaded(cls, settings: RouterSettings) -> list[str]:

@@ -44,6 +44,7 @@ class LearnedRouter(Router):
     name = "learned"
     score_meaning = "probability"
     reads_features = True
+    reads_router_saves = True
 
     def __init__(self, engine: Engine, settings: RouterSettings, head: TokenRouterHead | None):
         self.engine = engine
