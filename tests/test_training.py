@@ -756,7 +756,7 @@ def test_the_trainer_groups_lengths_by_optimizer_step_and_orders_them_by_the_tra
     """A run of similar lengths per optimizer step (every micro-batch of a gradient accumulation), and
     `training.seed` deciding the data order as it decides the initial weights."""
     args = trainer_module._training_arguments(
-        trainer_module.TrainSettings(batch_size=4, grad_accum=3, seed=seed), Path("unused"), progress=False)
+        trainer_module.TrainSettings(batch_size=4, grad_accum=3, seed=seed), "lora", Path("unused"), progress=False)
     fake = SimpleNamespace(args=args, lengths=list(range(30)))
     sampler = trainer_module._LengthBatchedTrainer._get_train_sampler(fake)
     assert (sampler.batch_size, sampler.seed, sampler.lengths) == (12, seed, list(range(30)))
