@@ -846,3 +846,29 @@ def test_routing_rows_of_before_go_when_the_routers_head_alone_is_fit_again(rout
     TokenRouterHead(head.weight, head.bias + 2.0, head.info).save(registry)
     mtlora.evaluate_routers(project, ["learned"], log=lambda _: None)
     assert rows() == ["semantic", "learned"]
+
+
+def test_a_change_of_tasks_embeds_only_the_examples_of_the_adapter_it_loads(trained_project: Path,
+                                                                          monkeypatch) -> None:
+    """Each load or unload rebuilds the routers. The semantic router's banks (the embedded example inputs,
+    by save) outlive the rebuild: loading one adapter embeds its own examples, not every task's again; and
+    the banks of an adapter unloaded go."""
+    engine = Engine.from_config(trained_project, tasks=["sentiment"], precision="fp32")
+    calls: list[tuple[str, ...]] = []
+    embed = engine.embed
+    monkeypatch.setattr(engine, "embed", lambda texts, reading="encoder": calls.append(tuple(texts)) or embed(
+        texts, reading))
+    texts = ["a great film", "where is my refund", "the plot was thin"]
+
+    def banks() -> set[tuple[str, ...]]:  # the calls that embedded examples, not the inputs
+        return {call for call in calls if not set(call) <= set(texts)}
+
+    before = engine.route(texts, "semantic")
+    alone = banks()
+    calls.clear()
+    engine.add("support")
+    engine.route(texts, "semantic")
+    assert alone and banks() and not banks() & alone, "sentiment's examples were embedded again"
+    engine.remove("support")
+    assert engine.route(texts, "semantic") == before
+    assert {key[0] for key in engine.router_memo["semantic"]["banks"]} == {"sentiment"}

@@ -99,6 +99,9 @@ class Engine:
         self._routing_hints = dict(routing_hints or {})
         self._project_tasks = frozenset(project_tasks)
         self._routers: dict[str, Router] = {}
+        # What a router computed from the saved adapters, by router: it outlives the rebuilds that a change
+        # of tasks makes, each entry naming the save it was computed from (`SemanticRouter`'s banks).
+        self.router_memo: dict[str, Any] = {}
         self._tasks: dict[str, _Task] = {}
         self._encoders = EncoderAdapters(backbone, self.tokenizer, self.device, self.bf16, self.batch_size,
                                          inference.mixed_batches, inference.fold_cache, inference.cuda_graphs)

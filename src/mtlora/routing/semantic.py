@@ -53,7 +53,16 @@ class SemanticRouter(Router):
 
     @classmethod
     def build(cls, engine: Engine, settings: RouterSettings) -> SemanticRouter:
-        return cls(engine, settings)
+        router = cls(engine, settings)
+        # The banks and thresholds are kept in the engine across the rebuilds a change of tasks makes, so that
+        # loading one adapter embeds only its own examples; those of saves no longer loaded go here.
+        memo = engine.router_memo.setdefault(cls.name, {"banks": router._banks, "thresholds": router._thresholds})
+        loaded = {(task, manifest.created_at) for task, manifest in engine.manifests().items()}
+        for kept in memo.values():
+            for key in [key for key in kept if key[:2] not in loaded]:
+                del kept[key]
+        router._banks, router._thresholds = memo["banks"], memo["thresholds"]
+        return router
 
     def route(self, requests: Sequence[Request], candidates: Sequence[list[str]]) -> list[Route]:
         if self.settings.features == "cascade":
