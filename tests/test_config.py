@@ -495,3 +495,13 @@ def test_a_task_section_left_empty_says_so_instead_of_asking_for_a_dictionary(tm
         load_config(path)
     assert caught.value.problems == ["tasks[0] (a).lora: is empty: put its settings under it, indented, or delete "
                                      "the line"]
+
+
+def test_the_head_only_baseline_has_a_learning_rate_of_its_own_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"tasks": [task("a", training={"lr": 2e-3})]}))
+    settings = config.tasks[0].training
+    assert (settings.lr_for("lora"), settings.lr_for("head_only"), settings.lr_for("full")) == (2e-3, 0.1, 2e-3)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, {"tasks": [task("a", training={"baseline_lr": 0})]}))
+    (problem,) = caught.value.problems
+    assert problem.startswith("tasks[0] (a).training.baseline_lr: Input should be greater than 0"), problem
