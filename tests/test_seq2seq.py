@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import trained_briefly, write_seq2seq_project
+from conftest import SENTIMENT, SUPPORT, trained_briefly, write_jsonl, write_seq2seq_project
 from safetensors.torch import load_file
 from test_training import QUIET, final_adapter_state, stop_at_step
 
@@ -51,6 +51,29 @@ def test_each_kind_trains_with_falling_loss_on_a_warm_started_encoder_decoder(
     assert len(losses) >= 8
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     assert 0 < outcome.trainable < outcome.total
+
+
+def test_gradient_accumulation_weighs_every_target_token_alike(tmp_path: Path, warm_start_bert: Path) -> None:
+    """batch_size 2 x grad_accum 2 trains as batch_size 4 does on the same rows (the sampler gives each step
+    the same four): each step's loss is its mean over all its target tokens. It was the mean of each
+    micro-batch's mean, which weighed the tokens of a micro-batch of short targets more than long ones."""
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    write_jsonl(tmp_path / "data" / "summarize.jsonl",
+                [{"text": text, "summary": " ".join(["film"] * (1 + 3 * (i % 3)))}
+                 for i, (text, _) in enumerate(SENTIMENT + SUPPORT)])
+    outcomes = []
+    for batch_size, accumulated in [(4, 1), (2, 2)]:
+        config = load_config(project, overrides={"defaults": {"training": {
+            "batch_size": batch_size, "grad_accum": accumulated, "max_steps": 6}}})
+        outcomes.append(train_task(config, config.task("summarize"), "lora", **QUIET))
+    whole, accumulated_run = outcomes
+    assert [loss for _, loss in accumulated_run.losses] == pytest.approx([loss for _, loss in whole.losses],
+                                                                        rel=1e-4)
+    weights = [{k: v for k, v in outcome.model.state_dict().items() if "lora_" in k}
+               for outcome in outcomes if outcome.model is not None]
+    assert len(weights) == 2 and weights[0] and weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=2e-4, rtol=1e-3, msg=name)
 
 
 @pytest.mark.parametrize("backbone", ["tiny_t5", "tiny_bart"])

@@ -228,9 +228,14 @@ class TaskKind(ABC):
         """Every feature through `model`: one forward pass per batch (seq2seq kinds generate instead)."""
         return forward_features(model, self, tokenizer, encoded, batch_size, bf16)
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], Any]:
+    def collator(self, tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> Callable[[list[dict[str, Any]]], Any]:
         """Pads a training batch to its longest row."""
         return DataCollatorWithPadding(tokenizer)
+
+    def loss_func(self) -> Callable[..., torch.Tensor] | None:
+        """How training reduces a batch's loss (the Trainer's `compute_loss_func`). None keeps the model's
+        own: a mean over the batch's rows, which is right where each row has one target."""
+        return None
 
     def prepare_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
         """The tokenizer this kind encodes with (seq2seq kinds add their task token)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import torch
 from peft import TaskType
 from torch import nn
+from torch.nn import functional
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
 from mtlora.batching import padded_batches
@@ -136,8 +137,12 @@ class Seq2SeqTask(TaskKind):
                                    return_token_type_ids=False)
         return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated)
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], Any]:
-        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORED_LABEL)
+    def collator(self, tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> Callable[[list[dict[str, Any]]], Any]:
+        # The batch carries the decoder's inputs: with a `loss_func` the Trainer keeps the labels from the model.
+        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORED_LABEL)
+
+    def loss_func(self) -> Callable[..., torch.Tensor] | None:
+        return token_mean_loss
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
             bf16: bool, **model_kwargs: Any) -> list[dict[str, Any]]:
@@ -200,6 +205,19 @@ def target_ids(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str], max_l
     ids = tokenizer(list(targets), truncation=True, max_length=max_length)["input_ids"]
     start = tokenizer.cls_token_id if tokenizer.bos_token_id is None else None
     return [row[1:] if start is not None and row and row[0] == start else row for row in ids]
+
+
+def token_mean_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+                    ) -> torch.Tensor:
+    """Cross-entropy summed over the target tokens and divided by the target tokens of the whole optimizer
+    step: every accumulated micro-batch and every process (the Trainer's `num_items_in_batch`). The models'
+    own loss is a mean per micro-batch, so with grad_accum the tokens of a micro-batch of short targets
+    weighed more than those of long ones, and a step's gradient was not the one the same rows give as one batch."""
+    logits = outputs["logits"]
+    labels = labels.to(logits.device)
+    total = functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORED_LABEL,
+                                     reduction="sum")
+    return total / (labels.ne(IGNORED_LABEL).sum() if num_items_in_batch is None else num_items_in_batch)
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> str:

@@ -299,7 +299,8 @@ def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback
         model=run.built.model,
         args=args,
         train_dataset=run.train_set,
-        data_collator=run.data.kind.collator(run.tokenizer),
+        data_collator=run.data.kind.collator(run.tokenizer, run.built.model),
+        compute_loss_func=run.data.kind.loss_func(),
         callbacks=callbacks,
     )
     if not progress:
@@ -551,7 +552,9 @@ class _LengthBatchedTrainer(Trainer):
         # leaves it alone across processes (it multiplies it by their number). The heads mtlora trains
         # (sequence classification, QA, T5, BART, encoder-decoder) ignore `num_items_in_batch` and return a
         # mean: with grad_accum: k each step's gradient, and every logged loss, came out k times too large
-        # (and clipping at max_grad_norm bit k times as often). Told so, the Trainer averages the micro-batches.
+        # (and clipping at max_grad_norm bit k times as often). Told so, the Trainer averages the micro-batches,
+        # the step's mean over rows. A kind whose rows have targets of many tokens (seq2seq) gives a `loss_func`
+        # instead, which the Trainer hands the step's target token count.
         self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset: Any = None) -> ShuffledLengthBatches:
