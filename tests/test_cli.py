@@ -32,10 +32,10 @@ def test_an_interrupted_train_exits_130_and_the_next_one_resumes(tiny_project: P
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from test_training import stop_at_step
 
-    from mtlora.training import trainer
+    from mtlora.training import callbacks
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer._StopOnSignal, "on_step_end", stop_at_step(2, None))  # as Ctrl-C does
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(2, None))  # as Ctrl-C does
         stopped = run("train", tiny_project, "--task", "sentiment", "--no-baseline")
     assert stopped.exit_code == 130, stopped.output
     resumed = run("train", tiny_project, "--task", "sentiment", "--no-baseline")

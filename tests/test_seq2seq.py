@@ -28,8 +28,7 @@ from mtlora.registry import Registry
 from mtlora.tasks import mcq_generation
 from mtlora.tasks.base import Encoded
 from mtlora.tasks.mcq_generation import MCQ, MCQGenerationTask, parse_mcq
-from mtlora.training import TrainingInterrupted, train_task
-from mtlora.training import trainer as trainer_module
+from mtlora.training import TrainingInterrupted, callbacks, train_task
 
 TEXTS = ["where is my refund", "my login password", "the cat sat on the mat", "paris is the capital of france"]
 
@@ -161,7 +160,7 @@ def test_resume_after_interruption_ends_with_the_same_weights(
 
     resumed = write_seq2seq_project(tmp_path / "resumed", warm_start_bert)
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(4, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(4, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(resumed, "triage", **QUIET)
     messages: list[str] = []
@@ -177,7 +176,7 @@ def test_checkpoints_keep_task_token_rows_not_the_whole_embedding(
         tmp_path: Path, warm_start_bert: Path, monkeypatch) -> None:
     project = write_seq2seq_project(tmp_path, warm_start_bert)
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(4, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(4, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(project, "summarize", **QUIET)
     checkpoints = list(load_config(project).registry.glob(".runs/summarize/lora/checkpoint-*"))

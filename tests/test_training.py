@@ -26,7 +26,7 @@ import mtlora
 from mtlora import load_config
 from mtlora.modeling import load_adapter_model
 from mtlora.registry import Registry
-from mtlora.training import TrainingInterrupted, TrainOutcome, train_task
+from mtlora.training import TrainingInterrupted, TrainOutcome, callbacks, train_task
 from mtlora.training import trainer as trainer_module
 
 QUIET = {"progress": False, "log": lambda _: None}
@@ -216,7 +216,7 @@ def final_adapter_state(project: Path, name: str) -> dict[str, torch.Tensor]:
 
 def stop_at_step(step: int, how: type[BaseException] | None):
     """Stop training after `step` as a Ctrl-C (how=None) or a crash (an exception) would."""
-    original = trainer_module._StopOnSignal.on_step_end
+    original = callbacks.StopOnSignal.on_step_end
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == step:
@@ -242,13 +242,13 @@ def test_resume_after_interruption_ends_with_the_same_weights(
     # checkpoint_every is 3: a crash at step 4 loses step 4, Ctrl-C at step 4 saves it.
     how = None if interruption == "ctrl_c" else RuntimeError
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(4, how))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(4, how))
         with pytest.raises(TrainingInterrupted if how is None else RuntimeError):
             mtlora.train(resumed, "sentiment", baseline=False, **QUIET)
     assert not (load_config(resumed).registry / "sentiment").exists()
 
     checkpoint = Path(get_last_checkpoint(str(Registry(load_config(resumed).registry).run_path("sentiment", "lora"))))
-    spent_before = json.loads((checkpoint / trainer_module._RunClock.FILE).read_text())["elapsed_s"]
+    spent_before = json.loads((checkpoint / callbacks.RunClock.FILE).read_text())["elapsed_s"]
     messages: list[str] = []
     (outcome,) = mtlora.train(resumed, "sentiment", baseline=False, progress=False, log=messages.append)
     assert outcome.time_s > spent_before > 0  # the time covers the whole run, not only the resumed part
@@ -279,7 +279,7 @@ def test_a_run_stopped_at_its_last_step_resumes_to_the_same_end(tiny_bert: Path,
         messages: list[str] = []
         if name == "resumed":
             with monkeypatch.context() as patch:
-                patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(6, None))
+                patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(6, None))
                 with pytest.raises(TrainingInterrupted):
                     mtlora.train(project, "sentiment", baseline=False, **QUIET)
         (outcome,) = mtlora.train(project, "sentiment", baseline=False, progress=False, log=messages.append)
@@ -295,9 +295,9 @@ def test_the_run_clock_carries_the_time_spent_before_a_resume(tmp_path: Path) ->
     """The manifest's training time is the whole run's: a resumed run counting from zero under-reports it."""
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
-    (checkpoint / trainer_module._RunClock.FILE).write_text(json.dumps({"elapsed_s": 1000.0}))
-    assert 1000.0 <= trainer_module._RunClock(str(checkpoint)).elapsed() < 1010.0
-    assert trainer_module._RunClock(None).elapsed() < 10.0
+    (checkpoint / callbacks.RunClock.FILE).write_text(json.dumps({"elapsed_s": 1000.0}))
+    assert 1000.0 <= callbacks.RunClock(str(checkpoint)).elapsed() < 1010.0
+    assert callbacks.RunClock(None).elapsed() < 10.0
 
 def test_the_last_step_is_logged_whatever_the_cadence(tiny_bert: Path, tmp_path: Path) -> None:
     """The whole-run loss is read from the logged losses, so they must reach the last step."""
@@ -326,7 +326,7 @@ def test_each_logged_loss_records_the_steps_it_averages_across_resumes(tiny_bert
     project.write_text(yaml.safe_dump(raw, sort_keys=False))
     for step in (5, 7):
         with monkeypatch.context() as patch:
-            patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(step, RuntimeError))
+            patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(step, RuntimeError))
             with pytest.raises(RuntimeError):
                 mtlora.train(project, "sentiment", baseline=False, **QUIET)
     runs = Registry(load_config(project).registry).run_path("sentiment", "lora")
@@ -345,7 +345,7 @@ def test_an_interrupted_run_keeps_only_its_last_two_checkpoints(tiny_bert: Path,
     raw["defaults"]["training"].update(checkpoint_every=1)
     project.write_text(yaml.safe_dump(raw, sort_keys=False))
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
         with pytest.raises(RuntimeError):
             mtlora.train(project, "sentiment", baseline=False, **QUIET)
     runs = Registry(load_config(project).registry).run_path("sentiment", "lora")
@@ -364,7 +364,7 @@ def test_an_interrupted_run_keeps_only_its_last_two_checkpoints(tiny_bert: Path,
     ([], 0.7),
 ])
 def test_whole_run_loss_weights_each_log_by_the_steps_it_averages(logged: list[dict], expected: float) -> None:
-    assert trainer_module.whole_run_loss(logged, unlogged=0.7) == pytest.approx(expected)
+    assert callbacks.whole_run_loss(logged, unlogged=0.7) == pytest.approx(expected)
 
 
 def test_a_short_last_log_alone_does_not_make_training_look_diverged(tiny_bert: Path, tmp_path: Path,
@@ -386,7 +386,7 @@ def test_a_short_last_log_alone_does_not_make_training_look_diverged(tiny_bert: 
 
 def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, monkeypatch) -> None:
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(3, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
     messages: list[str] = []
@@ -397,7 +397,7 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
     dev.write_text("".join((tiny_project.parent / "data" / "sentiment.jsonl").read_text().splitlines(True)[:4]))
     config.tasks[0].data.validation = config.tasks[0].data.validation.model_copy(update={"path": dev.name})
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(5, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert any("Resuming from" in m for m in messages), messages
@@ -407,7 +407,7 @@ def test_changed_settings_start_over_instead_of_resuming(tiny_project: Path, mon
     for changes in ({}, {"fresh": True}):
         messages = []
         with monkeypatch.context() as patch:
-            patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+            patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(3, None))
             with pytest.raises(TrainingInterrupted):
                 mtlora.train(tiny_project, "sentiment", baseline=False, progress=False, log=messages.append,
                              **changes)
@@ -470,7 +470,7 @@ def test_a_result_trained_with_the_same_settings_and_data_is_kept_not_trained_ag
     trained.clear()
     # An interrupted retraining resumes rather than keeping the result it was replacing.
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(2, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(2, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(config, "sentiment", baseline=False, fresh=True, **QUIET)
     messages.clear()
@@ -539,7 +539,7 @@ def test_a_changed_config_or_tokenizer_of_the_backbone_changes_what_a_kept_resul
 def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_project: Path, monkeypatch) -> None:
     # The tiny project checkpoints every 3 steps and logs every step.
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(3, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
     config = load_config(tiny_project, overrides={"defaults": {"training": {"checkpoint_every": 2, "log_every": 2}}})
@@ -550,7 +550,7 @@ def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_proj
     hf_logger = logging.getLogger("transformers.trainer_utils")
     monkeypatch.setattr(hf_logger, "handlers", [*hf_logger.handlers, handler])  # restored after the test
     with monkeypatch.context() as patch:  # a crash at step 5 keeps the last checkpoint the cadence wrote
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(5, RuntimeError))
         with pytest.raises(RuntimeError):
             mtlora.train(config, "sentiment", baseline=False, progress=False, log=messages.append)
     assert any("Resuming from" in m and "(step 3)" in m for m in messages), messages
@@ -565,7 +565,7 @@ def test_a_changed_checkpoint_and_log_cadence_resumes_with_the_new_one(tiny_proj
 
 def test_a_run_marker_cut_short_starts_the_run_over(tiny_project: Path, monkeypatch) -> None:
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module._StopOnSignal, "on_step_end", stop_at_step(3, None))
+        patch.setattr(callbacks.StopOnSignal, "on_step_end", stop_at_step(3, None))
         with pytest.raises(TrainingInterrupted):
             mtlora.train(tiny_project, "sentiment", baseline=False, **QUIET)
     [marker] = tiny_project.parent.rglob("run.json")
@@ -658,14 +658,14 @@ def _second_process_signals_itself_at_step_5(times: int) -> str:
     how many DistributedDataParallel wrappers are still alive once `_fit` returned or raised."""
     return (
         "import gc, os, signal, torch\n"
-        "from mtlora.training import trainer\n"
-        "on_step_end = trainer._StopOnSignal.on_step_end\n"
+        "from mtlora.training import callbacks, trainer\n"
+        "on_step_end = callbacks.StopOnSignal.on_step_end\n"
         "def signalled(self, args, state, control, **kwargs):\n"
         "    if args.process_index == 1 and state.global_step == 5:\n"
         f"        for _ in range({times}):\n"
         "            os.kill(os.getpid(), signal.SIGINT)\n"
         "    return on_step_end(self, args, state, control, **kwargs)\n"
-        "trainer._StopOnSignal.on_step_end = signalled\n"
+        "callbacks.StopOnSignal.on_step_end = signalled\n"
         "fit = trainer._fit\n"
         "def counted(*args, **kwargs):\n"
         "    try:\n"
@@ -811,7 +811,7 @@ TWO_PROCESSES = SimpleNamespace(world_size=2, device=torch.device("cpu"))
 def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
     """`docker stop` and job schedulers send SIGTERM before they kill: the run saves its step and stops."""
     before = signal.getsignal(signal.SIGTERM)
-    stopper, control = trainer_module._StopOnSignal(), TrainerControl()
+    stopper, control = callbacks.StopOnSignal(), TrainerControl()
     with stopper.installed():
         os.kill(os.getpid(), signal.SIGTERM)
         stopper.on_step_end(ONE_PROCESS, None, control)
@@ -822,7 +822,7 @@ def test_sigterm_asks_for_a_checkpoint_as_ctrl_c_does() -> None:
 def test_a_second_sigterm_changes_nothing_and_a_second_ctrl_c_aborts() -> None:
     """A scheduler that signals every process of a torchrun job reaches each worker twice (directly and
     through the launcher): that must not abort the checkpoint the first one asked for."""
-    stopper = trainer_module._StopOnSignal()
+    stopper = callbacks.StopOnSignal()
     with stopper.installed():
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -833,7 +833,7 @@ def test_a_second_sigterm_changes_nothing_and_a_second_ctrl_c_aborts() -> None:
 def test_a_process_told_to_stop_by_another_still_saves_on_its_own_signal() -> None:
     """torchrun forwards a signal to every process: one that already agreed to stop on another's must take
     its own as the first, not as the second Ctrl-C that aborts without a checkpoint."""
-    stopper = trainer_module._StopOnSignal()
+    stopper = callbacks.StopOnSignal()
     stopper.requested = True  # as `on_step_end` sets it when another process heard a signal
     with stopper.installed():
         os.kill(os.getpid(), signal.SIGINT)
@@ -852,8 +852,8 @@ def test_a_signal_during_the_processes_agreement_stops_the_run_one_step_later(mo
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(trainer_module.torch.distributed, "all_reduce", all_reduce)
-    stopper, control = trainer_module._StopOnSignal(), TrainerControl()
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    stopper, control = callbacks.StopOnSignal(), TrainerControl()
     with stopper.installed():
         stopper.on_step_end(TWO_PROCESSES, None, control)
         assert stopper.heard == signal.SIGINT and not control.should_training_stop

@@ -6,28 +6,18 @@ bars, and multi-GPU through `accelerate launch` / `torchrun` with no change here
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
-import logging
 import os
 import random
 import shutil
-import signal
-import threading
-import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import datasets
-import peft
-import torch
-import torch.distributed
-import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -38,22 +28,19 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 
 import mtlora
 from mtlora import atomic
 from mtlora.backbone import (
     default_device,
-    fingerprint_backbone,
-    fingerprint_backbone_setup,
     load_tokenizer,
     no_save_progress_bars,
     readable_tokens,
     resolve_backbone,
     use_bf16,
 )
-from mtlora.config import LEARNING_RATES, NOT_TRAINING_SETTINGS, ProjectConfig, TaskConfig, TrainSettings
+from mtlora.config import ProjectConfig, TaskConfig, TrainSettings
 from mtlora.data import TaskData, load_task_data
 from mtlora.errors import ConfigError, DataError, MtloraError, TaskProblems, TrainingInterrupted
 from mtlora.modeling import (
@@ -69,12 +56,13 @@ from mtlora.registry import Manifest, ParameterCounts, Registry, share_of
 from mtlora.registry.store import sha256_file
 from mtlora.tasks import Example
 from mtlora.tasks.base import INPUT_ROLES, Encoded
+from mtlora.training.callbacks import LossRecord, RunClock, StopOnSignal, ThisRunsCadence, whole_run_loss
+from mtlora.training.runs import RUN_MARKER, prepare_run_dir, resume_point, run_signature, signature_in
 from mtlora.training.sampler import ShuffledLengthBatches
 from mtlora.training.saved_rank import RankTruncation, check_truncatable, truncate_rank
 
 EXAMPLE_INPUTS_KEPT = 64
 EXAMPLE_CHARS_KEPT = 500
-RUN_MARKER = "run.json"  # in a run folder: the signature of the run its checkpoints belong to
 
 
 @dataclass
@@ -94,7 +82,7 @@ class TrainOutcome:
     truncation: RankTruncation | None = None  # the adapter was saved at a lower rank than it trained at
     warning: str | None = None  # e.g. the loss went back up: the stored model may be no better than chance
     data_signature: str = ""  # of the training examples (`TaskData.train_signature`)
-    run_signature: str = ""  # of everything that decides the result (`_run_signature`)
+    run_signature: str = ""  # of everything that decides the result (`runs.run_signature`)
     kept: bool = False  # not trained: the stored result was up to date (`stored_result`)
     processes: int = 1  # that trained it together (torchrun / accelerate launch), each on batch_size rows
 
@@ -148,10 +136,10 @@ def train_task(
     main_process = args.process_index == 0
     log = log if main_process else _silent
     _warn_of_cut_inputs(task, run, log)
-    signature = _run_signature(project, task, method, run.data_signature, args.bf16, args.world_size)
+    signature = run_signature(project, task, method, run.data_signature, args.bf16, args.world_size)
     with args.main_process_first(local=False):
         if main_process:
-            _prepare_run_dir(run_dir, signature, fresh, log)
+            prepare_run_dir(run_dir, signature, fresh, log)
     outcome = _fit(task, method, run, args, run_dir, progress, log)
     outcome.run_signature = signature
     if main_process:
@@ -256,13 +244,13 @@ def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, r
          log: Callable[[str], None]) -> TrainOutcome:
     """Train from the run folder's latest checkpoint, if any. Ctrl-C saves a checkpoint and raises
     `TrainingInterrupted`."""
-    resume = _resume_point(run_dir)
-    stopper, clock = _StopOnSignal(), _RunClock(resume)
-    trainer = _trainer(run, args, [stopper, clock, _ThisRunsCadence(), _LossRecord()], progress)
+    resume = resume_point(run_dir)
+    stopper, clock = StopOnSignal(), RunClock(resume)
+    trainer = _trainer(run, args, [stopper, clock, ThisRunsCadence(), LossRecord()], progress)
     drawn = f" (the mix of {run.data.epochs_drawn:g} epochs, in one pass)" if run.data.epochs_drawn else ""
     log(f"[{task.name}] training {method}: {len(run.data.train)} examples{drawn}, "
         f"{_describe_parameters(run.built)}, precision {'bf16' if args.bf16 else 'fp32'}{_describe_batch(args)}")
-    with stopper.installed(), no_save_progress_bars(), _ThisRunsCadence.unwarned():
+    with stopper.installed(), no_save_progress_bars(), ThisRunsCadence.unwarned():
         try:
             result = trainer.train(resume_from_checkpoint=resume)
         except BaseException as error:  # a second Ctrl-C, a peer gone, any failure
@@ -309,14 +297,14 @@ def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback
 
 
 def _outcome(task: TaskConfig, method: Method, run: _Run, trainer: Trainer, metrics: dict[str, float],
-             clock: _RunClock, resume: str | None) -> TrainOutcome:
+             clock: RunClock, resume: str | None) -> TrainOutcome:
     """The finished run's record, with its model in eval mode."""
     # transformers types every logged value as a float; "step" is an int.
     logged = cast(list[dict[str, Any]], [entry for entry in trainer.state.log_history if "loss" in entry])
     losses = [(entry["step"], entry["loss"]) for entry in logged]
     # A log of fewer steps than the cadence (the last step's, the first after a resume) is too noisy to judge by.
     full = [(entry["step"], entry["loss"]) for entry in logged
-            if entry.get(_LossRecord.STEPS, task.training.log_every) >= task.training.log_every]
+            if entry.get(LossRecord.STEPS, task.training.log_every) >= task.training.log_every]
     run.built.model.eval()
     trainable, total = count_trainable(run.built.model), run.built.base_parameters
     return TrainOutcome(
@@ -426,23 +414,10 @@ def _describe_parameters(built: TaskModel) -> str:
     return f"{trainable:,} trainable parameters, {share_of(trainable, total)} of the {total:,} full fine-tuning trains"
 
 
-def _run_signature(project: ProjectConfig, task: TaskConfig, method: str, data: str, bf16: bool,
-                   processes: int) -> str:
-    """What a checkpoint must have been trained with to be resumed, and a stored result to be kept: same
-    task settings, training examples, base (weights, config and tokenizer), method, precision, number of
-    processes, and versions of mtlora and the libraries that train."""
-    parts = [_what_trains(project.task(name), method) for name in (task.mixture.tasks if task.mixture else [])]
-    payload = {"task": _what_trains(task, method), "parts": parts, "data": data, "method": method,
-               "base": fingerprint_backbone(project.backbone), "setup": fingerprint_backbone_setup(project.backbone),
-               "bf16": bf16, "processes": processes,
-               "versions": [mtlora.__version__, torch.__version__, transformers.__version__, peft.__version__]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
 def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
                   data: TaskData | None = None) -> TrainOutcome | None:
     """The result of training `task` with `method` that the registry holds, when training it again would
-    give the same (training is seeded): its run signature (`_run_signature`) is the one the task would
+    give the same (training is seeded): its run signature (`runs.run_signature`) is the one the task would
     train with now, and no later run of it was interrupted (that one resumes instead). None otherwise, or
     when its files do not check out. `data`: the task's data, when the caller has read it already."""
     registry = Registry(project.registry)
@@ -467,11 +442,11 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the Trainer will count them
     bf16 = use_bf16(task.training.precision, default_device())
     try:
-        signature = _run_signature(project, task, method, data_signature, bf16, processes)
+        signature = run_signature(project, task, method, data_signature, bf16, processes)
     except OSError:  # a hub backbone whose files are not in the local cache yet: training fetches them
         return None
     run_dir = registry.run_path(task.name, method)
-    if record["run_signature"] != signature or (_run_signature_in(run_dir / RUN_MARKER) == signature
+    if record["run_signature"] != signature or (signature_in(run_dir / RUN_MARKER) == signature
                                                 and get_last_checkpoint(str(run_dir))):
         return None
     return TrainOutcome(task=task.name, method=method, trainable=trainable, total=total, time_s=record["time_s"],
@@ -479,66 +454,6 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
                         resumed_from=None, losses=[tuple(point) for point in record["losses"]], saved_to=saved_to,
                         warning=record["warning"], data_signature=data_signature, run_signature=record["run_signature"],
                         kept=True, processes=record.get("processes", processes))
-
-
-def _what_trains(task: TaskConfig, method: str) -> dict[str, Any]:
-    """The task's settings less those that cannot change a training step of `method`: routing hints, the
-    evaluation splits and batch size, whether a baseline follows, how often to checkpoint and log (a
-    resumed run takes the new cadence: `_ThisRunsCadence`), the learning rate of the other method, and
-    where the training file is (the training examples themselves are in `data`: a project copied or its
-    data moved is the same run)."""
-    settings = task.model_dump(mode="json", exclude={
-        "routing": True, "data": {"validation": True, "test": True, "train": {"path"}},
-        "training": set(NOT_TRAINING_SETTINGS | LEARNING_RATES)})
-    settings["training"]["lr"] = task.training.lr_for(method)
-    return settings
-
-
-def _resume_point(run_dir: Path) -> str | None:
-    """The checkpoint to resume from: the latest, unless it was written at the run's last step (a Ctrl-C
-    there, or a crash after that step's checkpoint). Resumed from that one, the Trainer steps once more
-    before it looks at max_steps, when the last epoch is partial; resumed from the one before, the run
-    ends where it would have, on the same weights. A run with no earlier checkpoint starts over."""
-    steps = {int(path.name.rsplit("-", 1)[1]): path for path in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-             if path.name.rsplit("-", 1)[1].isdigit() and path.is_dir()}
-    checkpoints = [steps[step] for step in sorted(steps)]
-    if checkpoints and _at_its_last_step(checkpoints[-1]):
-        checkpoints.pop()
-    return str(checkpoints[-1]) if checkpoints else None
-
-
-def _at_its_last_step(checkpoint: Path) -> bool:
-    try:
-        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-        return 0 < state["max_steps"] <= state["global_step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # left for the Trainer to judge, as before
-
-
-def _prepare_run_dir(run_dir: Path, signature: str, fresh: bool, log: Callable[[str], None]) -> None:
-    """Keep the checkpoints of an interrupted run with the same settings and data; clear anything else."""
-    marker = run_dir / RUN_MARKER
-    if run_dir.is_dir():
-        previous = _run_signature_in(marker)
-        checkpoint = _resume_point(run_dir)
-        if checkpoint and not fresh and previous == signature:
-            step = checkpoint.rsplit("-", 1)[-1]
-            log(f"Resuming from {checkpoint} (step {step}); pass --fresh to start over.")
-            return
-        if checkpoint:
-            reason = "--fresh given" if fresh else "the settings or the training data changed since it was written"
-            log(f"Not resuming from {checkpoint}: {reason}. Starting over.")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    atomic.write_json(marker, {"signature": signature})
-
-
-def _run_signature_in(marker: Path) -> str | None:
-    """The signature an earlier run left, or None where there is none to trust (a file a crash cut short)."""
-    try:
-        return json.loads(marker.read_text()).get("signature")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 class _LengthBatchedTrainer(Trainer):
@@ -560,136 +475,6 @@ class _LengthBatchedTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> ShuffledLengthBatches:
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return ShuffledLengthBatches(self.lengths, batch, seed=self.args.data_seed or self.args.seed)
-
-
-class _StopOnSignal(TrainerCallback):
-    """First Ctrl-C (or SIGTERM, which `docker stop` and job schedulers send before killing): save a
-    checkpoint at the end of the current step and stop. A second Ctrl-C: stop now. A second SIGTERM
-    changes nothing: a scheduler that signals every process of a torchrun job reaches each worker twice,
-    directly and through the launcher, and kills what is left when its grace period ends anyway."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.heard: int | None = None  # the first signal this process received
-        self.requested = False  # the run stops after this step: agreed in `on_step_end`, alike in every process
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.heard is None:
-            self.heard = signum
-            print("\nInterrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        # Signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps its default.
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        heard = self.heard is not None
-        # Under torchrun each process hears a signal at its own moment, maybe a step apart. They stop
-        # together, after the first step any of them had heard it by: one stopping alone would leave the
-        # others waiting forever in the next step's collectives. Only the agreed value decides, so that a
-        # signal landing during the reduce is sent at the next step rather than overwritten.
-        agreed = _in_any_process(heard, args.device) if args.world_size > 1 else heard  # every process calls it
-        self.requested = self.requested or agreed
-        if self.requested:
-            control.should_save = True
-            control.should_log = True  # the checkpoint's loss record then reaches its last step
-            control.should_training_stop = True
-
-
-def _in_any_process(flag: bool, device: torch.device) -> bool:
-    tensor = torch.tensor(int(flag), device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
-class _ThisRunsCadence(TrainerCallback):
-    """A resumed HF Trainer takes its checkpoint and logging steps from the checkpoint's state, not from its
-    arguments: this puts this run's `checkpoint_every` and `log_every` back, so that changing them resumes
-    with them instead of silently keeping the old ones."""
-
-    MISMATCH = "Warning: The following arguments do not match"  # HF's, naming logging/eval/save steps only
-
-    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        state.compute_steps(args, state.max_steps)
-
-    @classmethod
-    @contextlib.contextmanager
-    def unwarned(cls) -> Iterator[None]:
-        """Without HF's warning that the steps differ from the checkpoint's: it reads as if the new ones
-        were not taken, where this callback takes them."""
-        def not_mismatch(record: logging.LogRecord) -> bool:
-            return not record.getMessage().startswith(cls.MISMATCH)
-
-        hf_logger = logging.getLogger("transformers.trainer_utils")
-        hf_logger.addFilter(not_mismatch)
-        try:
-            yield
-        finally:
-            hf_logger.removeFilter(not_mismatch)
-
-
-class _LossRecord(TrainerCallback):
-    """Each logged loss records how many steps it averages, which after a resume neither its step nor the
-    log before it tells; and the last step's loss is logged too. `whole_run_loss` then covers every step."""
-
-    STEPS = "loss_steps"  # in each `log_history` entry that has a loss, kept in the checkpoints
-
-    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.since = state.global_step  # a resumed run's losses average the steps since its checkpoint
-
-    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step >= state.max_steps:
-            control.should_log = True
-
-    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: dict | None = None,
-               **kwargs: Any) -> None:
-        if logs and "loss" in logs:  # the Trainer appended this entry to `log_history` just before
-            state.log_history[-1][self.STEPS] = state.global_step - self.since
-            self.since = state.global_step
-
-
-class _RunClock(TrainerCallback):
-    """Training time over the whole run, across resumes: each checkpoint records the time spent until it."""
-
-    FILE = "mtlora_elapsed.json"
-
-    def __init__(self, resume: str | None):
-        recorded = Path(resume) / self.FILE if resume else None
-        self.before = json.loads(recorded.read_text())["elapsed_s"] if recorded and recorded.is_file() else 0.0
-        self.started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        # TrainingArguments fills in an output_dir left None; its annotation keeps the None.
-        folder = Path(cast(str, args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
-            (folder / self.FILE).write_text(json.dumps({"elapsed_s": self.elapsed()}))
-
-
-def whole_run_loss(logged: list[dict[str, Any]], unlogged: float) -> float:
-    """The mean training loss of every step, from the logged losses, each weighted by the steps it
-    averages. Not the Trainer's `train_loss`, which after a resume covers only that call's steps, and
-    which transformers before 5.19 divides by every step of the run. A checkpoint of an mtlora before
-    `loss_steps` counts from the log before; `unlogged` answers for a run that logged no loss at all."""
-    total, counted, previous = 0.0, 0, 0
-    for entry in logged:
-        steps = entry.get(_LossRecord.STEPS, entry["step"] - previous)
-        total, counted, previous = total + entry["loss"] * steps, counted + steps, entry["step"]
-    return total / counted if counted else unlogged
 
 
 def _save_adapter(registry: Registry, project: ProjectConfig, task: TaskConfig, built: TaskModel,
