@@ -137,6 +137,17 @@ def test_qa_answer_comes_from_the_window_that_scores_it_best(tiny_bert: Path) ->
     assert 0.5 < answer["confidence"] <= 1.0
 
 
+def test_qa_answers_leave_out_the_space_a_tokenizer_puts_in_a_words_offsets(tiny_bert: Path) -> None:
+    """DeBERTa's and ModernBERT's tokenizers give ' paris' the offsets of the space before it too."""
+    encoded, examples = windows(tiny_bert, "paris", max_length=128, doc_stride=32)
+    for extras in encoded.extras:
+        extras["offsets"] = [o if o is None or o[0] == 0 else (o[0] - 1, o[1]) for o in extras["offsets"]]
+    paris = context_token(encoded, 0, " paris")
+    answer = ExtractiveQATask().decode(qa_outputs(encoded, {(0, paris, paris): 9.0}), encoded, examples)[0]
+    assert (answer["answer"], answer["start"], answer["end"]) == ("paris", CONTEXT.index("paris"),
+                                                                  CONTEXT.index("paris") + 5)
+
+
 def test_qa_never_answers_with_a_span_longer_than_the_cap(tiny_bert: Path) -> None:
     encoded, examples = windows(tiny_bert, "paris", max_length=128, doc_stride=32)
     assert len(encoded) == 1

@@ -174,7 +174,7 @@ class ExtractiveQATask(TaskKind):
                 predictions.append({"answer": "", "start": None, "end": None, "confidence": 0.0,
                                     "truncated": cut})
                 continue
-            _, start, end = candidate
+            start, end = _without_outer_spaces(example["context"], *candidate[1:])
             # Softmax of the winning span's score over every candidate span of the question.
             confidence = float(softmax(candidate_scores).max())
             predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
@@ -251,6 +251,14 @@ def _token_span(offsets: list[tuple[int, int] | None], start_char: int, end_char
     start = next(i for i in context if spans[i][1] > start_char)
     end = next(i for i in reversed(context) if spans[i][0] < end_char)
     return start, end
+
+
+def _without_outer_spaces(context: str, start: int, end: int) -> tuple[int, int]:
+    """The span less the spaces at its ends: the offsets of SentencePiece and some byte-level BPE tokenizers
+    (DeBERTa, ModernBERT) take in the space before a word, which made answers start with one."""
+    span = context[start:end]
+    start += len(span) - len(span.lstrip())
+    return start, max(start, end - (len(span) - len(span.rstrip())))
 
 
 def _candidate_spans(start_logits: np.ndarray, end_logits: np.ndarray,
