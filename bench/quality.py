@@ -118,7 +118,8 @@ def train_one(project: ProjectConfig, task: TaskConfig, method: str, split: str)
         kind, examples, device = data.kind, data.split(split), default_device()
         predictions = predict_examples(outcome.model.to(device), kind, load_tokenizer(project.backbone), examples,
                                        task.training.max_length, task.training.doc_stride,
-                                       task.training.eval_batch_size, use_bf16(project.inference.precision, device))
+                                       task.training.eval_batch_size,
+                                       use_bf16(project.inference.precision, device, project.backbone))
         summary["metrics"] = kind.metrics(predictions, examples)
     return summary
 

@@ -48,7 +48,7 @@ def main() -> None:
     task, registry = project.task(args.task), Registry(args.registry)
     examples = load_task_data(project, task, splits=(args.split,)).split(args.split)[: args.limit]
     tokenizer = adapter_tokenizer(registry, args.task, project.backbone)
-    bf16 = use_bf16(project.inference.precision, default_device())  # scored as `mtlora evaluate` scores
+    bf16 = use_bf16(project.inference.precision, default_device(), project.backbone)  # as `mtlora evaluate` scores
     rows: list[dict[str, Any]] = []
     for rank in [None, *args.ranks]:
         model, kind, manifest = load_adapter_model(registry, args.task, project.backbone)

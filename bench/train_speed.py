@@ -108,7 +108,7 @@ def with_mtlora(train: list[tuple[str, int]], dev: list[tuple[str, int]], precis
     (outcome,) = mtlora.train(project, progress=False, log=lambda _: None)
     predictions = mtlora.load_predictor(project, "sst2").predict_batch([t for t, _ in dev])
     accuracy = float(np.mean([p["label_id"] == y for p, (_, y) in zip(predictions, dev, strict=True)]))
-    used = "bf16" if mtlora.backbone.use_bf16(precision, mtlora.backbone.default_device()) else "fp32"
+    used = "bf16" if mtlora.backbone.use_bf16(precision, mtlora.backbone.default_device(), project.backbone) else "fp32"
     return {"samples_per_s": outcome.samples_per_s, "train_s": outcome.time_s, "dev_accuracy": accuracy,
             "precision": used}
 

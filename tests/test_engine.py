@@ -1061,6 +1061,37 @@ def test_a_backbone_whose_rows_share_an_adapted_input_answers_mixed_calls_per_ad
     assert "passes of their own" in caplog.text and not engine.mixed_batches
 
 
+def test_a_backbone_transformers_cannot_run_in_bf16_trains_and_answers_in_fp32_under_auto(
+        tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeBERTa (v1) fails under bf16 in transformers itself ("value cannot be converted to type c10::BFloat16
+    without overflow"), and 'auto' picks bf16 on CUDA and on CPUs with native bf16: the defaults crashed in
+    training, routing and serving alike. An explicit 'bf16' is refused with the way out."""
+    from conftest import trained_briefly, write_tiny_project
+    from transformers import DebertaConfig, DebertaModel
+
+    from mtlora import backbone
+
+    folder = tmp_path / "deberta-v1"
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    DebertaModel(DebertaConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, relative_attention=True, max_relative_positions=16,
+                               pos_att_type=["p2c", "c2p"])).save_pretrained(folder)
+    monkeypatch.setattr(backbone, "bf16_supported", lambda device: True)  # as on CUDA
+    cpu = torch.device("cpu")
+    assert backbone.use_bf16("auto", cpu, str(tiny_bert)) and not backbone.use_bf16("auto", cpu, str(folder))
+    with pytest.raises(mtlora.ConfigError, match=r"deberta models in bf16 \(huggingface/transformers#35332\); set"):
+        backbone.use_bf16("bf16", cpu, str(folder))
+    path = write_tiny_project(tmp_path, folder)
+    config = yaml.safe_load(path.read_text())
+    config["defaults"]["training"]["precision"] = config["inference"]["precision"] = "auto"
+    path.write_text(yaml.safe_dump(config))
+    trained_briefly(path, ["sentiment", "support"])
+    engine = Engine.from_config(path)
+    assert not engine.bf16
+    assert [r["task"] for r in engine.predict(["loved this great movie", "where is my refund"],
+                                              task=["sentiment", "support"])] == ["sentiment", "support"]
+
+
 @pytest.mark.parametrize("mixed_batches", [True, False])
 def test_a_backbone_whose_config_names_no_pad_token_trains_and_answers_batches(
         tmp_path: Path, tiny_bert: Path, mixed_batches: bool) -> None:

@@ -752,11 +752,13 @@ def test_a_short_last_batch_comes_last_and_the_seed_decides_the_order() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 7])
-def test_the_trainer_groups_lengths_by_optimizer_step_and_orders_them_by_the_training_seed(seed: int) -> None:
+def test_the_trainer_groups_lengths_by_optimizer_step_and_orders_them_by_the_training_seed(seed: int,
+                                                                                          tiny_bert: Path) -> None:
     """A run of similar lengths per optimizer step (every micro-batch of a gradient accumulation), and
     `training.seed` deciding the data order as it decides the initial weights."""
     args = trainer_module._training_arguments(
-        trainer_module.TrainSettings(batch_size=4, grad_accum=3, seed=seed), "lora", Path("unused"), progress=False)
+        trainer_module.TrainSettings(batch_size=4, grad_accum=3, seed=seed), "lora", Path("unused"), progress=False,
+        backbone=str(tiny_bert))
     fake = SimpleNamespace(args=args, lengths=list(range(30)))
     sampler = trainer_module._LengthBatchedTrainer._get_train_sampler(fake)
     assert (sampler.batch_size, sampler.seed, sampler.lengths) == (12, seed, list(range(30)))

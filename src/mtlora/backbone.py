@@ -27,7 +27,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mtlora.config import EMBEDDED_BACKBONE
-from mtlora.errors import BaseModelMismatchError, ConfigError
+from mtlora.errors import BaseModelMismatchError, ConfigError, MtloraError
 
 
 def resolve_backbone(backbone: str) -> str:
@@ -292,10 +292,33 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "bf16":
+# Model types whose transformers code fails under bf16, with the upstream report. DeBERTa (v1) masks its
+# attention scores with float32's minimum, which no bf16 holds: "value cannot be converted to type
+# c10::BFloat16 without overflow", in training and inference alike (DeBERTa v2 and v3 run).
+NO_BF16 = {"deberta": "huggingface/transformers#35332"}
+
+
+def use_bf16(precision: str, device: torch.device, backbone: str) -> bool:
+    """Whether to run `backbone` in bf16: 'auto' where the device has native bf16 and the backbone's
+    transformers code runs in it, 'bf16' always (refused for a backbone that cannot)."""
+    if precision == "fp32" or (precision == "auto" and not bf16_supported(device)):
+        return False
+    model_type = _model_type(backbone)
+    if model_type not in NO_BF16:
         return True
-    return precision == "auto" and bf16_supported(device)
+    if precision == "bf16":
+        raise ConfigError(f"precision 'bf16' with backbone '{backbone}'", [
+            f"transformers cannot run {model_type} models in bf16 ({NO_BF16[model_type]}); set precision: fp32, "
+            "or 'auto', which runs them in fp32"])
+    return False
+
+
+@functools.lru_cache(maxsize=8)
+def _model_type(backbone: str) -> str | None:
+    try:
+        return AutoConfig.from_pretrained(resolve_backbone(backbone)).model_type
+    except (OSError, ValueError, MtloraError):  # read properly, with its message, where the model loads
+        return None
 
 
 def linear_weights_in_bf16(model: nn.Module) -> nn.Module:

@@ -47,6 +47,8 @@ TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DATA_DIR_ENV = "MTLORA_DATA_DIR"
 ROUTER_ADAPTER = "router"  # the registry name of the learned router
 Precision = Literal["auto", "fp32", "bf16"]
+AUTO_PRECISION = ("'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32 (and for DeBERTa v1, which "
+                  "transformers cannot run in bf16)")
 
 
 class _Strict(BaseModel):
@@ -286,9 +288,7 @@ class TrainSettings(_Strict):
     checkpoint_every: int = Field(200, gt=0, description="steps between resumable checkpoints")
     log_every: int = Field(50, gt=0, description="steps between training-loss records (the training curves); "
                                                  "the last step is recorded too")
-    precision: Precision = Field(
-        "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
-    )
+    precision: Precision = Field("auto", description=AUTO_PRECISION)
     baseline: bool = Field(True, description="also train the head-only baseline for evaluation")
     # A lone head on frozen features needs a far higher rate than LoRA to converge in the same epochs: at
     # 1e-3 a classifier on the MiniLM's pooled output barely moves (support tickets 0.26, 0.97 at 1e-1).
@@ -452,9 +452,7 @@ class RouterSettings(_Strict):
 class InferenceSettings(_Strict):
     """How the engine (Python, CLI and server) runs the adapters."""
 
-    precision: Precision = Field(
-        "auto", description="'auto' uses bf16 on CUDA and on CPUs with native bf16, else fp32"
-    )
+    precision: Precision = Field("auto", description=AUTO_PRECISION)
     batch_size: int = Field(32, gt=0, description="feature rows per encoder pass")
     mixed_batches: Annotated[bool | Literal["auto"], _bool_or_auto()] = Field(
         "auto", description="true: the rows of every adapter in a call share each pass, each row with its own "

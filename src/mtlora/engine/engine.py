@@ -91,7 +91,7 @@ class Engine:
         self.backbone = backbone
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self.device = torch.device(device) if device is not None else default_device()
-        self.bf16 = use_bf16(inference.precision, self.device)
+        self.bf16 = use_bf16(inference.precision, self.device, backbone)
         self.batch_size = inference.batch_size
         self.tokenizer = load_tokenizer(backbone)
         self.router_settings = router_settings or RouterSettings()

@@ -35,7 +35,7 @@ class TaskPredictor:
         self.tokenizer = adapter_tokenizer(registry, name, backbone)
         self.device = default_device()
         self.model.to(self.device)
-        self.bf16 = use_bf16(precision, self.device)
+        self.bf16 = use_bf16(precision, self.device, backbone)
 
     def predict(self, text: str, text_pair: str | None = None) -> Prediction:
         """One input (a text, or a text pair / question and context) -> one prediction."""

@@ -75,7 +75,7 @@ def evaluate_task(
     if seen:
         log(f"[{task.name}] warning: {seen_in_training_warning(seen, len(examples), split)}")
     tokenizer = adapter_tokenizer(registry, task.name, project.backbone)
-    bf16 = use_bf16(project.inference.precision, default_device())  # scored as the engine serves it
+    bf16 = use_bf16(project.inference.precision, default_device(), project.backbone)  # as the engine serves
 
     def run(variant_model: nn.Module) -> list[Prediction]:
         return predict_examples(variant_model.to(default_device()), kind, tokenizer, examples,

@@ -130,7 +130,7 @@ def train_task(
     run_dir = registry.run_path(task.name, method)
     # A mixture's data holds every epoch of the run already.
     settings = task.training.model_copy(update={"epochs": 1.0}) if data.epochs_drawn else task.training
-    args = _training_arguments(settings, method, run_dir, progress)
+    args = _training_arguments(settings, method, run_dir, progress, project.backbone)
     # Under `accelerate launch` / `torchrun` every process runs this function: only the first one
     # touches the run folder, the registry and the console; the others wait for it.
     main_process = args.process_index == 0
@@ -344,7 +344,8 @@ def _remove_run_dir(run_dir: Path) -> None:
     atomic.remove_empty(run_dir.parent, run_dir.parent.parent)  # the task's runs, then `.runs`
 
 
-def _training_arguments(settings: TrainSettings, method: str, run_dir: Path, progress: bool) -> TrainingArguments:
+def _training_arguments(settings: TrainSettings, method: str, run_dir: Path, progress: bool,
+                        backbone: str) -> TrainingArguments:
     device = default_device()
     return TrainingArguments(
         output_dir=str(run_dir),
@@ -356,7 +357,7 @@ def _training_arguments(settings: TrainSettings, method: str, run_dir: Path, pro
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,  # transformers 5 reads a value below 1 as a share of all steps
         lr_scheduler_type="linear",
-        bf16=use_bf16(settings.precision, device),
+        bf16=use_bf16(settings.precision, device, backbone),
         use_cpu=device.type == "cpu",  # transformers refuses bf16 on CPU unless told it is the CPU on purpose
         seed=settings.seed,
         data_seed=settings.seed,
@@ -440,7 +441,7 @@ def stored_result(project: ProjectConfig, task: TaskConfig, method: Method,
         return None
     data_signature = (load_task_data(project, task) if data is None else data).train_signature()
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # as the Trainer will count them
-    bf16 = use_bf16(task.training.precision, default_device())
+    bf16 = use_bf16(task.training.precision, default_device(), project.backbone)
     try:
         signature = run_signature(project, task, method, data_signature, bf16, processes)
     except OSError:  # a hub backbone whose files are not in the local cache yet: training fetches them
