@@ -288,7 +288,9 @@ def _trainer(run: _Run, args: TrainingArguments, callbacks: list[TrainerCallback
         args=args,
         train_dataset=run.train_set,
         data_collator=run.data.kind.collator(run.tokenizer, run.built.model),
-        compute_loss_func=run.data.kind.loss_func(),
+        # Under DataParallel (several GPUs, one process) the Trainer multiplies a `compute_loss_func` loss by the
+        # number of GPUs, meant for losses each replica computed, where this one reads the gathered logits.
+        compute_loss_func=run.data.kind.loss_func() if args.n_gpu <= 1 else None,
         callbacks=callbacks,
     )
     if not progress:
