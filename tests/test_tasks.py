@@ -146,6 +146,12 @@ def test_qa_answers_leave_out_the_space_a_tokenizer_puts_in_a_words_offsets(tiny
     answer = ExtractiveQATask().decode(qa_outputs(encoded, {(0, paris, paris): 9.0}), encoded, examples)[0]
     assert (answer["answer"], answer["start"], answer["end"]) == ("paris", CONTEXT.index("paris"),
                                                                   CONTEXT.index("paris") + 5)
+    # A token of the space alone (SentencePiece's lone '▁') is passed over for the best span that has text.
+    first, cat = context_token(encoded, 0, "the"), context_token(encoded, 0, " cat")
+    encoded.extras[0]["offsets"][first] = (3, 4)  # the space between "the" and "cat"
+    answer = ExtractiveQATask().decode(qa_outputs(encoded, {(0, first, first): 9.0, (0, cat, cat): 4.0}),
+                                       encoded, examples)[0]
+    assert (answer["answer"], answer["start"], answer["end"]) == ("cat", 4, 7)
 
 
 def test_qa_never_answers_with_a_span_longer_than_the_cap(tiny_bert: Path) -> None:

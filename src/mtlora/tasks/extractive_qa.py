@@ -161,20 +161,22 @@ class ExtractiveQATask(TaskKind):
         scores: list[list[float]] = [[] for _ in examples]
         for feature, output in enumerate(outputs):
             index = encoded.example_index[feature]  # of the example, whose dict the loop below names `example`
-            offsets = encoded.extras[feature]["offsets"]
+            offsets, context = encoded.extras[feature]["offsets"], examples[index]["context"]
             for score, start_char, end_char in _candidate_spans(output["start_logits"], output["end_logits"],
                                                                 offsets):
                 scores[index].append(score)
                 current = best[index]
                 if current is None or score > current[0]:
-                    best[index] = (score, start_char, end_char)
+                    start_char, end_char = _without_outer_spaces(context, start_char, end_char)
+                    if start_char < end_char:  # a token of spaces alone (SentencePiece's lone '▁') is no answer
+                        best[index] = (score, start_char, end_char)
         predictions = []
         for example, candidate, candidate_scores, cut in zip(examples, best, scores, encoded.truncated, strict=True):
             if candidate is None:
                 predictions.append({"answer": "", "start": None, "end": None, "confidence": 0.0,
                                     "truncated": cut})
                 continue
-            start, end = _without_outer_spaces(example["context"], *candidate[1:])
+            _, start, end = candidate
             # Softmax of the winning span's score over every candidate span of the question.
             confidence = float(softmax(candidate_scores).max())
             predictions.append({"answer": example["context"][start:end], "start": start, "end": end,
@@ -254,8 +256,9 @@ def _token_span(offsets: list[tuple[int, int] | None], start_char: int, end_char
 
 
 def _without_outer_spaces(context: str, start: int, end: int) -> tuple[int, int]:
-    """The span less the spaces at its ends: the offsets of SentencePiece and some byte-level BPE tokenizers
-    (DeBERTa, ModernBERT) take in the space before a word, which made answers start with one."""
+    """The span less the whitespace at its ends (spaces, newlines, no-break spaces): the offsets of
+    SentencePiece and some byte-level BPE tokenizers (DeBERTa, ModernBERT) take in the space before a
+    word, which made answers start with one."""
     span = context[start:end]
     start += len(span) - len(span.lstrip())
     return start, max(start, end - (len(span) - len(span.rstrip())))
