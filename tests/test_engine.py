@@ -1083,6 +1083,12 @@ def test_a_backbone_transformers_cannot_run_in_bf16_trains_and_answers_in_fp32_u
         backbone.use_bf16("bf16", cpu, str(folder))
     path = write_tiny_project(tmp_path, folder)
     config = yaml.safe_load(path.read_text())
+    config["tasks"][-1]["training"]["precision"] = "bf16"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(mtlora.ConfigError, match="transformers#35332"):  # before the first task trains
+        mtlora.train(path, progress=False, log=lambda _: None)
+    assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
+    del config["tasks"][-1]["training"]["precision"]
     config["defaults"]["training"]["precision"] = config["inference"]["precision"] = "auto"
     path.write_text(yaml.safe_dump(config))
     trained_briefly(path, ["sentiment", "support"])

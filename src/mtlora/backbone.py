@@ -313,12 +313,16 @@ def use_bf16(precision: str, device: torch.device, backbone: str) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=8)
 def _model_type(backbone: str) -> str | None:
     try:
-        return AutoConfig.from_pretrained(resolve_backbone(backbone)).model_type
+        return _read_model_type(backbone)
     except (OSError, ValueError, MtloraError):  # read properly, with its message, where the model loads
         return None
+
+
+@functools.lru_cache(maxsize=8)  # a failure is not kept: the hub may answer the next time
+def _read_model_type(backbone: str) -> str:
+    return AutoConfig.from_pretrained(resolve_backbone(backbone)).model_type
 
 
 def linear_weights_in_bf16(model: nn.Module) -> nn.Module:

@@ -198,6 +198,7 @@ def ready_data(project: ProjectConfig, tasks: Sequence[TaskConfig]) -> dict[str,
     for task in tasks:
         try:
             check_max_length(task, project.backbone, backbone)
+            use_bf16(task.training.precision, default_device(), project.backbone)  # refuses what cannot run
             data[task.name] = load_task_data(project, task)
             kind = data[task.name].kind
             kind.check_tokenizer(kind.prepare_tokenizer(load_tokenizer(project.backbone)), f"tasks.{task.name}")
