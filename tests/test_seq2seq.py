@@ -75,6 +75,23 @@ def test_gradient_accumulation_weighs_every_target_token_alike(tmp_path: Path, w
         torch.testing.assert_close(weights[1][name], value, atol=2e-4, rtol=1e-3, msg=name)
 
 
+def test_training_names_the_targets_max_target_length_cuts(tmp_path: Path, warm_start_bert: Path) -> None:
+    """A cut target teaches the adapter to stop where the cut is; it was cut without a word."""
+    project = write_seq2seq_project(tmp_path, warm_start_bert)
+    rows = [{"text": text, "summary": "good film" if i % 4 else "a very long summary of the whole film"}
+            for i, (text, _) in enumerate(SENTIMENT)]
+    write_jsonl(tmp_path / "data" / "summarize.jsonl", rows)
+    config = load_config(project, overrides={"defaults": {"training": {"max_steps": 1}}})
+    task = config.task("summarize")
+    assert task.seq2seq is not None
+    task = task.model_copy(update={"seq2seq": task.seq2seq.model_copy(update={"max_target_length": 5})})
+    messages: list[str] = []
+    train_task(config, task, "lora", progress=False, log=messages.append)
+    long = sum(1 for i in range(len(SENTIMENT)) if i % 4 == 0)
+    assert any(f"{long} of {len(SENTIMENT)} training targets" in m and "seq2seq.max_target_length" in m
+               for m in messages), messages
+
+
 @pytest.mark.parametrize("backbone", ["tiny_t5", "tiny_bart"])
 def test_generation_trains_on_seq2seq_checkpoints(request, tmp_path: Path, backbone: str) -> None:
     config = load_config(write_seq2seq_project(tmp_path, request.getfixturevalue(backbone)))

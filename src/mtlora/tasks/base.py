@@ -40,6 +40,7 @@ class Encoded:
     example_index: list[int]
     extras: list[dict[str, Any]] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)  # per example
+    targets_cut: list[bool] = field(default_factory=list)  # per example, for kinds whose targets are text
 
     def __len__(self) -> int:
         return len(self.example_index)

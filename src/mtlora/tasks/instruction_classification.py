@@ -81,7 +81,7 @@ class InstructionClassificationTask(LabelScores, Seq2SeqTask):
             if (other := seen.setdefault(tuple(ids), label)) != label:
                 raise DataError(where, f"labels {other!r} and {label!r} are the same tokens to this "
                                 "tokenizer, so no score can tell them apart", "make them differ in more than case")
-        return target_ids(tokenizer, self.labels, limit)
+        return target_ids(tokenizer, self.labels, limit)[0]  # none cut: checked above
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
             bf16: bool, **model_kwargs: Any) -> list[dict[str, Any]]:

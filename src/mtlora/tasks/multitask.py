@@ -145,7 +145,7 @@ class MultitaskTask(Seq2SeqTask):
         """Each part encodes its own examples; features keep the examples' order and remember their part."""
         rows = _rows_by_part(examples)
         features: dict[str, list[Any]] = defaultdict(lambda: [None] * len(examples))
-        truncated = [False] * len(examples)
+        truncated, targets_cut = [False] * len(examples), [False] * len(examples) if with_targets else []
         for name, index in rows.items():
             encoded = self.part(name).encode(tokenizer, [examples[i] for i in index], max_length, doc_stride,
                                              with_targets)
@@ -154,8 +154,11 @@ class MultitaskTask(Seq2SeqTask):
                     features[feature][position] = value
             for position, flag in zip(index, encoded.truncated, strict=True):
                 truncated[position] = flag
+            if with_targets:
+                for position, flag in zip(index, encoded.targets_cut, strict=True):
+                    targets_cut[position] = flag
         return Encoded(features=dict(features), example_index=list(range(len(examples))),
-                       extras=[{"task": e["task"]} for e in examples], truncated=truncated)
+                       extras=[{"task": e["task"]} for e in examples], truncated=truncated, targets_cut=targets_cut)
 
     def run(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, encoded: Encoded, batch_size: int,
             bf16: bool, **model_kwargs: Any) -> list[dict[str, Any]]:

@@ -130,12 +130,14 @@ class Seq2SeqTask(TaskKind):
         sources = [self.source(e) for e in examples]
         tokens = tokenizer(sources, truncation=True, max_length=max_length, return_token_type_ids=False)
         features: dict[str, list[Any]] = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        targets_cut: list[bool] = []
         if with_targets:
-            features["labels"] = target_ids(tokenizer, [self.target(e) for e in examples],
-                                            self.settings.max_target_length)
+            targets = [self.target(e) for e in examples]
+            features["labels"], targets_cut = target_ids(tokenizer, targets, self.settings.max_target_length)
         truncated = truncated_rows(tokenizer, sources, None, tokens["input_ids"], max_length,
                                    return_token_type_ids=False)
-        return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated)
+        return Encoded(features=features, example_index=list(range(len(examples))), truncated=truncated,
+                       targets_cut=targets_cut)
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> Callable[[list[dict[str, Any]]], Any]:
         # The batch carries the decoder's inputs: with a `loss_func` the Trainer keeps the labels from the model.
@@ -196,15 +198,17 @@ def check_template(template: str, roles: Sequence[str]) -> None:
                          f"{' '.join([template.strip(), *('{' + role + '}' for role in missing)])!r}")
 
 
-def target_ids(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str], max_length: int) -> list[list[int]]:
-    """Target token ids ending in the end-of-sequence token.
+def target_ids(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str],
+               max_length: int) -> tuple[list[list[int]], list[bool]]:
+    """Target token ids ending in the end-of-sequence token, and which targets `max_length` cut.
 
     A BERT-style tokenizer also puts [CLS] first; the decoder starts from [CLS] already (it is the
     decoder start token of a warm-started encoder-decoder), so the target does not repeat it.
     """
     ids = tokenizer(list(targets), truncation=True, max_length=max_length)["input_ids"]
+    cut = truncated_rows(tokenizer, targets, None, ids, max_length)
     start = tokenizer.cls_token_id if tokenizer.bos_token_id is None else None
-    return [row[1:] if start is not None and row and row[0] == start else row for row in ids]
+    return [row[1:] if start is not None and row and row[0] == start else row for row in ids], cut
 
 
 def token_mean_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None

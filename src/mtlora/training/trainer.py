@@ -239,6 +239,10 @@ def _warn_of_cut_inputs(task: TaskConfig, run: _Run, log: Callable[[str], None])
         total, max_length = len(run.data.train), task.training.max_length
         log(f"[{task.name}] {cut} of {total} training inputs ({cut / total:.1%}) run "
             f"past max_length {max_length} tokens and are cut to it; raise training.max_length to keep them whole")
+    if cut := sum(run.encoded.targets_cut):  # the adapter then learns to stop where the cut is
+        total = len(run.encoded.targets_cut)
+        log(f"[{task.name}] {cut} of {total} training targets ({cut / total:.1%}) run past "
+            "seq2seq.max_target_length tokens and are cut to it; raise it to keep them whole")
 
 
 def _fit(task: TaskConfig, method: Method, run: _Run, args: TrainingArguments, run_dir: Path, progress: bool,
