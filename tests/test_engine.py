@@ -1094,6 +1094,8 @@ def test_a_backbone_transformers_cannot_run_in_bf16_trains_and_answers_in_fp32_u
     trained_briefly(path, ["sentiment", "support"])
     engine = Engine.from_config(path)
     assert not engine.bf16
+    with pytest.raises(mtlora.ConfigError, match="set precision: fp32"):  # serving asked for bf16 by name
+        Engine.from_config(path, precision="bf16")
     assert [r["task"] for r in engine.predict(["loved this great movie", "where is my refund"],
                                               task=["sentiment", "support"])] == ["sentiment", "support"]
 

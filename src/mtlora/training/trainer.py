@@ -135,7 +135,7 @@ def train_task(
     # touches the run folder, the registry and the console; the others wait for it.
     main_process = args.process_index == 0
     log = log if main_process else _silent
-    _warn_of_cut_inputs(task, run, log)
+    _warn_of_cut_texts(task, run, log)
     signature = run_signature(project, task, method, run.data_signature, args.bf16, args.world_size)
     with args.main_process_first(local=False):
         if main_process:
@@ -234,7 +234,7 @@ def check_max_length(task: TaskConfig, backbone: str, config: PretrainedConfig) 
                 f"included; set {setting.split('.')[-1]}: {limit - 1} or less"])
 
 
-def _warn_of_cut_inputs(task: TaskConfig, run: _Run, log: Callable[[str], None]) -> None:
+def _warn_of_cut_texts(task: TaskConfig, run: _Run, log: Callable[[str], None]) -> None:
     if cut := sum(run.encoded.truncated):  # e.g. a long prompt can leave no room for the message itself
         total, max_length = len(run.data.train), task.training.max_length
         log(f"[{task.name}] {cut} of {total} training inputs ({cut / total:.1%}) run "
